@@ -1,0 +1,1 @@
+"""Backup logic: plain functions, importable and testable without a worker."""

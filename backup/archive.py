@@ -1,0 +1,116 @@
+"""Streaming ``;``-CSV → gzip writer with row count, byte count and SHA-256 in the same pass.
+
+CSV dialect: ``;`` delimiter, ``"`` quote char, fields quoted only when they
+contain ``;``, ``"``, CR or LF (quotes doubled inside), ``\\n`` line ends, UTF-8.
+SQL NULL is written as an empty field.  An empty string is also an empty field:
+consumers that must tell them apart should not rely on this format (the
+legacy export could not either).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class _HashingSink(io.RawIOBase):
+    """A write-only file that hashes and counts what passes through to ``raw``."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.sha.update(b)
+        self.size += len(b)
+        self.raw.write(b)
+        return len(b)
+
+
+class CsvGzipWriter:
+    """Write column batches as gzip'ed CSV to ``path`` (the caller renames it into place)."""
+
+    def __init__(self, path: Path, compresslevel: int = 3):
+        self.path = path
+        self._raw = open(path, "wb")
+        self._sink = _HashingSink(self._raw)
+        # mtime=0 keeps the archive byte-identical for identical data (re-export yields the same SHA-256).
+        self._gz = gzip.GzipFile(fileobj=self._sink, mode="wb", compresslevel=compresslevel, mtime=0)
+        self._buf = io.StringIO()
+        self._csv = csv.writer(self._buf, delimiter=";", quotechar='"', quoting=csv.QUOTE_MINIMAL,
+                               lineterminator="\n")
+        self.rows = 0
+
+    def write_columns(self, cols: list[list]) -> None:
+        """Append one batch given as column lists."""
+        if not cols:
+            return
+        self._csv.writerows(zip(*cols))
+        self.rows += len(cols[0])
+        self._flush_text()
+
+    def write_rows(self, rows: Iterable[tuple]) -> None:
+        """Append rows given as tuples."""
+        for row in rows:
+            self._csv.writerow(row)
+            self.rows += 1
+        self._flush_text()
+
+    def _flush_text(self) -> None:
+        text = self._buf.getvalue()
+        self._buf.seek(0)
+        self._buf.truncate()
+        self._gz.write(text.encode("utf-8"))
+
+    def close(self) -> dict:
+        """Finish the gzip stream, fsync, and return rows, bytes and sha256."""
+        self._gz.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        return {"rows": self.rows, "bytes": self._sink.size, "sha256": self._sink.sha.hexdigest()}
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        try:
+            self._raw.close()
+        finally:
+            self.path.unlink(missing_ok=True)
+
+    @property
+    def bytes_written(self) -> int:
+        return self._sink.size
+
+
+def concat_members(parts: list[Path], dest: Path) -> dict:
+    """Concatenate gzip members into ``dest`` (valid multi-member gzip), hashing as it goes."""
+    sha = hashlib.sha256()
+    size = 0
+    with open(dest, "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                while chunk := f.read(4 * 1024 * 1024):
+                    sha.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return {"bytes": size, "sha256": sha.hexdigest()}
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,302 @@
+"""The ``edge-export`` workflow: a table's window → ``;``-CSV.gz → verified copy on the backup server.
+
+Phases (one Celery task each, chained): lock → export → transfer → cleanup → finish.
+Every function here takes ``Resources`` and a job id and returns small JSON;
+none needs a worker.
+
+Files:
+  local   <export_dir>/<db>.<table>/<run_id>/<db>.<table>_<start>-<end>.csv.gz
+  remote  <remote_dir>/<db>.<table>/<run_id>/<same name>
+where ``run_id`` is ``<UTC time>-<job id prefix>``: every run gets its own
+folder, so no run overwrites another's backup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import posixpath
+import threading
+import uuid
+from pathlib import Path
+
+from backup.archive import CsvGzipWriter, concat_members, fsync_dir
+from backup.errors import FatalError, InvalidInput, NotFound
+from backup.identifiers import TableName, identifier
+from backup.jobs import phase_entry
+from backup.resources import Resources
+from backup.runner import PhaseContext, finish_job
+from backup.window import Window, export_window
+from connectors.hive import sql_date
+from connectors.sftp import local_sha256, upload, verify_and_commit
+
+log = logging.getLogger(__name__)
+
+WORKFLOW = "edge-export"
+PHASES = ["lock", "export", "transfer", "cleanup", "finish"]
+
+
+def validate_request(res: Resources, table: str, months=None, end=None) -> tuple[TableName, Window]:
+    """Check the arguments of a request; raise InvalidInput naming the problem."""
+    name = TableName.parse(table)
+    cfg = res.settings.edge_export
+    if months is None:
+        months = cfg.months
+    elif isinstance(months, str) and months.isdigit():
+        months = int(months)
+    window = export_window(months, end, cfg.timezone)
+    identifier(cfg.partition_column, "partition column")
+    return name, window
+
+
+def submit(res: Resources, table: str, months=None, end=None, job_id: str | None = None) -> dict:
+    """Validate and create the job record; a bad request is recorded as failed and starts nothing."""
+    job_id = job_id or uuid.uuid4().hex
+    args = {"table": table, "months": months, "end": end}
+    try:
+        name, window = validate_request(res, table, months, end)
+    except InvalidInput as e:
+        rec = res.jobs.create(job_id, WORKFLOW, str(table), args, PHASES)
+
+        def reject(r):
+            r.update(state="failed", error=e.one_line(), finished=r["updated"])
+        return res.jobs.update(job_id, reject)
+    args.update(window=window.as_dict())
+    return res.jobs.create(job_id, WORKFLOW, str(name), args, PHASES)
+
+
+def _window(rec: dict) -> Window:
+    w = rec["args"]["window"]
+    return Window(dt.date.fromisoformat(w["start"]), dt.date.fromisoformat(w["end"]))
+
+
+def run_id(rec: dict) -> str:
+    """Folder name of a run: creation time and job id prefix."""
+    t = dt.datetime.fromtimestamp(rec["created"], dt.timezone.utc)
+    return f"{t:%Y%m%dT%H%M%SZ}-{rec['job_id'][:8]}"
+
+
+def archive_name(table: TableName, window: Window) -> str:
+    """File name carrying db, table and window."""
+    return f"{table.db}.{table.table}_{window.label}.csv.gz"
+
+
+# -- lock ----------------------------------------------------------------------
+
+def lock_phase(ctx: PhaseContext) -> dict:
+    """Take the (edge-export, table) lock or end the job as skipped, naming the holder."""
+    res, rec = ctx.res, ctx.rec
+    if ctx.held:  # redelivered after this job took the lock; the phase runner already renewed it
+        ctx.done()
+        return {"job_id": ctx.job_id, "state": "running", "lock_token": ctx.held.token}
+    held, holder = res.locks.acquire(WORKFLOW, rec["target"], ctx.job_id)
+    if held is None:
+        reason = f"lock held by job {holder}"
+
+        def skip(r):
+            p = phase_entry(r, "lock")
+            p.update(state="skipped", finished=r["updated"], note=reason)
+            r.update(state="skipped", error=None, reason=reason, finished=r["updated"])
+        res.jobs.update(ctx.job_id, skip)
+        return {"job_id": ctx.job_id, "state": "skipped", "reason": reason}
+
+    def take(r):
+        r["lock"] = held.as_dict()
+    res.jobs.update(ctx.job_id, take)
+    ctx.held = held
+    ctx.done({"lock_token": held.token})
+    return {"job_id": ctx.job_id, "state": "running", "lock_token": held.token}
+
+
+# -- export --------------------------------------------------------------------
+
+def _resumable(res: Resources, rec: dict) -> dict | None:
+    """The previous run's archive if it failed after export with the same window and still verifies."""
+    prev = res.jobs.last(WORKFLOW, rec["target"], before=rec["job_id"])
+    if not prev or prev["state"] != "failed" or prev.get("args", {}).get("window") != rec["args"]["window"]:
+        return None
+    if phase_entry(prev, "export")["state"] not in ("success", "skipped") or prev.get("phase") in ("lock", "export"):
+        return None
+    out = prev.get("outputs", {})
+    path = Path(out.get("local_path") or "")
+    if not out.get("sha256") or not path.is_file() or path.stat().st_size != out.get("bytes"):
+        return None
+    if local_sha256(path) != out["sha256"]:
+        log.warning("archive of job %s no longer matches its checksum; exporting again", prev["job_id"])
+        return None
+    return prev
+
+
+def export_phase(ctx: PhaseContext) -> dict:
+    """Export the window to a local gzip'ed CSV (or reuse the last failed run's verified archive)."""
+    res, rec = ctx.res, ctx.rec
+    out = rec["outputs"]
+    if out.get("local_path") and Path(out["local_path"]).is_file() \
+            and local_sha256(Path(out["local_path"])) == out.get("sha256"):
+        return {"job_id": ctx.job_id, **_summary(out), "note": "already exported"}
+    prev = _resumable(res, rec)
+    if prev is not None:
+        keep = {k: prev["outputs"][k] for k in ("rows", "bytes", "sha256", "local_path", "run_id")}
+        note = f"resumed: reusing verified archive of failed job {prev['job_id']}"
+        ctx.done({**keep, "resumed_from": prev["job_id"]}, note=note, state="skipped")
+        return {"job_id": ctx.job_id, **_summary(keep), "note": note}
+
+    table = TableName.parse(rec["target"])
+    window = _window(rec)
+    cfg = res.settings.edge_export
+    folder = res.settings.path(cfg.export_dir) / str(table) / run_id(rec)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / archive_name(table, window)
+    with res.hive() as hive:
+        hive.columns(table)  # NotFound before anything is written if the table is unknown
+    stats = export_to_file(res, table, window, final, ctx)
+    ctx.done({**stats, "local_path": str(final), "run_id": run_id(rec)})
+    return {"job_id": ctx.job_id, **stats}
+
+
+def _summary(out: dict) -> dict:
+    return {k: out.get(k) for k in ("rows", "bytes", "sha256")}
+
+
+def export_query(table: TableName, window: Window, column: str) -> str:
+    """The SELECT for one window (identifiers already validated, dates formatted by us)."""
+    col = f"`{identifier(column, 'partition column')}`"
+    return (f"SELECT * FROM {table.sql} WHERE {col} >= {sql_date(window.start)} "
+            f"AND {col} < {sql_date(window.end)}")
+
+
+def export_to_file(res: Resources, table: TableName, window: Window, final: Path,
+                   ctx: PhaseContext | None = None) -> dict:
+    """Stream the window into ``final`` atomically; several month ranges in parallel if configured."""
+    cfg = res.settings.edge_export
+    pieces = window.split(cfg.streams)
+    parts = [final.with_name(f".{final.name}.{i}.part") for i in range(len(pieces))]
+    totals = {"rows": 0, "bytes": 0}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def progress(rows: int, nbytes: int) -> None:
+        with lock:
+            totals["rows"] += rows
+            totals["bytes"] += nbytes
+            snapshot = dict(totals)
+        if ctx:
+            ctx.progress(**snapshot)
+
+    def run(piece: Window, part: Path) -> None:
+        writer = CsvGzipWriter(part, cfg.compresslevel)
+        try:
+            with res.hive() as hive:
+                sql = export_query(table, piece, cfg.partition_column)
+                for cols in hive.stream_columns(sql, f"export {table} {piece.label}"):
+                    before = writer.bytes_written
+                    writer.write_columns(cols)
+                    progress(len(cols[0]), writer.bytes_written - before)
+            writer.close()
+        except BaseException as e:
+            writer.abort()
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(w, p), daemon=True) for w, p in zip(pieces, parts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        if errors:
+            fatal = [e for e in errors if not getattr(e, "retryable", False)]
+            raise (fatal or errors)[0]
+        tmp = final.with_name(f".{final.name}.part")
+        if len(parts) == 1:
+            parts[0].rename(tmp)
+            stats = {"bytes": tmp.stat().st_size, "sha256": local_sha256(tmp)}
+        else:
+            stats = concat_members(parts, tmp)
+        if ctx:
+            ctx.commit_check()
+        tmp.rename(final)
+        fsync_dir(final.parent)
+    finally:
+        for p in parts + [final.with_name(f".{final.name}.part")]:
+            p.unlink(missing_ok=True)
+    return {"rows": totals["rows"], **stats}
+
+
+# -- transfer ------------------------------------------------------------------
+
+def remote_paths(res: Resources, rec: dict) -> tuple[str, str]:
+    """(final, temporary) remote paths of this run's archive."""
+    out = rec["outputs"]
+    name = Path(out["local_path"]).name
+    folder = posixpath.join(res.settings.sftp.remote_dir, rec["target"], out["run_id"])
+    return posixpath.join(folder, name), posixpath.join(folder, f".{name}.{rec['job_id'][:12]}.part")
+
+
+def transfer_phase(ctx: PhaseContext) -> dict:
+    """Upload to a temporary name, verify the remote SHA-256, rename into place (fenced)."""
+    res, rec = ctx.res, ctx.rec
+    out = rec["outputs"]
+    local = Path(out["local_path"])
+    if not local.is_file():
+        raise NotFound(f"local archive {local} is missing; nothing to transfer")
+    final, tmp = remote_paths(res, rec)
+    target = res.sftp()
+    size = local.stat().st_size
+    with target.connect() as sess:
+        sess.makedirs(posixpath.dirname(final))
+        existing = sess.stat(final)
+        if existing is not None and existing.st_size == size and sess.sha256(final) == out["sha256"]:
+            ctx.done({"remote_uri": target.uri(final)}, note="already on the backup server (verified)")
+            return {"job_id": ctx.job_id, "remote_uri": target.uri(final), "note": "already present"}
+        sess.remove(tmp)  # a previous delivery of this phase may have left it half-written
+    sent = {"n": 0}
+
+    def progress(n: int) -> None:
+        sent["n"] += n
+        ctx.progress(bytes=sent["n"], total_bytes=size)
+
+    upload(target, local, tmp, progress=progress)
+    with target.connect() as sess:
+        outcome = verify_and_commit(sess, tmp, final, out["sha256"], ctx.commit_check)
+    ctx.done({"remote_uri": target.uri(final)}, note=outcome)
+    return {"job_id": ctx.job_id, "remote_uri": target.uri(final), "note": outcome}
+
+
+def discard_remote_temp(res: Resources, rec: dict) -> None:
+    """Remove this run's temporary remote file after a final failure (best effort)."""
+    if not rec.get("outputs", {}).get("local_path"):
+        return
+    _, tmp = remote_paths(res, rec)
+    with res.sftp().connect() as sess:
+        sess.remove(tmp)
+
+
+# -- cleanup / finish ----------------------------------------------------------
+
+def cleanup_phase(ctx: PhaseContext) -> dict:
+    """Delete the local archive now that the remote copy is verified (unless keep_local)."""
+    out = ctx.rec["outputs"]
+    if not out.get("remote_uri"):
+        raise FatalError("cleanup reached without a verified remote copy; keeping the local archive")
+    if ctx.res.settings.edge_export.keep_local:
+        ctx.done({"local_kept": True}, note="keep_local: archive kept")
+        return {"job_id": ctx.job_id, "local_kept": True}
+    local = Path(out["local_path"])
+    local.unlink(missing_ok=True)
+    try:
+        local.parent.rmdir()
+    except OSError:
+        pass
+    ctx.done({"local_kept": False})
+    return {"job_id": ctx.job_id, "local_kept": False}
+
+
+def finish_phase(ctx: PhaseContext) -> dict:
+    """Record success and release the lock."""
+    rec = finish_job(ctx)
+    return {"job_id": ctx.job_id, "state": rec["state"], **_summary(rec["outputs"]),
+            "remote_uri": rec["outputs"].get("remote_uri")}
+
+
+PHASE_FUNCS = {"lock": lock_phase, "export": export_phase, "transfer": transfer_phase,
+               "cleanup": cleanup_phase, "finish": finish_phase}

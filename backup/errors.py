@@ -1,0 +1,126 @@
+"""Every error the backup workflows raise, in two families.
+
+Retry policy reads the family, never the message:
+
+    BackupError
+     ├── RetryableError          transient: the same call may succeed later
+     │    ├── ConnectionFailed   refused/reset/timeout talking to a service
+     │    ├── ChecksumMismatch   a copy did not verify; copying again may fix it
+     │    └── LockRenewalFailed  Redis hiccup while renewing a held lock
+     └── FatalError             permanent: retrying cannot help, alert now
+          ├── InvalidInput       bad table name, window, argument or path
+          ├── ConfigError        configuration does not validate
+          ├── NotFound           unknown table, missing source
+          ├── AuthFailed         authentication refused
+          ├── HostKeyMismatch    unknown or changed SSH host key
+          ├── LockLost           another run holds the lock now (fencing)
+          ├── AlreadyExists      a different file already sits at the target
+          ├── TooManyDeliveries  a phase was redelivered past its limit
+          └── RejectsExceeded    rejected rows above the configured ratio
+
+Wrap a client's exception with ``raise X(...) from e`` so the cause is kept;
+``classify`` maps the exceptions of the wrapped clients to a family in one
+place.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+
+class BackupError(Exception):
+    """Base of every error raised by this project."""
+
+    retryable = False
+
+    def one_line(self) -> str:
+        """The error as one line for the CLI, logs and job records."""
+        text = " ".join(str(self).split())
+        return f"{type(self).__name__}: {text}"
+
+
+class RetryableError(BackupError):
+    """A transient failure: the phase is retried with backoff."""
+
+    retryable = True
+
+
+class FatalError(BackupError):
+    """A permanent failure: no retry, the job fails and alerts."""
+
+
+class ConnectionFailed(RetryableError):
+    """A service could not be reached or dropped the connection."""
+
+
+class ChecksumMismatch(RetryableError):
+    """A copy's checksum differs from the source's."""
+
+
+class LockRenewalFailed(RetryableError):
+    """Renewing a held lock failed for a transient reason."""
+
+
+class InvalidInput(FatalError):
+    """A task argument, name or path is not acceptable."""
+
+
+class ConfigError(FatalError):
+    """The configuration does not validate."""
+
+
+class NotFound(FatalError):
+    """A table, file or folder does not exist."""
+
+
+class AuthFailed(FatalError):
+    """A service refused our credentials."""
+
+
+class HostKeyMismatch(FatalError):
+    """The SSH server's host key is unknown or has changed."""
+
+
+class LockLost(FatalError):
+    """This run no longer holds its lock; it must not commit anything."""
+
+
+class AlreadyExists(FatalError):
+    """A different object already exists where we would write."""
+
+
+class TooManyDeliveries(FatalError):
+    """A phase was delivered more often than allowed (worker kept dying)."""
+
+
+class RejectsExceeded(FatalError):
+    """More rows were rejected than the configured ratio allows."""
+
+
+_TRANSIENT_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.EPIPE,
+    errno.ETIMEDOUT,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EAGAIN,
+}
+
+
+def classify(exc: BaseException, what: str) -> BackupError:
+    """Map a client exception to one of our families, naming ``what`` failed.
+
+    Already-classified errors pass through unchanged.  Anything unknown is
+    fatal: an unexpected error retried blindly is how runs get done twice.
+    """
+    if isinstance(exc, BackupError):
+        return exc
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (socket.timeout, TimeoutError, ConnectionError, EOFError)):
+        return ConnectionFailed(f"{what}: {detail}")
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return ConnectionFailed(f"{what}: {detail}")
+    return FatalError(f"{what}: {type(exc).__name__}: {detail}")

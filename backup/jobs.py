@@ -1,0 +1,148 @@
+"""Job records in Redis: the status every run leaves behind (replaces the legacy status file).
+
+One JSON document per run at ``<prefix>:job:<job_id>``::
+
+    job_id, workflow, target, args, state (queued|running|success|failed|skipped),
+    phase (current), phases [{name, state, attempts, deliveries, started, finished, error}],
+    error, outputs {...}, progress {...}, alert_sent, created, updated, finished
+
+plus ``<prefix>:jobs`` (a sorted set by creation time, for ``backupctl jobs``) and
+``<prefix>:last:<workflow>:<target>`` (the latest run of a target, for resume).
+Records are readable by any service with Redis access; they never hold secrets.
+
+Writes made while holding a lock go through ``update(..., fence=...)``: a
+WATCH/MULTI transaction that also watches the lock key and aborts with
+``LockLost`` if this run no longer holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from backup.errors import ConnectionFailed, LockLost, NotFound
+from backup.locks import Held
+
+STATES = ("queued", "running", "success", "failed", "skipped")
+TERMINAL = ("success", "failed", "skipped")
+RETENTION_SECONDS = 90 * 86400
+
+
+def now() -> float:
+    """Wall-clock time stamp used in records (seconds since the epoch)."""
+    return round(time.time(), 3)
+
+
+class JobStore:
+    """Create, read and update job records."""
+
+    def __init__(self, client: redis.Redis, prefix: str):
+        self.r = client
+        self.prefix = prefix
+
+    def _key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def _last_key(self, workflow: str, target: str) -> str:
+        return f"{self.prefix}:last:{workflow}:{target}"
+
+    def create(self, job_id: str, workflow: str, target: str, args: dict, phases: list[str]) -> dict:
+        """Create the record in state ``queued``; an existing record is returned unchanged."""
+        rec = {
+            "job_id": job_id, "workflow": workflow, "target": target, "args": args,
+            "state": "queued", "phase": None,
+            "phases": [{"name": p, "state": "pending", "attempts": 0, "deliveries": 0,
+                        "started": None, "finished": None, "error": None} for p in phases],
+            "error": None, "outputs": {}, "progress": {}, "alert_sent": False,
+            "created": now(), "updated": now(), "finished": None,
+        }
+        try:
+            created = self.r.set(self._key(job_id), json.dumps(rec), nx=True, ex=RETENTION_SECONDS)
+            if not created:
+                return self.get(job_id)
+            pipe = self.r.pipeline()
+            pipe.zadd(f"{self.prefix}:jobs", {job_id: rec["created"]})
+            pipe.set(self._last_key(workflow, target), job_id, ex=RETENTION_SECONDS)
+            pipe.execute()
+        except redis.RedisError as e:
+            raise ConnectionFailed(f"create job record {job_id}: {e}") from e
+        return rec
+
+    def get(self, job_id: str) -> dict:
+        """The record, or NotFound."""
+        try:
+            raw = self.r.get(self._key(job_id))
+        except redis.RedisError as e:
+            raise ConnectionFailed(f"read job record {job_id}: {e}") from e
+        if raw is None:
+            raise NotFound(f"no job record {job_id!r}")
+        return json.loads(raw)
+
+    def find(self, job_id: str) -> dict | None:
+        """The record, or None."""
+        try:
+            return self.get(job_id)
+        except NotFound:
+            return None
+
+    def last(self, workflow: str, target: str, before: str | None = None) -> dict | None:
+        """The latest run of a target other than ``before``."""
+        jid = self.r.get(self._last_key(workflow, target))
+        if jid and jid.decode() != before:
+            return self.find(jid.decode())
+        # The pointer was overwritten by the current run: scan recent records of this target instead.
+        for rec in self.recent(200):
+            if rec["workflow"] == workflow and rec["target"] == target and rec["job_id"] != before:
+                return rec
+        return None
+
+    def recent(self, limit: int = 20) -> list[dict]:
+        """The newest records first."""
+        ids = self.r.zrevrange(f"{self.prefix}:jobs", 0, limit - 1)
+        out = []
+        for jid in ids:
+            rec = self.find(jid.decode())
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def update(self, job_id: str, change: Callable[[dict], Any], fence: Held | None = None) -> dict:
+        """Apply ``change`` to the record atomically; with ``fence``, only while that lock is still ours."""
+        key = self._key(job_id)
+        for _ in range(50):
+            try:
+                with self.r.pipeline() as pipe:
+                    watched = [key] + ([fence.key] if fence else [])
+                    pipe.watch(*watched)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise NotFound(f"no job record {job_id!r}")
+                    if fence is not None:
+                        cur = pipe.get(fence.key)
+                        if cur is None or cur.decode() != fence.value:
+                            raise LockLost(f"lock {fence.key} no longer held by job {job_id} (token {fence.token}); "
+                                           f"status write refused")
+                    rec = json.loads(raw)
+                    change(rec)
+                    rec["updated"] = now()
+                    pipe.multi()
+                    pipe.set(key, json.dumps(rec), ex=RETENTION_SECONDS)
+                    pipe.execute()
+                    return rec
+            except redis.WatchError:
+                continue
+            except redis.RedisError as e:
+                raise ConnectionFailed(f"update job record {job_id}: {e}") from e
+        raise ConnectionFailed(f"update job record {job_id}: too much contention")
+
+
+def phase_entry(rec: dict, name: str) -> dict:
+    """The phase dict called ``name`` in a record."""
+    for p in rec["phases"]:
+        if p["name"] == name:
+            return p
+    raise KeyError(name)

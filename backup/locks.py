@@ -1,0 +1,155 @@
+"""Redis locks with TTL, renewal and fencing tokens; they replace the legacy PID guard.
+
+A lock is one key ``<prefix>:lock:<workflow>:<target>`` whose value is
+``<token>:<job_id>``.  The token comes from a per-lock counter that only
+grows (``INCR``), so a later holder always has a larger token.  Every commit
+step calls ``check`` (or writes through ``JobStore`` with the token), which
+fails with ``LockLost`` once somebody else holds the lock: a worker that
+stalled past its TTL cannot commit anything afterwards.
+
+A holder that died simply stops renewing; the key expires after ``ttl`` and
+the next run proceeds.  A run whose lock expired while nobody else took it
+(e.g. a long queue wait between two phases) gets it back with the same
+token, because the counter proves nobody was granted a newer one.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from backup.errors import ConnectionFailed, LockLost, LockRenewalFailed
+
+# KEYS[1]=lock KEYS[2]=counter ARGV[1]=job_id ARGV[2]=ttl_ms -> {1, token} or {0, holder}
+_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then return {0, cur} end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token .. ':' .. ARGV[1], 'PX', ARGV[2])
+return {1, tostring(token)}
+"""
+
+# Renew, or re-take an expired lock nobody else was granted since. ARGV[1]=value ARGV[2]=ttl_ms ARGV[3]=token
+_RENEW = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2]); return 1
+end
+if not cur and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); return 2
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Held:
+    """Proof of holding a lock: the key, the fencing token and the holder's job id."""
+
+    key: str
+    token: int
+    job_id: str
+
+    @property
+    def value(self) -> str:
+        return f"{self.token}:{self.job_id}"
+
+    def as_dict(self) -> dict:
+        return {"key": self.key, "token": self.token, "job_id": self.job_id}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Held":
+        return cls(d["key"], int(d["token"]), d["job_id"])
+
+
+class LockManager:
+    """Acquire, renew, check and release fenced locks in Redis."""
+
+    def __init__(self, client: redis.Redis, prefix: str, ttl: int):
+        self.r = client
+        self.prefix = prefix
+        self.ttl_ms = ttl * 1000
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def key(self, workflow: str, target: str) -> str:
+        """Redis key of the lock for (workflow, target)."""
+        return f"{self.prefix}:lock:{workflow}:{target}"
+
+    def acquire(self, workflow: str, target: str, job_id: str) -> tuple[Held | None, str | None]:
+        """Try once: (Held, None) if granted, (None, holder job id) if someone holds it."""
+        key = self.key(workflow, target)
+        try:
+            ok, val = self._acquire(keys=[key, key + ":fence"], args=[job_id, self.ttl_ms])
+        except redis.RedisError as e:
+            raise ConnectionFailed(f"acquire lock {key}: {e}") from e
+        val = val.decode() if isinstance(val, bytes) else str(val)
+        if ok == 1:
+            return Held(key, int(val), job_id), None
+        return None, val.split(":", 1)[-1]
+
+    def holder(self, workflow: str, target: str) -> str | None:
+        """Job id holding the lock, if any."""
+        v = self.r.get(self.key(workflow, target))
+        return v.decode().split(":", 1)[-1] if v else None
+
+    def renew(self, held: Held) -> None:
+        """Extend the TTL; LockLost if another run was granted the lock meanwhile."""
+        try:
+            res = self._renew(keys=[held.key, held.key + ":fence"], args=[held.value, self.ttl_ms, held.token])
+        except redis.RedisError as e:
+            raise LockRenewalFailed(f"renew lock {held.key}: {e}") from e
+        if res == 0:
+            raise LockLost(f"lock {held.key} is now held by another run; this run (token {held.token}) must not commit")
+
+    check = renew  # a commit step proves it still holds the lock by renewing it
+
+    def release(self, held: Held) -> bool:
+        """Release if still ours; True if it was."""
+        try:
+            return bool(self._release(keys=[held.key], args=[held.value]))
+        except redis.RedisError as e:
+            raise ConnectionFailed(f"release lock {held.key}: {e}") from e
+
+
+class Renewer:
+    """Background thread renewing a lock while a phase runs; remembers a loss for the next check."""
+
+    def __init__(self, locks: LockManager, held: Held, every: float):
+        self.locks, self.held, self.every = locks, held, every
+        self.lost: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"renew {held.key}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.locks.renew(self.held)
+            except LockLost as e:
+                self.lost = e
+                return
+            except LockRenewalFailed:
+                continue  # transient; the next tick tries again well before the TTL runs out
+
+    def check(self) -> None:
+        """Raise LockLost if the lock was lost, else renew now (the fencing check before a commit)."""
+        if self.lost:
+            raise self.lost
+        self.locks.check(self.held)
+
+    def __enter__(self) -> "Renewer":
+        self.locks.renew(self.held)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

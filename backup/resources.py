@@ -1,0 +1,61 @@
+"""The resources a workflow uses, built from settings in one place.
+
+An environment is a set of resources (the local platform and production
+differ only in settings), never ``if local:`` branches in the workflows.
+Tests build their own ``Resources`` from their own settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import redis
+
+from backup.alerts import Alerter
+from backup.jobs import JobStore
+from backup.locks import LockManager
+from config.settings import Settings
+
+
+def redis_client(s: Settings) -> redis.Redis:
+    """Redis client for locks and job records; the password comes from the environment."""
+    pw = s.secret("BACKUP_REDIS_PASSWORD")
+    return redis.Redis.from_url(s.redis.url, password=pw.get_secret_value() if pw else None,
+                                socket_timeout=30, socket_connect_timeout=10, health_check_interval=30)
+
+
+@dataclass
+class Resources:
+    """Clients and stores for one process, created lazily."""
+
+    settings: Settings
+    _redis: redis.Redis | None = field(default=None, repr=False)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return self._redis or redis_client(self.settings)
+
+    @cached_property
+    def locks(self) -> LockManager:
+        return LockManager(self.redis, self.settings.redis.key_prefix, self.settings.lock.ttl)
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(self.redis, self.settings.redis.key_prefix)
+
+    @cached_property
+    def alerter(self) -> Alerter:
+        return Alerter(self.settings, self.redis)
+
+    def hive(self):
+        """A new HiveServer2/Impala connection (caller closes it)."""
+        from connectors.hive import HiveClient
+
+        return HiveClient.from_settings(self.settings)
+
+    def sftp(self):
+        """The SFTP target (connections are opened per use)."""
+        from connectors.sftp import SftpTarget
+
+        return SftpTarget.from_settings(self.settings)

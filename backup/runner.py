@@ -1,0 +1,160 @@
+"""Running one phase of a job: bookkeeping shared by every workflow.
+
+``phase(res, job_id, name, attempt)`` is a context manager that marks the
+phase running, counts deliveries (a phase redelivered after its worker died
+more often than ``celery.max_deliveries`` fails for good, which ends any
+redelivery loop), keeps the job's lock renewed while the phase runs, and
+exposes ``commit_check`` (the fencing check before an irreversible step) and
+``done`` (a fenced status write).  If the job is already terminal (skipped,
+or failed by another phase), ``ctx.active`` is False and the phase does
+nothing: that is how a skipped job's chain winds down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Iterator
+
+from backup.errors import BackupError, LockLost, TooManyDeliveries, classify
+from backup.jobs import TERMINAL, now, phase_entry
+from backup.locks import Held, Renewer
+from backup.resources import Resources
+
+log = logging.getLogger(__name__)
+
+
+class PhaseContext:
+    """What a running phase may do with its job."""
+
+    def __init__(self, res: Resources, rec: dict, name: str, active: bool):
+        self.res = res
+        self.rec = rec
+        self.job_id = rec["job_id"]
+        self.name = name
+        self.active = active
+        self.held: Held | None = Held.from_dict(rec["lock"]) if rec.get("lock") else None
+        self.renewer: Renewer | None = None
+        self._last_progress = 0.0
+        self.on_progress: Callable[[dict], None] | None = None
+
+    def commit_check(self) -> None:
+        """Fencing check: raise LockLost unless this job still holds its lock."""
+        if self.renewer:
+            self.renewer.check()
+        elif self.held:
+            self.res.locks.check(self.held)
+
+    def done(self, outputs: dict | None = None, note: str | None = None, state: str = "success") -> dict:
+        """Record the phase as finished (fenced by the job's lock) and merge its outputs."""
+        def change(rec):
+            p = phase_entry(rec, self.name)
+            p.update(state=state, finished=now(), error=None)
+            if note:
+                p["note"] = note
+            rec["outputs"].update(outputs or {})
+            rec["progress"].pop(self.name, None)
+        self.rec = self.res.jobs.update(self.job_id, change, fence=self.held)
+        return self.rec
+
+    def progress(self, force: bool = False, **values) -> None:
+        """Publish progress (rows, bytes, ...) at most once a second."""
+        t = time.monotonic()
+        if not force and t - self._last_progress < 1.0:
+            return
+        self._last_progress = t
+        payload = {"phase": self.name, **values}
+
+        def change(rec):
+            rec["progress"][self.name] = values
+        try:
+            self.res.jobs.update(self.job_id, change)
+        except BackupError as e:  # progress is best effort; never fail a copy over it
+            log.warning("progress update failed: %s", e.one_line())
+        if self.on_progress:
+            self.on_progress(payload)
+
+
+@contextmanager
+def phase(res: Resources, job_id: str, name: str, attempt: int = 1) -> Iterator[PhaseContext]:
+    """Run one phase of a job with bookkeeping, renewal and delivery counting."""
+    max_deliveries = res.settings.celery.max_deliveries
+    redelivered = {}
+
+    def start(rec):
+        p = phase_entry(rec, name)
+        if rec["state"] in TERMINAL:
+            return
+        p["deliveries"] += 1
+        # Deliveries beyond the attempts Celery knows about are redeliveries after a lost worker.
+        redelivered["n"] = p["deliveries"] - attempt
+        p.update(state="running", attempts=attempt, started=p["started"] or now(), error=None)
+        rec.update(state="running", phase=name)
+
+    rec = res.jobs.update(job_id, start)
+    active = rec["state"] not in TERMINAL
+    ctx = PhaseContext(res, rec, name, active)
+    if not active:
+        yield ctx
+        return
+    if redelivered.get("n", 0) > max_deliveries:
+        raise TooManyDeliveries(f"phase {name} of job {job_id} was redelivered {redelivered['n']} times "
+                                f"(limit celery.max_deliveries={max_deliveries}); the worker keeps dying")
+    if ctx.held:
+        ctx.renewer = Renewer(res.locks, ctx.held, res.settings.lock.renew_every)
+        with ctx.renewer:
+            yield ctx
+    else:
+        yield ctx
+
+
+def fail_job(res: Resources, job_id: str, phase_name: str | None, exc: BaseException,
+             cleanup: Callable[[dict], None] | None = None) -> dict:
+    """Record a final failure, alert once per episode and release the lock; returns the record."""
+    err = classify(exc, phase_name or "job").one_line()
+
+    def change(rec):
+        if rec["state"] in ("success", "skipped"):
+            return
+        rec.update(state="failed", error=err, finished=now())
+        if phase_name:
+            rec["phase"] = phase_name
+            p = phase_entry(rec, phase_name)
+            p.update(state="failed", finished=now(), error=err)
+    rec = res.jobs.update(job_id, change)
+    if rec["state"] != "failed":
+        return rec
+    if cleanup:
+        try:
+            cleanup(rec)
+        except Exception as e:  # cleanup is best effort; the failure itself is what must be reported
+            log.warning("cleanup after failure of %s failed: %s", job_id, e)
+    if rec.get("lock") and not isinstance(exc, LockLost):
+        res.locks.release(Held.from_dict(rec["lock"]))
+    if not rec.get("alert_sent"):
+        outcome = res.alerter.failure(rec, err)
+
+        def mark(r):
+            r["alert_sent"] = outcome["sent"]
+            r["alert"] = outcome
+        rec = res.jobs.update(job_id, mark)
+    log.error("job %s failed in %s: %s", job_id, phase_name, err)
+    return rec
+
+
+def finish_job(ctx: PhaseContext) -> dict:
+    """Mark the job successful, release its lock and end any failure episode."""
+    def change(rec):
+        p = phase_entry(rec, ctx.name)
+        p.update(state="success", finished=now())
+        rec.update(state="success", finished=now(), error=None)
+    rec = ctx.res.jobs.update(ctx.job_id, change, fence=ctx.held)
+    if ctx.renewer:
+        ctx.renewer.__exit__(None, None, None)
+        ctx.renewer = None
+    if ctx.held:
+        ctx.res.locks.release(ctx.held)
+    ctx.res.alerter.success(rec["workflow"], rec["target"])
+    return rec

@@ -1,0 +1,1 @@
+"""Configuration: typed settings (settings.py), YAML files and the beat schedule."""

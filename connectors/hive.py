@@ -1,0 +1,155 @@
+"""HiveServer2 / Impala through impyla: the one place that talks to the SQL engine.
+
+Only validated identifiers reach SQL text (``backup.identifiers``); values are
+literals built by ``sql_date``.  Results are streamed column batch by column
+batch (``fetchcbatch``), never fetched whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from impala import dbapi
+from impala.error import HiveServer2Error, RPCError
+from thrift.transport.TTransport import TTransportException
+
+from backup.errors import AuthFailed, ConnectionFailed, FatalError, NotFound, classify
+from backup.identifiers import TableName
+from config.settings import HiveSettings, Settings
+
+_NOT_FOUND = re.compile(r"TABLE_OR_VIEW_NOT_FOUND|Table or view not found|Could not resolve table|"
+                        r"SCHEMA_NOT_FOUND|Database '.*' not found|does not exist", re.I)
+_AUTH = re.compile(r"authenticat|Access denied|not authorized|permission", re.I)
+
+
+def _classify(e: BaseException, what: str):
+    """Map impyla/thrift exceptions to our families."""
+    text = str(e)
+    if isinstance(e, (TTransportException, socket.error, EOFError, TimeoutError)):
+        return ConnectionFailed(f"{what}: {' '.join(text.split()) or type(e).__name__}")
+    if isinstance(e, (HiveServer2Error, RPCError)):
+        first = " ".join(text.split())[:400]
+        if _NOT_FOUND.search(text):
+            return NotFound(f"{what}: {first}")
+        if _AUTH.search(text):
+            return AuthFailed(f"{what}: {first}")
+        return FatalError(f"{what}: {first}")
+    return classify(e, what)
+
+
+def sql_date(d: dt.date) -> str:
+    """A date as a SQL string literal (only digits and dashes, never user text)."""
+    return f"'{d.isoformat()}'"
+
+
+class HiveClient:
+    """A HiveServer2/Impala connection built from settings; close it when done."""
+
+    def __init__(self, settings: HiveSettings, password: str | None = None):
+        self.settings = settings
+        try:
+            self.conn = dbapi.connect(
+                host=settings.host, port=settings.port, auth_mechanism=settings.auth_mechanism,
+                user=settings.user, password=password, use_ssl=settings.use_ssl,
+                kerberos_service_name=settings.kerberos_service_name, timeout=settings.timeout,
+            )
+        except Exception as e:
+            raise _classify(e, f"connect to HiveServer2 {settings.host}:{settings.port}") from e
+        self._engine: str | None = None
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "HiveClient":
+        """Build from the full settings, password from the environment."""
+        pw = s.secret("BACKUP_HIVE_PASSWORD")
+        return cls(s.hive, pw.get_secret_value() if pw else None)
+
+    def close(self) -> None:
+        """Close the connection, ignoring a connection already gone."""
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @contextmanager
+    def _cursor(self, what: str):
+        try:
+            cur = self.conn.cursor(convert_types=False)
+        except Exception as e:
+            raise _classify(e, what) from e
+        try:
+            yield cur
+        except Exception as e:
+            raise _classify(e, what) from e
+        finally:
+            try:
+                cur.close()
+            except Exception:
+                pass
+
+    def execute(self, sql: str, what: str = "query") -> None:
+        """Run a statement that returns no rows we need."""
+        with self._cursor(what) as cur:
+            cur.execute(sql)
+
+    def query(self, sql: str, what: str = "query") -> list[tuple]:
+        """Run a small query and return its rows (for counts and metadata only)."""
+        with self._cursor(what) as cur:
+            cur.execute(sql)
+            return [tuple(r) for r in cur.fetchall()] if cur.has_result_set else []
+
+    def columns(self, table: TableName) -> list[str]:
+        """Column names of a table; NotFound if it does not exist."""
+        with self._cursor(f"describe {table}") as cur:
+            cur.execute(f"SELECT * FROM {table.sql} LIMIT 0")
+            return [d[0].split(".")[-1] for d in cur.description]
+
+    def stream_columns(self, sql: str, what: str) -> Iterator[list[list]]:
+        """Yield result batches as lists of column value lists, NULLs as None."""
+        with self._cursor(what) as cur:
+            cur.arraysize = self.settings.fetch_rows
+            cur.execute(sql)
+            while True:
+                batch = cur.fetchcbatch()
+                if batch is None:
+                    break
+                if len(batch) == 0:
+                    if not batch.expect_more_rows:
+                        break
+                    continue
+                cols = []
+                for c in batch.columns:
+                    values = c.values
+                    # With convert_types=False impyla leaves NULLs of non-string columns as raw zeros.
+                    if c.nulls.any():
+                        values = [None if n else v for v, n in zip(values, c.nulls)]
+                    cols.append(values)
+                yield cols
+
+    def engine(self) -> str:
+        """'impala' or 'spark'/'hive', detected from the server once."""
+        if self._engine is None:
+            try:
+                rows = self.query("SELECT version()", "detect engine")
+                v = str(rows[0][0]).lower() if rows else ""
+            except FatalError:
+                v = ""
+            self._engine = "impala" if "impala" in v else ("spark" if v else "hive")
+        return self._engine
+
+    def refresh(self, table: TableName) -> str:
+        """Refresh a table's metadata with the engine's own statement."""
+        stmt = {"impala": f"REFRESH {table.sql}", "spark": f"REFRESH TABLE {table.sql}"}.get(self.engine())
+        if stmt is None:
+            return "skipped (engine has no REFRESH)"
+        self.execute(stmt, f"refresh {table}")
+        return stmt

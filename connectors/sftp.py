@@ -1,0 +1,317 @@
+"""SFTP to the backup server / edge node through paramiko: connect, verify, upload, checksum, rename.
+
+The host key is always verified against the configured known_hosts file:
+an unknown or changed key is a fatal error raised before any byte is sent.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import posixpath
+import shlex
+import socket
+import stat as stat_mod
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paramiko
+
+from backup.errors import (AlreadyExists, AuthFailed, ChecksumMismatch, ConfigError, ConnectionFailed,
+                           FatalError, HostKeyMismatch, NotFound, classify)
+from config.settings import Settings, SftpSettings
+
+# AES-GCM first: an AEAD cipher needs no separate MAC pass, the cheapest choice for paramiko.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+WINDOW_SIZE = 2 ** 31 - 1     # never stall on SSH flow control over a fast link
+MAX_PACKET = 2 ** 18          # fewer, larger channel packets
+CHUNK = 32768                 # SFTP write request size OpenSSH accepts without splitting
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    import base64
+
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+class SftpTarget:
+    """Connections to one SSH server, built from settings; every failure mapped to our errors."""
+
+    def __init__(self, settings: SftpSettings, key_file: Path, known_hosts: Path, passphrase: str | None = None):
+        self.s = settings
+        self.user = settings.user or getpass.getuser()
+        self.key_file = key_file
+        self.known_hosts = known_hosts
+        self._passphrase = passphrase
+        if not known_hosts.is_file():
+            raise ConfigError(f"sftp.known_hosts: file not found: {known_hosts}")
+        if not key_file.is_file():
+            raise ConfigError(f"sftp.key_file: file not found: {key_file}")
+        self._pkey: paramiko.PKey | None = None
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "SftpTarget":
+        """Build from the full settings, passphrase from the environment."""
+        pp = s.secret("BACKUP_SFTP_KEY_PASSPHRASE")
+        return cls(s.sftp, s.path(s.sftp.key_file), s.path(s.sftp.known_hosts), pp.get_secret_value() if pp else None)
+
+    @property
+    def host_label(self) -> str:
+        return self.s.host if self.s.port == 22 else f"[{self.s.host}]:{self.s.port}"
+
+    def uri(self, path: str) -> str:
+        """sftp:// URI of a remote path (for job records)."""
+        return f"sftp://{self.user}@{self.s.host}:{self.s.port}{path}"
+
+    def _key(self) -> paramiko.PKey:
+        if self._pkey is None:
+            try:
+                self._pkey = paramiko.PKey.from_path(str(self.key_file), self._passphrase)
+            except (paramiko.SSHException, OSError, ValueError) as e:
+                raise ConfigError(f"sftp.key_file: cannot load private key {self.key_file}: {e}") from e
+        return self._pkey
+
+    def _verify_host_key(self, transport: paramiko.Transport) -> None:
+        key = transport.get_remote_server_key()
+        known = paramiko.HostKeys(str(self.known_hosts))
+        entry = known.lookup(self.host_label)
+        if entry is None:
+            raise HostKeyMismatch(f"unknown host key for {self.host_label} ({key.get_name()} {_fingerprint(key)}): "
+                                  f"not in {self.known_hosts}; refusing to connect")
+        expected = entry.get(key.get_name())
+        if expected is None or expected != key:
+            raise HostKeyMismatch(f"host key for {self.host_label} has CHANGED (server offers {key.get_name()} "
+                                  f"{_fingerprint(key)}, {self.known_hosts} says otherwise); refusing to connect")
+
+    def connect(self) -> "SftpSession":
+        """Open one verified, authenticated connection."""
+        what = f"ssh {self.user}@{self.host_label}"
+        try:
+            sock = socket.create_connection((self.s.host, self.s.port), timeout=self.s.connect_timeout)
+        except OSError as e:
+            raise ConnectionFailed(f"{what}: {e}") from e
+        transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET)
+        try:
+            sec = transport.get_security_options()
+            sec.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in sec.ciphers) + \
+                tuple(c for c in sec.ciphers if c not in PREFERRED_CIPHERS)
+            transport.start_client(timeout=self.s.connect_timeout)
+            self._verify_host_key(transport)
+            transport.auth_publickey(self.user, self._key())
+            transport.set_keepalive(30)
+            sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
+            sftp.get_channel().settimeout(max(60, self.s.connect_timeout))
+        except Exception as e:
+            transport.close()
+            if isinstance(e, paramiko.AuthenticationException):
+                raise AuthFailed(f"{what}: authentication refused ({e})") from e
+            if isinstance(e, paramiko.SSHException):
+                raise ConnectionFailed(f"{what}: {e}") from e
+            raise classify(e, what) from e
+        return SftpSession(self, transport, sftp)
+
+
+def _map(e: BaseException, what: str):
+    if isinstance(e, FileNotFoundError) or (isinstance(e, IOError) and getattr(e, "errno", None) == 2):
+        return NotFound(f"{what}: no such file")
+    if isinstance(e, (paramiko.SSHException, socket.error, EOFError)):
+        return ConnectionFailed(f"{what}: {e}")
+    return classify(e, what)
+
+
+class SftpSession:
+    """One open SSH connection with its SFTP channel."""
+
+    def __init__(self, target: SftpTarget, transport: paramiko.Transport, sftp: paramiko.SFTPClient):
+        self.target = target
+        self.transport = transport
+        self.sftp = sftp
+
+    def close(self) -> None:
+        """Close the SFTP channel and the connection."""
+        try:
+            self.sftp.close()
+        finally:
+            self.transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def stat(self, path: str) -> paramiko.SFTPAttributes | None:
+        """Remote attributes, or None if the path does not exist."""
+        try:
+            return self.sftp.stat(path)
+        except IOError as e:
+            if getattr(e, "errno", None) == 2:
+                return None
+            raise _map(e, f"stat {path}") from e
+        except Exception as e:
+            raise _map(e, f"stat {path}") from e
+
+    def makedirs(self, path: str) -> None:
+        """mkdir -p on the remote side."""
+        parts = [p for p in path.split("/") if p]
+        cur = "/"
+        for p in parts:
+            cur = posixpath.join(cur, p)
+            st = self.stat(cur)
+            if st is None:
+                try:
+                    self.sftp.mkdir(cur)
+                except IOError as e:
+                    if self.stat(cur) is None:  # lost a race with another creator otherwise
+                        raise _map(e, f"mkdir {cur}") from e
+            elif not stat_mod.S_ISDIR(st.st_mode):
+                raise AlreadyExists(f"mkdir {cur}: exists and is not a folder")
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in a remote folder."""
+        try:
+            return self.sftp.listdir(path)
+        except Exception as e:
+            raise _map(e, f"list {path}") from e
+
+    def remove(self, path: str) -> None:
+        """Delete a remote file; missing is fine."""
+        try:
+            self.sftp.remove(path)
+        except IOError as e:
+            if getattr(e, "errno", None) != 2:
+                raise _map(e, f"remove {path}") from e
+
+    def rename_no_replace(self, src: str, dst: str) -> None:
+        """Atomic rename that fails if ``dst`` exists (OpenSSH's SFTP rename links, never replaces)."""
+        try:
+            self.sftp.rename(src, dst)
+        except IOError as e:
+            if self.stat(dst) is not None:
+                raise AlreadyExists(f"rename {src} -> {dst}: target exists") from e
+            raise _map(e, f"rename {src} -> {dst}") from e
+
+    def sha256(self, path: str) -> str:
+        """SHA-256 computed on the server by ``sha256sum`` (the path is shell-quoted)."""
+        what = f"remote sha256sum {path}"
+        try:
+            chan = self.transport.open_session(timeout=self.target.s.connect_timeout)
+            chan.exec_command("sha256sum -- " + shlex.quote(path))
+            out = chan.makefile("rb").read().decode(errors="replace")
+            err = chan.makefile_stderr("rb").read().decode(errors="replace")
+            code = chan.recv_exit_status()
+            chan.close()
+        except Exception as e:
+            raise _map(e, what) from e
+        if code != 0:
+            raise FatalError(f"{what}: exit {code}: {' '.join(err.split())[:300]}")
+        digest = out.split(" ", 1)[0].strip()
+        if len(digest) != 64:
+            raise FatalError(f"{what}: unexpected output {out[:100]!r}")
+        return digest
+
+
+ProgressFn = Callable[[int], None]
+
+
+def upload(target: SftpTarget, local: Path, remote_tmp: str, progress: ProgressFn | None = None,
+           streams: int | None = None, rate_limit_mbps: float | None = None) -> None:
+    """Upload ``local`` to ``remote_tmp`` over ``streams`` parallel connections, each writing one byte range."""
+    size = local.stat().st_size
+    streams = max(1, min(streams or target.s.streams, max(1, size // (8 * 2**20))))
+    rate = (target.s.rate_limit_mbps if rate_limit_mbps is None else rate_limit_mbps) * 1e6 / streams
+    with target.connect() as first:
+        try:
+            with first.sftp.open(remote_tmp, "wb") as f:
+                f.truncate(size)
+        except Exception as e:
+            raise _map(e, f"create {remote_tmp}") from e
+        if streams == 1:
+            _send_range(first, local, remote_tmp, 0, size, progress, rate)
+            return
+        bounds = [size * i // streams for i in range(streams + 1)]
+        errors: list[BaseException] = []
+
+        def run(i: int) -> None:
+            try:
+                if i == 0:
+                    _send_range(first, local, remote_tmp, bounds[0], bounds[1], progress, rate)
+                else:
+                    with target.connect() as sess:
+                        _send_range(sess, local, remote_tmp, bounds[i], bounds[i + 1], progress, rate)
+            except BaseException as e:  # collected and re-raised in the calling thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(streams)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            fatal = [e for e in errors if not getattr(e, "retryable", False)]
+            raise (fatal or errors)[0]
+
+
+def _send_range(sess: SftpSession, local: Path, remote: str, start: int, end: int,
+                progress: ProgressFn | None, rate: float) -> None:
+    what = f"upload {local.name} -> {remote} [{start}:{end}]"
+    began = time.monotonic()
+    sent = 0
+    try:
+        with open(local, "rb") as src, sess.sftp.open(remote, "r+b") as dst:
+            # Pipelining lets paramiko send write requests without waiting for each ack.
+            dst.set_pipelined(True)
+            src.seek(start)
+            dst.seek(start)
+            left = end - start
+            while left > 0:
+                buf = src.read(min(left, 1024 * 1024))
+                if not buf:
+                    raise FatalError(f"{what}: local file shrank while uploading")
+                dst.write(buf)
+                left -= len(buf)
+                sent += len(buf)
+                if progress:
+                    progress(len(buf))
+                if rate:
+                    ahead = sent / rate - (time.monotonic() - began)
+                    if ahead > 0:
+                        time.sleep(ahead)
+    except FatalError:
+        raise
+    except Exception as e:
+        raise _map(e, what) from e
+
+
+def verify_and_commit(sess: SftpSession, remote_tmp: str, remote_final: str, sha256: str,
+                      before_commit: Callable[[], None]) -> str:
+    """Check the temp file's remote SHA-256, then rename it into place; idempotent on retry.
+
+    ``before_commit`` is the fencing check: it raises if this run lost its lock.
+    Returns 'committed' or 'already present'.
+    """
+    final = sess.stat(remote_final)
+    if final is not None:
+        if sess.sha256(remote_final) == sha256:
+            sess.remove(remote_tmp)
+            return "already present"
+        raise AlreadyExists(f"{remote_final} exists with different content; refusing to overwrite a backup")
+    got = sess.sha256(remote_tmp)
+    if got != sha256:
+        sess.remove(remote_tmp)
+        raise ChecksumMismatch(f"{remote_tmp}: remote sha256 {got[:12]}… != local {sha256[:12]}…")
+    before_commit()
+    sess.rename_no_replace(remote_tmp, remote_final)
+    return "committed"
+
+
+def local_sha256(path: Path) -> str:
+    """SHA-256 of a local file, streaming."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * 1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+

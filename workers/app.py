@@ -1,0 +1,117 @@
+"""The Celery application: ``celery -A workers.app worker`` works as well as ``backupctl worker``.
+
+Reliability settings, chosen on purpose:
+
+* ``task_acks_late`` + idempotent phases: a message is acknowledged only after
+  its phase finished, so a worker that dies mid-phase does not lose the work.
+  Every phase can run again safely (temp names, verify-before-commit, fenced
+  status writes).
+* ``task_reject_on_worker_lost``: a child process killed by a signal (OOM
+  killer, SIGKILL) gives its message back instead of marking it failed.  To
+  stop a message that kills every worker from cycling forever, each phase
+  counts its deliveries in the job record and fails for good with
+  ``TooManyDeliveries`` past ``celery.max_deliveries`` (backup.runner).
+  A worker whose main process is killed leaves its message unacked; Redis
+  redelivers it after ``visibility_timeout``, counted the same way.
+* ``worker_prefetch_multiplier = 1``: a worker reserves one message per process,
+  so long copies do not hold other jobs hostage in a busy worker's buffer.
+* ``visibility_timeout`` (broker, result backend and app option) above the hard
+  time limit, validated at load: a running task is never redelivered while it
+  is still running.
+* explicit soft/hard time limits; ``broker_connection_retry_on_startup``;
+  results kept longer than any chain (``result_expires``).
+
+Secrets never travel in task arguments: tasks get table names and job ids;
+passwords are read from the environment inside the worker.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger, task_prerun
+
+from config.settings import Settings, get_settings
+
+QUEUES = ("default", "io", "spark")
+
+# Routed by task name: transfers and copies are I/O bound, Spark jobs wait on the cluster.
+TASK_ROUTES = {
+    "backup.edge_export.transfer": {"queue": "io"},
+    "backup.customer_files.copy": {"queue": "io"},
+    "backup.table_backup.*": {"queue": "spark"},
+    "backup.*": {"queue": "default"},
+}
+
+
+def redis_url_with_password(s: Settings) -> str:
+    """The Redis URL with BACKUP_REDIS_PASSWORD inserted (Celery masks it in banners and Flower)."""
+    pw = s.secret("BACKUP_REDIS_PASSWORD")
+    if not pw:
+        return s.redis.url
+    parts = urlsplit(s.redis.url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f":{quote(pw.get_secret_value(), safe='')}@{host}"))
+
+
+def celery_config(s: Settings) -> dict:
+    """Celery settings derived from our typed settings."""
+    url = redis_url_with_password(s)
+    c = s.celery
+    transport = {"visibility_timeout": c.visibility_timeout}
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "visibility_timeout": c.visibility_timeout,
+        "broker_connection_retry_on_startup": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": c.task_time_limit,
+        "task_soft_time_limit": c.task_soft_time_limit,
+        "result_expires": c.result_expires,
+        "result_extended": True,
+        "task_track_started": True,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": "default",
+        "task_routes": TASK_ROUTES,
+        "worker_concurrency": c.worker_concurrency,
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+    }
+
+
+def create_app(s: Settings | None = None) -> Celery:
+    """Build the Celery app from settings."""
+    s = s or get_settings()
+    celery_app = Celery("mediation_backup", include=["tasks.edge_export"])
+    celery_app.conf.update(celery_config(s))
+    return celery_app
+
+
+app = create_app()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _setup_logging(logger, *args, **kwargs):
+    from workers import logctx
+
+    logctx.configure(logger, get_settings().log_format)
+
+
+@task_prerun.connect
+def _bind_log_context(task_id=None, task=None, args=None, kwargs=None, **_):
+    from workers import logctx
+
+    payload = (args or [None])[0]
+    job_id = payload.get("job_id") if isinstance(payload, dict) else task_id
+    logctx.bind(job_id, getattr(task, "phase_name", None) or (task.name if task else None))
+

@@ -1,0 +1,270 @@
+"""The embedded local platform: every service a demo and the tests need, on one machine.
+
+``backupctl platform up|down|status``.  Each service runs under the state folder
+(``platform.state_dir``) with its pid recorded there; ``down`` stops only what
+``up`` started, by pid.  A Redis already listening on the configured port is
+reused and never stopped.
+
+Services:
+  redis   redis-server (only if none listens already)
+  spark   one JVM from the pyspark wheel serving HiveServer2 and Spark Connect
+  sshd    OpenSSH on loopback, generated host and client keys: the edge node
+  sinks   SMTP server keeping every message + HTTP ticket receiver (workers/sinks.py)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from backup.errors import ConfigError, ConnectionFailed
+from config.settings import Settings
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """True if something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_ports(ports: list[int], timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Wait until every port accepts connections; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    while pending:
+        pending = [p for p in pending if not port_open(p)]
+        if not pending:
+            return
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise ConnectionFailed(f"service exited with code {proc.returncode} before ports {pending} opened; log {log}:\n{tail}")
+        if time.monotonic() > deadline:
+            raise ConnectionFailed(f"ports {pending} not open after {timeout:.0f}s (log: {log})")
+        time.sleep(0.2)
+
+
+@dataclass
+class Service:
+    name: str
+    ports: list[int]
+
+
+class LocalPlatform:
+    """Start, stop and report the local services under one state folder."""
+
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.p = settings.platform
+        self.state = settings.path(self.p.state_dir).resolve()
+        self.run_dir = self.state / "run"
+        self.log_dir = self.state / "logs"
+
+    # -- bookkeeping -------------------------------------------------------
+    def _pidfile(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def _pid(self, name: str) -> int | None:
+        f = self._pidfile(name)
+        try:
+            pid = int(f.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+            return None
+        except PermissionError:
+            pass
+        return pid
+
+    def _spawn(self, name: str, argv: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")
+        # New session: the service outlives this command and gets its own process group for `down`.
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd, start_new_session=True)
+        self._pidfile(name).write_text(str(proc.pid))
+        return proc
+
+    def services(self) -> list[Service]:
+        """The services and their ports."""
+        p = self.p
+        return [
+            Service("redis", [p.redis_port]),
+            Service("spark", [p.hive_port, p.connect_port]),
+            Service("sshd", [p.ssh_port]),
+            Service("sinks", [p.smtp_port, p.ticket_port]),
+        ]
+
+    # -- up ------------------------------------------------------------------
+    def up(self, only: list[str] | None = None, timeout: float = 180) -> dict[str, str]:
+        """Start every (or the named) service not already running; wait on their ports."""
+        report = {}
+        started: list[tuple[str, subprocess.Popen, list[int]]] = []
+        for svc in self.services():
+            if only and svc.name not in only:
+                continue
+            if all(port_open(port) for port in svc.ports):
+                report[svc.name] = "running" if self._pid(svc.name) else "reused (not started by us)"
+                continue
+            if any(port_open(port) for port in svc.ports):
+                busy = [port for port in svc.ports if port_open(port)]
+                raise ConfigError(f"{svc.name}: port(s) {busy} already taken by another program; change platform ports")
+            proc = getattr(self, f"_start_{svc.name}")()
+            started.append((svc.name, proc, svc.ports))
+        for name, proc, ports in started:
+            wait_for_ports(ports, timeout, proc, self.log_dir / f"{name}.log")
+            report[name] = "started"
+        return report
+
+    def _start_redis(self) -> subprocess.Popen:
+        exe = shutil.which("redis-server")
+        if not exe:
+            raise ConfigError("redis-server not found: install the Debian package redis-server (make deps does)")
+        # Embedded default keeps nothing on disk; production uses persistence and maxmemory-policy noeviction.
+        return self._spawn("redis", [exe, "--bind", "127.0.0.1", "--port", str(self.p.redis_port),
+                                     "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"])
+
+    def spark_home(self) -> Path:
+        """SPARK_HOME inside the installed pyspark wheel."""
+        import pyspark
+
+        return Path(pyspark.__file__).resolve().parent
+
+    def _start_spark(self) -> subprocess.Popen:
+        home = self.spark_home()
+        warehouse = self.state / "spark" / "warehouse"
+        derby = self.state / "spark" / "derby"
+        warehouse.mkdir(parents=True, exist_ok=True)
+        derby.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, SPARK_HOME=str(home), PYSPARK_PYTHON=sys.executable,
+                   SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(self.log_dir))
+        argv = [
+            str(home / "bin" / "spark-submit"),
+            "--class", "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2",
+            "--master", self.p.spark_master,
+            "--driver-memory", self.p.spark_driver_memory,
+            "--conf", "spark.plugins=org.apache.spark.sql.connect.SparkConnectPlugin",
+            "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+            "--conf", f"spark.connect.grpc.binding.port={self.p.connect_port}",
+            "--conf", f"spark.ui.port={self.p.spark_ui_port}",
+            "--conf", f"spark.sql.warehouse.dir={warehouse}",
+            "--conf", f"spark.hadoop.hive.server2.thrift.port={self.p.hive_port}",
+            "--conf", "spark.hadoop.hive.server2.thrift.bind.host=127.0.0.1",
+            "--conf", "spark.hadoop.hive.server2.authentication=NOSASL",
+            "--conf", "spark.sql.shuffle.partitions=4",
+            "--driver-java-options", f"-Dderby.system.home={derby}",
+            "spark-internal",
+        ]
+        # The metastore_db folder is created in the working directory: keep it in the state folder.
+        return self._spawn("spark", argv, env=env, cwd=self.state / "spark")
+
+    def ssh_dir(self) -> Path:
+        """Keys, sshd_config and known_hosts of the local edge node."""
+        return self.state / "ssh"
+
+    def ensure_ssh_keys(self) -> None:
+        """Generate host and client keys and the client's known_hosts once."""
+        d = self.ssh_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        keygen = shutil.which("ssh-keygen")
+        if not keygen:
+            raise ConfigError("ssh-keygen not found: install openssh-client (make deps does)")
+        for key in ("host_ed25519", "client_key"):
+            if not (d / key).exists():
+                subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+        host_pub = (d / "host_ed25519.pub").read_text().split()
+        (d / "known_hosts").write_text(f"[127.0.0.1]:{self.p.ssh_port} {host_pub[0]} {host_pub[1]}\n")
+        (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+        os.chmod(d / "authorized_keys", 0o600)
+
+    def _start_sshd(self) -> subprocess.Popen:
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        if not Path(sshd).exists():
+            raise ConfigError("sshd not found: install the Debian package openssh-server (make deps does)")
+        self.ensure_ssh_keys()
+        d = self.ssh_dir()
+        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation dir sshd insists on
+        cfg = d / "sshd_config"
+        cfg.write_text("\n".join([
+            f"Port {self.p.ssh_port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {d / 'host_ed25519'}",
+            f"AuthorizedKeysFile {d / 'authorized_keys'}",
+            f"PidFile {self.run_dir / 'sshd.real.pid'}",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password",
+            "StrictModes no",
+            "UsePAM no",
+            "Subsystem sftp internal-sftp",
+            "MaxStartups 100:30:200",
+            "MaxSessions 50",
+            "",
+        ]))
+        # -D: stay in the foreground so the pid we record is sshd itself; -e: log to stderr (our log file).
+        return self._spawn("sshd", [sshd, "-D", "-e", "-f", str(cfg)])
+
+    def _start_sinks(self) -> subprocess.Popen:
+        return self._spawn("sinks", [sys.executable, "-m", "workers.sinks",
+                                     "--dir", str(self.state / "sinks"),
+                                     "--smtp-port", str(self.p.smtp_port),
+                                     "--http-port", str(self.p.ticket_port)],
+                           cwd=Path(__file__).resolve().parent.parent)
+
+    # -- down / status -------------------------------------------------------
+    def down(self, only: list[str] | None = None, timeout: float = 30) -> dict[str, str]:
+        """Stop what ``up`` started (by recorded pid), leave anything else alone."""
+        report = {}
+        for svc in reversed(self.services()):
+            if only and svc.name not in only:
+                continue
+            pid = self._pid(svc.name)
+            if pid is None:
+                report[svc.name] = "not started by us"
+                continue
+            self._stop_pid(pid, timeout)
+            self._pidfile(svc.name).unlink(missing_ok=True)
+            report[svc.name] = "stopped"
+        return report
+
+    @staticmethod
+    def _stop_pid(pid: int, timeout: float) -> None:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            # Reap it if it is our child (tests start services in-process).
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.1)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def status(self) -> dict[str, dict]:
+        """Per service: pid if ours, and whether each port answers."""
+        return {svc.name: {"pid": self._pid(svc.name), "ports": {p: port_open(p) for p in svc.ports}}
+                for svc in self.services()}

@@ -1,0 +1,49 @@
+"""Sample mediation tables for the demo, tests and benchmarks, generated inside the SQL engine.
+
+Rows span the eight calendar months before the current one plus the current
+month, so the default five-month window cuts through the data on both sides,
+and carry the values a CSV export gets wrong: ``;``, quotes, newlines,
+unicode, NULLs and empty strings.
+"""
+
+from __future__ import annotations
+
+from backup.identifiers import TableName, identifier
+
+TRICKY_NOTES = ["plain", "semi;colon", 'say "hi"', "two\nlines", "crlf\r\nline", "Nørd Ørbit ✓ 日本", "", None]
+
+
+def _sql_str(s: str | None) -> str:
+    if s is None:
+        return "CAST(NULL AS STRING)"
+    # Spark SQL string literal: escape backslash and quote; newlines as escapes.
+    esc = s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
+    return f"'{esc}'"
+
+
+def create_sample_table(hive, table: TableName, rows: int = 10_000, months_back: int = 8) -> int:
+    """(Re)create ``table`` with ``rows`` generated rows partitioned by partition_date; returns the count."""
+    identifier(table.db, "database name")
+    if not isinstance(rows, int) or rows < 0:
+        raise ValueError("rows must be a non-negative integer")
+    hive.execute(f"CREATE DATABASE IF NOT EXISTS `{table.db}`", "create database")
+    hive.execute(f"DROP TABLE IF EXISTS {table.sql}", "drop sample table")
+    hive.execute(
+        f"CREATE TABLE {table.sql} (id BIGINT, msisdn STRING, customer STRING, note STRING, "
+        f"bytes_up BIGINT, amount DOUBLE, event_ts TIMESTAMP, partition_date STRING) "
+        f"USING parquet PARTITIONED BY (partition_date)", "create sample table")
+    notes = ", ".join(_sql_str(n) for n in TRICKY_NOTES)
+    start = f"add_months(trunc(current_date(), 'MM'), -{int(months_back)})"
+    span = f"datediff(last_day(current_date()), {start}) + 1"
+    if rows:
+        hive.execute(
+            f"INSERT INTO {table.sql} SELECT id, "
+            f"concat('4479', lpad(cast(id % 100000000 AS STRING), 8, '0')), "
+            f"element_at(array('Acme;Telecom', 'O\"Brien Mobile', 'Zoë GmbH', 'north'), cast(id % 4 AS INT) + 1), "
+            f"element_at(array({notes}), cast(id % {len(TRICKY_NOTES)} AS INT) + 1), "
+            f"CASE WHEN id % 13 = 0 THEN NULL ELSE id * 37 % 100000 END, "
+            f"CASE WHEN id % 17 = 0 THEN NULL ELSE round((id % 10000) / 7.0, 4) END, "
+            f"CAST(date_add({start}, cast(id % ({span}) AS INT)) AS TIMESTAMP) + make_interval(0,0,0,0,0,0, id % 86400), "
+            f"date_format(date_add({start}, cast(id % ({span}) AS INT)), 'yyyy-MM-dd') "
+            f"FROM range({rows})", "insert sample rows")
+    return int(hive.query(f"SELECT count(*) FROM {table.sql}", "count sample rows")[0][0])
