@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from impala import dbapi
-from impala.error import HiveServer2Error, RPCError
+from impala.error import Error as ImpylaError
 from thrift.transport.TTransport import TTransportException
 
 from backup.errors import AuthFailed, ConnectionFailed, FatalError, NotFound, classify
@@ -26,13 +26,20 @@ _NOT_FOUND = re.compile(r"TABLE_OR_VIEW_NOT_FOUND|Table or view not found|Could 
 _AUTH = re.compile(r"authenticat|Access denied|not authorized|permission", re.I)
 
 
+def server_message(text: str) -> str:
+    """The useful head of a server error: no Java wrapper prefix, no stack trace, one line."""
+    text = text.split("\n\tat ", 1)[0].split("\n\n", 1)[0]
+    text = re.sub(r"^(org\.apache\.hive\.service\.cli\.HiveSQLException: )?(Error running query: )?", "", text)
+    return " ".join(text.split())[:400]
+
+
 def _classify(e: BaseException, what: str):
     """Map impyla/thrift exceptions to our families."""
     text = str(e)
     if isinstance(e, (TTransportException, socket.error, EOFError, TimeoutError)):
         return ConnectionFailed(f"{what}: {' '.join(text.split()) or type(e).__name__}")
-    if isinstance(e, (HiveServer2Error, RPCError)):
-        first = " ".join(text.split())[:400]
+    if isinstance(e, ImpylaError):
+        first = server_message(text)
         if _NOT_FOUND.search(text):
             return NotFound(f"{what}: {first}")
         if _AUTH.search(text):

@@ -266,8 +266,10 @@ def _send_range(sess: SftpSession, local: Path, remote: str, start: int, end: in
             src.seek(start)
             dst.seek(start)
             left = end - start
+            # Small reads under a bandwidth cap keep the pacing smooth; large ones otherwise.
+            step = max(4096, int(rate / 4)) if rate else 1024 * 1024
             while left > 0:
-                buf = src.read(min(left, 1024 * 1024))
+                buf = src.read(min(left, step, 1024 * 1024))
                 if not buf:
                     raise FatalError(f"{what}: local file shrank while uploading")
                 dst.write(buf)

@@ -1,0 +1,67 @@
+# mediation-backup: `make demo` and `make test` work on a fresh Debian/Ubuntu machine with Python 3.11+.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CTL := $(VENV)/bin/backupctl
+STATE := .platform
+DEMO_TABLE ?= mnaas.customer_traffic
+DEMO_ROWS ?= 50000
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps demo test test-unit bench up down status worker clean
+
+# OS packages the platform needs, installed only when missing.
+deps:
+	@missing=""; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing OS packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+up: deps venv
+	$(CTL) platform up
+
+down:
+	-$(CTL) platform down
+
+status:
+	$(CTL) platform status
+
+# Platform up, sample data, one worker, the main job, a summary; the worker is stopped afterwards.
+demo: up
+	$(CTL) sample-data $(DEMO_TABLE) --rows $(DEMO_ROWS)
+	@mkdir -p $(STATE)/logs
+	@$(CTL) worker -c 2 -n demo@%h > $(STATE)/logs/demo-worker.log 2>&1 & echo $$! > $(STATE)/demo-worker.pid
+	@trap 'kill $$(cat $(STATE)/demo-worker.pid) 2>/dev/null; rm -f $(STATE)/demo-worker.pid' EXIT; \
+	  $(CTL) run edge-export $(DEMO_TABLE) --wait --timeout 600; rc=$$?; \
+	  echo; echo "Backups on the edge node (local platform sshd):"; \
+	  find /tmp/mediation-backup-edge -name '*.csv.gz' -printf '  %p  %s bytes\n' 2>/dev/null | tail -5; \
+	  echo "Recent runs:"; $(CTL) jobs --limit 5; exit $$rc
+
+test: deps venv
+	$(PY) -m pytest -q tests
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit
+
+bench: up
+	$(PY) bench/run_all.py
+
+clean: down
+	rm -rf $(STATE)

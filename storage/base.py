@@ -1,0 +1,225 @@
+"""The storage-backend interface every target (local, WebHDFS, SFTP) implements.
+
+A backend is not rooted: methods take full paths as the backend spells them
+(``open_backend`` hands back the base path of a URL).  Subclasses implement
+the primitives; ``glob``, ``sha256``, ``write_atomic`` and
+``remove_stale_temps`` are built here once on top of them so every backend
+shares the same semantics.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import fnmatch
+import hashlib
+import logging
+import os
+import posixpath
+import re
+import secrets
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from backup.errors import AlreadyExists, BackupError, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 1024 * 1024
+
+# '.<name>.<16 hex>.part': hidden, recognisably ours, and never matched by a
+# caller's glob for real files.
+_TEMP_RE = re.compile(r"\..+\.[0-9a-f]{16}\.part", re.DOTALL)
+# Keeps temp names under the 255-byte component limit of ext4 and HDFS.
+_TEMP_NAME_BYTES = 200
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What we need to know about a file or folder."""
+
+    path: str
+    size: int
+    mtime: float
+    is_dir: bool
+
+    @property
+    def name(self) -> str:
+        """The last component of the path."""
+        return posixpath.basename(self.path)
+
+
+def check_path(path: str | os.PathLike[str]) -> str:
+    """Return ``path`` as a string, or raise InvalidInput if it is unusable."""
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise InvalidInput(f"path must be a non-empty string, got {path!r}")
+    for char in path:
+        if unicodedata.category(char) == "Cc":
+            raise InvalidInput(f"path {path!r} contains control character {char!r}")
+    return path
+
+
+def temp_name(name: str) -> str:
+    """A fresh temporary sibling name for a file called ``name``."""
+    short = name.encode()[:_TEMP_NAME_BYTES].decode(errors="ignore")
+    return f".{short}.{secrets.token_hex(8)}.part"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of our temporary names."""
+    return _TEMP_RE.fullmatch(name) is not None
+
+
+class StorageBackend(abc.ABC):
+    """A place backups are read from or written to."""
+
+    scheme: str
+
+    @classmethod
+    @abc.abstractmethod
+    def from_url(cls, url: str, **options) -> tuple[StorageBackend, str]:
+        """Build the backend for ``url``; return it and the URL's base path."""
+
+    @abc.abstractmethod
+    def uri(self, path: str) -> str:
+        """The full URI of ``path``, for job records and manifests."""
+
+    @abc.abstractmethod
+    def stat(self, path: str) -> FileStat | None:
+        """Size, mtime and kind of ``path``; None if it does not exist."""
+
+    @abc.abstractmethod
+    def list(self, path: str) -> list[FileStat]:
+        """Children of folder ``path`` sorted by name; NotFound if it is missing."""
+
+    @abc.abstractmethod
+    def open_read(self, path: str, offset: int = 0) -> contextlib.AbstractContextManager[BinaryIO]:
+        """Stream the content of ``path`` from byte ``offset`` on."""
+
+    @abc.abstractmethod
+    def mkdir(self, path: str) -> None:
+        """Create folder ``path`` and its parents; fine if it exists."""
+
+    @abc.abstractmethod
+    def rename(self, src: str, dst: str, *, overwrite: bool = False) -> None:
+        """Move ``src`` to ``dst``; AlreadyExists if ``dst`` exists and not overwrite."""
+
+    @abc.abstractmethod
+    def delete(self, path: str, *, recursive: bool = False) -> None:
+        """Remove ``path``; a missing path is fine."""
+
+    @abc.abstractmethod
+    def _create(self, path: str, chunks: Iterable[bytes]) -> None:
+        """Write a new file at ``path`` from ``chunks``, failing if it exists."""
+
+    def close(self) -> None:
+        """Release connections; the backend is unusable afterwards."""
+
+    def __enter__(self) -> StorageBackend:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _checked(self, path: str) -> str:
+        """``path`` validated for this backend."""
+        return check_path(path)
+
+    def glob(self, folder: str, pattern: str) -> list[FileStat]:
+        """Files directly in ``folder`` whose name matches ``pattern``, by (mtime, name).
+
+        Our own in-flight temporary files never match.
+        """
+        matches = [
+            entry
+            for entry in self.list(folder)
+            if not entry.is_dir and fnmatch.fnmatchcase(entry.name, pattern) and not is_temp_name(entry.name)
+        ]
+        return sorted(matches, key=lambda entry: (entry.mtime, entry.name))
+
+    def sha256(self, path: str) -> str:
+        """Hex SHA-256 of the content of ``path``, read back in full."""
+        digest = hashlib.sha256()
+        with self.open_read(path) as stream:
+            for chunk in iter_chunks(stream):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def write_atomic(self, path: str, chunks: Iterable[bytes], *, overwrite: bool = False) -> FileStat:
+        """Write ``chunks`` to ``path`` so readers see all of it or nothing.
+
+        The data goes to a temporary sibling that is renamed into place.  The
+        folder must exist.  If ``path`` exists and not ``overwrite``:
+        AlreadyExists.  On any failure the temporary file is removed.
+        """
+        path = self._checked(path)
+        folder, name = posixpath.split(path)
+        if not name:
+            raise InvalidInput(f"{self.uri(path)} names no file")
+        self._require_folder(folder or ".")
+        # Fail before streaming what may be gigabytes; rename() below is what
+        # actually guarantees that an existing file is never replaced.
+        if not overwrite and self.stat(path) is not None:
+            raise AlreadyExists(f"{self.uri(path)} already exists")
+        if isinstance(chunks, (bytes, bytearray, memoryview)):
+            chunks = [chunks]
+        temp = posixpath.join(folder, temp_name(name))
+        try:
+            self._create(temp, chunks)
+            self.rename(temp, path, overwrite=overwrite)
+        except BaseException:
+            self._discard(temp)
+            raise
+        written = self.stat(path)
+        if written is None:
+            raise NotFound(f"{self.uri(path)} vanished right after it was written")
+        return written
+
+    def remove_stale_temps(self, folder: str, *, older_than: float = 0.0) -> int:
+        """Delete our temporary files in ``folder`` left by killed writers.
+
+        Only temps whose mtime is at least ``older_than`` seconds old are
+        removed, so a live writer sharing the folder can be spared.  Returns
+        how many were deleted.
+        """
+        horizon = time.time() - older_than
+        removed = 0
+        for entry in self.list(folder):
+            if not entry.is_dir and is_temp_name(entry.name) and entry.mtime <= horizon:
+                self.delete(entry.path)
+                removed += 1
+        if removed:
+            log.info("removed %d stale temporary file(s) in %s", removed, self.uri(folder))
+        return removed
+
+    def _require_folder(self, folder: str) -> None:
+        """Raise unless ``folder`` exists and is a folder."""
+        found = self.stat(folder)
+        if found is None:
+            raise NotFound(f"folder {self.uri(folder)} does not exist")
+        if not found.is_dir:
+            raise InvalidInput(f"{self.uri(folder)} is not a folder")
+
+    def _discard(self, temp: str) -> None:
+        """Best-effort removal of a temp file while another error propagates."""
+        try:
+            self.delete(temp)
+        except BackupError as e:
+            # The original failure matters more; remove_stale_temps collects it.
+            log.warning("could not remove temporary file %s: %s", self.uri(temp), e.one_line())
+
+    def _check_offset(self, offset: int) -> int:
+        """``offset`` if it is a usable read offset."""
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidInput(f"read offset must be a non-negative integer, got {offset!r}")
+        return offset
+
+
+def iter_chunks(stream: BinaryIO, size: int = READ_CHUNK) -> Iterator[bytes]:
+    """Yield ``stream``'s content in chunks of at most ``size`` bytes."""
+    while chunk := stream.read(size):
+        yield chunk

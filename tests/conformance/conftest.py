@@ -1,0 +1,69 @@
+"""Backends under conformance test.
+
+Each entry of ``BACKENDS`` opens a URL (plus options) pointing at a fresh,
+not yet created folder for one test.  Adding a backend is one factory and one
+entry; every conformance test then runs against it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from storage import StorageBackend, open_backend
+from tests.webhdfs_server import WebHdfsTestServer, wait_for_port
+
+
+@dataclass
+class Case:
+    """A backend and an empty folder on it for one test."""
+
+    backend: StorageBackend
+    folder: str
+    options: dict = field(default_factory=dict)
+
+    def path(self, *names: str) -> str:
+        """A path inside the test folder."""
+        return "/".join([self.folder, *names])
+
+
+@contextlib.contextmanager
+def _local(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict]]:
+    yield str(request.getfixturevalue("tmp_path") / "store"), {}
+
+
+@contextlib.contextmanager
+def _webhdfs(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict]]:
+    server = request.getfixturevalue("webhdfs_server")
+    yield f"webhdfs://{server.host}:{server.port}/conformance/{uuid.uuid4().hex}", {"user": "backup"}
+
+
+# Given the test's request, yields (url, open_backend options) for a fresh folder.
+Factory = Callable[[pytest.FixtureRequest], contextlib.AbstractContextManager[tuple[str, dict]]]
+
+BACKENDS: dict[str, Factory] = {
+    "local": _local,
+    "webhdfs": _webhdfs,
+}
+
+
+@pytest.fixture(scope="session")
+def webhdfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebHdfsTestServer]:
+    """One WebHDFS test server for the whole session."""
+    with WebHdfsTestServer(tmp_path_factory.mktemp("webhdfs-root")) as server:
+        wait_for_port(server.host, server.port)
+        yield server
+
+
+@pytest.fixture(params=list(BACKENDS))
+def case(request: pytest.FixtureRequest) -> Iterator[Case]:
+    """Every backend in turn, with an empty folder."""
+    with BACKENDS[request.param](request) as (url, options):
+        backend, folder = open_backend(url, **options)
+        with backend:
+            backend.mkdir(folder)
+            yield Case(backend, folder, options)

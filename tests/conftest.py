@@ -1,0 +1,147 @@
+"""Session fixtures: a test config, the local platform on test ports, real Celery workers.
+
+The test config is written before anything imports ``workers.app`` (which reads
+BACKUP_CONFIG at import), with its own state folder, its own ports (so a demo
+platform can run beside the tests), Redis database 9 and short retry/lock
+timings so failure paths finish in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(tempfile.mkdtemp(prefix="mb-test-"))
+REMOTE_DIR = str(STATE / "edge")
+TEST_REDIS_DB = 9
+
+TEST_CONFIG = {
+    "base_dir": str(ROOT),
+    "redis": {"url": f"redis://127.0.0.1:6379/{TEST_REDIS_DB}", "key_prefix": "mbtest"},
+    "celery": {"task_time_limit": 60, "task_soft_time_limit": 55, "visibility_timeout": 65,
+               "max_deliveries": 3, "worker_concurrency": 2},
+    "retry": {"max_retries": 2, "backoff": 1, "backoff_max": 2},
+    "lock": {"ttl": 10, "renew_every": 2},
+    "hive": {"host": "127.0.0.1", "port": 11000, "auth_mechanism": "NOSASL", "fetch_rows": 5000},
+    "sftp": {"host": "127.0.0.1", "port": 2322, "key_file": str(STATE / "platform/ssh/client_key"),
+             "known_hosts": str(STATE / "platform/ssh/known_hosts"), "remote_dir": REMOTE_DIR,
+             "connect_timeout": 5},
+    "smtp": {"host": "127.0.0.1", "port": 8125},
+    "ticket": {"url": "http://127.0.0.1:8189/tickets"},
+    "edge_export": {"export_dir": str(STATE / "exports"), "months": 5},
+    "platform": {"state_dir": str(STATE / "platform"), "hive_port": 11000, "connect_port": 16002,
+                 "spark_ui_port": 4140, "ssh_port": 2322, "smtp_port": 8125, "ticket_port": 8189},
+}
+
+
+def write_config(path: Path, overrides: dict | None = None) -> Path:
+    """Write the test config (optionally changed) to ``path``."""
+    from config.settings import _merge
+
+    path.write_text(yaml.safe_dump(_merge(TEST_CONFIG, overrides or {})))
+    return path
+
+
+CONFIG_PATH = STATE / "test.yaml"
+sys.path.insert(0, str(ROOT))
+write_config(CONFIG_PATH)
+os.environ["BACKUP_CONFIG"] = str(CONFIG_PATH)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from config.settings import load_settings
+
+    return load_settings(CONFIG_PATH)
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings):
+    from backup.resources import redis_client as make
+
+    client = make(settings)
+    client.ping()
+    client.flushdb()  # database 9 belongs to the tests
+    return client
+
+
+@pytest.fixture
+def res(settings, redis_client):
+    from backup.resources import Resources
+
+    return Resources(settings, _redis=redis_client)
+
+
+@pytest.fixture(scope="session")
+def platform(settings):
+    """The local platform on test ports, started once, stopped at the end (only what it started)."""
+    from workers.platform import LocalPlatform
+
+    plat = LocalPlatform(settings)
+    plat.up(timeout=240)
+    yield plat
+    plat.down()
+
+
+class WorkerProc:
+    """A real ``celery worker`` subprocess in its own process group."""
+
+    def __init__(self, config: Path, name: str, queues: str = "default,io,spark", concurrency: int = 2):
+        self.config, self.name, self.queues, self.concurrency = config, name, queues, concurrency
+        self.proc: subprocess.Popen | None = None
+        self.log = STATE / f"worker-{name}.log"
+
+    def start(self, timeout: float = 60) -> "WorkerProc":
+        env = dict(os.environ, BACKUP_CONFIG=str(self.config), PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", self.queues, "-E",
+             "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO"],
+            cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        from workers.app import app
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited: {self.log.read_text()[-2000:]}")
+            replies = app.control.ping(destination=[f"{self.name}@{os.uname().nodename}"], timeout=0.5)
+            if replies:
+                return self
+        raise RuntimeError(f"worker {self.name} did not answer ping within {timeout}s")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """Warm shutdown, SIGKILL if it hangs."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def worker(platform, redis_client):
+    w = WorkerProc(CONFIG_PATH, "main").start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_app():
+    from workers.app import app
+
+    return app

@@ -1,0 +1,91 @@
+"""Helpers shared by the integration tests: enqueue and wait, look at the edge node and the sinks from outside."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shlex
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from backup.jobs import TERMINAL
+
+
+def enqueue(app, task: str, **kwargs) -> str:
+    """send_task by public name, as another service would; returns the job id."""
+    job_id = uuid.uuid4().hex
+    app.send_task(task, kwargs=kwargs, task_id=job_id)
+    return job_id
+
+
+def wait_job(res, job_id: str, timeout: float = 120) -> dict:
+    """Poll the job record until it is terminal."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rec = res.jobs.find(job_id)
+        if rec and rec["state"] in TERMINAL:
+            return rec
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not finished after {timeout}s: {res.jobs.find(job_id)}")
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll ``predicate`` until truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def ssh(settings, command: list[str], check: bool = True, binary: bool = False):
+    """Run a command on the edge node with the system's OpenSSH client (outside the project's code)."""
+    s = settings
+    argv = ["ssh", "-p", str(s.sftp.port), "-i", str(s.path(s.sftp.key_file)),
+            "-o", f"UserKnownHostsFile={s.path(s.sftp.known_hosts)}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes", f"{s.sftp.user or getpass.getuser()}@{s.sftp.host}", " ".join(shlex.quote(c) for c in command)]
+    out = subprocess.run(argv, capture_output=True, check=False, timeout=120)
+    if check and out.returncode != 0:
+        raise AssertionError(f"ssh {command} failed: {out.stderr.decode(errors='replace')}")
+    return out if binary else subprocess.CompletedProcess(out.args, out.returncode, out.stdout.decode(errors="replace"),
+                                                          out.stderr.decode(errors="replace"))
+
+
+def remote_files(settings, folder: str) -> list[str]:
+    """Every file under a remote folder (find on the edge node), sorted."""
+    out = ssh(settings, ["find", folder, "-type", "f"], check=False)
+    return sorted(line for line in out.stdout.splitlines() if line)
+
+
+def sink_counts(settings) -> tuple[int, int]:
+    """(emails, tickets) received so far by the local platform's sinks."""
+    root = settings.path(settings.platform.state_dir) / "sinks"
+    return (len(list((root / "mail").glob("*.eml"))), len(list((root / "tickets").glob("*.json"))))
+
+
+def sink_tickets(settings) -> list[dict]:
+    """Every ticket body received."""
+    root = settings.path(settings.platform.state_dir) / "sinks" / "tickets"
+    return [json.loads(p.read_text())["body"] for p in sorted(root.glob("*.json"))]
+
+
+def sink_mails(settings) -> list[str]:
+    """Every email received, raw."""
+    root = settings.path(settings.platform.state_dir) / "sinks" / "mail"
+    return [p.read_text(errors="replace") for p in sorted(root.glob("*.eml"))]
+
+
+def backupctl(*args: str, config: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed CLI as a user would."""
+    import os
+    import sys
+
+    env = dict(os.environ)
+    if config:
+        env["BACKUP_CONFIG"] = str(config)
+    return subprocess.run([sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=Path(__file__).resolve().parent.parent)

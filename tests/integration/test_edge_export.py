@@ -1,0 +1,268 @@
+"""edge-export end to end on the local platform: real Spark/HiveServer2, sshd, Redis, Celery workers, sinks.
+
+Results are checked from outside the project: OpenSSH's own client runs
+``gzip -t`` and ``gzip -dc`` on the edge node, and a plain impyla cursor counts
+and reads the source rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import posixpath
+
+import pytest
+from impala.dbapi import connect
+
+from backup.identifiers import TableName
+from backup.window import export_window
+from tests.conftest import CONFIG_PATH, STATE, WorkerProc, write_config
+from tests.helpers import (backupctl, enqueue, remote_files, sink_counts, sink_mails, sink_tickets, ssh,
+                           wait_job, wait_until)
+from workers.sample_data import create_sample_table
+
+pytestmark = pytest.mark.integration
+
+ROWS = 20_000
+
+
+def _hive(settings):
+    return connect(settings.hive.host, settings.hive.port, auth_mechanism="NOSASL")
+
+
+@pytest.fixture(scope="module")
+def tables(platform, settings):
+    """Sample tables, one per test that needs its own lock and alert episode."""
+    from connectors.hive import HiveClient
+
+    names = {}
+    with HiveClient.from_settings(settings) as hive:
+        for key in ("main", "concurrent", "stale", "resume", "hostkey", "killed"):
+            t = TableName("mnaas_test", f"traffic_{key}")
+            create_sample_table(hive, t, rows=ROWS if key == "main" else 3000)
+            names[key] = str(t)
+    return names
+
+
+def _window_rows(settings, table: str, window) -> list[tuple]:
+    t = TableName.parse(table)
+    cur = _hive(settings).cursor()
+    cur.execute(f"SELECT id, msisdn, customer, note, bytes_up, amount, partition_date FROM {t.sql} "
+                f"WHERE partition_date >= '{window.start}' AND partition_date < '{window.end}'")
+    return cur.fetchall()
+
+
+def _remote_csv(settings, path: str) -> list[list[str]]:
+    out = ssh(settings, ["gzip", "-dc", path], binary=True)
+    text = out.stdout.decode("utf-8")
+    return list(csv.reader(io.StringIO(text, newline=""), delimiter=";", quotechar='"'))
+
+
+def test_success_path_checked_from_outside(settings, res, worker, celery_app, tables):
+    table = tables["main"]
+    job_id = enqueue(celery_app, "backup.edge_export", table=table)
+    rec = wait_job(res, job_id)
+    assert rec["state"] == "success", rec
+    out = rec["outputs"]
+    remote = out["remote_uri"].split(f":{settings.sftp.port}", 1)[1]
+    assert ssh(settings, ["gzip", "-t", remote]).returncode == 0
+    remote_sha = ssh(settings, ["sha256sum", remote]).stdout.split()[0]
+    assert remote_sha == out["sha256"]
+
+    window = export_window(5, None, "UTC")
+    expected = _window_rows(settings, table, window)
+    rows = _remote_csv(settings, remote)
+    assert len(rows) == len(expected) == out["rows"] > 0
+
+    # Round trip of tricky values: ; quotes newlines CRLF unicode, NULL -> empty field.
+    cols = ["id", "msisdn", "customer", "note", "bytes_up", "amount", "event_ts", "partition_date"]
+    got = {int(r[0]): r for r in rows}
+    assert all(len(r) == len(cols) for r in rows)
+    for e in expected:
+        r = got[e[0]]
+        assert r[1] == e[1] and r[2] == e[2]
+        assert r[3] == ("" if e[3] is None else e[3])
+        assert r[4] == ("" if e[4] is None else str(e[4]))
+        assert (r[5] == "") if e[5] is None else float(r[5]) == pytest.approx(e[5])
+        assert r[7] == e[6]
+    notes = {r[3] for r in rows}
+    assert {"semi;colon", 'say "hi"', "two\nlines", "crlf\r\nline", "Nørd Ørbit ✓ 日本"} <= notes
+
+    # Window boundaries: first day inside, end day outside, both present in the source.
+    dates = sorted({r[7] for r in rows})
+    assert dates[0] == window.start.isoformat()
+    assert dates[-1] == (window.end - dt.timedelta(days=1)).isoformat()
+    cur = _hive(settings).cursor()
+    cur.execute(f"SELECT count(*) FROM {TableName.parse(table).sql} WHERE partition_date = '{window.end}'")
+    assert cur.fetchall()[0][0] > 0, "sample data must contain the excluded end date"
+
+    # Cleanup removed the local archive; no temp file remains remotely.
+    assert not any(p.endswith(".part") for p in remote_files(settings, posixpath.dirname(remote)))
+
+
+def test_window_override_and_cli_json(settings, res, worker, tables):
+    out = backupctl("run", "edge-export", tables["main"], "--months", "2", "--end", "2026-10-15", "--wait", "--json",
+                    config=CONFIG_PATH)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    rec = json.loads(out.stdout)
+    assert rec["args"]["window"] == {"start": "2026-08-15", "end": "2026-10-15", "end_exclusive": True}
+    expected = _window_rows(settings, tables["main"], export_window(2, "2026-10-15", "UTC"))
+    assert rec["outputs"]["rows"] == len(expected)
+    assert "20260815-20261015" in rec["outputs"]["remote_uri"]
+
+
+def test_two_runs_at_once_one_skipped(settings, res, worker, celery_app, tables):
+    ids = [enqueue(celery_app, "backup.edge_export", table=tables["concurrent"]) for _ in range(2)]
+    recs = [wait_job(res, j) for j in ids]
+    states = sorted(r["state"] for r in recs)
+    assert states == ["skipped", "success"], [(r["state"], r.get("error")) for r in recs]
+    skipped = next(r for r in recs if r["state"] == "skipped")
+    winner = next(r for r in recs if r["state"] == "success")
+    assert skipped["reason"] == f"lock held by job {winner['job_id']}"
+    assert all(p["state"] == "pending" for p in skipped["phases"][1:])
+
+
+def test_stale_lock_of_dead_holder_expires(settings, res, worker, celery_app, tables):
+    table = tables["stale"]
+    dead, _ = res.locks.acquire("edge-export", table, "dead-worker-job")
+    assert dead is not None
+    first = wait_job(res, enqueue(celery_app, "backup.edge_export", table=table))
+    assert first["state"] == "skipped" and first["reason"] == "lock held by job dead-worker-job"
+    wait_until(lambda: res.locks.holder("edge-export", table) is None, settings.lock.ttl + 5, "lock expiry")
+    second = wait_job(res, enqueue(celery_app, "backup.edge_export", table=table))
+    assert second["state"] == "success"
+    assert second["outputs"]["lock_token"] > dead.token
+    # The dead holder's token is fenced off: it can no longer commit.
+    res.locks.acquire("edge-export", table, "someone-else")
+    from backup.errors import LockLost
+
+    with pytest.raises(LockLost):
+        res.locks.check(dead)
+
+
+def test_transfer_failure_alerts_once_then_resumes(settings, res, worker, celery_app, platform, tables):
+    table = tables["resume"]
+    mails0, tickets0 = sink_counts(settings)
+    platform.down(only=["sshd"])
+    try:
+        first = wait_job(res, enqueue(celery_app, "backup.edge_export", table=table))
+        assert first["state"] == "failed" and first["phase"] == "transfer"
+        transfer = next(p for p in first["phases"] if p["name"] == "transfer")
+        assert transfer["attempts"] == settings.retry.max_retries + 1  # retried, then gave up
+        assert "ConnectionFailed" in first["error"]
+        assert first["alert_sent"] is True
+        second = wait_job(res, enqueue(celery_app, "backup.edge_export", table=table))
+        assert second["state"] == "failed"
+        assert second["outputs"]["resumed_from"] == first["job_id"]
+        assert second["alert_sent"] is False and "already alerted" in second["alert"]["reason"]
+    finally:
+        platform.up(only=["sshd"])
+    assert sink_counts(settings) == (mails0 + 1, tickets0 + 1)
+    ticket = sink_tickets(settings)[-1]
+    assert ticket["job_id"] == first["job_id"] and ticket["target"] == table and ticket["phase"] == "transfer"
+    assert first["job_id"] in sink_mails(settings)[-1]
+
+    third = wait_job(res, enqueue(celery_app, "backup.edge_export", table=table))
+    assert third["state"] == "success"
+    export = next(p for p in third["phases"] if p["name"] == "export")
+    assert export["state"] == "skipped" and "resumed" in export["note"]
+    assert third["outputs"]["sha256"] == first["outputs"]["sha256"]
+    assert sink_counts(settings) == (mails0 + 1, tickets0 + 1), "a success sends nothing"
+
+    # The episode ended with the success: the next failure alerts again.
+    platform.down(only=["sshd"])
+    try:
+        fourth = wait_job(res, enqueue(celery_app, "backup.edge_export", table=table))
+    finally:
+        platform.up(only=["sshd"])
+    assert fourth["state"] == "failed" and fourth["alert_sent"] is True
+    assert sink_counts(settings) == (mails0 + 2, tickets0 + 2)
+
+
+@pytest.mark.parametrize("bad", ["x; DROP TABLE y", "a.b.c", "../etc", "db.", "db.1table", "db.t`x"])
+def test_bad_names_fail_before_any_query(settings, res, worker, celery_app, bad):
+    rec = wait_job(res, enqueue(celery_app, "backup.edge_export", table=bad))
+    assert rec["state"] == "failed"
+    assert rec["error"].startswith("InvalidInput: invalid")
+    assert all(p["state"] == "pending" and p["attempts"] == 0 for p in rec["phases"])
+    out = backupctl("run", "edge-export", bad, config=CONFIG_PATH)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("backupctl: error: InvalidInput:")
+
+
+def test_unknown_table_is_fatal_not_retried(settings, res, worker, celery_app):
+    rec = wait_job(res, enqueue(celery_app, "backup.edge_export", table="mnaas_test.no_such_table"))
+    assert rec["state"] == "failed" and rec["phase"] == "export"
+    assert rec["error"].startswith("NotFound:")
+    assert next(p for p in rec["phases"] if p["name"] == "export")["attempts"] == 1
+
+
+def test_unknown_host_key_refused_nothing_written(settings, res, tables, platform, tmp_path):
+    """Runs the phases in-process (no worker needed) with a known_hosts holding another key."""
+    import subprocess
+
+    from backup import edge_export as wf
+    from backup.errors import HostKeyMismatch
+    from backup.resources import Resources
+    from backup.runner import fail_job, phase
+    from config.settings import load_settings
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    kt, kb = (tmp_path / "other.pub").read_text().split()[:2]
+    bad_kh = tmp_path / "known_hosts"
+    bad_kh.write_text(f"[127.0.0.1]:{settings.sftp.port} {kt} {kb}\n")
+    cfg = write_config(tmp_path / "c.yaml", {"sftp": {"known_hosts": str(bad_kh)}})
+    r2 = Resources(load_settings(cfg), _redis=res.redis)
+    table = tables["hostkey"]
+    rec = wf.submit(r2, table)
+    job_id = rec["job_id"]
+    with pytest.raises(HostKeyMismatch, match="CHANGED"):
+        for name in wf.PHASES:
+            with phase(r2, job_id, name) as ctx:
+                wf.PHASE_FUNCS[name](ctx)
+    # Empty known_hosts: unknown key, also refused.
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    r3 = Resources(load_settings(write_config(tmp_path / "d.yaml", {"sftp": {"known_hosts": str(empty)}})),
+                   _redis=res.redis)
+    with pytest.raises(HostKeyMismatch, match="unknown host key"):
+        r3.sftp().connect()
+    final = fail_job(r2, job_id, "transfer", HostKeyMismatch("x"))
+    assert final["state"] == "failed"
+    assert remote_files(settings, posixpath.join(settings.sftp.remote_dir, table)) == []
+
+
+def test_worker_killed_mid_transfer_redelivered_cleanly(settings, res, celery_app, worker, tables, tmp_path):
+    """SIGKILL the whole worker while it uploads; the redelivered phase completes with one clean file."""
+    table = tables["killed"]
+    # A slow worker (bandwidth cap) so the kill lands mid-transfer; the main worker steps aside meanwhile.
+    # Short visibility timeout so the unacked message comes back quickly after the kill.
+    slow_cfg = write_config(STATE / "slow.yaml", {"sftp": {"rate_limit_mbps": 0.01, "streams": 1},
+                                                  "edge_export": {"compresslevel": 1},
+                                                  "celery": {"task_time_limit": 20, "task_soft_time_limit": 18,
+                                                             "visibility_timeout": 22}})
+    worker.stop()
+    slow = WorkerProc(slow_cfg, "slow").start()
+    try:
+        job_id = enqueue(celery_app, "backup.edge_export", table=table)
+        wait_until(lambda: (res.jobs.find(job_id) or {}).get("progress", {}).get("transfer", {}).get("bytes", 0) > 0,
+                   60, "transfer to start")
+        folder = posixpath.join(settings.sftp.remote_dir, table)
+        assert any(p.endswith(".part") for p in remote_files(settings, folder)), "temp file expected mid-transfer"
+        slow.kill()
+        slow2 = WorkerProc(slow_cfg, "slow2").start()
+        try:
+            rec = wait_job(res, job_id, timeout=240)
+        finally:
+            slow2.stop()
+    finally:
+        worker.start()
+    assert rec["state"] == "success", rec
+    transfer = next(p for p in rec["phases"] if p["name"] == "transfer")
+    assert transfer["deliveries"] == 2
+    files = remote_files(settings, posixpath.join(settings.sftp.remote_dir, table))
+    assert len(files) == 1 and not files[0].endswith(".part")
+    assert ssh(settings, ["sha256sum", files[0]]).stdout.split()[0] == rec["outputs"]["sha256"]
