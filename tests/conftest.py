@@ -22,7 +22,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(tempfile.mkdtemp(prefix="mb-test-"))
 REMOTE_DIR = str(STATE / "edge")
-TEST_REDIS_DB = 9
+# Two test sessions can run side by side with different MB_TEST_PORT_OFFSET / MB_TEST_REDIS_DB.
+PORT_OFFSET = int(os.environ.get("MB_TEST_PORT_OFFSET", "0"))
+TEST_REDIS_DB = int(os.environ.get("MB_TEST_REDIS_DB", "9"))
+HIVE_PORT, CONNECT_PORT, UI_PORT = 11000 + PORT_OFFSET, 16002 + PORT_OFFSET, 4140 + PORT_OFFSET
+SSH_PORT, SMTP_PORT, TICKET_PORT = 2322 + PORT_OFFSET, 8125 + PORT_OFFSET, 8189 + PORT_OFFSET
 
 TEST_CONFIG = {
     "base_dir": str(ROOT),
@@ -31,15 +35,16 @@ TEST_CONFIG = {
                "max_deliveries": 3, "worker_concurrency": 2},
     "retry": {"max_retries": 2, "backoff": 1, "backoff_max": 2},
     "lock": {"ttl": 10, "renew_every": 2},
-    "hive": {"host": "127.0.0.1", "port": 11000, "auth_mechanism": "NOSASL", "fetch_rows": 5000},
-    "sftp": {"host": "127.0.0.1", "port": 2322, "key_file": str(STATE / "platform/ssh/client_key"),
+    "hive": {"host": "127.0.0.1", "port": HIVE_PORT, "auth_mechanism": "NOSASL", "fetch_rows": 5000},
+    "sftp": {"host": "127.0.0.1", "port": SSH_PORT, "key_file": str(STATE / "platform/ssh/client_key"),
              "known_hosts": str(STATE / "platform/ssh/known_hosts"), "remote_dir": REMOTE_DIR,
              "connect_timeout": 5},
-    "smtp": {"host": "127.0.0.1", "port": 8125},
-    "ticket": {"url": "http://127.0.0.1:8189/tickets"},
+    "smtp": {"host": "127.0.0.1", "port": SMTP_PORT},
+    "ticket": {"url": f"http://127.0.0.1:{TICKET_PORT}/tickets"},
     "edge_export": {"export_dir": str(STATE / "exports"), "months": 5},
-    "platform": {"state_dir": str(STATE / "platform"), "hive_port": 11000, "connect_port": 16002,
-                 "spark_ui_port": 4140, "ssh_port": 2322, "smtp_port": 8125, "ticket_port": 8189},
+    "platform": {"state_dir": str(STATE / "platform"), "hive_port": HIVE_PORT, "connect_port": CONNECT_PORT,
+                 "spark_ui_port": UI_PORT, "ssh_port": SSH_PORT, "smtp_port": SMTP_PORT,
+                 "ticket_port": TICKET_PORT},
 }
 
 
