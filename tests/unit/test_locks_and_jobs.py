@@ -1,0 +1,81 @@
+"""Locks with fencing and job records, against the real Redis (database of the test session)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from backup.errors import LockLost, NotFound
+from backup.jobs import JobStore
+from backup.locks import LockManager, Renewer
+
+
+@pytest.fixture
+def locks(redis_client):
+    return LockManager(redis_client, f"unit{time.monotonic_ns()}", ttl=2)
+
+
+def test_acquire_then_skip_names_holder(locks):
+    held, holder = locks.acquire("wf", "db.t", "job-a")
+    assert held and holder is None and held.token == 1
+    again, holder = locks.acquire("wf", "db.t", "job-b")
+    assert again is None and holder == "job-a"
+    assert locks.holder("wf", "db.t") == "job-a"
+
+
+def test_tokens_grow_and_old_holder_is_fenced(locks, redis_client):
+    a, _ = locks.acquire("wf", "t", "a")
+    redis_client.delete(a.key)  # as if it expired
+    b, _ = locks.acquire("wf", "t", "b")
+    assert b.token > a.token
+    with pytest.raises(LockLost):
+        locks.check(a)
+    assert not locks.release(a), "an old holder must not release the new holder's lock"
+    assert locks.holder("wf", "t") == "b"
+    locks.check(b)
+    assert locks.release(b) and locks.holder("wf", "t") is None
+
+
+def test_expired_lock_retaken_only_if_nobody_else_got_one(locks, redis_client):
+    a, _ = locks.acquire("wf", "t", "a")
+    redis_client.delete(a.key)
+    locks.renew(a)  # nobody was granted a newer token: the holder may take it back
+    assert locks.holder("wf", "t") == "a"
+
+
+def test_lock_expires_without_renewal(locks):
+    a, _ = locks.acquire("wf", "t", "a")
+    deadline = time.monotonic() + 5
+    while locks.holder("wf", "t") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert locks.holder("wf", "t") is None
+    b, _ = locks.acquire("wf", "t", "b")
+    assert b is not None
+
+
+def test_renewer_keeps_lock_past_ttl(locks):
+    a, _ = locks.acquire("wf", "t", "a")
+    with Renewer(locks, a, every=0.5) as r:
+        time.sleep(3)  # longer than the 2 s TTL: only renewal keeps it
+        r.check()
+    assert locks.holder("wf", "t") == "a"
+
+
+def test_job_record_lifecycle_and_fenced_write(locks, redis_client):
+    jobs = JobStore(redis_client, locks.prefix)
+    rec = jobs.create("j1", "wf", "db.t", {"table": "db.t"}, ["lock", "work"])
+    assert rec["state"] == "queued" and [p["name"] for p in rec["phases"]] == ["lock", "work"]
+    assert jobs.create("j1", "wf", "db.t", {}, ["x"])["phases"][0]["name"] == "lock", "create is idempotent"
+    held, _ = locks.acquire("wf", "db.t", "j1")
+    jobs.update("j1", lambda r: r["outputs"].update(rows=5), fence=held)
+    assert jobs.get("j1")["outputs"]["rows"] == 5
+    redis_client.delete(held.key)
+    locks.acquire("wf", "db.t", "j2")
+    with pytest.raises(LockLost):
+        jobs.update("j1", lambda r: r["outputs"].update(rows=6), fence=held)
+    assert jobs.get("j1")["outputs"]["rows"] == 5, "a fenced-off write must not land"
+    with pytest.raises(NotFound):
+        jobs.get("missing")
+    assert jobs.recent(5)[0]["job_id"] == "j1"
+    assert jobs.last("wf", "db.t")["job_id"] == "j1"
