@@ -71,9 +71,18 @@ class CsvGzipWriter:
         self._buf.truncate()
         self._gz.write(text.encode("utf-8"))
 
-    def close(self) -> dict:
-        """Finish the gzip stream, fsync, and return rows, bytes and sha256."""
+    def close(self, append: list[Path] = ()) -> dict:
+        """Finish the gzip member, append other members' files, fsync; return rows, bytes and sha256.
+
+        Appended files are gzip members written by parallel streams: they pass
+        through the same hashing sink, so the archive is hashed in the one pass
+        that writes it.
+        """
         self._gz.close()
+        for p in append:
+            with open(p, "rb") as f:
+                while chunk := f.read(4 * 1024 * 1024):
+                    self._sink.write(chunk)
         self._raw.flush()
         os.fsync(self._raw.fileno())
         self._raw.close()
@@ -82,29 +91,16 @@ class CsvGzipWriter:
     def abort(self) -> None:
         """Drop the partial file."""
         try:
-            self._raw.close()
+            self._gz.close()  # so no half-closed GzipFile writes into a closed file later
+        except (OSError, ValueError):
+            pass
         finally:
+            self._raw.close()
             self.path.unlink(missing_ok=True)
 
     @property
     def bytes_written(self) -> int:
         return self._sink.size
-
-
-def concat_members(parts: list[Path], dest: Path) -> dict:
-    """Concatenate gzip members into ``dest`` (valid multi-member gzip), hashing as it goes."""
-    sha = hashlib.sha256()
-    size = 0
-    with open(dest, "wb") as out:
-        for p in parts:
-            with open(p, "rb") as f:
-                while chunk := f.read(4 * 1024 * 1024):
-                    sha.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    return {"bytes": size, "sha256": sha.hexdigest()}
 
 
 def fsync_dir(path: Path) -> None:

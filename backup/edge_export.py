@@ -20,7 +20,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from backup.archive import CsvGzipWriter, concat_members, fsync_dir
+from backup.archive import CsvGzipWriter, fsync_dir
 from backup.errors import FatalError, InvalidInput, NotFound
 from backup.identifiers import TableName, identifier
 from backup.jobs import phase_entry
@@ -167,10 +167,17 @@ def export_query(table: TableName, window: Window, column: str) -> str:
 
 def export_to_file(res: Resources, table: TableName, window: Window, final: Path,
                    ctx: PhaseContext | None = None) -> dict:
-    """Stream the window into ``final`` atomically; several month ranges in parallel if configured."""
+    """Stream the window into ``final`` atomically; several month ranges in parallel if configured.
+
+    The first range streams straight into the archive's temporary file; the
+    others into gzip members that are appended, in window order, through the
+    same hashing sink, so rows, bytes and SHA-256 come out of the writing pass.
+    """
     cfg = res.settings.edge_export
     pieces = window.split(cfg.streams)
-    parts = [final.with_name(f".{final.name}.{i}.part") for i in range(len(pieces))]
+    tmp = final.with_name(f".{final.name}.part")
+    parts = [tmp] + [final.with_name(f".{final.name}.{i}.part") for i in range(1, len(pieces))]
+    writers = [CsvGzipWriter(p, cfg.compresslevel) for p in parts]
     totals = {"rows": 0, "bytes": 0}
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -183,8 +190,7 @@ def export_to_file(res: Resources, table: TableName, window: Window, final: Path
         if ctx:
             ctx.progress(**snapshot)
 
-    def run(piece: Window, part: Path) -> None:
-        writer = CsvGzipWriter(part, cfg.compresslevel)
+    def run(piece: Window, writer: CsvGzipWriter, last: bool) -> None:
         try:
             with res.hive() as hive:
                 sql = export_query(table, piece, cfg.partition_column)
@@ -192,12 +198,13 @@ def export_to_file(res: Resources, table: TableName, window: Window, final: Path
                     before = writer.bytes_written
                     writer.write_columns(cols)
                     progress(len(cols[0]), writer.bytes_written - before)
-            writer.close()
+            if last:
+                writer.close()
         except BaseException as e:
-            writer.abort()
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(w, p), daemon=True) for w, p in zip(pieces, parts)]
+    threads = [threading.Thread(target=run, args=(w, wr, i > 0), daemon=True)
+               for i, (w, wr) in enumerate(zip(pieces, writers))]
     for t in threads:
         t.start()
     for t in threads:
@@ -206,20 +213,17 @@ def export_to_file(res: Resources, table: TableName, window: Window, final: Path
         if errors:
             fatal = [e for e in errors if not getattr(e, "retryable", False)]
             raise (fatal or errors)[0]
-        tmp = final.with_name(f".{final.name}.part")
-        if len(parts) == 1:
-            parts[0].rename(tmp)
-            stats = {"bytes": tmp.stat().st_size, "sha256": local_sha256(tmp)}
-        else:
-            stats = concat_members(parts, tmp)
+        stats = writers[0].close(append=parts[1:])
         if ctx:
             ctx.commit_check()
         tmp.rename(final)
         fsync_dir(final.parent)
     finally:
-        for p in parts + [final.with_name(f".{final.name}.part")]:
-            p.unlink(missing_ok=True)
-    return {"rows": totals["rows"], **stats}
+        for w in writers[1:]:
+            w.abort()
+        if not final.exists():
+            writers[0].abort()
+    return {"rows": sum(w.rows for w in writers), "bytes": stats["bytes"], "sha256": stats["sha256"]}
 
 
 # -- transfer ------------------------------------------------------------------

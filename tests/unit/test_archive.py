@@ -7,7 +7,7 @@ import gzip
 import hashlib
 import io
 
-from backup.archive import CsvGzipWriter, concat_members
+from backup.archive import CsvGzipWriter
 
 
 def test_round_trip_and_checksums(tmp_path):
@@ -42,15 +42,13 @@ def test_abort_leaves_nothing(tmp_path):
     assert not p.exists()
 
 
-def test_concatenated_members_form_one_valid_gzip(tmp_path):
-    parts = []
-    for i in range(3):
-        p = tmp_path / f"{i}.part"
-        w = CsvGzipWriter(p)
+def test_appended_members_form_one_valid_gzip_hashed_in_one_pass(tmp_path):
+    writers = [CsvGzipWriter(tmp_path / f"{i}.part") for i in range(3)]
+    for i, w in enumerate(writers):
         w.write_columns([[i, i + 10], [f"r{i}", None]])
+    for w in writers[1:]:
         w.close()
-        parts.append(p)
-    dest = tmp_path / "all.gz"
-    stats = concat_members(parts, dest)
-    assert stats["sha256"] == hashlib.sha256(dest.read_bytes()).hexdigest()
-    assert gzip.decompress(dest.read_bytes()).decode() == "0;r0\n10;\n1;r1\n11;\n2;r2\n12;\n"
+    stats = writers[0].close(append=[tmp_path / "1.part", tmp_path / "2.part"])
+    data = (tmp_path / "0.part").read_bytes()
+    assert stats == {"rows": 2, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert gzip.decompress(data).decode() == "0;r0\n10;\n1;r1\n11;\n2;r2\n12;\n"

@@ -1,0 +1,47 @@
+"""Shared bench plumbing: settings of the local platform, timing, one JSON line out."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "out"
+
+
+def settings(overrides: dict | None = None):
+    """Settings of the local platform (config/local.yaml or $BACKUP_CONFIG), platform started."""
+    from config.settings import load_settings
+    from workers.platform import LocalPlatform
+
+    s = load_settings(os.environ.get("BACKUP_CONFIG"), overrides)
+    LocalPlatform(s).up()
+    return s
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    """Wall seconds of one call and its result."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - t0, out
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def machine() -> dict:
+    """What the figures were taken on."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+            "load1": round(os.getloadavg()[0], 2)}
+
+
+def emit(record: dict) -> None:
+    """Print the single JSON line of a benchmark."""
+    print(json.dumps({**record, "machine": machine()}), flush=True)

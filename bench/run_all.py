@@ -1,0 +1,13 @@
+"""Run every benchmark in turn; each prints one JSON line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+for script in ("transfer.py", "export.py", "customer_files.py", "table_backup.py"):
+    if (HERE / script).exists():
+        subprocess.run([sys.executable, str(HERE / script), *sys.argv[1:]], check=False, cwd=HERE)
