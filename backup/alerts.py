@@ -29,15 +29,15 @@ class Alerter:
     def _key(self, workflow: str, target: str) -> str:
         return f"{self.s.redis.key_prefix}:alert:{workflow}:{target}"
 
-    def failure(self, rec: dict, error: str) -> dict:
-        """Alert on a failed job unless this episode already alerted; returns what happened."""
+    def failure(self, rec: dict, error: str, status: str = "FAILED") -> dict:
+        """Alert on a failed (or PARTIAL) job unless this episode already alerted; returns what happened."""
         if not self.s.alerts.enabled:
             return {"sent": False, "reason": "alerts disabled"}
         key = self._key(rec["workflow"], rec["target"])
         if not self.r.set(key, rec["job_id"], nx=True):
             first = self.r.get(key)
             return {"sent": False, "reason": f"episode already alerted by job {first.decode() if first else '?'}"}
-        subject = f"[mediation-backup] {rec['workflow']} {rec['target']} FAILED in {rec.get('phase')}"
+        subject = f"[mediation-backup] {rec['workflow']} {rec['target']} {status} in {rec.get('phase')}"
         body = "\n".join([
             f"Workflow: {rec['workflow']}",
             f"Target:   {rec['target']}",

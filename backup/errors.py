@@ -9,6 +9,7 @@ Retry policy reads the family, never the message:
      │    └── LockRenewalFailed  Redis hiccup while renewing a held lock
      └── FatalError             permanent: retrying cannot help, alert now
           ├── InvalidInput       bad table name, window, argument or path
+          │    └── SchemaDrift    the input files no longer match the table's schema
           ├── ConfigError        configuration does not validate
           ├── NotFound           unknown table, missing source
           ├── AuthFailed         authentication refused
@@ -64,6 +65,10 @@ class LockRenewalFailed(RetryableError):
 
 class InvalidInput(FatalError):
     """A task argument, name or path is not acceptable."""
+
+
+class SchemaDrift(InvalidInput):
+    """The input files no longer match the live table's schema (found before anything is written)."""
 
 
 class ConfigError(FatalError):

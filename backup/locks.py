@@ -150,6 +150,11 @@ class Renewer:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
+        """Stop renewing (idempotent)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -54,6 +54,12 @@ class Resources:
 
         return HiveClient.from_settings(self.settings)
 
+    def spark(self):
+        """Spark Connect (sessions are opened per use with ``.session()``)."""
+        from connectors.spark import SparkConnect
+
+        return SparkConnect.from_settings(self.settings)
+
     def sftp(self):
         """The SFTP target (connections are opened per use)."""
         from connectors.sftp import SftpTarget

@@ -21,6 +21,7 @@ from typing import Iterator
 from backup.errors import BackupError, LockLost, TooManyDeliveries, classify
 from backup.jobs import TERMINAL, now, phase_entry
 from backup.locks import Held, Renewer
+from backup.metrics import record_metrics
 from backup.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -152,9 +153,10 @@ def finish_job(ctx: PhaseContext) -> dict:
         rec.update(state="success", finished=now(), error=None)
     rec = ctx.res.jobs.update(ctx.job_id, change, fence=ctx.held)
     if ctx.renewer:
-        ctx.renewer.__exit__(None, None, None)
+        ctx.renewer.stop()  # before releasing, so no renewal races the release
         ctx.renewer = None
     if ctx.held:
         ctx.res.locks.release(ctx.held)
+    record_metrics(ctx.res, rec)
     ctx.res.alerter.success(rec["workflow"], rec["target"])
     return rec

@@ -31,6 +31,9 @@ SECRET_ENV = {
     "BACKUP_SFTP_KEY_PASSPHRASE": "passphrase of the SFTP private key file, if encrypted",
     "BACKUP_SMTP_PASSWORD": "SMTP login password (with smtp.user)",
     "BACKUP_TICKET_TOKEN": "bearer token sent to the ticket webhook",
+    "SPARK_CONNECT_AUTHENTICATE_TOKEN": "bearer token of the Spark Connect endpoint, if it requires one (read by pyspark itself; implies TLS)",
+    "FLOWER_BASIC_AUTH": "Flower logins, user:password[,user2:password2] (read by Flower itself, never on a command line)",
+    "FLOWER_OAUTH2_SECRET": "OAuth2 client secret of Flower's login provider (with flower.auth_provider)",
 }
 
 
@@ -97,7 +100,8 @@ class SftpSettings(_Section):
     known_hosts: Path = Field(Path(".platform/ssh/known_hosts"), description="known_hosts used to verify the host key; unknown keys are refused")
     remote_dir: str = Field("/tmp/edge-backups", description="folder on the backup server receiving the archives")
     connect_timeout: int = Field(15, gt=0, description="TCP/SSH handshake timeout, seconds")
-    streams: int = Field(2, ge=1, le=8, description="parallel SSH connections used for one upload")
+    engine: Literal["paramiko", "openssh"] = Field("paramiko", description="upload engine: paramiko, or OpenSSH's sftp program (faster; key without passphrase or ssh-agent)")
+    streams: int = Field(2, ge=1, le=8, description="parallel SSH connections used for one paramiko upload")
     rate_limit_mbps: float = Field(0, ge=0, description="upload bandwidth cap in MB/s (0 = unlimited)")
 
 
@@ -131,6 +135,167 @@ class EdgeExportSettings(_Section):
     streams: int = Field(2, ge=1, le=16, description="parallel query streams (one per month range)")
 
 
+_LOCATION_SCHEMES = ("file", "hdfs", "webhdfs", "sftp")
+_GLOB_CLASS = re.compile(r"\[!?\]?[^\]]*\]")
+
+
+def _path_component_problem(name: str) -> str | None:
+    """Why ``name`` cannot be used as one path component, or None."""
+    if not name.strip():
+        return "is empty"
+    if ".." in name:
+        return "contains '..'"
+    if name.startswith("."):
+        return "starts with a dot"
+    if "/" in name or "\\" in name:
+        return "contains a slash"
+    if _CONTROL.search(name):
+        return "contains control characters"
+    return None
+
+
+def _location_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable storage location (path, file://, hdfs://, webhdfs://, sftp://), or None."""
+    from urllib.parse import unquote, urlsplit
+
+    if not url.strip():
+        return "is empty"
+    if _CONTROL.search(url) or _CONTROL.search(unquote(url)):
+        return "contains control characters"
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if not scheme:
+        return None
+    if scheme.group(1).lower() not in _LOCATION_SCHEMES:
+        return f"unknown scheme {scheme.group(1)!r} (use a path or {', '.join(s + '://' for s in _LOCATION_SCHEMES)})"
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError:
+        return "has a bad port"
+    if scheme.group(1).lower() != "file" and not parts.hostname:
+        return "names no host"
+    if scheme.group(1).lower() != "file" and not parts.path.startswith("/"):
+        return "needs an absolute path"
+    return None
+
+
+def _glob_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a usable file-name glob, or None."""
+    if not pattern.strip():
+        return "is empty"
+    if "/" in pattern:
+        return "contains '/' (patterns match file names inside a customer's folder)"
+    if _CONTROL.search(pattern):
+        return "contains control characters"
+    # fnmatch treats an unclosed '[' as a literal character: almost surely a typo here.
+    if "[" in _GLOB_CLASS.sub("", pattern):
+        return "has an unclosed '['"
+    if "]" in _GLOB_CLASS.sub("", pattern):
+        return "has a ']' without '['"
+    return None
+
+
+class CustomerLocations(_Section):
+    primary: str = Field(..., description="primary backup folder of the customer: a path, file://, hdfs://, webhdfs:// or sftp://user@host:port/path")
+    secondary: str = Field(..., description="secondary (edge node) backup folder, same forms as primary")
+
+
+class CustomerFilesSettings(_Section):
+    """The customer-files workflow (replaces MNAAS_backup_files_process.properties)."""
+
+    source_dirs: list[str] = Field(..., min_length=1, description="folders (paths or URLs) holding one sub-folder per customer, named like the customer, with the files to back up")
+    customers: dict[str, CustomerLocations] = Field(..., min_length=1, description="customer name -> {primary, secondary}; a name is a path component: no '/', '..', control characters or leading dot")
+    domains: dict[str, list[str]] = Field(..., min_length=1, description="data domain (traffic, activations, ...) -> glob patterns matched against file names; a file belongs to the first domain that matches")
+    max_files_per_run: int = Field(500, ge=1, description="files copied per run at most, oldest first; the rest wait for the next run")
+    settle_seconds: int = Field(60, ge=0, description="a file is copied only when its size and mtime have not changed for this long (still being written otherwise)")
+    staging_table: str = Field(..., description="Hive/Impala staging table db.table, INSERT OVERWRITTEN with each run's manifest")
+    final_table: str = Field(..., description="Hive/Impala count table db.table the staging rows are merged into")
+    status_flag: str = Field(..., description="file (path or URL) receiving SUCCESS / PARTIAL / FAIL with counts after each run")
+    manifest_dir: Path = Field(Path(".platform/customer-files/manifests"), description="local folder for each run's manifest CSV")
+    after_backup: Literal["keep", "move", "delete"] = Field("keep", description="what happens to a source file once both copies are verified")
+    move_to: str | None = Field(None, description="with after_backup: move, the folder on the sources' storage receiving <customer>/<domain>/<file>")
+    hdfs_kerberos: bool = Field(False, description="authenticate hdfs:// and webhdfs:// locations with Kerberos (needs requests-kerberos and a ticket)")
+    schedule: str = Field("30 2 * * *", description="five-field cron expression of the nightly run (minute hour day month weekday)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "CustomerFilesSettings":
+        from backup.errors import InvalidInput
+        from backup.identifiers import TableName
+
+        for name in self.customers:
+            problem = _path_component_problem(name)
+            if problem:
+                raise ValueError(f"customers: customer name {name!r} {problem}")
+        for name, patterns in self.domains.items():
+            problem = _path_component_problem(name)
+            if problem:
+                raise ValueError(f"domains: domain name {name!r} {problem}")
+            if not patterns:
+                raise ValueError(f"domains.{name}: needs at least one glob pattern")
+            for pattern in patterns:
+                problem = _glob_problem(pattern)
+                if problem:
+                    raise ValueError(f"domains.{name}: glob {pattern!r} {problem}")
+        locations = [(f"source_dirs[{i}]", url) for i, url in enumerate(self.source_dirs)]
+        for name, where in self.customers.items():
+            locations += [(f"customers.{name}.primary", where.primary), (f"customers.{name}.secondary", where.secondary)]
+        locations += [("status_flag", self.status_flag)] + ([("move_to", self.move_to)] if self.move_to else [])
+        seen: dict[str, str] = {}
+        for key, url in locations:
+            problem = _location_problem(url)
+            if problem:
+                raise ValueError(f"{key}: location {url!r} {problem}")
+            if key.startswith("customers."):
+                norm = url.rstrip("/")
+                if norm in seen:
+                    raise ValueError(f"{key}: location {url!r} is already used by {seen[norm]}; every backup folder must be distinct")
+                seen[norm] = key
+        for key in ("staging_table", "final_table"):
+            try:
+                TableName.parse(getattr(self, key))
+            except InvalidInput as e:
+                raise ValueError(f"{key}: {e}") from None
+        if TableName.parse(self.staging_table) == TableName.parse(self.final_table):
+            raise ValueError("staging_table and final_table must differ")
+        if _CONTROL.search(str(self.manifest_dir)):
+            raise ValueError("manifest_dir: control characters in path")
+        if self.after_backup == "move" and not self.move_to:
+            raise ValueError("move_to: required when after_backup is 'move'")
+        if len(self.schedule.split()) != 5 or not all(re.fullmatch(r"[\w*/,-]+", f) for f in self.schedule.split()):
+            raise ValueError(f"schedule: {self.schedule!r} is not a five-field cron expression")
+        return self
+
+
+class SparkSettings(_Section):
+    remote: str = Field("sc://127.0.0.1:15002", pattern=r"^sc://[^\s;]+(/(;[A-Za-z_]+=[^;\s]*)*)?$",
+                        description="Spark Connect endpoint sc://host:port[/;param=value...] (no token here: SPARK_CONNECT_AUTHENTICATE_TOKEN)")
+    client_retries: int = Field(3, ge=0, le=15, description="reconnect attempts of the Spark Connect client before a phase fails with ConnectionFailed (the phase retry policy takes over)")
+    session_conf: dict[str, str] = Field(default_factory=dict, description="spark.sql.* settings applied to every session, e.g. spark.sql.shuffle.partitions")
+
+    @model_validator(mode="after")
+    def _no_secret_in_url(self) -> "SparkSettings":
+        if "token=" in self.remote:
+            raise ValueError("spark.remote must not carry a token; set SPARK_CONNECT_AUTHENTICATE_TOKEN instead")
+        if any(not k.startswith("spark.sql.") for k in self.session_conf):
+            raise ValueError("spark.session_conf: only spark.sql.* settings can be set per session")
+        return self
+
+
+class TableBackupSettings(_Section):
+    suffix: str = Field("_bkp", pattern=r"^[A-Za-z0-9_]{1,40}$", description="backup name is <table><suffix> (versioned: <table><suffix>_<YYYYMMDD>)")
+    retention: int = Field(7, ge=1, le=1000, description="versioned mode: backups kept per table; the oldest beyond this are dropped")
+    timezone: str = Field("UTC", description="timezone deciding the date in versioned backup names")
+    max_reject_ratio: float = Field(0.0, ge=0, le=1, description="rejected / read rows above this fail the job after the rejects are written (0: any reject fails)")
+    partition_column: str = Field("partition_date", description="date column that year_part and month_part are derived from")
+    date_format: str = Field("yyyy-MM-dd", description="Spark datetime pattern of partition_column in the files")
+    delimiter: str = Field(";", min_length=1, max_length=1, description="field separator of the CSV files")
+    quote: str = Field('"', min_length=1, max_length=1, description="quote character of the CSV files")
+    escape: str = Field('"', min_length=1, max_length=1, description="escape of a quote inside a quoted field (equal to quote: doubled quotes, RFC 4180)")
+    drift_sample_rows: int = Field(1000, ge=10, le=1_000_000, description="lines validate samples from the files to detect schema drift")
+    drift_ratio: float = Field(0.5, gt=0, le=1, description="validate fails (schema drift) when more than this share of the sampled lines do not parse")
+    format: Literal["parquet", "orc"] = Field("parquet", description="storage format of the backup data tables")
+
+
 class PlatformSettings(_Section):
     """Ports of the embedded local platform (``backupctl platform up``)."""
 
@@ -146,6 +311,47 @@ class PlatformSettings(_Section):
     spark_driver_memory: str = Field("2g", description="driver memory of the local Spark JVM")
 
 
+class ScheduleEntry(_Section):
+    """One scheduled run: a workflow started by celery beat on a cron expression."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,80}$", description="unique name of the entry (beat key, logs, backupctl schedule)")
+    workflow: str = Field(..., description="workflow to start, a name of the public task registry (workers.cli.WORKFLOW_TASKS), e.g. edge-export")
+    cron: str = Field(..., description="five-field cron expression: minute hour day-of-month month day-of-week")
+    timezone: str = Field("UTC", description="IANA timezone the cron expression is read in, e.g. Europe/Rome (DST-aware)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the workflow's entry task, e.g. {table: db.table}; never secrets")
+    enabled: bool = Field(True, description="false keeps the entry in the file but beat does not fire it")
+
+
+class BeatSettings(_Section):
+    lock_timeout: int = Field(50, ge=10, description="seconds the active beat's Redis lock lives without renewal; a standby beat takes over at most lock_timeout + max_loop_interval after the active one died")
+    max_loop_interval: int = Field(10, ge=1, description="longest sleep of beat between two looks at the schedule; also how often the lock is renewed and a standby retries it")
+
+    @model_validator(mode="after")
+    def _renew_well_before_expiry(self) -> "BeatSettings":
+        if self.lock_timeout < 3 * self.max_loop_interval:
+            raise ValueError("beat.lock_timeout must be at least 3 x beat.max_loop_interval, or the active beat loses its lock between two renewals")
+        return self
+
+
+class EnqueueSettings(_Section):
+    idempotency_window: int = Field(86400, ge=60, description="seconds an idempotency_key keeps returning the job it first started")
+
+
+class FlowerSettings(_Section):
+    address: str = Field("127.0.0.1", description="address Flower listens on")
+    port: int = Field(5555, gt=0, lt=65536, description="Flower port (logins from FLOWER_BASIC_AUTH or OAuth; /metrics and /healthcheck need no login)")
+    max_tasks: int = Field(10_000, ge=100, description="tasks Flower keeps in memory")
+    auth_provider: str | None = Field(None, description="OAuth2 login handler, e.g. flower.views.auth.GithubLoginHandler (GoogleAuth2LoginHandler, GitLabLoginHandler, OktaLoginHandler); secret in FLOWER_OAUTH2_SECRET")
+    auth: str | None = Field(None, description="OAuth2: regular expression of the e-mail addresses allowed in")
+    oauth2_key: str | None = Field(None, description="OAuth2 client id")
+    oauth2_redirect_uri: str | None = Field(None, description="OAuth2 redirect URI, https://<flower host>/login")
+
+
+class MetricsSettings(_Section):
+    address: str = Field("127.0.0.1", description="address of the Prometheus exporter (backupctl metrics); restrict it to the scraper's network")
+    port: int = Field(9808, gt=0, lt=65536, description="port of the Prometheus exporter")
+
+
 class Settings(_Section):
     base_dir: Path = Field(Path("."), description="relative paths below are resolved against this (itself relative to the config file)")
     redis: RedisSettings = RedisSettings()
@@ -158,8 +364,16 @@ class Settings(_Section):
     ticket: TicketSettings = TicketSettings()
     alerts: AlertSettings = AlertSettings()
     edge_export: EdgeExportSettings = EdgeExportSettings()
+    customer_files: CustomerFilesSettings | None = Field(None, description="the customer-files workflow; without this section it refuses to run")
+    spark: SparkSettings = SparkSettings()
+    table_backup: TableBackupSettings = TableBackupSettings()
     platform: PlatformSettings = PlatformSettings()
     log_format: Literal["text", "json"] = Field("text", description="log line format; json for log shippers")
+    schedules: list[ScheduleEntry] = Field(default_factory=list, description="runs started by celery beat (backupctl beat)")
+    beat: BeatSettings = BeatSettings()
+    enqueue: EnqueueSettings = EnqueueSettings()
+    flower: FlowerSettings = FlowerSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     def path(self, p: Path | str) -> Path:
         """Resolve a configured path against ``base_dir``."""
@@ -219,6 +433,9 @@ def load_settings(path: str | os.PathLike | None = None, overrides: dict[str, An
         raise _first_error(e, str(cfg_path)) from e
     s = s.model_copy(update={"base_dir": (cfg_path.parent / s.base_dir).resolve()})
     _check_paths(s)
+    from config.schedule import check_schedules  # here, not at the top: it builds on celery's cron parser
+
+    check_schedules(s, str(cfg_path))
     return s
 
 
@@ -233,3 +450,32 @@ def _merge(base: dict, extra: dict) -> dict:
 def get_settings() -> Settings:
     """The process-wide settings, loaded once from BACKUP_CONFIG."""
     return load_settings()
+
+
+def reference_markdown() -> str:
+    """The configuration reference as a markdown table, generated from the declarations above."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = f.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                default = "…"
+            tname = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+            tname = tname.replace("pathlib.", "").replace(" | ", " or ").replace("NoneType", "None")
+            lines.append(f"| `{prefix}{name}` | {tname} | `{default}` | {f.description or ''} |")
+
+    walk(Settings, "")
+    lines.append("")
+    lines.append("Secrets (environment only):")
+    lines.append("")
+    lines += [f"- `{k}`: {v}" for k, v in SECRET_ENV.items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

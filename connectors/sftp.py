@@ -11,7 +11,9 @@ import hashlib
 import posixpath
 import shlex
 import socket
+import shutil
 import stat as stat_mod
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import paramiko
 
-from backup.errors import (AlreadyExists, AuthFailed, ChecksumMismatch, ConfigError, ConnectionFailed,
+from backup.errors import (AlreadyExists, BackupError, AuthFailed, ChecksumMismatch, ConfigError, ConnectionFailed,
                            FatalError, HostKeyMismatch, NotFound, classify)
 from config.settings import Settings, SftpSettings
 
@@ -56,6 +58,17 @@ class SftpTarget:
         """Build from the full settings, passphrase from the environment."""
         pp = s.secret("BACKUP_SFTP_KEY_PASSPHRASE")
         return cls(s.sftp, s.path(s.sftp.key_file), s.path(s.sftp.known_hosts), pp.get_secret_value() if pp else None)
+
+    @classmethod
+    def for_address(cls, host: str, port: int, user: str | None, key_file: Path, known_hosts: Path,
+                    passphrase: str | None = None, connect_timeout: int = 15) -> "SftpTarget":
+        """Connections to ``user@host:port`` with the given key and known_hosts (``sftp://`` storage URLs)."""
+        try:
+            settings = SftpSettings(host=host, port=port, user=user, key_file=key_file,
+                                    known_hosts=known_hosts, connect_timeout=connect_timeout)
+        except ValueError as e:  # pydantic's ValidationError
+            raise ConfigError(f"sftp://{host}:{port}: {' '.join(str(e).split())}") from e
+        return cls(settings, key_file, known_hosts, passphrase)
 
     @property
     def host_label(self) -> str:
@@ -207,7 +220,8 @@ class SftpSession:
             raise _map(e, what) from e
         if code != 0:
             raise FatalError(f"{what}: exit {code}: {' '.join(err.split())[:300]}")
-        digest = out.split(" ", 1)[0].strip()
+        # sha256sum prefixes the line with a backslash when the file name needs escaping.
+        digest = out.split(" ", 1)[0].strip().lstrip("\\")
         if len(digest) != 64:
             raise FatalError(f"{what}: unexpected output {out[:100]!r}")
         return digest
@@ -218,7 +232,74 @@ ProgressFn = Callable[[int], None]
 
 def upload(target: SftpTarget, local: Path, remote_tmp: str, progress: ProgressFn | None = None,
            streams: int | None = None, rate_limit_mbps: float | None = None) -> None:
-    """Upload ``local`` to ``remote_tmp`` over ``streams`` parallel connections, each writing one byte range."""
+    """Upload ``local`` to ``remote_tmp`` with the configured engine (paramiko or OpenSSH's sftp)."""
+    if target.s.engine == "openssh":
+        _upload_openssh(target, local, remote_tmp, progress, rate_limit_mbps)
+    else:
+        _upload_paramiko(target, local, remote_tmp, progress, streams, rate_limit_mbps)
+
+
+def _sftp_quote(path: str) -> str:
+    # sftp batch files take double-quoted arguments with backslash escapes.
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _upload_openssh(target: SftpTarget, local: Path, remote_tmp: str, progress: ProgressFn | None,
+                    rate_limit_mbps: float | None) -> None:
+    """Send the bytes with OpenSSH's own sftp client (C speed), host key checked strictly against known_hosts."""
+    exe = shutil.which("sftp")
+    if not exe:
+        raise ConfigError("sftp.engine is 'openssh' but the sftp program is not installed (openssh-client)")
+    s = target.s
+    argv = [exe, "-q", "-b", "-", "-P", str(s.port), "-i", str(target.key_file), "-R", "64", "-B", "131072",
+            "-c", ",".join(PREFERRED_CIPHERS),
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={target.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", f"ConnectTimeout={s.connect_timeout}", "-o", "ServerAliveInterval=30"]
+    rate = s.rate_limit_mbps if rate_limit_mbps is None else rate_limit_mbps
+    if rate:
+        argv += ["-l", str(max(1, int(rate * 8000)))]  # Kbit/s
+    argv.append(f"{target.user}@{s.host}")
+    size = local.stat().st_size
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_remote_size, args=(target, remote_tmp, size, progress, stop), daemon=True)
+    if progress:
+        watcher.start()
+    try:
+        out = subprocess.run(argv, input=f"put {_sftp_quote(str(local))} {_sftp_quote(remote_tmp)}\n".encode(),
+                             capture_output=True, timeout=None)
+    finally:
+        stop.set()
+        if progress:
+            watcher.join()
+    if out.returncode != 0:
+        err = " ".join(out.stderr.decode(errors="replace").split())[:300]
+        if "Host key verification failed" in err or "REMOTE HOST IDENTIFICATION HAS CHANGED" in err:
+            raise HostKeyMismatch(f"sftp to {target.host_label}: {err}")
+        if "Permission denied" in err:
+            raise AuthFailed(f"sftp to {target.host_label}: {err}")
+        raise ConnectionFailed(f"sftp put to {target.host_label} exited {out.returncode}: {err}")
+
+
+def _watch_remote_size(target: SftpTarget, remote: str, size: int, progress: ProgressFn, stop: threading.Event):
+    """Report progress of an external upload by watching the remote file grow."""
+    reported = 0
+    try:
+        with target.connect() as sess:
+            while not stop.wait(1.0):
+                st = sess.stat(remote)
+                if st is not None and st.st_size > reported:
+                    progress(st.st_size - reported)
+                    reported = st.st_size
+    except BackupError:
+        pass  # progress only; the upload itself reports real failures
+    if reported < size and stop.is_set():
+        progress(size - reported)
+
+
+def _upload_paramiko(target: SftpTarget, local: Path, remote_tmp: str, progress: ProgressFn | None,
+                     streams: int | None, rate_limit_mbps: float | None) -> None:
+    """Upload over ``streams`` parallel paramiko connections, each writing one byte range."""
     size = local.stat().st_size
     streams = max(1, min(streams or target.s.streams, max(1, size // (8 * 2**20))))
     rate = (target.s.rate_limit_mbps if rate_limit_mbps is None else rate_limit_mbps) * 1e6 / streams

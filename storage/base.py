@@ -149,6 +149,10 @@ class StorageBackend(abc.ABC):
                 digest.update(chunk)
         return digest.hexdigest()
 
+    def sha256_many(self, paths: list[str]) -> dict[str, str]:
+        """Hex SHA-256 of several files, by path; backends with a cheaper batch form override it."""
+        return {path: self.sha256(path) for path in paths}
+
     def write_atomic(self, path: str, chunks: Iterable[bytes], *, overwrite: bool = False) -> FileStat:
         """Write ``chunks`` to ``path`` so readers see all of it or nothing.
 

@@ -56,8 +56,7 @@ def make_phase_task(app, name: str, phase_name: str, func: Callable[[PhaseContex
         with phase(res, job_id, phase_name, attempt=self.request.retries + 1) as ctx:
             if not ctx.active:
                 return {"job_id": job_id, "state": ctx.rec["state"]}
-            task_id = self.request.id  # the request is thread-local; export streams report from threads
-            ctx.on_progress = lambda meta: self.update_state(task_id=task_id, state="PROGRESS", meta=meta)
+            ctx.on_progress = progress_publisher(self)
             try:
                 return func(ctx)
             except BackupError as e:
@@ -71,6 +70,21 @@ def make_phase_task(app, name: str, phase_name: str, func: Callable[[PhaseContex
     run.__name__ = name.rsplit(".", 1)[-1]
     run.__doc__ = func.__doc__
     return app.task(name=name, bind=True, base=PhaseTask, phase_name=phase_name)(run)
+
+
+def progress_publisher(task: Task) -> Callable[[dict], None]:
+    """Publish progress as task state (result backend) and as a ``task-progress`` event (Flower)."""
+    # The request is thread-local and export streams report from threads: capture it here.
+    task_id, hostname = task.request.id, task.request.hostname
+
+    def publish(meta: dict) -> None:
+        task.update_state(task_id=task_id, state="PROGRESS", meta=meta)
+        try:
+            with task.app.events.default_dispatcher(hostname=hostname) as dispatcher:
+                dispatcher.send("task-progress", uuid=task_id, state="PROGRESS", progress=meta)
+        except Exception as e:  # progress is best effort; the copy itself must not fail over it
+            log.warning("progress event for %s not sent: %s", task_id, e)
+    return publish
 
 
 def _note_attempt(res: Resources, job_id: str, phase_name: str, err: BackupError) -> None:

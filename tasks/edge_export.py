@@ -2,8 +2,9 @@
 
 Public entry point (stable name, for other services): ``backup.edge_export``
 with keyword arguments ``table`` (str, ``db.table``), ``months`` (int, optional),
-``end`` (str ``YYYY-MM-DD``, optional).  It returns ``{"job_id", "state"}``; the
-job record is at Redis key ``<prefix>:job:<job_id>``.
+``end`` (str ``YYYY-MM-DD``, optional), ``idempotency_key`` (str, optional; see
+backup/enqueue.py).  It returns ``{"job_id", "state"}``; the job record is
+at Redis key ``<prefix>:job:<job_id>`` (docs/enqueue-contract.md).
 """
 
 from __future__ import annotations
@@ -12,22 +13,16 @@ from celery import chain
 
 from backup import edge_export as wf
 from tasks.common import FAILURE_CLEANUP, make_phase_task, on_chain_error, resources
+from tasks.entry import EntryTask, start_job
 from workers.app import app
 
 
-@app.task(name="backup.edge_export", bind=True, acks_late=True)
-def edge_export(self, table: str, months: int | None = None, end: str | None = None) -> dict:
+@app.task(name="backup.edge_export", bind=True, acks_late=True, base=EntryTask, workflow=wf.WORKFLOW)
+def edge_export(self, table: str, months: int | None = None, end: str | None = None,
+                idempotency_key: str | None = None) -> dict:
     """Validate the request, create the job record and start the phase chain."""
-    res = resources()
-    rec = wf.submit(res, table, months, end, job_id=self.request.id)
-    if rec["state"] != "queued":
-        return {"job_id": rec["job_id"], "state": rec["state"], "error": rec.get("error")}
-    # Claim the chain start first: a redelivered entry task must not start a second chain.
-    if not res.redis.set(f"{res.settings.redis.key_prefix}:chain:{rec['job_id']}", 1, nx=True,
-                         ex=res.settings.celery.result_expires):
-        return {"job_id": rec["job_id"], "state": res.jobs.get(rec["job_id"])["state"]}
-    build_chain(rec["job_id"]).apply_async()
-    return {"job_id": rec["job_id"], "state": "queued"}
+    return start_job(self, idempotency_key, lambda: wf.submit(resources(), table, months, end, job_id=self.request.id),
+                     lambda rec: build_chain(rec["job_id"]))
 
 
 lock = make_phase_task(app, "backup.edge_export.lock", "lock", wf.lock_phase)

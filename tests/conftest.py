@@ -42,6 +42,22 @@ TEST_CONFIG = {
     "smtp": {"host": "127.0.0.1", "port": SMTP_PORT},
     "ticket": {"url": f"http://127.0.0.1:{TICKET_PORT}/tickets"},
     "edge_export": {"export_dir": str(STATE / "exports"), "months": 5},
+    # customer-files: local primaries; secondaries on the platform's sshd, delta's on a WebHDFS test server
+    # the integration tests start (and stop, to make it unreachable) on port 14870 + offset.
+    "customer_files": {
+        "source_dirs": [str(STATE / "customer-files" / "incoming")],
+        "customers": {c: {"primary": str(STATE / "customer-files" / "primary" / c),
+                          "secondary": f"webhdfs://127.0.0.1:{14870 + PORT_OFFSET}/customer-files/{c}" if c == "delta"
+                          else f"sftp://127.0.0.1:{SSH_PORT}{STATE}/customer-files/edge/{c}"}
+                      for c in ("alpha", "beta gmbh", "česká-data", "delta", "echo")},
+        "domains": {"traffic": ["*traffic*.csv", "*traffic*.txt"], "activations": ["*activation*.csv"],
+                    "actives": ["*actives*.csv"], "tolling": ["*tolling*.csv", "TOLL_[0-9][0-9]*.dat"]},
+        "max_files_per_run": 1000, "settle_seconds": 30,
+        "staging_table": "mnaas_test.cf_inter_record_count", "final_table": "mnaas_test.cf_records_count",
+        "status_flag": str(STATE / "customer-files" / "status" / "MNAAS_backup_files_process.status"),
+        "manifest_dir": str(STATE / "customer-files" / "manifests"),
+    },
+    "spark": {"remote": f"sc://127.0.0.1:{CONNECT_PORT}"},
     "platform": {"state_dir": str(STATE / "platform"), "hive_port": HIVE_PORT, "connect_port": CONNECT_PORT,
                  "spark_ui_port": UI_PORT, "ssh_port": SSH_PORT, "smtp_port": SMTP_PORT,
                  "ticket_port": TICKET_PORT},

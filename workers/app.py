@@ -32,6 +32,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, task_prerun
 
+from config.schedule import beat_schedule
 from config.settings import Settings, get_settings
 
 QUEUES = ("default", "io", "spark")
@@ -85,13 +86,21 @@ def celery_config(s: Settings) -> dict:
         "worker_concurrency": c.worker_concurrency,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
+        # Beat (workers/beat.py): redbeat keeps the schedule in Redis; its lock lets one beat fire at a time.
+        "beat_scheduler": "workers.beat:ConfiguredRedBeatScheduler",
+        "beat_schedule": beat_schedule(s),
+        "beat_max_loop_interval": s.beat.max_loop_interval,
+        "redbeat_redis_url": url,
+        "redbeat_redis_options": {"socket_timeout": 30, "socket_connect_timeout": 10, "health_check_interval": 30},
+        "redbeat_key_prefix": f"{s.redis.key_prefix}:redbeat:",
+        "redbeat_lock_timeout": s.beat.lock_timeout,
     }
 
 
 def create_app(s: Settings | None = None) -> Celery:
     """Build the Celery app from settings."""
     s = s or get_settings()
-    celery_app = Celery("mediation_backup", include=["tasks.edge_export"])
+    celery_app = Celery("mediation_backup", include=["tasks.edge_export", "tasks.table_backup", "tasks.customer_files"])
     celery_app.conf.update(celery_config(s))
     return celery_app
 

@@ -3,9 +3,15 @@
     backupctl platform up|down|status
     backupctl worker [-Q io,default] [-c N]        (same as: celery -A workers.app worker)
     backupctl run edge-export DB.TABLE [--months N] [--end DATE] [--wait] [--json]
+    backupctl run table-backup DB.TABLE --source PATH [--suffix S] [--versioned [--retention N] [--day DATE]] [--wait] [--json]
+    backupctl run customer-files [--wait] [--json]  (every configured customer; --wait: a bar per customer)
     backupctl status JOB_ID [--json]
     backupctl jobs [--limit N]
     backupctl sample-data DB.TABLE [--rows N]
+    backupctl schedule [--count N] [--json]         (what beat fires next, and when)
+    backupctl beat [--check]                        (celery beat with the Redis lock: one active beat)
+    backupctl flower [--address A] [--port P]       (Flower; login from FLOWER_BASIC_AUTH or OAuth)
+    backupctl metrics [--address A] [--port P]      (Prometheus exporter of the backup counters)
 
 Errors are one line on stderr with a non-zero exit; no tracebacks.
 """
@@ -69,18 +75,40 @@ def cmd_worker(args) -> int:
 
 # -- run / status / jobs -------------------------------------------------------
 
-WORKFLOW_TASKS = {"edge-export": "backup.edge_export"}
+WORKFLOW_TASKS = {"edge-export": "backup.edge_export", "table-backup": "backup.table_backup",
+                  "customer-files": "backup.customer_files"}
 
 
 def cmd_run(args) -> int:
     res = _resources(args)
     from workers.app import app
 
+    if args.workflow != "customer-files" and not args.target:
+        from backup.errors import InvalidInput
+
+        raise InvalidInput(f"{args.workflow} needs a target DB.TABLE")
     if args.workflow == "edge-export":
         from backup.edge_export import validate_request
 
         validate_request(res, args.target, args.months, args.end)  # fail here, before enqueueing
         kwargs = {"table": args.target, "months": args.months, "end": args.end}
+    elif args.workflow == "table-backup":
+        from backup.errors import InvalidInput
+        from backup.table_backup import validate_request
+
+        if args.months is not None or args.end is not None:
+            raise InvalidInput("--months and --end apply to edge-export, not table-backup")
+        kwargs = {"table": args.target, "source": args.source, "suffix": args.suffix, "versioned": args.versioned,
+                  "retention": args.retention, "day": args.day}
+        validate_request(res, **kwargs)  # fail here, before enqueueing
+    elif args.workflow == "customer-files":
+        from backup.customer_files import TARGET, config
+        from backup.errors import InvalidInput
+
+        if args.target not in (None, TARGET):
+            raise InvalidInput(f"customer-files always covers every configured customer: give no target or {TARGET!r}")
+        config(res)  # a config without the customer_files section fails here, before enqueueing
+        kwargs = {}
     else:
         raise ConfigError(f"unknown workflow {args.workflow!r}")
     job_id = uuid.uuid4().hex
@@ -112,8 +140,10 @@ def _fmt_bytes(n: float) -> str:
 
 
 def progress_line(rec: dict) -> str:
-    """One line describing where a running job is."""
+    """One line describing where a running job is (customer-files: one more line per customer)."""
     ph = rec.get("phase") or "-"
+    if rec["workflow"] == "customer-files":
+        return customer_progress(rec)
     prog = rec.get("progress", {}).get(ph, {})
     parts = [f"{rec['workflow']} {rec['target']}", f"state={rec['state']}", f"phase={ph}"]
     if "rows" in prog:
@@ -125,6 +155,26 @@ def progress_line(rec: dict) -> str:
     if entry and entry.get("last_error") and entry["state"] == "running":
         parts.append(f"retrying (attempt {entry['attempts']}): {entry['last_error']}")
     return "  ".join(x for x in parts if x)
+
+
+def customer_progress(rec: dict) -> str:
+    """A customer-files run: a header line, then a bar of files and bytes done per customer."""
+    lines = [f"{rec['workflow']} {rec['target']}  state={rec['state']}  phase={rec.get('phase') or '-'}"]
+    copies = [p for p in rec["phases"] if p["name"].startswith("copy:")]
+    width = max((len(p["name"]) - 5 for p in copies), default=0)
+    for p in copies:
+        customer = p["name"][5:]
+        prog = rec.get("progress", {}).get(p["name"])
+        if prog:
+            text = (f"{_bar(prog['bytes_done'], prog['bytes_total']) or '[no data]'}  "
+                    f"{prog['files_done']}/{prog['files_total']} files  {_fmt_bytes(prog['bytes_done'])}"
+                    f"/{_fmt_bytes(prog['bytes_total'])}" + (f"  {prog['failed']} failed" if prog.get("failed") else ""))
+        elif p["state"] in ("pending", "running"):
+            text = "waiting"
+        else:
+            text = f"{p['state']}: {p.get('note') or p.get('error') or ''}"
+        lines.append(f"  {customer:<{width}}  {text}")
+    return "\n".join(lines)
 
 
 def wait_for(res, job_id: str, show: bool, timeout: float | None = None) -> dict:
@@ -139,7 +189,9 @@ def wait_for(res, job_id: str, show: bool, timeout: float | None = None) -> dict
         if rec is not None:
             line = progress_line(rec)
             if show and line != last:
-                sys.stderr.write(("\r\x1b[2K" + line) if tty else line + "\n")
+                # On a terminal, go back to the first line drawn last time and redraw from there.
+                back = f"\x1b[{last.count(chr(10))}F" if "\n" in last else "\r"
+                sys.stderr.write((back + "\x1b[J" + line) if tty else line + "\n")
                 sys.stderr.flush()
                 last = line
             if rec["state"] in TERMINAL:
@@ -160,9 +212,15 @@ def summary(rec: dict) -> str:
         lines.append(f"  reason: {rec['reason']}")
     if rec.get("error"):
         lines.append(f"  error: {rec['error']}")
-    for k in ("rows", "bytes", "sha256", "local_path", "remote_uri", "resumed_from"):
+    for k in ("rows", "bytes", "sha256", "local_path", "remote_uri", "resumed_from", "rows_read", "rows_accepted",
+              "rows_rejected", "partitions_written", "backup_table", "rejects_table"):
         if out.get(k) is not None:
             lines.append(f"  {k}: {out[k]}")
+    if out.get("flag"):
+        lines.append(f"  flag: {out['flag']} ({out.get('flag_uri')})")
+    if out.get("totals"):
+        lines.append("  files: " + ", ".join(f"{k}={v}" for k, v in out["totals"].items()))
+        lines.append(f"  manifest: {out.get('manifest')}")
     for p in rec["phases"]:
         took = f"{p['finished'] - p['started']:.1f}s" if p.get("started") and p.get("finished") else ""
         extra = p.get("note") or p.get("error") or ""
@@ -201,6 +259,73 @@ def cmd_sample_data(args) -> int:
     return EXIT_OK
 
 
+# -- operations: schedule, beat, flower, metrics ---------------------------------
+
+def cmd_schedule(args) -> int:
+    import datetime as dt
+
+    from config.schedule import next_fires, workflow_tasks
+
+    settings = _settings(args)
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = []
+    for e in settings.schedules:
+        fires = next_fires(e.cron, e.timezone, now, args.count) if e.enabled else []
+        rows.append({"name": e.name, "workflow": e.workflow, "task": workflow_tasks()[e.workflow], "cron": e.cron,
+                     "timezone": e.timezone, "kwargs": e.kwargs, "enabled": e.enabled,
+                     "next": [f.isoformat() for f in fires],
+                     "next_utc": [f.astimezone(dt.timezone.utc).isoformat() for f in fires]})
+    rows.sort(key=lambda r: (not r["enabled"], r["next_utc"][:1], r["name"]))
+    beat = _beat_state()
+    if args.json:
+        print(json.dumps({"beat": beat, "schedules": rows}, indent=2))
+        return EXIT_OK
+    print(f"beat: {beat}")
+    if not rows:
+        print("no schedules in the config (section: schedules)")
+    for r in rows:
+        when = ", ".join(r["next"]) if r["enabled"] else "disabled"
+        args_text = " ".join(f"{k}={v}" for k, v in r["kwargs"].items())
+        print(f"{r['name']:<24} {r['workflow']:<14} {r['cron']:<16} {r['timezone']:<16} {args_text}")
+        print(f"{'':<24} next: {when}")
+    return EXIT_OK
+
+
+def _beat_state() -> str:
+    from workers.app import app
+    from workers.beat import lock_holder_present
+
+    try:
+        return "active (a beat holds the lock)" if lock_holder_present(app) else "none running (nothing fires)"
+    except Exception as e:  # the listing stays useful without Redis
+        return f"unknown (Redis: {type(e).__name__})"
+
+
+def cmd_beat(args) -> int:
+    _settings(args)
+    from workers.app import app
+    from workers.beat import lock_holder_present, run
+
+    if args.check:
+        return EXIT_OK if lock_holder_present(app) else EXIT_FAILED
+    run(args.loglevel)
+    return EXIT_OK
+
+
+def cmd_flower(args) -> int:
+    from workers.flower import run
+
+    run(_settings(args), args.address, args.port)
+    return EXIT_OK
+
+
+def cmd_metrics(args) -> int:
+    from workers.metrics import serve
+
+    serve(_settings(args), args.address, args.port)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of backupctl."""
     ap = argparse.ArgumentParser(prog="backupctl", description="mediation-backup control")
@@ -221,9 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="start a workflow")
     p.add_argument("workflow", choices=sorted(WORKFLOW_TASKS))
-    p.add_argument("target", help="DB.TABLE")
+    p.add_argument("target", nargs="?", help="DB.TABLE (customer-files: none, it covers every configured customer)")
     p.add_argument("--months", type=int, help="window length in calendar months (default from config)")
     p.add_argument("--end", help="window end, exclusive, YYYY-MM-DD (default: first day of this month)")
+    p.add_argument("--source", help="table-backup: folder of ;-CSV files the Spark cluster reads (absolute path or URI)")
+    p.add_argument("--suffix", help="table-backup: backup name is DB.TABLE<suffix> (default from config, _bkp)")
+    p.add_argument("--versioned", action="store_true", help="table-backup: one backup per day, <table><suffix>_YYYYMMDD")
+    p.add_argument("--retention", type=int, help="table-backup --versioned: backups kept (default from config)")
+    p.add_argument("--day", help="table-backup --versioned: date in the name, YYYY-MM-DD (default: today)")
     p.add_argument("--wait", action="store_true", help="show progress and wait for the end")
     p.add_argument("--json", action="store_true", help="print the final job record as JSON")
     p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
@@ -242,6 +372,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table")
     p.add_argument("--rows", type=int, default=10_000)
     p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("schedule", help="list the scheduled runs and their next fire times")
+    p.add_argument("--count", type=int, default=1, help="next fire times per entry")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("beat", help="run celery beat (one active beat through a Redis lock)")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--check", action="store_true", help="exit 0 if some beat holds the lock (healthcheck)")
+    p.set_defaults(func=cmd_beat)
+
+    p = sub.add_parser("flower", help="run Flower with a login (FLOWER_BASIC_AUTH or OAuth)")
+    p.add_argument("--address", help="listen address (default: flower.address)")
+    p.add_argument("--port", type=int, help="port (default: flower.port)")
+    p.set_defaults(func=cmd_flower)
+
+    p = sub.add_parser("metrics", help="serve the backup counters to Prometheus")
+    p.add_argument("--address", help="listen address (default: metrics.address)")
+    p.add_argument("--port", type=int, help="port (default: metrics.port)")
+    p.set_defaults(func=cmd_metrics)
     return ap
 
 

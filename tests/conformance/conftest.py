@@ -42,12 +42,26 @@ def _webhdfs(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict]]:
     yield f"webhdfs://{server.host}:{server.port}/conformance/{uuid.uuid4().hex}", {"user": "backup"}
 
 
+@contextlib.contextmanager
+def _sftp(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict]]:
+    platform = request.getfixturevalue("platform")  # the local platform's sshd
+    settings = request.getfixturevalue("settings")
+    folder = str(request.getfixturevalue("tmp_path") / "sftp-store")
+    options = {
+        "key_file": str(settings.path(settings.sftp.key_file)),
+        "known_hosts": str(settings.path(settings.sftp.known_hosts)),
+        "connect_timeout": settings.sftp.connect_timeout,
+    }
+    yield f"sftp://{settings.sftp.host}:{platform.p.ssh_port}{folder}", options
+
+
 # Given the test's request, yields (url, open_backend options) for a fresh folder.
 Factory = Callable[[pytest.FixtureRequest], contextlib.AbstractContextManager[tuple[str, dict]]]
 
 BACKENDS: dict[str, Factory] = {
     "local": _local,
     "webhdfs": _webhdfs,
+    "sftp": _sftp,
 }
 
 

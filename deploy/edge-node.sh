@@ -1,0 +1,23 @@
+#!/bin/sh
+# The try-out edge node of docker-compose.yml: OpenSSH serving SFTP to the workers.
+# Keys live in the shared volume mounted at /ssh: the host key, a client key pair for the
+# workers, authorized_keys and the known_hosts line the workers verify the host key with.
+# Created once, kept across restarts. A real edge node has its own keys; mount them instead.
+set -eu
+KEYS=/ssh
+USER_NAME=backup
+mkdir -p "$KEYS" /run/sshd /backups/edge
+[ -f "$KEYS/host_ed25519" ] || ssh-keygen -q -t ed25519 -N "" -f "$KEYS/host_ed25519"
+[ -f "$KEYS/client_key" ] || ssh-keygen -q -t ed25519 -N "" -f "$KEYS/client_key"
+echo "edge $(cut -d' ' -f1,2 "$KEYS/host_ed25519.pub")" > "$KEYS/known_hosts"
+install -d -m 700 -o "$USER_NAME" "/home/$USER_NAME/.ssh"
+install -m 600 -o "$USER_NAME" "$KEYS/client_key.pub" "/home/$USER_NAME/.ssh/authorized_keys"
+chown "$USER_NAME" /backups/edge "$KEYS/client_key"
+cat > /etc/ssh/sshd_config.d/edge.conf <<CONF
+HostKey $KEYS/host_ed25519
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AllowUsers $USER_NAME
+CONF
+exec /usr/sbin/sshd -D -e

@@ -1,0 +1,357 @@
+"""SFTP servers (edge nodes) through paramiko, via ``connectors.sftp``.
+
+Connections are opened with ``SftpTarget`` (host key verified against the
+configured known_hosts, key authentication) and pooled: a thread takes an idle
+session or opens one, and gives it back when done, so concurrent writers each
+get their own channel while sequential calls reuse one connection.
+
+``sha256`` runs ``sha256sum`` on the server: no need to read a file back
+over the network to verify it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import posixpath
+import shlex
+import socket
+import stat as stat_mode
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import quote, unquote, urlsplit
+
+import paramiko
+
+from backup.errors import (
+    AlreadyExists,
+    BackupError,
+    ConfigError,
+    ConnectionFailed,
+    FatalError,
+    InvalidInput,
+    NotFound,
+    classify,
+)
+from connectors.sftp import SftpSession, SftpTarget
+from storage.base import FileStat, StorageBackend, check_path
+
+DEFAULT_PORT = 22
+# Outstanding read requests while streaming a file: enough to hide the round
+# trip, bounded so a slow reader never buffers a whole large file in memory.
+PREFETCH_REQUESTS = 64
+_OPTIONS = {"key_file", "known_hosts", "passphrase", "connect_timeout"}
+SHA256_ARGS_BYTES = 64 * 1024  # command line length per remote sha256sum, far below the kernel's limit
+
+
+@contextlib.contextmanager
+def _sftp_errors(what: str) -> Iterator[None]:
+    """Translate paramiko and socket exceptions raised inside the block into our families."""
+    try:
+        yield
+    except BackupError:
+        raise
+    except (paramiko.SSHException, EOFError, socket.timeout, ConnectionError) as e:
+        raise ConnectionFailed(f"{what}: {e or type(e).__name__}") from e
+    except OSError as e:
+        # paramiko raises IOError(errno, text) for SFTP status codes it knows;
+        # SSH_FX_FAILURE arrives without an errno.
+        if e.errno == errno.ENOENT:
+            raise NotFound(f"{what}: no such file or folder") from e
+        if e.errno == errno.EACCES:
+            raise FatalError(f"{what}: permission denied") from e
+        raise classify(e, what) from e
+
+
+class _SftpStream(io.RawIOBase):
+    """A remote file being read, whose transport errors come out as our errors."""
+
+    def __init__(self, remote: paramiko.SFTPFile, what: str) -> None:
+        super().__init__()
+        self._remote = remote
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        with _sftp_errors(self._what):
+            return self._remote.readinto(buffer)
+
+
+class SftpBackend(StorageBackend):
+    """Files on an SSH server, reached over SFTP with a verified host key."""
+
+    scheme = "sftp"
+
+    def __init__(self, target: SftpTarget) -> None:
+        self._target = target
+        self._idle: list[SftpSession] = []
+        self._pool_lock = threading.Lock()
+        host = target.s.host
+        self._authority = "{}@{}:{}".format(
+            quote(target.user, safe=""), f"[{host}]" if ":" in host else host, target.s.port
+        )
+
+    @classmethod
+    def from_url(cls, url: str, **options) -> tuple[SftpBackend, str]:
+        """Build from ``sftp://[user@]host[:port]/path``.
+
+        Options: ``key_file`` and ``known_hosts`` (required: host keys are
+        always verified), ``passphrase``, ``connect_timeout`` (seconds).
+        """
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise ConfigError(f"unknown SFTP option(s): {sorted(unknown)}")
+        missing = {"key_file", "known_hosts"} - {name for name, value in options.items() if value}
+        if missing:
+            raise ConfigError(f"{url!r}: SFTP storage needs the option(s) {sorted(missing)}")
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise ConfigError(f"{url!r}: an SFTP URL needs a host")
+        if parts.query or parts.fragment or parts.password:
+            raise ConfigError(f"{url!r}: no password, query or fragment in an SFTP URL (keys only)")
+        try:
+            port = parts.port or DEFAULT_PORT
+        except ValueError as e:
+            raise ConfigError(f"{url!r}: bad port") from e
+        path = check_path(unquote(parts.path) or "/")
+        if not path.startswith("/"):
+            raise ConfigError(f"{url!r}: SFTP paths must be absolute")
+        target = SftpTarget.for_address(
+            parts.hostname,
+            port,
+            unquote(parts.username) if parts.username else None,
+            Path(options["key_file"]),
+            Path(options["known_hosts"]),
+            passphrase=options.get("passphrase"),
+            connect_timeout=options.get("connect_timeout") or 15,
+        )
+        return cls(target), posixpath.normpath(path)
+
+    # -- connections -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[SftpSession]:
+        """An open session for the duration of the block; broken ones are dropped, not pooled."""
+        with self._pool_lock:
+            session = self._idle.pop() if self._idle else None
+        if session is None or not session.transport.is_active():
+            session = self._target.connect()
+        try:
+            yield session
+        except (ConnectionFailed, paramiko.SSHException, EOFError, OSError):
+            session.close()
+            raise
+        except BaseException:
+            self._give_back(session)  # a refused operation leaves the connection usable
+            raise
+        self._give_back(session)
+
+    def _give_back(self, session: SftpSession) -> None:
+        """Return a session to the pool if it is still connected."""
+        if session.transport.is_active():
+            with self._pool_lock:
+                self._idle.append(session)
+        else:
+            session.close()
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for session in idle:
+            session.close()
+
+    # -- the interface ---------------------------------------------------------
+
+    def _checked(self, path: str) -> str:
+        """Absolute paths only: relative ones would depend on the login folder."""
+        path = super()._checked(path)
+        if not path.startswith("/"):
+            raise InvalidInput(f"SFTP paths must be absolute, got {path!r}")
+        return path
+
+    def uri(self, path: str) -> str:
+        """``sftp://user@host:port/path``."""
+        return f"sftp://{self._authority}{quote(self._checked(path))}"
+
+    def stat(self, path: str) -> FileStat | None:
+        """STAT (following links); None if the path does not exist."""
+        path = self._checked(path)
+        with self._session() as session:
+            found = session.stat(path)
+        return None if found is None else _file_stat(path, found)
+
+    def list(self, path: str) -> list[FileStat]:
+        """Children of a folder sorted by name."""
+        path = self._checked(path)
+        what = f"list {self.uri(path)}"
+        with self._session() as session:
+            try:
+                with _sftp_errors(what):
+                    entries = session.sftp.listdir_attr(path)
+            except NotFound:
+                found = session.stat(path)
+                if found is not None and not stat_mode.S_ISDIR(found.st_mode):
+                    raise InvalidInput(f"{what}: not a folder") from None
+                raise
+        return sorted(
+            (_file_stat(posixpath.join(path, entry.filename), entry) for entry in entries),
+            key=lambda entry: entry.name,
+        )
+
+    @contextlib.contextmanager
+    def open_read(self, path: str, offset: int = 0) -> Iterator[BinaryIO]:
+        """Stream a remote file with a bounded read-ahead."""
+        path = self._checked(path)
+        offset = self._check_offset(offset)
+        what = f"read {self.uri(path)}"
+        with self._session() as session:
+            with _sftp_errors(what):
+                remote = session.sftp.open(path, "rb")
+            with remote:
+                with _sftp_errors(what):
+                    size = remote.stat().st_size
+                if offset > size:
+                    raise InvalidInput(f"{what}: offset {offset} is past the end ({size} bytes)")
+                remote.seek(offset)
+                remote.prefetch(size, max_concurrent_requests=PREFETCH_REQUESTS)
+                yield io.BufferedReader(_SftpStream(remote, what), buffer_size=remote.MAX_REQUEST_SIZE * 8)
+
+    def mkdir(self, path: str) -> None:
+        """Create the folder and its parents; AlreadyExists if a file has that name."""
+        path = self._checked(path)
+        with self._session() as session:
+            found = session.stat(path)
+            if found is not None:
+                if not stat_mode.S_ISDIR(found.st_mode):
+                    raise AlreadyExists(f"mkdir {self.uri(path)}: a file has that name")
+                return
+            parent = posixpath.dirname(path)
+            while parent != "/":
+                above = session.stat(parent)
+                if above is not None:
+                    if not stat_mode.S_ISDIR(above.st_mode):
+                        raise InvalidInput(f"mkdir {self.uri(path)}: {parent} is a file")
+                    break
+                parent = posixpath.dirname(parent)
+            session.makedirs(path)
+
+    def rename(self, src: str, dst: str, *, overwrite: bool = False) -> None:
+        """Move a file or folder; never into or over a folder.
+
+        Without ``overwrite`` the server's plain rename is used, which OpenSSH
+        implements with link()+unlink() and so never replaces a file; with it,
+        the atomic posix-rename@openssh.com extension.
+        """
+        src, dst = self._checked(src), self._checked(dst)
+        what = f"rename {self.uri(src)} -> {self.uri(dst)}"
+        with self._session() as session:
+            existing = session.stat(dst)
+            if existing is not None and (stat_mode.S_ISDIR(existing.st_mode) or not overwrite):
+                raise AlreadyExists(f"{what}: destination exists")
+            if not overwrite:
+                session.rename_no_replace(src, dst)
+                return
+            try:
+                with _sftp_errors(what):
+                    session.sftp.posix_rename(src, dst)
+            except NotFound:
+                if session.stat(src) is None:
+                    raise NotFound(f"{what}: source does not exist") from None
+                raise NotFound(f"{what}: destination folder does not exist") from None
+
+    def delete(self, path: str, *, recursive: bool = False) -> None:
+        """Remove a file, an empty folder, or with ``recursive`` any folder."""
+        path = self._checked(path)
+        with self._session() as session:
+            self._delete(session, path, recursive)
+
+    def _delete(self, session: SftpSession, path: str, recursive: bool) -> None:
+        what = f"delete {self.uri(path)}"
+        with _sftp_errors(what):
+            try:
+                found = session.sftp.lstat(path)
+            except OSError as e:
+                if e.errno == errno.ENOENT:
+                    return
+                raise
+            if not stat_mode.S_ISDIR(found.st_mode):
+                session.remove(path)
+                return
+            children = session.sftp.listdir(path)
+            if children and not recursive:
+                raise InvalidInput(f"{what}: folder is not empty")
+            for name in children:
+                self._delete(session, posixpath.join(path, name), recursive)
+            session.sftp.rmdir(path)
+
+    def _create(self, path: str, chunks: Iterable[bytes]) -> None:
+        """Write a new file (O_EXCL) with pipelined writes; their errors surface at close."""
+        what = f"write {self.uri(path)}"
+        with self._session() as session:
+            with _sftp_errors(what):
+                remote = session.sftp.open(path, "wbx")
+            try:
+                remote.set_pipelined(True)
+                for chunk in chunks:
+                    with _sftp_errors(what):
+                        remote.write(chunk)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    remote.close()
+                raise
+            with _sftp_errors(what):
+                remote.close()  # waits for every pipelined write's acknowledgement
+
+    def sha256(self, path: str) -> str:
+        """SHA-256 computed by ``sha256sum`` on the server; NotFound if missing."""
+        path = self._checked(path)
+        return self.sha256_many([path])[path]
+
+    def sha256_many(self, paths: list[str]) -> dict[str, str]:
+        """One remote ``sha256sum`` per batch of paths: starting a remote command costs far more than a small file."""
+        paths = [self._checked(path) for path in paths]
+        digests: dict[str, str] = {}
+        with self._session() as session:
+            batch: list[str] = []
+            for path in paths + [None]:
+                if batch and (path is None or sum(len(p) + 3 for p in batch) + len(path) > SHA256_ARGS_BYTES):
+                    digests.update(self._sha256_batch(session, batch))
+                    batch = []
+                if path is not None:
+                    batch.append(path)
+        return digests
+
+    def _sha256_batch(self, session: SftpSession, paths: list[str]) -> dict[str, str]:
+        what = f"remote sha256sum of {len(paths)} file(s) on {self._authority}"
+        with _sftp_errors(what):
+            channel = session.transport.open_session(timeout=self._target.s.connect_timeout)
+            try:
+                channel.exec_command("sha256sum -- " + " ".join(shlex.quote(p) for p in paths))
+                out = channel.makefile("rb").read().decode(errors="replace")
+                err = channel.makefile_stderr("rb").read().decode(errors="replace")
+                code = channel.recv_exit_status()
+            finally:
+                channel.close()
+        lines = out.splitlines()
+        if code == 0 and len(lines) == len(paths):
+            # sha256sum answers in argument order; a name with a backslash gets a leading '\'.
+            return {path: line.lstrip("\\")[:64] for path, line in zip(paths, lines)}
+        for path in paths:  # name the file that could not be read
+            found = session.stat(path)
+            if found is None:
+                raise NotFound(f"sha256 {self.uri(path)}: no such file")
+            if stat_mode.S_ISDIR(found.st_mode):
+                raise InvalidInput(f"sha256 {self.uri(path)}: is a folder")
+        raise FatalError(f"{what}: exit {code}: {' '.join(err.split())[:300]}")
+
+
+def _file_stat(path: str, attrs: paramiko.SFTPAttributes) -> FileStat:
+    """Our FileStat from SFTP attributes."""
+    is_dir = stat_mode.S_ISDIR(attrs.st_mode or 0)
+    return FileStat(path, 0 if is_dir else int(attrs.st_size or 0), float(attrs.st_mtime or 0), is_dir)

@@ -1,0 +1,572 @@
+"""customer-files end to end on the local platform: real Redis, Celery workers, sshd, Spark/HiveServer2, sinks.
+
+Results are checked from outside the project's code: the primary copies on
+disk, the secondary copies through OpenSSH's own client (``sha256sum`` on the
+edge node) or on the WebHDFS test server's disk, the count table through a
+plain impyla cursor, the record counts against ``wc -l``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import getpass
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import pytest
+import yaml
+from impala.dbapi import connect
+
+from backup import customer_files as wf
+from backup.identifiers import TableName
+from backup.resources import Resources
+from backup.runner import phase
+from config.settings import load_settings
+from storage.base import is_temp_name
+from tests.conftest import CONFIG_PATH, STATE, TEST_CONFIG, WorkerProc
+from tests.helpers import backupctl, enqueue, sink_counts, sink_tickets, ssh, wait_job, wait_until
+from tests.webhdfs_server import WebHdfsTestServer, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+TASK = "backup.customer_files"
+HOUR_AGO = time.time() - 3600
+
+
+# -- the sample tree -------------------------------------------------------------
+
+def _lines(rng: random.Random, n: int, end: bytes = b"\n") -> bytes:
+    return b"".join(f"{rng.randint(0, 10**9)};4479{i:08d};Zoë;{'x' * rng.randint(0, 40)}".encode() + end
+                    for i in range(n))
+
+
+def sample_files(customer: str, seed: int) -> dict[str, bytes]:
+    """Names and contents of one customer's delivery: every case the legacy job got wrong."""
+    rng = random.Random(seed)
+    big = _lines(rng, 50_000)  # ~2.4 MiB, more than the 1 MiB read buffer
+    assert len(big) > 2 * 1024 * 1024
+    return {
+        "traffic_001.csv": _lines(rng, 120),
+        "traffic_002.csv": _lines(rng, 7),
+        "traffic no newline.csv": _lines(rng, 30)[:-1],
+        f"traffic_big {customer}.csv": big,
+        "traffic_empty.txt": b"",
+        "activation_crlf.csv": _lines(rng, 55, b"\r\n"),
+        "activation_crlf_unterminated.csv": _lines(rng, 9, b"\r\n")[:-2],
+        "activation_empty.csv": b"",
+        "actives_ünïcødé 東京.csv": "Nørd Ørbit ✓ 日本\n".encode() * 11,
+        "actives 2 with  spaces.csv": _lines(rng, 3),
+        "TOLL_01_ä.dat": _lines(rng, 40),
+        "tolling_01.csv": b"\n\n\n",
+        "readme.txt": b"not a data file: matches no domain\n",
+    }
+
+
+def write_tree(root: Path, customers: list[str]) -> dict[tuple[str, str], bytes]:
+    """Write every customer's files an hour old (past the settle time), oldest first by a second each."""
+    files = {}
+    shutil.rmtree(root, ignore_errors=True)
+    for n, customer in enumerate(customers):
+        folder = root / customer
+        folder.mkdir(parents=True)
+        for i, (name, data) in enumerate(sample_files(customer, n).items()):
+            (folder / name).write_bytes(data)
+            os.utime(folder / name, (HOUR_AGO + i, HOUR_AGO + i))
+            files[(customer, name)] = data
+    return files
+
+
+def wc_style(path: Path) -> int:
+    """``wc -l``, plus one for a last line without a newline."""
+    with open(path, "rb") as f:
+        lines = int(subprocess.run(["wc", "-l"], stdin=f, capture_output=True, check=True).stdout)
+    data = path.read_bytes()
+    return lines + (1 if data and not data.endswith(b"\n") else 0)
+
+
+def expected_rows(cfg, source: Path) -> dict[tuple[str, str, str], dict]:
+    """(customer, domain, file) -> bytes, records, sha256 of every file that matches a domain."""
+    out = {}
+    for customer in cfg.customers:
+        for path in sorted((source / customer).iterdir()):
+            domain = wf.domain_of(cfg, path.name)
+            if domain:
+                data = path.read_bytes()
+                out[(customer, domain, path.name)] = {"bytes": len(data), "records": wc_style(path),
+                                                      "sha256": hashlib.sha256(data).hexdigest()}
+    return out
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
+    """Every file under ``root``: content hash, mtime and inode (a rewrite changes them)."""
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = path.stat()
+        out[str(path.relative_to(root))] = (hashlib.sha256(path.read_bytes()).hexdigest(), st.st_mtime_ns, st.st_ino)
+    return out
+
+
+# -- fixtures and helpers --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cfg(settings):
+    return settings.customer_files
+
+
+@pytest.fixture(scope="module")
+def source(cfg) -> Path:
+    root = Path(cfg.source_dirs[0])
+    write_tree(root, list(cfg.customers))
+    return root
+
+
+@pytest.fixture(scope="module")
+def hdfs(cfg):
+    """The WebHDFS test server holding delta's secondary copies."""
+    port = urlsplit(cfg.customers["delta"].secondary).port
+    server = WebHdfsTestServer(STATE / "webhdfs-root", port=port).start()
+    wait_for_port("127.0.0.1", port)
+    yield server
+    server.stop()
+
+
+def _hive_sql(settings, statement: str, rows: bool = True) -> list[tuple]:
+    """Run one statement through a plain impyla connection of its own."""
+    conn = connect(settings.hive.host, settings.hive.port, auth_mechanism="NOSASL")
+    cur = conn.cursor()
+    try:
+        cur.execute(statement)
+        return cur.fetchall() if rows else []
+    finally:
+        cur.close()  # before the connection: a cursor left to the garbage collector reconnects to close
+        conn.close()
+
+
+def query(settings, statement: str) -> list[tuple]:
+    return _hive_sql(settings, statement)
+
+
+def execute(settings, statement: str) -> None:
+    _hive_sql(settings, statement, rows=False)
+
+
+def reset(res, cfg, settings) -> None:
+    """Empty every destination, the ledger, the count tables and the alert episode."""
+    for where in cfg.customers.values():
+        for url in (where.primary, where.secondary):
+            parts = urlsplit(url)
+            if parts.scheme == "webhdfs":
+                shutil.rmtree(STATE / "webhdfs-root" / parts.path.lstrip("/"), ignore_errors=True)
+            else:
+                shutil.rmtree(parts.path, ignore_errors=True)  # the edge node is this machine
+    shutil.rmtree(Path(cfg.status_flag).parent, ignore_errors=True)
+    for key in res.redis.scan_iter(f"{settings.redis.key_prefix}:customer_files:*"):
+        res.redis.delete(key)
+    res.alerter.success(wf.WORKFLOW, wf.TARGET)
+    for table in (cfg.staging_table, cfg.final_table):
+        execute(settings, f"DROP TABLE IF EXISTS {table}")
+
+
+def dest_path(cfg, customer: str, role: str, domain: str, name: str) -> Path:
+    """Where a destination file sits on this machine's disk."""
+    parts = urlsplit(getattr(cfg.customers[customer], role))
+    if parts.scheme == "webhdfs":
+        return STATE / "webhdfs-root" / parts.path.lstrip("/") / domain / name
+    return Path(parts.path) / domain / name
+
+
+def secondary_uri(cfg, customer: str, domain: str, name: str) -> str:
+    """The URI a secondary copy is reported under: sftp://user@host:port/path or webhdfs://host:port/path."""
+    parts = urlsplit(cfg.customers[customer].secondary)
+    user = f"{getpass.getuser()}@" if parts.scheme == "sftp" else ""
+    return f"{parts.scheme}://{user}{parts.hostname}:{parts.port}{quote(f'{parts.path}/{domain}/{name}')}"
+
+
+def edge_sha256(settings, folder: str) -> dict[str, str]:
+    """sha256sum of every file under a folder of the edge node, through OpenSSH."""
+    out = ssh(settings, ["find", folder, "-type", "f", "-exec", "sha256sum", "{}", "+"], check=False).stdout
+    return {line[66:]: line[:64] for line in out.splitlines() if line}
+
+
+def final_rows(settings, cfg, job_id: str | None = None) -> list[tuple]:
+    where = f" WHERE job_id = '{job_id}'" if job_id else ""
+    return sorted(query(settings, f"SELECT customer, domain, file_name, bytes, records, sha256, status "
+                                  f"FROM {cfg.final_table}{where}"))
+
+
+def manifest(rec: dict) -> list[dict]:
+    with open(rec["outputs"]["manifest"], newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def run(celery_app, res, timeout: float = 180) -> dict:
+    return wait_job(res, enqueue(celery_app, TASK), timeout=timeout)
+
+
+def run_inline(res: Resources) -> dict:
+    """Every phase in this process, in chain order (no worker)."""
+    cfg = wf.config(res)
+    job_id = wf.submit(res)["job_id"]
+    steps = [("lock", wf.lock_phase), ("discover", wf.discover_phase)]
+    steps += [(wf.copy_phase(c), lambda ctx, c=c: wf.copy_customer(ctx, c)) for c in cfg.customers]
+    steps += [("collect", wf.collect_phase), ("flag", wf.flag_phase)]
+    for name, func in steps:
+        with phase(res, job_id, name) as ctx:
+            if ctx.active:
+                func(ctx)
+    return res.jobs.get(job_id)
+
+
+def own_config(path: Path, customer_files: dict, **sections) -> Path:
+    """The test config with its customer_files section replaced (and other sections changed)."""
+    data = copy.deepcopy(TEST_CONFIG)
+    data["customer_files"] = customer_files
+    for name, values in sections.items():
+        data[name].update(values)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# -- tests -----------------------------------------------------------------------
+
+def test_backup_checked_from_outside(settings, res, cfg, source, hdfs, worker, celery_app):
+    reset(res, cfg, settings)
+    expected = expected_rows(cfg, source)
+    assert len(expected) == 5 * 12
+    sources_before = snapshot(source)
+
+    out = backupctl("run", "customer-files", "--wait", "--timeout", "240", config=CONFIG_PATH)
+    assert out.returncode == 0, out.stdout + out.stderr
+    job_id = out.stdout.split()[1].rstrip(":")
+    rec = res.jobs.get(job_id)
+    assert rec["state"] == "success" and rec["outputs"]["flag"] == "SUCCESS", rec["error"]
+    # --wait drew one progress line per customer (stderr is not a terminal here: one block per change).
+    for customer in cfg.customers:
+        assert any(line.strip().startswith(customer) and "files" in line for line in out.stderr.splitlines())
+
+    # Both destinations byte-identical to the sources; nothing else there (no temp files).
+    for role in wf.DESTINATIONS:
+        for customer, domain, name in expected:
+            if urlsplit(getattr(cfg.customers[customer], role)).scheme != "sftp":
+                copy_bytes = dest_path(cfg, customer, role, domain, name).read_bytes()
+                assert copy_bytes == (source / customer / name).read_bytes()
+    for customer, where in cfg.customers.items():
+        for role in wf.DESTINATIONS:
+            parts = urlsplit(getattr(where, role))
+            mine = {(d, n) for (c, d, n) in expected if c == customer}
+            if parts.scheme == "sftp":
+                remote = edge_sha256(settings, parts.path)
+                assert remote == {f"{parts.path}/{d}/{n}": expected[(customer, d, n)]["sha256"] for d, n in mine}
+            else:
+                root = dest_path(cfg, customer, role, "x", "y").parent.parent
+                assert {(p.parent.name, p.name) for p in root.rglob("*") if p.is_file()} == mine
+
+    # The count table, read with a plain impyla cursor: wc -l-style counts, each file once.
+    want = sorted((c, d, n, v["bytes"], v["records"], v["sha256"], "copied") for (c, d, n), v in expected.items())
+    assert final_rows(settings, cfg) == want
+    assert final_rows(settings, cfg, job_id) == want
+
+    # The manifest, exactly.
+    rows = manifest(rec)
+    assert len(rows) == len(expected)
+    for row in rows:
+        key = (row["customer"], row["domain"], row["file"])
+        assert (int(row["bytes"]), int(row["records"]), row["sha256"]) == tuple(expected[key].values())
+        assert row["status"] == "copied" and row["error"] == "" and row["copied_at"].endswith("Z")
+        assert row["primary_uri"] == dest_path(cfg, key[0], "primary", *key[1:]).as_uri()
+        assert row["secondary_uri"] == secondary_uri(cfg, *key)
+    assert {r["file"] for r in rows} >= {"traffic no newline.csv", "actives_ünïcødé 東京.csv", "TOLL_01_ä.dat"}
+
+    # Outputs per customer and the flag.
+    for customer, counts in rec["outputs"]["customers"].items():
+        mine = [v for (c, _, _), v in expected.items() if c == customer]
+        assert (counts["found"], counts["copied"], counts["failed"], counts["unmatched"]) == (12, 12, 0, 1)
+        assert counts["bytes"] == sum(v["bytes"] for v in mine)
+        assert counts["records"] == sum(v["records"] for v in mine)
+    flag = Path(cfg.status_flag).read_text().splitlines()
+    assert flag[0] == "SUCCESS" and f"job_id={job_id}" in flag and "copied=60" in flag and "failed=0" in flag
+
+    # Two more runs at once: one is skipped by the lock; the other finds nothing new (the ledger skips
+    # every file), rewrites nothing and counts nothing again.
+    destinations = snapshot(Path(cfg.customers["alpha"].primary).parent)
+    ids = [enqueue(celery_app, TASK) for _ in range(2)]
+    recs = [wait_job(res, j, timeout=120) for j in ids]
+    assert sorted(r["state"] for r in recs) == ["skipped", "success"], [(r["state"], r.get("error")) for r in recs]
+    again = next(r for r in recs if r["state"] == "success")
+    skipped = next(r for r in recs if r["state"] == "skipped")
+    assert skipped["reason"] == f"lock held by job {again['job_id']}"
+    assert all(p["state"] == "pending" for p in skipped["phases"][1:])
+    assert again["outputs"]["totals"]["unchanged"] == 60 and again["outputs"]["totals"]["copied"] == 0
+    assert manifest(again) == []
+    assert final_rows(settings, cfg) == want
+    assert snapshot(Path(cfg.customers["alpha"].primary).parent) == destinations
+    assert snapshot(source) == sources_before, "sources must never change with after_backup: keep"
+
+
+def test_lost_ledger_verifies_and_never_overwrites_a_different_file(settings, res, cfg, source, hdfs, worker,
+                                                                    celery_app):
+    reset(res, cfg, settings)
+    first = run(celery_app, res)
+    assert first["state"] == "success"
+    primaries = snapshot(Path(cfg.customers["alpha"].primary).parent)
+    for key in res.redis.scan_iter(f"{settings.redis.key_prefix}:customer_files:ledger:*"):
+        res.redis.delete(key)  # the ledger is lost (as after a Redis flush)
+    echo_edge = urlsplit(cfg.customers["echo"].secondary).path
+    ssh(settings, ["sh", "-c", f"printf 'somebody else\\n' > '{echo_edge}/traffic/traffic_001.csv'"])
+    mails0, tickets0 = sink_counts(settings)
+
+    rec = run(celery_app, res)
+    assert rec["state"] == "failed" and rec["outputs"]["flag"] == "PARTIAL"
+    assert rec["error"].startswith("PARTIAL: 1 of 5 customer(s) had failures: echo (1 file(s) failed)")
+    rows = {(r["customer"], r["file"]): r for r in manifest(rec)}
+    conflict = rows[("echo", "traffic_001.csv")]
+    assert conflict["status"] == "failed" and "a different file is already at" in conflict["error"]
+    assert ssh(settings, ["cat", f"{echo_edge}/traffic/traffic_001.csv"]).stdout == "somebody else\n"
+    assert {r["status"] for k, r in rows.items() if k != ("echo", "traffic_001.csv")} == {"present"}
+    # Verified, not rewritten: same content, mtime and inode.
+    assert snapshot(Path(cfg.customers["alpha"].primary).parent) == primaries
+    counted = query(settings, f"SELECT customer, domain, file_name, count(*) FROM {cfg.final_table} "
+                              f"GROUP BY customer, domain, file_name")
+    assert len(counted) == 60 and {n for *_, n in counted} == {1}
+    assert sink_counts(settings) == (mails0 + 1, tickets0 + 1)
+    assert "PARTIAL" in sink_tickets(settings)[-1]["title"]
+
+
+def test_unreachable_secondary_partial_then_rerun_copies_only_the_missing(settings, res, cfg, source, hdfs,
+                                                                         worker, celery_app):
+    reset(res, cfg, settings)
+    expected = expected_rows(cfg, source)
+    mails0, tickets0 = sink_counts(settings)
+    hdfs.stop()  # delta's secondary (WebHDFS) goes away
+    try:
+        rec = run(celery_app, res)
+        assert rec["state"] == "failed" and rec["outputs"]["flag"] == "PARTIAL"
+        assert rec["error"].startswith("PARTIAL: 1 of 5 customer(s) had failures: delta (12 file(s) failed)")
+        assert rec["alert_sent"] is True
+        delta = rec["outputs"]["customers"]["delta"]
+        assert (delta["copied"], delta["failed"]) == (0, 12)
+        # Everyone else complete and loaded; delta's primary copies are there, its rows are not counted.
+        others = sorted((c, d, n, v["bytes"], v["records"], v["sha256"], "copied")
+                        for (c, d, n), v in expected.items() if c != "delta")
+        assert final_rows(settings, cfg) == others
+        failed = [r for r in manifest(rec) if r["customer"] == "delta"]
+        assert len(failed) == 12 and all("secondary: " in r["error"] and "ConnectionFailed" in r["error"]
+                                         for r in failed)
+        staged = query(settings, f"SELECT count(*) FROM {cfg.staging_table} WHERE status = 'failed'")
+        assert staged == [(12,)]
+        for (c, d, n) in expected:
+            if c == "delta":
+                assert dest_path(cfg, c, "primary", d, n).read_bytes() == (source / c / n).read_bytes()
+        assert Path(cfg.status_flag).read_text().startswith("PARTIAL\n")
+
+        still = run(celery_app, res)  # same episode: no second alert
+        assert still["outputs"]["flag"] == "PARTIAL" and still["alert_sent"] is False
+        assert "already alerted" in still["alert"]["reason"]
+    finally:
+        hdfs.start()
+    assert sink_counts(settings) == (mails0 + 1, tickets0 + 1)
+
+    delta_primary = snapshot(Path(cfg.customers["delta"].primary))
+    rerun = run(celery_app, res)
+    assert rerun["state"] == "success" and rerun["outputs"]["flag"] == "SUCCESS"
+    rows = manifest(rerun)
+    assert {r["customer"] for r in rows} == {"delta"} and len(rows) == 12  # the others were not touched
+    assert all(r["status"] == "copied" for r in rows)
+    assert snapshot(Path(cfg.customers["delta"].primary)) == delta_primary  # verified, not copied again
+    for (c, d, n) in expected:
+        if c == "delta":
+            assert dest_path(cfg, c, "secondary", d, n).read_bytes() == (source / c / n).read_bytes()
+    assert final_rows(settings, cfg) == sorted((c, d, n, v["bytes"], v["records"], v["sha256"], "copied")
+                                               for (c, d, n), v in expected.items())
+    assert sink_counts(settings) == (mails0 + 1, tickets0 + 1), "a success sends nothing"
+
+
+def test_worker_killed_mid_copy_redelivered_cleanly(settings, res, celery_app, worker, tmp_path):
+    """SIGKILL the worker while it copies; after redelivery no temp file anywhere and every file counted once."""
+    root = STATE / "cf-kill"
+    shutil.rmtree(root, ignore_errors=True)
+    rng = random.Random(3)
+    names = [f"traffic_big_{i}.csv" for i in range(3)] + ["traffic_small.csv"]
+    (root / "src" / "alpha").mkdir(parents=True)
+    for name in names:
+        data = _lines(rng, 5) if "small" in name else _lines(rng, 8000) * 40  # ~24 MiB each
+        (root / "src" / "alpha" / name).write_bytes(data)
+    edge = f"{root}/edge/alpha"
+    section = {"source_dirs": [str(root / "src")],
+               "customers": {"alpha": {"primary": str(root / "primary" / "alpha"),
+                                       "secondary": f"sftp://127.0.0.1:{settings.sftp.port}{edge}"}},
+               "domains": {"traffic": ["traffic_*.csv"]}, "settle_seconds": 0,
+               "staging_table": "mnaas_test.cf_kill_inter", "final_table": "mnaas_test.cf_kill_count",
+               "status_flag": str(root / "status"), "manifest_dir": str(root / "manifests")}
+    with res.hive() as hive:  # fresh tables, created now: a cold first CREATE must not eat the short time limit
+        for table in ("mnaas_test.cf_kill_inter", "mnaas_test.cf_kill_count"):
+            hive.execute(f"DROP TABLE IF EXISTS {table}")
+            wf.ensure_table(hive, TableName.parse(table))
+    # Short visibility timeout so the unacked copy comes back soon after the kill.
+    visibility = 22
+    kill_cfg = own_config(tmp_path / "kill.yaml", section,
+                          celery={"task_time_limit": 20, "task_soft_time_limit": 18, "visibility_timeout": visibility})
+    primary = root / "primary" / "alpha" / "traffic"
+    worker.stop()
+    try:
+        first = WorkerProc(kill_cfg, "cfkill").start()
+        job_id = enqueue(celery_app, TASK)
+        wait_until(lambda: primary.is_dir() and any(is_temp_name(p.name) for p in primary.iterdir()), 90,
+                   "a copy in flight", interval=0.02)
+        first.kill()
+        assert any(is_temp_name(p.name) for p in primary.iterdir()), "the kill must land mid-copy"
+        # kombu gives unacked messages back when a worker's periodic check (10 s after it starts, then far
+        # less often) finds them older than the visibility timeout: start the next worker once they are.
+        delivered = next(p for p in res.jobs.get(job_id)["phases"] if p["name"] == "copy:alpha")["started"]
+        wait_until(lambda: time.time() > delivered + visibility, visibility + 5, "the visibility timeout")
+        second = WorkerProc(kill_cfg, "cfkill2").start()
+        try:
+            rec = wait_job(res, job_id, timeout=240)
+        finally:
+            second.stop()
+    finally:
+        worker.start()
+    assert rec["state"] == "success", rec
+    copy_phase = next(p for p in rec["phases"] if p["name"] == "copy:alpha")
+    assert copy_phase["deliveries"] == 2
+    assert sorted(p.name for p in primary.iterdir()) == sorted(names)
+    remote = edge_sha256(settings, edge)
+    assert sorted(remote) == sorted(f"{edge}/traffic/{n}" for n in names)  # no temp files remotely either
+    for name in names:
+        digest = hashlib.sha256((root / "src" / "alpha" / name).read_bytes()).hexdigest()
+        assert remote[f"{edge}/traffic/{name}"] == digest
+        assert hashlib.sha256((primary / name).read_bytes()).hexdigest() == digest
+    counted = query(settings, "SELECT file_name, count(*), max(records) FROM mnaas_test.cf_kill_count "
+                              "GROUP BY file_name")
+    assert sorted(counted) == sorted((n, 1, wc_style(root / "src" / "alpha" / n)) for n in names)
+    assert sorted(r["file"] for r in manifest(rec)) == sorted(names)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(retention=3), "customer_files.retention: unknown key"),
+    (lambda c: c["domains"].update(traffic=["traffic_[0-9.csv"]), "glob 'traffic_[0-9.csv' has an unclosed '['"),
+    (lambda c: c["customers"].update({"../x": {"primary": "/tmp/x1", "secondary": "/tmp/x2"}}),
+     "customer name '../x' contains '..'"),
+    (lambda c: c.pop("final_table"), "customer_files.final_table: Field required"),
+])
+def test_config_errors_clear_and_nothing_copied(settings, res, tmp_path, change, message):
+    section = copy.deepcopy(TEST_CONFIG["customer_files"])
+    section["customers"] = {"alpha": {"primary": str(tmp_path / "primary"), "secondary": str(tmp_path / "edge")}}
+    section["source_dirs"] = [str(tmp_path / "src")]
+    write_tree(tmp_path / "src", ["alpha"])
+    change(section)
+    bad = own_config(tmp_path / "bad.yaml", section)
+    jobs_before = res.redis.zcard(f"{settings.redis.key_prefix}:jobs")
+    for argv in (["run", "customer-files"], ["worker", "-n", "never@%h"]):
+        out = backupctl(*argv, "--wait", config=bad) if argv[0] == "run" else backupctl(*argv, config=bad)
+        assert out.returncode == 2
+        assert out.stderr.count("\n") == 1 and out.stderr.startswith("backupctl: error: ConfigError:")
+        assert message in out.stderr
+    assert res.redis.zcard(f"{settings.redis.key_prefix}:jobs") == jobs_before
+    assert not (tmp_path / "primary").exists() and not (tmp_path / "edge").exists()
+
+
+def _small_tree(root: Path, customers: list[str]) -> None:
+    for customer in customers:
+        (root / customer).mkdir(parents=True)
+        for i in range(3):
+            path = root / customer / f"traffic_{i}.csv"
+            path.write_bytes(b"a;b\n" * (i + 1))
+            os.utime(path, (HOUR_AGO + i, HOUR_AGO + i))
+
+
+@pytest.mark.parametrize("after", ["move", "delete"])
+def test_after_backup_only_once_both_copies_verified(settings, res, platform, tmp_path, after):
+    """``good`` reaches both locations; ``cut``'s secondary is down, so its sources must stay put."""
+    _small_tree(tmp_path / "src", ["good", "cut"])
+    section = {"source_dirs": [str(tmp_path / "src")],
+               "customers": {"good": {"primary": str(tmp_path / "p" / "good"),
+                                      "secondary": f"sftp://127.0.0.1:{settings.sftp.port}{tmp_path}/edge/good"},
+                             "cut": {"primary": str(tmp_path / "p" / "cut"),
+                                     "secondary": f"sftp://127.0.0.1:1{tmp_path}/edge/cut"}},
+               "domains": {"traffic": ["traffic_*.csv"]}, "after_backup": after,
+               "staging_table": "mnaas_test.cf_after_inter", "final_table": "mnaas_test.cf_after_count",
+               "status_flag": str(tmp_path / "status"), "manifest_dir": str(tmp_path / "manifests")}
+    if after == "move":
+        section["move_to"] = str(tmp_path / "done")
+    own = Resources(load_settings(own_config(tmp_path / "c.yaml", section)), _redis=res.redis)
+    res.alerter.success(wf.WORKFLOW, wf.TARGET)
+    rec = run_inline(own)
+    assert rec["outputs"]["flag"] == "PARTIAL"
+    good = {f"traffic_{i}.csv": b"a;b\n" * (i + 1) for i in range(3)}
+    assert sorted(p.name for p in (tmp_path / "src" / "cut").iterdir()) == sorted(good)
+    assert list((tmp_path / "src" / "good").iterdir()) == []
+    moved = tmp_path / "done" / "good" / "traffic"
+    if after == "move":
+        assert {p.name: p.read_bytes() for p in moved.iterdir()} == good
+    else:
+        assert not moved.exists()
+    for name, data in good.items():
+        assert (tmp_path / "p" / "good" / "traffic" / name).read_bytes() == data
+        assert (tmp_path / "edge" / "good" / "traffic" / name).read_bytes() == data
+        assert (tmp_path / "p" / "cut" / "traffic" / name).read_bytes() == data
+
+
+def test_settle_time_and_cap_per_run(settings, res, platform, tmp_path):
+    _small_tree(tmp_path / "src", ["acme"])
+    for i in range(3, 5):
+        path = tmp_path / "src" / "acme" / f"traffic_{i}.csv"
+        path.write_bytes(b"x\n")
+        os.utime(path, (HOUR_AGO + i, HOUR_AGO + i))
+    (tmp_path / "src" / "acme" / "traffic_fresh.csv").write_bytes(b"still being written")
+    section = {"source_dirs": [str(tmp_path / "src")],
+               "customers": {"acme": {"primary": str(tmp_path / "p"), "secondary": str(tmp_path / "s")}},
+               "domains": {"traffic": ["traffic_*.csv"]}, "max_files_per_run": 3, "settle_seconds": 60,
+               "staging_table": "mnaas_test.cf_cap_inter", "final_table": "mnaas_test.cf_cap_count",
+               "status_flag": str(tmp_path / "status"), "manifest_dir": str(tmp_path / "manifests")}
+    own = Resources(load_settings(own_config(tmp_path / "c.yaml", section)), _redis=res.redis)
+    first = run_inline(own)
+    counts = first["outputs"]["customers"]["acme"]
+    assert (counts["found"], counts["copied"], counts["deferred"], counts["settling"]) == (6, 3, 2, 1)
+    assert sorted(r["file"] for r in manifest(first)) == ["traffic_0.csv", "traffic_1.csv", "traffic_2.csv"]
+    second = run_inline(own)
+    counts = second["outputs"]["customers"]["acme"]
+    assert (counts["unchanged"], counts["copied"], counts["deferred"], counts["settling"]) == (3, 2, 0, 1)
+    assert sorted(p.name for p in (tmp_path / "s" / "traffic").iterdir()) == [f"traffic_{i}.csv" for i in range(5)]
+    assert first["outputs"]["flag"] == second["outputs"]["flag"] == "SUCCESS"
+
+
+def test_load_failure_fails_the_run_with_a_fail_flag(settings, res, cfg, source, hdfs, worker, celery_app):
+    reset(res, cfg, settings)
+    execute(settings, f"CREATE DATABASE IF NOT EXISTS {cfg.final_table.split('.')[0]}")
+    execute(settings, f"CREATE TABLE {cfg.final_table} (customer STRING, n BIGINT) STORED AS PARQUET")
+    mails0, tickets0 = sink_counts(settings)
+    rec = run(celery_app, res)
+    assert rec["state"] == "failed" and rec["phase"] == "collect"
+    assert rec["error"].startswith(f"FatalError: table {cfg.final_table} has columns")
+    assert rec["outputs"]["flag"] == "FAIL"
+    flag = Path(cfg.status_flag).read_text().splitlines()
+    assert flag[0] == "FAIL" and f"job_id={rec['job_id']}" in flag
+    assert rec["alert_sent"] is True and sink_counts(settings) == (mails0 + 1, tickets0 + 1)
+    assert "FAILED in collect" in sink_tickets(settings)[-1]["title"]
+
+
+def test_sftp_checksums_in_one_remote_command(settings, platform, tmp_path):
+    from storage import open_backend
+
+    backend, folder = open_backend(f"sftp://127.0.0.1:{settings.sftp.port}{tmp_path}/sums",
+                                   **wf.storage_options(settings, "sftp://"))
+    names = ["plain.csv", "with space.csv", "back\\slash.csv", "quote'd \"x\".csv", "東京 ü.csv", "empty.csv"]
+    with backend:
+        backend.mkdir(folder)
+        for i, name in enumerate(names):
+            backend.write_atomic(f"{folder}/{name}", name.encode() * i)
+        paths = [f"{folder}/{n}" for n in names]
+        assert backend.sha256_many(paths) == {f"{folder}/{n}": hashlib.sha256(n.encode() * i).hexdigest()
+                                              for i, n in enumerate(names)}
+        from backup.errors import NotFound
+
+        with pytest.raises(NotFound, match="gone.csv"):
+            backend.sha256_many(paths + [f"{folder}/gone.csv"])

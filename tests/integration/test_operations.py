@@ -1,0 +1,185 @@
+"""Operating the workflows: beat schedules with two beats, skipped scheduled runs, log lines, metrics.
+
+All real processes: celery beat (redbeat) twice against one Redis, the
+session's Celery worker, a second worker logging JSON on its own Redis, the
+Prometheus exporter.  The beat test watches three one-minute ticks (about
+three minutes); its scheduled runs find the previous run still holding the
+lock, so each is a cheap ``skipped`` job.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from backup.locks import Renewer
+from config.settings import load_settings
+from tests.conftest import CONFIG_PATH, PORT_OFFSET, write_config
+from tests.helpers import backupctl, enqueue, wait_job, wait_until
+from tests.ops_helpers import Proc, sample_table
+
+pytestmark = pytest.mark.integration
+
+WORKFLOW = "edge-export"
+PRIVATE_REDIS_PORT = 16379 + PORT_OFFSET
+METRICS_PORT = 19808 + PORT_OFFSET
+
+
+def _jobs_of(res, table: str) -> list[dict]:
+    return [r for r in res.jobs.recent(500) if r["workflow"] == WORKFLOW and r["target"] == table]
+
+
+def _hold_lock(res, settings, table: str, holder: str) -> Renewer:
+    held, current = res.locks.acquire(WORKFLOW, table, holder)
+    assert held is not None, f"lock of {table} already held by {current}"
+    return Renewer(res.locks, held, settings.lock.renew_every)
+
+
+def test_two_beats_fire_once_per_tick_and_runs_are_skipped_while_previous_runs(tmp_path, settings, res, worker):
+    table = "mnaas_ops.beat_target"  # never read: every run stops at the lock phase
+    config = write_config(tmp_path / "beat.yaml", {
+        "schedules": [{"name": "every-minute", "workflow": WORKFLOW, "cron": "* * * * *",
+                       "timezone": "Europe/Rome", "kwargs": {"table": table}}],
+        # Fail-over in at most 20 + 5 s, so the standby takes over between two ticks.
+        "beat": {"lock_timeout": 20, "max_loop_interval": 5},
+    })
+    first = Proc.backupctl(config, "beat", "--loglevel", "INFO", log=tmp_path / "beat-a.log")
+    second = Proc.backupctl(config, "beat", "--loglevel", "INFO", log=tmp_path / "beat-b.log")
+    with _hold_lock(res, settings, table, "previous-run"):
+        try:
+            first.start().wait_for_log("beat: Acquired lock", timeout=30)
+            second.start().wait_for_log("beat: Starting", timeout=30)
+            wait_until(lambda: len(_jobs_of(res, table)) >= 1, 75, "the first tick")
+            first.kill()
+            second.wait_for_log("beat: Acquired lock", timeout=20 + 5 + 15)
+            wait_until(lambda: len(_jobs_of(res, table)) >= 3, 130, "ticks two and three")
+            recs = [wait_job(res, r["job_id"], timeout=30) for r in _jobs_of(res, table)]
+        finally:
+            first.stop()
+            second.stop()
+    sent = first.text().count("Sending due task every-minute") + second.text().count("Sending due task every-minute")
+    assert sent == 3, (first.text()[-2000:], second.text()[-2000:])
+    assert len(recs) == 3
+    minutes = sorted(int(r["created"] // 60) for r in recs)
+    assert minutes == [minutes[0], minutes[0] + 1, minutes[0] + 2], "one run per tick, on consecutive minutes"
+    for r in recs:
+        assert r["state"] == "skipped" and r["reason"] == "lock held by job previous-run", r
+        assert [p["state"] for p in r["phases"]] == ["skipped", "pending", "pending", "pending", "pending"]
+    assert "Sending due task" not in second.text().split("beat: Acquired lock")[0], "the standby fired while waiting"
+
+
+def test_schedule_command_lists_next_fire_times(tmp_path, settings, redis_client):
+    config = write_config(tmp_path / "sched.yaml", {"schedules": [
+        {"name": "traffic-nightly", "workflow": WORKFLOW, "cron": "30 2 * * *", "timezone": "Europe/Rome",
+         "kwargs": {"table": "mnaas.customer_traffic"}},
+        {"name": "paused", "workflow": WORKFLOW, "cron": "0 4 * * 1", "enabled": False,
+         "kwargs": {"table": "mnaas.other"}},
+    ]})
+    out = backupctl("--config", str(config), "schedule", "--count", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    listing = json.loads(out.stdout)
+    nightly, paused = listing["schedules"]
+    assert nightly["name"] == "traffic-nightly" and nightly["task"] == "backup.edge_export"
+    assert len(nightly["next"]) == 3 and all(t.split("T")[1].startswith("02:30:00") for t in nightly["next"])
+    assert paused["enabled"] is False and paused["next"] == []
+    assert listing["beat"].startswith("none running")
+
+    text = backupctl("--config", str(config), "schedule")
+    assert text.returncode == 0 and "traffic-nightly" in text.stdout and "disabled" in text.stdout
+
+    bad = write_config(tmp_path / "bad.yaml", {"schedules": [
+        {"name": "typo", "workflow": WORKFLOW, "cron": "61 * * * *", "kwargs": {"table": "a.b"}}]})
+    out = backupctl("--config", str(bad), "schedule")
+    assert out.returncode == 2
+    assert "schedules[typo].cron: bad cron expression '61 * * * *'" in out.stderr
+
+
+def test_worker_log_lines_carry_job_and_phase_in_text_and_json(tmp_path, settings, res, worker, celery_app):
+    # Text: the session worker (log_format: text).
+    table = "mnaas_ops.log_target"
+    with _hold_lock(res, settings, table, "previous-run"):
+        job_id = enqueue(celery_app, "backup.edge_export", table=table)
+        assert wait_job(res, job_id)["state"] == "skipped"
+    wait_until(lambda: f"[job={job_id} phase=finish]" in worker.log.read_text(), 10, "finish phase log line")
+    text_lines = [line for line in worker.log.read_text().splitlines() if f"job={job_id} " in line]
+    phases = {line.split(" phase=", 1)[1].split("]", 1)[0] for line in text_lines}
+    assert {"backup.edge_export", "lock", "export", "transfer", "cleanup", "finish"} <= phases, text_lines
+
+    # JSON: a second worker with log_format json on a Redis of its own, so it gets every task of its job.
+    from backup.resources import Resources
+    from workers.app import create_app
+    from workers.platform import LocalPlatform
+
+    config = write_config(tmp_path / "json.yaml", {
+        "log_format": "json", "redis": {"url": f"redis://127.0.0.1:{PRIVATE_REDIS_PORT}/0"},
+        "platform": {"redis_port": PRIVATE_REDIS_PORT, "state_dir": str(tmp_path / "platform")}})
+    json_settings = load_settings(config)
+    private = LocalPlatform(json_settings)
+    private.up(only=["redis"], timeout=30)
+    json_worker = Proc([sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "default,io,spark",
+                        "-c", "1", "-n", "jsonlog@%h", "--loglevel", "INFO"], tmp_path / "json-worker.log",
+                       env={"BACKUP_CONFIG": str(config)})
+    try:
+        json_worker.start().wait_for_log("ready.", timeout=60)
+        json_res = Resources(json_settings)
+        with _hold_lock(json_res, json_settings, table, "previous-run"):
+            job_id = enqueue(create_app(json_settings), "backup.edge_export", table=table)
+            assert wait_job(json_res, job_id)["state"] == "skipped"
+        wait_until(lambda: '"phase": "finish"' in json_worker.text(), 10, "finish phase log line")
+    finally:
+        json_worker.stop()
+        private.down(only=["redis"])
+    records = []
+    for line in json_worker.text().splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))  # every line of the JSON format must parse
+    assert records and all({"ts", "level", "logger", "job_id", "phase", "msg"} <= r.keys() for r in records)
+    mine = [r for r in records if r["job_id"] == job_id]
+    assert {"backup.edge_export", "lock", "export", "transfer", "cleanup", "finish"} <= {r["phase"] for r in mine}
+    assert any("succeeded" in r["msg"] for r in mine if r["phase"] == "lock")
+
+
+def _scrape(port: int) -> dict[tuple[str, str], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {(s.name, s.labels.get("workflow", "")): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_metrics_exporter_serves_counters_of_successful_runs(tmp_path, settings, res, worker, celery_app, platform):
+    job_id = enqueue(celery_app, "backup.edge_export", table=sample_table(settings))
+    rec = wait_job(res, job_id)
+    assert rec["state"] == "success", rec
+    exporter = Proc.backupctl(CONFIG_PATH, "metrics", "--port", str(METRICS_PORT), log=tmp_path / "metrics.log")
+    try:
+        exporter.start().wait_for_http(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=30)
+        samples = _scrape(METRICS_PORT)
+    finally:
+        exporter.stop()
+    done = [r for r in res.jobs.recent(1000) if r["workflow"] == WORKFLOW and r["state"] == "success"]
+    assert samples[("mediation_backup_redis_up", "")] == 1
+    assert samples[("mediation_backup_jobs_succeeded_total", WORKFLOW)] == len(done)
+    assert samples[("mediation_backup_rows_total", WORKFLOW)] == sum(r["outputs"]["rows"] for r in done)
+    assert samples[("mediation_backup_bytes_total", WORKFLOW)] == sum(r["outputs"]["bytes"] for r in done)
+    assert samples[("mediation_backup_files_total", WORKFLOW)] == len(done)
+    assert samples[("mediation_backup_last_success_timestamp_seconds", WORKFLOW)] == pytest.approx(
+        max(r["finished"] for r in done))
+    assert rec["outputs"]["rows"] > 0
+
+
+def test_metrics_count_each_job_once_even_if_finish_is_delivered_twice(res, redis_client):
+    from backup.metrics import read_counters, record_metrics
+
+    rec = {"job_id": "metrics-once-1", "workflow": "metrics-test", "finished": 1_790_000_000.5,
+           "outputs": {"rows": 1200, "bytes": 34_567, "remote_uri": "sftp://edge/x.csv.gz"}}
+    assert record_metrics(res, rec) is True
+    assert record_metrics(res, rec) is False  # the second delivery of the finish phase
+    many = {"job_id": "metrics-once-2", "workflow": "metrics-test", "finished": 1_790_000_100.0,
+            "outputs": {"rows": 5, "bytes": 10, "files": 7}}
+    assert record_metrics(res, many) is True
+    counters = read_counters(redis_client, res.settings.redis.key_prefix)["metrics-test"]
+    assert counters == {"jobs": 2, "rows": 1205, "files": 8, "bytes": 34_577, "last_success": 1_790_000_100.0}

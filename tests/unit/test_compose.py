@@ -1,0 +1,173 @@
+"""docker-compose.yml, checked structurally (no Docker engine runs on these machines).
+
+Every service has a healthcheck; every project-image command and healthcheck
+starts an entry point that exists here (a backupctl subcommand whose arguments
+parse, a module, a file shipped in the image, a console script of the venv);
+every ``${VAR}`` is documented; Redis runs with a password, ``noeviction`` and
+persistence; one worker per queue and a single beat.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from config.settings import SECRET_ENV, load_settings
+from tests.conftest import ROOT
+
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
+SERVICES = COMPOSE["services"]
+PROJECT = {name for name, svc in SERVICES.items() if svc.get("build") == "."}
+THIRD_PARTY = {"redis"}
+CONFIG_IN_CONTAINER = "/etc/mediation-backup/config.yaml"
+VENV_BIN = Path(sys.executable).parent
+
+_VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def _interpolate(value: str) -> str:
+    """What compose substitutes: the default of ${VAR:-default}, a stand-in value otherwise; $$ is a literal $."""
+    def sub(m):
+        return m.group(3) if m.group(2) in (":-", "-") else "value"
+    return _VAR.sub(sub, value).replace("$$", "$")
+
+
+def _argv(command) -> list[str]:
+    return [_interpolate(str(a)) for a in command] if isinstance(command, list) else shlex.split(
+        _interpolate(command))
+
+
+def _documented_env() -> set[str]:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("### Environment variables of docker-compose.yml", 1)[1].split("\n#", 1)[0]
+    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)`", section, flags=re.M))
+
+
+def _check_entry_point(argv: list[str], where: str) -> None:
+    exe = argv[0]
+    if exe == "backupctl":
+        from workers.cli import build_parser
+
+        try:
+            build_parser().parse_args(argv[1:])
+        except SystemExit as e:
+            pytest.fail(f"{where}: backupctl {argv[1:]} does not parse (exit {e.code})")
+    elif exe == "python" and argv[1] == "-m":
+        spec = importlib.util.find_spec(argv[2])
+        assert spec and spec.origin and Path(spec.origin).is_relative_to(ROOT), f"{where}: no module {argv[2]}"
+    elif exe == "python" and argv[1] == "-c":
+        compile(argv[2], where, "exec")
+    elif exe == "celery":
+        assert argv[1:3] == ["-A", "workers.app"] and importlib.util.find_spec("workers.app"), where
+        assert (VENV_BIN / "celery").exists()
+    elif exe.startswith("/app/"):
+        shipped = ROOT / exe[len("/app/"):]
+        assert shipped.is_file() and os.access(shipped, os.X_OK), f"{where}: {shipped} missing or not executable"
+        top = exe[len("/app/"):].split("/")[0]
+        assert re.search(rf"^COPY {top} ", (ROOT / "Dockerfile").read_text(), re.M), f"{where}: {top} not in image"
+    else:
+        assert (VENV_BIN / exe).exists(), f"{where}: {exe} is neither a project entry point nor a venv console script"
+
+
+def test_compose_parses_and_every_service_has_a_healthcheck():
+    assert PROJECT | THIRD_PARTY == set(SERVICES)
+    for name, svc in SERVICES.items():
+        hc = svc.get("healthcheck")
+        assert hc and hc["test"][0] in ("CMD", "CMD-SHELL") and len(hc["test"]) > 1, f"{name}: no healthcheck"
+        assert hc.get("interval") and hc.get("retries"), f"{name}: healthcheck without interval/retries"
+
+
+@pytest.mark.parametrize("name", sorted(PROJECT))
+def test_project_commands_and_healthchecks_start_existing_entry_points(name):
+    svc = SERVICES[name]
+    _check_entry_point(_argv(svc["command"]), f"{name}.command")
+    test = svc["healthcheck"]["test"]
+    _check_entry_point(_argv(test[1:]) if test[0] == "CMD" else _argv(test[1]), f"{name}.healthcheck")
+
+
+def test_console_script_and_image_build():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'backupctl = "workers.cli:main"' in pyproject
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir -r requirements.txt" in dockerfile
+    assert "pip install --no-cache-dir --no-deps ." in dockerfile
+    for package in ("backup", "connectors", "storage", "config", "tasks", "workers"):
+        assert re.search(rf"^COPY {package} ", dockerfile, re.M), f"{package} not copied into the image"
+
+
+def test_spark_service_runs_the_local_platform_command():
+    argv = _argv(SERVICES["spark"]["command"])
+    assert argv[0] == "spark-submit" and argv[-1] == "spark-internal"
+    platform_source = (ROOT / "workers" / "platform.py").read_text()
+    assert "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2" in argv
+    confs = [argv[i + 1].split("=", 1)[0] for i, a in enumerate(argv) if a == "--conf"]
+    assert "spark.plugins" in confs
+    for key in confs:
+        assert f"{key}=" in platform_source, f"spark.{key} is not set by workers/platform.py"
+
+
+def test_every_environment_variable_is_documented():
+    used = {m.group(1) for m in _VAR.finditer(COMPOSE_TEXT)}
+    undocumented = used - set(SECRET_ENV) - _documented_env()
+    assert not undocumented, f"document these in docs/operations.md or SECRET_ENV: {sorted(undocumented)}"
+    for name, svc in SERVICES.items():  # $$VAR is read inside the container: it must be set there
+        text = yaml.safe_dump({"command": svc.get("command"), "healthcheck": svc["healthcheck"]})
+        for var in re.findall(r"\$\$([A-Za-z_][A-Za-z0-9_]*)", text):
+            assert var == "HOSTNAME" or var in (svc.get("environment") or {}), f"{name}: ${var} not set"
+
+
+def test_secrets_only_from_the_environment():
+    for name, svc in SERVICES.items():
+        for key, value in (svc.get("environment") or {}).items():
+            if key in SECRET_ENV:
+                assert _VAR.fullmatch(str(value)), f"{name}: {key} must come from the environment, not the file"
+    assert "requirepass" not in " ".join(_argv(SERVICES["redis"]["command"])).split("|", 1)[1]
+
+
+def test_redis_has_password_noeviction_and_persistence():
+    redis = SERVICES["redis"]
+    image, _, tag = redis["image"].partition(":")
+    assert image == "redis" and tag and tag != "latest"
+    command = " ".join(_argv(redis["command"]))
+    assert "requirepass" in command and "$BACKUP_REDIS_PASSWORD" in command
+    assert "--maxmemory-policy noeviction" in command and "--appendonly yes" in command
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+
+
+def test_one_worker_per_queue_several_io_processes_and_one_beat():
+    queues = {}
+    for name in PROJECT:
+        argv = _argv(SERVICES[name]["command"])
+        if argv[:2] == ["backupctl", "worker"]:
+            queue = argv[argv.index("-Q") + 1]
+            queues[queue] = (name, int(argv[argv.index("-c") + 1]))
+            assert argv[argv.index("-n") + 1] == f"{queue}@%h"
+            assert f"--destination {queue}@$$HOSTNAME" in SERVICES[name]["healthcheck"]["test"][1], name
+            assert SERVICES[name]["stop_grace_period"], f"{name}: needs time for a warm shutdown"
+    assert set(queues) == {"io", "spark", "default"}
+    assert queues["io"][1] >= 2
+    beats = [n for n in PROJECT if _argv(SERVICES[n]["command"])[:2] == ["backupctl", "beat"]]
+    assert beats == ["beat"] and "replicas" not in str(SERVICES["beat"].get("deploy", {}))
+
+
+def test_project_services_read_the_mounted_config():
+    for name in PROJECT - {"spark", "edge", "mail"}:
+        svc = SERVICES[name]
+        assert svc["environment"]["BACKUP_CONFIG"] == CONFIG_IN_CONTAINER
+        assert any(str(v).endswith(f":{CONFIG_IN_CONTAINER}:ro") for v in svc["volumes"]), name
+    for published in SERVICES["flower"]["ports"] + SERVICES["metrics"]["ports"]:
+        assert _interpolate(published).startswith("127.0.0.1:"), "unauthenticated /metrics must not be public"
+
+
+@pytest.mark.parametrize("name", ["production.example.yaml", "compose.yaml"])
+def test_example_configs_validate(name):
+    s = load_settings(ROOT / "config" / name)
+    assert s.schedules and s.log_format == "json"

@@ -1,0 +1,112 @@
+"""customer_files settings: every bad value fails at load with one line naming the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from backup.errors import ConfigError
+from config.settings import DEFAULT_CONFIG, load_settings
+
+GOOD = {
+    "customer_files": {
+        "source_dirs": ["/srv/incoming"],
+        "customers": {
+            "acme": {"primary": "/backup/acme", "secondary": "sftp://backup@edge2:22/backup/acme"},
+            "Zoë GmbH": {"primary": "hdfs://nn:9870/backup/zoe", "secondary": "webhdfs://nn2/backup/zoe"},
+        },
+        "domains": {"traffic": ["*traffic*.csv", "[!x]*.txt", "[]]*.csv"], "tolling": ["TOLL_[0-9]*.dat"]},
+        "staging_table": "mnaas.cf_inter",
+        "final_table": "mnaas.cf_count",
+        "status_flag": "/srv/status/backup.status",
+    }
+}
+
+
+def _load(tmp_path, change=None):
+    data = copy.deepcopy(GOOD)
+    if change:
+        change(data["customer_files"])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_settings(path)
+
+
+def test_good_section_and_defaults(tmp_path):
+    cfg = _load(tmp_path).customer_files
+    assert list(cfg.customers) == ["acme", "Zoë GmbH"]
+    assert (cfg.after_backup, cfg.max_files_per_run, cfg.settle_seconds) == ("keep", 500, 60)
+    assert cfg.schedule == "30 2 * * *"
+
+
+def test_shipped_default_config_has_the_section():
+    cfg = load_settings(DEFAULT_CONFIG).customer_files
+    assert {"traffic", "activations", "actives", "tolling"} <= set(cfg.domains)
+    for where in cfg.customers.values():
+        assert "://" not in where.primary  # the local folder
+        assert where.secondary.startswith("sftp://127.0.0.1:2222/")  # the local platform's sshd
+
+
+def test_section_is_optional(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("{}")
+    assert load_settings(path).customer_files is None
+
+
+def _customer(name):
+    return lambda c: c["customers"].update({name: {"primary": "/b/x", "secondary": "/c/x"}})
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(colour="blue"), "customer_files.colour: unknown key"),
+    (lambda c: c["customers"]["acme"].update(tertiary="/x"), "customer_files.customers.acme.tertiary: unknown key"),
+    (lambda c: c["domains"].update(bad=["traffic_[0-9.csv"]),
+     "domains.bad: glob 'traffic_[0-9.csv' has an unclosed '['"),
+    (lambda c: c["domains"].update(bad=["sub/*.csv"]), "domains.bad: glob 'sub/*.csv' contains '/'"),
+    (lambda c: c["domains"].update(bad=["x]*.csv"]), "has a ']' without '['"),
+    (lambda c: c["domains"].update(bad=[""]), "domains.bad: glob '' is empty"),
+    (lambda c: c["domains"].update(bad=[]), "domains.bad: needs at least one glob pattern"),
+    (_customer("../x"), "customers: customer name '../x' contains '..'"),
+    (_customer("a/b"), "customer name 'a/b' contains a slash"),
+    (_customer(".hidden"), "customer name '.hidden' starts with a dot"),
+    (_customer("tab\there"), "contains control characters"),
+    (_customer(" "), "is empty"),
+    (lambda c: c["domains"].update({"../d": ["*"]}), "domains: domain name '../d' contains '..'"),
+    (lambda c: c.pop("final_table"), "customer_files.final_table: Field required"),
+    (lambda c: c.pop("staging_table"), "customer_files.staging_table: Field required"),
+    (lambda c: c.update(final_table="counts"), "final_table: invalid table name 'counts'"),
+    (lambda c: c.update(final_table="db.x; DROP TABLE y"), "final_table: invalid table name"),
+    (lambda c: c.update(final_table="mnaas.cf_inter"), "staging_table and final_table must differ"),
+    (lambda c: c["customers"]["acme"].update(primary="s3://bucket/acme"),
+     "customers.acme.primary: location 's3://bucket/acme' unknown scheme 's3'"),
+    (lambda c: c["customers"]["acme"].update(secondary="sftp:///no/host"),
+     "customers.acme.secondary: location 'sftp:///no/host' names no host"),
+    (lambda c: c["customers"]["acme"].update(secondary="sftp://edge2:99999/x"), "has a bad port"),
+    (lambda c: c["customers"]["acme"].update(secondary="/backup/acme/"), "is already used by customers.acme.primary"),
+    (lambda c: c["customers"]["acme"].update(primary="/backup/a%0Ab"), "contains control characters"),
+    (lambda c: c.update(source_dirs=[]), "customer_files.source_dirs"),
+    (lambda c: c.update(customers={}), "customer_files.customers"),
+    (lambda c: c.update(after_backup="move"), "move_to: required when after_backup is 'move'"),
+    (lambda c: c.update(after_backup="shred"), "customer_files.after_backup"),
+    (lambda c: c.update(max_files_per_run=0), "customer_files.max_files_per_run"),
+    (lambda c: c.update(settle_seconds=-1), "customer_files.settle_seconds"),
+    (lambda c: c.update(schedule="nightly"), "schedule: 'nightly' is not a five-field cron expression"),
+])
+def test_bad_values_name_the_key(tmp_path, change, message):
+    with pytest.raises(ConfigError) as ei:
+        _load(tmp_path, change)
+    assert message in str(ei.value)
+    assert "\n" not in ei.value.one_line()
+
+
+def test_storage_options_per_scheme(tmp_path):
+    from backup.customer_files import storage_options
+
+    s = _load(tmp_path)
+    assert storage_options(s, "/backup/acme") == {} and storage_options(s, "webhdfs://nn/x") == {}
+    sftp = storage_options(s, "sftp://edge2/backup")
+    assert sftp["known_hosts"] == str(s.path(s.sftp.known_hosts)) and sftp["key_file"] == str(s.path(s.sftp.key_file))
+    kerberos = _load(tmp_path, lambda c: c.update(hdfs_kerberos=True))
+    assert storage_options(kerberos, "hdfs://nn:9870/x") == {"kerberos": True}

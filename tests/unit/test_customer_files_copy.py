@@ -1,0 +1,247 @@
+"""customer-files copy logic on local folders: one read feeds the count, the hash and both copies."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import os
+import random
+import subprocess
+
+import pytest
+
+from backup import customer_files as wf
+from backup.errors import ConnectionFailed
+from config.settings import Settings
+from storage.base import READ_CHUNK, is_temp_name
+from storage.local import LocalBackend
+
+
+def wc_style(path) -> int:
+    """``wc -l`` plus one for a last line without a newline: the count the legacy job reports."""
+    lines = int(subprocess.run(["wc", "-l"], stdin=open(path, "rb"), capture_output=True, check=True).stdout)
+    data = open(path, "rb").read()
+    return lines + (1 if data and not data.endswith(b"\n") else 0)
+
+
+@pytest.mark.parametrize("data, records", [
+    (b"", 0), (b"a", 1), (b"a\n", 1), (b"a\nb", 2), (b"\n", 1), (b"\n\n", 2),
+    (b"a\r\nb\r\n", 2), (b"a\r\nb", 2), (b"no newline at all, just text", 1), (b"a\rb\r", 1),
+])
+def test_count_records(data, records, tmp_path):
+    assert wf.count_records(data) == records
+    (tmp_path / "f").write_bytes(data)
+    assert wc_style(tmp_path / "f") == records
+
+
+def test_count_records_across_chunk_boundaries_matches_wc(tmp_path):
+    rng = random.Random(7)
+    for n in range(30):
+        data = bytes(rng.choice(b"ab\r\n") for _ in range(rng.randint(0, 300)))
+        counter = wf.RecordCounter()
+        cut = sorted(rng.randint(0, len(data)) for _ in range(3))
+        for piece in (data[:cut[0]], data[cut[0]:cut[1]], data[cut[1]:cut[2]], data[cut[2]:]):
+            counter.update(piece)
+        (tmp_path / f"f{n}").write_bytes(data)
+        assert counter.records == wc_style(tmp_path / f"f{n}"), data
+
+
+class CountingLocal(LocalBackend):
+    """A local backend that counts how often each file is opened for reading."""
+
+    def __init__(self):
+        super().__init__()
+        self.opened: list[str] = []
+
+    @contextlib.contextmanager
+    def open_read(self, path, offset=0):
+        self.opened.append(path)
+        with super().open_read(path, offset) as stream:
+            yield stream
+
+
+class BreakingLocal(LocalBackend):
+    """A local backend whose reads fail after ``after`` bytes, like a disk error halfway."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after = after
+
+    @contextlib.contextmanager
+    def open_read(self, path, offset=0):
+        data = open(path, "rb").read()[: self.after]
+
+        class Stream(io.BytesIO):
+            def read(self, size=-1):
+                chunk = super().read(size)
+                if not chunk:
+                    raise OSError(5, "Input/output error")
+                return chunk
+        yield Stream(data)
+
+
+def _tree(tmp_path, name="trafic é 1.csv", data=None):
+    src = tmp_path / "src" / "acme"
+    src.mkdir(parents=True)
+    data = data if data is not None else b"".join(b"%07d;caf\xc3\xa9\r\n" % i for i in range(300_000))
+    (src / name).write_bytes(data)
+    stat = (src / name).stat()
+    item = {"customer": "acme", "domain": "traffic", "source": 0, "path": str(src / name), "size": stat.st_size,
+            "mtime": stat.st_mtime}
+    dests = [wf.Destination("primary", str(tmp_path / "primary")), wf.Destination("secondary", str(tmp_path / "edge"))]
+    for dest in dests:
+        dest.open(Settings())
+    return item, data, dests
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_one_read_feeds_both_copies_count_and_hash(tmp_path):
+    item, data, dests = _tree(tmp_path)
+    assert len(data) > 3 * READ_CHUNK
+    source = CountingLocal()
+    seen = []
+    result = wf.copy_file(item, source, dests, seen.append)
+    assert source.opened == [item["path"]]  # the source is read once
+    assert sum(seen) == len(data)
+    assert result["status"] == "copied" and result["error"] is None
+    assert result["records"] == 300_000 and result["bytes"] == len(data)
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    for root in ("primary", "edge"):
+        assert (tmp_path / root / "traffic" / "trafic é 1.csv").read_bytes() == data
+        assert _files(tmp_path / root) == ["traffic/trafic é 1.csv"]
+    assert result["primary_uri"] == (tmp_path / "primary" / "traffic" / "trafic é 1.csv").as_uri()
+
+
+def test_identical_file_already_there_is_verified_not_rewritten(tmp_path):
+    item, data, dests = _tree(tmp_path, data=b"x\ny\n")
+    (tmp_path / "primary" / "traffic").mkdir(parents=True)
+    existing = tmp_path / "primary" / "traffic" / "trafic é 1.csv"
+    existing.write_bytes(data)
+    os.utime(existing, (1_000_000, 1_000_000))
+    result = wf.copy_file(item, LocalBackend(), dests, lambda n: None)
+    assert result["status"] == "copied"  # the secondary was written
+    assert existing.stat().st_mtime == 1_000_000  # the primary was only verified
+    result = wf.copy_file(item, LocalBackend(), dests, lambda n: None)
+    assert result["status"] == "present" and result["records"] == 2
+
+
+def test_different_file_at_the_name_is_never_overwritten(tmp_path):
+    item, data, dests = _tree(tmp_path, data=b"new\n")
+    (tmp_path / "edge" / "traffic").mkdir(parents=True)
+    other = tmp_path / "edge" / "traffic" / "trafic é 1.csv"
+    other.write_bytes(b"old backup\n")
+    result = wf.copy_file(item, LocalBackend(), dests, lambda n: None)
+    assert result["status"] == "failed"
+    assert "secondary: AlreadyExists: a different file is already at" in result["error"]
+    assert other.read_bytes() == b"old backup\n"
+    assert (tmp_path / "primary" / "traffic" / "trafic é 1.csv").read_bytes() == b"new\n"
+    assert _files(tmp_path / "edge") == ["traffic/trafic é 1.csv"]
+
+
+def test_source_failing_midway_leaves_nothing_at_any_destination(tmp_path):
+    item, data, dests = _tree(tmp_path)
+    result = wf.copy_file(item, BreakingLocal(after=READ_CHUNK + 10), dests, lambda n: None)
+    assert result["status"] == "failed" and "source:" in result["error"]
+    for root in ("primary", "edge"):
+        assert _files(tmp_path / root) == []
+
+
+def test_changed_source_is_refused_and_its_copies_removed(tmp_path):
+    item, data, dests = _tree(tmp_path, data=b"a\nb\n")
+    item["mtime"] -= 10  # discover saw an older version of the file
+    result = wf.copy_file(item, LocalBackend(), dests, lambda n: None)
+    assert result["status"] == "failed" and "changed while it was copied" in result["error"]
+    assert _files(tmp_path / "primary") == [] and _files(tmp_path / "edge") == []
+
+
+def test_one_destination_down_the_other_still_copied(tmp_path):
+    item, data, dests = _tree(tmp_path, data=b"a\n")
+    dests[1].down = "ConnectionFailed: ssh edge2: refused"
+    result = wf.copy_file(item, LocalBackend(), dests, lambda n: None)
+    assert result["status"] == "failed"
+    assert result["error"] == "secondary: not attempted: ConnectionFailed: ssh edge2: refused"
+    assert (tmp_path / "primary" / "traffic" / "trafic é 1.csv").read_bytes() == b"a\n"
+
+
+def test_connection_failure_takes_a_destination_out_for_the_task(tmp_path):
+    dest = wf.Destination("secondary", "/x")
+    assert dest.fail(ConnectionFailed("ssh edge2: reset")) == "ConnectionFailed: ssh edge2: reset"
+    assert dest.down == "ConnectionFailed: ssh edge2: reset"
+
+
+def test_stale_temps_of_a_killed_writer_are_swept_once(tmp_path):
+    item, data, dests = _tree(tmp_path, data=b"a\n")
+    (tmp_path / "primary" / "traffic").mkdir(parents=True)
+    stale = tmp_path / "primary" / "traffic" / ".trafic é 1.csv.0123456789abcdef.part"
+    stale.write_bytes(b"half")
+    assert is_temp_name(stale.name)
+    wf.copy_file(item, LocalBackend(), dests, lambda n: None)
+    assert _files(tmp_path / "primary") == ["traffic/trafic é 1.csv"]
+
+
+def test_domain_of_first_match_wins():
+    cfg = Settings.model_validate({"customer_files": {
+        "source_dirs": ["/s"], "customers": {"a": {"primary": "/p", "secondary": "/q"}},
+        "domains": {"traffic": ["*traffic*"], "tolling": ["*tolling*", "*traffic*"]},
+        "staging_table": "d.s", "final_table": "d.f", "status_flag": "/f"}}).customer_files
+    assert wf.domain_of(cfg, "x_traffic_tolling.csv") == "traffic"
+    assert wf.domain_of(cfg, "tolling.csv") == "tolling"
+    assert wf.domain_of(cfg, "readme.txt") is None
+
+
+def test_sql_values():
+    assert wf.sql_value(None) == "NULL"
+    assert wf.sql_value(42) == "42"
+    assert wf.sql_value("it's a\\b") == "'it\\'s a\\\\b'"
+    assert wf.sql_value("東京 é") == "'東京 é'"
+    assert wf.sql_value("two\nlines") == "'two lines'"
+    with pytest.raises(TypeError):
+        wf.sql_value(1.5)
+
+
+def test_outcome_of():
+    ok, bad, broken = {"failed": 0}, {"failed": 2}, {"failed": 0, "error": "TooManyDeliveries: x"}
+    assert wf.outcome_of({"a": ok, "b": ok}) == ("SUCCESS", [])
+    assert wf.outcome_of({"a": ok, "b": bad}) == ("PARTIAL", ["b"])
+    assert wf.outcome_of({"a": broken, "b": bad}) == ("FAIL", ["a", "b"])
+
+
+def test_manifest_round_trip(tmp_path):
+    rows = [{"customer": "beta gmbh", "domain": "traffic", "file": 'a,"b" é.csv', "bytes": 3, "records": 1,
+             "sha256": "ab", "primary_uri": "file:///p", "secondary_uri": None, "copied_at": None,
+             "status": "failed", "error": "secondary: x, y"}]
+    path = tmp_path / "m" / "run.csv"
+    wf.write_manifest(path, rows)
+    got = list(csv.DictReader(open(path, newline="", encoding="utf-8")))
+    assert got == [{k: "" if v is None else str(v) for k, v in rows[0].items()}]
+    assert [p.name for p in path.parent.iterdir()] == ["run.csv"]
+
+
+def test_flag_text():
+    rec = {"job_id": "j1", "outputs": {"totals": {"copied": 3, "failed": 1}}, "error": "PARTIAL: 1 of 2"}
+    lines = wf.flag_text("PARTIAL", rec).splitlines()
+    assert lines[0] == "PARTIAL" and lines[1] == "job_id=j1"
+    assert "copied=3" in lines and "failed=1" in lines and "error=PARTIAL: 1 of 2" in lines
+
+
+def test_progress_draws_a_bar_per_customer():
+    from workers.cli import customer_progress
+
+    rec = {"workflow": "customer-files", "target": "all", "state": "running", "phase": "copy:acme",
+           "phases": [{"name": "lock", "state": "success"},
+                      {"name": "copy:acme", "state": "running"},
+                      {"name": "copy:beta gmbh", "state": "pending"},
+                      {"name": "copy:zoë", "state": "success", "note": "3 copied, 0 already present, 0 failed"}],
+           "progress": {"copy:acme": {"files_done": 1, "files_total": 4, "bytes_done": 512, "bytes_total": 1024,
+                                      "failed": 0}}}
+    lines = customer_progress(rec).splitlines()
+    assert lines[0].startswith("customer-files all")
+    assert lines[1].split() [:2] == ["acme", "[############............]"]
+    assert "1/4 files" in lines[1] and "50.0%" in lines[1]
+    assert lines[2].split()[-1] == "waiting"
+    assert lines[3].endswith("success: 3 copied, 0 already present, 0 failed")
