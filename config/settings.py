@@ -100,7 +100,7 @@ class SftpSettings(_Section):
     known_hosts: Path = Field(Path(".platform/ssh/known_hosts"), description="known_hosts used to verify the host key; unknown keys are refused")
     remote_dir: str = Field("/tmp/edge-backups", description="folder on the backup server receiving the archives")
     connect_timeout: int = Field(15, gt=0, description="TCP/SSH handshake timeout, seconds")
-    engine: Literal["paramiko", "openssh"] = Field("paramiko", description="upload engine: paramiko, or OpenSSH's sftp program (faster; key without passphrase or ssh-agent)")
+    engine: Literal["paramiko", "openssh"] = Field("openssh", description="upload engine: OpenSSH's sftp program (C speed, same known_hosts check; key without passphrase or ssh-agent) or paramiko")
     streams: int = Field(2, ge=1, le=8, description="parallel SSH connections used for one paramiko upload")
     rate_limit_mbps: float = Field(0, ge=0, description="upload bandwidth cap in MB/s (0 = unlimited)")
 
@@ -132,7 +132,7 @@ class EdgeExportSettings(_Section):
     export_dir: Path = Field(Path(".platform/exports"), description="local folder for archives, one sub-folder per run")
     keep_local: bool = Field(False, description="keep the local archive after the remote copy is verified")
     compresslevel: int = Field(3, ge=1, le=9, description="gzip level (3: near level 6 size at twice the speed)")
-    streams: int = Field(2, ge=1, le=16, description="parallel query streams (one per month range)")
+    streams: int = Field(1, ge=1, le=16, description="parallel query streams, one per month range (helps when the SQL engine, not the client, is the bottleneck)")
 
 
 _LOCATION_SCHEMES = ("file", "hdfs", "webhdfs", "sftp")
