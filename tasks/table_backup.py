@@ -6,9 +6,10 @@ stays on ``default``.
 Public entry point (stable name, for other services): ``backup.table_backup`` with keyword
 arguments ``table`` (str, ``db.table``), ``source`` (str, folder of ``;``-CSV files the Spark
 cluster reads), ``suffix`` (str, optional, default ``table_backup.suffix``), ``versioned``
-(bool, optional), ``retention`` (int, versioned only) and ``day`` (``YYYY-MM-DD``, versioned
-only; default today).  It returns ``{"job_id", "state"}``; the job record is at Redis key
-``<prefix>:job:<job_id>``.
+(bool, optional), ``retention`` (int, versioned only), ``day`` (``YYYY-MM-DD``, versioned
+only; default today) and ``idempotency_key`` (str, optional; see backup/enqueue.py).  It returns
+``{"job_id", "state"}``; the job record is at Redis key ``<prefix>:job:<job_id>``
+(docs/enqueue-contract.md).
 """
 
 from __future__ import annotations
@@ -17,23 +18,18 @@ from celery import chain
 
 from backup import table_backup as wf
 from tasks.common import FAILURE_CLEANUP, make_phase_task, on_chain_error, resources
+from tasks.entry import EntryTask, start_job
 from workers.app import app
 
 
-@app.task(name="backup.table_backup", bind=True, acks_late=True)
+@app.task(name="backup.table_backup", bind=True, acks_late=True, base=EntryTask, workflow=wf.WORKFLOW)
 def table_backup(self, table: str, source: str, suffix: str | None = None, versioned: bool = False,
-                 retention: int | None = None, day: str | None = None) -> dict:
+                 retention: int | None = None, day: str | None = None, idempotency_key: str | None = None) -> dict:
     """Validate the request, create the job record and start the phase chain."""
-    res = resources()
-    rec = wf.submit(res, table, source, suffix, versioned, retention, day, job_id=self.request.id)
-    if rec["state"] != "queued":
-        return {"job_id": rec["job_id"], "state": rec["state"], "error": rec.get("error")}
-    # Claim the chain start first: a redelivered entry task must not start a second chain.
-    if not res.redis.set(f"{res.settings.redis.key_prefix}:chain:{rec['job_id']}", 1, nx=True,
-                         ex=res.settings.celery.result_expires):
-        return {"job_id": rec["job_id"], "state": res.jobs.get(rec["job_id"])["state"]}
-    build_chain(rec["job_id"]).apply_async()
-    return {"job_id": rec["job_id"], "state": "queued"}
+    return start_job(self, idempotency_key,
+                     lambda: wf.submit(resources(), table, source, suffix, versioned, retention, day,
+                                       job_id=self.request.id),
+                     lambda rec: build_chain(rec["job_id"]))
 
 
 lock = make_phase_task(app, "backup.table_backup.lock", "lock", wf.lock_phase)

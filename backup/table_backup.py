@@ -1,0 +1,570 @@
+"""The ``table-backup`` workflow: ``;``-CSV files → validated, reject-aware backup of a table, swapped in atomically.
+
+Phases (one Celery task each, chained, on the ``spark`` queue): lock → validate → load → write → finish.
+Every function here takes a phase context and returns small JSON; none needs a worker.
+
+Names, for the live table ``db.t`` and the default suffix ``_bkp``:
+
+  db.t_bkp              the backup readers use: a VIEW over the current data table
+                        (versioned mode: db.t_bkp_<YYYYMMDD>, one per day, ``retention`` kept)
+  db.t_bkp__<job tag>   one run's rows, partitioned by year_part, month_part; the staging
+                        table until the view is switched onto it
+  db.t_bkp_rejects      the latest run's rejected lines: line, reason, source_file, job_id
+
+* validate reads the live schema from the catalog (an empty live table works) and parses a
+  sample of the files with it: drift (another field count, most lines failing) stops the
+  run before anything is written.
+* load parses every line once: accepted rows go to this run's data table (the staging
+  table) with year_part and month_part, rejected lines to the rejects table with the
+  reason; above ``max_reject_ratio`` the staging table is dropped and the job fails.
+* write checks the staging row count, then ``CREATE OR REPLACE VIEW`` switches the backup
+  onto it in one metastore operation: readers see the previous backup or the new one,
+  never a missing or half-written one.  Older data tables are dropped after the switch.
+
+Spark state never crosses a phase (the next phase may run in another worker), so a
+phase re-reads what it needs from the catalog and the job record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from backup.errors import (AlreadyExists, ConfigError, FatalError, InvalidInput, RejectsExceeded, SchemaDrift)
+from backup.identifiers import TableName, identifier
+from backup.jobs import phase_entry
+from backup.resources import Resources
+from backup.runner import PhaseContext, finish_job
+from config.settings import TableBackupSettings
+from connectors.spark import drop, spark_errors, table_kind, table_names, table_properties
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+log = logging.getLogger(__name__)
+
+WORKFLOW = "table-backup"
+PHASES = ["lock", "validate", "load", "write", "finish"]
+
+PARTITION_COLUMNS = ("year_part", "month_part")
+REJECT_COLUMNS = ("line", "reason", "source_file", "job_id")
+# Table properties marking what this workflow manages; nothing without them is ever replaced or dropped.
+PROP_DATA = "mediation_backup.data_table"
+PROP_JOB = "mediation_backup.job_id"
+PROP_ROWS = "mediation_backup.rows"
+PROP_REJECTS_OF = "mediation_backup.rejects_of"
+
+# Internal column names of the parsed frame (never written).
+_LINE, _FILE, _PARSED, _CORRUPT, _PDATE = "_line", "_source_file", "_parsed", "_corrupt_record", "_pdate"
+_OK, _REASON, _KIND = "_ok", "_reason", "_kind"
+
+_SCHEMES = {"file", "hdfs", "viewfs", "s3a", "abfs", "abfss", "gs", "wasbs"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{12,64}$")
+_MAX_VALUE_IN_REASON = 80
+
+
+# -- names and request ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Names:
+    """Every catalog name one run touches."""
+
+    live: TableName
+    backup: TableName
+    data: TableName
+    rejects: TableName
+
+    def data_pattern(self) -> re.Pattern:
+        """Data tables of this backup name (any run), as the catalog spells them (lower case)."""
+        return re.compile(rf"^{re.escape(self.backup.table.lower())}__[0-9a-z]{{12}}$")
+
+
+def job_tag(job_id: str) -> str:
+    """Twelve lower-case letters/digits from the job id, for the data table's name."""
+    tag = re.sub(r"[^0-9a-z]", "", job_id.lower())[:12]
+    if len(tag) < 12:
+        raise InvalidInput(f"invalid job id {job_id!r}: needs at least 12 letters or digits")
+    return tag
+
+
+def run_names(table: str, suffix: str, day: str | None, job_id: str) -> Names:
+    """The names of a run: backup (view), data (staging), rejects; all validated identifiers."""
+    live = TableName.parse(table)
+    base = f"{live.table}{suffix}" + (f"_{day}" if day else "")
+    backup = TableName(live.db, identifier(base, "backup table name"))
+    return Names(live=live, backup=backup,
+                 data=TableName(live.db, identifier(f"{base}__{job_tag(job_id)}", "data table name")),
+                 rejects=TableName(live.db, identifier(f"{base}_rejects", "rejects table name")))
+
+
+def check_source(source) -> str:
+    """A folder (or glob) the Spark cluster reads: an absolute path or a URI of a known file system."""
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidInput("missing source: give the folder of CSV files (absolute path or hdfs://... URI)")
+    if _CONTROL.search(source) or len(source) > 4096:
+        raise InvalidInput(f"invalid source {source[:200]!r}: control characters or longer than 4096")
+    if "://" in source:
+        scheme = source.split("://", 1)[0].lower()
+        if scheme not in _SCHEMES:
+            raise InvalidInput(f"invalid source {source!r}: scheme {scheme!r} is not one of {sorted(_SCHEMES)}")
+    elif not source.startswith("/"):
+        raise InvalidInput(f"invalid source {source!r}: use an absolute path (the Spark cluster reads it)")
+    if any(part == ".." for part in re.split(r"[/\\]", source)):
+        raise InvalidInput(f"invalid source {source!r}: '..' is not allowed")
+    return source
+
+
+def _today(cfg: TableBackupSettings) -> dt.date:
+    try:
+        return dt.datetime.now(ZoneInfo(cfg.timezone)).date()
+    except ZoneInfoNotFoundError as e:
+        raise ConfigError(f"table_backup.timezone: unknown timezone {cfg.timezone!r}") from e
+
+
+def validate_request(res: Resources, table: str, source: str, suffix: str | None = None, versioned=False,
+                     retention=None, day: str | None = None, job_id: str | None = None) -> dict:
+    """Check a request and return its normalized arguments; raise InvalidInput naming the problem."""
+    cfg = res.settings.table_backup
+    TableName.parse(table)
+    check_source(source)
+    suffix = cfg.suffix if suffix is None else suffix
+    if not isinstance(suffix, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,40}", suffix):
+        raise InvalidInput(f"invalid backup suffix {suffix!r}: use 1 to 40 letters, digits or _")
+    if not isinstance(versioned, bool):
+        raise InvalidInput(f"invalid versioned flag {versioned!r}: expected true or false")
+    if not versioned and (retention is not None or day is not None):
+        raise InvalidInput("retention and day apply to versioned backups only")
+    if versioned:
+        if isinstance(retention, str) and retention.isdigit():
+            retention = int(retention)
+        retention = cfg.retention if retention is None else retention
+        if not isinstance(retention, int) or isinstance(retention, bool) or not 1 <= retention <= 1000:
+            raise InvalidInput(f"invalid retention {retention!r}: expected a whole number of backups, 1 to 1000")
+        try:
+            stamp = (dt.date.fromisoformat(day) if day is not None else _today(cfg)).strftime("%Y%m%d")
+        except (TypeError, ValueError) as e:
+            raise InvalidInput(f"invalid day {day!r}: expected YYYY-MM-DD") from e
+    else:
+        stamp = None
+    identifier(cfg.partition_column, "partition column")
+    names = run_names(table, suffix, stamp, job_id or uuid.uuid4().hex)
+    return {"table": str(names.live), "source": source, "suffix": suffix, "versioned": versioned,
+            "retention": retention if versioned else None, "day": stamp, "backup_table": str(names.backup)}
+
+
+def submit(res: Resources, table: str, source: str, suffix: str | None = None, versioned=False, retention=None,
+           day: str | None = None, job_id: str | None = None) -> dict:
+    """Validate and create the job record; a bad request is recorded as failed and starts nothing."""
+    job_id = job_id or uuid.uuid4().hex
+    raw = {"table": table, "source": source, "suffix": suffix, "versioned": versioned, "retention": retention,
+           "day": day}
+    try:
+        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+            raise InvalidInput(f"invalid job id {str(job_id)[:80]!r}: use 12 to 64 letters, digits, - or _")
+        args = validate_request(res, table, source, suffix, versioned, retention, day, job_id)
+    except InvalidInput as e:
+        res.jobs.create(job_id, WORKFLOW, str(table), raw, PHASES)
+
+        def reject(r):
+            r.update(state="failed", error=e.one_line(), finished=r["updated"])
+        return res.jobs.update(job_id, reject)
+    return res.jobs.create(job_id, WORKFLOW, args["table"], args, PHASES)
+
+
+def names_of(rec: dict) -> Names:
+    """The names of a recorded run."""
+    a = rec["args"]
+    return run_names(a["table"], a["suffix"], a["day"], rec["job_id"])
+
+
+# -- parsing: every line, typed as the live schema, with the reason it is rejected ---------------
+
+def _regex_literal(ch: str) -> str:
+    """One character as a literal in a Java (and Python) regex, inside or outside a class."""
+    return ch if ch.isalnum() else "\\" + ch
+
+
+def quoted_field_regex(quote: str, escape: str) -> str:
+    """Regex of one well-formed quoted field (Java syntax; Spark evaluates it)."""
+    q, e = _regex_literal(quote), _regex_literal(escape)
+    if quote == escape:
+        return f"{q}(?:[^{q}]|{q}{q})*{q}"
+    return f"{q}(?:[^{q}{e}]|{e}.)*{q}"
+
+
+def delimiter_regex(delimiter: str) -> str:
+    """Regex matching the field delimiter literally."""
+    return _regex_literal(delimiter)
+
+
+def csv_options(cfg: TableBackupSettings) -> dict[str, str]:
+    """Options of Spark's CSV parser (the same parser for the sample and the full load)."""
+    return {"sep": cfg.delimiter, "quote": cfg.quote, "escape": cfg.escape, "mode": "PERMISSIVE",
+            "columnNameOfCorruptRecord": _CORRUPT}
+
+
+def live_schema(spark: "SparkSession", live: TableName, cfg: TableBackupSettings) -> "StructType":
+    """The live table's schema from the catalog (works on an empty table); InvalidInput if CSV cannot fill it."""
+    from pyspark.sql.types import ArrayType, MapType, StructType
+
+    with spark_errors(f"read the schema of {live}"):
+        schema = spark.table(live.sql).schema
+    names = [f.name.lower() for f in schema]
+    for f in schema:
+        identifier(f.name, f"column name of {live}")
+        if isinstance(f.dataType, (ArrayType, MapType, StructType)):
+            raise InvalidInput(f"{live}: column {f.name} has type {f.dataType.simpleString()}, "
+                               f"which a CSV field cannot carry")
+    if cfg.partition_column.lower() not in names:
+        raise InvalidInput(f"{live} has no column {cfg.partition_column} (table_backup.partition_column)")
+    clash = [c for c in PARTITION_COLUMNS if c in names]
+    if clash:
+        raise InvalidInput(f"{live} already has column(s) {', '.join(clash)}; the backup adds them")
+    return schema
+
+
+def parsed_lines(spark: "SparkSession", source: str, schema: "StructType", cfg: TableBackupSettings,
+                 limit: int | None = None) -> "DataFrame":
+    """Every non-empty line of the files with its file, its fields typed as ``schema``, and why it is rejected.
+
+    Lines are read as text and parsed with Spark's CSV parser (``from_csv``) so that a rejected
+    line keeps its exact text.  Fields are parsed as strings first and cast with ``try_cast``,
+    so a value that does not fit its column is reported by name instead of silently becoming NULL.
+    ``_ok`` says whether a line is accepted: a plain boolean, all the full load computes.  Only
+    for rejected lines (and the sample) are ``_reason`` and ``_kind`` (reasons grouped: field
+    count, date, column) built: that CASE chain with its strings costs more than the parse.
+    """
+    from pyspark.sql import functions as F
+
+    expected = len(schema)
+    ddl = ", ".join([f"`{f.name}` STRING" for f in schema] + [f"`{_CORRUPT}` STRING"])
+    lines = spark.read.text(source).select(F.col("value").alias(_LINE),
+                                           F.col("_metadata.file_path").alias(_FILE))
+    lines = lines.filter(F.col(_LINE) != "")
+    if limit:
+        lines = lines.limit(limit)
+    frame = lines.select(_LINE, _FILE, F.from_csv(F.col(_LINE), ddl, csv_options(cfg)).alias(_PARSED))
+
+    def raw(name: str) -> "Column":
+        return F.col(f"{_PARSED}.`{name}`")
+
+    def shown(value: "Column") -> "Column":
+        return F.concat(F.lit("'"), F.substring(value, 1, _MAX_VALUE_IN_REASON), F.lit("'"))
+
+    pcol = next(f.name for f in schema if f.name.lower() == cfg.partition_column.lower())
+    # Typed values first, in their own projection; the reasons below refer to them by name, so each
+    # value is parsed once (inside a CASE branch Spark would not share it with the output column).
+    typed = [raw(f.name).alias(f.name) if f.dataType.typeName() == "string"
+             else raw(f.name).try_cast(f.dataType).alias(f.name)
+             for f in schema if f.name != pcol]
+    step = frame.select(_LINE, _FILE, _PARSED, *typed, F.try_to_date(raw(pcol), cfg.date_format).alias(_PDATE))
+
+    line, pdate = F.col(_LINE), F.col(_PDATE)
+    outside_quotes = F.regexp_replace(line, quoted_field_regex(cfg.quote, cfg.escape), "")
+    found = F.size(F.split(outside_quotes, delimiter_regex(cfg.delimiter), -1))
+    type_failures = [(f, raw(f.name).isNotNull() & F.col(f.name).isNull())
+                     for f in schema if f.name != pcol and f.dataType.typeName() != "string"]
+    ok = raw(_CORRUPT).isNull() & raw(pcol).isNotNull() & pdate.isNotNull()
+    for _, failed in type_failures:
+        ok = ok & ~failed
+    # (condition, kind, reason) in order: the first that holds is the reason; all of them together are ~ok.
+    rules: list[tuple[Column, Column, Column]] = [
+        (raw(_CORRUPT).isNotNull() & outside_quotes.contains(cfg.quote),
+         F.lit("quote"), F.lit("unbalanced quote (a quoted field is not closed)")),
+        (raw(_CORRUPT).isNotNull() & (found != expected),
+         F.concat(F.lit("fields:"), found.cast("string")),
+         F.concat(F.lit(f"expected {expected} fields, found "), found.cast("string"))),
+        (raw(_CORRUPT).isNotNull(), F.lit("malformed"), F.lit(f"malformed CSV record (expected {expected} fields)")),
+        (raw(pcol).isNull(), F.lit("date:missing"), F.lit(f"{pcol} is missing")),
+        (pdate.isNull(), F.lit("date:invalid"),
+         F.concat(F.lit(f"{pcol} "), shown(raw(pcol)), F.lit(f" is not a date ({cfg.date_format})"))),
+    ]
+    rules += [(failed, F.lit(f"type:{f.name}"),
+               F.concat(F.lit(f"{f.name} "), shown(raw(f.name)), F.lit(f" is not a {f.dataType.simpleString().upper()}")))
+              for f, failed in type_failures]
+    reason = kind = None
+    for cond, k, text in rules:
+        reason = F.when(cond, text) if reason is None else reason.when(cond, text)
+        kind = F.when(cond, k) if kind is None else kind.when(cond, k)
+    # The partition column keeps its text when it is a string, else the date parsed with date_format.
+    out = [(raw(f.name) if f.dataType.typeName() == "string" else pdate.cast(f.dataType)).alias(f.name)
+           if f.name == pcol else F.col(f.name) for f in schema]
+    return step.select(_LINE, _FILE, *out, F.year(pdate).alias(PARTITION_COLUMNS[0]),
+                       F.month(pdate).alias(PARTITION_COLUMNS[1]), ok.alias(_OK), reason.alias(_REASON),
+                       kind.alias(_KIND))
+
+
+# -- lock ----------------------------------------------------------------------------------------
+
+def lock_phase(ctx: PhaseContext) -> dict:
+    """Take the (table-backup, table) lock or end the job as skipped, naming the holder."""
+    res, rec = ctx.res, ctx.rec
+    if ctx.held:  # redelivered after this job took the lock; the phase runner already renewed it
+        ctx.done()
+        return {"job_id": ctx.job_id, "state": "running", "lock_token": ctx.held.token}
+    held, holder = res.locks.acquire(WORKFLOW, rec["target"], ctx.job_id)
+    if held is None:
+        reason = f"lock held by job {holder}"
+
+        def skip(r):
+            p = phase_entry(r, "lock")
+            p.update(state="skipped", finished=r["updated"], note=reason)
+            r.update(state="skipped", error=None, reason=reason, finished=r["updated"])
+        res.jobs.update(ctx.job_id, skip)
+        return {"job_id": ctx.job_id, "state": "skipped", "reason": reason}
+
+    def take(r):
+        r["lock"] = held.as_dict()
+    res.jobs.update(ctx.job_id, take)
+    ctx.held = held
+    ctx.done({"lock_token": held.token})
+    return {"job_id": ctx.job_id, "state": "running", "lock_token": held.token}
+
+
+# -- validate ------------------------------------------------------------------------------------
+
+def check_names_free(spark: "SparkSession", names: Names) -> None:
+    """AlreadyExists unless the backup and rejects names are free or already managed by this workflow."""
+    backup, rejects = names.backup.table.lower(), names.rejects.table.lower()
+    existing = table_names(spark, names.live.db, f"{backup}|{rejects}")
+    if backup in existing and PROP_DATA not in table_properties(spark, names.backup):
+        raise AlreadyExists(
+            f"{names.backup} exists as a {table_kind(spark, names.backup)} not made by table-backup (a legacy "
+            f"backup?); rename it, e.g. ALTER TABLE {names.backup} RENAME TO {names.backup}_legacy, then run again")
+    if rejects in existing and PROP_REJECTS_OF not in table_properties(spark, names.rejects):
+        raise AlreadyExists(f"{names.rejects} exists and was not made by table-backup; rename or drop it first")
+
+
+def drift_error(source: str, live: TableName, schema: "StructType", sampled: int, groups: list[dict]) -> SchemaDrift:
+    """The message of a drift: what the table expects, what the sample holds."""
+    bad = sum(g["n"] for g in groups)
+    cols = ", ".join(f"{f.name} {f.dataType.simpleString().upper()}" for f in schema.fields[:12])
+    if len(schema.fields) > 12:
+        cols += ", ..."
+    found = "; ".join(f"{g['example']} ({g['n']} lines)" for g in sorted(groups, key=lambda g: -g["n"])[:3])
+    return SchemaDrift(f"files under {source} do not match {live}: {bad} of {sampled} sampled lines fail to parse. "
+                       f"Expected {len(schema.fields)} fields: {cols}. Found: {found}")
+
+
+def validate_phase(ctx: PhaseContext) -> dict:
+    """Names free, live schema from the catalog, a parsed sample of the files: drift fails here, before any write."""
+    res, rec = ctx.res, ctx.rec
+    cfg = res.settings.table_backup
+    names = names_of(rec)
+    source = rec["args"]["source"]
+    with res.spark().session() as spark:
+        schema = live_schema(spark, names.live, cfg)
+        check_names_free(spark, names)
+        sample = parsed_lines(spark, source, schema, cfg, limit=cfg.drift_sample_rows)
+        with spark_errors(f"sample the files under {source}"):
+            rows = sample.select(_KIND, _REASON).collect()  # a few thousand rows at most: no shuffle needed
+    sampled = len(rows)
+    by_kind: dict[str, dict] = {}
+    for r in rows:
+        if r[_KIND] is not None:
+            by_kind.setdefault(r[_KIND], {"kind": r[_KIND], "n": 0, "example": r[_REASON]})["n"] += 1
+    groups = list(by_kind.values())
+    if sampled == 0:
+        raise InvalidInput(f"no data lines in the files under {source}; refusing to replace the backup with nothing")
+    rejected = sum(g["n"] for g in groups)
+    if rejected / sampled > cfg.drift_ratio:
+        raise drift_error(source, names.live, schema, sampled, groups)
+    out = {"columns": len(schema.fields), "sampled_lines": sampled, "sample_rejected": rejected,
+           "backup_table": str(names.backup), "rejects_table": str(names.rejects)}
+    ctx.done(out)
+    return {"job_id": ctx.job_id, **out}
+
+
+# -- load ----------------------------------------------------------------------------------------
+
+def _partitions(spark: "SparkSession", table: TableName) -> list[str]:
+    """The table's partitions as YYYY-MM, sorted."""
+    with spark_errors(f"list partitions of {table}"):
+        rows = spark.sql(f"SHOW PARTITIONS {table.sql}").collect()
+    months = []
+    for r in rows:
+        spec = dict(kv.split("=", 1) for kv in r[0].split("/"))
+        months.append(f"{int(spec['year_part']):04d}-{int(spec['month_part']):02d}")
+    return sorted(months)
+
+
+def _count(spark: "SparkSession", table: TableName) -> int:
+    with spark_errors(f"count rows of {table}"):
+        return spark.table(table.sql).count()
+
+
+def write_rejects(spark: "SparkSession", names: Names, rejected: "DataFrame | None", job_id: str,
+                  cfg: TableBackupSettings) -> None:
+    """Replace the rejects table's content with this run's rejected lines (none: emptied)."""
+    from pyspark.sql import functions as F
+
+    cols = ", ".join(f"`{c}` STRING" for c in REJECT_COLUMNS)
+    with spark_errors(f"write rejects to {names.rejects}"):
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {names.rejects.sql} ({cols}) USING {cfg.format} "
+                  f"TBLPROPERTIES ('{PROP_REJECTS_OF}'='{names.backup.table.lower()}')")
+        if rejected is None:
+            spark.sql(f"TRUNCATE TABLE {names.rejects.sql}")
+            return
+        rejected.select(F.col(_LINE).alias("line"), F.col(_REASON).alias("reason"), F.col(_FILE).alias("source_file"),
+                        F.lit(job_id).alias("job_id")).write.insertInto(names.rejects.sql, overwrite=True)
+
+
+def load_phase(ctx: PhaseContext) -> dict:
+    """Parse every line once: accepted rows into this run's staging table, rejected lines into the rejects table."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    res, rec = ctx.res, ctx.rec
+    cfg = res.settings.table_backup
+    names = names_of(rec)
+    source = rec["args"]["source"]
+    out = rec["outputs"]
+    with res.spark().session() as spark:
+        if out.get("rows_accepted") is not None and table_kind(spark, names.data) \
+                and _count(spark, names.data) == out["rows_accepted"]:
+            return {"job_id": ctx.job_id, "note": "already loaded", **_load_summary(out)}
+        schema = live_schema(spark, names.live, cfg)
+        frame = parsed_lines(spark, source, schema, cfg)
+        seen = Observation("table_backup_load")
+        # The observation also keeps the filter above the parse (pushed below, it would parse every line again).
+        columns = [f.name for f in schema] + list(PARTITION_COLUMNS)
+        observed = frame.select(*columns, _OK).observe(seen, F.count(F.lit(1)).alias("read"),
+                                                       F.count(F.when(~F.col(_OK), 1)).alias("rejected"))
+        accepted = observed.filter(F.col(_OK)).select(*columns)
+        with spark_errors(f"load {source} into {names.data}"):
+            # overwrite, not error-if-exists: a previous delivery of this phase may have left the table or files.
+            accepted.write.format(cfg.format).partitionBy(*PARTITION_COLUMNS).mode("overwrite") \
+                .saveAsTable(names.data.sql)
+            metrics = seen.get
+        read, rejected = int(metrics["read"]), int(metrics["rejected"])
+        # Rejects are rare: the files are read a second time only when there are some.
+        write_rejects(spark, names, frame.filter(~F.col(_OK)) if rejected else None, ctx.job_id, cfg)
+        stats = {"rows_read": read, "rows_accepted": read - rejected, "rows_rejected": rejected,
+                 "data_table": str(names.data), "rejects_table": str(names.rejects), "columns": columns}
+        if read == 0:
+            drop(spark, names.data, "TABLE")
+            raise InvalidInput(f"no data lines in the files under {source}; refusing to replace the backup with nothing")
+        if rejected / read > cfg.max_reject_ratio:
+            drop(spark, names.data, "TABLE")
+            with spark_errors(f"read examples from {names.rejects}"):
+                examples = [r["reason"] for r in spark.table(names.rejects.sql).select("reason").limit(3).collect()]
+            res.jobs.update(ctx.job_id, lambda r: r["outputs"].update(stats), fence=ctx.held)
+            raise RejectsExceeded(
+                f"{rejected} of {read} lines rejected ({rejected / read:.2%}), above table_backup.max_reject_ratio="
+                f"{cfg.max_reject_ratio}; nothing replaced. Rejected lines and reasons in {names.rejects}, e.g. "
+                + "; ".join(examples))
+        months = _partitions(spark, names.data)
+    stats.update(partitions_written=len(months), months=months)
+    ctx.done(stats)
+    return {"job_id": ctx.job_id, **_load_summary(stats)}
+
+
+def _load_summary(out: dict) -> dict:
+    return {k: out.get(k) for k in ("rows_read", "rows_accepted", "rows_rejected", "partitions_written")}
+
+
+# -- write ---------------------------------------------------------------------------------------
+
+def backup_state(spark: "SparkSession", names: Names) -> tuple[str | None, list[str]]:
+    """(data table the backup view points at, or None; every data table of this backup name), lower case."""
+    backup = names.backup.table.lower()
+    existing = table_names(spark, names.live.db, f"{backup}|{backup}__*")
+    current = table_properties(spark, names.backup).get(PROP_DATA) if backup in existing else None
+    pattern = names.data_pattern()
+    return current, [t for t in existing if pattern.match(t)]
+
+
+def swap_view(spark: "SparkSession", names: Names, columns: list[str], rows: int, job_id: str) -> None:
+    """Point the backup view at this run's data table: one metastore operation, atomic for readers."""
+    cols = ", ".join(f"`{identifier(c, 'column name')}`" for c in columns)
+    with spark_errors(f"switch {names.backup} to {names.data}"):
+        spark.sql(f"CREATE OR REPLACE VIEW {names.backup.sql} TBLPROPERTIES ("
+                  f"'{PROP_DATA}'='{names.data.table.lower()}', '{PROP_JOB}'='{job_id}', '{PROP_ROWS}'='{int(rows)}') "
+                  f"AS SELECT {cols} FROM {names.data.sql}")
+
+
+def expire_versions(spark: "SparkSession", names: Names, suffix: str, keep: int) -> list[str]:
+    """Versioned mode: drop the oldest backups of the table beyond ``keep`` (view, data and rejects)."""
+    pattern = re.compile(rf"^{re.escape(names.live.table.lower() + suffix.lower())}_(\d{{8}})$")
+    current = names.backup.table.lower()
+    versions = []
+    for name in table_names(spark, names.live.db, f"{names.live.table.lower()}{suffix.lower()}_*"):
+        if pattern.match(name):
+            props = table_properties(spark, TableName(names.live.db, name))
+            if PROP_DATA in props:
+                versions.append((name, props[PROP_DATA]))
+    versions.sort(key=lambda v: (v[0] == current, v[0]), reverse=True)  # the current one always survives
+    expired = []
+    for name, data in versions[keep:]:
+        db = names.live.db
+        drop(spark, TableName(db, name), "VIEW")
+        drop(spark, TableName(db, identifier(data, "data table name")), "TABLE")
+        drop(spark, TableName(db, f"{name}_rejects"), "TABLE")
+        expired.append(f"{db}.{name}")
+    return sorted(expired)
+
+
+def write_phase(ctx: PhaseContext) -> dict:
+    """Verify the staging row count, switch the backup onto it, then drop what it replaced."""
+    res, rec = ctx.res, ctx.rec
+    args, out = rec["args"], rec["outputs"]
+    names = names_of(rec)
+    note = None
+    ours = names.data.table.lower()
+    with res.spark().session() as spark:
+        replaced, data_tables = backup_state(spark, names)
+        if replaced == ours:
+            replaced, note = None, "already switched (redelivered)"
+        else:
+            staged = _count(spark, names.data)
+            if staged != out["rows_accepted"]:
+                raise FatalError(f"staging table {names.data} holds {staged} rows, expected {out['rows_accepted']} "
+                                 f"accepted rows; the backup is left as it was")
+            ctx.commit_check()
+            swap_view(spark, names, out["columns"], staged, ctx.job_id)
+            log.info("%s now reads %s (%d rows); it replaced %s", names.backup, names.data, staged, replaced)
+        # The replaced data table, and any a failed run left behind (the lock keeps other runs out).
+        dropped = []
+        for name in data_tables:
+            if name != ours:
+                drop(spark, TableName(names.live.db, name), "TABLE")
+                dropped.append(f"{names.live.db}.{name}")
+        expired = expire_versions(spark, names, args["suffix"], args["retention"]) if args["versioned"] else []
+    if dropped or expired:
+        log.info("dropped %s; expired backups %s", dropped, expired)
+    stats = {"backup_table": str(names.backup), "replaced_data_table": replaced, "dropped_tables": dropped,
+             "expired_backups": expired}
+    ctx.done(stats, note=note)
+    return {"job_id": ctx.job_id, "backup_table": str(names.backup), "expired_backups": expired}
+
+
+def discard_staging(res: Resources, rec: dict) -> None:
+    """After a final failure: drop this run's staging table unless the backup already points at it."""
+    if rec.get("workflow") != WORKFLOW or phase_entry(rec, "load")["state"] == "pending":
+        return
+    names = names_of(rec)
+    with res.spark().session() as spark:
+        if backup_state(spark, names)[0] != names.data.table.lower():
+            drop(spark, names.data, "TABLE")
+            log.info("dropped staging table %s of failed job %s", names.data, rec["job_id"])
+
+
+# -- finish --------------------------------------------------------------------------------------
+
+def finish_phase(ctx: PhaseContext) -> dict:
+    """Record success and release the lock."""
+    rec = finish_job(ctx)
+    out = rec["outputs"]
+    return {"job_id": ctx.job_id, "state": rec["state"], **_load_summary(out),
+            "backup_table": out.get("backup_table"), "rejects_table": out.get("rejects_table")}
+
+
+PHASE_FUNCS = {"lock": lock_phase, "validate": validate_phase, "load": load_phase, "write": write_phase,
+               "finish": finish_phase}

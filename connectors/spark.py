@@ -1,0 +1,156 @@
+"""Spark through Spark Connect: the one place that opens Spark sessions and maps Spark errors.
+
+A session is opened on use, in the process that uses it (a Celery worker's
+child, after the fork), never at import: a gRPC channel does not survive a
+fork.  Every phase opens its own session and releases it on the server when it
+ends, so no Spark state leaks from one phase to the next (which may run in
+another worker).  pyspark is imported inside the functions for the same reason
+and to keep the CLI fast.
+
+The DataFrame code of the workflows uses only the API that classic PySpark and
+Spark Connect share, so a ``spark-submit`` driver could run it unchanged; see
+docs/table-backup.md for why Connect is the main path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from backup.errors import BackupError, ConnectionFailed, FatalError, NotFound, classify
+from backup.identifiers import TableName
+from config.settings import Settings, SparkSettings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+_NOT_FOUND = {"TABLE_OR_VIEW_NOT_FOUND", "PATH_NOT_FOUND", "SCHEMA_NOT_FOUND", "VIEW_NOT_FOUND"}
+# A session the server forgot (server restarted, session expired): a new session on retry works.
+_SESSION_GONE_PREFIXES = ("INVALID_HANDLE",)
+_TRANSIENT_GRPC = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"}
+
+
+def _grpc_code(exc: BaseException) -> str | None:
+    """The gRPC status name somewhere in the exception chain, if any."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = getattr(e, "code", None)
+        if callable(code):
+            try:
+                return code().name
+            except Exception:  # not a grpc.RpcError after all
+                pass
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _condition(exc: BaseException) -> str:
+    getter = getattr(exc, "getCondition", None)
+    try:
+        return (getter() if getter else None) or ""
+    except Exception:
+        return ""
+
+
+def server_message(exc: BaseException) -> str:
+    """The first line of a Spark error, without the JVM stack trace."""
+    text = str(exc).split("\n\nJVM stacktrace:", 1)[0].split("\n== ", 1)[0]
+    return " ".join(text.split())[:400] or type(exc).__name__
+
+
+def classify_spark(exc: BaseException, what: str) -> BackupError:
+    """Map a pyspark/gRPC exception to one of our families, naming ``what`` failed."""
+    if isinstance(exc, BackupError):
+        return exc
+    from pyspark.errors import PySparkException
+
+    condition = _condition(exc)
+    if condition in _NOT_FOUND:
+        return NotFound(f"{what}: {server_message(exc)}")
+    if condition.startswith(_SESSION_GONE_PREFIXES) or _grpc_code(exc) in _TRANSIENT_GRPC:
+        return ConnectionFailed(f"{what}: {server_message(exc)}")
+    if isinstance(exc, PySparkException):
+        return FatalError(f"{what}: {server_message(exc)}")
+    return classify(exc, what)
+
+
+@contextmanager
+def spark_errors(what: str) -> Iterator[None]:
+    """Re-raise anything Spark raises inside the block as one of our errors, cause kept."""
+    try:
+        yield
+    except BackupError:
+        raise
+    except Exception as e:
+        raise classify_spark(e, what) from e
+
+
+class SparkConnect:
+    """Spark Connect sessions built from settings."""
+
+    def __init__(self, settings: SparkSettings):
+        self.settings = settings
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "SparkConnect":
+        """Build from the full settings (a token, if any, comes from SPARK_CONNECT_AUTHENTICATE_TOKEN)."""
+        return cls(s.spark)
+
+    @contextmanager
+    def session(self) -> Iterator["SparkSession"]:
+        """A new session on the Connect server, released when the block ends."""
+        from pyspark.sql import SparkSession
+        from pyspark.sql.connect.client.retries import DefaultPolicy
+
+        with spark_errors(f"connect to Spark at {self.settings.remote}"):
+            # No builder options: the builder would send them with the client's default retry policy.
+            spark = SparkSession.builder.remote(self.settings.remote).create()
+        try:
+            # The client alone would retry an unreachable server for ~10 minutes; fail sooner and let
+            # the phase's retry policy (backoff, attempts on the job record) take over.
+            spark.client.set_retry_policies([DefaultPolicy(max_retries=self.settings.client_retries,
+                                                           initial_backoff=200, max_backoff=5000)])
+            with spark_errors(f"Spark at {self.settings.remote}"):  # backstop: nothing leaves unclassified
+                for key, value in self.settings.session_conf.items():
+                    spark.conf.set(key, value)
+                yield spark
+        finally:
+            spark.stop()
+
+
+# -- catalog helpers (names are validated TableName objects: backquoted, never user text) ---------
+
+def table_kind(spark: "SparkSession", name: TableName) -> str | None:
+    """'VIEW', 'MANAGED', 'EXTERNAL' ... or None if nothing has that name."""
+    with spark_errors(f"look up {name}"):
+        if not spark.catalog.tableExists(f"{name.db}.{name.table}"):
+            return None
+        return spark.catalog.getTable(f"{name.db}.{name.table}").tableType
+
+
+def table_properties(spark: "SparkSession", name: TableName) -> dict[str, str]:
+    """TBLPROPERTIES of a table or view."""
+    with spark_errors(f"read properties of {name}"):
+        return {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES {name.sql}").collect()}
+
+
+def table_names(spark: "SparkSession", db: str, like: str) -> list[str]:
+    """Names (lower case) of the tables and views of ``db`` matching a SHOW TABLES pattern (``*``, ``|``).
+
+    Names only: much cheaper than the catalog's listTables, which fetches every table's metadata.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_*|]+", like):
+        raise ValueError(f"unsafe SHOW TABLES pattern {like!r}")
+    with spark_errors(f"list tables of {db} like {like}"):
+        return sorted(r["tableName"] for r in spark.sql(f"SHOW TABLES IN `{db}` LIKE '{like}'").collect())
+
+
+def drop(spark: "SparkSession", name: TableName, kind: str) -> None:
+    """DROP VIEW/TABLE IF EXISTS."""
+    stmt = "VIEW" if kind == "VIEW" else "TABLE"
+    with spark_errors(f"drop {stmt.lower()} {name}"):
+        spark.sql(f"DROP {stmt} IF EXISTS {name.sql}")

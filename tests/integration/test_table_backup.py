@@ -1,0 +1,339 @@
+"""table-backup on the local platform's Spark (Spark Connect) and HiveServer2, one JVM sharing one catalog.
+
+Backups are read back with a plain impyla cursor over HiveServer2, as the platform's other
+tools would.  The first tests go through a real worker (entry task enqueued by name, and the
+CLI); the others run the phase functions in-process, the way the chain runs them.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from impala.dbapi import connect
+
+from backup import table_backup as wf
+from backup.errors import (AlreadyExists, BackupError, ConnectionFailed, RejectsExceeded, SchemaDrift)
+from backup.resources import Resources
+from backup.runner import fail_job, phase
+from config.settings import load_settings
+from tests.conftest import CONFIG_PATH, STATE, write_config
+from tests.helpers import backupctl, enqueue, wait_job
+
+pytestmark = pytest.mark.integration
+
+DB = "mnaas_tb"
+LIVE_DDL = ("(id BIGINT, msisdn STRING, customer STRING, note STRING, bytes_up BIGINT, amount DOUBLE, "
+            "event_ts TIMESTAMP, partition_date STRING) USING parquet PARTITIONED BY (partition_date)")
+CUSTOMERS = ["Acme;Telecom", 'O"Brien Mobile', "Zoë GmbH", "north"]
+NOTES = ["plain", "semi;colon", 'say "hi"', "Nørd Ørbit ✓ 日本", None]
+FIRST_DAY = dt.date(2025, 9, 1)
+DAYS = 212  # 2025-09-01 .. 2026-03-31: seven calendar months
+
+# Rejected lines and the reason each must be listed with (the files hold them between good lines).
+BAD_LINES = [
+    ("900001;447900000001;north;plain;1;1.0;2026-01-05 10:00:00;2026-02-30",
+     "partition_date '2026-02-30' is not a date (yyyy-MM-dd)"),
+    ("900002;447900000002;north;plain;1;1.0;2026-01-05 10:00:00;05/01/2026",
+     "partition_date '05/01/2026' is not a date (yyyy-MM-dd)"),
+    ("900003;447900000003;north;plain;1;1.0;2026-01-05 10:00:00;", "partition_date is missing"),
+    ("900004;447900000004;north;plain;1;1.0;2026-01-05", "expected 8 fields, found 7"),
+    ("900005;447900000005;north;semi;colon;1;1.0;2026-01-05 10:00:00;2026-01-05", "expected 8 fields, found 9"),
+    ('900006;447900000006;"Acme;Telecom";"semi;colon;1;1.0;2026-01-05 10:00:00;2026-01-05',
+     "unbalanced quote (a quoted field is not closed)"),
+    ("900007;447900000007;north;plain;lots;1.0;2026-01-05 10:00:00;2026-01-05", "bytes_up 'lots' is not a BIGINT"),
+]
+
+
+def good_rows(n: int, first_id: int = 0) -> list[tuple]:
+    """Rows as impyla returns them from the backup: the live columns, then year_part, month_part."""
+    rows = []
+    for i in range(first_id, first_id + n):
+        day = FIRST_DAY + dt.timedelta(days=i % DAYS)
+        ts = dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=i * 7 % 86400)
+        rows.append((i, f"4479{i:08d}", CUSTOMERS[i % 4], NOTES[i % len(NOTES)],
+                     None if i % 13 == 0 else i * 37 % 100000, None if i % 17 == 0 else round(i % 1000 / 7, 4),
+                     ts, day.isoformat(), day.year, day.month))
+    return rows
+
+
+def csv_line(values) -> str:
+    """One ``;``-CSV line as the legacy loaders write it (RFC 4180 quoting), empty for NULL."""
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=";", quotechar='"', lineterminator="").writerow(
+        ["" if v is None else (v.strftime("%Y-%m-%d %H:%M:%S") if isinstance(v, dt.datetime) else v) for v in values])
+    return buf.getvalue()
+
+
+def write_lines(folder: Path, lines: list[str], parts: int = 1) -> Path:
+    """The lines split over ``parts`` files of one folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    size = -(-len(lines) // parts)
+    for p in range(parts):
+        (folder / f"part-{p:03d}.csv").write_text("\n".join(lines[p * size:(p + 1) * size]) + "\n", encoding="utf-8")
+    return folder
+
+
+def write_files(folder: Path, rows: list[tuple], extra_lines: list[str] = (), parts: int = 3) -> Path:
+    """The rows' live columns as CSV files, with ``extra_lines`` spread between them."""
+    lines = [csv_line(r[:8]) for r in rows]
+    for k, extra in enumerate(extra_lines):
+        lines.insert(min(len(lines), 37 * (k + 1)), extra)
+    return write_lines(folder, lines, parts)
+
+
+def execute(settings, *statements: str) -> None:
+    """Run statements on HiveServer2 with a plain impyla connection."""
+    with closing(connect(settings.hive.host, settings.hive.port, auth_mechanism="NOSASL")) as conn, \
+            closing(conn.cursor()) as cur:
+        for sql in statements:
+            cur.execute(sql)
+
+
+def query(settings, sql: str) -> list[tuple]:
+    """A query's rows over HiveServer2, read with a plain impyla connection."""
+    with closing(connect(settings.hive.host, settings.hive.port, auth_mechanism="NOSASL")) as conn, \
+            closing(conn.cursor()) as cur:
+        cur.execute(sql)
+        return cur.fetchall()
+
+
+def backup_rows(settings, backup: str) -> list[tuple]:
+    return query(settings, f"SELECT id, msisdn, customer, note, bytes_up, amount, event_ts, partition_date, "
+                           f"year_part, month_part FROM {backup} ORDER BY id")
+
+
+def assert_same_rows(got: list[tuple], expected: list[tuple]) -> None:
+    assert len(got) == len(expected)
+    for g, e in zip(got, sorted(expected)):
+        assert g[:5] == e[:5] and g[6:] == e[6:], (g, e)
+        assert (g[5] is None) if e[5] is None else g[5] == pytest.approx(e[5])
+
+
+def tables_of(settings, prefix: str) -> set[str]:
+    return {r[1] for r in query(settings, f"SHOW TABLES IN {DB}") if r[1].startswith(prefix)}
+
+
+def new_live(settings, name: str) -> str:
+    """An empty live table: the schema comes from the catalog, no row needed."""
+    table = f"{DB}.{name}"
+    execute(settings, f"CREATE TABLE {table} {LIVE_DDL}")
+    return table
+
+
+def run_phases(res: Resources, job_id: str) -> dict:
+    """Run the phases in-process as the chain does; a failure is recorded like the chain's errback, then raised."""
+    for name in wf.PHASES:
+        try:
+            with phase(res, job_id, name) as ctx:
+                if not ctx.active:
+                    break
+                wf.PHASE_FUNCS[name](ctx)
+        except BackupError as e:
+            fail_job(res, job_id, name, e, cleanup=lambda r: wf.discard_staging(res, r))
+            raise
+    return res.jobs.get(job_id)
+
+
+def backup_inprocess(res: Resources, table: str, source: Path, **kwargs) -> dict:
+    rec = wf.submit(res, table, str(source), **kwargs)
+    assert rec["state"] == "queued", rec
+    return run_phases(res, rec["job_id"])
+
+
+def resources_with(res: Resources, name: str, overrides: dict) -> Resources:
+    return Resources(load_settings(write_config(STATE / name, overrides)), _redis=res.redis)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_database(platform, settings):
+    """The test database, empty (a platform reused from an earlier session may still hold it)."""
+    execute(settings, f"DROP DATABASE IF EXISTS {DB} CASCADE", f"CREATE DATABASE {DB}")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return tmp_path_factory.mktemp("table-backup")
+
+
+# -- through a real worker ---------------------------------------------------------------------
+
+def test_backup_through_worker_read_back_with_impyla(settings, res, worker, celery_app, files):
+    table = new_live(settings, "traffic_main")
+    rows = good_rows(3000)
+    src = write_files(files / "main", rows)
+    job_id = enqueue(celery_app, "backup.table_backup", table=table, source=str(src))
+    rec = wait_job(res, job_id, timeout=240)
+    assert rec["state"] == "success", rec
+    out = rec["outputs"]
+    backup = f"{table}_bkp"
+    months = sorted({f"{r[8]:04d}-{r[9]:02d}" for r in rows})
+    assert (out["rows_read"], out["rows_accepted"], out["rows_rejected"]) == (3000, 3000, 0)
+    assert (out["partitions_written"], out["months"]) == (7, months)
+    assert (out["backup_table"], out["rejects_table"]) == (backup, f"{backup}_rejects")
+    assert res.locks.holder("table-backup", table) is None
+
+    # Every value round-trips: ; and quotes inside quoted fields, unicode, empty fields as NULL.
+    got = backup_rows(settings, backup)
+    assert_same_rows(got, rows)
+    assert {r[2] for r in got} == set(CUSTOMERS)
+    per_month = query(settings, f"SELECT year_part, month_part, count(*) FROM {backup} GROUP BY 1, 2 ORDER BY 1, 2")
+    expected = sorted({(r[8], r[9]) for r in rows})
+    assert [(y, m) for y, m, _ in per_month] == expected
+    assert [n for _, _, n in per_month] == [sum(1 for r in rows if (r[8], r[9]) == k) for k in expected]
+    assert query(settings, f"SELECT count(*) FROM {backup}_rejects") == [(0,)]
+    # Partitioned on disk by year_part/month_part, behind the view readers use.
+    data = out["data_table"]
+    parts = query(settings, f"SHOW PARTITIONS {data}")
+    assert sorted(p[0] for p in parts) == sorted(f"year_part={y}/month_part={m}" for y, m in expected)
+
+    # A second run (through the CLI) replaces the content; the first run's data table is dropped after the switch.
+    rows2 = good_rows(500, first_id=10_000)
+    src2 = write_files(files / "main2", rows2, parts=1)
+    cli = backupctl("run", "table-backup", table, "--source", str(src2), "--wait", "--json", config=CONFIG_PATH)
+    assert cli.returncode == 0, cli.stderr
+    rec2 = json.loads(cli.stdout)
+    assert rec2["outputs"]["replaced_data_table"] == data.split(".")[1]
+    assert_same_rows(backup_rows(settings, backup), rows2)
+    assert tables_of(settings, "traffic_main_bkp") == {"traffic_main_bkp", "traffic_main_bkp_rejects",
+                                                      rec2["outputs"]["data_table"].split(".")[1]}
+
+
+def test_bad_requests_fail_before_any_phase(settings, res, worker, celery_app):
+    for kwargs, message in [({"table": "db.t; DROP TABLE x", "source": "/data"}, "InvalidInput: invalid table name"),
+                            ({"table": "db.t", "source": "relative/dir"}, "InvalidInput: invalid source"),
+                            ({"table": "db.t", "source": "/data", "retention": 3}, "versioned backups only"),
+                            ({"tabel": "db.t", "source": "/data"}, "unexpected keyword argument 'tabel'")]:
+        rec = wait_job(res, enqueue(celery_app, "backup.table_backup", **kwargs))
+        assert rec["state"] == "failed" and message in rec["error"], rec
+        assert all(p["state"] == "pending" and p["attempts"] == 0 for p in rec["phases"])
+    out = backupctl("run", "table-backup", "db.t", "--source", "rel", config=CONFIG_PATH)
+    assert out.returncode == 2 and out.stderr.startswith("backupctl: error: InvalidInput: invalid source")
+
+
+def test_unknown_table_is_fatal_not_retried(settings, res, worker, celery_app, files):
+    src = write_files(files / "unknown", good_rows(20), parts=1)
+    rec = wait_job(res, enqueue(celery_app, "backup.table_backup", table=f"{DB}.no_such_table", source=str(src)))
+    assert rec["state"] == "failed" and rec["phase"] == "validate", rec
+    assert rec["error"].startswith("NotFound:") and "no_such_table" in rec["error"]
+    assert next(p for p in rec["phases"] if p["name"] == "validate")["attempts"] == 1
+
+
+# -- in-process ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def baseline(platform, settings, redis_client, files):
+    """A table with a first backup of 1000 rows: what later failures must leave readable."""
+    res = Resources(settings, _redis=redis_client)
+    table = new_live(settings, "traffic_base")
+    rows = good_rows(1000)
+    rec = backup_inprocess(res, table, write_files(files / "base", rows))
+    assert rec["state"] == "success", rec
+    return {"table": table, "backup": f"{table}_bkp", "rows": rows, "data": rec["outputs"]["data_table"]}
+
+
+def assert_baseline_intact(settings, base: dict) -> None:
+    assert_same_rows(backup_rows(settings, base["backup"]), base["rows"])
+    props = dict(query(settings, f"SHOW TBLPROPERTIES {base['backup']}"))
+    assert props[wf.PROP_DATA] == base["data"].split(".")[1]
+    assert tables_of(settings, "traffic_base_bkp") == {"traffic_base_bkp", "traffic_base_bkp_rejects",
+                                                      base["data"].split(".")[1]}
+
+
+def test_rejects_listed_with_reasons_and_ratio_enforced(settings, res, files):
+    table = new_live(settings, "traffic_rejects")
+    rows = good_rows(1200)
+    src = write_files(files / "rejects", rows, extra_lines=[line for line, _ in BAD_LINES])
+    tolerant = resources_with(res, "tb-tolerant.yaml", {"table_backup": {"max_reject_ratio": 0.01}})
+    rec = backup_inprocess(tolerant, table, src)
+    assert rec["state"] == "success", rec
+    out = rec["outputs"]
+    assert (out["rows_read"], out["rows_accepted"], out["rows_rejected"]) == (1207, 1200, 7)
+    assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
+    rejects = query(settings, f"SELECT line, reason, source_file, job_id FROM {table}_bkp_rejects")
+    assert sorted((line, reason) for line, reason, _, _ in rejects) == sorted(BAD_LINES)
+    assert all(f.startswith("file:") and f.endswith(".csv") and j == rec["job_id"] for _, _, f, j in rejects)
+
+    # Default ratio 0: the same files fail after the rejects are written; the previous backup stays.
+    with pytest.raises(RejectsExceeded, match=r"7 of 1207 lines rejected") as e:
+        backup_inprocess(res, table, src)
+    assert f"{table}_bkp_rejects" in str(e.value)
+    failed = res.jobs.last("table-backup", table)
+    assert failed["state"] == "failed" and failed["phase"] == "load"
+    assert failed["outputs"]["rows_rejected"] == 7
+    assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
+    assert {r[0] for r in query(settings, f"SELECT DISTINCT job_id FROM {table}_bkp_rejects")} == {failed["job_id"]}
+    assert tables_of(settings, "traffic_rejects_bkp__") == {out["data_table"].split(".")[1]}, "staging dropped"
+
+
+def test_schema_drift_fails_before_writing(settings, res, baseline, files):
+    src = write_lines(files / "drift-columns", [csv_line(r[:8] + ("surplus",)) for r in good_rows(300)])
+    with pytest.raises(SchemaDrift) as e:
+        backup_inprocess(res, baseline["table"], src)
+    msg = str(e.value)
+    assert "300 of 300 sampled lines fail to parse" in msg
+    assert "Expected 8 fields: id BIGINT, msisdn STRING" in msg and "expected 8 fields, found 9 (300 lines)" in msg
+    rec = res.jobs.last("table-backup", baseline["table"])
+    assert rec["phase"] == "validate" and all(p["state"] == "pending" for p in rec["phases"][2:])
+    assert_baseline_intact(settings, baseline)
+
+    # Columns swapped around: the field count fits, but most values do not.
+    swapped = write_lines(files / "drift-types", [csv_line(r[:4] + (r[6], r[5], r[4], r[7])) for r in good_rows(200)])
+    with pytest.raises(SchemaDrift, match=r"bytes_up '\d{4}-\d\d-\d\d [\d:]{8}' is not a BIGINT") as e:
+        backup_inprocess(res, baseline["table"], swapped)
+    assert "200 of 200 sampled lines" in str(e.value)
+    assert_baseline_intact(settings, baseline)
+
+
+def test_failure_between_staging_and_swap_keeps_previous_backup(settings, res, baseline, files, monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise ConnectionFailed("injected: metastore unreachable at the switch")
+
+    monkeypatch.setattr(wf, "swap_view", unreachable)
+    src = write_files(files / "swap-fails", good_rows(400, first_id=50_000), parts=1)
+    rec = wf.submit(res, baseline["table"], str(src))
+    staging = wf.names_of(rec).data
+    with pytest.raises(ConnectionFailed, match="injected") as e:
+        for name in wf.PHASES:
+            with phase(res, rec["job_id"], name) as ctx:
+                wf.PHASE_FUNCS[name](ctx)
+    assert ctx.name == "write"
+    # At the failure: the staging table is complete, readers still get the previous backup.
+    assert query(settings, f"SELECT count(*) FROM {staging}") == [(400,)]
+    assert_same_rows(backup_rows(settings, baseline["backup"]), baseline["rows"])
+
+    final = fail_job(res, rec["job_id"], "write", e.value, cleanup=lambda r: wf.discard_staging(res, r))
+    assert final["state"] == "failed" and final["outputs"]["rows_accepted"] == 400
+    assert res.locks.holder("table-backup", baseline["table"]) is None
+    assert_baseline_intact(settings, baseline)  # staging dropped by the failure cleanup, nothing else changed
+
+
+def test_existing_table_under_backup_name_is_not_replaced(settings, res, files):
+    table = new_live(settings, "traffic_legacy")
+    execute(settings, f"CREATE TABLE {table}_bkp (id BIGINT) USING parquet", f"INSERT INTO {table}_bkp VALUES (42)")
+    with pytest.raises(AlreadyExists, match=r"traffic_legacy_bkp exists as a MANAGED .*RENAME TO"):
+        backup_inprocess(res, table, write_files(files / "legacy", good_rows(50), parts=1))
+    assert query(settings, f"SELECT id FROM {table}_bkp") == [(42,)]
+
+
+def test_versioned_mode_keeps_exactly_n(settings, res, files):
+    table = new_live(settings, "traffic_versions")
+    execute(settings, f"CREATE TABLE {table}_bkp_20200101 (id BIGINT) USING parquet")  # not ours: never expired
+    src = write_files(files / "versions", good_rows(150), parts=1)
+    recs = [backup_inprocess(res, table, src, versioned=True, retention=2, day=day)
+            for day in ("2026-01-01", "2026-01-02", "2026-01-03")]
+    assert all(r["state"] == "success" for r in recs)
+    assert recs[2]["outputs"]["expired_backups"] == [f"{table}_bkp_20260101"]
+    views = {t for t in tables_of(settings, "traffic_versions_bkp_")
+             if wf.PROP_DATA in dict(query(settings, f"SHOW TBLPROPERTIES {DB}.{t}"))}
+    assert views == {"traffic_versions_bkp_20260102", "traffic_versions_bkp_20260103"}
+    for view in views:
+        assert query(settings, f"SELECT count(*) FROM {DB}.{view}") == [(150,)]
+    left = tables_of(settings, "traffic_versions_bkp_")
+    assert not any(t.startswith("traffic_versions_bkp_20260101") for t in left), left
+    assert "traffic_versions_bkp_20200101" in left
