@@ -47,8 +47,9 @@ from backup.errors import (AlreadyExists, BackupError, ChecksumMismatch, ConfigE
                            FatalError, LockLost, NotFound, classify)
 from backup.identifiers import TableName
 from backup.jobs import now, phase_entry
+from backup.enqueue import fail_request
 from backup.resources import Resources
-from backup.runner import PhaseContext, finish_job
+from backup.runner import PhaseContext, finish_job, take_lock
 from config.settings import CustomerFilesSettings, Settings
 from storage import StorageBackend, open_backend
 from storage.base import FileStat, is_temp_name, iter_chunks
@@ -240,35 +241,13 @@ def submit(res: Resources, job_id: str | None = None) -> dict:
         cfg = config(res)
     except ConfigError as e:
         res.jobs.create(job_id, WORKFLOW, TARGET, {}, ["lock", "discover", "collect", "flag"])
-
-        def reject(r):
-            r.update(state="failed", error=e.one_line(), finished=r["updated"])
-        return res.jobs.update(job_id, reject)
+        return fail_request(res, job_id, e)
     return res.jobs.create(job_id, WORKFLOW, TARGET, {"customers": list(cfg.customers)}, phase_names(cfg))
 
 
 def lock_phase(ctx: PhaseContext) -> dict:
     """Take the (customer-files, all) lock or end the job as skipped, naming the holder."""
-    res = ctx.res
-    if ctx.held:  # redelivered after this job took the lock; the phase runner renewed it
-        ctx.done()
-        return {"job_id": ctx.job_id, "state": "running"}
-    held, holder = res.locks.acquire(WORKFLOW, TARGET, ctx.job_id)
-    if held is None:
-        reason = f"lock held by job {holder}"
-
-        def skip(r):
-            phase_entry(r, "lock").update(state="skipped", finished=r["updated"], note=reason)
-            r.update(state="skipped", error=None, reason=reason, finished=r["updated"])
-        res.jobs.update(ctx.job_id, skip)
-        return {"job_id": ctx.job_id, "state": "skipped", "reason": reason}
-
-    def take(r):
-        r["lock"] = held.as_dict()
-    res.jobs.update(ctx.job_id, take)
-    ctx.held = held
-    ctx.done({"lock_token": held.token})
-    return {"job_id": ctx.job_id, "state": "running", "lock_token": held.token}
+    return take_lock(ctx, WORKFLOW)
 
 
 # -- discover --------------------------------------------------------------------

@@ -24,8 +24,9 @@ from backup.archive import CsvGzipWriter, fsync_dir
 from backup.errors import FatalError, InvalidInput, NotFound
 from backup.identifiers import TableName, identifier
 from backup.jobs import phase_entry
+from backup.enqueue import fail_request
 from backup.resources import Resources
-from backup.runner import PhaseContext, finish_job
+from backup.runner import PhaseContext, finish_job, take_lock
 from backup.window import Window, export_window
 from connectors.hive import sql_date
 from connectors.sftp import local_sha256, upload, verify_and_commit
@@ -56,11 +57,8 @@ def submit(res: Resources, table: str, months=None, end=None, job_id: str | None
     try:
         name, window = validate_request(res, table, months, end)
     except InvalidInput as e:
-        rec = res.jobs.create(job_id, WORKFLOW, str(table), args, PHASES)
-
-        def reject(r):
-            r.update(state="failed", error=e.one_line(), finished=r["updated"])
-        return res.jobs.update(job_id, reject)
+        res.jobs.create(job_id, WORKFLOW, str(table), args, PHASES)
+        return fail_request(res, job_id, e)
     args.update(window=window.as_dict())
     return res.jobs.create(job_id, WORKFLOW, str(name), args, PHASES)
 
@@ -85,27 +83,7 @@ def archive_name(table: TableName, window: Window) -> str:
 
 def lock_phase(ctx: PhaseContext) -> dict:
     """Take the (edge-export, table) lock or end the job as skipped, naming the holder."""
-    res, rec = ctx.res, ctx.rec
-    if ctx.held:  # redelivered after this job took the lock; the phase runner already renewed it
-        ctx.done()
-        return {"job_id": ctx.job_id, "state": "running", "lock_token": ctx.held.token}
-    held, holder = res.locks.acquire(WORKFLOW, rec["target"], ctx.job_id)
-    if held is None:
-        reason = f"lock held by job {holder}"
-
-        def skip(r):
-            p = phase_entry(r, "lock")
-            p.update(state="skipped", finished=r["updated"], note=reason)
-            r.update(state="skipped", error=None, reason=reason, finished=r["updated"])
-        res.jobs.update(ctx.job_id, skip)
-        return {"job_id": ctx.job_id, "state": "skipped", "reason": reason}
-
-    def take(r):
-        r["lock"] = held.as_dict()
-    res.jobs.update(ctx.job_id, take)
-    ctx.held = held
-    ctx.done({"lock_token": held.token})
-    return {"job_id": ctx.job_id, "state": "running", "lock_token": held.token}
+    return take_lock(ctx, WORKFLOW)
 
 
 # -- export --------------------------------------------------------------------

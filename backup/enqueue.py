@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import redis
 
-from backup.errors import ConnectionFailed, InvalidInput
+from backup.errors import BackupError, ConnectionFailed, InvalidInput
 from backup.resources import Resources
 
 _KEY = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,200}$")
@@ -60,7 +60,7 @@ def submit_once(res: Resources, workflow: str, job_id: str, key, submit: Callabl
     return res.jobs.find(holder) or {"job_id": holder, "state": "queued"}
 
 
-def fail_request(res: Resources, job_id: str, err: InvalidInput) -> dict:
+def fail_request(res: Resources, job_id: str, err: BackupError) -> dict:
     """Fail a request's still-queued job record with ``err`` before any phase starts."""
     def fail(r):
         if r["state"] == "queued":

@@ -145,6 +145,30 @@ def fail_job(res: Resources, job_id: str, phase_name: str | None, exc: BaseExcep
     return rec
 
 
+def take_lock(ctx: PhaseContext, workflow: str) -> dict:
+    """The lock phase of every workflow: take the (workflow, target) lock or end the job as skipped."""
+    res = ctx.res
+    if ctx.held:  # redelivered after this job took the lock; the phase runner already renewed it
+        ctx.done()
+        return {"job_id": ctx.job_id, "state": "running", "lock_token": ctx.held.token}
+    held, holder = res.locks.acquire(workflow, ctx.rec["target"], ctx.job_id)
+    if held is None:
+        reason = f"lock held by job {holder}"
+
+        def skip(r):
+            phase_entry(r, ctx.name).update(state="skipped", finished=r["updated"], note=reason)
+            r.update(state="skipped", error=None, reason=reason, finished=r["updated"])
+        res.jobs.update(ctx.job_id, skip)
+        return {"job_id": ctx.job_id, "state": "skipped", "reason": reason}
+
+    def take(r):
+        r["lock"] = held.as_dict()
+    res.jobs.update(ctx.job_id, take)
+    ctx.held = held
+    ctx.done({"lock_token": held.token})
+    return {"job_id": ctx.job_id, "state": "running", "lock_token": held.token}
+
+
 def finish_job(ctx: PhaseContext) -> dict:
     """Mark the job successful, release its lock and end any failure episode."""
     def change(rec):

@@ -38,8 +38,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from backup.errors import (AlreadyExists, ConfigError, FatalError, InvalidInput, RejectsExceeded, SchemaDrift)
 from backup.identifiers import TableName, identifier
 from backup.jobs import phase_entry
+from backup.enqueue import fail_request
 from backup.resources import Resources
-from backup.runner import PhaseContext, finish_job
+from backup.runner import PhaseContext, finish_job, take_lock
 from config.settings import TableBackupSettings
 from connectors.spark import drop, spark_errors, table_kind, table_names, table_properties
 
@@ -171,10 +172,7 @@ def submit(res: Resources, table: str, source: str, suffix: str | None = None, v
         args = validate_request(res, table, source, suffix, versioned, retention, day, job_id)
     except InvalidInput as e:
         res.jobs.create(job_id, WORKFLOW, str(table), raw, PHASES)
-
-        def reject(r):
-            r.update(state="failed", error=e.one_line(), finished=r["updated"])
-        return res.jobs.update(job_id, reject)
+        return fail_request(res, job_id, e)
     return res.jobs.create(job_id, WORKFLOW, args["table"], args, PHASES)
 
 
@@ -305,27 +303,7 @@ def parsed_lines(spark: "SparkSession", source: str, schema: "StructType", cfg: 
 
 def lock_phase(ctx: PhaseContext) -> dict:
     """Take the (table-backup, table) lock or end the job as skipped, naming the holder."""
-    res, rec = ctx.res, ctx.rec
-    if ctx.held:  # redelivered after this job took the lock; the phase runner already renewed it
-        ctx.done()
-        return {"job_id": ctx.job_id, "state": "running", "lock_token": ctx.held.token}
-    held, holder = res.locks.acquire(WORKFLOW, rec["target"], ctx.job_id)
-    if held is None:
-        reason = f"lock held by job {holder}"
-
-        def skip(r):
-            p = phase_entry(r, "lock")
-            p.update(state="skipped", finished=r["updated"], note=reason)
-            r.update(state="skipped", error=None, reason=reason, finished=r["updated"])
-        res.jobs.update(ctx.job_id, skip)
-        return {"job_id": ctx.job_id, "state": "skipped", "reason": reason}
-
-    def take(r):
-        r["lock"] = held.as_dict()
-    res.jobs.update(ctx.job_id, take)
-    ctx.held = held
-    ctx.done({"lock_token": held.token})
-    return {"job_id": ctx.job_id, "state": "running", "lock_token": held.token}
+    return take_lock(ctx, WORKFLOW)
 
 
 # -- validate ------------------------------------------------------------------------------------
