@@ -215,7 +215,6 @@ class CustomerFilesSettings(_Section):
     after_backup: Literal["keep", "move", "delete"] = Field("keep", description="what happens to a source file once both copies are verified")
     move_to: str | None = Field(None, description="with after_backup: move, the folder on the sources' storage receiving <customer>/<domain>/<file>")
     hdfs_kerberos: bool = Field(False, description="authenticate hdfs:// and webhdfs:// locations with Kerberos (needs requests-kerberos and a ticket)")
-    schedule: str = Field("30 2 * * *", description="five-field cron expression of the nightly run (minute hour day month weekday)")
 
     @model_validator(mode="after")
     def _check(self) -> "CustomerFilesSettings":
@@ -261,8 +260,6 @@ class CustomerFilesSettings(_Section):
             raise ValueError("manifest_dir: control characters in path")
         if self.after_backup == "move" and not self.move_to:
             raise ValueError("move_to: required when after_backup is 'move'")
-        if len(self.schedule.split()) != 5 or not all(re.fullmatch(r"[\w*/,-]+", f) for f in self.schedule.split()):
-            raise ValueError(f"schedule: {self.schedule!r} is not a five-field cron expression")
         return self
 
 
@@ -466,7 +463,7 @@ def reference_markdown() -> str:
             if isinstance(default, BaseModel):
                 default = "…"
             tname = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
-            tname = tname.replace("pathlib.", "").replace(" | ", " or ").replace("NoneType", "None")
+            tname = re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", tname).replace(" | ", " or ").replace("NoneType", "None")
             lines.append(f"| `{prefix}{name}` | {tname} | `{default}` | {f.description or ''} |")
 
     walk(Settings, "")

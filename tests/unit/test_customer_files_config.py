@@ -38,7 +38,6 @@ def test_good_section_and_defaults(tmp_path):
     cfg = _load(tmp_path).customer_files
     assert list(cfg.customers) == ["acme", "Zoë GmbH"]
     assert (cfg.after_backup, cfg.max_files_per_run, cfg.settle_seconds) == ("keep", 500, 60)
-    assert cfg.schedule == "30 2 * * *"
 
 
 def test_shipped_default_config_has_the_section():
@@ -92,7 +91,6 @@ def _customer(name):
     (lambda c: c.update(after_backup="shred"), "customer_files.after_backup"),
     (lambda c: c.update(max_files_per_run=0), "customer_files.max_files_per_run"),
     (lambda c: c.update(settle_seconds=-1), "customer_files.settle_seconds"),
-    (lambda c: c.update(schedule="nightly"), "schedule: 'nightly' is not a five-field cron expression"),
 ])
 def test_bad_values_name_the_key(tmp_path, change, message):
     with pytest.raises(ConfigError) as ei:
