@@ -251,12 +251,14 @@ def _upload_openssh(target: SftpTarget, local: Path, remote_tmp: str, progress: 
     if not exe:
         raise ConfigError("sftp.engine is 'openssh' but the sftp program is not installed (openssh-client)")
     s = target.s
-    argv = [exe, "-q", "-b", "-", "-P", str(s.port), "-i", str(target.key_file), "-R", "64", "-B", "131072",
+    rate = s.rate_limit_mbps if rate_limit_mbps is None else rate_limit_mbps
+    # Large requests for speed; small ones under a bandwidth cap so the pacing is smooth.
+    request = max(1024, min(131072, int(rate * 1e6 / 4))) if rate else 131072
+    argv = [exe, "-q", "-b", "-", "-P", str(s.port), "-i", str(target.key_file), "-R", "64", "-B", str(request),
             "-c", ",".join(PREFERRED_CIPHERS),
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={target.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", f"ConnectTimeout={s.connect_timeout}", "-o", "ServerAliveInterval=30"]
-    rate = s.rate_limit_mbps if rate_limit_mbps is None else rate_limit_mbps
     if rate:
         argv += ["-l", str(max(1, int(rate * 8000)))]  # Kbit/s
     argv.append(f"{target.user}@{s.host}")

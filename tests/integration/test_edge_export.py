@@ -245,20 +245,22 @@ def test_worker_killed_mid_transfer_redelivered_cleanly(settings, res, celery_ap
                                                   "celery": {"task_time_limit": 20, "task_soft_time_limit": 18,
                                                              "visibility_timeout": 22}})
     worker.stop()
-    slow = WorkerProc(slow_cfg, "slow").start()
+    slow = WorkerProc(slow_cfg, "slow")
+    slow2 = WorkerProc(slow_cfg, "slow2")
     try:
+        slow.start()
         job_id = enqueue(celery_app, "backup.edge_export", table=table)
         wait_until(lambda: (res.jobs.find(job_id) or {}).get("progress", {}).get("transfer", {}).get("bytes", 0) > 0,
                    60, "transfer to start")
         folder = posixpath.join(settings.sftp.remote_dir, table)
         assert any(p.endswith(".part") for p in remote_files(settings, folder)), "temp file expected mid-transfer"
         slow.kill()
-        slow2 = WorkerProc(slow_cfg, "slow2").start()
-        try:
-            rec = wait_job(res, job_id, timeout=240)
-        finally:
-            slow2.stop()
+        slow2.start()
+        rec = wait_job(res, job_id, timeout=240)
     finally:
+        # Whatever happened, no worker with the slow config may outlive this test.
+        slow.kill()
+        slow2.stop()
         worker.start()
     assert rec["state"] == "success", rec
     transfer = next(p for p in rec["phases"] if p["name"] == "transfer")
