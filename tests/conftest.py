@@ -116,6 +116,8 @@ def platform(settings):
 class WorkerProc:
     """A real ``celery worker`` subprocess in its own process group."""
 
+    started: list["WorkerProc"] = []  # every worker of the session, killed at its end whatever a test did
+
     def __init__(self, config: Path, name: str, queues: str = "default,io,spark", concurrency: int = 2):
         self.config, self.name, self.queues, self.concurrency = config, name, queues, concurrency
         self.proc: subprocess.Popen | None = None
@@ -127,6 +129,7 @@ class WorkerProc:
             [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", self.queues, "-E",
              "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO"],
             cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        WorkerProc.started.append(self)
         from workers.app import app
 
         deadline = time.monotonic() + timeout
@@ -158,7 +161,8 @@ class WorkerProc:
 def worker(platform, redis_client):
     w = WorkerProc(CONFIG_PATH, "main").start()
     yield w
-    w.stop()
+    for proc in WorkerProc.started:
+        proc.stop()
 
 
 @pytest.fixture(scope="session")
