@@ -174,12 +174,16 @@ def test_metrics_exporter_serves_counters_of_successful_runs(tmp_path, settings,
 def test_metrics_count_each_job_once_even_if_finish_is_delivered_twice(res, redis_client):
     from backup.metrics import read_counters, record_metrics
 
-    rec = {"job_id": "metrics-once-1", "workflow": "metrics-test", "finished": 1_790_000_000.5,
+    import uuid
+
+    run = uuid.uuid4().hex[:8]  # Redis database 9 outlives a session: never rely on its keys being absent
+    workflow = f"metrics-test-{run}"
+    rec = {"job_id": f"metrics-once-1-{run}", "workflow": workflow, "finished": 1_790_000_000.5,
            "outputs": {"rows": 1200, "bytes": 34_567, "remote_uri": "sftp://edge/x.csv.gz"}}
     assert record_metrics(res, rec) is True
     assert record_metrics(res, rec) is False  # the second delivery of the finish phase
-    many = {"job_id": "metrics-once-2", "workflow": "metrics-test", "finished": 1_790_000_100.0,
+    many = {"job_id": f"metrics-once-2-{run}", "workflow": workflow, "finished": 1_790_000_100.0,
             "outputs": {"rows": 5, "bytes": 10, "files": 7}}
     assert record_metrics(res, many) is True
-    counters = read_counters(redis_client, res.settings.redis.key_prefix)["metrics-test"]
+    counters = read_counters(redis_client, res.settings.redis.key_prefix)[workflow]
     assert counters == {"jobs": 2, "rows": 1205, "files": 8, "bytes": 34_577, "last_success": 1_790_000_100.0}
