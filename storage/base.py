@@ -9,6 +9,8 @@ shares the same semantics.
 
 from __future__ import annotations
 
+import io
+
 import abc
 import contextlib
 import fnmatch
@@ -227,3 +229,20 @@ def iter_chunks(stream: BinaryIO, size: int = READ_CHUNK) -> Iterator[bytes]:
     """Yield ``stream``'s content in chunks of at most ``size`` bytes."""
     while chunk := stream.read(size):
         yield chunk
+
+
+class MappedReadStream(io.RawIOBase):
+    """A client's file being read, whose client errors come out as ours through ``errors(what)``."""
+
+    def __init__(self, raw, errors, what: str) -> None:
+        super().__init__()
+        self._raw = raw
+        self._errors = errors
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        with self._errors(self._what):
+            return self._raw.readinto(buffer)

@@ -37,7 +37,7 @@ from backup.errors import (
     classify,
 )
 from connectors.sftp import SftpSession, SftpTarget
-from storage.base import FileStat, StorageBackend, check_path
+from storage.base import MappedReadStream, FileStat, StorageBackend, check_path
 
 DEFAULT_PORT = 22
 # Outstanding read requests while streaming a file: enough to hide the round
@@ -64,22 +64,6 @@ def _sftp_errors(what: str) -> Iterator[None]:
         if e.errno == errno.EACCES:
             raise FatalError(f"{what}: permission denied") from e
         raise classify(e, what) from e
-
-
-class _SftpStream(io.RawIOBase):
-    """A remote file being read, whose transport errors come out as our errors."""
-
-    def __init__(self, remote: paramiko.SFTPFile, what: str) -> None:
-        super().__init__()
-        self._remote = remote
-        self._what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        with _sftp_errors(self._what):
-            return self._remote.readinto(buffer)
 
 
 class SftpBackend(StorageBackend):
@@ -220,7 +204,7 @@ class SftpBackend(StorageBackend):
                     raise InvalidInput(f"{what}: offset {offset} is past the end ({size} bytes)")
                 remote.seek(offset)
                 remote.prefetch(size, max_concurrent_requests=PREFETCH_REQUESTS)
-                yield io.BufferedReader(_SftpStream(remote, what), buffer_size=remote.MAX_REQUEST_SIZE * 8)
+                yield io.BufferedReader(MappedReadStream(remote, _sftp_errors, what), buffer_size=remote.MAX_REQUEST_SIZE * 8)
 
     def mkdir(self, path: str) -> None:
         """Create the folder and its parents; AlreadyExists if a file has that name."""

@@ -26,7 +26,7 @@ from backup.errors import (
     RetryableError,
     classify,
 )
-from storage.base import READ_CHUNK, FileStat, StorageBackend, check_path
+from storage.base import MappedReadStream, READ_CHUNK, FileStat, StorageBackend, check_path
 
 DEFAULT_PORT = 9870  # the namenode's HTTP port since Hadoop 3
 DEFAULT_TIMEOUT = (10.0, 300.0)  # (connect, read) seconds; never hang a worker
@@ -83,22 +83,6 @@ def _hdfs_errors(what: str) -> Iterator[None]:
         raise ConnectionFailed(f"{what}: {e}") from e
     except requests.RequestException as e:
         raise classify(e, what) from e
-
-
-class _ResponseStream(io.RawIOBase):
-    """A streamed HTTP body whose transport errors come out as ConnectionFailed."""
-
-    def __init__(self, raw: BinaryIO, what: str) -> None:
-        super().__init__()
-        self._raw = raw
-        self._what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        with _hdfs_errors(self._what):
-            return self._raw.readinto(buffer)
 
 
 class WebHdfsBackend(StorageBackend):
@@ -207,7 +191,7 @@ class WebHdfsBackend(StorageBackend):
         with contextlib.ExitStack() as stack:
             with _hdfs_errors(what):
                 raw = stack.enter_context(self._client.read(path, offset=offset))
-            yield io.BufferedReader(_ResponseStream(raw, what), buffer_size=READ_CHUNK)
+            yield io.BufferedReader(MappedReadStream(raw, _hdfs_errors, what), buffer_size=READ_CHUNK)
 
     def mkdir(self, path: str) -> None:
         """MKDIRS, which creates parents and accepts an existing folder."""
