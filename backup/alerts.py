@@ -35,8 +35,10 @@ class Alerter:
             return {"sent": False, "reason": "alerts disabled"}
         key = self._key(rec["workflow"], rec["target"])
         if not self.r.set(key, rec["job_id"], nx=True):
-            first = self.r.get(key)
-            return {"sent": False, "reason": f"episode already alerted by job {first.decode() if first else '?'}"}
+            first = (self.r.get(key) or b"?").decode()
+            if first == rec["job_id"]:  # a redelivered error handler of the job that alerted
+                return {"sent": True, "reason": "already sent for this job"}
+            return {"sent": False, "reason": f"episode already alerted by job {first}"}
         subject = f"[mediation-backup] {rec['workflow']} {rec['target']} {status} in {rec.get('phase')}"
         body = "\n".join([
             f"Workflow: {rec['workflow']}",

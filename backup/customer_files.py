@@ -20,6 +20,7 @@ destination already holding the identical file is verified, not rewritten.
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import fnmatch
@@ -862,25 +863,25 @@ def flag_phase(ctx: PhaseContext) -> dict:
 
 
 def finish_unsuccessful(ctx: PhaseContext, outcome: str, error: str) -> dict:
-    """End a PARTIAL or FAIL run: job failed with the outcome as error, lock released, one alert per episode."""
+    """End a PARTIAL or FAIL run: alert once per episode, then one fenced write that fails the job and frees the lock."""
     res = ctx.res
+    if ctx.renewer:
+        ctx.renewer.stop()
+        ctx.renewer = None
 
     def change(rec):
         phase_entry(rec, ctx.name).update(state="success", finished=now())
         rec.update(state="failed", error=error, finished=now())
-    rec = res.jobs.update(ctx.job_id, change, fence=ctx.held)
-    if ctx.renewer:
-        ctx.renewer.__exit__(None, None, None)
-        ctx.renewer = None
-    if ctx.held:
-        res.locks.release(ctx.held)
-    if not rec.get("alert_sent"):
-        sent = res.alerter.failure(rec, error, status=outcome)
+    ending = copy.deepcopy(ctx.rec)
+    change(ending)
+    alert = res.alerter.failure(ending, error, status=outcome) if not ctx.rec.get("alert_sent") else None
 
-        def mark(r):
-            r["alert_sent"] = sent["sent"]
-            r["alert"] = sent
-        rec = res.jobs.update(ctx.job_id, mark)
+    def commit(rec):
+        change(rec)
+        if alert is not None:
+            rec["alert_sent"] = alert["sent"]
+            rec["alert"] = alert
+    rec = res.jobs.update(ctx.job_id, commit, fence=ctx.held, release=ctx.held)
     log.error("job %s ended %s: %s", ctx.job_id, outcome, error)
     return rec
 

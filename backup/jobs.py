@@ -12,7 +12,11 @@ Records are readable by any service with Redis access; they never hold secrets.
 
 Writes made while holding a lock go through ``update(..., fence=...)``: a
 WATCH/MULTI transaction that also watches the lock key and aborts with
-``LockLost`` if this run no longer holds it.
+``LockLost`` if this run no longer holds it.  The write that makes a job
+terminal also releases its lock (``release=...``) in the same transaction, and
+everything a terminal record reports (alert sent, flag written, episode ended)
+happens before it: a reader that sees the terminal state sees the whole end of
+the run, and a run it starts next never finds the lock still held.
 """
 
 from __future__ import annotations
@@ -110,14 +114,15 @@ class JobStore:
                 out.append(rec)
         return out
 
-    def update(self, job_id: str, change: Callable[[dict], Any], fence: Held | None = None) -> dict:
-        """Apply ``change`` to the record atomically; with ``fence``, only while that lock is still ours."""
+    def update(self, job_id: str, change: Callable[[dict], Any], fence: Held | None = None,
+               release: Held | None = None) -> dict:
+        """Apply ``change`` atomically; with ``fence`` only while that lock is ours; ``release`` frees it in the same write."""
         key = self._key(job_id)
         for _ in range(50):
             try:
                 with self.r.pipeline() as pipe:
-                    watched = [key] + ([fence.key] if fence else [])
-                    pipe.watch(*watched)
+                    watched = [key] + [h.key for h in (fence, release) if h is not None]
+                    pipe.watch(*dict.fromkeys(watched))
                     raw = pipe.get(key)
                     if raw is None:
                         raise NotFound(f"no job record {job_id!r}")
@@ -126,11 +131,15 @@ class JobStore:
                         if cur is None or cur.decode() != fence.value:
                             raise LockLost(f"lock {fence.key} no longer held by job {job_id} (token {fence.token}); "
                                            f"status write refused")
+                    # A lock already expired or taken over is not ours to delete.
+                    free = release is not None and pipe.get(release.key) == release.value.encode()
                     rec = json.loads(raw)
                     change(rec)
                     rec["updated"] = now()
                     pipe.multi()
                     pipe.set(key, json.dumps(rec), ex=RETENTION_SECONDS)
+                    if free:
+                        pipe.delete(release.key)
                     pipe.execute()
                     return rec
             except redis.WatchError:

@@ -12,6 +12,7 @@ nothing: that is how a skipped job's chain winds down.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -124,23 +125,28 @@ def fail_job(res: Resources, job_id: str, phase_name: str | None, exc: BaseExcep
             rec["phase"] = phase_name
             p = phase_entry(rec, phase_name)
             p.update(state="failed", finished=now(), error=err)
-    rec = res.jobs.update(job_id, change)
-    if rec["state"] != "failed":
-        return rec
+
+    current = res.jobs.get(job_id)
+    if current["state"] in ("success", "skipped"):
+        return current
+    failed = copy.deepcopy(current)
+    change(failed)
+    # Cleanup and alert come before the terminal write: whoever sees "failed" sees their outcome too.
     if cleanup:
         try:
-            cleanup(rec)
+            cleanup(failed)
         except Exception as e:  # cleanup is best effort; the failure itself is what must be reported
             log.warning("cleanup after failure of %s failed: %s", job_id, e)
-    if rec.get("lock") and not isinstance(exc, LockLost):
-        res.locks.release(Held.from_dict(rec["lock"]))
-    if not rec.get("alert_sent"):
-        outcome = res.alerter.failure(rec, err)
+    alert = res.alerter.failure(failed, err) if not current.get("alert_sent") else None
+    # A LockLost job's lock belongs to someone else now.
+    held = Held.from_dict(current["lock"]) if current.get("lock") and not isinstance(exc, LockLost) else None
 
-        def mark(r):
-            r["alert_sent"] = outcome["sent"]
-            r["alert"] = outcome
-        rec = res.jobs.update(job_id, mark)
+    def commit(rec):
+        change(rec)
+        if alert is not None and rec["state"] == "failed":
+            rec["alert_sent"] = alert["sent"]
+            rec["alert"] = alert
+    rec = res.jobs.update(job_id, commit, release=held)
     log.error("job %s failed in %s: %s", job_id, phase_name, err)
     return rec
 
@@ -170,17 +176,18 @@ def take_lock(ctx: PhaseContext, workflow: str) -> dict:
 
 
 def finish_job(ctx: PhaseContext) -> dict:
-    """Mark the job successful, release its lock and end any failure episode."""
+    """Mark the job successful and release its lock in one fenced write, after ending any failure episode."""
+    if ctx.renewer:
+        ctx.renewer.stop()  # before the write that releases, so no renewal races it
+        ctx.renewer = None
+    # Ended before the commit so that a failure right after a visible success always alerts; if the
+    # commit is then refused (lock lost), the cost is one extra alert, never a silent failure.
+    ctx.res.alerter.success(ctx.rec["workflow"], ctx.rec["target"])
+
     def change(rec):
         p = phase_entry(rec, ctx.name)
         p.update(state="success", finished=now())
         rec.update(state="success", finished=now(), error=None)
-    rec = ctx.res.jobs.update(ctx.job_id, change, fence=ctx.held)
-    if ctx.renewer:
-        ctx.renewer.stop()  # before releasing, so no renewal races the release
-        ctx.renewer = None
-    if ctx.held:
-        ctx.res.locks.release(ctx.held)
+    rec = ctx.res.jobs.update(ctx.job_id, change, fence=ctx.held, release=ctx.held)
     record_metrics(ctx.res, rec)
-    ctx.res.alerter.success(rec["workflow"], rec["target"])
     return rec

@@ -187,3 +187,59 @@ def test_metrics_count_each_job_once_even_if_finish_is_delivered_twice(res, redi
     assert record_metrics(res, many) is True
     counters = read_counters(redis_client, res.settings.redis.key_prefix)[workflow]
     assert counters == {"jobs": 2, "rows": 1205, "files": 8, "bytes": 34_577, "last_success": 1_790_000_100.0}
+
+
+class _WatchedJobs:
+    """A job store that notes, after every write, what a reader polling the record would find."""
+
+    def __init__(self, res, seen: list):
+        self.inner, self.res, self.seen = res.jobs, res, seen
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def update(self, job_id, change, **kw):
+        rec = self.inner.update(job_id, change, **kw)
+        episode = self.res.redis.exists(self.res.alerter._key(rec["workflow"], rec["target"]))
+        self.seen.append((rec["state"], rec.get("alert_sent"), self.res.locks.holder(rec["workflow"], rec["target"]),
+                          bool(episode), rec["outputs"].get("cleaned")))
+        return rec
+
+
+def test_a_reader_that_sees_a_run_end_sees_its_alert_its_cleanup_and_a_free_lock(settings, res, platform):
+    """The terminal state is the last thing written: a poller never sees "failed" before the alert went out."""
+    import uuid
+
+    from backup.errors import NotFound
+    from backup.resources import Resources
+    from backup.runner import fail_job, finish_job, phase
+    from tests.helpers import sink_counts
+
+    seen: list = []
+    r = Resources(settings, _redis=res.redis)
+    r.jobs = _WatchedJobs(r, seen)
+    target = f"ordering.t{uuid.uuid4().hex[:8]}"
+    mails0, tickets0 = sink_counts(settings)
+
+    def cleanup(rec):
+        r.jobs.update(rec["job_id"], lambda x: x["outputs"].update(cleaned=True))
+
+    failing = uuid.uuid4().hex
+    r.jobs.create(failing, "ordering-test", target, {}, ["lock", "export"])
+    held, _ = r.locks.acquire("ordering-test", target, failing)
+    r.jobs.update(failing, lambda x: x.update(lock=held.as_dict(), state="running"))
+    final = fail_job(r, failing, "export", NotFound("no table ordering.missing"), cleanup=cleanup)
+    assert final["state"] == "failed" and final["alert_sent"] is True
+    assert sink_counts(settings) == (mails0 + 1, tickets0 + 1)
+    ended = [s for s in seen if s[0] == "failed"]
+    assert ended == [("failed", True, None, True, True)], seen
+
+    seen.clear()
+    passing = uuid.uuid4().hex
+    r.jobs.create(passing, "ordering-test", target, {}, ["lock", "finish"])
+    held, _ = r.locks.acquire("ordering-test", target, passing)
+    r.jobs.update(passing, lambda x: x.update(lock=held.as_dict()))
+    with phase(r, passing, "finish") as ctx:
+        finish_job(ctx)
+    ended = [s for s in seen if s[0] == "success"]
+    assert ended == [("success", False, None, False, None)], seen

@@ -79,3 +79,23 @@ def test_job_record_lifecycle_and_fenced_write(locks, redis_client):
         jobs.get("missing")
     assert jobs.recent(5)[0]["job_id"] == "j1"
     assert jobs.last("wf", "db.t")["job_id"] == "j1"
+
+
+def test_terminal_write_frees_the_lock_in_the_same_transaction(locks, redis_client):
+    jobs = JobStore(redis_client, locks.prefix)
+    jobs.create("r1", "wf", "db.r", {}, ["lock"])
+    held, _ = locks.acquire("wf", "db.r", "r1")
+    rec = jobs.update("r1", lambda r: r.update(state="success"), fence=held, release=held)
+    assert rec["state"] == "success" and jobs.get("r1")["state"] == "success"
+    assert locks.holder("wf", "db.r") is None, "the terminal write released the lock"
+
+
+def test_release_never_frees_a_lock_taken_over_by_another_job(locks, redis_client):
+    jobs = JobStore(redis_client, locks.prefix)
+    jobs.create("r2", "wf", "db.s", {}, ["lock"])
+    old, _ = locks.acquire("wf", "db.s", "r2")
+    redis_client.delete(old.key)  # expired ...
+    new, _ = locks.acquire("wf", "db.s", "r3")  # ... and taken by the next run
+    rec = jobs.update("r2", lambda r: r.update(state="failed"), release=old)
+    assert rec["state"] == "failed"
+    assert locks.holder("wf", "db.s") == "r3" and new.token > old.token
