@@ -337,3 +337,22 @@ def test_versioned_mode_keeps_exactly_n(settings, res, files):
     left = tables_of(settings, "traffic_versions_bkp_")
     assert not any(t.startswith("traffic_versions_bkp_20260101") for t in left), left
     assert "traffic_versions_bkp_20200101" in left
+
+
+@pytest.mark.parametrize("fmt", ["yyyy-MM-dd", "dd/MM/yyyy"])
+def test_partition_date_parsing_agrees_with_spark_pattern_parser(res, fmt):
+    """The fast path for yyyy-MM-dd (shape check + cast) accepts exactly what try_to_date accepts."""
+    from pyspark.sql import functions as F
+
+    values = ["2025-01-05", "2025-1-5", "2025-1-05", "2025-02-29", "2024-02-29", "2025-13-01", "2025-00-10",
+              "2025-01-32", "+202-01-05", "2025-01-05\r", " 2025-01-05", "2025-01-05 ", "2025-01-05T10",
+              "2025-01-05 10:00:00", "2025", "2025-01", "", None, "２０２５-01-05", "0000-01-01", "9999-12-31",
+              "05/01/2025", "5/1/2025", "31/02/2025"]
+    with res.spark().session() as spark:
+        df = spark.createDataFrame([(v,) for v in values], "v string")
+        rows = df.select("v", wf.parse_date(F.col("v"), fmt).cast("string").alias("ours"),
+                         F.try_to_date("v", fmt).cast("string").alias("spark")).collect()
+    assert [(r.v, r.ours) for r in rows] == [(r.v, r.spark) for r in rows]
+    accepted = {r.v for r in rows if r.ours is not None}
+    assert accepted == ({"2025-01-05", "2024-02-29", "0000-01-01", "9999-12-31"} if fmt == "yyyy-MM-dd"
+                        else {"05/01/2025"})
