@@ -6,6 +6,7 @@ Retry policy reads the family, never the message:
      ├── RetryableError          transient: the same call may succeed later
      │    ├── ConnectionFailed   refused/reset/timeout talking to a service
      │    ├── ChecksumMismatch   a copy did not verify; copying again may fix it
+     │    ├── SourceChanged      input files changed while being read; reading again may fix it
      │    └── LockRenewalFailed  Redis hiccup while renewing a held lock
      └── FatalError             permanent: retrying cannot help, alert now
           ├── InvalidInput       bad table name, window, argument or path
@@ -57,6 +58,10 @@ class ConnectionFailed(RetryableError):
 
 class ChecksumMismatch(RetryableError):
     """A copy's checksum differs from the source's."""
+
+
+class SourceChanged(RetryableError):
+    """Two reads of the same input files disagree: they were being written meanwhile."""
 
 
 class LockRenewalFailed(RetryableError):

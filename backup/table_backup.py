@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from backup.errors import (AlreadyExists, ConfigError, FatalError, InvalidInput, RejectsExceeded, SchemaDrift)
+from backup.errors import (AlreadyExists, ConfigError, FatalError, InvalidInput, RejectsExceeded, SchemaDrift,
+                           SourceChanged)
 from backup.identifiers import TableName, identifier
 from backup.jobs import phase_entry
 from backup.enqueue import fail_request
@@ -45,7 +46,7 @@ from config.settings import TableBackupSettings
 from connectors.spark import concurrently, drop, spark_errors, table_kind, table_names, table_properties
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, Observation, SparkSession
     from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
@@ -248,8 +249,9 @@ def live_schema(spark: "SparkSession", live: TableName, cfg: TableBackupSettings
 
 
 def parsed_lines(spark: "SparkSession", source: str, schema: "StructType", cfg: TableBackupSettings,
-                 limit: int | None = None) -> "DataFrame":
-    """Every non-empty line of the files with its file, its fields typed as ``schema``, and why it is rejected.
+                 limit: int | None = None, with_file: bool = False,
+                 seen: "Observation | None" = None) -> "DataFrame":
+    """Every non-empty line of the files (and its file), its fields typed as ``schema``, and why it is rejected.
 
     Lines are read as text and parsed with Spark's CSV parser (``from_csv``) so that a rejected
     line keeps its exact text.  Fields are parsed as strings first and cast with ``try_cast``,
@@ -257,17 +259,25 @@ def parsed_lines(spark: "SparkSession", source: str, schema: "StructType", cfg: 
     ``_ok`` says whether a line is accepted: a plain boolean, all the full load computes.  Only
     for rejected lines (and the sample) are ``_reason`` and ``_kind`` (reasons grouped: field
     count, date, column) built: that CASE chain with its strings costs more than the parse.
+
+    With ``seen``, lines (``read``) and rejects (``rejected``) are counted as they are parsed,
+    between the parse and everything after it.  That also keeps a filter on ``_ok`` above
+    the parse: pushed below it, Spark would run the CSV parser again for every field the
+    filter reads.
     """
     from pyspark.sql import functions as F
 
     expected = len(schema)
     ddl = ", ".join([f"`{f.name}` STRING" for f in schema] + [f"`{_CORRUPT}` STRING"])
-    lines = spark.read.text(source).select(F.col("value").alias(_LINE),
-                                           F.col("_metadata.file_path").alias(_FILE))
+    # The file name only where it is kept (rejects): Spark builds the whole _metadata struct for
+    # every line once it is referenced, even if a later projection drops it.
+    source_file = [F.col("_metadata.file_path").alias(_FILE)] if with_file else []
+    lines = spark.read.text(source).select(F.col("value").alias(_LINE), *source_file)
     lines = lines.filter(F.col(_LINE) != "")
     if limit:
         lines = lines.limit(limit)
-    frame = lines.select(_LINE, _FILE, F.from_csv(F.col(_LINE), ddl, csv_options(cfg)).alias(_PARSED))
+    kept = [_LINE] + ([_FILE] if with_file else [])
+    frame = lines.select(*kept, F.from_csv(F.col(_LINE), ddl, csv_options(cfg)).alias(_PARSED))
 
     def raw(name: str) -> "Column":
         return F.col(f"{_PARSED}.`{name}`")
@@ -281,7 +291,7 @@ def parsed_lines(spark: "SparkSession", source: str, schema: "StructType", cfg: 
     typed = [raw(f.name).alias(f.name) if f.dataType.typeName() == "string"
              else raw(f.name).try_cast(f.dataType).alias(f.name)
              for f in schema if f.name != pcol]
-    step = frame.select(_LINE, _FILE, _PARSED, *typed, parse_date(raw(pcol), cfg.date_format).alias(_PDATE))
+    step = frame.select(*kept, _PARSED, *typed, parse_date(raw(pcol), cfg.date_format).alias(_PDATE))
 
     line, pdate = F.col(_LINE), F.col(_PDATE)
     outside_quotes = F.regexp_replace(line, quoted_field_regex(cfg.quote, cfg.escape), "")
@@ -313,8 +323,11 @@ def parsed_lines(spark: "SparkSession", source: str, schema: "StructType", cfg: 
     # The partition column keeps its text when it is a string, else the date parsed with date_format.
     out = [(raw(f.name) if f.dataType.typeName() == "string" else pdate.cast(f.dataType)).alias(f.name)
            if f.name == pcol else F.col(f.name) for f in schema]
-    return step.select(_LINE, _FILE, *out, F.year(pdate).alias(PARTITION_COLUMNS[0]),
-                       F.month(pdate).alias(PARTITION_COLUMNS[1]), ok.alias(_OK), reason.alias(_REASON),
+    step = step.select("*", ok.alias(_OK))
+    if seen is not None:
+        step = step.observe(seen, F.count(F.lit(1)).alias("read"), F.count(F.when(~F.col(_OK), 1)).alias("rejected"))
+    return step.select(*kept, *out, F.year(pdate).alias(PARTITION_COLUMNS[0]),
+                       F.month(pdate).alias(PARTITION_COLUMNS[1]), F.col(_OK), reason.alias(_REASON),
                        kind.alias(_KIND))
 
 
@@ -439,23 +452,31 @@ def load_phase(ctx: PhaseContext) -> dict:
             return {"job_id": ctx.job_id, "note": "already loaded", **_load_summary(out)}
         schema, _ = concurrently(lambda: live_schema(spark, names.live, cfg),
                                  lambda: ensure_rejects_table(spark, names, cfg))
-        frame = parsed_lines(spark, source, schema, cfg)
-        seen = Observation("table_backup_load")
-        # The observation also keeps the filter above the parse (pushed below, it would parse every line again).
         columns = [f.name for f in schema] + list(PARTITION_COLUMNS)
-        observed = frame.select(*columns, _OK).observe(seen, F.count(F.lit(1)).alias("read"),
-                                                       F.count(F.when(~F.col(_OK), 1)).alias("rejected"))
-        accepted = observed.filter(F.col(_OK)).select(*columns)
+        seen = Observation("table_backup_load")
+        accepted = parsed_lines(spark, source, schema, cfg, seen=seen).filter(F.col(_OK)).select(*columns)
         with spark_errors(f"load {source} into {names.data}"):
             # overwrite, not error-if-exists: a previous delivery of this phase may have left the table or files.
             accepted.write.format(cfg.format).partitionBy(*PARTITION_COLUMNS).mode("overwrite") \
                 .saveAsTable(names.data.sql)
             metrics = seen.get
         read, rejected = int(metrics["read"]), int(metrics["rejected"])
-        # Rejects are rare: the files are read a second time only when there are some.
-        months, _ = concurrently(lambda: _partitions(spark, names.data),
-                                 lambda: write_rejects(spark, names, frame.filter(~F.col(_OK)) if rejected else None,
-                                                       ctx.job_id))
+
+        def rejects_pass() -> dict | None:
+            # Rejects are rare: the files are read a second time only when there are some.
+            if not rejected:
+                write_rejects(spark, names, None, ctx.job_id)
+                return None
+            again = Observation("table_backup_rejects")
+            lines = parsed_lines(spark, source, schema, cfg, with_file=True, seen=again)
+            write_rejects(spark, names, lines.filter(~F.col(_OK)), ctx.job_id)
+            return again.get
+
+        months, second = concurrently(lambda: _partitions(spark, names.data), rejects_pass)
+        if second is not None and (int(second["read"]), int(second["rejected"])) != (read, rejected):
+            drop(spark, names.data, "TABLE")
+            raise SourceChanged(f"the files under {source} changed during the load: {read} lines with {rejected} "
+                                f"rejected, then {second['read']} with {second['rejected']}; nothing replaced")
         stats = {"rows_read": read, "rows_accepted": read - rejected, "rows_rejected": rejected,
                  "data_table": str(names.data), "rejects_table": str(names.rejects), "columns": columns}
         if read == 0:

@@ -18,7 +18,8 @@ import pytest
 from impala.dbapi import connect
 
 from backup import table_backup as wf
-from backup.errors import (AlreadyExists, BackupError, ConnectionFailed, RejectsExceeded, SchemaDrift)
+from backup.errors import (AlreadyExists, BackupError, ConnectionFailed, RejectsExceeded, SchemaDrift,
+                           SourceChanged)
 from backup.resources import Resources
 from backup.runner import fail_job, phase
 from config.settings import load_settings
@@ -356,3 +357,28 @@ def test_partition_date_parsing_agrees_with_spark_pattern_parser(res, fmt):
     accepted = {r.v for r in rows if r.ours is not None}
     assert accepted == ({"2025-01-05", "2024-02-29", "0000-01-01", "9999-12-31"} if fmt == "yyyy-MM-dd"
                         else {"05/01/2025"})
+
+
+def test_files_changing_during_the_load_fail_it_retryably_and_replace_nothing(settings, res, baseline, files,
+                                                                               monkeypatch):
+    """The rejects pass reads the files again; if they changed meanwhile, the counts disagree and nothing is swapped."""
+    src = write_files(files / "rewritten", good_rows(300, first_id=70_000), extra_lines=[BAD_LINES[0][0]], parts=1)
+    tolerant = resources_with(res, "tb-tolerant-rewritten.yaml", {"table_backup": {"max_reject_ratio": 0.5}})
+    original = wf.write_rejects
+
+    def rewrite_then_write(spark, names, rejected, job_id):
+        # A producer rewrites a file in place between the two reads: one date becomes invalid.
+        for path in src.iterdir():
+            text = path.read_text()
+            path.write_text(text.replace(";2025-09-01\n", ";2025-99-01\n", 1))
+        return original(spark, names, rejected, job_id)
+
+    monkeypatch.setattr(wf, "write_rejects", rewrite_then_write)
+    rec = wf.submit(tolerant, baseline["table"], str(src))
+    with pytest.raises(SourceChanged, match=r"changed during the load: 301 lines with 1 rejected, then 301 with 2"):
+        run_phases(tolerant, rec["job_id"])
+    final = tolerant.jobs.get(rec["job_id"])
+    assert final["state"] == "failed" and final["phase"] == "load" and final["error"].startswith("SourceChanged:")
+    assert SourceChanged.retryable
+    assert not tables_of(settings, wf.names_of(rec).data.table.lower()), "staging dropped"
+    assert_baseline_intact(settings, baseline)
