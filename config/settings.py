@@ -100,7 +100,7 @@ class SftpSettings(_Section):
     known_hosts: Path = Field(Path(".platform/ssh/known_hosts"), description="known_hosts used to verify the host key; unknown keys are refused")
     remote_dir: str = Field("/tmp/edge-backups", description="folder on the backup server receiving the archives")
     connect_timeout: int = Field(15, gt=0, description="TCP/SSH handshake timeout, seconds")
-    engine: Literal["paramiko", "openssh"] = Field("openssh", description="upload engine: OpenSSH's sftp program (C speed, same known_hosts check; key without passphrase or ssh-agent) or paramiko")
+    engine: Literal["paramiko", "openssh"] = Field("openssh", description="upload engine: OpenSSH's scp over the SFTP protocol (scp -s; C speed, same known_hosts check; key without passphrase or ssh-agent) or paramiko")
     streams: int = Field(2, ge=1, le=8, description="parallel SSH connections used for one paramiko upload")
     rate_limit_mbps: float = Field(0, ge=0, description="upload bandwidth cap in MB/s (0 = unlimited)")
 

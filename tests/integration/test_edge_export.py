@@ -299,3 +299,56 @@ def test_parallel_streams_give_the_same_rows_in_window_order(settings, res, tabl
     pieces = window.split(3)
     member = [next(i for i, w in enumerate(pieces) if w.start.isoformat() <= r[7] < w.end.isoformat()) for r in r3]
     assert member == sorted(member) and len(set(member)) == len(pieces)
+
+
+@pytest.mark.parametrize("engine, rate", [("openssh", None), ("openssh", 50.0), ("paramiko", None)])
+def test_each_upload_engine_delivers_the_exact_bytes_to_an_awkward_name(settings, res, platform, tmp_path, engine, rate):
+    """scp -s, sftp -b under a cap, and paramiko (two streams): same bytes, checked with OpenSSH's sha256sum."""
+    import hashlib
+    import os
+
+    from backup.resources import Resources
+    from config.settings import load_settings
+    from connectors.sftp import upload
+
+    r = Resources(load_settings(write_config(tmp_path / "c.yaml", {"sftp": {"engine": engine}})), _redis=res.redis)
+    local = tmp_path / "dir with: colon" / "archive.csv.gz"
+    local.parent.mkdir()
+    local.write_bytes(os.urandom(3 * 2**20 + 17))
+    folder = posixpath.join(settings.sftp.remote_dir, f"engines-{engine}-{rate}")
+    remote = posixpath.join(folder, "it's a \"name\" with spaces.part")
+    target = r.sftp()
+    with target.connect() as sess:
+        sess.makedirs(folder)
+        sess.remove(remote)
+    seen = []
+    upload(target, local, remote, progress=seen.append, streams=2, rate_limit_mbps=rate)
+    out = ssh(settings, ["sha256sum", remote])
+    assert out.stdout.split()[0] == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert sum(seen) == local.stat().st_size, "progress adds up to the file size"
+    assert remote_files(settings, folder) == [remote]
+
+
+@pytest.mark.parametrize("rate", [None, 50.0])
+def test_openssh_engine_refuses_a_changed_host_key_and_sends_nothing(settings, res, platform, tmp_path, rate):
+    import subprocess
+
+    from backup.errors import HostKeyMismatch
+    from backup.resources import Resources
+    from config.settings import load_settings
+    from connectors.sftp import upload
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    kt, kb = (tmp_path / "other.pub").read_text().split()[:2]
+    bad_kh = tmp_path / "known_hosts"
+    bad_kh.write_text(f"[127.0.0.1]:{settings.sftp.port} {kt} {kb}\n")
+    r = Resources(load_settings(write_config(tmp_path / "c.yaml", {"sftp": {"engine": "openssh",
+                                                                            "known_hosts": str(bad_kh)}})),
+                  _redis=res.redis)
+    local = tmp_path / "a.bin"
+    local.write_bytes(b"x" * 1000)
+    remote = posixpath.join(settings.sftp.remote_dir, f"hostkey-openssh-{rate}.part")
+    program = "sftp" if rate else "scp"
+    with pytest.raises(HostKeyMismatch, match=rf"{program} to .*(Host key verification failed|IDENTIFICATION HAS CHANGED)"):
+        upload(r.sftp(), local, remote, rate_limit_mbps=rate)
+    assert ssh(settings, ["ls", remote], check=False).returncode != 0, "nothing sent"
