@@ -20,7 +20,6 @@ destination already holding the identical file is verified, not rewritten.
 
 from __future__ import annotations
 
-import copy
 import csv
 import datetime as dt
 import fnmatch
@@ -50,7 +49,7 @@ from backup.identifiers import TableName
 from backup.jobs import now, phase_entry
 from backup.enqueue import fail_request
 from backup.resources import Resources
-from backup.runner import PhaseContext, finish_job, take_lock
+from backup.runner import PhaseContext, end_unsuccessfully, finish_job, take_lock
 from config.settings import CustomerFilesSettings, Settings
 from storage import StorageBackend, open_backend
 from storage.base import FileStat, is_temp_name, iter_chunks
@@ -872,16 +871,7 @@ def finish_unsuccessful(ctx: PhaseContext, outcome: str, error: str) -> dict:
     def change(rec):
         phase_entry(rec, ctx.name).update(state="success", finished=now())
         rec.update(state="failed", error=error, finished=now())
-    ending = copy.deepcopy(ctx.rec)
-    change(ending)
-    alert = res.alerter.failure(ending, error, status=outcome) if not ctx.rec.get("alert_sent") else None
-
-    def commit(rec):
-        change(rec)
-        if alert is not None:
-            rec["alert_sent"] = alert["sent"]
-            rec["alert"] = alert
-    rec = res.jobs.update(ctx.job_id, commit, fence=ctx.held, release=ctx.held)
+    rec = end_unsuccessfully(res, ctx.rec, change, error, status=outcome, fence=ctx.held, release=ctx.held)
     log.error("job %s ended %s: %s", ctx.job_id, outcome, error)
     return rec
 

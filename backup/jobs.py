@@ -121,18 +121,17 @@ class JobStore:
         for _ in range(50):
             try:
                 with self.r.pipeline() as pipe:
-                    watched = [key] + [h.key for h in (fence, release) if h is not None]
-                    pipe.watch(*dict.fromkeys(watched))
+                    lock_keys = list(dict.fromkeys(h.key for h in (fence, release) if h is not None))
+                    pipe.watch(key, *lock_keys)
                     raw = pipe.get(key)
                     if raw is None:
                         raise NotFound(f"no job record {job_id!r}")
-                    if fence is not None:
-                        cur = pipe.get(fence.key)
-                        if cur is None or cur.decode() != fence.value:
-                            raise LockLost(f"lock {fence.key} no longer held by job {job_id} (token {fence.token}); "
-                                           f"status write refused")
+                    holders = {k: pipe.get(k) for k in lock_keys}
+                    if fence is not None and holders[fence.key] != fence.value.encode():
+                        raise LockLost(f"lock {fence.key} no longer held by job {job_id} (token {fence.token}); "
+                                       f"status write refused")
                     # A lock already expired or taken over is not ours to delete.
-                    free = release is not None and pipe.get(release.key) == release.value.encode()
+                    free = release is not None and holders[release.key] == release.value.encode()
                     rec = json.loads(raw)
                     change(rec)
                     rec["updated"] = now()

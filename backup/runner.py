@@ -129,26 +129,33 @@ def fail_job(res: Resources, job_id: str, phase_name: str | None, exc: BaseExcep
     current = res.jobs.get(job_id)
     if current["state"] in ("success", "skipped"):
         return current
-    failed = copy.deepcopy(current)
-    change(failed)
-    # Cleanup and alert come before the terminal write: whoever sees "failed" sees their outcome too.
-    if cleanup:
+    if cleanup:  # before the terminal write, like the alert: whoever sees "failed" sees its outcome too
+        failed = copy.deepcopy(current)
+        change(failed)
         try:
             cleanup(failed)
         except Exception as e:  # cleanup is best effort; the failure itself is what must be reported
             log.warning("cleanup after failure of %s failed: %s", job_id, e)
-    alert = res.alerter.failure(failed, err) if not current.get("alert_sent") else None
     # A LockLost job's lock belongs to someone else now.
     held = Held.from_dict(current["lock"]) if current.get("lock") and not isinstance(exc, LockLost) else None
+    rec = end_unsuccessfully(res, current, change, err, release=held)
+    log.error("job %s failed in %s: %s", job_id, phase_name, err)
+    return rec
+
+
+def end_unsuccessfully(res: Resources, current: dict, change: Callable[[dict], None], error: str,
+                       status: str = "FAILED", fence: Held | None = None, release: Held | None = None) -> dict:
+    """Alert once per episode, then one write that applies ``change`` (failing the job), records the alert and frees the lock."""
+    ending = copy.deepcopy(current)
+    change(ending)
+    alert = res.alerter.failure(ending, error, status=status) if not current.get("alert_sent") else None
 
     def commit(rec):
         change(rec)
         if alert is not None and rec["state"] == "failed":
             rec["alert_sent"] = alert["sent"]
             rec["alert"] = alert
-    rec = res.jobs.update(job_id, commit, release=held)
-    log.error("job %s failed in %s: %s", job_id, phase_name, err)
-    return rec
+    return res.jobs.update(current["job_id"], commit, fence=fence, release=release)
 
 
 def take_lock(ctx: PhaseContext, workflow: str) -> dict:

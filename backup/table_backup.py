@@ -344,13 +344,16 @@ def check_names_free(spark: "SparkSession", names: Names) -> None:
     """AlreadyExists unless the backup and rejects names are free or already managed by this workflow."""
     backup, rejects = names.backup.table.lower(), names.rejects.table.lower()
     existing = table_names(spark, names.live.db, f"{backup}|{rejects}")
-    props = concurrently(*[(lambda n=n, t=t: table_properties(spark, n) if t in existing else {})
-                           for n, t in ((names.backup, backup), (names.rejects, rejects))])
-    if backup in existing and PROP_DATA not in props[0]:
+
+    def properties(name: TableName) -> dict[str, str]:
+        return table_properties(spark, name) if name.table.lower() in existing else {}
+
+    backup_props, rejects_props = concurrently(lambda: properties(names.backup), lambda: properties(names.rejects))
+    if backup in existing and PROP_DATA not in backup_props:
         raise AlreadyExists(
             f"{names.backup} exists as a {table_kind(spark, names.backup)} not made by table-backup (a legacy "
             f"backup?); rename it, e.g. ALTER TABLE {names.backup} RENAME TO {names.backup}_legacy, then run again")
-    if rejects in existing and PROP_REJECTS_OF not in props[1]:
+    if rejects in existing and PROP_REJECTS_OF not in rejects_props:
         raise AlreadyExists(f"{names.rejects} exists and was not made by table-backup; rename or drop it first")
 
 

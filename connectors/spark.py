@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
@@ -136,8 +136,7 @@ def concurrently(*calls: Callable[[], T]) -> list[T]:
         return [calls[0]()]
     with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="spark-call") as pool:
         futures = [pool.submit(c) for c in calls]
-        wait(futures)
-    return [f.result() for f in futures]
+    return [f.result() for f in futures]  # all have ended: leaving the block waited for them
 
 
 # -- catalog helpers (names are validated TableName objects: backquoted, never user text) ---------

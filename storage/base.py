@@ -80,6 +80,9 @@ class StorageBackend(abc.ABC):
     """A place backups are read from or written to."""
 
     scheme: str
+    #: Set (to the backend's name for the error) where a relative path would resolve against
+    #: server-side state (an SFTP login folder, an HDFS home): such paths are refused.
+    absolute_paths_only: str | None = None
 
     @classmethod
     @abc.abstractmethod
@@ -129,7 +132,10 @@ class StorageBackend(abc.ABC):
 
     def _checked(self, path: str) -> str:
         """``path`` validated for this backend."""
-        return check_path(path)
+        path = check_path(path)
+        if self.absolute_paths_only and not path.startswith("/"):
+            raise InvalidInput(f"{self.absolute_paths_only} paths must be absolute, got {path!r}")
+        return path
 
     def glob(self, folder: str, pattern: str) -> list[FileStat]:
         """Files directly in ``folder`` whose name matches ``pattern``, by (mtime, name).

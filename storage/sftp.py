@@ -70,6 +70,7 @@ class SftpBackend(StorageBackend):
     """Files on an SSH server, reached over SFTP with a verified host key."""
 
     scheme = "sftp"
+    absolute_paths_only = "SFTP"  # relative ones would depend on the login folder
 
     def __init__(self, target: SftpTarget) -> None:
         self._target = target
@@ -151,13 +152,6 @@ class SftpBackend(StorageBackend):
             session.close()
 
     # -- the interface ---------------------------------------------------------
-
-    def _checked(self, path: str) -> str:
-        """Absolute paths only: relative ones would depend on the login folder."""
-        path = super()._checked(path)
-        if not path.startswith("/"):
-            raise InvalidInput(f"SFTP paths must be absolute, got {path!r}")
-        return path
 
     def uri(self, path: str) -> str:
         """``sftp://user@host:port/path``."""

@@ -89,6 +89,7 @@ class WebHdfsBackend(StorageBackend):
     """An HDFS cluster reached through the namenode's WebHDFS endpoint."""
 
     scheme = "webhdfs"
+    absolute_paths_only = "WebHDFS"  # relative ones would resolve against the HDFS home
 
     def __init__(
         self,
@@ -141,13 +142,6 @@ class WebHdfsBackend(StorageBackend):
         options.setdefault("user", parts.username)
         path = posixpath.normpath(check_path(unquote(parts.path) or "/"))
         return cls(f"http://{host}:{port}", **options), path
-
-    def _checked(self, path: str) -> str:
-        """Absolute paths only: relative ones would resolve against the HDFS home."""
-        path = super()._checked(path)
-        if not path.startswith("/"):
-            raise InvalidInput(f"WebHDFS paths must be absolute, got {path!r}")
-        return path
 
     def uri(self, path: str) -> str:
         """``webhdfs://host:port/path``."""
