@@ -14,10 +14,12 @@ Names, for the live table ``db.t`` and the default suffix ``_bkp``:
 * validate reads the live schema from the catalog (an empty live table works) and parses a
   sample of the files with it: drift (another field count, most lines failing) stops the
   run before anything is written.
-* load parses every line once: accepted rows go to this run's data table (the staging
-  table) with year_part and month_part, rejected lines to the rejects table with the
-  reason; above ``max_reject_ratio`` the staging table is dropped and the job fails.
-* write checks the staging row count, then ``CREATE OR REPLACE VIEW`` switches the backup
+* load reads the files once with Spark's typed CSV reader into this run's data table (the
+  staging table), with year_part and month_part, then counts the files' data lines against
+  the rows written.  Only when lines were left out does it read the files again to list
+  each with its reason in the rejects table; above ``max_reject_ratio`` the staging table is
+  dropped and the job fails.
+* write checks the staging table is there, then ``CREATE OR REPLACE VIEW`` switches the backup
   onto it in one metastore operation: readers see the previous backup or the new one,
   never a missing or half-written one.  Older data tables are dropped after the switch.
 
@@ -43,7 +45,8 @@ from backup.enqueue import fail_request
 from backup.resources import Resources
 from backup.runner import PhaseContext, finish_job, take_lock
 from config.settings import TableBackupSettings
-from connectors.spark import concurrently, drop, spark_errors, table_kind, table_names, table_properties
+from connectors.spark import (concurrently, drop, properties_if_exists, spark_errors, table_kind, table_names,
+                              table_properties)
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, Observation, SparkSession
@@ -63,7 +66,8 @@ PROP_ROWS = "mediation_backup.rows"
 PROP_REJECTS_OF = "mediation_backup.rejects_of"
 
 # Internal column names of the parsed frame (never written).
-_LINE, _FILE, _PARSED, _CORRUPT, _PDATE = "_line", "_source_file", "_parsed", "_corrupt_record", "_pdate"
+_LINE, _FILE, _PARSED, _TYPED, _CORRUPT, _PDATE = ("_line", "_source_file", "_parsed", "_typed", "_corrupt_record",
+                                                   "_pdate")
 _OK, _REASON, _KIND = "_ok", "_reason", "_kind"
 
 _SCHEMES = {"file", "hdfs", "viewfs", "s3a", "abfs", "abfss", "gs", "wasbs"}
@@ -204,40 +208,65 @@ def delimiter_regex(delimiter: str) -> str:
 
 
 ISO_DATE = "yyyy-MM-dd"
-# Whole value (\z, not $: $ would also match before a trailing \r), digits only, then a range-checked cast.
-_ISO_DATE_REGEX = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\z"
 
 
 def parse_date(value: "Column", fmt: str) -> "Column":
     """The text as a DATE in pattern ``fmt``, or NULL if it is not one.
 
-    For the default ``yyyy-MM-dd`` a shape check plus a cast gives the same answer as
-    ``try_to_date`` (month and day ranges, leap years) at a fraction of its cost: Spark's
-    pattern parser was the largest single cost of the load (about a second per two million lines).
+    For the default ``yyyy-MM-dd``: ten characters, ``-`` at the 5th and 8th, a digit last, and
+    a cast that succeeds.  The cast accepts one- or two-digit months and days, anything after a
+    space or ``T`` and surrounding whitespace; with those positions fixed only the exact form is
+    left, so the answer equals ``try_to_date`` (a test compares both on edge values).  Spark's
+    pattern parser, and a regex, each cost about a second of CPU per two million lines.
     """
     from pyspark.sql import functions as F
 
     if fmt == ISO_DATE:
-        return F.when(value.rlike(_ISO_DATE_REGEX), value.try_cast("date"))
+        shape = ((F.length(value) == 10) & (F.substring(value, 5, 1) == "-") & (F.substring(value, 8, 1) == "-")
+                 & F.substring(value, 10, 1).between("0", "9"))
+        return F.when(shape, value.try_cast("date"))
     return F.try_to_date(value, fmt)
 
 
-def csv_options(cfg: TableBackupSettings) -> dict[str, str]:
-    """Options of Spark's CSV parser (the same parser for the sample and the full load)."""
-    return {"sep": cfg.delimiter, "quote": cfg.quote, "escape": cfg.escape, "mode": "PERMISSIVE",
-            "columnNameOfCorruptRecord": _CORRUPT}
+# Characters Java's String.trim() removes: a line of only these is skipped by Spark's CSV reader.
+_BLANK = "".join(chr(c) for c in range(0x21))
+
+
+def data_line(line: "Column") -> "Column":
+    """True for a line Spark's CSV reader parses (it skips lines that are empty after trim())."""
+    from pyspark.sql import functions as F
+
+    # The first test settles almost every line without copying it.
+    return (F.substring(line, 1, 1) > " ") | (F.trim(line, F.lit(_BLANK)) != "")
+
+
+def csv_options(cfg: TableBackupSettings, mode: str = "PERMISSIVE") -> dict[str, str]:
+    """Options of Spark's CSV parser: the same parser and options in every pass."""
+    return {"sep": cfg.delimiter, "quote": cfg.quote, "escape": cfg.escape, "mode": mode}
+
+
+def read_ddl(schema: "StructType", cfg: TableBackupSettings, as_strings: bool = False) -> str:
+    """Schema of a CSV read: the live columns typed as in the table (or all strings), the partition column as text."""
+    pcol = partition_field(schema, cfg).name
+    return ", ".join(f"`{f.name}` " + ("STRING" if as_strings or f.name == pcol else f.dataType.simpleString())
+                     for f in schema)
+
+
+def partition_field(schema: "StructType", cfg: TableBackupSettings):
+    """The live schema's field named by table_backup.partition_column."""
+    return next(f for f in schema if f.name.lower() == cfg.partition_column.lower())
 
 
 def live_schema(spark: "SparkSession", live: TableName, cfg: TableBackupSettings) -> "StructType":
     """The live table's schema from the catalog (works on an empty table); InvalidInput if CSV cannot fill it."""
-    from pyspark.sql.types import ArrayType, MapType, StructType
+    from pyspark.sql.types import ArrayType, BinaryType, MapType, StructType
 
     with spark_errors(f"read the schema of {live}"):
         schema = spark.table(live.sql).schema
     names = [f.name.lower() for f in schema]
     for f in schema:
         identifier(f.name, f"column name of {live}")
-        if isinstance(f.dataType, (ArrayType, MapType, StructType)):
+        if isinstance(f.dataType, (ArrayType, MapType, StructType, BinaryType)):
             raise InvalidInput(f"{live}: column {f.name} has type {f.dataType.simpleString()}, "
                                f"which a CSV field cannot carry")
     if cfg.partition_column.lower() not in names:
@@ -248,86 +277,118 @@ def live_schema(spark: "SparkSession", live: TableName, cfg: TableBackupSettings
     return schema
 
 
-def parsed_lines(spark: "SparkSession", source: str, schema: "StructType", cfg: TableBackupSettings,
-                 limit: int | None = None, with_file: bool = False,
-                 seen: "Observation | None" = None) -> "DataFrame":
-    """Every non-empty line of the files (and its file), its fields typed as ``schema``, and why it is rejected.
+def _backup_columns(schema: "StructType", cfg: TableBackupSettings, value, pdate: "Column") -> list["Column"]:
+    """The live columns then year_part, month_part; the partition column keeps its text if it is a
+    string, else it is the date parsed with date_format, cast to its type."""
+    from pyspark.sql import functions as F
 
-    Lines are read as text and parsed with Spark's CSV parser (``from_csv``) so that a rejected
-    line keeps its exact text.  Fields are parsed as strings first and cast with ``try_cast``,
-    so a value that does not fit its column is reported by name instead of silently becoming NULL.
-    ``_ok`` says whether a line is accepted: a plain boolean, all the full load computes.  Only
-    for rejected lines (and the sample) are ``_reason`` and ``_kind`` (reasons grouped: field
-    count, date, column) built: that CASE chain with its strings costs more than the parse.
+    pcol = partition_field(schema, cfg).name
+    out = [(value(f.name) if f.dataType.typeName() == "string" else pdate.cast(f.dataType)).alias(f.name)
+           if f.name == pcol else value(f.name).alias(f.name) for f in schema]
+    return out + [F.year(pdate).alias(PARTITION_COLUMNS[0]), F.month(pdate).alias(PARTITION_COLUMNS[1])]
 
-    With ``seen``, lines (``read``) and rejects (``rejected``) are counted as they are parsed,
-    between the parse and everything after it.  That also keeps a filter on ``_ok`` above
-    the parse: pushed below it, Spark would run the CSV parser again for every field the
-    filter reads.
+
+def accepted_rows(spark: "SparkSession", source: str, schema: "StructType", cfg: TableBackupSettings) -> "DataFrame":
+    """The rows of the files that the backup keeps, typed, with year_part and month_part.
+
+    Spark's own CSV reader with the live types, dropping malformed records (another field
+    count, a value its converter refuses, an unclosed quote), then the rows whose partition
+    date is missing or invalid: the fastest pass Spark has, about what the legacy script
+    cost.  The decision holds only for a query that reads every column, as the load's write
+    does: Spark's CSV reader converts, and so drops on, only the columns a query reads.  What it leaves out is not lost unseen: the load counts the files' data lines
+    (``data_lines``), and any difference is explained line by line by ``explained_lines``,
+    which makes the same decision with the same parser.
     """
     from pyspark.sql import functions as F
 
-    expected = len(schema)
-    ddl = ", ".join([f"`{f.name}` STRING" for f in schema] + [f"`{_CORRUPT}` STRING"])
+    text = F.col(f"`{partition_field(schema, cfg).name}`")
+    frame = spark.read.options(**csv_options(cfg, "DROPMALFORMED")).schema(read_ddl(schema, cfg)).csv(source)
+    frame = frame.filter(parse_date(text, cfg.date_format).isNotNull())
+    # Past the filter an ISO text is a valid date, which a plain cast reads (shared by year and month);
+    # a date kept in a column for the filter would be parsed twice, as Spark pushes the filter below it.
+    pdate = text.cast("date") if cfg.date_format == ISO_DATE else parse_date(text, cfg.date_format)
+    return frame.select(*_backup_columns(schema, cfg, lambda n: F.col(f"`{n}`"), pdate))
+
+
+def data_lines(spark: "SparkSession", source: str, with_file: bool = False) -> "DataFrame":
+    """The lines of the files that Spark's CSV reader parses (``_line``), and the file of each if asked."""
+    from pyspark.sql import functions as F
+
     # The file name only where it is kept (rejects): Spark builds the whole _metadata struct for
     # every line once it is referenced, even if a later projection drops it.
     source_file = [F.col("_metadata.file_path").alias(_FILE)] if with_file else []
     lines = spark.read.text(source).select(F.col("value").alias(_LINE), *source_file)
-    lines = lines.filter(F.col(_LINE) != "")
+    return lines.filter(data_line(F.col(_LINE)))
+
+
+def explained_lines(spark: "SparkSession", source: str, schema: "StructType", cfg: TableBackupSettings,
+                    limit: int | None = None, with_file: bool = False,
+                    seen: "Observation | None" = None) -> "DataFrame":
+    """Every data line of the files, whether ``accepted_rows`` keeps it (``_ok``) and, if not, why.
+
+    Each line is parsed twice with ``from_csv``, Spark's CSV parser with the options of the
+    main pass: typed as the live schema with a corrupt-record column (set exactly when the
+    reader of ``accepted_rows`` drops the record), and as strings, to show the offending
+    value.  ``_reason`` is the first rule that holds: unclosed quote, field count, partition
+    date missing or invalid, a value its column's converter refused.  This costs far more
+    per line than the main pass, so it runs on a sample (validate) and, when lines were left
+    out, once more over the files (the rejects).  With ``seen``, lines (``read``) and rejects
+    (``rejected``) are counted as they are parsed.
+    """
+    from pyspark.sql import functions as F
+
+    expected = len(schema)
+    lines = data_lines(spark, source, with_file)
     if limit:
         lines = lines.limit(limit)
     kept = [_LINE] + ([_FILE] if with_file else [])
-    frame = lines.select(*kept, F.from_csv(F.col(_LINE), ddl, csv_options(cfg)).alias(_PARSED))
+    typed_ddl = read_ddl(schema, cfg) + f", `{_CORRUPT}` STRING"
+    opts = {**csv_options(cfg), "columnNameOfCorruptRecord": _CORRUPT}
+    frame = lines.select(*kept, F.from_csv(F.col(_LINE), typed_ddl, opts).alias(_TYPED),
+                         F.from_csv(F.col(_LINE), read_ddl(schema, cfg, as_strings=True), csv_options(cfg))
+                         .alias(_PARSED))
 
     def raw(name: str) -> "Column":
         return F.col(f"{_PARSED}.`{name}`")
 
+    def typed(name: str) -> "Column":
+        return F.col(f"{_TYPED}.`{name}`")
+
     def shown(value: "Column") -> "Column":
         return F.concat(F.lit("'"), F.substring(value, 1, _MAX_VALUE_IN_REASON), F.lit("'"))
 
-    pcol = next(f.name for f in schema if f.name.lower() == cfg.partition_column.lower())
-    # Typed values first, in their own projection; the reasons below refer to them by name, so each
-    # value is parsed once (inside a CASE branch Spark would not share it with the output column).
-    typed = [raw(f.name).alias(f.name) if f.dataType.typeName() == "string"
-             else raw(f.name).try_cast(f.dataType).alias(f.name)
-             for f in schema if f.name != pcol]
-    step = frame.select(*kept, _PARSED, *typed, parse_date(raw(pcol), cfg.date_format).alias(_PDATE))
-
-    line, pdate = F.col(_LINE), F.col(_PDATE)
+    pcol = partition_field(schema, cfg).name
+    step = frame.select("*", parse_date(typed(pcol), cfg.date_format).alias(_PDATE))
+    line, pdate, corrupt = F.col(_LINE), F.col(_PDATE), typed(_CORRUPT)
+    ok = corrupt.isNull() & pdate.isNotNull()
     outside_quotes = F.regexp_replace(line, quoted_field_regex(cfg.quote, cfg.escape), "")
     found = F.size(F.split(outside_quotes, delimiter_regex(cfg.delimiter), -1))
-    type_failures = [(f, raw(f.name).isNotNull() & F.col(f.name).isNull())
-                     for f in schema if f.name != pcol and f.dataType.typeName() != "string"]
-    ok = raw(_CORRUPT).isNull() & raw(pcol).isNotNull() & pdate.isNotNull()
-    for _, failed in type_failures:
-        ok = ok & ~failed
-    # (condition, kind, reason) in order: the first that holds is the reason; all of them together are ~ok.
+    # (condition, kind, reason) in order: the first that holds is the reason; together they are ~ok.
     rules: list[tuple[Column, Column, Column]] = [
-        (raw(_CORRUPT).isNotNull() & outside_quotes.contains(cfg.quote),
+        (corrupt.isNotNull() & outside_quotes.contains(cfg.quote),
          F.lit("quote"), F.lit("unbalanced quote (a quoted field is not closed)")),
-        (raw(_CORRUPT).isNotNull() & (found != expected),
+        (corrupt.isNotNull() & (found != expected),
          F.concat(F.lit("fields:"), found.cast("string")),
          F.concat(F.lit(f"expected {expected} fields, found "), found.cast("string"))),
-        (raw(_CORRUPT).isNotNull(), F.lit("malformed"), F.lit(f"malformed CSV record (expected {expected} fields)")),
-        (raw(pcol).isNull(), F.lit("date:missing"), F.lit(f"{pcol} is missing")),
+        (typed(pcol).isNull(), F.lit("date:missing"), F.lit(f"{pcol} is missing")),
         (pdate.isNull(), F.lit("date:invalid"),
-         F.concat(F.lit(f"{pcol} "), shown(raw(pcol)), F.lit(f" is not a date ({cfg.date_format})"))),
+         F.concat(F.lit(f"{pcol} "), shown(typed(pcol)), F.lit(f" is not a date ({cfg.date_format})"))),
     ]
-    rules += [(failed, F.lit(f"type:{f.name}"),
+    # A value the converter refused is NULL in the typed parse but not in the string parse.
+    rules += [(corrupt.isNotNull() & raw(f.name).isNotNull() & typed(f.name).isNull(), F.lit(f"type:{f.name}"),
                F.concat(F.lit(f"{f.name} "), shown(raw(f.name)), F.lit(f" is not a {f.dataType.simpleString().upper()}")))
-              for f, failed in type_failures]
+              for f in schema if f.name != pcol and f.dataType.typeName() != "string"]
+    rules.append((corrupt.isNotNull(), F.lit("malformed"), F.lit(f"malformed CSV record (expected {expected} fields)")))
     reason = kind = None
     for cond, k, text in rules:
         reason = F.when(cond, text) if reason is None else reason.when(cond, text)
         kind = F.when(cond, k) if kind is None else kind.when(cond, k)
-    # The partition column keeps its text when it is a string, else the date parsed with date_format.
-    out = [(raw(f.name) if f.dataType.typeName() == "string" else pdate.cast(f.dataType)).alias(f.name)
-           if f.name == pcol else F.col(f.name) for f in schema]
     step = step.select("*", ok.alias(_OK))
     if seen is not None:
+        # Between the parse and everything after it: also keeps a filter on _ok above the parse
+        # (pushed below it, Spark would run the CSV parser again for every field the filter reads).
         step = step.observe(seen, F.count(F.lit(1)).alias("read"), F.count(F.when(~F.col(_OK), 1)).alias("rejected"))
-    return step.select(*kept, *out, F.year(pdate).alias(PARTITION_COLUMNS[0]),
-                       F.month(pdate).alias(PARTITION_COLUMNS[1]), F.col(_OK), reason.alias(_REASON),
+    return step.select(*kept, *_backup_columns(schema, cfg, typed, pdate), F.col(_OK), reason.alias(_REASON),
                        kind.alias(_KIND))
 
 
@@ -342,18 +403,13 @@ def lock_phase(ctx: PhaseContext) -> dict:
 
 def check_names_free(spark: "SparkSession", names: Names) -> None:
     """AlreadyExists unless the backup and rejects names are free or already managed by this workflow."""
-    backup, rejects = names.backup.table.lower(), names.rejects.table.lower()
-    existing = table_names(spark, names.live.db, f"{backup}|{rejects}")
-
-    def properties(name: TableName) -> dict[str, str]:
-        return table_properties(spark, name) if name.table.lower() in existing else {}
-
-    backup_props, rejects_props = concurrently(lambda: properties(names.backup), lambda: properties(names.rejects))
-    if backup in existing and PROP_DATA not in backup_props:
+    backup_props, rejects_props = concurrently(lambda: properties_if_exists(spark, names.backup),
+                                               lambda: properties_if_exists(spark, names.rejects))
+    if backup_props is not None and PROP_DATA not in backup_props:
         raise AlreadyExists(
             f"{names.backup} exists as a {table_kind(spark, names.backup)} not made by table-backup (a legacy "
             f"backup?); rename it, e.g. ALTER TABLE {names.backup} RENAME TO {names.backup}_legacy, then run again")
-    if rejects in existing and PROP_REJECTS_OF not in rejects_props:
+    if rejects_props is not None and PROP_REJECTS_OF not in rejects_props:
         raise AlreadyExists(f"{names.rejects} exists and was not made by table-backup; rename or drop it first")
 
 
@@ -377,7 +433,7 @@ def validate_phase(ctx: PhaseContext) -> dict:
 
     def sample_files():
         schema = live_schema(spark, names.live, cfg)
-        sample = parsed_lines(spark, source, schema, cfg, limit=cfg.drift_sample_rows)
+        sample = explained_lines(spark, source, schema, cfg, limit=cfg.drift_sample_rows)
         with spark_errors(f"sample the files under {source}"):
             return schema, sample.select(_KIND, _REASON).collect()  # a few thousand rows at most: no shuffle
 
@@ -427,20 +483,37 @@ def ensure_rejects_table(spark: "SparkSession", names: Names, cfg: TableBackupSe
                   f"TBLPROPERTIES ('{PROP_REJECTS_OF}'='{names.backup.table.lower()}')")
 
 
-def write_rejects(spark: "SparkSession", names: Names, rejected: "DataFrame | None", job_id: str) -> None:
-    """Replace the rejects table's content with this run's rejected lines (none: emptied)."""
+def clear_rejects(spark: "SparkSession", names: Names, cfg: TableBackupSettings) -> None:
+    """The rejects table of this backup name, created if missing, emptied of the previous run's lines."""
+    ensure_rejects_table(spark, names, cfg)
+    with spark_errors(f"empty the rejects table {names.rejects}"):
+        spark.sql(f"TRUNCATE TABLE {names.rejects.sql}")
+
+
+def write_rejects(spark: "SparkSession", names: Names, rejected: "DataFrame", job_id: str) -> None:
+    """Replace the rejects table's content with this run's rejected lines."""
     from pyspark.sql import functions as F
 
     with spark_errors(f"write rejects to {names.rejects}"):
-        if rejected is None:
-            spark.sql(f"TRUNCATE TABLE {names.rejects.sql}")
-            return
         rejected.select(F.col(_LINE).alias("line"), F.col(_REASON).alias("reason"), F.col(_FILE).alias("source_file"),
                         F.lit(job_id).alias("job_id")).write.insertInto(names.rejects.sql, overwrite=True)
 
 
+def count_data_lines(spark: "SparkSession", source: str) -> int:
+    """How many lines of the files Spark's CSV reader parses: every one is either a backup row or a reject."""
+    with spark_errors(f"count the lines of the files under {source}"):
+        return data_lines(spark, source).count()
+
+
 def load_phase(ctx: PhaseContext) -> dict:
-    """Parse every line once: accepted rows into this run's staging table, rejected lines into the rejects table."""
+    """Accepted rows into this run's staging table; every other data line, with its reason, into the rejects table.
+
+    The rows go through Spark's CSV reader once (``accepted_rows``).  Then the files' data lines
+    are counted and the staging table's rows: equal counts mean nothing was left out.  Otherwise
+    the difference is what the reader dropped, and ``explained_lines`` reads the files again to
+    list each of those lines with its reason; it must find exactly as many lines and rejects,
+    or the files changed during the load (SourceChanged, retryable, nothing replaced).
+    """
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
@@ -453,34 +526,37 @@ def load_phase(ctx: PhaseContext) -> dict:
         if out.get("rows_accepted") is not None and table_kind(spark, names.data) \
                 and _count(spark, names.data) == out["rows_accepted"]:
             return {"job_id": ctx.job_id, "note": "already loaded", **_load_summary(out)}
-        schema, _ = concurrently(lambda: live_schema(spark, names.live, cfg),
-                                 lambda: ensure_rejects_table(spark, names, cfg))
+        schema = live_schema(spark, names.live, cfg)
         columns = [f.name for f in schema] + list(PARTITION_COLUMNS)
-        seen = Observation("table_backup_load")
-        accepted = parsed_lines(spark, source, schema, cfg, seen=seen).filter(F.col(_OK)).select(*columns)
-        with spark_errors(f"load {source} into {names.data}"):
-            # overwrite, not error-if-exists: a previous delivery of this phase may have left the table or files.
-            accepted.write.format(cfg.format).partitionBy(*PARTITION_COLUMNS).mode("overwrite") \
-                .saveAsTable(names.data.sql)
-            metrics = seen.get
-        read, rejected = int(metrics["read"]), int(metrics["rejected"])
 
-        def rejects_pass() -> dict | None:
-            # Rejects are rare: the files are read a second time only when there are some.
-            if not rejected:
-                write_rejects(spark, names, None, ctx.job_id)
-                return None
-            again = Observation("table_backup_rejects")
-            lines = parsed_lines(spark, source, schema, cfg, with_file=True, seen=again)
-            write_rejects(spark, names, lines.filter(~F.col(_OK)), ctx.job_id)
-            return again.get
+        def write_staging() -> None:
+            with spark_errors(f"load {source} into {names.data}"):
+                # overwrite, not error-if-exists: a previous delivery of this phase may have left the table or files.
+                accepted_rows(spark, source, schema, cfg).write.format(cfg.format).partitionBy(*PARTITION_COLUMNS) \
+                    .mode("overwrite").saveAsTable(names.data.sql)
 
-        months, second = concurrently(lambda: _partitions(spark, names.data), rejects_pass)
-        if second is not None and (int(second["read"]), int(second["rejected"])) != (read, rejected):
+        concurrently(write_staging, lambda: clear_rejects(spark, names, cfg))
+        # Counted after the write, not beside it (measured no faster there): lines rewritten meanwhile show up as a
+        # difference.  Every pass of this session reads the same listing (Spark caches it per session).
+        read, staged, months = concurrently(lambda: count_data_lines(spark, source),
+                                            lambda: _count(spark, names.data),
+                                            lambda: _partitions(spark, names.data))
+        rejected = read - staged
+
+        def changed(detail: str) -> SourceChanged:
             drop(spark, names.data, "TABLE")
-            raise SourceChanged(f"the files under {source} changed during the load: {read} lines with {rejected} "
-                                f"rejected, then {second['read']} with {second['rejected']}; nothing replaced")
-        stats = {"rows_read": read, "rows_accepted": read - rejected, "rows_rejected": rejected,
+            return SourceChanged(f"the files under {source} changed during the load: {detail}; nothing replaced")
+
+        if rejected < 0:
+            raise changed(f"{staged} rows loaded, then only {read} lines counted")
+        if rejected:
+            again = Observation("table_backup_rejects")
+            lines = explained_lines(spark, source, schema, cfg, with_file=True, seen=again)
+            write_rejects(spark, names, lines.filter(~F.col(_OK)), ctx.job_id)
+            second = again.get
+            if (int(second["read"]), int(second["rejected"])) != (read, rejected):
+                raise changed(f"{read} lines with {rejected} rejected, then {second['read']} with {second['rejected']}")
+        stats = {"rows_read": read, "rows_accepted": staged, "rows_rejected": rejected,
                  "data_table": str(names.data), "rejects_table": str(names.rejects), "columns": columns}
         if read == 0:
             drop(spark, names.data, "TABLE")
@@ -508,10 +584,10 @@ def _load_summary(out: dict) -> dict:
 def backup_state(spark: "SparkSession", names: Names) -> tuple[str | None, list[str]]:
     """(data table the backup view points at, or None; every data table of this backup name), lower case."""
     backup = names.backup.table.lower()
-    existing = table_names(spark, names.live.db, f"{backup}|{backup}__*")
-    current = table_properties(spark, names.backup).get(PROP_DATA) if backup in existing else None
+    props, existing = concurrently(lambda: properties_if_exists(spark, names.backup),
+                                   lambda: table_names(spark, names.live.db, f"{backup}__*"))
     pattern = names.data_pattern()
-    return current, [t for t in existing if pattern.match(t)]
+    return (props or {}).get(PROP_DATA), [t for t in existing if pattern.match(t)]
 
 
 def swap_view(spark: "SparkSession", names: Names, columns: list[str], rows: int, job_id: str) -> None:
@@ -545,24 +621,27 @@ def expire_versions(spark: "SparkSession", names: Names, suffix: str, keep: int)
 
 
 def write_phase(ctx: PhaseContext) -> dict:
-    """Verify the staging row count, switch the backup onto it, then drop what it replaced."""
+    """Switch the backup onto this run's staging table, then drop what it replaced.
+
+    The staging table's rows were counted against the files' lines at the end of the load;
+    here it only has to be there still (the lock keeps other runs of this table out).
+    """
     res, rec = ctx.res, ctx.rec
     args, out = rec["args"], rec["outputs"]
     names = names_of(rec)
     note = None
     ours = names.data.table.lower()
     with res.spark().session() as spark:
-        (replaced, data_tables), staged = concurrently(lambda: backup_state(spark, names),
-                                                       lambda: _count(spark, names.data))
+        replaced, data_tables = backup_state(spark, names)
         if replaced == ours:
             replaced, note = None, "already switched (redelivered)"
         else:
-            if staged != out["rows_accepted"]:
-                raise FatalError(f"staging table {names.data} holds {staged} rows, expected {out['rows_accepted']} "
-                                 f"accepted rows; the backup is left as it was")
+            if ours not in data_tables:
+                raise FatalError(f"staging table {names.data} is gone (dropped by hand?); the backup is left as it was")
             ctx.commit_check()
-            swap_view(spark, names, out["columns"], staged, ctx.job_id)
-            log.info("%s now reads %s (%d rows); it replaced %s", names.backup, names.data, staged, replaced)
+            swap_view(spark, names, out["columns"], out["rows_accepted"], ctx.job_id)
+            log.info("%s now reads %s (%d rows); it replaced %s", names.backup, names.data, out["rows_accepted"],
+                     replaced)
         # The replaced data table, and any a failed run left behind (the lock keeps other runs out).
         dropped = []
         for name in data_tables:

@@ -155,6 +155,14 @@ def table_properties(spark: "SparkSession", name: TableName) -> dict[str, str]:
         return {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES {name.sql}").collect()}
 
 
+def properties_if_exists(spark: "SparkSession", name: TableName) -> dict[str, str] | None:
+    """TBLPROPERTIES of a table or view, or None if nothing has that name (one round trip either way)."""
+    try:
+        return table_properties(spark, name)
+    except NotFound:
+        return None
+
+
 def table_names(spark: "SparkSession", db: str, like: str) -> list[str]:
     """Names (lower case) of the tables and views of ``db`` matching a SHOW TABLES pattern (``*``, ``|``).
 
