@@ -216,8 +216,8 @@ def parse_date(value: "Column", fmt: str) -> "Column":
     For the default ``yyyy-MM-dd``: ten characters, ``-`` at the 5th and 8th, a digit last, and
     a cast that succeeds.  The cast accepts one- or two-digit months and days, anything after a
     space or ``T`` and surrounding whitespace; with those positions fixed only the exact form is
-    left, so the answer equals ``try_to_date`` (a test compares both on edge values).  Spark's
-    pattern parser, and a regex, each cost about a second of CPU per two million lines.
+    left, so the answer equals ``try_to_date`` (a test compares both on edge values).  A regex
+    cost about two seconds of CPU per two million lines, Spark's pattern parser more.
     """
     from pyspark.sql import functions as F
 
@@ -294,10 +294,11 @@ def accepted_rows(spark: "SparkSession", source: str, schema: "StructType", cfg:
     Spark's own CSV reader with the live types, dropping malformed records (another field
     count, a value its converter refuses, an unclosed quote), then the rows whose partition
     date is missing or invalid: the fastest pass Spark has, about what the legacy script
-    cost.  The decision holds only for a query that reads every column, as the load's write
-    does: Spark's CSV reader converts, and so drops on, only the columns a query reads.  What it leaves out is not lost unseen: the load counts the files' data lines
+    cost.  What it leaves out is not lost unseen: the load counts the files' data lines
     (``data_lines``), and any difference is explained line by line by ``explained_lines``,
-    which makes the same decision with the same parser.
+    which makes the same decision with the same parser.  The decision holds only for a query
+    that reads every column, as the load's write does: Spark's CSV reader converts, and so
+    drops on, only the columns a query reads.
     """
     from pyspark.sql import functions as F
 
@@ -536,8 +537,9 @@ def load_phase(ctx: PhaseContext) -> dict:
                     .mode("overwrite").saveAsTable(names.data.sql)
 
         concurrently(write_staging, lambda: clear_rejects(spark, names, cfg))
-        # Counted after the write, not beside it (measured no faster there): lines rewritten meanwhile show up as a
-        # difference.  Every pass of this session reads the same listing (Spark caches it per session).
+        # Lines counted after the write (beside it measured no faster: Spark's FIFO scheduler runs one
+        # job's tasks after the other's), so a file rewritten in place meanwhile shows up as a difference.
+        # Every read of this session uses the file listing Spark cached for it at the first read.
         read, staged, months = concurrently(lambda: count_data_lines(spark, source),
                                             lambda: _count(spark, names.data),
                                             lambda: _partitions(spark, names.data))
