@@ -476,3 +476,21 @@ def test_staging_table_gone_before_the_switch_fails_and_keeps_the_backup(setting
     assert not e.value.retryable
     fail_job(res, rec["job_id"], "write", e.value, cleanup=lambda r: wf.discard_staging(res, r))
     assert_baseline_intact(settings, baseline)
+
+
+def test_lines_removed_after_the_read_fail_the_load_retryably(settings, res, baseline, files, monkeypatch):
+    """Fewer data lines counted than rows loaded: a file was cut during the load, nothing is replaced."""
+    src = write_files(files / "shortened", good_rows(200, first_id=90_000), parts=1)
+    original = wf.count_data_lines
+
+    def cut_then_count(spark, source):
+        for path in src.iterdir():  # a producer truncates the file after the main read
+            path.write_text("\n".join(path.read_text().splitlines()[:150]) + "\n")
+        return original(spark, source)
+
+    monkeypatch.setattr(wf, "count_data_lines", cut_then_count)
+    rec = wf.submit(res, baseline["table"], str(src))
+    with pytest.raises(SourceChanged, match=r"changed during the load: 200 rows loaded, then only 150 lines counted"):
+        run_phases(res, rec["job_id"])
+    assert not tables_of(settings, wf.names_of(rec).data.table.lower()), "staging dropped"
+    assert_baseline_intact(settings, baseline)
