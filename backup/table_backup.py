@@ -476,18 +476,12 @@ def _count(spark: "SparkSession", table: TableName) -> int:
         return spark.table(table.sql).count()
 
 
-def ensure_rejects_table(spark: "SparkSession", names: Names, cfg: TableBackupSettings) -> None:
-    """Create the rejects table of this backup name if it is missing."""
-    cols = ", ".join(f"`{c}` STRING" for c in REJECT_COLUMNS)
-    with spark_errors(f"create the rejects table {names.rejects}"):
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {names.rejects.sql} ({cols}) USING {cfg.format} "
-                  f"TBLPROPERTIES ('{PROP_REJECTS_OF}'='{names.backup.table.lower()}')")
-
-
 def clear_rejects(spark: "SparkSession", names: Names, cfg: TableBackupSettings) -> None:
     """The rejects table of this backup name, created if missing, emptied of the previous run's lines."""
-    ensure_rejects_table(spark, names, cfg)
-    with spark_errors(f"empty the rejects table {names.rejects}"):
+    cols = ", ".join(f"`{c}` STRING" for c in REJECT_COLUMNS)
+    with spark_errors(f"create or empty the rejects table {names.rejects}"):
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {names.rejects.sql} ({cols}) USING {cfg.format} "
+                  f"TBLPROPERTIES ('{PROP_REJECTS_OF}'='{names.backup.table.lower()}')")
         spark.sql(f"TRUNCATE TABLE {names.rejects.sql}")
 
 

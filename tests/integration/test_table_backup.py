@@ -422,8 +422,6 @@ def test_main_pass_keeps_exactly_the_lines_the_explanation_accepts(res, files):
     The load trusts this: the difference between the files' data lines and the rows written is
     what explained_lines lists as rejects.  Blank lines are skipped by both and by the count.
     """
-    from pyspark.sql import functions as F
-
     src = files / "edges"
     src.mkdir()
     (src / "part-000.csv").write_text("\n".join(EDGE_LINES[:12] + BLANK_LINES + EDGE_LINES[12:]) + "\n",
