@@ -13,15 +13,20 @@ Names, for the live table ``db.t`` and the default suffix ``_bkp``:
 
 * validate reads the live schema from the catalog (an empty live table works) and parses a
   sample of the files with it: drift (another field count, most lines failing) stops the
-  run before anything is written.
-* load reads the files once with Spark's typed CSV reader into this run's data table (the
-  staging table), with year_part and month_part, then counts the files' data lines against
-  the rows written.  Only when lines were left out does it read the files again to list
-  each with its reason in the rejects table; above ``max_reject_ratio`` the staging table is
-  dropped and the job fails.
-* write checks the staging table is there, then ``CREATE OR REPLACE VIEW`` switches the backup
-  onto it in one metastore operation: readers see the previous backup or the new one,
-  never a missing or half-written one.  Older data tables are dropped after the switch.
+  run before anything is written.  One catalog listing tells whether the names are free or
+  ours, which data table the backup reads, which older ones are left, and whether the
+  rejects table holds lines.
+* load reads the files once with Spark's typed CSV reader in FAILFAST mode into this run's
+  data table (the staging table), with year_part and month_part, counting the records the
+  reader emits, then reads the staging rows back.  Lines left out (bad partition dates), or
+  a malformed record that stopped the read, send it to ``explained_lines``, which lists each
+  rejected line with its reason in the rejects table; above ``max_reject_ratio`` the job fails
+  and the staging table is dropped.  Generations older than the one the backup reads are
+  dropped beside the write.
+* write switches the backup onto the staging table with ``CREATE OR REPLACE VIEW``, one
+  metastore operation: readers see the previous backup or the new one, never a missing or
+  half-written one.  The replaced data table stays as the previous generation until the
+  next run, so a query that started on it finishes on it.
 
 Spark state never crosses a phase (the next phase may run in another worker), so a
 phase re-reads what it needs from the catalog and the job record.
@@ -30,6 +35,7 @@ phase re-reads what it needs from the catalog and the job record.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import uuid
@@ -37,16 +43,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from backup.errors import (AlreadyExists, ConfigError, FatalError, InvalidInput, RejectsExceeded, SchemaDrift,
-                           SourceChanged)
+from backup.errors import (AlreadyExists, ConfigError, FatalError, InvalidInput, NotFound, RejectsExceeded,
+                           SchemaDrift, SourceChanged)
 from backup.identifiers import TableName, identifier
 from backup.jobs import phase_entry
 from backup.enqueue import fail_request
 from backup.resources import Resources
 from backup.runner import PhaseContext, finish_job, take_lock
 from config.settings import TableBackupSettings
-from connectors.spark import (concurrently, drop, properties_if_exists, spark_errors, table_kind, table_names,
-                              table_properties)
+from connectors.spark import concurrently, drop, properties_if_exists, spark_errors, table_kind, tables_like
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, Observation, SparkSession
@@ -64,6 +69,8 @@ PROP_DATA = "mediation_backup.data_table"
 PROP_JOB = "mediation_backup.job_id"
 PROP_ROWS = "mediation_backup.rows"
 PROP_REJECTS_OF = "mediation_backup.rejects_of"
+# Lines the rejects table holds, set after each change ('unknown' while one is under way): an empty table is left alone.
+PROP_REJECTS_ROWS = "mediation_backup.rejects_rows"
 
 # Internal column names of the parsed frame (never written).
 _LINE, _FILE, _PARSED, _TYPED, _CORRUPT, _PDATE = ("_line", "_source_file", "_parsed", "_typed", "_corrupt_record",
@@ -210,22 +217,31 @@ def delimiter_regex(delimiter: str) -> str:
 ISO_DATE = "yyyy-MM-dd"
 
 
-def parse_date(value: "Column", fmt: str) -> "Column":
-    """The text as a DATE in pattern ``fmt``, or NULL if it is not one.
+def is_date(value: "Column", fmt: str) -> "Column":
+    """True if the text is a date in pattern ``fmt``; NULL or False otherwise.
 
-    For the default ``yyyy-MM-dd``: ten characters, ``-`` at the 5th and 8th, a digit last, and
-    a cast that succeeds.  The cast accepts one- or two-digit months and days, anything after a
-    space or ``T`` and surrounding whitespace; with those positions fixed only the exact form is
-    left, so the answer equals ``try_to_date`` (a test compares both on edge values).  A regex
-    cost about two seconds of CPU per two million lines, Spark's pattern parser more.
+    For the default ``yyyy-MM-dd``: a cast that succeeds, ten bytes, the first ``-`` at the 5th
+    character and the next at the 8th, a digit last.  The cast alone also accepts one-digit
+    months and days, more year digits, anything after a space or ``T`` and surrounding
+    whitespace; each of those moves a ``-`` or the last character, so only the exact form is
+    left and the answer equals ``try_to_date`` (a test compares both on edge values).  These
+    are the cheapest checks found (byte length and ``locate`` copy nothing); the substrings
+    they replaced, a regex or Spark's pattern parser cost up to a few seconds of CPU per
+    million lines.
     """
     from pyspark.sql import functions as F
 
     if fmt == ISO_DATE:
-        shape = ((F.length(value) == 10) & (F.substring(value, 5, 1) == "-") & (F.substring(value, 8, 1) == "-")
-                 & F.substring(value, 10, 1).between("0", "9"))
-        return F.when(shape, value.try_cast("date"))
-    return F.try_to_date(value, fmt)
+        return (value.try_cast("date").isNotNull() & (F.octet_length(value) == 10) & (F.locate("-", value) == 5)
+                & (F.locate("-", value, 6) == 8) & F.substring(value, 10, 1).between("0", "9"))
+    return F.try_to_date(value, fmt).isNotNull()
+
+
+def parse_date(value: "Column", fmt: str) -> "Column":
+    """The text as a DATE in pattern ``fmt``, or NULL if it is not one."""
+    from pyspark.sql import functions as F
+
+    return F.when(is_date(value, fmt), value.cast("date") if fmt == ISO_DATE else F.try_to_date(value, fmt))
 
 
 # Characters Java's String.trim() removes: a line of only these is skipped by Spark's CSV reader.
@@ -288,26 +304,29 @@ def _backup_columns(schema: "StructType", cfg: TableBackupSettings, value, pdate
     return out + [F.year(pdate).alias(PARTITION_COLUMNS[0]), F.month(pdate).alias(PARTITION_COLUMNS[1])]
 
 
-def accepted_rows(spark: "SparkSession", source: str, schema: "StructType", cfg: TableBackupSettings) -> "DataFrame":
+def accepted_rows(spark: "SparkSession", source: str, schema: "StructType", cfg: TableBackupSettings,
+                  mode: str = "FAILFAST", seen: "Observation | None" = None) -> "DataFrame":
     """The rows of the files that the backup keeps, typed, with year_part and month_part.
 
-    Spark's own CSV reader with the live types, dropping malformed records (another field
-    count, a value its converter refuses, an unclosed quote), then the rows whose partition
-    date is missing or invalid: the fastest pass Spark has, about what the legacy script
-    cost.  What it leaves out is not lost unseen: the load counts the files' data lines
-    (``data_lines``), and any difference is explained line by line by ``explained_lines``,
-    which makes the same decision with the same parser.  The decision holds only for a query
-    that reads every column, as the load's write does: Spark's CSV reader converts, and so
-    drops on, only the columns a query reads.
+    Spark's own CSV reader with the live types (the legacy script's reader, about its cost),
+    then the partition-date check.  ``FAILFAST`` (the load's first try) stops at the first
+    malformed record (another field count, a value its converter refuses, an unclosed quote),
+    so every data line it lets through is a row here or a bad date; ``DROPMALFORMED`` (used
+    once ``explained_lines`` has listed the rejects) leaves such records out.  With ``seen``,
+    the records the reader emits are counted (``read``) before the date check.  The decision
+    holds only for a query that reads every column, as the load's write does: Spark's CSV
+    reader converts, and so fails or drops on, only the columns a query reads.
     """
     from pyspark.sql import functions as F
 
     text = F.col(f"`{partition_field(schema, cfg).name}`")
-    frame = spark.read.options(**csv_options(cfg, "DROPMALFORMED")).schema(read_ddl(schema, cfg)).csv(source)
-    frame = frame.filter(parse_date(text, cfg.date_format).isNotNull())
-    # Past the filter an ISO text is a valid date, which a plain cast reads (shared by year and month);
-    # a date kept in a column for the filter would be parsed twice, as Spark pushes the filter below it.
-    pdate = text.cast("date") if cfg.date_format == ISO_DATE else parse_date(text, cfg.date_format)
+    frame = spark.read.options(**csv_options(cfg, mode)).schema(read_ddl(schema, cfg)).csv(source)
+    if seen is not None:
+        # Right above the reader: filters are not pushed below an observation, so it sees every record.
+        frame = frame.observe(seen, F.count(F.lit(1)).alias("read"))
+    frame = frame.filter(is_date(text, cfg.date_format))
+    # Past the filter an ISO text is a valid date, which a plain cast reads (shared by year and month).
+    pdate = text.cast("date") if cfg.date_format == ISO_DATE else F.try_to_date(text, cfg.date_format)
     return frame.select(*_backup_columns(schema, cfg, lambda n: F.col(f"`{n}`"), pdate))
 
 
@@ -333,8 +352,9 @@ def explained_lines(spark: "SparkSession", source: str, schema: "StructType", cf
     value.  ``_reason`` is the first rule that holds: unclosed quote, field count, partition
     date missing or invalid, a value its column's converter refused.  This costs far more
     per line than the main pass, so it runs on a sample (validate) and, when lines were left
-    out, once more over the files (the rejects).  With ``seen``, lines (``read``) and rejects
-    (``rejected``) are counted as they are parsed.
+    out, once more over the files (the rejects).  With ``seen``, lines (``read``), rejects
+    (``rejected``) and the malformed among them (``malformed``: every reject but a bad date,
+    what stops the FAILFAST reader) are counted as they are parsed.
     """
     from pyspark.sql import functions as F
 
@@ -388,9 +408,28 @@ def explained_lines(spark: "SparkSession", source: str, schema: "StructType", cf
     if seen is not None:
         # Between the parse and everything after it: also keeps a filter on _ok above the parse
         # (pushed below it, Spark would run the CSV parser again for every field the filter reads).
-        step = step.observe(seen, F.count(F.lit(1)).alias("read"), F.count(F.when(~F.col(_OK), 1)).alias("rejected"))
+        step = step.observe(seen, F.count(F.lit(1)).alias("read"), F.count(F.when(~F.col(_OK), 1)).alias("rejected"),
+                            F.count(F.when(corrupt.isNotNull(), 1)).alias("malformed"))
     return step.select(*kept, *_backup_columns(schema, cfg, typed, pdate), F.col(_OK), reason.alias(_REASON),
                        kind.alias(_KIND))
+
+
+def sample_verdicts(spark: "SparkSession", source: str, schema: "StructType", cfg: TableBackupSettings,
+                    limit: int) -> "DataFrame":
+    """The first ``limit`` data lines of the files, each with whether the load keeps it (``_ok``).
+
+    Spark's typed CSV reader with a corrupt-record column (set exactly when the load's reader
+    refuses the record) and the partition-date check: the load's decision, without the
+    reasons, which ``explained_lines`` adds only when they are needed.
+    """
+    from pyspark.sql import functions as F
+
+    opts = {**csv_options(cfg), "columnNameOfCorruptRecord": _CORRUPT}
+    frame = spark.read.options(**opts).schema(read_ddl(schema, cfg) + f", `{_CORRUPT}` STRING").csv(source)
+    text = F.col(f"`{partition_field(schema, cfg).name}`")
+    ok = F.col(_CORRUPT).isNull() & F.coalesce(is_date(text, cfg.date_format), F.lit(False))
+    # Every column referenced: the reader converts, and so judges, only the columns a query reads.
+    return frame.limit(limit).select(ok.alias(_OK), F.xxhash64(*[F.col(f"`{f.name}`") for f in schema]).alias("_all"))
 
 
 # -- lock ----------------------------------------------------------------------------------------
@@ -402,16 +441,25 @@ def lock_phase(ctx: PhaseContext) -> dict:
 
 # -- validate ------------------------------------------------------------------------------------
 
-def check_names_free(spark: "SparkSession", names: Names) -> None:
-    """AlreadyExists unless the backup and rejects names are free or already managed by this workflow."""
-    backup_props, rejects_props = concurrently(lambda: properties_if_exists(spark, names.backup),
-                                               lambda: properties_if_exists(spark, names.rejects))
-    if backup_props is not None and PROP_DATA not in backup_props:
+def catalog_state(spark: "SparkSession", names: Names) -> dict:
+    """What the catalog holds under the backup name: the data table its view reads, every other data
+    table, and how many lines the rejects table holds (all from one listing).
+
+    AlreadyExists unless the backup and rejects names are free or already managed by this workflow.
+    """
+    found = tables_like(spark, names.live.db, f"{names.backup.table.lower()}*")
+    backup, rejects = found.get(names.backup.table.lower()), found.get(names.rejects.table.lower())
+    if backup is not None and PROP_DATA not in backup["properties"]:
         raise AlreadyExists(
-            f"{names.backup} exists as a {table_kind(spark, names.backup)} not made by table-backup (a legacy "
+            f"{names.backup} exists as a {backup['type'] or 'table'} not made by table-backup (a legacy "
             f"backup?); rename it, e.g. ALTER TABLE {names.backup} RENAME TO {names.backup}_legacy, then run again")
-    if rejects_props is not None and PROP_REJECTS_OF not in rejects_props:
+    if rejects is not None and PROP_REJECTS_OF not in rejects["properties"]:
         raise AlreadyExists(f"{names.rejects} exists and was not made by table-backup; rename or drop it first")
+    current = backup["properties"][PROP_DATA] if backup else None
+    pattern, ours = names.data_pattern(), names.data.table.lower()
+    return {"previous_data_table": current,
+            "stale_data_tables": sorted(t for t in found if pattern.match(t) and t not in (current, ours)),
+            "previous_rejects": None if rejects is None else rejects["properties"].get(PROP_REJECTS_ROWS, "unknown")}
 
 
 def drift_error(source: str, live: TableName, schema: "StructType", sampled: int, groups: list[dict]) -> SchemaDrift:
@@ -434,28 +482,29 @@ def validate_phase(ctx: PhaseContext) -> dict:
 
     def sample_files():
         schema = live_schema(spark, names.live, cfg)
-        sample = explained_lines(spark, source, schema, cfg, limit=cfg.drift_sample_rows)
         with spark_errors(f"sample the files under {source}"):
-            return schema, sample.select(_KIND, _REASON).collect()  # a few thousand rows at most: no shuffle
+            return schema, [r[_OK] for r in sample_verdicts(spark, source, schema, cfg, cfg.drift_sample_rows).collect()]
 
     with res.spark().session() as spark:
         # Independent round trips, side by side; the live table's own problems are reported first.
-        (schema, rows), _ = concurrently(sample_files, lambda: check_names_free(spark, names))
-    sampled = len(rows)
-    by_kind: dict[str, dict] = {}
-    for r in rows:
-        if r[_KIND] is not None:
-            by_kind.setdefault(r[_KIND], {"kind": r[_KIND], "n": 0, "example": r[_REASON]})["n"] += 1
-    groups = list(by_kind.values())
-    if sampled == 0:
-        raise InvalidInput(f"no data lines in the files under {source}; refusing to replace the backup with nothing")
-    rejected = sum(g["n"] for g in groups)
-    if rejected / sampled > cfg.drift_ratio:
-        raise drift_error(source, names.live, schema, sampled, groups)
+        (schema, verdicts), catalog = concurrently(sample_files, lambda: catalog_state(spark, names))
+        sampled, rejected = len(verdicts), verdicts.count(False)
+        if sampled == 0:
+            raise InvalidInput(f"no data lines in the files under {source}; refusing to replace the backup with nothing")
+        if rejected / sampled > cfg.drift_ratio:
+            sample = explained_lines(spark, source, schema, cfg, limit=cfg.drift_sample_rows)
+            with spark_errors(f"explain the sample of the files under {source}"):
+                rows = sample.select(_KIND, _REASON).collect()  # a few thousand rows at most: no shuffle
+            by_kind: dict[str, dict] = {}
+            for r in rows:
+                if r[_KIND] is not None:
+                    by_kind.setdefault(r[_KIND], {"kind": r[_KIND], "n": 0, "example": r[_REASON]})["n"] += 1
+            raise drift_error(source, names.live, schema, len(rows), list(by_kind.values()))
     out = {"columns": len(schema.fields), "sampled_lines": sampled, "sample_rejected": rejected,
-           "backup_table": str(names.backup), "rejects_table": str(names.rejects)}
+           "backup_table": str(names.backup), "rejects_table": str(names.rejects), "live_schema": schema.json(),
+           **catalog}
     ctx.done(out)
-    return {"job_id": ctx.job_id, **out}
+    return {"job_id": ctx.job_id, **{k: v for k, v in out.items() if k != "live_schema"}}
 
 
 # -- load ----------------------------------------------------------------------------------------
@@ -476,41 +525,127 @@ def _count(spark: "SparkSession", table: TableName) -> int:
         return spark.table(table.sql).count()
 
 
-def clear_rejects(spark: "SparkSession", names: Names, cfg: TableBackupSettings) -> None:
-    """The rejects table of this backup name, created if missing, emptied of the previous run's lines."""
+def set_rejects_rows(spark: "SparkSession", names: Names, rows: int | str) -> None:
+    """Record how many lines the rejects table holds ('unknown' before a change)."""
+    with spark_errors(f"update the properties of {names.rejects}"):
+        spark.sql(f"ALTER TABLE {names.rejects.sql} SET TBLPROPERTIES ('{PROP_REJECTS_ROWS}'='{rows}')")
+
+
+def clear_rejects(spark: "SparkSession", names: Names, cfg: TableBackupSettings, previous: str | None) -> None:
+    """The rejects table of this backup name, created if missing, emptied of the previous run's lines.
+
+    ``previous`` is what validate read of it: None (no table), '0' (empty: nothing to do), or
+    a count or 'unknown' (an interrupted write), both emptied.
+    """
+    if previous == "0":
+        return
     cols = ", ".join(f"`{c}` STRING" for c in REJECT_COLUMNS)
     with spark_errors(f"create or empty the rejects table {names.rejects}"):
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {names.rejects.sql} ({cols}) USING {cfg.format} "
-                  f"TBLPROPERTIES ('{PROP_REJECTS_OF}'='{names.backup.table.lower()}')")
+        if previous is None:
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {names.rejects.sql} ({cols}) USING {cfg.format} "
+                      f"TBLPROPERTIES ('{PROP_REJECTS_OF}'='{names.backup.table.lower()}', '{PROP_REJECTS_ROWS}'='0')")
+            return
         spark.sql(f"TRUNCATE TABLE {names.rejects.sql}")
+    set_rejects_rows(spark, names, 0)
 
 
 def write_rejects(spark: "SparkSession", names: Names, rejected: "DataFrame", job_id: str) -> None:
-    """Replace the rejects table's content with this run's rejected lines."""
+    """Replace the rejects table's content with this run's rejected lines (then ``set_rejects_rows``)."""
     from pyspark.sql import functions as F
 
+    set_rejects_rows(spark, names, "unknown")
     with spark_errors(f"write rejects to {names.rejects}"):
         rejected.select(F.col(_LINE).alias("line"), F.col(_REASON).alias("reason"), F.col(_FILE).alias("source_file"),
                         F.lit(job_id).alias("job_id")).write.insertInto(names.rejects.sql, overwrite=True)
 
 
-def count_data_lines(spark: "SparkSession", source: str) -> int:
-    """How many lines of the files Spark's CSV reader parses: every one is either a backup row or a reject."""
-    with spark_errors(f"count the lines of the files under {source}"):
-        return data_lines(spark, source).count()
+def drop_staging(spark: "SparkSession", names: Names, cfg: TableBackupSettings) -> None:
+    """Drop this run's data table, and the empty folder that a write failing before it made the table leaves."""
+    with spark_errors(f"look up {names.data}"):
+        exists = spark.catalog.tableExists(f"{names.data.db}.{names.data.table}")
+    if not exists:
+        # A failed CREATE TABLE AS SELECT keeps its folder; adopting it is the way to remove it through Spark.
+        try:
+            with spark_errors(f"adopt the folder of {names.data}"):
+                spark.sql(f"CREATE TABLE {names.data.sql} (`_` INT) USING {cfg.format}")
+        except FatalError as e:  # the folder holds files (LOCATION_ALREADY_EXISTS): never delete what we did not make
+            log.warning("left the folder of %s as it is: %s", names.data, e.one_line())
+            return
+    drop(spark, names.data, "TABLE")
+
+
+@dataclass
+class Load:
+    """One load of a run's files into its staging table, with the Spark session it runs on."""
+
+    spark: "SparkSession"
+    names: Names
+    source: str
+    schema: "StructType"
+    cfg: TableBackupSettings
+    job_id: str
+
+    def write_staging(self, mode: str, seen: "Observation | None" = None) -> None:
+        """The accepted rows (``accepted_rows`` in ``mode``) as this run's staging table."""
+        with spark_errors(f"load {self.source} into {self.names.data}"):
+            # overwrite, not error-if-exists: a previous delivery of this phase may have left the table or files.
+            accepted_rows(self.spark, self.source, self.schema, self.cfg, mode, seen).write.format(self.cfg.format) \
+                .partitionBy(*PARTITION_COLUMNS).mode("overwrite").saveAsTable(self.names.data.sql)
+
+    def strict_write(self, seen: "Observation") -> FatalError | None:
+        """The FAILFAST write; the error it stopped with, if any (a malformed record, unless ``explain`` finds none)."""
+        try:
+            self.write_staging("FAILFAST", seen)
+        except NotFound:
+            raise
+        except FatalError as e:
+            return e
+        return None
+
+    def staged(self) -> tuple[int, list[str]]:
+        """Rows and months (YYYY-MM) of the staging table, read back from the catalog and the files."""
+        rows, months = concurrently(lambda: _count(self.spark, self.names.data),
+                                    lambda: _partitions(self.spark, self.names.data))
+        return rows, months
+
+    def drop_stale(self, stale: list[str]) -> list[str]:
+        """Drop generations before the one the backup reads and tables of failed runs (the lock keeps other runs out)."""
+        tables = [TableName(self.names.live.db, identifier(t, "data table name")) for t in stale]
+        concurrently(*[lambda t=t: drop(self.spark, t, "TABLE") for t in tables])
+        return [str(t) for t in tables]
+
+    def explain(self) -> tuple[int, int, int]:
+        """Every rejected line with its reason into the rejects table; (lines read, rejected, malformed)."""
+        from pyspark.sql import Observation
+        from pyspark.sql import functions as F
+
+        counted = Observation("table_backup_rejects")
+        lines = explained_lines(self.spark, self.source, self.schema, self.cfg, with_file=True, seen=counted)
+        write_rejects(self.spark, self.names, lines.filter(~F.col(_OK)), self.job_id)
+        got = counted.get
+        set_rejects_rows(self.spark, self.names, int(got["rejected"]))
+        return int(got["read"]), int(got["rejected"]), int(got["malformed"])
+
+    def changed(self, detail: str) -> SourceChanged:
+        """The error of files that changed between two reads; the staging table is dropped first."""
+        drop_staging(self.spark, self.names, self.cfg)
+        return SourceChanged(f"the files under {self.source} changed during the load: {detail}; nothing replaced")
 
 
 def load_phase(ctx: PhaseContext) -> dict:
     """Accepted rows into this run's staging table; every other data line, with its reason, into the rejects table.
 
-    The rows go through Spark's CSV reader once (``accepted_rows``).  Then the files' data lines
-    are counted and the staging table's rows: equal counts mean nothing was left out.  Otherwise
-    the difference is what the reader dropped, and ``explained_lines`` reads the files again to
-    list each of those lines with its reason; it must find exactly as many lines and rejects,
-    or the files changed during the load (SourceChanged, retryable, nothing replaced).
+    The usual case reads the files once: Spark's CSV reader in FAILFAST mode writes the
+    staging table, counting the records it emits; the staging rows are read back, and any
+    difference (lines with a bad partition date) is listed by ``explained_lines``, which must
+    find exactly as many lines and rejects, or the files changed during the load
+    (SourceChanged, retryable, nothing replaced).  A malformed record stops the FAILFAST
+    read; then the rejects are listed first (a ratio they exceed fails the job before any row
+    is written) and the rows are read with DROPMALFORMED, their count checked against the
+    lines ``explained_lines`` accepted.
     """
     from pyspark.sql import Observation
-    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
 
     res, rec = ctx.res, ctx.rec
     cfg = res.settings.table_backup
@@ -521,44 +656,41 @@ def load_phase(ctx: PhaseContext) -> dict:
         if out.get("rows_accepted") is not None and table_kind(spark, names.data) \
                 and _count(spark, names.data) == out["rows_accepted"]:
             return {"job_id": ctx.job_id, "note": "already loaded", **_load_summary(out)}
-        schema = live_schema(spark, names.live, cfg)
-        columns = [f.name for f in schema] + list(PARTITION_COLUMNS)
-
-        def write_staging() -> None:
-            with spark_errors(f"load {source} into {names.data}"):
-                # overwrite, not error-if-exists: a previous delivery of this phase may have left the table or files.
-                accepted_rows(spark, source, schema, cfg).write.format(cfg.format).partitionBy(*PARTITION_COLUMNS) \
-                    .mode("overwrite").saveAsTable(names.data.sql)
-
-        concurrently(write_staging, lambda: clear_rejects(spark, names, cfg))
-        # Lines counted after the write (beside it measured no faster: Spark's FIFO scheduler runs one
-        # job's tasks after the other's), so a file rewritten in place meanwhile shows up as a difference.
-        # Every read of this session uses the file listing Spark cached for it at the first read.
-        read, staged, months = concurrently(lambda: count_data_lines(spark, source),
-                                            lambda: _count(spark, names.data),
-                                            lambda: _partitions(spark, names.data))
-        rejected = read - staged
-
-        def changed(detail: str) -> SourceChanged:
-            drop(spark, names.data, "TABLE")
-            return SourceChanged(f"the files under {source} changed during the load: {detail}; nothing replaced")
-
-        if rejected < 0:
-            raise changed(f"{staged} rows loaded, then only {read} lines counted")
-        if rejected:
-            again = Observation("table_backup_rejects")
-            lines = explained_lines(spark, source, schema, cfg, with_file=True, seen=again)
-            write_rejects(spark, names, lines.filter(~F.col(_OK)), ctx.job_id)
-            second = again.get
-            if (int(second["read"]), int(second["rejected"])) != (read, rejected):
-                raise changed(f"{read} lines with {rejected} rejected, then {second['read']} with {second['rejected']}")
-        stats = {"rows_read": read, "rows_accepted": staged, "rows_rejected": rejected,
-                 "data_table": str(names.data), "rejects_table": str(names.rejects), "columns": columns}
+        if "live_schema" not in out:  # validated by an earlier version of this workflow
+            out = {**out, "live_schema": live_schema(spark, names.live, cfg).json(), **catalog_state(spark, names)}
+        # The schema validate checked the sample with (and the live table's own checks passed on).
+        schema = StructType.fromJson(json.loads(out["live_schema"]))
+        load = Load(spark, names, source, schema, cfg, ctx.job_id)
+        seen = Observation("table_backup_read")
+        strict_error, _, dropped = concurrently(
+            lambda: load.strict_write(seen), lambda: clear_rejects(spark, names, cfg, out.get("previous_rejects")),
+            lambda: load.drop_stale(out.get("stale_data_tables", [])))
+        if strict_error is None:
+            read = int(seen.get["read"])
+            staged, months = load.staged()
+            rejected = read - staged
+            if rejected < 0:
+                drop_staging(spark, names, cfg)
+                raise FatalError(f"{names.data} holds {staged} rows, more than the {read} lines read; nothing replaced")
+            if rejected:
+                again = load.explain()
+                if again[:2] != (read, rejected):
+                    raise load.changed(f"{read} lines with {rejected} rejected, then {again[0]} with {again[1]}")
+        else:
+            read, rejected, malformed = load.explain()
+            if not malformed:
+                if "MALFORMED_RECORD_IN_PARSING" in str(strict_error.__cause__):
+                    raise load.changed("a malformed record stopped the first read, the second found none")
+                drop_staging(spark, names, cfg)
+                raise strict_error
+        stats = {"rows_read": read, "rows_accepted": read - rejected, "rows_rejected": rejected,
+                 "data_table": str(names.data), "rejects_table": str(names.rejects),
+                 "columns": [f.name for f in schema] + list(PARTITION_COLUMNS), "dropped_tables": dropped}
         if read == 0:
-            drop(spark, names.data, "TABLE")
+            drop_staging(spark, names, cfg)
             raise InvalidInput(f"no data lines in the files under {source}; refusing to replace the backup with nothing")
         if rejected / read > cfg.max_reject_ratio:
-            drop(spark, names.data, "TABLE")
+            drop_staging(spark, names, cfg)
             with spark_errors(f"read examples from {names.rejects}"):
                 examples = [r["reason"] for r in spark.table(names.rejects.sql).select("reason").limit(3).collect()]
             res.jobs.update(ctx.job_id, lambda r: r["outputs"].update(stats), fence=ctx.held)
@@ -566,6 +698,11 @@ def load_phase(ctx: PhaseContext) -> dict:
                 f"{rejected} of {read} lines rejected ({rejected / read:.2%}), above table_backup.max_reject_ratio="
                 f"{cfg.max_reject_ratio}; nothing replaced. Rejected lines and reasons in {names.rejects}, e.g. "
                 + "; ".join(examples))
+        if strict_error is not None:  # rejects within the ratio: the rows without the malformed records
+            load.write_staging("DROPMALFORMED")
+            staged, months = load.staged()
+            if staged != read - rejected:
+                raise load.changed(f"{read - rejected} lines accepted, then {staged} rows loaded")
     stats.update(partitions_written=len(months), months=months)
     ctx.done(stats)
     return {"job_id": ctx.job_id, **_load_summary(stats)}
@@ -577,13 +714,9 @@ def _load_summary(out: dict) -> dict:
 
 # -- write ---------------------------------------------------------------------------------------
 
-def backup_state(spark: "SparkSession", names: Names) -> tuple[str | None, list[str]]:
-    """(data table the backup view points at, or None; every data table of this backup name), lower case."""
-    backup = names.backup.table.lower()
-    props, existing = concurrently(lambda: properties_if_exists(spark, names.backup),
-                                   lambda: table_names(spark, names.live.db, f"{backup}__*"))
-    pattern = names.data_pattern()
-    return (props or {}).get(PROP_DATA), [t for t in existing if pattern.match(t)]
+def backup_target(spark: "SparkSession", names: Names) -> str | None:
+    """The data table the backup view reads (lower case), or None if there is no backup yet."""
+    return (properties_if_exists(spark, names.backup) or {}).get(PROP_DATA)
 
 
 def swap_view(spark: "SparkSession", names: Names, columns: list[str], rows: int, job_id: str) -> None:
@@ -596,60 +729,49 @@ def swap_view(spark: "SparkSession", names: Names, columns: list[str], rows: int
 
 
 def expire_versions(spark: "SparkSession", names: Names, suffix: str, keep: int) -> list[str]:
-    """Versioned mode: drop the oldest backups of the table beyond ``keep`` (view, data and rejects)."""
-    pattern = re.compile(rf"^{re.escape(names.live.table.lower() + suffix.lower())}_(\d{{8}})$")
-    current = names.backup.table.lower()
-    versions = []
-    for name in table_names(spark, names.live.db, f"{names.live.table.lower()}{suffix.lower()}_*"):
-        if pattern.match(name):
-            props = table_properties(spark, TableName(names.live.db, name))
-            if PROP_DATA in props:
-                versions.append((name, props[PROP_DATA]))
-    versions.sort(key=lambda v: (v[0] == current, v[0]), reverse=True)  # the current one always survives
+    """Versioned mode: drop the oldest backups of the table beyond ``keep`` (view, data tables and rejects)."""
+    base = names.live.table.lower() + suffix.lower()
+    version = re.compile(rf"^{re.escape(base)}_(\d{{8}})$")
+    db, current = names.live.db, names.backup.table.lower()
+    found = tables_like(spark, db, f"{base}_*")
+    # Only views this workflow made; the current one always survives.
+    versions = sorted((t for t, info in found.items() if version.match(t) and PROP_DATA in info["properties"]),
+                      key=lambda v: (v == current, v), reverse=True)
     expired = []
-    for name, data in versions[keep:]:
-        db = names.live.db
+    for name in versions[keep:]:
+        data = re.compile(rf"^{re.escape(name)}__[0-9a-z]{{12}}$")
         drop(spark, TableName(db, name), "VIEW")
-        drop(spark, TableName(db, identifier(data, "data table name")), "TABLE")
-        drop(spark, TableName(db, f"{name}_rejects"), "TABLE")
+        concurrently(*[lambda t=t: drop(spark, TableName(db, t), "TABLE")
+                       for t in found if data.match(t) or t == f"{name}_rejects"])
         expired.append(f"{db}.{name}")
     return sorted(expired)
 
 
 def write_phase(ctx: PhaseContext) -> dict:
-    """Switch the backup onto this run's staging table, then drop what it replaced.
+    """Switch the backup onto this run's staging table, fenced by the lock.
 
-    The staging table's rows were counted against the files' lines at the end of the load;
-    here it only has to be there still (the lock keeps other runs of this table out).
+    The staging table's rows were counted against the files' lines at the end of the load.
+    The data table the backup read until now stays as the previous generation, so that a
+    query that started on it finishes on it; the next run's load drops it.
     """
     res, rec = ctx.res, ctx.rec
     args, out = rec["args"], rec["outputs"]
     names = names_of(rec)
-    note = None
-    ours = names.data.table.lower()
     with res.spark().session() as spark:
-        replaced, data_tables = backup_state(spark, names)
-        if replaced == ours:
-            replaced, note = None, "already switched (redelivered)"
-        else:
-            if ours not in data_tables:
-                raise FatalError(f"staging table {names.data} is gone (dropped by hand?); the backup is left as it was")
-            ctx.commit_check()
+        ctx.commit_check()
+        try:
             swap_view(spark, names, out["columns"], out["rows_accepted"], ctx.job_id)
-            log.info("%s now reads %s (%d rows); it replaced %s", names.backup, names.data, out["rows_accepted"],
-                     replaced)
-        # The replaced data table, and any a failed run left behind (the lock keeps other runs out).
-        dropped = []
-        for name in data_tables:
-            if name != ours:
-                drop(spark, TableName(names.live.db, name), "TABLE")
-                dropped.append(f"{names.live.db}.{name}")
+        except NotFound as e:
+            raise FatalError(f"staging table {names.data} is gone (dropped by hand?); the backup is left as it was") \
+                from e
+        log.info("%s now reads %s (%d rows); the previous generation %s is kept until the next run", names.backup,
+                 names.data, out["rows_accepted"], out.get("previous_data_table"))
         expired = expire_versions(spark, names, args["suffix"], args["retention"]) if args["versioned"] else []
-    if dropped or expired:
-        log.info("dropped %s; expired backups %s", dropped, expired)
-    stats = {"backup_table": str(names.backup), "replaced_data_table": replaced, "dropped_tables": dropped,
+    if expired:
+        log.info("expired backups %s", expired)
+    stats = {"backup_table": str(names.backup), "replaced_data_table": out.get("previous_data_table"),
              "expired_backups": expired}
-    ctx.done(stats, note=note)
+    ctx.done(stats)
     return {"job_id": ctx.job_id, "backup_table": str(names.backup), "expired_backups": expired}
 
 
@@ -659,8 +781,8 @@ def discard_staging(res: Resources, rec: dict) -> None:
         return
     names = names_of(rec)
     with res.spark().session() as spark:
-        if backup_state(spark, names)[0] != names.data.table.lower():
-            drop(spark, names.data, "TABLE")
+        if backup_target(spark, names) != names.data.table.lower():
+            drop_staging(spark, names, res.settings.table_backup)
             log.info("dropped staging table %s of failed job %s", names.data, rec["job_id"])
 
 

@@ -116,6 +116,11 @@ def assert_same_rows(got: list[tuple], expected: list[tuple]) -> None:
         assert (g[5] is None) if e[5] is None else g[5] == pytest.approx(e[5])
 
 
+def warehouse(settings) -> Path:
+    """The local platform's Spark warehouse folder."""
+    return settings.path(settings.platform.state_dir) / "spark" / "warehouse"
+
+
 def tables_of(settings, prefix: str) -> set[str]:
     return {r[1] for r in query(settings, f"SHOW TABLES IN {DB}") if r[1].startswith(prefix)}
 
@@ -193,16 +198,28 @@ def test_backup_through_worker_read_back_with_impyla(settings, res, worker, cele
     parts = query(settings, f"SHOW PARTITIONS {data}")
     assert sorted(p[0] for p in parts) == sorted(f"year_part={y}/month_part={m}" for y, m in expected)
 
-    # A second run (through the CLI) replaces the content; the first run's data table is dropped after the switch.
+    # A second run (through the CLI) replaces the content; the first run's data table stays as the previous
+    # generation (a query that started on it finishes on it) until the next run drops it.
     rows2 = good_rows(500, first_id=10_000)
     src2 = write_files(files / "main2", rows2, parts=1)
     cli = backupctl("run", "table-backup", table, "--source", str(src2), "--wait", "--json", config=CONFIG_PATH)
     assert cli.returncode == 0, cli.stderr
     rec2 = json.loads(cli.stdout)
-    assert rec2["outputs"]["replaced_data_table"] == data.split(".")[1]
+    data1, data2 = data.split(".")[1], rec2["outputs"]["data_table"].split(".")[1]
+    assert rec2["outputs"]["replaced_data_table"] == data1
     assert_same_rows(backup_rows(settings, backup), rows2)
-    assert tables_of(settings, "traffic_main_bkp") == {"traffic_main_bkp", "traffic_main_bkp_rejects",
-                                                      rec2["outputs"]["data_table"].split(".")[1]}
+    assert tables_of(settings, "traffic_main_bkp") == {"traffic_main_bkp", "traffic_main_bkp_rejects", data1, data2}
+    assert query(settings, f"SELECT count(*) FROM {data}") == [(3000,)]
+
+    # The third run drops the first generation and a table a crashed run left behind; the second stays.
+    leftover = "traffic_main_bkp__0a1b2c3d4e5f"
+    execute(settings, f"CREATE TABLE {DB}.{leftover} (id BIGINT) USING parquet")
+    rec3 = backup_inprocess(res, table, src)
+    assert rec3["state"] == "success", rec3
+    assert sorted(rec3["outputs"]["dropped_tables"]) == sorted([f"{DB}.{data1}", f"{DB}.{leftover}"])
+    assert tables_of(settings, "traffic_main_bkp") == {"traffic_main_bkp", "traffic_main_bkp_rejects", data2,
+                                                      rec3["outputs"]["data_table"].split(".")[1]}
+    assert_same_rows(backup_rows(settings, backup), rows)
 
 
 def test_bad_requests_fail_before_any_phase(settings, res, worker, celery_app):
@@ -270,6 +287,16 @@ def test_rejects_listed_with_reasons_and_ratio_enforced(settings, res, files):
     assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
     assert {r[0] for r in query(settings, f"SELECT DISTINCT job_id FROM {table}_bkp_rejects")} == {failed["job_id"]}
     assert tables_of(settings, "traffic_rejects_bkp__") == {out["data_table"].split(".")[1]}, "staging dropped"
+    # The malformed lines stopped the first (FAILFAST) write before it made the table: its folder is gone too.
+    staging = wf.names_of(failed).data.table.lower()
+    assert not (warehouse(settings) / f"{DB}.db" / staging).exists()
+    assert dict(query(settings, f"SHOW TBLPROPERTIES {table}_bkp_rejects"))[wf.PROP_REJECTS_ROWS] == "7"
+
+    # A clean run empties the rejects table: it holds the latest run's rejects only.
+    clean = backup_inprocess(res, table, write_files(files / "rejects-clean", rows[:100], parts=1))
+    assert clean["state"] == "success" and clean["outputs"]["rows_rejected"] == 0
+    assert query(settings, f"SELECT count(*) FROM {table}_bkp_rejects") == [(0,)]
+    assert dict(query(settings, f"SHOW TBLPROPERTIES {table}_bkp_rejects"))[wf.PROP_REJECTS_ROWS] == "0"
 
 
 def test_schema_drift_fails_before_writing(settings, res, baseline, files):
@@ -327,9 +354,9 @@ def test_versioned_mode_keeps_exactly_n(settings, res, files):
     execute(settings, f"CREATE TABLE {table}_bkp_20200101 (id BIGINT) USING parquet")  # not ours: never expired
     src = write_files(files / "versions", good_rows(150), parts=1)
     recs = [backup_inprocess(res, table, src, versioned=True, retention=2, day=day)
-            for day in ("2026-01-01", "2026-01-02", "2026-01-03")]
+            for day in ("2026-01-01", "2026-01-02", "2026-01-02", "2026-01-03")]
     assert all(r["state"] == "success" for r in recs)
-    assert recs[2]["outputs"]["expired_backups"] == [f"{table}_bkp_20260101"]
+    assert recs[3]["outputs"]["expired_backups"] == [f"{table}_bkp_20260101"]
     views = {t for t in tables_of(settings, "traffic_versions_bkp_")
              if wf.PROP_DATA in dict(query(settings, f"SHOW TBLPROPERTIES {DB}.{t}"))}
     assert views == {"traffic_versions_bkp_20260102", "traffic_versions_bkp_20260103"}
@@ -338,6 +365,11 @@ def test_versioned_mode_keeps_exactly_n(settings, res, files):
     left = tables_of(settings, "traffic_versions_bkp_")
     assert not any(t.startswith("traffic_versions_bkp_20260101") for t in left), left
     assert "traffic_versions_bkp_20200101" in left
+    # The day run twice keeps its previous generation; expiring the day drops every generation of it.
+    assert len(tables_of(settings, "traffic_versions_bkp_20260102__")) == 2
+    rec = backup_inprocess(res, table, src, versioned=True, retention=2, day="2026-01-04")
+    assert rec["outputs"]["expired_backups"] == [f"{table}_bkp_20260102"]
+    assert not tables_of(settings, "traffic_versions_bkp_20260102"), tables_of(settings, "traffic_versions_bkp_")
 
 
 @pytest.mark.parametrize("fmt", ["yyyy-MM-dd", "dd/MM/yyyy"])
@@ -349,12 +381,19 @@ def test_partition_date_parsing_agrees_with_spark_pattern_parser(res, fmt):
               "2025-01-32", "+202-01-05", "2025-01-05\r", " 2025-01-05", "2025-01-05 ", "2025-01-05T10",
               "2025-01-05 10:00:00", "2025", "2025-01", "", None, "２０２５-01-05", "0000-01-01", "9999-12-31",
               "05/01/2025", "5/1/2025", "31/02/2025", "2025-01-1T", "2025-01-1 ", "2025-01-1\t", " 025-01-05",
-              "-025-01-05", "2025-01- 5", "2025-1x-05", "2025-01-0x", "2025/01/05", "2025-01-05x"]
+              "-025-01-05", "2025-01- 5", "2025-1x-05", "2025-01-0x", "2025/01/05", "2025-01-05x",
+              # forms Spark's cast reads in ten bytes: a one-digit day or month plus a trimmed or T
+              # suffix, a leading space, more year digits, a missing day
+              "2025-01-5 ", "2025-01-5T", "2025-01-5\t", "2025-01-5\x00", "2025-01-5\x1f", "2025-01-5\x7f",
+              "2025-1-05 ", " 2025-1-05", "02025-1-05", "2025010-05", "   2025-05", "2025-05   ", "2025-1-5T1",
+              "2025-01-05\n", "\x002025-01-05"]
     with res.spark().session() as spark:
         df = spark.createDataFrame([(v,) for v in values], "v string")
         rows = df.select("v", wf.parse_date(F.col("v"), fmt).cast("string").alias("ours"),
+                         F.coalesce(wf.is_date(F.col("v"), fmt), F.lit(False)).alias("is_date"),
                          F.try_to_date("v", fmt).cast("string").alias("spark")).collect()
     assert [(r.v, r.ours) for r in rows] == [(r.v, r.spark) for r in rows]
+    assert [(r.v, r.is_date) for r in rows] == [(r.v, r.spark is not None) for r in rows]
     accepted = {r.v for r in rows if r.ours is not None}
     assert accepted == ({"2025-01-05", "2024-02-29", "0000-01-01", "9999-12-31"} if fmt == "yyyy-MM-dd"
                         else {"05/01/2025"})
@@ -416,12 +455,17 @@ EDGE_LINES = [f"{i};edge{i:03d};{rest}" for i, rest in enumerate([
 BLANK_LINES = ["", " ", "\t", " \x0b ", "\x1f", "\x00"]
 
 
-def test_main_pass_keeps_exactly_the_lines_the_explanation_accepts(res, files):
-    """accepted_rows (Spark's CSV reader, DROPMALFORMED) and explained_lines (from_csv) decide every line alike.
+def test_every_pass_decides_every_line_alike(res, files):
+    """The strict (FAILFAST) and tolerant (DROPMALFORMED) main passes, validate's sample and the
+    explanation pass (from_csv) keep exactly the same lines.
 
-    The load trusts this: the difference between the files' data lines and the rows written is
-    what explained_lines lists as rejects.  Blank lines are skipped by both and by the count.
+    The load trusts this: a FAILFAST pass that succeeds has seen every data line (its count is
+    the files' line count) and left out only bad partition dates; a malformed record stops it;
+    the difference between the lines and the rows written is what explained_lines lists as
+    rejects.  Blank lines are skipped by every pass and by the line count.
     """
+    from pyspark.sql import Observation
+
     src = files / "edges"
     src.mkdir()
     (src / "part-000.csv").write_text("\n".join(EDGE_LINES[:12] + BLANK_LINES + EDGE_LINES[12:]) + "\n",
@@ -430,13 +474,34 @@ def test_main_pass_keeps_exactly_the_lines_the_explanation_accepts(res, files):
     with res.spark().session() as spark:
         schema = spark.createDataFrame([], LIVE_DDL.split(" USING")[0].strip("()")).schema
         # Every column read, as the load's write does (the reader checks only the columns a query reads).
-        kept = {r.msisdn for r in wf.accepted_rows(spark, str(src), schema, cfg).collect()}
-        explained = wf.explained_lines(spark, str(src), schema, cfg).select("msisdn", "_ok", "_reason").collect()
-        lines = wf.count_data_lines(spark, str(src))
+        kept = {r.msisdn for r in wf.accepted_rows(spark, str(src), schema, cfg, "DROPMALFORMED").collect()}
+        explained = wf.explained_lines(spark, str(src), schema, cfg).select("msisdn", "_ok", "_reason", "_kind") \
+            .collect()
+        sampled = [r["_ok"] for r in wf.sample_verdicts(spark, str(src), schema, cfg, 1000).collect()]
+        lines = wf.data_lines(spark, str(src)).count()
         csv_rows = spark.read.options(**wf.csv_options(cfg)).schema(wf.read_ddl(schema, cfg, as_strings=True)) \
             .csv(str(src)).count()
+        # FAILFAST over the lines that are not malformed: succeeds, counts them all, leaves out the bad dates.
+        fine = [line for line, r in zip(EDGE_LINES, explained) if not (r["_kind"] or "").startswith(("quote", "fields",
+                                                                                                         "type", "malformed"))]
+        (files / "edges-fine").mkdir()
+        (files / "edges-fine" / "part-000.csv").write_text("\n".join(fine + BLANK_LINES) + "\n", encoding="utf-8")
+        seen = Observation("edges")
+        strict = {r.msisdn for r in wf.accepted_rows(spark, str(files / "edges-fine"), schema, cfg, "FAILFAST", seen)
+                  .collect()}
+        # FAILFAST over each malformed line (between two good ones): fails.
+        malformed = [line for line in EDGE_LINES if line not in fine]
+        for k, line in enumerate(malformed):
+            folder = files / f"edges-bad-{k}"
+            folder.mkdir()
+            (folder / "part-000.csv").write_text("\n".join([EDGE_LINES[0], line, EDGE_LINES[1]]) + "\n", encoding="utf-8")
+            with pytest.raises(Exception, match="MALFORMED_RECORD_IN_PARSING"):
+                wf.accepted_rows(spark, str(folder), schema, cfg, "FAILFAST").collect()
     assert lines == len(explained) == csv_rows == len(EDGE_LINES)
-    assert kept == {r.msisdn for r in explained if r["_ok"]}
+    assert [r.msisdn for r in explained] == [line.split(";")[1] for line in EDGE_LINES]  # file order
+    assert kept == strict == {r.msisdn for r in explained if r["_ok"]}
+    assert seen.get["read"] == len(fine) == 16 and len(malformed) == 9
+    assert sampled == [r["_ok"] for r in explained]
     assert all((r["_reason"] is None) == r["_ok"] for r in explained)
     reasons = {r.msisdn: r["_reason"] for r in explained}
     # A few of the decisions, as the legacy reader's converters make them.
@@ -476,19 +541,51 @@ def test_staging_table_gone_before_the_switch_fails_and_keeps_the_backup(setting
     assert_baseline_intact(settings, baseline)
 
 
-def test_lines_removed_after_the_read_fail_the_load_retryably(settings, res, baseline, files, monkeypatch):
-    """Fewer data lines counted than rows loaded: a file was cut during the load, nothing is replaced."""
-    src = write_files(files / "shortened", good_rows(200, first_id=90_000), parts=1)
-    original = wf.count_data_lines
+def test_lines_removed_between_the_rejects_and_the_rows_fail_the_load_retryably(settings, res, baseline, files,
+                                                                                monkeypatch):
+    """A malformed line sends the load to the rejects first; a file cut before the rows are read is caught."""
+    src = write_files(files / "shortened", good_rows(200, first_id=90_000), extra_lines=[BAD_LINES[3][0]], parts=1)
+    tolerant = resources_with(res, "tb-tolerant-shortened.yaml", {"table_backup": {"max_reject_ratio": 0.5}})
+    original = wf.write_rejects
 
-    def cut_then_count(spark, source):
-        for path in src.iterdir():  # a producer truncates the file after the main read
+    def write_then_cut(spark, names, rejected, job_id):
+        original(spark, names, rejected, job_id)
+        for path in src.iterdir():  # a producer truncates the file between the two reads
             path.write_text("\n".join(path.read_text().splitlines()[:150]) + "\n")
-        return original(spark, source)
 
-    monkeypatch.setattr(wf, "count_data_lines", cut_then_count)
-    rec = wf.submit(res, baseline["table"], str(src))
-    with pytest.raises(SourceChanged, match=r"changed during the load: 200 rows loaded, then only 150 lines counted"):
-        run_phases(res, rec["job_id"])
+    monkeypatch.setattr(wf, "write_rejects", write_then_cut)
+    rec = wf.submit(tolerant, baseline["table"], str(src))
+    with pytest.raises(SourceChanged, match=r"changed during the load: 200 lines accepted, then 149 rows loaded"):
+        run_phases(tolerant, rec["job_id"])
     assert not tables_of(settings, wf.names_of(rec).data.table.lower()), "staging dropped"
     assert_baseline_intact(settings, baseline)
+
+
+def test_a_strict_pass_failure_that_no_line_explains_is_reported_as_it_is(settings, res, baseline, files,
+                                                                         monkeypatch):
+    """The FAILFAST write failing for another reason than a line (here injected) is not taken for rejects."""
+    def failing(self, mode, seen=None):
+        raise wf.FatalError(f"injected: the warehouse refused the {mode} write")
+
+    monkeypatch.setattr(wf.Load, "write_staging", failing)
+    src = write_files(files / "strict-fails", good_rows(50, first_id=95_000), parts=1)
+    with pytest.raises(BackupError, match="injected: the warehouse refused the FAILFAST write"):
+        backup_inprocess(res, baseline["table"], src)
+    rec = res.jobs.last("table-backup", baseline["table"])
+    assert rec["phase"] == "load" and rec["error"].startswith("FatalError: injected")
+    assert_baseline_intact(settings, baseline)
+
+
+def test_a_run_validated_by_an_earlier_version_still_loads(settings, res, files):
+    """Job records written by the previous validate (no schema or catalog state in them) are loaded all the same."""
+    table = new_live(settings, "traffic_upgrade")
+    rows = good_rows(80)
+    rec = wf.submit(res, table, str(write_files(files / "upgrade", rows, parts=1)))
+    for name in wf.PHASES:
+        with phase(res, rec["job_id"], name) as ctx:
+            if name == "load":
+                for key in ("live_schema", "previous_data_table", "stale_data_tables", "previous_rejects"):
+                    ctx.rec["outputs"].pop(key)
+            wf.PHASE_FUNCS[name](ctx)
+    assert res.jobs.get(rec["job_id"])["state"] == "success"
+    assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
