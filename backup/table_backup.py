@@ -229,12 +229,19 @@ def is_date(value: "Column", fmt: str) -> "Column":
     they replaced, a regex or Spark's pattern parser cost up to a few seconds of CPU per
     million lines.
     """
+    if fmt == ISO_DATE:
+        return value.try_cast("date").isNotNull() & iso_shape(value)
     from pyspark.sql import functions as F
 
-    if fmt == ISO_DATE:
-        return (value.try_cast("date").isNotNull() & (F.octet_length(value) == 10) & (F.locate("-", value) == 5)
-                & (F.locate("-", value, 6) == 8) & F.substring(value, 10, 1).between("0", "9"))
     return F.try_to_date(value, fmt).isNotNull()
+
+
+def iso_shape(value: "Column") -> "Column":
+    """Ten bytes, the first ``-`` at the 5th character and the next at the 8th, a digit last (see ``is_date``)."""
+    from pyspark.sql import functions as F
+
+    return ((F.octet_length(value) == 10) & (F.locate("-", value) == 5) & (F.locate("-", value, 6) == 8)
+            & F.substring(value, 10, 1).between("0", "9"))
 
 
 def parse_date(value: "Column", fmt: str) -> "Column":
@@ -305,7 +312,7 @@ def _backup_columns(schema: "StructType", cfg: TableBackupSettings, value, pdate
 
 
 def accepted_rows(spark: "SparkSession", source: str, schema: "StructType", cfg: TableBackupSettings,
-                  mode: str = "FAILFAST", seen: "Observation | None" = None) -> "DataFrame":
+                  mode: str = "FAILFAST", seen: "Observation | None" = None, shape_only: bool = False) -> "DataFrame":
     """The rows of the files that the backup keeps, typed, with year_part and month_part.
 
     Spark's own CSV reader with the live types (the legacy script's reader, about its cost),
@@ -316,6 +323,11 @@ def accepted_rows(spark: "SparkSession", source: str, schema: "StructType", cfg:
     the records the reader emits are counted (``read``) before the date check.  The decision
     holds only for a query that reads every column, as the load's write does: Spark's CSV
     reader converts, and so fails or drops on, only the columns a query reads.
+
+    With ``shape_only`` (FAILFAST's default pass, yyyy-MM-dd) the filter checks the shape of
+    the date and the cast that gives year and month is the only parse: an impossible date of
+    the right shape (2026-02-30) keeps a NULL year and month, which puts it in a NULL
+    partition, and the load, seeing that partition, takes the exact path instead.
     """
     from pyspark.sql import functions as F
 
@@ -324,9 +336,12 @@ def accepted_rows(spark: "SparkSession", source: str, schema: "StructType", cfg:
     if seen is not None:
         # Right above the reader: filters are not pushed below an observation, so it sees every record.
         frame = frame.observe(seen, F.count(F.lit(1)).alias("read"))
-    frame = frame.filter(is_date(text, cfg.date_format))
-    # Past the filter an ISO text is a valid date, which a plain cast reads (shared by year and month).
-    pdate = text.cast("date") if cfg.date_format == ISO_DATE else F.try_to_date(text, cfg.date_format)
+    if cfg.date_format != ISO_DATE:
+        frame, pdate = frame.filter(is_date(text, cfg.date_format)), F.try_to_date(text, cfg.date_format)
+    elif shape_only:
+        frame, pdate = frame.filter(iso_shape(text)), text.try_cast("date")
+    else:  # past the filter an ISO text is a valid date, which a plain cast reads (shared by year and month)
+        frame, pdate = frame.filter(is_date(text, cfg.date_format)), text.cast("date")
     return frame.select(*_backup_columns(schema, cfg, lambda n: F.col(f"`{n}`"), pdate))
 
 
@@ -509,14 +524,17 @@ def validate_phase(ctx: PhaseContext) -> dict:
 
 # -- load ----------------------------------------------------------------------------------------
 
-def _partitions(spark: "SparkSession", table: TableName) -> list[str]:
-    """The table's partitions as YYYY-MM, sorted."""
+def _partitions(spark: "SparkSession", table: TableName) -> list[str] | None:
+    """The table's partitions as YYYY-MM, sorted; None if one is not a year and month (the NULL partition)."""
     with spark_errors(f"list partitions of {table}"):
         rows = spark.sql(f"SHOW PARTITIONS {table.sql}").collect()
     months = []
     for r in rows:
         spec = dict(kv.split("=", 1) for kv in r[0].split("/"))
-        months.append(f"{int(spec['year_part']):04d}-{int(spec['month_part']):02d}")
+        year, month = spec.get("year_part", ""), spec.get("month_part", "")
+        if not (year.isdigit() and month.isdigit()):  # __HIVE_DEFAULT_PARTITION__: rows without a date
+            return None
+        months.append(f"{int(year):04d}-{int(month):02d}")
     return sorted(months)
 
 
@@ -559,18 +577,8 @@ def write_rejects(spark: "SparkSession", names: Names, rejected: "DataFrame", jo
                         F.lit(job_id).alias("job_id")).write.insertInto(names.rejects.sql, overwrite=True)
 
 
-def drop_staging(spark: "SparkSession", names: Names, cfg: TableBackupSettings) -> None:
-    """Drop this run's data table, and the empty folder that a write failing before it made the table leaves."""
-    with spark_errors(f"look up {names.data}"):
-        exists = spark.catalog.tableExists(f"{names.data.db}.{names.data.table}")
-    if not exists:
-        # A failed CREATE TABLE AS SELECT keeps its folder; adopting it is the way to remove it through Spark.
-        try:
-            with spark_errors(f"adopt the folder of {names.data}"):
-                spark.sql(f"CREATE TABLE {names.data.sql} (`_` INT) USING {cfg.format}")
-        except FatalError as e:  # the folder holds files (LOCATION_ALREADY_EXISTS): never delete what we did not make
-            log.warning("left the folder of %s as it is: %s", names.data, e.one_line())
-            return
+def drop_staging(spark: "SparkSession", names: Names) -> None:
+    """Drop this run's data table with its folder (and whatever a failed write left in it)."""
     drop(spark, names.data, "TABLE")
 
 
@@ -585,25 +593,41 @@ class Load:
     cfg: TableBackupSettings
     job_id: str
 
-    def write_staging(self, mode: str, seen: "Observation | None" = None) -> None:
-        """The accepted rows (``accepted_rows`` in ``mode``) as this run's staging table."""
+    def create_staging(self) -> None:
+        """This run's data table, empty, partitioned by year_part and month_part (kept if a delivery made it already).
+
+        Made before the write, not by it: a write that fails (FAILFAST stops at a malformed record
+        while other tasks still run) can leave files in the table's folder; with the table there,
+        the next write overwrites them and DROP TABLE removes them, where a CREATE TABLE AS SELECT
+        would refuse the folder (LOCATION_ALREADY_EXISTS).
+        """
+        cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in self.schema)
+        with spark_errors(f"create the staging table {self.names.data}"):
+            self.spark.sql(f"CREATE TABLE IF NOT EXISTS {self.names.data.sql} ({cols}, `{PARTITION_COLUMNS[0]}` INT, "
+                           f"`{PARTITION_COLUMNS[1]}` INT) USING {self.cfg.format} "
+                           f"PARTITIONED BY ({', '.join(PARTITION_COLUMNS)})")
+
+    def write_staging(self, mode: str, seen: "Observation | None" = None, shape_only: bool = False) -> None:
+        """The accepted rows (``accepted_rows`` in ``mode``) replace the staging table's content."""
         with spark_errors(f"load {self.source} into {self.names.data}"):
-            # overwrite, not error-if-exists: a previous delivery of this phase may have left the table or files.
-            accepted_rows(self.spark, self.source, self.schema, self.cfg, mode, seen).write.format(self.cfg.format) \
-                .partitionBy(*PARTITION_COLUMNS).mode("overwrite").saveAsTable(self.names.data.sql)
+            # static: the whole table is replaced, whatever an earlier delivery or a failed write left in it.
+            accepted_rows(self.spark, self.source, self.schema, self.cfg, mode, seen, shape_only).write \
+                .option("partitionOverwriteMode", "static").insertInto(self.names.data.sql, overwrite=True)
 
     def strict_write(self, seen: "Observation") -> FatalError | None:
-        """The FAILFAST write; the error it stopped with, if any (a malformed record, unless ``explain`` finds none)."""
+        """The staging table, then the FAILFAST write into it; the error that write stopped with, if any (a
+        malformed record, unless ``explain`` finds none)."""
+        self.create_staging()
         try:
-            self.write_staging("FAILFAST", seen)
+            self.write_staging("FAILFAST", seen, shape_only=True)
         except NotFound:
             raise
         except FatalError as e:
             return e
         return None
 
-    def staged(self) -> tuple[int, list[str]]:
-        """Rows and months (YYYY-MM) of the staging table, read back from the catalog and the files."""
+    def staged(self) -> tuple[int, list[str] | None]:
+        """Rows and months (YYYY-MM; None with a NULL partition) of the staging table, read back."""
         rows, months = concurrently(lambda: _count(self.spark, self.names.data),
                                     lambda: _partitions(self.spark, self.names.data))
         return rows, months
@@ -628,7 +652,7 @@ class Load:
 
     def changed(self, detail: str) -> SourceChanged:
         """The error of files that changed between two reads; the staging table is dropped first."""
-        drop_staging(self.spark, self.names, self.cfg)
+        drop_staging(self.spark, self.names)
         return SourceChanged(f"the files under {self.source} changed during the load: {detail}; nothing replaced")
 
 
@@ -663,34 +687,40 @@ def load_phase(ctx: PhaseContext) -> dict:
         load = Load(spark, names, source, schema, cfg, ctx.job_id)
         seen = Observation("table_backup_read")
         strict_error, _, dropped = concurrently(
-            lambda: load.strict_write(seen), lambda: clear_rejects(spark, names, cfg, out.get("previous_rejects")),
+            lambda: load.strict_write(seen),
+            lambda: clear_rejects(spark, names, cfg, out.get("previous_rejects")),
             lambda: load.drop_stale(out.get("stale_data_tables", [])))
+        months = None
         if strict_error is None:
             read = int(seen.get["read"])
             staged, months = load.staged()
+        exact = strict_error is not None or months is None
+        if not exact:  # the usual case, one read: the lines left out are bad dates, listed now
             rejected = read - staged
             if rejected < 0:
-                drop_staging(spark, names, cfg)
+                drop_staging(spark, names)
                 raise FatalError(f"{names.data} holds {staged} rows, more than the {read} lines read; nothing replaced")
             if rejected:
                 again = load.explain()
                 if again[:2] != (read, rejected):
                     raise load.changed(f"{read} lines with {rejected} rejected, then {again[0]} with {again[1]}")
-        else:
+        else:  # a malformed record stopped the read, or a date of the right shape was impossible: rejects first
             read, rejected, malformed = load.explain()
-            if not malformed:
+            if strict_error is not None and not malformed:  # the read stopped, yet no line is malformed
                 if "MALFORMED_RECORD_IN_PARSING" in str(strict_error.__cause__):
                     raise load.changed("a malformed record stopped the first read, the second found none")
-                drop_staging(spark, names, cfg)
+                drop_staging(spark, names)
                 raise strict_error
+            if strict_error is None and not rejected:
+                raise load.changed("a row without a valid date was written, then every date was valid")
         stats = {"rows_read": read, "rows_accepted": read - rejected, "rows_rejected": rejected,
                  "data_table": str(names.data), "rejects_table": str(names.rejects),
                  "columns": [f.name for f in schema] + list(PARTITION_COLUMNS), "dropped_tables": dropped}
         if read == 0:
-            drop_staging(spark, names, cfg)
+            drop_staging(spark, names)
             raise InvalidInput(f"no data lines in the files under {source}; refusing to replace the backup with nothing")
         if rejected / read > cfg.max_reject_ratio:
-            drop_staging(spark, names, cfg)
+            drop_staging(spark, names)
             with spark_errors(f"read examples from {names.rejects}"):
                 examples = [r["reason"] for r in spark.table(names.rejects.sql).select("reason").limit(3).collect()]
             res.jobs.update(ctx.job_id, lambda r: r["outputs"].update(stats), fence=ctx.held)
@@ -698,10 +728,10 @@ def load_phase(ctx: PhaseContext) -> dict:
                 f"{rejected} of {read} lines rejected ({rejected / read:.2%}), above table_backup.max_reject_ratio="
                 f"{cfg.max_reject_ratio}; nothing replaced. Rejected lines and reasons in {names.rejects}, e.g. "
                 + "; ".join(examples))
-        if strict_error is not None:  # rejects within the ratio: the rows without the malformed records
+        if exact:  # rejects within the ratio: the rows without them, every date checked exactly
             load.write_staging("DROPMALFORMED")
             staged, months = load.staged()
-            if staged != read - rejected:
+            if staged != read - rejected or months is None:
                 raise load.changed(f"{read - rejected} lines accepted, then {staged} rows loaded")
     stats.update(partitions_written=len(months), months=months)
     ctx.done(stats)
@@ -782,7 +812,7 @@ def discard_staging(res: Resources, rec: dict) -> None:
     names = names_of(rec)
     with res.spark().session() as spark:
         if backup_target(spark, names) != names.data.table.lower():
-            drop_staging(spark, names, res.settings.table_backup)
+            drop_staging(spark, names)
             log.info("dropped staging table %s of failed job %s", names.data, rec["job_id"])
 
 

@@ -402,7 +402,8 @@ def test_partition_date_parsing_agrees_with_spark_pattern_parser(res, fmt):
 def test_files_changing_during_the_load_fail_it_retryably_and_replace_nothing(settings, res, baseline, files,
                                                                                monkeypatch):
     """The rejects pass reads the files again; if they changed meanwhile, the counts disagree and nothing is swapped."""
-    src = write_files(files / "rewritten", good_rows(300, first_id=70_000), extra_lines=[BAD_LINES[0][0]], parts=1)
+    # A date of the wrong shape: the first read leaves the line out, the rejects pass must find it alone.
+    src = write_files(files / "rewritten", good_rows(300, first_id=70_000), extra_lines=[BAD_LINES[1][0]], parts=1)
     tolerant = resources_with(res, "tb-tolerant-rewritten.yaml", {"table_backup": {"max_reject_ratio": 0.5}})
     original = wf.write_rejects
 
@@ -422,6 +423,38 @@ def test_files_changing_during_the_load_fail_it_retryably_and_replace_nothing(se
     assert SourceChanged.retryable
     assert not tables_of(settings, wf.names_of(rec).data.table.lower()), "staging dropped"
     assert_baseline_intact(settings, baseline)
+
+
+def test_an_impossible_date_of_the_right_shape_takes_the_exact_path(settings, res, files, monkeypatch):
+    """The first read parses dates once (for year and month): 2026-02-30 lands in a NULL partition, which sends
+    the load to the rejects first and then to a read that checks every date; nothing of it reaches the backup."""
+    table = new_live(settings, "traffic_impossible")
+    rows = good_rows(400)
+    src = write_files(files / "impossible", rows, extra_lines=[BAD_LINES[0][0]], parts=2)
+    tolerant = resources_with(res, "tb-tolerant-impossible.yaml", {"table_backup": {"max_reject_ratio": 0.01}})
+    rec = backup_inprocess(tolerant, table, src)
+    assert rec["state"] == "success", rec
+    out = rec["outputs"]
+    assert (out["rows_read"], out["rows_accepted"], out["rows_rejected"]) == (401, 400, 1)
+    assert query(settings, f"SELECT line, reason FROM {table}_bkp_rejects") == [BAD_LINES[0]]
+    assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
+    parts = [p[0] for p in query(settings, f"SHOW PARTITIONS {out['data_table']}")]
+    assert len(parts) == out["partitions_written"] == 7 and not any("DEFAULT_PARTITION" in p for p in parts)
+
+    # The date fixed between the first read and the rejects pass: the two reads disagree, nothing replaced.
+    original = wf.write_rejects
+
+    def fix_then_write(spark, names, rejected, job_id):
+        for path in src.iterdir():
+            path.write_text(path.read_text().replace(";2026-02-30\n", ";2026-02-28\n"))
+        return original(spark, names, rejected, job_id)
+
+    monkeypatch.setattr(wf, "write_rejects", fix_then_write)
+    failed = wf.submit(tolerant, table, str(src))
+    with pytest.raises(SourceChanged, match="a row without a valid date was written, then every date was valid"):
+        run_phases(tolerant, failed["job_id"])
+    assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
+    assert not tables_of(settings, wf.names_of(failed).data.table.lower()), "staging dropped"
 
 
 # Lines around the edges of Spark's CSV converters: (msisdn, line); the msisdn identifies a line.
@@ -451,6 +484,7 @@ EDGE_LINES = [f"{i};edge{i:03d};{rest}" for i, rest in enumerate([
     "north;plain;1;1.5;2025-01-05 10:00:00",                      # 7 fields
     "north;plain;1;1.5;2025-01-05 10:00:00;2025-01-05;",          # 9 fields
     "north;\u00a0;1;1.5;2025-01-05 10:00:00;2025-01-05",           # NBSP is not blank
+    "north;plain;1;1.5;2025-01-05 10:00:00;2025-02-30",           # the right shape, no such day
 ])]
 BLANK_LINES = ["", " ", "\t", " \x0b ", "\x1f", "\x00"]
 
@@ -487,8 +521,11 @@ def test_every_pass_decides_every_line_alike(res, files):
         (files / "edges-fine").mkdir()
         (files / "edges-fine" / "part-000.csv").write_text("\n".join(fine + BLANK_LINES) + "\n", encoding="utf-8")
         seen = Observation("edges")
-        strict = {r.msisdn for r in wf.accepted_rows(spark, str(files / "edges-fine"), schema, cfg, "FAILFAST", seen)
-                  .collect()}
+        strict_rows = wf.accepted_rows(spark, str(files / "edges-fine"), schema, cfg, "FAILFAST", seen,
+                                       shape_only=True).collect()
+        strict = {r.msisdn for r in strict_rows if r.year_part is not None}
+        # The load's first read checks the shape only: an impossible date gets no year (a NULL partition).
+        assert {r.msisdn for r in strict_rows if r.year_part is None} == {"edge025"}
         # FAILFAST over each malformed line (between two good ones): fails.
         malformed = [line for line in EDGE_LINES if line not in fine]
         for k, line in enumerate(malformed):
@@ -500,7 +537,7 @@ def test_every_pass_decides_every_line_alike(res, files):
     assert lines == len(explained) == csv_rows == len(EDGE_LINES)
     assert [r.msisdn for r in explained] == [line.split(";")[1] for line in EDGE_LINES]  # file order
     assert kept == strict == {r.msisdn for r in explained if r["_ok"]}
-    assert seen.get["read"] == len(fine) == 16 and len(malformed) == 9
+    assert seen.get["read"] == len(fine) == 17 and len(malformed) == 9
     assert sampled == [r["_ok"] for r in explained]
     assert all((r["_reason"] is None) == r["_ok"] for r in explained)
     reasons = {r.msisdn: r["_reason"] for r in explained}
@@ -514,6 +551,7 @@ def test_every_pass_decides_every_line_alike(res, files):
     assert reasons["edge020"] == "unbalanced quote (a quoted field is not closed)"
     assert reasons["edge022"] == "expected 8 fields, found 7"
     assert reasons["edge023"] == "expected 8 fields, found 9"
+    assert reasons["edge025"] == "partition_date '2025-02-30' is not a date (yyyy-MM-dd)"
 
 
 def test_blank_lines_are_neither_rows_nor_rejects(settings, res, files):
@@ -564,7 +602,7 @@ def test_lines_removed_between_the_rejects_and_the_rows_fail_the_load_retryably(
 def test_a_strict_pass_failure_that_no_line_explains_is_reported_as_it_is(settings, res, baseline, files,
                                                                          monkeypatch):
     """The FAILFAST write failing for another reason than a line (here injected) is not taken for rejects."""
-    def failing(self, mode, seen=None):
+    def failing(self, mode, seen=None, shape_only=False):
         raise wf.FatalError(f"injected: the warehouse refused the {mode} write")
 
     monkeypatch.setattr(wf.Load, "write_staging", failing)
@@ -574,6 +612,35 @@ def test_a_strict_pass_failure_that_no_line_explains_is_reported_as_it_is(settin
     rec = res.jobs.last("table-backup", baseline["table"])
     assert rec["phase"] == "load" and rec["error"].startswith("FatalError: injected")
     assert_baseline_intact(settings, baseline)
+
+
+def test_what_a_failed_write_leaves_in_the_staging_folder_neither_blocks_nor_stays(settings, res, files, monkeypatch):
+    """A FAILFAST write stopped by a malformed record can leave files of tasks still running in the table's
+    folder; the next write overwrites them and dropping the staging table removes them."""
+    original = wf.Load.strict_write
+    folders = []
+
+    def strict_then_litter(self, seen):
+        error = original(self, seen)
+        folder = warehouse(settings) / f"{DB}.db" / self.names.data.table.lower()
+        (folder / "_temporary" / "0").mkdir(parents=True, exist_ok=True)
+        (folder / "_temporary" / "0" / "part-00001-killed-task.snappy.parquet").write_bytes(b"half a file")
+        folders.append(folder)
+        return error
+
+    monkeypatch.setattr(wf.Load, "strict_write", strict_then_litter)
+    table = new_live(settings, "traffic_litter")
+    rows = good_rows(300)
+    src = write_files(files / "litter", rows, extra_lines=[BAD_LINES[3][0]], parts=1)
+    tolerant = resources_with(res, "tb-tolerant-litter.yaml", {"table_backup": {"max_reject_ratio": 0.01}})
+    rec = backup_inprocess(tolerant, table, src)
+    assert rec["state"] == "success" and rec["outputs"]["rows_rejected"] == 1, rec
+    assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
+    assert not (folders[0] / "_temporary").exists()
+
+    with pytest.raises(RejectsExceeded):
+        backup_inprocess(res, table, src)
+    assert not folders[1].exists(), "the failed run's staging folder, litter included, is gone"
 
 
 def test_a_run_validated_by_an_earlier_version_still_loads(settings, res, files):
