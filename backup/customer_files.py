@@ -666,7 +666,8 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
     ctx.progress(force=True, **progress)
     summary = summarize(done.values())
     note = f"{summary['copied']} copied, {summary['present']} already present, {summary['failed']} failed"
-    ctx.done(note=note, state="failed" if summary["failed"] else "success")
+    # The last progress stays: a customer copied between two looks of `backupctl run --wait` still shows its files.
+    ctx.done(note=note, state="failed" if summary["failed"] else "success", keep_progress=True)
     return {"job_id": ctx.job_id, "customer": customer, **summary}
 
 

@@ -49,7 +49,8 @@ class PhaseContext:
         elif self.held:
             self.res.locks.check(self.held)
 
-    def done(self, outputs: dict | None = None, note: str | None = None, state: str = "success") -> dict:
+    def done(self, outputs: dict | None = None, note: str | None = None, state: str = "success",
+             keep_progress: bool = False) -> dict:
         """Record the phase as finished (fenced by the job's lock) and merge its outputs."""
         def change(rec):
             p = phase_entry(rec, self.name)
@@ -57,7 +58,8 @@ class PhaseContext:
             if note:
                 p["note"] = note
             rec["outputs"].update(outputs or {})
-            rec["progress"].pop(self.name, None)
+            if not keep_progress:
+                rec["progress"].pop(self.name, None)
         self.rec = self.res.jobs.update(self.job_id, change, fence=self.held)
         return self.rec
 

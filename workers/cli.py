@@ -168,7 +168,8 @@ def customer_progress(rec: dict) -> str:
         if prog:
             text = (f"{_bar(prog['bytes_done'], prog['bytes_total']) or '[no data]'}  "
                     f"{prog['files_done']}/{prog['files_total']} files  {_fmt_bytes(prog['bytes_done'])}"
-                    f"/{_fmt_bytes(prog['bytes_total'])}" + (f"  {prog['failed']} failed" if prog.get("failed") else ""))
+                    f"/{_fmt_bytes(prog['bytes_total'])}" + (f"  {prog['failed']} failed" if prog.get("failed") else "")
+                    + ("" if p["state"] in ("pending", "running") else f"  {p['state']}"))
         elif p["state"] in ("pending", "running"):
             text = "waiting"
         else:

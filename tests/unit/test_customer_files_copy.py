@@ -245,3 +245,15 @@ def test_progress_draws_a_bar_per_customer():
     assert "1/4 files" in lines[1] and "50.0%" in lines[1]
     assert lines[2].split()[-1] == "waiting"
     assert lines[3].endswith("success: 3 copied, 0 already present, 0 failed")
+
+
+def test_a_finished_copy_keeps_its_last_bar():
+    """A customer copied between two looks of --wait still shows its files, with the phase's end state."""
+    from workers.cli import customer_progress
+
+    rec = {"workflow": "customer-files", "target": "all", "state": "running", "phase": "copy:acme",
+           "phases": [{"name": "copy:acme", "state": "success", "note": "4 copied, 0 already present, 0 failed"}],
+           "progress": {"copy:acme": {"files_done": 4, "files_total": 4, "bytes_done": 1024, "bytes_total": 1024,
+                                      "failed": 0}}}
+    line = customer_progress(rec).splitlines()[1]
+    assert "4/4 files" in line and "100.0%" in line and line.endswith("success")
