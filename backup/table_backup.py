@@ -17,12 +17,12 @@ Names, for the live table ``db.t`` and the default suffix ``_bkp``:
   ours, which data table the backup reads, which older ones are left, and whether the
   rejects table holds lines.
 * load reads the files once with Spark's typed CSV reader in FAILFAST mode into this run's
-  data table (the staging table), with year_part and month_part, counting the records the
-  reader emits, then reads the staging rows back.  Lines left out (bad partition dates), or
-  a malformed record that stopped the read, send it to ``explained_lines``, which lists each
-  rejected line with its reason in the rejects table; above ``max_reject_ratio`` the job fails
-  and the staging table is dropped.  Generations older than the one the backup reads are
-  dropped beside the write.
+  data table (the staging table), with year_part and month_part, then reads its rows and
+  partitions back.  A malformed record that stopped the read, or a line without a valid
+  partition date (it lands in a NULL partition), sends it to ``explained_lines``, which lists
+  each rejected line with its reason in the rejects table, then to a read that leaves them
+  out; above ``max_reject_ratio`` the job fails and the staging table is dropped.
+  Generations older than the one the backup reads are dropped beside the write.
 * write switches the backup onto the staging table with ``CREATE OR REPLACE VIEW``, one
   metastore operation: readers see the previous backup or the new one, never a missing or
   half-written one.  The replaced data table stays as the previous generation until the
@@ -76,6 +76,8 @@ PROP_REJECTS_ROWS = "mediation_backup.rejects_rows"
 _LINE, _FILE, _PARSED, _TYPED, _CORRUPT, _PDATE = ("_line", "_source_file", "_parsed", "_typed", "_corrupt_record",
                                                    "_pdate")
 _OK, _REASON, _KIND = "_ok", "_reason", "_kind"
+# The parsed partition date beside the live columns in the load's first read (a live column may not be named so).
+_ROW_DATE = "__table_backup_date"
 
 _SCHEMES = {"file", "hdfs", "viewfs", "s3a", "abfs", "abfss", "gs", "wasbs"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -297,6 +299,8 @@ def live_schema(spark: "SparkSession", live: TableName, cfg: TableBackupSettings
     clash = [c for c in PARTITION_COLUMNS if c in names]
     if clash:
         raise InvalidInput(f"{live} already has column(s) {', '.join(clash)}; the backup adds them")
+    if _ROW_DATE in names:
+        raise InvalidInput(f"{live} has a column named {_ROW_DATE}, the name table-backup uses for the parsed date")
     return schema
 
 
@@ -312,36 +316,36 @@ def _backup_columns(schema: "StructType", cfg: TableBackupSettings, value, pdate
 
 
 def accepted_rows(spark: "SparkSession", source: str, schema: "StructType", cfg: TableBackupSettings,
-                  mode: str = "FAILFAST", seen: "Observation | None" = None, shape_only: bool = False) -> "DataFrame":
+                  strict: bool = True) -> "DataFrame":
     """The rows of the files that the backup keeps, typed, with year_part and month_part.
 
-    Spark's own CSV reader with the live types (the legacy script's reader, about its cost),
-    then the partition-date check.  ``FAILFAST`` (the load's first try) stops at the first
-    malformed record (another field count, a value its converter refuses, an unclosed quote),
-    so every data line it lets through is a row here or a bad date; ``DROPMALFORMED`` (used
-    once ``explained_lines`` has listed the rejects) leaves such records out.  With ``seen``,
-    the records the reader emits are counted (``read``) before the date check.  The decision
-    holds only for a query that reads every column, as the load's write does: Spark's CSV
-    reader converts, and so fails or drops on, only the columns a query reads.
+    Spark's own CSV reader with the live types (the legacy script's reader, about its cost).
 
-    With ``shape_only`` (FAILFAST's default pass, yyyy-MM-dd) the filter checks the shape of
-    the date and the cast that gives year and month is the only parse: an impossible date of
-    the right shape (2026-02-30) keeps a NULL year and month, which puts it in a NULL
-    partition, and the load, seeing that partition, takes the exact path instead.
+    ``strict`` (the load's first read): FAILFAST, which stops at the first malformed record
+    (another field count, a value its converter refuses, an unclosed quote), and no filter: a
+    row whose partition date is missing or not a date keeps a NULL year and month, so it lands
+    in a NULL partition, which sends the load to the exact path.  Every data line is then a
+    row, and a run without a NULL partition has accepted them all.  The date is parsed once,
+    in a projection of its own (Spark keeps it apart, as two uses of it follow).
+
+    Otherwise (the exact path, once ``explained_lines`` has listed the rejects): DROPMALFORMED
+    and a filter on the date, which leave the rejected lines out.
+
+    The decision holds only for a query that reads every column, as the load's write does:
+    Spark's CSV reader converts, and so fails or drops on, only the columns a query reads.
     """
     from pyspark.sql import functions as F
 
     text = F.col(f"`{partition_field(schema, cfg).name}`")
-    frame = spark.read.options(**csv_options(cfg, mode)).schema(read_ddl(schema, cfg)).csv(source)
-    if seen is not None:
-        # Right above the reader: filters are not pushed below an observation, so it sees every record.
-        frame = frame.observe(seen, F.count(F.lit(1)).alias("read"))
-    if cfg.date_format != ISO_DATE:
-        frame, pdate = frame.filter(is_date(text, cfg.date_format)), F.try_to_date(text, cfg.date_format)
-    elif shape_only:
-        frame, pdate = frame.filter(iso_shape(text)), text.try_cast("date")
+    iso = cfg.date_format == ISO_DATE
+    frame = spark.read.options(**csv_options(cfg, "FAILFAST" if strict else "DROPMALFORMED")) \
+        .schema(read_ddl(schema, cfg)).csv(source)
+    if strict:
+        date = F.when(iso_shape(text), text).try_cast("date") if iso else F.try_to_date(text, cfg.date_format)
+        frame, pdate = frame.select("*", date.alias(_ROW_DATE)), F.col(_ROW_DATE)
     else:  # past the filter an ISO text is a valid date, which a plain cast reads (shared by year and month)
-        frame, pdate = frame.filter(is_date(text, cfg.date_format)), text.cast("date")
+        frame = frame.filter(is_date(text, cfg.date_format))
+        pdate = text.cast("date") if iso else F.try_to_date(text, cfg.date_format)
     return frame.select(*_backup_columns(schema, cfg, lambda n: F.col(f"`{n}`"), pdate))
 
 
@@ -607,19 +611,19 @@ class Load:
                            f"`{PARTITION_COLUMNS[1]}` INT) USING {self.cfg.format} "
                            f"PARTITIONED BY ({', '.join(PARTITION_COLUMNS)})")
 
-    def write_staging(self, mode: str, seen: "Observation | None" = None, shape_only: bool = False) -> None:
-        """The accepted rows (``accepted_rows`` in ``mode``) replace the staging table's content."""
+    def write_staging(self, strict: bool) -> None:
+        """The accepted rows (``accepted_rows``, strict or exact) replace the staging table's content."""
         with spark_errors(f"load {self.source} into {self.names.data}"):
             # static: the whole table is replaced, whatever an earlier delivery or a failed write left in it.
-            accepted_rows(self.spark, self.source, self.schema, self.cfg, mode, seen, shape_only).write \
+            accepted_rows(self.spark, self.source, self.schema, self.cfg, strict).write \
                 .option("partitionOverwriteMode", "static").insertInto(self.names.data.sql, overwrite=True)
 
-    def strict_write(self, seen: "Observation") -> FatalError | None:
-        """The staging table, then the FAILFAST write into it; the error that write stopped with, if any (a
+    def strict_write(self) -> FatalError | None:
+        """The staging table, then the strict write into it; the error that write stopped with, if any (a
         malformed record, unless ``explain`` finds none)."""
         self.create_staging()
         try:
-            self.write_staging("FAILFAST", seen, shape_only=True)
+            self.write_staging(strict=True)
         except NotFound:
             raise
         except FatalError as e:
@@ -659,16 +663,15 @@ class Load:
 def load_phase(ctx: PhaseContext) -> dict:
     """Accepted rows into this run's staging table; every other data line, with its reason, into the rejects table.
 
-    The usual case reads the files once: Spark's CSV reader in FAILFAST mode writes the
-    staging table, counting the records it emits; the staging rows are read back, and any
-    difference (lines with a bad partition date) is listed by ``explained_lines``, which must
-    find exactly as many lines and rejects, or the files changed during the load
-    (SourceChanged, retryable, nothing replaced).  A malformed record stops the FAILFAST
-    read; then the rejects are listed first (a ratio they exceed fails the job before any row
-    is written) and the rows are read with DROPMALFORMED, their count checked against the
-    lines ``explained_lines`` accepted.
+    The usual case reads the files once: the strict ``accepted_rows`` (FAILFAST, no filter)
+    writes the staging table and its rows and partitions are read back; without a NULL
+    partition every data line is a row with a valid date.  A malformed record stops that read,
+    and a line without a valid date lands in a NULL partition; either sends the load to the
+    exact path: ``explained_lines`` lists every rejected line with its reason (a ratio they
+    exceed fails the job before the rows are written again), then the rows are read with
+    DROPMALFORMED and the date filter, and their count must be the lines ``explained_lines``
+    accepted, or the files changed during the load (SourceChanged, retryable, nothing replaced).
     """
-    from pyspark.sql import Observation
     from pyspark.sql.types import StructType
 
     res, rec = ctx.res, ctx.rec
@@ -685,26 +688,15 @@ def load_phase(ctx: PhaseContext) -> dict:
         # The schema validate checked the sample with (and the live table's own checks passed on).
         schema = StructType.fromJson(json.loads(out["live_schema"]))
         load = Load(spark, names, source, schema, cfg, ctx.job_id)
-        seen = Observation("table_backup_read")
         strict_error, _, dropped = concurrently(
-            lambda: load.strict_write(seen),
-            lambda: clear_rejects(spark, names, cfg, out.get("previous_rejects")),
+            load.strict_write, lambda: clear_rejects(spark, names, cfg, out.get("previous_rejects")),
             lambda: load.drop_stale(out.get("stale_data_tables", [])))
         months = None
         if strict_error is None:
-            read = int(seen.get["read"])
             staged, months = load.staged()
-        exact = strict_error is not None or months is None
-        if not exact:  # the usual case, one read: the lines left out are bad dates, listed now
-            rejected = read - staged
-            if rejected < 0:
-                drop_staging(spark, names)
-                raise FatalError(f"{names.data} holds {staged} rows, more than the {read} lines read; nothing replaced")
-            if rejected:
-                again = load.explain()
-                if again[:2] != (read, rejected):
-                    raise load.changed(f"{read} lines with {rejected} rejected, then {again[0]} with {again[1]}")
-        else:  # a malformed record stopped the read, or a date of the right shape was impossible: rejects first
+        if months is not None:  # the usual case, one read: every data line is a row with a valid date
+            read, rejected = staged, 0
+        else:  # a malformed record stopped the read, or a row has no valid date: rejects first, then the rows
             read, rejected, malformed = load.explain()
             if strict_error is not None and not malformed:  # the read stopped, yet no line is malformed
                 if "MALFORMED_RECORD_IN_PARSING" in str(strict_error.__cause__):
@@ -728,8 +720,8 @@ def load_phase(ctx: PhaseContext) -> dict:
                 f"{rejected} of {read} lines rejected ({rejected / read:.2%}), above table_backup.max_reject_ratio="
                 f"{cfg.max_reject_ratio}; nothing replaced. Rejected lines and reasons in {names.rejects}, e.g. "
                 + "; ".join(examples))
-        if exact:  # rejects within the ratio: the rows without them, every date checked exactly
-            load.write_staging("DROPMALFORMED")
+        if months is None:  # rejects within the ratio: the rows without them, every date checked exactly
+            load.write_staging(strict=False)
             staged, months = load.staged()
             if staged != read - rejected or months is None:
                 raise load.changed(f"{read - rejected} lines accepted, then {staged} rows loaded")

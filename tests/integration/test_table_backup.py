@@ -399,24 +399,21 @@ def test_partition_date_parsing_agrees_with_spark_pattern_parser(res, fmt):
                         else {"05/01/2025"})
 
 
-def test_files_changing_during_the_load_fail_it_retryably_and_replace_nothing(settings, res, baseline, files,
-                                                                               monkeypatch):
-    """The rejects pass reads the files again; if they changed meanwhile, the counts disagree and nothing is swapped."""
-    # A date of the wrong shape: the first read leaves the line out, the rejects pass must find it alone.
+def test_a_date_fixed_between_the_reads_is_taken_as_the_files_changing(settings, res, baseline, files, monkeypatch):
+    """A line without a valid date sends the load to the exact path; if the rejects pass then finds every date
+    valid, the files changed between the reads: SourceChanged (retryable), nothing replaced."""
     src = write_files(files / "rewritten", good_rows(300, first_id=70_000), extra_lines=[BAD_LINES[1][0]], parts=1)
     tolerant = resources_with(res, "tb-tolerant-rewritten.yaml", {"table_backup": {"max_reject_ratio": 0.5}})
     original = wf.write_rejects
 
-    def rewrite_then_write(spark, names, rejected, job_id):
-        # A producer rewrites a file in place between the two reads: one date becomes invalid.
-        for path in src.iterdir():
-            text = path.read_text()
-            path.write_text(text.replace(";2025-09-01\n", ";2025-99-01\n", 1))
+    def fix_then_write(spark, names, rejected, job_id):
+        for path in src.iterdir():  # a producer rewrites the file in place between the two reads
+            path.write_text(path.read_text().replace(";05/01/2026\n", ";2026-01-05\n"))
         return original(spark, names, rejected, job_id)
 
-    monkeypatch.setattr(wf, "write_rejects", rewrite_then_write)
+    monkeypatch.setattr(wf, "write_rejects", fix_then_write)
     rec = wf.submit(tolerant, baseline["table"], str(src))
-    with pytest.raises(SourceChanged, match=r"changed during the load: 301 lines with 1 rejected, then 301 with 2"):
+    with pytest.raises(SourceChanged, match="a row without a valid date was written, then every date was valid"):
         run_phases(tolerant, rec["job_id"])
     final = tolerant.jobs.get(rec["job_id"])
     assert final["state"] == "failed" and final["phase"] == "load" and final["error"].startswith("SourceChanged:")
@@ -425,9 +422,9 @@ def test_files_changing_during_the_load_fail_it_retryably_and_replace_nothing(se
     assert_baseline_intact(settings, baseline)
 
 
-def test_an_impossible_date_of_the_right_shape_takes_the_exact_path(settings, res, files, monkeypatch):
-    """The first read parses dates once (for year and month): 2026-02-30 lands in a NULL partition, which sends
-    the load to the rejects first and then to a read that checks every date; nothing of it reaches the backup."""
+def test_a_line_without_a_valid_date_takes_the_exact_path(settings, res, files):
+    """The first read has no filter: 2026-02-30 gets no year and lands in a NULL partition, which sends the load
+    to the rejects first and then to a read that checks every date; nothing of it reaches the backup."""
     table = new_live(settings, "traffic_impossible")
     rows = good_rows(400)
     src = write_files(files / "impossible", rows, extra_lines=[BAD_LINES[0][0]], parts=2)
@@ -440,21 +437,6 @@ def test_an_impossible_date_of_the_right_shape_takes_the_exact_path(settings, re
     assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
     parts = [p[0] for p in query(settings, f"SHOW PARTITIONS {out['data_table']}")]
     assert len(parts) == out["partitions_written"] == 7 and not any("DEFAULT_PARTITION" in p for p in parts)
-
-    # The date fixed between the first read and the rejects pass: the two reads disagree, nothing replaced.
-    original = wf.write_rejects
-
-    def fix_then_write(spark, names, rejected, job_id):
-        for path in src.iterdir():
-            path.write_text(path.read_text().replace(";2026-02-30\n", ";2026-02-28\n"))
-        return original(spark, names, rejected, job_id)
-
-    monkeypatch.setattr(wf, "write_rejects", fix_then_write)
-    failed = wf.submit(tolerant, table, str(src))
-    with pytest.raises(SourceChanged, match="a row without a valid date was written, then every date was valid"):
-        run_phases(tolerant, failed["job_id"])
-    assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
-    assert not tables_of(settings, wf.names_of(failed).data.table.lower()), "staging dropped"
 
 
 # Lines around the edges of Spark's CSV converters: (msisdn, line); the msisdn identifies a line.
@@ -490,16 +472,14 @@ BLANK_LINES = ["", " ", "\t", " \x0b ", "\x1f", "\x00"]
 
 
 def test_every_pass_decides_every_line_alike(res, files):
-    """The strict (FAILFAST) and tolerant (DROPMALFORMED) main passes, validate's sample and the
-    explanation pass (from_csv) keep exactly the same lines.
+    """The strict (FAILFAST) and exact (DROPMALFORMED) reads, validate's sample and the explanation
+    pass (from_csv) keep exactly the same lines.
 
-    The load trusts this: a FAILFAST pass that succeeds has seen every data line (its count is
-    the files' line count) and left out only bad partition dates; a malformed record stops it;
-    the difference between the lines and the rows written is what explained_lines lists as
-    rejects.  Blank lines are skipped by every pass and by the line count.
+    The load trusts this: a strict read that succeeds made a row of every data line (as many as
+    the files' line count), those without a valid date with a NULL year; a malformed record stops
+    it; the exact read keeps what explained_lines accepts.  Blank lines are skipped by every pass
+    and by the line count.
     """
-    from pyspark.sql import Observation
-
     src = files / "edges"
     src.mkdir()
     (src / "part-000.csv").write_text("\n".join(EDGE_LINES[:12] + BLANK_LINES + EDGE_LINES[12:]) + "\n",
@@ -508,24 +488,21 @@ def test_every_pass_decides_every_line_alike(res, files):
     with res.spark().session() as spark:
         schema = spark.createDataFrame([], LIVE_DDL.split(" USING")[0].strip("()")).schema
         # Every column read, as the load's write does (the reader checks only the columns a query reads).
-        kept = {r.msisdn for r in wf.accepted_rows(spark, str(src), schema, cfg, "DROPMALFORMED").collect()}
+        kept = {r.msisdn for r in wf.accepted_rows(spark, str(src), schema, cfg, strict=False).collect()}
         explained = wf.explained_lines(spark, str(src), schema, cfg).select("msisdn", "_ok", "_reason", "_kind") \
             .collect()
         sampled = [r["_ok"] for r in wf.sample_verdicts(spark, str(src), schema, cfg, 1000).collect()]
         lines = wf.data_lines(spark, str(src)).count()
         csv_rows = spark.read.options(**wf.csv_options(cfg)).schema(wf.read_ddl(schema, cfg, as_strings=True)) \
             .csv(str(src)).count()
-        # FAILFAST over the lines that are not malformed: succeeds, counts them all, leaves out the bad dates.
+        # The strict read over the lines that are not malformed: a row for each, no year where the date is bad.
         fine = [line for line, r in zip(EDGE_LINES, explained) if not (r["_kind"] or "").startswith(("quote", "fields",
                                                                                                          "type", "malformed"))]
         (files / "edges-fine").mkdir()
         (files / "edges-fine" / "part-000.csv").write_text("\n".join(fine + BLANK_LINES) + "\n", encoding="utf-8")
-        seen = Observation("edges")
-        strict_rows = wf.accepted_rows(spark, str(files / "edges-fine"), schema, cfg, "FAILFAST", seen,
-                                       shape_only=True).collect()
+        strict_rows = wf.accepted_rows(spark, str(files / "edges-fine"), schema, cfg, strict=True).collect()
         strict = {r.msisdn for r in strict_rows if r.year_part is not None}
-        # The load's first read checks the shape only: an impossible date gets no year (a NULL partition).
-        assert {r.msisdn for r in strict_rows if r.year_part is None} == {"edge025"}
+        undated = {r.msisdn for r in strict_rows if r.year_part is None}
         # FAILFAST over each malformed line (between two good ones): fails.
         malformed = [line for line in EDGE_LINES if line not in fine]
         for k, line in enumerate(malformed):
@@ -533,11 +510,14 @@ def test_every_pass_decides_every_line_alike(res, files):
             folder.mkdir()
             (folder / "part-000.csv").write_text("\n".join([EDGE_LINES[0], line, EDGE_LINES[1]]) + "\n", encoding="utf-8")
             with pytest.raises(Exception, match="MALFORMED_RECORD_IN_PARSING"):
-                wf.accepted_rows(spark, str(folder), schema, cfg, "FAILFAST").collect()
+                wf.accepted_rows(spark, str(folder), schema, cfg, strict=True).collect()
     assert lines == len(explained) == csv_rows == len(EDGE_LINES)
     assert [r.msisdn for r in explained] == [line.split(";")[1] for line in EDGE_LINES]  # file order
     assert kept == strict == {r.msisdn for r in explained if r["_ok"]}
-    assert seen.get["read"] == len(fine) == 17 and len(malformed) == 9
+    assert len(strict_rows) == len(fine) == 17 and len(malformed) == 9
+    assert all(r.month_part is None for r in strict_rows if r.msisdn in undated)
+    assert undated == {r.msisdn for r in explained if (r["_kind"] or "").startswith("date")}
+    assert undated == {"edge015", "edge016", "edge018", "edge025"}
     assert sampled == [r["_ok"] for r in explained]
     assert all((r["_reason"] is None) == r["_ok"] for r in explained)
     reasons = {r.msisdn: r["_reason"] for r in explained}
@@ -602,12 +582,12 @@ def test_lines_removed_between_the_rejects_and_the_rows_fail_the_load_retryably(
 def test_a_strict_pass_failure_that_no_line_explains_is_reported_as_it_is(settings, res, baseline, files,
                                                                          monkeypatch):
     """The FAILFAST write failing for another reason than a line (here injected) is not taken for rejects."""
-    def failing(self, mode, seen=None, shape_only=False):
-        raise wf.FatalError(f"injected: the warehouse refused the {mode} write")
+    def failing(self, strict):
+        raise wf.FatalError(f"injected: the warehouse refused the {'strict' if strict else 'exact'} write")
 
     monkeypatch.setattr(wf.Load, "write_staging", failing)
     src = write_files(files / "strict-fails", good_rows(50, first_id=95_000), parts=1)
-    with pytest.raises(BackupError, match="injected: the warehouse refused the FAILFAST write"):
+    with pytest.raises(BackupError, match="injected: the warehouse refused the strict write"):
         backup_inprocess(res, baseline["table"], src)
     rec = res.jobs.last("table-backup", baseline["table"])
     assert rec["phase"] == "load" and rec["error"].startswith("FatalError: injected")
@@ -620,8 +600,8 @@ def test_what_a_failed_write_leaves_in_the_staging_folder_neither_blocks_nor_sta
     original = wf.Load.strict_write
     folders = []
 
-    def strict_then_litter(self, seen):
-        error = original(self, seen)
+    def strict_then_litter(self):
+        error = original(self)
         folder = warehouse(settings) / f"{DB}.db" / self.names.data.table.lower()
         (folder / "_temporary" / "0").mkdir(parents=True, exist_ok=True)
         (folder / "_temporary" / "0" / "part-00001-killed-task.snappy.parquet").write_bytes(b"half a file")
