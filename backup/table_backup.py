@@ -772,7 +772,7 @@ def expire_versions(spark: "SparkSession", names: Names, suffix: str, keep: int)
 def write_phase(ctx: PhaseContext) -> dict:
     """Switch the backup onto this run's staging table, fenced by the lock.
 
-    The staging table's rows were counted against the files' lines at the end of the load.
+    The staging table's rows and partitions were read back and checked at the end of the load.
     The data table the backup read until now stays as the previous generation, so that a
     query that started on it finishes on it; the next run's load drops it.
     """
