@@ -166,7 +166,7 @@ def properties_if_exists(spark: "SparkSession", name: TableName) -> dict[str, st
 def tables_like(spark: "SparkSession", db: str, like: str) -> dict[str, dict]:
     """Tables and views of ``db`` matching a SHOW TABLES pattern, with their type and TBLPROPERTIES, in one round trip.
 
-    ``{name (lower case): {"type": "VIEW" | "MANAGED" | ..., "properties": {key: value}}}``, read from
+    ``{name (lower case): {"type": "VIEW" | "MANAGED" | ..., "properties": {key: value}, "view_text": sql}}``, read from
     ``SHOW TABLE EXTENDED``: one metastore batch instead of one SHOW TBLPROPERTIES per name.
     """
     if not re.fullmatch(r"[A-Za-z0-9_*|]+", like):
@@ -176,17 +176,34 @@ def tables_like(spark: "SparkSession", db: str, like: str) -> dict[str, dict]:
     return {r["tableName"].lower(): parse_table_information(r["information"]) for r in rows}
 
 
+_INFO_KEY = re.compile(r"^[A-Z][A-Za-z ]*: ")
+
+
 def parse_table_information(text: str) -> dict:
-    """Type and properties from the ``information`` text of SHOW TABLE EXTENDED (``Key: value`` lines)."""
+    """Type, properties and a view's SQL (``view_text``, '' for a table) from the ``information`` text of
+    SHOW TABLE EXTENDED (``Key: value`` lines)."""
     fields: dict[str, str] = {}
+    view_text: list[str] = []
+    in_view_text = False
     for line in text.splitlines():
+        if line.startswith("View Text: "):
+            in_view_text = True
+            view_text.append(line[len("View Text: "):])
+            continue
+        if in_view_text:
+            # The SQL may run over several lines, up to the next "Key: " line (Spark prints "View Original Text").
+            if not _INFO_KEY.match(line):
+                view_text.append(line)
+                continue
+            in_view_text = False
         if ": " in line and not line.startswith(" "):  # the first of a key counts (a view's SQL text comes later)
             key, value = line.split(": ", 1)
             fields.setdefault(key, value)
     inner = fields.get("Table Properties", "[]").strip()[1:-1]
     # "k1=v1, k2=v2": split only where a new key starts, so a value holding ", " stays whole.
     pairs = [p.split("=", 1) for p in re.split(r", (?=[\w.:\-]+=)", inner) if "=" in p]
-    return {"type": fields.get("Type", "").strip().upper(), "properties": {k: v for k, v in pairs}}
+    return {"type": fields.get("Type", "").strip().upper(), "properties": {k: v for k, v in pairs},
+            "view_text": "\n".join(view_text)}
 
 
 def drop(spark: "SparkSession", name: TableName, kind: str) -> None:
