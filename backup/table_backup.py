@@ -35,6 +35,7 @@ phase re-reads what it needs from the catalog and the job record.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import re
@@ -100,13 +101,20 @@ class Names:
         """Data tables of this backup name (any run), as the catalog spells them (lower case)."""
         return re.compile(rf"^{re.escape(self.backup.table.lower())}__[0-9a-z]{{12}}$")
 
+    def data_tables_in(self, sql: str) -> set[str]:
+        """Data tables of this backup name that a view's SQL text names (lower case)."""
+        found = re.finditer(rf"(?<![0-9a-z_]){re.escape(self.backup.table.lower())}__[0-9a-z]{{12}}(?![0-9a-z_])",
+                            sql.lower())
+        return {m.group(0) for m in found}
+
 
 def job_tag(job_id: str) -> str:
-    """Twelve lower-case letters/digits from the job id, for the data table's name."""
-    tag = re.sub(r"[^0-9a-z]", "", job_id.lower())[:12]
-    if len(tag) < 12:
-        raise InvalidInput(f"invalid job id {job_id!r}: needs at least 12 letters or digits")
-    return tag
+    """Twelve hex digits of the job id's SHA-256, for the data table's name."""
+    # A hash of the whole id: callers choose task ids, and ids sharing a prefix
+    # ("nightly-traffic-2026-01-01", "-02") must not share a data table.
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise InvalidInput(f"invalid job id {str(job_id)[:80]!r}: use 12 to 64 letters, digits, - or _")
+    return hashlib.sha256(job_id.encode()).hexdigest()[:12]
 
 
 def run_names(table: str, suffix: str, day: str | None, job_id: str) -> Names:
@@ -279,7 +287,11 @@ def read_ddl(schema: "StructType", cfg: TableBackupSettings, as_strings: bool = 
 
 def partition_field(schema: "StructType", cfg: TableBackupSettings):
     """The live schema's field named by table_backup.partition_column."""
-    return next(f for f in schema if f.name.lower() == cfg.partition_column.lower())
+    field = next((f for f in schema if f.name.lower() == cfg.partition_column.lower()), None)
+    if field is None:  # the setting changed after validate checked it against the live table
+        raise ConfigError(f"table_backup.partition_column={cfg.partition_column!r} is not a column of the "
+                          f"schema this job validated ({', '.join(f.name for f in schema)})")
+    return field
 
 
 def live_schema(spark: "SparkSession", live: TableName, cfg: TableBackupSettings) -> "StructType":
@@ -464,6 +476,8 @@ def catalog_state(spark: "SparkSession", names: Names) -> dict:
     """What the catalog holds under the backup name: the data table its view reads, every other data
     table, and how many lines the rejects table holds (all from one listing).
 
+    A data table the view's SQL or its property names is never stale: dropping it would empty the backup.
+
     AlreadyExists unless the backup and rejects names are free or already managed by this workflow.
     """
     found = tables_like(spark, names.live.db, f"{names.backup.table.lower()}*")
@@ -474,10 +488,14 @@ def catalog_state(spark: "SparkSession", names: Names) -> dict:
             f"backup?); rename it, e.g. ALTER TABLE {names.backup} RENAME TO {names.backup}_legacy, then run again")
     if rejects is not None and PROP_REJECTS_OF not in rejects["properties"]:
         raise AlreadyExists(f"{names.rejects} exists and was not made by table-backup; rename or drop it first")
-    current = backup["properties"][PROP_DATA] if backup else None
+    recorded = backup["properties"][PROP_DATA] if backup else None
+    # What the view's SQL reads, which the property does not follow after an ALTER VIEW by hand (a rollback).
+    reads = names.data_tables_in(backup["view_text"]) if backup else set()
+    current = next(iter(reads)) if len(reads) == 1 else recorded
+    in_use = reads | ({recorded} if recorded else set())
     pattern, ours = names.data_pattern(), names.data.table.lower()
-    return {"previous_data_table": current,
-            "stale_data_tables": sorted(t for t in found if pattern.match(t) and t not in (current, ours)),
+    return {"previous_data_table": current, "backup_reads": sorted(in_use),
+            "stale_data_tables": sorted(t for t in found if pattern.match(t) and t not in in_use and t != ours),
             "previous_rejects": None if rejects is None else rejects["properties"].get(PROP_REJECTS_ROWS, "unknown")}
 
 
@@ -556,8 +574,8 @@ def set_rejects_rows(spark: "SparkSession", names: Names, rows: int | str) -> No
 def clear_rejects(spark: "SparkSession", names: Names, cfg: TableBackupSettings, previous: str | None) -> None:
     """The rejects table of this backup name, created if missing, emptied of the previous run's lines.
 
-    ``previous`` is what validate read of it: None (no table), '0' (empty: nothing to do), or
-    a count or 'unknown' (an interrupted write), both emptied.
+    ``previous`` is what the catalog listing said of it: None (no table), '0' (empty: nothing to
+    do), or a count or 'unknown' (an interrupted write), both emptied.
     """
     if previous == "0":
         return
@@ -584,6 +602,16 @@ def write_rejects(spark: "SparkSession", names: Names, rejected: "DataFrame", jo
 def drop_staging(spark: "SparkSession", names: Names) -> None:
     """Drop this run's data table with its folder (and whatever a failed write left in it)."""
     drop(spark, names.data, "TABLE")
+
+
+def stopped_at_malformed_record(error: BaseException) -> bool:
+    """Whether Spark's FAILFAST CSV reader stopped the query at a record it could not parse."""
+    seen = error
+    while seen is not None:  # the marker is in the Spark error, the cause of ours
+        if "MALFORMED_RECORD_IN_PARSING" in str(seen) or "MALFORMED_CSV_RECORD" in str(seen):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 @dataclass
@@ -619,14 +647,15 @@ class Load:
                 .option("partitionOverwriteMode", "static").insertInto(self.names.data.sql, overwrite=True)
 
     def strict_write(self) -> FatalError | None:
-        """The staging table, then the strict write into it; the error that write stopped with, if any (a
-        malformed record, unless ``explain`` finds none)."""
+        """The staging table, then the strict write into it; the malformed-record error that write stopped
+        with, if any (any other error drops the staging table and is raised as it is)."""
         self.create_staging()
         try:
             self.write_staging(strict=True)
-        except NotFound:
-            raise
         except FatalError as e:
+            if isinstance(e, NotFound) or not stopped_at_malformed_record(e):
+                drop_staging(self.spark, self.names)
+                raise
             return e
         return None
 
@@ -679,12 +708,20 @@ def load_phase(ctx: PhaseContext) -> dict:
     names = names_of(rec)
     source = rec["args"]["source"]
     out = rec["outputs"]
+    again = phase_entry(rec, "load")["deliveries"] > 1  # a retry or a redelivery
     with res.spark().session() as spark:
-        if out.get("rows_accepted") is not None and table_kind(spark, names.data) \
+        if again and out.get("rows_accepted") is not None and table_kind(spark, names.data) \
                 and _count(spark, names.data) == out["rows_accepted"]:
+            ctx.done(note="already loaded")
             return {"job_id": ctx.job_id, "note": "already loaded", **_load_summary(out)}
         if "live_schema" not in out:  # validated by an earlier version of this workflow
-            out = {**out, "live_schema": live_schema(spark, names.live, cfg).json(), **catalog_state(spark, names)}
+            out = {**out, "live_schema": live_schema(spark, names.live, cfg).json()}
+        if again or "backup_reads" not in out:
+            # What validate saw may be stale: an earlier attempt wrote rejects, or this run's switch happened.
+            out = {**out, **catalog_state(spark, names)}
+        if names.data.table.lower() in out["backup_reads"]:
+            raise FatalError(f"{names.backup} already reads {names.data}, this job's data table; a load never "
+                             f"rewrites the table a backup reads (see the job record's write phase)")
         # The schema validate checked the sample with (and the live table's own checks passed on).
         schema = StructType.fromJson(json.loads(out["live_schema"]))
         load = Load(spark, names, source, schema, cfg, ctx.job_id)
@@ -698,11 +735,8 @@ def load_phase(ctx: PhaseContext) -> dict:
             read, rejected = staged, 0
         else:  # a malformed record stopped the read, or a row has no valid date: rejects first, then the rows
             read, rejected, malformed = load.explain()
-            if strict_error is not None and not malformed:  # the read stopped, yet no line is malformed
-                if "MALFORMED_RECORD_IN_PARSING" in str(strict_error.__cause__):
-                    raise load.changed("a malformed record stopped the first read, the second found none")
-                drop_staging(spark, names)
-                raise strict_error
+            if strict_error is not None and not malformed:  # a malformed record stopped the read, then none found
+                raise load.changed("a malformed record stopped the first read, the second found none")
             if strict_error is None and not rejected:
                 raise load.changed("a row without a valid date was written, then every date was valid")
         stats = {"rows_read": read, "rows_accepted": read - rejected, "rows_rejected": rejected,
@@ -763,8 +797,10 @@ def expire_versions(spark: "SparkSession", names: Names, suffix: str, keep: int)
     for name in versions[keep:]:
         data = re.compile(rf"^{re.escape(name)}__[0-9a-z]{{12}}$")
         drop(spark, TableName(db, name), "VIEW")
-        concurrently(*[lambda t=t: drop(spark, TableName(db, t), "TABLE")
-                       for t in found if data.match(t) or t == f"{name}_rejects"])
+        rejects = found.get(f"{name}_rejects")
+        ours = [t for t in found if data.match(t)] + \
+            ([f"{name}_rejects"] if rejects and PROP_REJECTS_OF in rejects["properties"] else [])
+        concurrently(*[lambda t=t: drop(spark, TableName(db, t), "TABLE") for t in ours])
         expired.append(f"{db}.{name}")
     return sorted(expired)
 

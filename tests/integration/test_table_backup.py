@@ -287,7 +287,7 @@ def test_rejects_listed_with_reasons_and_ratio_enforced(settings, res, files):
     assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
     assert {r[0] for r in query(settings, f"SELECT DISTINCT job_id FROM {table}_bkp_rejects")} == {failed["job_id"]}
     assert tables_of(settings, "traffic_rejects_bkp__") == {out["data_table"].split(".")[1]}, "staging dropped"
-    # The malformed lines stopped the first (FAILFAST) write before it made the table: its folder is gone too.
+    # The malformed lines stopped the first (FAILFAST) write; dropping the staging table removed its folder too.
     staging = wf.names_of(failed).data.table.lower()
     assert not (warehouse(settings) / f"{DB}.db" / staging).exists()
     assert dict(query(settings, f"SHOW TBLPROPERTIES {table}_bkp_rejects"))[wf.PROP_REJECTS_ROWS] == "7"
@@ -631,8 +631,90 @@ def test_a_run_validated_by_an_earlier_version_still_loads(settings, res, files)
     for name in wf.PHASES:
         with phase(res, rec["job_id"], name) as ctx:
             if name == "load":
-                for key in ("live_schema", "previous_data_table", "stale_data_tables", "previous_rejects"):
+                for key in ("live_schema", "previous_data_table", "backup_reads", "stale_data_tables",
+                            "previous_rejects"):
                     ctx.rec["outputs"].pop(key)
             wf.PHASE_FUNCS[name](ctx)
     assert res.jobs.get(rec["job_id"])["state"] == "success"
+    assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
+
+
+def test_a_backup_rolled_back_by_hand_is_never_dropped(settings, res, files):
+    """ALTER VIEW onto the previous generation (the documented rollback) leaves the view's property naming
+    the newer table; the next runs go by what the view reads, and keep it until it is a generation old."""
+    table = new_live(settings, "traffic_rollback")
+    backup = f"{table}_bkp"
+    rows1, rows2 = good_rows(120), good_rows(80, first_id=5_000)
+    data1 = backup_inprocess(res, table, write_files(files / "rollback1", rows1, parts=1))["outputs"]["data_table"]
+    data2 = backup_inprocess(res, table, write_files(files / "rollback2", rows2, parts=1))["outputs"]["data_table"]
+    execute(settings, f"ALTER VIEW {backup} AS SELECT * FROM {data1}")
+    assert_same_rows(backup_rows(settings, backup), rows1)
+
+    # A failed run (a reject, ratio 0) drops neither the table the view reads nor the one its property names.
+    bad = write_files(files / "rollback-bad", rows2, extra_lines=[BAD_LINES[0][0]], parts=1)
+    with pytest.raises(RejectsExceeded):
+        backup_inprocess(res, table, bad)
+    assert {data1, data2} <= {f"{DB}.{t}" for t in tables_of(settings, "traffic_rollback_bkp__")}
+    assert_same_rows(backup_rows(settings, backup), rows1)
+
+    rows3 = good_rows(60, first_id=9_000)
+    rec3 = backup_inprocess(res, table, write_files(files / "rollback3", rows3, parts=1))
+    assert rec3["state"] == "success", rec3
+    assert rec3["outputs"]["replaced_data_table"] == data1.split(".")[1]
+    assert rec3["outputs"]["dropped_tables"] == []
+    assert_same_rows(backup_rows(settings, backup), rows3)
+    rec4 = backup_inprocess(res, table, write_files(files / "rollback3", rows3, parts=1))
+    assert sorted(rec4["outputs"]["dropped_tables"]) == sorted([data1, data2])
+
+
+def test_a_retried_load_empties_the_rejects_an_earlier_attempt_wrote(settings, res, files, monkeypatch):
+    """validate saw no rejects table; the first load attempt wrote one line to it, then failed retryably.
+    The retry (the files fixed meanwhile) must not leave that line beside a run that rejected nothing."""
+    table = new_live(settings, "traffic_retry")
+    rows = good_rows(200)
+    src = write_files(files / "retry", rows, extra_lines=[BAD_LINES[3][0]], parts=1)
+    tolerant = resources_with(res, "tb-tolerant-retry.yaml", {"table_backup": {"max_reject_ratio": 0.5}})
+    original = wf.write_rejects
+
+    def write_then_cut(spark, names, rejected, job_id):
+        original(spark, names, rejected, job_id)
+        write_files(src, rows[:150], parts=1)  # the producer rewrites the file between the two reads
+
+    monkeypatch.setattr(wf, "write_rejects", write_then_cut)
+    rec = wf.submit(tolerant, table, str(src))
+    for name in ("lock", "validate"):
+        with phase(tolerant, rec["job_id"], name) as ctx:
+            wf.PHASE_FUNCS[name](ctx)
+    assert res.jobs.get(rec["job_id"])["outputs"]["previous_rejects"] is None
+    with pytest.raises(SourceChanged):
+        with phase(tolerant, rec["job_id"], "load") as ctx:
+            wf.load_phase(ctx)
+    assert query(settings, f"SELECT count(*) FROM {table}_bkp_rejects") == [(1,)]
+    monkeypatch.setattr(wf, "write_rejects", original)
+    for name in ("load", "write", "finish"):  # the retry of load, as Celery's retry runs it
+        with phase(tolerant, rec["job_id"], name, attempt=2 if name == "load" else 1) as ctx:
+            wf.PHASE_FUNCS[name](ctx)
+    done = res.jobs.get(rec["job_id"])
+    assert done["state"] == "success" and done["outputs"]["rows_rejected"] == 0, done
+    assert query(settings, f"SELECT count(*) FROM {table}_bkp_rejects") == [(0,)]
+    assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows[:150])
+
+
+def test_a_load_redelivered_after_its_switch_leaves_the_backup_alone(settings, res, files):
+    """Late acks: a worker that dies after the load sent the write may have its load delivered again."""
+    table = new_live(settings, "traffic_redelivered")
+    rows = good_rows(90)
+    rec = wf.submit(res, table, str(write_files(files / "redelivered", rows, parts=1)))
+    for name in ("lock", "validate", "load", "write"):
+        with phase(res, rec["job_id"], name) as ctx:
+            wf.PHASE_FUNCS[name](ctx)
+    with phase(res, rec["job_id"], "load") as ctx:
+        assert wf.load_phase(ctx)["note"] == "already loaded"
+    load = next(p for p in res.jobs.get(rec["job_id"])["phases"] if p["name"] == "load")
+    assert (load["state"], load["note"], load["deliveries"]) == ("success", "already loaded", 2)
+    # Even with the record's counts lost, the table the backup reads is not rewritten.
+    res.jobs.update(rec["job_id"], lambda r: r["outputs"].pop("rows_accepted"))
+    with pytest.raises(wf.FatalError, match=r"already reads .*this job's data table"):
+        with phase(res, rec["job_id"], "load") as ctx:
+            wf.load_phase(ctx)
     assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)

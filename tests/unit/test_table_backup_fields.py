@@ -1,6 +1,6 @@
 """The field count reported for a malformed line: regexes Spark evaluates, checked against Python's csv module.
 
-The same two steps as in ``parsed_lines`` (remove well-formed quoted fields, split on the
+The same two steps as in ``explained_lines`` (remove well-formed quoted fields, split on the
 delimiter keeping empty trailing fields) run here with ``re``; the patterns use only syntax
 that Java and Python read alike.
 """
@@ -28,11 +28,16 @@ def spark_like_count(line: str, delimiter: str, quote: str, escape: str) -> int:
     ";;;",
     '1;"a;b";"c;d";"e"";""f"',
     "only",
-    "",
 ])
 def test_counts_match_csv_module_rfc4180(line):
-    expected = len(next(csv.reader([line], delimiter=";", quotechar='"', doublequote=True))) if line else 1
+    expected = len(next(csv.reader([line], delimiter=";", quotechar='"', doublequote=True)))
     assert spark_like_count(line, ";", '"', '"') == expected
+
+
+def test_an_empty_line_is_one_empty_field():
+    """Python's csv yields no row for it; the split gives one field (data_lines skips such lines before any count)."""
+    assert list(csv.reader([""], delimiter=";")) == [[]]
+    assert spark_like_count("", ";", '"', '"') == 1
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -51,6 +56,6 @@ def test_regex_metacharacters_are_literal():
 
 
 def test_unclosed_quote_stays_visible():
-    # parsed_lines reports "unbalanced quote" when a quote survives the removal of quoted fields.
+    # explained_lines reports "unbalanced quote" when a quote survives the removal of quoted fields.
     outside = re.sub(quoted_field_regex('"', '"'), "", '1;"open;2;3')
     assert '"' in outside

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 
@@ -25,7 +26,8 @@ def test_default_names(res):
     assert args == {"table": "mnaas.TrafficDetails", "source": "/data/traffic", "suffix": "_bkp", "versioned": False,
                     "retention": None, "day": None, "backup_table": "mnaas.TrafficDetails_bkp"}
     names = run_names("mnaas.TrafficDetails", "_bkp", None, JOB)
-    assert str(names.data) == "mnaas.TrafficDetails_bkp__0123456789ab"
+    # sha256(JOB)[:12], pinned: every phase of a job (and every version a job spans) derives the same name.
+    assert str(names.data) == "mnaas.TrafficDetails_bkp__3eb1bd439947"
     assert str(names.rejects) == "mnaas.TrafficDetails_bkp_rejects"
     pattern = names.data_pattern()
     assert pattern.match("trafficdetails_bkp__0123456789ab")
@@ -41,7 +43,7 @@ def test_versioned_names_default_day_and_retention(res, settings):
                             job_id=JOB)
     assert (args["backup_table"], args["retention"], args["day"]) == ("db.t_copy_20260228", 3, "20260228")
     names = run_names("db.t", "_copy", "20260228", JOB)
-    assert str(names.data) == "db.t_copy_20260228__0123456789ab"
+    assert str(names.data) == "db.t_copy_20260228__3eb1bd439947"
     assert str(names.rejects) == "db.t_copy_20260228_rejects"
 
 
@@ -83,10 +85,15 @@ def test_sources_refused(source, message):
         check_source(source)
 
 
-def test_job_tag_needs_enough_characters():
-    assert job_tag("0123ABCD-4567-89ef-0123-456789abcdef") == "0123abcd4567"
-    with pytest.raises(InvalidInput, match="invalid job id"):
-        job_tag("short-id")
+def test_job_tag_is_a_hash_of_the_whole_id():
+    """Caller-chosen ids sharing a long prefix get different data tables; the same id always the same one."""
+    day1, day2 = job_tag("nightly-traffic-2026-01-01"), job_tag("nightly-traffic-2026-01-02")
+    assert day1 != day2 and re.fullmatch(r"[0-9a-f]{12}", day1)
+    assert job_tag("nightly-traffic-2026-01-01") == day1
+    assert run_names("mnaas.t", "_bkp", None, "nightly-traffic-2026-01-01").data.table == f"t_bkp__{day1}"
+    for bad in ["short-id", "x" * 65, "id with spaces!", None]:
+        with pytest.raises(InvalidInput, match="invalid job id"):
+            job_tag(bad)
 
 
 def test_unknown_timezone_is_a_config_error(settings):
@@ -116,3 +123,16 @@ def test_spark_settings_validated(spark, message):
 def test_table_backup_settings_validated(table_backup, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(CONFIG_PATH, overrides={"table_backup": table_backup})
+
+
+def test_a_partition_column_setting_changed_after_validate_is_a_config_error(settings):
+    """The load reads the schema validate recorded; a setting naming another column is one clear line."""
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from backup.table_backup import partition_field
+
+    schema = StructType([StructField("id", StringType()), StructField("partition_date", StringType())])
+    assert partition_field(schema, settings.table_backup).name == "partition_date"
+    cfg = settings.table_backup.model_copy(update={"partition_column": "event_day"})
+    with pytest.raises(ConfigError, match=r"partition_column='event_day' is not a column .*\(id, partition_date\)"):
+        partition_field(schema, cfg)
