@@ -112,7 +112,7 @@ def job_tag(job_id: str) -> str:
     """Twelve hex digits of the job id's SHA-256, for the data table's name."""
     # A hash of the whole id: callers choose task ids, and ids sharing a prefix
     # ("nightly-traffic-2026-01-01", "-02") must not share a data table.
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise InvalidInput(f"invalid job id {str(job_id)[:80]!r}: use 12 to 64 letters, digits, - or _")
     return hashlib.sha256(job_id.encode()).hexdigest()[:12]
 
@@ -189,7 +189,7 @@ def submit(res: Resources, table: str, source: str, suffix: str | None = None, v
     raw = {"table": table, "source": source, "suffix": suffix, "versioned": versioned, "retention": retention,
            "day": day}
     try:
-        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
             raise InvalidInput(f"invalid job id {str(job_id)[:80]!r}: use 12 to 64 letters, digits, - or _")
         args = validate_request(res, table, source, suffix, versioned, retention, day, job_id)
     except InvalidInput as e:
@@ -199,9 +199,17 @@ def submit(res: Resources, table: str, source: str, suffix: str | None = None, v
 
 
 def names_of(rec: dict) -> Names:
-    """The names of a recorded run."""
+    """The names of a recorded run (the data table as its load recorded it, if it did)."""
     a = rec["args"]
-    return run_names(a["table"], a["suffix"], a["day"], rec["job_id"])
+    names = run_names(a["table"], a["suffix"], a["day"], rec["job_id"])
+    recorded = rec.get("outputs", {}).get("data_table")
+    if recorded and recorded != str(names.data):
+        # Loaded by a version that derived the tag otherwise: the phases after it use the table it made.
+        data = TableName.parse(recorded)
+        if data.db != names.live.db or not names.data_pattern().match(data.table.lower()):
+            raise FatalError(f"job record names data table {recorded}, which is not a data table of {names.backup}")
+        names = Names(live=names.live, backup=names.backup, data=data, rejects=names.rejects)
+    return names
 
 
 # -- parsing: every line, typed as the live schema, with the reason it is rejected ---------------
@@ -480,7 +488,7 @@ def catalog_state(spark: "SparkSession", names: Names) -> dict:
 
     AlreadyExists unless the backup and rejects names are free or already managed by this workflow.
     """
-    found = tables_like(spark, names.live.db, f"{names.backup.table.lower()}*")
+    found = tables_like(spark, names.live.db, f"{names.backup.table.lower()}*", with_text=True)
     backup, rejects = found.get(names.backup.table.lower()), found.get(names.rejects.table.lower())
     if backup is not None and PROP_DATA not in backup["properties"]:
         raise AlreadyExists(
@@ -492,7 +500,10 @@ def catalog_state(spark: "SparkSession", names: Names) -> dict:
     # What the view's SQL reads, which the property does not follow after an ALTER VIEW by hand (a rollback).
     reads = names.data_tables_in(backup["view_text"]) if backup else set()
     current = next(iter(reads)) if len(reads) == 1 else recorded
-    in_use = reads | ({recorded} if recorded else set())
+    # Kept: every data table the view's listing names anywhere (its SQL, comments in it, properties),
+    # so that a view text the parser cut short still keeps what it reads.
+    in_use = (names.data_tables_in(backup["information"]) if backup else set()) | reads | \
+        ({recorded} if recorded else set())
     pattern, ours = names.data_pattern(), names.data.table.lower()
     return {"previous_data_table": current, "backup_reads": sorted(in_use),
             "stale_data_tables": sorted(t for t in found if pattern.match(t) and t not in in_use and t != ours),
@@ -741,6 +752,7 @@ def load_phase(ctx: PhaseContext) -> dict:
                 raise load.changed("a row without a valid date was written, then every date was valid")
         stats = {"rows_read": read, "rows_accepted": read - rejected, "rows_rejected": rejected,
                  "data_table": str(names.data), "rejects_table": str(names.rejects),
+                 "previous_data_table": out.get("previous_data_table"),
                  "columns": [f.name for f in schema] + list(PARTITION_COLUMNS), "dropped_tables": dropped}
         if read == 0:
             drop_staging(spark, names)

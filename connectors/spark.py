@@ -163,17 +163,19 @@ def properties_if_exists(spark: "SparkSession", name: TableName) -> dict[str, st
         return None
 
 
-def tables_like(spark: "SparkSession", db: str, like: str) -> dict[str, dict]:
+def tables_like(spark: "SparkSession", db: str, like: str, with_text: bool = False) -> dict[str, dict]:
     """Tables and views of ``db`` matching a SHOW TABLES pattern, with their type and TBLPROPERTIES, in one round trip.
 
     ``{name (lower case): {"type": "VIEW" | "MANAGED" | ..., "properties": {key: value}, "view_text": sql}}``, read from
-    ``SHOW TABLE EXTENDED``: one metastore batch instead of one SHOW TBLPROPERTIES per name.
+    ``SHOW TABLE EXTENDED``: one metastore batch instead of one SHOW TBLPROPERTIES per name; with
+    ``with_text``, also the whole ``information`` text.
     """
     if not re.fullmatch(r"[A-Za-z0-9_*|]+", like):
         raise ValueError(f"unsafe SHOW TABLES pattern {like!r}")
     with spark_errors(f"list tables of {db} like {like}"):
         rows = spark.sql(f"SHOW TABLE EXTENDED IN `{db}` LIKE '{like}'").select("tableName", "information").collect()
-    return {r["tableName"].lower(): parse_table_information(r["information"]) for r in rows}
+    return {r["tableName"].lower(): {**parse_table_information(r["information"]),
+                                     **({"information": r["information"]} if with_text else {})} for r in rows}
 
 
 _INFO_KEY = re.compile(r"^[A-Z][A-Za-z ]*: ")
@@ -185,14 +187,16 @@ def parse_table_information(text: str) -> dict:
     fields: dict[str, str] = {}
     view_text: list[str] = []
     in_view_text = False
+    # The SQL may run over several lines: up to "View Original Text", which Spark prints next, or
+    # without it up to the next "Key: " line.
+    original_follows = "\nView Original Text: " in text
     for line in text.splitlines():
         if line.startswith("View Text: "):
             in_view_text = True
             view_text.append(line[len("View Text: "):])
             continue
         if in_view_text:
-            # The SQL may run over several lines, up to the next "Key: " line (Spark prints "View Original Text").
-            if not _INFO_KEY.match(line):
+            if not (line.startswith("View Original Text: ") if original_follows else _INFO_KEY.match(line)):
                 view_text.append(line)
                 continue
             in_view_text = False

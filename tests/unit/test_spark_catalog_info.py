@@ -56,3 +56,13 @@ def test_a_view_text_over_several_lines_ends_at_the_next_key():
 def test_unsafe_patterns_are_refused_before_any_query(like):
     with pytest.raises(ValueError, match="unsafe SHOW TABLES pattern"):
         tables_like(None, "db", like)
+
+
+def test_a_comment_line_like_a_key_stays_in_the_view_text():
+    """A hand-written ALTER VIEW may hold 'Reason: ...' in a comment; Spark's next key ends the text."""
+    text = ("Type: VIEW\nView Text: SELECT *\n/* rollback\nReason: bad load */ FROM mnaas.t_bkp__0123456789ab\n"
+            "View Original Text: SELECT *\n/* rollback\nReason: bad load */ FROM mnaas.t_bkp__0123456789ab\n"
+            "Table Properties: [mediation_backup.data_table=t_bkp__ba9876543210]\n")
+    info = parse_table_information(text)
+    assert info["view_text"] == "SELECT *\n/* rollback\nReason: bad load */ FROM mnaas.t_bkp__0123456789ab"
+    assert info["properties"] == {"mediation_backup.data_table": "t_bkp__ba9876543210"}

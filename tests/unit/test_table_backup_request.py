@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from backup.errors import ConfigError, InvalidInput
+from backup.errors import ConfigError, FatalError, InvalidInput
 from backup.resources import Resources
 from backup.table_backup import check_source, job_tag, run_names, validate_request
 from config.settings import load_settings
@@ -26,7 +26,7 @@ def test_default_names(res):
     assert args == {"table": "mnaas.TrafficDetails", "source": "/data/traffic", "suffix": "_bkp", "versioned": False,
                     "retention": None, "day": None, "backup_table": "mnaas.TrafficDetails_bkp"}
     names = run_names("mnaas.TrafficDetails", "_bkp", None, JOB)
-    # sha256(JOB)[:12], pinned: every phase of a job (and every version a job spans) derives the same name.
+    # sha256(JOB)[:12], pinned: every phase of a job derives the same name (after its load, the recorded one).
     assert str(names.data) == "mnaas.TrafficDetails_bkp__3eb1bd439947"
     assert str(names.rejects) == "mnaas.TrafficDetails_bkp_rejects"
     pattern = names.data_pattern()
@@ -136,3 +136,45 @@ def test_a_partition_column_setting_changed_after_validate_is_a_config_error(set
     cfg = settings.table_backup.model_copy(update={"partition_column": "event_day"})
     with pytest.raises(ConfigError, match=r"partition_column='event_day' is not a column .*\(id, partition_date\)"):
         partition_field(schema, cfg)
+
+
+def test_a_data_table_recorded_by_the_load_is_kept_by_the_later_phases():
+    """A job whose load ran on a version that derived the tag otherwise finds its table in the write."""
+    from backup.table_backup import names_of
+
+    rec = {"job_id": JOB, "args": {"table": "mnaas.t", "suffix": "_bkp", "day": None}, "outputs": {}}
+    assert str(names_of(rec).data) == "mnaas.t_bkp__3eb1bd439947"
+    rec["outputs"]["data_table"] = "mnaas.t_bkp__0123456789ab"  # the earlier prefix tag
+    assert str(names_of(rec).data) == "mnaas.t_bkp__0123456789ab"
+    for foreign in ("other.t_bkp__0123456789ab", "mnaas.t_bkp", "mnaas.u_bkp__0123456789ab"):
+        rec["outputs"]["data_table"] = foreign
+        with pytest.raises(FatalError, match="not a data table of mnaas.t_bkp"):
+            names_of(rec)
+
+
+def test_a_job_id_with_a_trailing_newline_is_refused():
+    with pytest.raises(InvalidInput, match="invalid job id"):
+        job_tag(JOB + "\n")
+
+
+class _SparkError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("message, malformed", [
+    ("[MALFORMED_RECORD_IN_PARSING.WITHOUT_SUGGESTION] Malformed records are detected in record parsing", True),
+    ("[MALFORMED_CSV_RECORD] Malformed CSV record: 1;2", True),
+    ("[TASK_WRITE_FAILED] Task failed while writing rows to file:/warehouse/t", False),
+    ("[TABLE_OR_VIEW_NOT_FOUND] The table or view `db`.`t` cannot be found", False),
+])
+def test_only_a_malformed_record_sends_a_failed_strict_read_to_the_exact_path(message, malformed):
+    """The marker is looked for along the cause chain, where spark_errors keeps the Spark error."""
+    from backup.table_backup import stopped_at_malformed_record
+
+    try:
+        try:
+            raise _SparkError(f"{message}\n\nJVM stacktrace: ...")
+        except _SparkError as e:
+            raise FatalError("load /in into db.t_bkp__x: job aborted") from e
+    except FatalError as ours:
+        assert stopped_at_malformed_record(ours) is malformed
