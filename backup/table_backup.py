@@ -99,22 +99,31 @@ class Names:
 
     def data_pattern(self) -> re.Pattern:
         """Data tables of this backup name (any run), as the catalog spells them (lower case)."""
-        return re.compile(rf"^{re.escape(self.backup.table.lower())}__[0-9a-z]{{12}}$")
+        return re.compile(rf"^{data_table_regex(self.backup.table)}$")
 
-    def data_tables_in(self, sql: str) -> set[str]:
-        """Data tables of this backup name that a view's SQL text names (lower case)."""
-        found = re.finditer(rf"(?<![0-9a-z_]){re.escape(self.backup.table.lower())}__[0-9a-z]{{12}}(?![0-9a-z_])",
-                            sql.lower())
+    def data_tables_in(self, text: str) -> set[str]:
+        """Data tables of this backup name that a text (a view's SQL, a catalog listing) names (lower case)."""
+        found = re.finditer(rf"(?<![0-9a-z_]){data_table_regex(self.backup.table)}(?![0-9a-z_])", text.lower())
         return {m.group(0) for m in found}
+
+
+def data_table_regex(backup: str) -> str:
+    """The regex of the data tables' names of a backup name: ``<backup>__`` and a 12-character tag."""
+    return rf"{re.escape(backup.lower())}__[0-9a-z]{{12}}"
+
+
+def check_job_id(job_id) -> str:
+    """The job id, if it can name a job's tables and records; InvalidInput otherwise."""
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise InvalidInput(f"invalid job id {str(job_id)[:80]!r}: use 12 to 64 letters, digits, - or _")
+    return job_id
 
 
 def job_tag(job_id: str) -> str:
     """Twelve hex digits of the job id's SHA-256, for the data table's name."""
     # A hash of the whole id: callers choose task ids, and ids sharing a prefix
     # ("nightly-traffic-2026-01-01", "-02") must not share a data table.
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
-        raise InvalidInput(f"invalid job id {str(job_id)[:80]!r}: use 12 to 64 letters, digits, - or _")
-    return hashlib.sha256(job_id.encode()).hexdigest()[:12]
+    return hashlib.sha256(check_job_id(job_id).encode()).hexdigest()[:12]
 
 
 def run_names(table: str, suffix: str, day: str | None, job_id: str) -> Names:
@@ -189,8 +198,7 @@ def submit(res: Resources, table: str, source: str, suffix: str | None = None, v
     raw = {"table": table, "source": source, "suffix": suffix, "versioned": versioned, "retention": retention,
            "day": day}
     try:
-        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
-            raise InvalidInput(f"invalid job id {str(job_id)[:80]!r}: use 12 to 64 letters, digits, - or _")
+        check_job_id(job_id)
         args = validate_request(res, table, source, suffix, versioned, retention, day, job_id)
     except InvalidInput as e:
         res.jobs.create(job_id, WORKFLOW, str(table), raw, PHASES)
@@ -488,7 +496,7 @@ def catalog_state(spark: "SparkSession", names: Names) -> dict:
 
     AlreadyExists unless the backup and rejects names are free or already managed by this workflow.
     """
-    found = tables_like(spark, names.live.db, f"{names.backup.table.lower()}*", with_text=True)
+    found = tables_like(spark, names.live.db, f"{names.backup.table.lower()}*")
     backup, rejects = found.get(names.backup.table.lower()), found.get(names.rejects.table.lower())
     if backup is not None and PROP_DATA not in backup["properties"]:
         raise AlreadyExists(
@@ -500,10 +508,9 @@ def catalog_state(spark: "SparkSession", names: Names) -> dict:
     # What the view's SQL reads, which the property does not follow after an ALTER VIEW by hand (a rollback).
     reads = names.data_tables_in(backup["view_text"]) if backup else set()
     current = next(iter(reads)) if len(reads) == 1 else recorded
-    # Kept: every data table the view's listing names anywhere (its SQL, comments in it, properties),
+    # Kept: every data table the view's listing names anywhere (its SQL, comments in it, the property),
     # so that a view text the parser cut short still keeps what it reads.
-    in_use = (names.data_tables_in(backup["information"]) if backup else set()) | reads | \
-        ({recorded} if recorded else set())
+    in_use = names.data_tables_in(backup["information"]) if backup else set()
     pattern, ours = names.data_pattern(), names.data.table.lower()
     return {"previous_data_table": current, "backup_reads": sorted(in_use),
             "stale_data_tables": sorted(t for t in found if pattern.match(t) and t not in in_use and t != ours),
@@ -664,7 +671,7 @@ class Load:
         try:
             self.write_staging(strict=True)
         except FatalError as e:
-            if isinstance(e, NotFound) or not stopped_at_malformed_record(e):
+            if not stopped_at_malformed_record(e):
                 drop_staging(self.spark, self.names)
                 raise
             return e
@@ -807,7 +814,7 @@ def expire_versions(spark: "SparkSession", names: Names, suffix: str, keep: int)
                       key=lambda v: (v == current, v), reverse=True)
     expired = []
     for name in versions[keep:]:
-        data = re.compile(rf"^{re.escape(name)}__[0-9a-z]{{12}}$")
+        data = re.compile(rf"^{data_table_regex(name)}$")
         drop(spark, TableName(db, name), "VIEW")
         rejects = found.get(f"{name}_rejects")
         ours = [t for t in found if data.match(t)] + \

@@ -45,6 +45,15 @@ def write_source(folder, rows: int, files: int = 8) -> None:
             out.writelines(lines)
 
 
+def ensure_source(folder, rows: int, files: int = 8):
+    """The folder of ``rows`` lines, written unless a marker says an earlier run wrote it."""
+    marker = folder / f".rows-{rows}"
+    if not marker.exists():
+        write_source(folder, rows, files)
+        marker.touch()
+    return folder
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=2_000_000)
@@ -60,15 +69,8 @@ def main() -> None:
     from backup.runner import phase
 
     res = Resources(s)
-    source = OUT / "table-backup-source"
-    marker = source / f".rows-{a.rows}"
-    if not marker.exists():
-        write_source(source, a.rows)
-        marker.touch()
-    small = OUT / "table-backup-source-small"
-    if not (small / ".rows-20000").exists():
-        write_source(small, 20_000, files=2)
-        (small / ".rows-20000").touch()
+    source = ensure_source(OUT / "table-backup-source", a.rows)
+    small = ensure_source(OUT / "table-backup-source-small", 20_000, files=2)
     with res.spark().session() as spark:
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {DB}")
         spark.sql(f"DROP TABLE IF EXISTS {LIVE}")

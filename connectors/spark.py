@@ -163,19 +163,19 @@ def properties_if_exists(spark: "SparkSession", name: TableName) -> dict[str, st
         return None
 
 
-def tables_like(spark: "SparkSession", db: str, like: str, with_text: bool = False) -> dict[str, dict]:
+def tables_like(spark: "SparkSession", db: str, like: str) -> dict[str, dict]:
     """Tables and views of ``db`` matching a SHOW TABLES pattern, with their type and TBLPROPERTIES, in one round trip.
 
-    ``{name (lower case): {"type": "VIEW" | "MANAGED" | ..., "properties": {key: value}, "view_text": sql}}``, read from
-    ``SHOW TABLE EXTENDED``: one metastore batch instead of one SHOW TBLPROPERTIES per name; with
-    ``with_text``, also the whole ``information`` text.
+    ``{name (lower case): {"type": "VIEW" | "MANAGED" | ..., "properties": {key: value}, "view_text": sql,
+    "information": the whole text}}``, read from ``SHOW TABLE EXTENDED``: one metastore batch instead
+    of one SHOW TBLPROPERTIES per name.
     """
     if not re.fullmatch(r"[A-Za-z0-9_*|]+", like):
         raise ValueError(f"unsafe SHOW TABLES pattern {like!r}")
     with spark_errors(f"list tables of {db} like {like}"):
         rows = spark.sql(f"SHOW TABLE EXTENDED IN `{db}` LIKE '{like}'").select("tableName", "information").collect()
-    return {r["tableName"].lower(): {**parse_table_information(r["information"]),
-                                     **({"information": r["information"]} if with_text else {})} for r in rows}
+    return {r["tableName"].lower(): {**parse_table_information(r["information"]), "information": r["information"]}
+            for r in rows}
 
 
 _INFO_KEY = re.compile(r"^[A-Z][A-Za-z ]*: ")
