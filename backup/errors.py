@@ -7,7 +7,8 @@ Retry policy reads the family, never the message:
      │    ├── ConnectionFailed   refused/reset/timeout talking to a service
      │    ├── ChecksumMismatch   a copy did not verify; copying again may fix it
      │    ├── SourceChanged      input files changed while being read; reading again may fix it
-     │    └── LockRenewalFailed  Redis hiccup while renewing a held lock
+     │    ├── LockRenewalFailed  Redis hiccup while renewing a held lock
+     │    └── DriverFailed       a spark-submit driver ended without reporting (killed, out of memory)
      └── FatalError             permanent: retrying cannot help, alert now
           ├── InvalidInput       bad table name, window, argument or path
           │    └── SchemaDrift    the input files no longer match the table's schema
@@ -66,6 +67,10 @@ class SourceChanged(RetryableError):
 
 class LockRenewalFailed(RetryableError):
     """Renewing a held lock failed for a transient reason."""
+
+
+class DriverFailed(RetryableError):
+    """A spark-submit driver ended without reporting a result or an error."""
 
 
 class InvalidInput(FatalError):

@@ -31,6 +31,7 @@ class Resources:
 
     settings: Settings
     _redis: redis.Redis | None = field(default=None, repr=False)
+    _spark: object | None = field(default=None, repr=False)  # a spark-submit driver's own session (DriverSpark)
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -55,10 +56,17 @@ class Resources:
         return HiveClient.from_settings(self.settings)
 
     def spark(self):
-        """Spark Connect (sessions are opened per use with ``.session()``)."""
-        from connectors.spark import SparkConnect
+        """Spark, by the scheme of ``spark.remote``: Spark Connect sessions (opened per use with
+        ``.session()``), or a spark-submit driver per phase (``run_phase``)."""
+        if self._spark is not None:
+            return self._spark
+        if self.settings.spark.connect:
+            from connectors.spark import SparkConnect
 
-        return SparkConnect.from_settings(self.settings)
+            return SparkConnect.from_settings(self.settings)
+        from connectors.spark_submit import SparkSubmit
+
+        return SparkSubmit.from_settings(self.settings)
 
     def sftp(self):
         """The SFTP target (connections are opened per use)."""

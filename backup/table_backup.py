@@ -856,6 +856,11 @@ def discard_staging(res: Resources, rec: dict) -> None:
     """After a final failure: drop this run's staging table unless the backup already points at it."""
     if rec.get("workflow") != WORKFLOW or phase_entry(rec, "load")["state"] == "pending":
         return
+    res.spark().run(drop_unswitched_staging, res, rec)
+
+
+def drop_unswitched_staging(res: Resources, rec: dict) -> None:
+    """Drop the staging table of a failed job unless the backup reads it (see ``discard_staging``)."""
     names = names_of(rec)
     with res.spark().session() as spark:
         if backup_target(spark, names) != names.data.table.lower():

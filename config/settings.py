@@ -263,11 +263,18 @@ class CustomerFilesSettings(_Section):
         return self
 
 
+# Spark Connect URL, or a master that spark-submit takes (the two modes of connectors/spark.py).
+SPARK_REMOTE_PATTERN = (r"^(sc://[^\s;]+(/(;[A-Za-z_]+=[^;\s]*)*)?|local(\[(\d+|\*)\])?|yarn|k8s://\S+"
+                        r"|spark://[^\s/]+)$")
+
+
 class SparkSettings(_Section):
-    remote: str = Field("sc://127.0.0.1:15002", pattern=r"^sc://[^\s;]+(/(;[A-Za-z_]+=[^;\s]*)*)?$",
-                        description="Spark Connect endpoint sc://host:port[/;param=value...] (no token here: SPARK_CONNECT_AUTHENTICATE_TOKEN)")
+    remote: str = Field("sc://127.0.0.1:15002", pattern=SPARK_REMOTE_PATTERN,
+                        description="where Spark phases run: a Spark Connect endpoint sc://host:port[/;param=value...] (the main path; no token here: SPARK_CONNECT_AUTHENTICATE_TOKEN), or a master (local[N], yarn, k8s://..., spark://...) to spark-submit one driver per phase in client mode")
     client_retries: int = Field(3, ge=0, le=15, description="reconnect attempts of the Spark Connect client before a phase fails with ConnectionFailed (the phase retry policy takes over)")
     session_conf: dict[str, str] = Field(default_factory=dict, description="spark.sql.* settings applied to every session, e.g. spark.sql.shuffle.partitions")
+    submit_command: str | None = Field(None, description="spark-submit mode: the spark-submit executable (absolute path); default the one in the installed pyspark wheel")
+    submit_conf: dict[str, str] = Field(default_factory=dict, description="spark-submit mode: --conf settings of the driver, e.g. spark.hadoop.hive.metastore.uris (the phases share tables through that metastore)")
 
     @model_validator(mode="after")
     def _no_secret_in_url(self) -> "SparkSettings":
@@ -275,7 +282,19 @@ class SparkSettings(_Section):
             raise ValueError("spark.remote must not carry a token; set SPARK_CONNECT_AUTHENTICATE_TOKEN instead")
         if any(not k.startswith("spark.sql.") for k in self.session_conf):
             raise ValueError("spark.session_conf: only spark.sql.* settings can be set per session")
+        bad = [k for k, v in self.submit_conf.items() if not re.fullmatch(r"spark\.[A-Za-z0-9_.\-]+", k)
+               or _CONTROL.search(v)]
+        if bad:
+            raise ValueError(f"spark.submit_conf: {bad[0]!r} is not a spark.* key with a one-line value")
+        if self.submit_command is not None and not (self.submit_command.startswith("/")
+                                                    and not _CONTROL.search(self.submit_command)):
+            raise ValueError("spark.submit_command: must be an absolute path")
         return self
+
+    @property
+    def connect(self) -> bool:
+        """Whether phases talk to a Spark Connect endpoint (else each runs in a spark-submit driver)."""
+        return self.remote.startswith("sc://")
 
 
 class TableBackupSettings(_Section):

@@ -8,8 +8,11 @@ another worker).  pyspark is imported inside the functions for the same reason
 and to keep the CLI fast.
 
 The DataFrame code of the workflows uses only the API that classic PySpark and
-Spark Connect share, so a ``spark-submit`` driver could run it unchanged; see
-docs/table-backup.md for why Connect is the main path.
+Spark Connect share, so a ``spark-submit`` driver runs it unchanged: with
+``spark.remote`` set to a master instead of an ``sc://`` URL, every Spark phase
+runs in a driver of its own (connectors/spark_submit.py), where ``DriverSpark``
+hands the phase the driver's classic session.  docs/table-backup.md says why
+Connect is the main path.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from config.settings import Settings, SparkSettings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+    from backup.resources import Resources
+    from backup.runner import PhaseContext
 
 T = TypeVar("T")
 
@@ -92,7 +98,19 @@ def spark_errors(what: str) -> Iterator[None]:
         raise classify_spark(e, what) from e
 
 
-class SparkConnect:
+class _InProcess:
+    """Phases and calls that run in this process, on sessions from ``session()``."""
+
+    def run_phase(self, func: Callable[["PhaseContext"], dict], ctx: "PhaseContext") -> dict:
+        """Run a phase function on this process's sessions."""
+        return func(ctx)
+
+    def run(self, func: Callable[..., T], res: "Resources", *args) -> T:
+        """Run ``func(res, *args)`` on this process's sessions."""
+        return func(res, *args)
+
+
+class SparkConnect(_InProcess):
     """Spark Connect sessions built from settings."""
 
     def __init__(self, settings: SparkSettings):
@@ -123,6 +141,22 @@ class SparkConnect:
                 yield spark
         finally:
             spark.stop()
+
+
+class DriverSpark(_InProcess):
+    """The classic session of a spark-submit driver (workers/spark_driver.py), handed to phases as Connect's are."""
+
+    def __init__(self, spark: "SparkSession", settings: SparkSettings):
+        self.spark = spark
+        self.settings = settings
+
+    @contextmanager
+    def session(self) -> Iterator["SparkSession"]:
+        """The driver's session (the driver stops it when its phase ends)."""
+        with spark_errors("Spark driver"):
+            for key, value in self.settings.session_conf.items():
+                self.spark.conf.set(key, value)
+            yield self.spark
 
 
 def concurrently(*calls: Callable[[], T]) -> list[T]:

@@ -47,8 +47,9 @@ class PhaseTask(Task):
         cls.retry_backoff_max = r.backoff_max
 
 
-def make_phase_task(app, name: str, phase_name: str, func: Callable[[PhaseContext], dict]):
-    """Register a Celery task running one phase function with bookkeeping."""
+def make_phase_task(app, name: str, phase_name: str, func: Callable[[PhaseContext], dict], spark: bool = False):
+    """Register a Celery task running one phase function with bookkeeping (``spark``: through ``Resources.spark()``,
+    which runs it in this process on Spark Connect, or in a spark-submit driver)."""
 
     def run(self, payload: dict) -> dict:
         job_id = payload["job_id"]
@@ -58,7 +59,7 @@ def make_phase_task(app, name: str, phase_name: str, func: Callable[[PhaseContex
                 return {"job_id": job_id, "state": ctx.rec["state"]}
             ctx.on_progress = progress_publisher(self)
             try:
-                return func(ctx)
+                return res.spark().run_phase(func, ctx) if spark else func(ctx)
             except BackupError as e:
                 _note_attempt(res, job_id, phase_name, e)
                 raise

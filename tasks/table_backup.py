@@ -33,9 +33,9 @@ def table_backup(self, table: str, source: str, suffix: str | None = None, versi
 
 
 lock = make_phase_task(app, "backup.table_backup.lock", "lock", wf.lock_phase)
-validate = make_phase_task(app, "backup.table_backup.validate", "validate", wf.validate_phase)
-load = make_phase_task(app, "backup.table_backup.load", "load", wf.load_phase)
-write = make_phase_task(app, "backup.table_backup.write", "write", wf.write_phase)
+validate = make_phase_task(app, "backup.table_backup.validate", "validate", wf.validate_phase, spark=True)
+load = make_phase_task(app, "backup.table_backup.load", "load", wf.load_phase, spark=True)
+write = make_phase_task(app, "backup.table_backup.write", "write", wf.write_phase, spark=True)
 finish = make_phase_task(app, "backup.table_backup.finish", "finish", wf.finish_phase)
 
 

@@ -118,8 +118,9 @@ class WorkerProc:
 
     started: list["WorkerProc"] = []  # every worker of the session, killed at its end whatever a test did
 
-    def __init__(self, config: Path, name: str, queues: str = "default,io,spark", concurrency: int = 2):
+    def __init__(self, config: Path, name: str, queues: str = "default,io,spark", concurrency: int = 2, app=None):
         self.config, self.name, self.queues, self.concurrency = config, name, queues, concurrency
+        self.app = app  # a Celery app on the worker's broker (default: the test config's)
         self.proc: subprocess.Popen | None = None
         self.log = STATE / f"worker-{name}.log"
 
@@ -130,8 +131,9 @@ class WorkerProc:
              "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO"],
             cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         WorkerProc.started.append(self)
-        from workers.app import app
+        from workers.app import app as default_app
 
+        app = self.app or default_app
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

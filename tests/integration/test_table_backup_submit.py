@@ -1,0 +1,129 @@
+"""table-backup in spark-submit mode: ``spark.remote: local[2]``, one classic Spark driver per phase.
+
+A real worker (its own config, on its own Redis database, so it is the only one taking these
+tasks) runs the chain; every Spark phase is a ``spark-submit`` of workers/spark_driver.py.  The
+drivers share a Hive metastore (Derby) and warehouse of their own under the test's state folder:
+the local platform's JVM holds its own Derby metastore, which a second JVM cannot open.  Setup and
+read-back go through another spark-submit (tests/spark_sql.py), as an operator's spark-sql would.
+Each driver start costs 10 s or more, so the tests start as few as they can.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from backup.resources import Resources
+from config.settings import load_settings
+from connectors.spark_submit import SparkSubmit
+from tests.conftest import STATE, TEST_REDIS_DB, WorkerProc, write_config
+from tests.helpers import backupctl, sink_counts, wait_until
+from tests.integration.test_table_backup import BAD_LINES, csv_line, good_rows, write_files
+
+pytestmark = pytest.mark.integration
+
+SUBMIT = STATE / "spark-submit"
+LIVE = "sdb.traffic"
+LIVE_DDL = ("(id BIGINT, msisdn STRING, customer STRING, note STRING, bytes_up BIGINT, amount DOUBLE, "
+            "event_ts TIMESTAMP, partition_date STRING) USING parquet PARTITIONED BY (partition_date)")
+
+
+def spark_sql(settings, *statements: str) -> list[list[list]]:
+    """Run statements in one spark-submit driver on the drivers' metastore; the rows of each."""
+    folder = SUBMIT / "sql"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "statements.json").write_text(json.dumps(list(statements)))
+    argv = SparkSubmit(settings).command(Path(__file__).resolve().parent.parent / "spark_sql.py",
+                                         [str(folder / "statements.json"), str(folder / "rows.json")], "test sql")
+    done = subprocess.run(argv, cwd=folder, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((folder / "rows.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def submit_config():
+    """Settings of spark-submit mode: master local[2], a metastore and warehouse of the drivers' own."""
+    db = (TEST_REDIS_DB + 1) % 16
+    return write_config(STATE / "submit.yaml", {
+        "redis": {"url": f"redis://127.0.0.1:6379/{db}", "key_prefix": "mbsubmit"},
+        "spark": {"remote": "local[2]", "submit_conf": {
+            "spark.sql.warehouse.dir": str(SUBMIT / "warehouse"),
+            "spark.driver.extraJavaOptions": f"-Dderby.system.home={SUBMIT / 'derby'}",
+            "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2"}},
+        "table_backup": {"max_reject_ratio": 0.1},
+    })
+
+
+@pytest.fixture(scope="module")
+def submit_res(submit_config):
+    res = Resources(load_settings(submit_config))
+    res.redis.flushdb()  # the database next to the tests' own belongs to this module
+    return res
+
+
+@pytest.fixture(scope="module")
+def submit_worker(platform, submit_config, submit_res):
+    """A worker of the spark-submit config (platform: the alert sinks), and the live table in its metastore."""
+    from workers.app import create_app
+
+    spark_sql(submit_res.settings, "CREATE DATABASE IF NOT EXISTS sdb", f"DROP TABLE IF EXISTS {LIVE}",
+              f"CREATE TABLE {LIVE} {LIVE_DDL}")
+    app = create_app(submit_res.settings)
+    w = WorkerProc(submit_config, "submit", queues="default,spark", concurrency=1, app=app).start()
+    yield w
+    w.stop()
+
+
+def run_cli(config: Path, source: Path) -> dict:
+    """``backupctl run table-backup --wait --json`` against the spark-submit config; the final job record."""
+    out = backupctl("run", "table-backup", LIVE, "--source", str(source), "--wait", "--json", "--timeout", "400",
+                    config=config, timeout=450)
+    assert out.stdout.startswith("{"), out.stdout[-2000:] + out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_a_backup_runs_phase_by_phase_in_spark_submit_drivers(submit_config, submit_res, submit_worker, tmp_path):
+    rows = good_rows(600)
+    bad = BAD_LINES[:1] + BAD_LINES[3:4] + BAD_LINES[5:6]  # a bad date, a short line, an unclosed quote
+    src = write_files(tmp_path / "in", rows, [line for line, _ in bad])
+    rec = run_cli(submit_config, src)
+
+    assert rec["state"] == "success", rec
+    assert [p["state"] for p in rec["phases"]] == ["success"] * 5
+    out = rec["outputs"]
+    assert (out["rows_read"], out["rows_accepted"], out["rows_rejected"]) == (603, 600, 3)
+    assert out["months"] == sorted({f"{r[8]:04d}-{r[9]:02d}" for r in rows})
+    # Read back from the drivers' metastore by another driver: the view, its rows, the rejects with reasons.
+    per_month, rejects, (first,) = spark_sql(
+        submit_res.settings,
+        f"SELECT year_part, month_part, count(*), min(id), max(id) FROM {LIVE}_bkp GROUP BY 1, 2 ORDER BY 1, 2",
+        f"SELECT line, reason, job_id FROM {LIVE}_bkp_rejects ORDER BY line",
+        f"SELECT * FROM {LIVE}_bkp WHERE id = 1")
+    expected = sorted({(r[8], r[9]) for r in rows})
+    assert [(y, m) for y, m, *_ in per_month] == expected
+    assert sum(n for _, _, n, _, _ in per_month) == 600
+    assert (min(lo for *_, lo, _ in per_month), max(hi for *_, hi in per_month)) == (0, 599)
+    assert sorted((line, reason) for line, reason, _ in rejects) == sorted(bad)
+    assert {job for *_, job in rejects} == {rec["job_id"]}
+    assert submit_res.locks.holder("table-backup", LIVE) is None
+    # One value written by the driver, read back as the legacy loaders wrote it.
+    assert csv_line(first[:8]) == csv_line(rows[1][:8])
+
+
+def test_an_error_in_a_driver_keeps_its_class_and_fails_once(submit_config, submit_res, submit_worker, tmp_path):
+    src = tmp_path / "drifted"
+    src.mkdir()
+    (src / "part-000.csv").write_text("".join(f"{i};4479;north;2026-01-05\n" for i in range(50)))
+    mails, tickets = sink_counts(submit_res.settings)
+    rec = run_cli(submit_config, src)
+
+    assert rec["state"] == "failed" and rec["phase"] == "validate", rec
+    assert rec["error"].startswith(f"SchemaDrift: files under {src} do not match {LIVE}: 50 of 50 sampled lines"), rec
+    validate = next(p for p in rec["phases"] if p["name"] == "validate")
+    assert validate["attempts"] == 1  # fatal: raised again in the worker as SchemaDrift, so not retried
+    assert rec["alert_sent"]
+    wait_until(lambda: sink_counts(submit_res.settings) == (mails + 1, tickets + 1), 30, "one mail and one ticket")
+    # That the backup of the run before stays is the same code as in Connect mode, tested there.
