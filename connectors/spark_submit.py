@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,24 +113,23 @@ class SparkSubmit:
     def _submit(self, func: Callable, call: dict, label: str) -> Any:
         """Start one driver, wait for it and return what it reported."""
         payload = {"function": function_name(func), "settings": self.settings.model_dump(mode="json"), **call}
+        executable = self.submit_executable()
+        if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
+            raise ConfigError(f"spark.submit_command: {executable} not found or not executable")
         # The driver inherits the worker's environment (secrets stay there), less what would make it a Connect client.
         env = {k: v for k, v in os.environ.items() if k not in _CONNECT_ENV}
         env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
         with tempfile.TemporaryDirectory(prefix="spark-driver-") as tmp:
             folder = Path(tmp)
             (folder / "payload.json").write_text(json.dumps(payload))
-            argv = self.command(DRIVER_SCRIPT, [str(folder / "payload.json")], label)
+            argv = [_setpriv(), "--pdeathsig", "KILL", "--",
+                    *self.command(DRIVER_SCRIPT, [str(folder / "payload.json")], label)]
             log.info("spark-submit %s on %s", label, self.settings.spark.remote)
             with open(folder / "driver.log", "wb") as out:
-                try:
-                    # cwd: what the driver leaves beside it (derby.log, spark-warehouse of a misconfigured
-                    # driver) goes with the folder.  An exception here (Celery's soft time limit) kills it.
-                    proc = subprocess.run(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT, check=False)
-                except FileNotFoundError as e:
-                    raise ConfigError(f"spark.submit_command: {argv[0]} not found") from e
-                except PermissionError as e:
-                    raise ConfigError(f"spark.submit_command: {argv[0]} is not executable") from e
+                # cwd: what the driver leaves beside it (derby.log, spark-warehouse of a misconfigured
+                # driver) goes with the folder.  An exception here (Celery's soft time limit) kills it.
+                proc = subprocess.run(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT, check=False)
             reported = folder / "result.json"
             if reported.exists():
                 outcome = json.loads(reported.read_text())
@@ -139,6 +139,18 @@ class SparkSubmit:
             tail = " | ".join(_tail(folder / "driver.log"))
             raise DriverFailed(f"Spark driver for {label} exited with code {proc.returncode} without reporting "
                                f"a result; last lines: {tail}")
+
+
+def _setpriv() -> str:
+    """util-linux's setpriv, which makes the driver die with the worker process that started it."""
+    # A worker killed by Celery's hard time limit (or the OOM killer) must not leave a driver
+    # writing the staging table while the redelivered phase starts another.  setpriv sets the
+    # parent-death signal and execs spark-submit, which execs the JVM: the signal survives both.
+    found = shutil.which("setpriv")
+    if not found:
+        raise ConfigError("setpriv (Debian/Ubuntu package util-linux) not found: spark-submit mode needs it so that "
+                          "a driver dies with its worker")
+    return found
 
 
 def _tail(path: Path) -> list[str]:

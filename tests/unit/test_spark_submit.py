@@ -5,6 +5,12 @@ The drivers themselves run in tests/integration/test_table_backup_submit.py.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from backup import table_backup as wf
@@ -13,7 +19,8 @@ from backup.resources import Resources
 from config.settings import load_settings
 from connectors.spark import SparkConnect
 from connectors.spark_submit import DRIVER_SCRIPT, DriverTraceback, SparkSubmit, function_name, raised_again
-from tests.conftest import CONFIG_PATH, STATE
+from tests.conftest import CONFIG_PATH, ROOT, STATE
+from tests.helpers import wait_until
 from workers.spark_driver import resolve
 
 
@@ -59,7 +66,7 @@ def test_a_driver_that_ends_without_a_report_is_retryable_and_a_missing_spark_su
     with pytest.raises(DriverFailed, match="exited with code 1 without reporting a result") as failed:
         SparkSubmit(submit_settings(submit_command="/bin/false")).run(wf.drop_unswitched_staging, None, rec)
     assert failed.value.retryable
-    with pytest.raises(ConfigError, match="no-such-spark-submit not found"):
+    with pytest.raises(ConfigError, match="no-such-spark-submit not found or not executable"):
         SparkSubmit(submit_settings(submit_command=str(STATE / "no-such-spark-submit"))).run(
             wf.drop_unswitched_staging, None, rec)
     with pytest.raises(ConfigError, match="spark-submit mode"):
@@ -86,3 +93,38 @@ def test_only_module_level_functions_of_backup_run_in_a_driver():
         function_name(lambda ctx: ctx)
     with pytest.raises(ValueError, match="not a function the driver runs"):
         resolve("os:system")
+
+
+def test_a_driver_dies_with_the_worker_process_that_started_it(tmp_path):
+    """A worker SIGKILLed mid-phase (hard time limit, OOM killer) must not leave its driver writing."""
+    pid_file = tmp_path / "driver.pid"
+    fake = tmp_path / "spark-submit"
+    fake.write_text('#!/bin/sh\necho $$ > "$MB_TEST_DRIVER_PID"\nexec sleep 120\n')
+    fake.chmod(0o755)
+    starter = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+               "from backup import table_backup as wf\n"
+               "from config.settings import load_settings\n"
+               "from connectors.spark_submit import SparkSubmit\n"
+               f"s = load_settings({str(CONFIG_PATH)!r}, overrides={{'spark': {{'remote': 'local[1]', "
+               f"'submit_command': {str(fake)!r}}}}})\n"
+               "SparkSubmit(s).run(wf.drop_unswitched_staging, None, {'job_id': 'x' * 12})\n")
+    worker = subprocess.Popen([sys.executable, "-c", starter], env={**os.environ, "MB_TEST_DRIVER_PID": str(pid_file)})
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "the driver to start")
+        driver = int(pid_file.read_text())
+        assert alive(driver)
+        worker.kill()
+        worker.wait()
+        wait_until(lambda: not alive(driver), 10, "the driver to die with its worker")
+    finally:
+        worker.kill()
+        if pid_file.exists() and alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (not gone, not a zombie waiting for its parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
