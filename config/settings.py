@@ -263,6 +263,8 @@ class CustomerFilesSettings(_Section):
         return self
 
 
+# Spark's own default spark.redaction.regex: keys whose values Spark hides, so never command-line material.
+_SECRET_KEY = re.compile(r"(?i)secret|password|token|access[.]?key")
 # Spark Connect URL, or a master that spark-submit takes (the two modes of connectors/spark.py).
 SPARK_REMOTE_PATTERN = (r"^(sc://[^\s;]+(/(;[A-Za-z_]+=[^;\s]*)*)?|local(\[(\d+|\*)\])?|yarn|k8s://\S+"
                         r"|spark://[^\s/]+)$")
@@ -282,10 +284,17 @@ class SparkSettings(_Section):
             raise ValueError("spark.remote must not carry a token; set SPARK_CONNECT_AUTHENTICATE_TOKEN instead")
         if any(not k.startswith("spark.sql.") for k in self.session_conf):
             raise ValueError("spark.session_conf: only spark.sql.* settings can be set per session")
+        if "@" in self.remote:
+            raise ValueError("spark.remote must not carry credentials (user@ or user:password@)")
         bad = [k for k, v in self.submit_conf.items() if not re.fullmatch(r"spark\.[A-Za-z0-9_.\-]+", k)
                or _CONTROL.search(v)]
         if bad:
             raise ValueError(f"spark.submit_conf: {bad[0]!r} is not a spark.* key with a one-line value")
+        # The values go on spark-submit's command line (ps, the cluster's application page): no secret there.
+        secret = [k for k in self.submit_conf if _SECRET_KEY.search(k)]
+        if secret:
+            raise ValueError(f"spark.submit_conf: {secret[0]!r} looks like a secret, which would show on the command "
+                             f"line; put it in SPARK_CONF_DIR/spark-defaults.conf or the cluster's credential store")
         if self.submit_command is not None and not (self.submit_command.startswith("/")
                                                     and not _CONTROL.search(self.submit_command)):
             raise ValueError("spark.submit_command: must be an absolute path")

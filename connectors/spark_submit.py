@@ -42,6 +42,8 @@ DRIVER_SCRIPT = Path(__file__).resolve().parent.parent / "workers" / "spark_driv
 # Variables that would turn the driver's SparkSession builder into a Spark Connect client.
 _CONNECT_ENV = ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE")
 _LOG_TAIL_LINES = 8
+# Prefix of the project's log lines in a driver's output (workers/spark_driver.py), relayed to the worker's log.
+LOG_MARK = "MB-DRIVER"
 
 
 class DriverTraceback(Exception):
@@ -90,7 +92,7 @@ class SparkSubmit:
                             f"{ctx.name} of job {ctx.job_id}")
 
     def run(self, func: Callable[..., Any], res: "Resources", *args) -> Any:
-        """Run ``func(driver resources, *args)`` in a driver (arguments and result as JSON)."""
+        """Run ``func(resources, *args)`` in a driver, which builds its own resources (arguments and result as JSON)."""
         return self._submit(func, {"kind": "call", "args": list(args)}, function_name(func))
 
     def command(self, script: Path, args: list[str], label: str) -> list[str]:
@@ -111,34 +113,57 @@ class SparkSubmit:
         return str(Path(pyspark.__file__).resolve().parent / "bin" / "spark-submit")
 
     def _submit(self, func: Callable, call: dict, label: str) -> Any:
-        """Start one driver, wait for it and return what it reported."""
+        """Start one driver, wait for it and return what it reported; a failed driver's folder is kept."""
         payload = {"function": function_name(func), "settings": self.settings.model_dump(mode="json"), **call}
         executable = self.submit_executable()
         if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
             raise ConfigError(f"spark.submit_command: {executable} not found or not executable")
-        # The driver inherits the worker's environment (secrets stay there), less what would make it a Connect client.
-        env = {k: v for k, v in os.environ.items() if k not in _CONNECT_ENV}
-        env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-        with tempfile.TemporaryDirectory(prefix="spark-driver-") as tmp:
-            folder = Path(tmp)
-            (folder / "payload.json").write_text(json.dumps(payload))
-            argv = [_setpriv(), "--pdeathsig", "KILL", "--",
-                    *self.command(DRIVER_SCRIPT, [str(folder / "payload.json")], label)]
-            log.info("spark-submit %s on %s", label, self.settings.spark.remote)
-            with open(folder / "driver.log", "wb") as out:
-                # cwd: what the driver leaves beside it (derby.log, spark-warehouse of a misconfigured
-                # driver) goes with the folder.  An exception here (Celery's soft time limit) kills it.
-                proc = subprocess.run(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                      stderr=subprocess.STDOUT, check=False)
-            reported = folder / "result.json"
-            if reported.exists():
-                outcome = json.loads(reported.read_text())
-                if "error" in outcome:
-                    raise raised_again(outcome["error"])
-                return outcome["result"]
-            tail = " | ".join(_tail(folder / "driver.log"))
-            raise DriverFailed(f"Spark driver for {label} exited with code {proc.returncode} without reporting "
-                               f"a result; last lines: {tail}")
+        env = driver_env()
+        folder = Path(tempfile.mkdtemp(prefix="spark-driver-"))
+        (folder / "payload.json").write_text(json.dumps(payload))
+        argv = [_setpriv(), "--pdeathsig", "KILL", "--",
+                *self.command(DRIVER_SCRIPT, [str(folder / "payload.json")], label)]
+        driver_log = folder / "driver.log"
+        log.info("spark-submit %s on %s", label, self.settings.spark.remote)
+        with open(driver_log, "wb") as out:
+            # cwd: what the driver leaves beside it (derby.log, a misconfigured driver's metastore_db) goes with
+            # the folder.  An exception here (Celery's soft time limit) kills the driver.
+            proc = subprocess.run(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, check=False)
+        relay_driver_log(driver_log)
+        reported = folder / "result.json"
+        outcome = json.loads(reported.read_text()) if reported.exists() else None
+        if outcome is not None and "result" in outcome:
+            shutil.rmtree(folder, ignore_errors=True)
+            return outcome["result"]
+        if outcome is not None:
+            error = outcome["error"]
+            raise raised_again({**error, "message": f"{error.get('message')} [Spark driver log: {driver_log}]"})
+        raise DriverFailed(f"Spark driver for {label} exited with code {proc.returncode} without reporting a result "
+                           f"(log: {driver_log}); last lines: {' | '.join(_tail(driver_log))}")
+
+
+def driver_env() -> dict[str, str]:
+    """A driver's environment: the worker's (secrets stay there) and its Python, less what makes a Connect client.
+
+    pyspark sets SPARK_CONNECT_MODE_ENABLED in a process that opened a Connect session; inherited,
+    it would turn the driver's classic session builder into a Connect client.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in _CONNECT_ENV}
+    env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    return env
+
+
+def relay_driver_log(path: Path) -> None:
+    """Log the project's lines of a driver's log (``MB-DRIVER LEVEL logger: message``) as this worker's."""
+    with open(path, errors="replace") as lines:
+        for line in lines:
+            if line.startswith(LOG_MARK + " "):
+                level, _, rest = line[len(LOG_MARK) + 1:].rstrip("\n").partition(" ")
+                log.log(logging.getLevelName(level) if level in _LEVELS else logging.INFO, "driver: %s", rest)
+
+
+_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
 def _setpriv() -> str:
@@ -154,6 +179,9 @@ def _setpriv() -> str:
 
 
 def _tail(path: Path) -> list[str]:
-    """The last non-empty lines of a driver's log, each cut short."""
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    """The last lines of a driver's log that are not stack frames, each cut short (read from its end)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 64 * 1024))
+        text = f.read().decode(errors="replace")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("at ")]
     return [ln[:300] for ln in lines[-_LOG_TAIL_LINES:]]

@@ -6,15 +6,23 @@ connectors/spark_submit.py writes the payload (settings, the function, the job) 
 this.  It builds a classic SparkSession with Hive support (the phases of one job are separate
 drivers and share tables only through the metastore), runs the function with resources whose
 Spark is that session, and writes ``result.json`` beside the payload: ``{"result": ...}`` or
-``{"error": {"type", "message", "retryable", "traceback"}}``.  Exit code 0 if it has a result.
+``{"error": {"type", "message", "retryable", "traceback"}}``, before it stops the session (a stop
+that hangs must not lose a phase that is done).  Exit code 0 if it has a result.
+
+The project's log lines go to stderr behind ``MB-DRIVER``; the worker logs them again as its own.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
+import logging
 import os
+import re
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -24,12 +32,63 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 
+_STOP_TIMEOUT = 120  # seconds a session stop may take once the outcome is written
+_PR_SET_PDEATHSIG = 1
+# Hive's own default: an embedded Derby metastore in the working directory (a temporary folder here).
+_HIVE_DEFAULT_URL = "jdbc:derby:;databaseName=metastore_db;create=true"
+
+log = logging.getLogger("backup.spark_driver")
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent (spark-submit's JVM) ends, whatever ends it."""
+    parent = os.getppid()
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent ended before the signal was set
+        os._exit(1)
+
+
 def resolve(name: str):
     """The module-level function ``module:qualname`` of backup.* that the payload names."""
     module, _, qualname = name.partition(":")
     if not module.startswith("backup.") or not qualname.isidentifier():
         raise ValueError(f"not a function the driver runs: {name!r}")
     return getattr(importlib.import_module(module), qualname)
+
+
+def metastore_problem(uris: str | None, url: str | None, derby_home: str | None) -> str | None:
+    """Why the phases' drivers would not share one metastore, or None if they do.
+
+    Each phase is a new driver in a new temporary folder: Hive's default embedded Derby there
+    would be a new, empty catalog each time.
+    """
+    if uris:
+        return None
+    url = url or _HIVE_DEFAULT_URL
+    name = re.search(r"databaseName=([^;]+)", url)
+    if url.startswith("jdbc:derby:") and name and not name.group(1).startswith("/") and not derby_home:
+        return ("no shared Hive metastore: set spark.submit_conf spark.hadoop.hive.metastore.uris (or a hive-site.xml "
+                "in SPARK_CONF_DIR); for a trial on one machine, an embedded Derby with "
+                "spark.driver.extraJavaOptions=-Dderby.system.home=<folder>")
+    return None
+
+
+def check_metastore(spark) -> None:
+    """ConfigError if the session's metastore is a throwaway one (see ``metastore_problem``)."""
+    from backup.errors import ConfigError
+
+    try:
+        spark._jsparkSession.sharedState()  # loads hive-site.xml into the Hadoop configuration
+        hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+        found = (hadoop.get("hive.metastore.uris"), hadoop.get("javax.jdo.option.ConnectionURL"),
+                 spark.sparkContext._jvm.java.lang.System.getProperty("derby.system.home"))
+    except Exception as e:  # internals of this pyspark version: the phases still fail loudly without a catalog
+        log.warning("could not check the metastore configuration: %s", e)
+        return
+    problem = metastore_problem(*found)
+    if problem:
+        raise ConfigError(problem)
 
 
 def run(payload: dict, spark) -> object:
@@ -55,36 +114,91 @@ def run(payload: dict, spark) -> object:
 
 def describe(exc: BaseException, what: str) -> dict:
     """The error as the worker raises it again: class, message, family, traceback."""
-    from backup.errors import classify
+    from backup.errors import DriverFailed
+    from connectors.spark import classify_spark
 
-    err = classify(exc, what)
+    err = DriverFailed(f"{what}: lost the connection to the driver's JVM: {exc}") if _jvm_gone(exc) \
+        else classify_spark(exc, what)
     return {"type": type(err).__name__, "message": str(err), "retryable": err.retryable,
             "traceback": "".join(traceback.format_exception(exc))[-20_000:]}
 
 
+def _jvm_gone(exc: BaseException) -> bool:
+    """Whether the JVM went away under the call (killed, out of memory): a retry may work."""
+    try:
+        from py4j.protocol import Py4JNetworkError
+    except ImportError:
+        return False
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, Py4JNetworkError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def start_session(master_label: str):
+    """The classic session with Hive support; a start the cluster refused is DriverFailed (retryable)."""
+    from backup.errors import DriverFailed
+
+    try:
+        from pyspark.sql import SparkSession
+
+        return SparkSession.builder.enableHiveSupport().getOrCreate()
+    except Exception as e:
+        raise DriverFailed(f"could not start a Spark session on {master_label}: {' '.join(str(e).split())[:400]}") from e
+
+
+def _log_to_stderr() -> None:
+    from connectors.spark_submit import LOG_MARK
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{LOG_MARK} %(levelname)s %(name)s: %(message)s"))
+    for name in ("backup", "connectors"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _stop(spark) -> None:
+    """Stop the session, waiting a bounded time: the outcome is already written."""
+    def stop() -> None:
+        try:
+            spark.stop()
+        except Exception as e:
+            log.warning("stopping the Spark session failed: %s", e)
+    stopper = threading.Thread(target=stop, daemon=True)
+    stopper.start()
+    stopper.join(_STOP_TIMEOUT)
+    if stopper.is_alive():
+        log.warning("the Spark session did not stop within %d s; exiting without it", _STOP_TIMEOUT)
+
+
 def main(argv: list[str]) -> int:
-    """Run the payload named by ``argv[0]``; write its outcome beside it."""
+    """Run the payload named by ``argv[0]``; write its outcome beside it, then stop the session."""
+    die_with_parent()
+    _log_to_stderr()
     payload_path = Path(argv[0])
     payload = json.loads(payload_path.read_text())
     what = payload.get("phase") or payload["function"]
     spark = None
     try:
-        from pyspark.sql import SparkSession
-
-        spark = SparkSession.builder.enableHiveSupport().getOrCreate()
+        spark = start_session(payload["settings"]["spark"]["remote"])
+        check_metastore(spark)
         outcome = {"result": run(payload, spark)}
     except BaseException as e:  # noqa: BLE001  everything is reported; the worker decides what it means
         outcome = {"error": describe(e, what)}
-    if spark is not None:
-        try:
-            spark.stop()
-        except Exception as e:  # the outcome is what counts; a failed stop is only noted
-            print(f"spark_driver: stopping the session failed: {e}", file=sys.stderr)
     tmp = payload_path.with_name("result.json.tmp")
     tmp.write_text(json.dumps(outcome))
-    os.replace(tmp, payload_path.with_name("result.json"))  # whole or absent: the worker reads it after the exit
+    os.replace(tmp, payload_path.with_name("result.json"))  # whole or absent
+    if spark is not None:
+        _stop(spark)
     return 0 if "result" in outcome else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # not sys.exit: a thread a hung stop left behind must not keep the driver alive

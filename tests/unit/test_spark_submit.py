@@ -5,6 +5,8 @@ The drivers themselves run in tests/integration/test_table_backup_submit.py.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,7 +23,7 @@ from connectors.spark import SparkConnect
 from connectors.spark_submit import DRIVER_SCRIPT, DriverTraceback, SparkSubmit, function_name, raised_again
 from tests.conftest import CONFIG_PATH, ROOT, STATE
 from tests.helpers import wait_until
-from workers.spark_driver import resolve
+from workers.spark_driver import describe, die_with_parent, metastore_problem, resolve, run
 
 
 def submit_settings(**spark):
@@ -43,27 +45,88 @@ def test_the_mode_follows_the_scheme_of_spark_remote(remote, mode):
     ({"submit_conf": {"--jars": "x.jar"}}, "not a spark.* key"),
     ({"submit_conf": {"spark.driver.memory": "2g\n--jars x"}}, "one-line value"),
     ({"submit_command": "bin/spark-submit"}, "must be an absolute path"),
+    ({"remote": "k8s://https://admin:pw@api.k8s:6443"}, "must not carry credentials"),
+    ({"submit_conf": {"spark.hadoop.javax.jdo.option.ConnectionPassword": "pw"}}, "looks like a secret"),
+    ({"submit_conf": {"spark.hadoop.fs.s3a.access.key": "AKIA"}}, "looks like a secret"),
 ])
 def test_submit_settings_are_checked_at_start(spark, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(CONFIG_PATH, overrides={"spark": spark})
 
 
-def test_the_command_line_is_client_mode_with_the_configured_conf_and_no_secret(monkeypatch):
-    monkeypatch.setenv("BACKUP_REDIS_PASSWORD", "s3cret-pw")
+def test_the_command_line_is_client_mode_with_the_configured_conf():
     s = submit_settings(submit_conf={"spark.sql.warehouse.dir": "/data/wh", "spark.driver.memory": "2g"},
                         submit_command="/opt/spark/bin/spark-submit")
     argv = SparkSubmit(s).command(DRIVER_SCRIPT, ["/tmp/p.json"], "load of job j")
     assert argv == ["/opt/spark/bin/spark-submit", "--master", "local[2]", "--deploy-mode", "client",
                     "--name", "mediation-backup load of job j", "--conf", "spark.sql.warehouse.dir=/data/wh",
                     "--conf", "spark.driver.memory=2g", str(DRIVER_SCRIPT), "/tmp/p.json"]
-    assert not any("s3cret" in a for a in argv)
     assert SparkSubmit(submit_settings()).submit_executable().endswith("/pyspark/bin/spark-submit")
+
+
+FAKE_SUBMIT = """#!/bin/sh
+# Stands in for spark-submit: keeps what it was given, logs like the driver, reports $MB_TEST_RESULT.
+for payload; do :; done
+printf '%s\\n' "$@" > "$MB_TEST_OUT/argv"
+cp "$payload" "$MB_TEST_OUT/payload.json"
+env > "$MB_TEST_OUT/env"
+echo "MB-DRIVER WARNING backup.table_backup: a line of the driver's own"
+echo "26/12/02 INFO SparkContext: a line of Spark's"
+printf '%s' "$MB_TEST_RESULT" > "$(dirname "$payload")/result.json"
+"""
+
+
+@pytest.fixture
+def fake_submit(tmp_path, monkeypatch):
+    """settings whose spark-submit is FAKE_SUBMIT, writing what it saw to tmp_path/out."""
+    fake = tmp_path / "spark-submit"
+    fake.write_text(FAKE_SUBMIT)
+    fake.chmod(0o755)
+    (tmp_path / "out").mkdir()
+    monkeypatch.setenv("MB_TEST_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("BACKUP_REDIS_PASSWORD", "s3cret-pw")
+    monkeypatch.setenv("SPARK_REMOTE", "sc://elsewhere:15002")
+    monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "1")  # what pyspark leaves after a Connect session
+    return submit_settings(submit_command=str(fake), submit_conf={"spark.driver.memory": "1g"})
+
+
+def test_a_driver_gets_the_payload_and_the_environment_but_no_secret_in_either_and_its_result_comes_back(
+        fake_submit, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MB_TEST_RESULT", json.dumps({"result": {"rows": 7}}))
+    with caplog.at_level(logging.INFO, logger="connectors.spark_submit"):
+        assert SparkSubmit(fake_submit).run(wf.drop_unswitched_staging, None, {"job_id": "j" * 12}) == {"rows": 7}
+    out = tmp_path / "out"
+    argv = (out / "argv").read_text().split("\n")
+    payload = json.loads((out / "payload.json").read_text())
+    env = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines() if "=" in line)
+    assert argv[:4] == ["--master", "local[2]", "--deploy-mode", "client"] and "spark.driver.memory=1g" in argv
+    assert (payload["function"], payload["kind"], payload["args"]) == (
+        "backup.table_backup:drop_unswitched_staging", "call", [{"job_id": "j" * 12}])
+    assert payload["settings"] == json.loads(fake_submit.model_dump_json())
+    # The secret reaches the driver only through its environment, like the worker's.
+    assert "s3cret" not in (out / "argv").read_text() + (out / "payload.json").read_text()
+    assert env["BACKUP_REDIS_PASSWORD"] == "s3cret-pw"
+    assert "SPARK_REMOTE" not in env and "SPARK_CONNECT_MODE_ENABLED" not in env
+    assert env["PYSPARK_DRIVER_PYTHON"] == env["PYSPARK_PYTHON"] == sys.executable
+    # The driver's own log lines are the worker's now; Spark's are not.
+    relayed = [r for r in caplog.records if r.getMessage().startswith("driver: ")]
+    assert [(r.levelname, r.getMessage()) for r in relayed] == [
+        ("WARNING", "driver: backup.table_backup: a line of the driver's own")]
+    assert not Path(argv[-2]).parent.exists()  # the driver's folder (from the payload path), removed after a success
+
+
+def test_an_error_a_driver_reports_is_raised_with_its_log_kept(fake_submit, monkeypatch):
+    monkeypatch.setenv("MB_TEST_RESULT", json.dumps({"error": {
+        "type": "SourceChanged", "message": "the files changed", "retryable": True, "traceback": "Traceback ..."}}))
+    with pytest.raises(SourceChanged, match=r"^the files changed \[Spark driver log: (/\S+)\]$") as raised:
+        SparkSubmit(fake_submit).run(wf.drop_unswitched_staging, None, {"job_id": "j" * 12})
+    kept = Path(str(raised.value).rsplit(": ", 1)[1].rstrip("]"))
+    assert "a line of Spark's" in kept.read_text()
 
 
 def test_a_driver_that_ends_without_a_report_is_retryable_and_a_missing_spark_submit_is_fatal():
     rec = {"job_id": "x" * 12}
-    with pytest.raises(DriverFailed, match="exited with code 1 without reporting a result") as failed:
+    with pytest.raises(DriverFailed, match=r"exited with code 1 without reporting a result \(log: /") as failed:
         SparkSubmit(submit_settings(submit_command="/bin/false")).run(wf.drop_unswitched_staging, None, rec)
     assert failed.value.retryable
     with pytest.raises(ConfigError, match="no-such-spark-submit not found or not executable"):
@@ -128,3 +191,64 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_python_driver_dies_with_its_parent_the_jvm(tmp_path):
+    """spark-submit's JVM starts the Python driver as a child: it must not outlive the JVM either."""
+    pid_file = tmp_path / "driver.pid"
+    driver = (f"import os, sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+              "from workers.spark_driver import die_with_parent\n"
+              f"die_with_parent(); open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)\n")
+    jvm = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {driver!r}])"])
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30, "the driver to start")
+        pid = int(pid_file.read_text())
+        assert alive(pid)
+        jvm.kill()
+        jvm.wait()
+        wait_until(lambda: not alive(pid), 10, "the driver to die with its parent")
+    finally:
+        jvm.kill()
+        if pid_file.exists() and pid_file.read_text() and alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("uris, url, derby_home, shared", [
+    ("thrift://metastore:9083", None, None, True),
+    (None, None, "/var/lib/derby", True),  # embedded Derby in a fixed folder: one machine's trial
+    (None, "jdbc:derby:;databaseName=/data/metastore_db;create=true", None, True),
+    (None, "jdbc:postgresql://db/metastore", None, True),
+    (None, None, None, False),  # Hive's default: a new Derby in each driver's temporary folder
+    (None, "jdbc:derby:;databaseName=metastore_db;create=true", None, False),
+])
+def test_a_driver_without_a_shared_metastore_is_refused(uris, url, derby_home, shared):
+    problem = metastore_problem(uris, url, derby_home)
+    assert (problem is None) == shared
+    if not shared:
+        assert "no shared Hive metastore: set spark.submit_conf spark.hadoop.hive.metastore.uris" in problem
+
+
+def test_a_driver_started_for_a_job_that_has_ended_does_nothing(res, settings):
+    rec = wf.submit(res, "mnaas.t", "/data/in")
+    res.jobs.update(rec["job_id"], lambda r: r.update(state="skipped"))
+    payload = {"function": "backup.table_backup:load_phase", "kind": "phase", "job_id": rec["job_id"],
+               "phase": "load", "settings": json.loads(settings.model_dump_json())}
+    assert run(payload, spark=None) == {"job_id": rec["job_id"], "state": "skipped"}
+
+
+def test_a_lost_jvm_is_reported_retryable_and_a_workflow_error_as_itself():
+    from py4j.protocol import Py4JNetworkError
+
+    try:
+        try:
+            raise Py4JNetworkError("Answer from Java side is empty")
+        except Py4JNetworkError as e:
+            raise FatalError("load: count rows") from e
+    except FatalError as e:
+        lost = describe(e, "load")
+    assert (lost["type"], lost["retryable"]) == ("DriverFailed", True)
+    assert lost["message"].startswith("load: lost the connection to the driver's JVM")
+    drift = describe(SchemaDrift("files under /in do not match db.t"), "validate")
+    assert (drift["type"], drift["message"], drift["retryable"]) == (
+        "SchemaDrift", "files under /in do not match db.t", False)
+    assert "SchemaDrift" in drift["traceback"]
