@@ -8,7 +8,7 @@ Retry policy reads the family, never the message:
      │    ├── ChecksumMismatch   a copy did not verify; copying again may fix it
      │    ├── SourceChanged      input files changed while being read; reading again may fix it
      │    ├── LockRenewalFailed  Redis hiccup while renewing a held lock
-     │    └── DriverFailed       a spark-submit driver ended without reporting (killed, out of memory)
+     │    └── DriverFailed       a spark-submit driver did not start, lost its JVM or ended without reporting
      └── FatalError             permanent: retrying cannot help, alert now
           ├── InvalidInput       bad table name, window, argument or path
           │    └── SchemaDrift    the input files no longer match the table's schema
@@ -70,7 +70,7 @@ class LockRenewalFailed(RetryableError):
 
 
 class DriverFailed(RetryableError):
-    """A spark-submit driver ended without reporting a result or an error."""
+    """A spark-submit driver could not start a session, lost its JVM, or ended without reporting (killed)."""
 
 
 class InvalidInput(FatalError):
