@@ -265,6 +265,10 @@ class CustomerFilesSettings(_Section):
 
 # Spark's own default spark.redaction.regex: keys whose values Spark hides, so never command-line material.
 _SECRET_KEY = re.compile(r"(?i)secret|password|token|access[.]?key")
+# ... unless the key names where the secret is (a file, a Kubernetes secret, a provider), not the secret itself.
+_SECRET_REFERENCE = re.compile(r"(?i)file$|\.file\b|path$|\.secrets\.|secretkeyref|provider|binding")
+# Values that carry one anyway: user:password@ in a URL, password=... in a JDBC URL.
+_SECRET_VALUE = re.compile(r"(?i)://[^/@\s]+:[^/@\s]*@|password=")
 # Spark Connect URL, or a master that spark-submit takes (the two modes of connectors/spark.py).
 SPARK_REMOTE_PATTERN = (r"^(sc://[^\s;]+(/(;[A-Za-z_]+=[^;\s]*)*)?|local(\[(\d+|\*)\])?|yarn|k8s://\S+"
                         r"|spark://[^\s/]+)$")
@@ -284,17 +288,19 @@ class SparkSettings(_Section):
             raise ValueError("spark.remote must not carry a token; set SPARK_CONNECT_AUTHENTICATE_TOKEN instead")
         if any(not k.startswith("spark.sql.") for k in self.session_conf):
             raise ValueError("spark.session_conf: only spark.sql.* settings can be set per session")
-        if "@" in self.remote:
+        if re.search(r"://[^/;]*@", self.remote):  # a user part before a host (not a parameter such as user_id=a@b)
             raise ValueError("spark.remote must not carry credentials (user@ or user:password@)")
         bad = [k for k, v in self.submit_conf.items() if not re.fullmatch(r"spark\.[A-Za-z0-9_.\-]+", k)
                or _CONTROL.search(v)]
         if bad:
             raise ValueError(f"spark.submit_conf: {bad[0]!r} is not a spark.* key with a one-line value")
         # The values go on spark-submit's command line (ps, the cluster's application page): no secret there.
-        secret = [k for k in self.submit_conf if _SECRET_KEY.search(k)]
+        secret = [k for k, v in self.submit_conf.items() if (_SECRET_KEY.search(k) and not _SECRET_REFERENCE.search(k))
+                  or _SECRET_VALUE.search(v)]
         if secret:
-            raise ValueError(f"spark.submit_conf: {secret[0]!r} looks like a secret, which would show on the command "
-                             f"line; put it in SPARK_CONF_DIR/spark-defaults.conf or the cluster's credential store")
+            raise ValueError(f"spark.submit_conf: {secret[0]!r} would put a secret on spark-submit's command line (ps, "
+                             f"the cluster's application page); put it in SPARK_CONF_DIR/spark-defaults.conf or the "
+                             f"cluster's credential store")
         if self.submit_command is not None and not (self.submit_command.startswith("/")
                                                     and not _CONTROL.search(self.submit_command)):
             raise ValueError("spark.submit_command: must be an absolute path")

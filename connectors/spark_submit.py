@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,8 @@ DRIVER_SCRIPT = Path(__file__).resolve().parent.parent / "workers" / "spark_driv
 # Variables that would turn the driver's SparkSession builder into a Spark Connect client.
 _CONNECT_ENV = ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE")
 _LOG_TAIL_LINES = 8
+# Seconds a driver may take to exit after its report (it gives its session's stop 120 s itself).
+EXIT_GRACE = 180
 # Prefix of the project's log lines in a driver's output (workers/spark_driver.py), relayed to the worker's log.
 LOG_MARK = "MB-DRIVER"
 
@@ -123,24 +126,54 @@ class SparkSubmit:
         (folder / "payload.json").write_text(json.dumps(payload))
         argv = [_setpriv(), "--pdeathsig", "KILL", "--",
                 *self.command(DRIVER_SCRIPT, [str(folder / "payload.json")], label)]
-        driver_log = folder / "driver.log"
+        driver_log, reported = folder / "driver.log", folder / "result.json"
         log.info("spark-submit %s on %s", label, self.settings.spark.remote)
         with open(driver_log, "wb") as out:
             # cwd: what the driver leaves beside it (derby.log, a misconfigured driver's metastore_db) goes with
-            # the folder.  An exception here (Celery's soft time limit) kills the driver.
-            proc = subprocess.run(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                  stderr=subprocess.STDOUT, check=False)
+            # the folder.
+            proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT)
+            returncode = wait_for_driver(proc, reported)
         relay_driver_log(driver_log)
-        reported = folder / "result.json"
-        outcome = json.loads(reported.read_text()) if reported.exists() else None
-        if outcome is not None and "result" in outcome:
-            shutil.rmtree(folder, ignore_errors=True)
-            return outcome["result"]
-        if outcome is not None:
+        if not reported.exists():
+            raise DriverFailed(f"Spark driver for {label} exited with code {returncode} without reporting a result "
+                               f"(log: {driver_log}); last lines: {' | '.join(_tail(driver_log))}")
+        try:
+            outcome = json.loads(reported.read_text())
+            if "result" in outcome:
+                shutil.rmtree(folder, ignore_errors=True)
+                return outcome["result"]
             error = outcome["error"]
-            raise raised_again({**error, "message": f"{error.get('message')} [Spark driver log: {driver_log}]"})
-        raise DriverFailed(f"Spark driver for {label} exited with code {proc.returncode} without reporting a result "
-                           f"(log: {driver_log}); last lines: {' | '.join(_tail(driver_log))}")
+        except (ValueError, KeyError, TypeError) as e:
+            raise DriverFailed(f"Spark driver for {label} wrote an unreadable report {reported}: {e}") from e
+        raise raised_again({**error, "message": f"{error.get('message')} [Spark driver log: {driver_log}]"})
+
+
+def wait_for_driver(proc: subprocess.Popen, reported: Path) -> int:
+    """The driver's exit code, once it exits, or once it has reported and then not exited within a grace period.
+
+    The JVM's own shutdown can hang after the report is written (a cluster that does not answer
+    the stop): the phase is done then, and waiting on would only let Celery's time limit fail it.
+    Any exception here (Celery's soft time limit) kills the driver.
+    """
+    reported_at = None
+    try:
+        while True:
+            try:
+                return proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                if not reported.exists():
+                    continue
+                reported_at = reported_at or time.monotonic()
+                if time.monotonic() - reported_at > EXIT_GRACE:
+                    log.warning("the Spark driver reported %s but did not exit within %d s; killed", reported,
+                                EXIT_GRACE)
+                    proc.kill()
+                    return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def driver_env() -> dict[str, str]:

@@ -57,17 +57,23 @@ def resolve(name: str):
     return getattr(importlib.import_module(module), qualname)
 
 
-def metastore_problem(uris: str | None, url: str | None, derby_home: str | None) -> str | None:
-    """Why the phases' drivers would not share one metastore, or None if they do.
+def metastore_problem(uris: str | None, url: str | None, derby_home: str | None, client_factory: str | None = None,
+                      hive_conf_dir: str | None = None) -> str | None:
+    """Why the phases' drivers would not share one metastore, or None if they do (or if it cannot be seen).
 
     Each phase is a new driver in a new temporary folder: Hive's default embedded Derby there
-    would be a new, empty catalog each time.
+    (or an in-memory one) would be a new, empty catalog each time.
     """
-    if uris:
+    if uris or client_factory or hive_conf_dir:  # a remote metastore, another client (AWS Glue), or config we do not read
         return None
     url = url or _HIVE_DEFAULT_URL
-    name = re.search(r"databaseName=([^;]+)", url)
-    if url.startswith("jdbc:derby:") and name and not name.group(1).startswith("/") and not derby_home:
+    if not url.startswith("jdbc:derby:"):  # MySQL, PostgreSQL, ...: a server all drivers share
+        return None
+    location = url[len("jdbc:derby:"):].split(";", 1)[0]
+    named = re.search(r"databaseName=([^;]+)", url)
+    database = (named.group(1) if named else location).strip()
+    if location.startswith("memory:") or database.startswith("memory:") or \
+            (not database.startswith("/") and not derby_home):
         return ("no shared Hive metastore: set spark.submit_conf spark.hadoop.hive.metastore.uris (or a hive-site.xml "
                 "in SPARK_CONF_DIR); for a trial on one machine, an embedded Derby with "
                 "spark.driver.extraJavaOptions=-Dderby.system.home=<folder>")
@@ -82,7 +88,8 @@ def check_metastore(spark) -> None:
         spark._jsparkSession.sharedState()  # loads hive-site.xml into the Hadoop configuration
         hadoop = spark.sparkContext._jsc.hadoopConfiguration()
         found = (hadoop.get("hive.metastore.uris"), hadoop.get("javax.jdo.option.ConnectionURL"),
-                 spark.sparkContext._jvm.java.lang.System.getProperty("derby.system.home"))
+                 spark.sparkContext._jvm.java.lang.System.getProperty("derby.system.home"),
+                 hadoop.get("hive.metastore.client.factory.class"), os.environ.get("HIVE_CONF_DIR"))
     except Exception as e:  # internals of this pyspark version: the phases still fail loudly without a catalog
         log.warning("could not check the metastore configuration: %s", e)
         return
@@ -124,16 +131,26 @@ def describe(exc: BaseException, what: str) -> dict:
 
 
 def _jvm_gone(exc: BaseException) -> bool:
-    """Whether the JVM went away under the call (killed, out of memory): a retry may work."""
+    """Whether a Spark call failed because the JVM went away (killed, out of memory): a retry may work.
+
+    Only an unclassified error, or the plain FatalError that wraps a Spark call's failure, counts:
+    a workflow's own error (SchemaDrift, LockLost, ...) stays what it is.
+    """
+    from backup.errors import BackupError, ConnectionFailed, FatalError
+
     try:
         from py4j.protocol import Py4JNetworkError
     except ImportError:
         return False
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, Py4JNetworkError):
+    if isinstance(exc, BackupError) and type(exc) not in (FatalError, ConnectionFailed):
+        return False
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, Py4JNetworkError):
             return True
-        seen = seen.__cause__ or seen.__context__
+        seen.add(id(cause))
+        cause = cause.__cause__
     return False
 
 
@@ -189,8 +206,15 @@ def main(argv: list[str]) -> int:
         outcome = {"result": run(payload, spark)}
     except BaseException as e:  # noqa: BLE001  everything is reported; the worker decides what it means
         outcome = {"error": describe(e, what)}
+        traceback.print_exc()  # into the driver's log, which the worker keeps after a failure
+    try:
+        report = json.dumps(outcome)
+    except (TypeError, ValueError) as e:  # a result that is not JSON: a bug, reported as such (not retried)
+        from backup.errors import FatalError
+
+        report = json.dumps({"error": describe(FatalError(f"{what}: its result is not JSON: {e}"), what)})
     tmp = payload_path.with_name("result.json.tmp")
-    tmp.write_text(json.dumps(outcome))
+    tmp.write_text(report)
     os.replace(tmp, payload_path.with_name("result.json"))  # whole or absent
     if spark is not None:
         _stop(spark)

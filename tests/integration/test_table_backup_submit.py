@@ -11,6 +11,7 @@ Each driver start costs 10 s or more, so the tests start as few as they can.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -125,7 +126,9 @@ def test_an_error_in_a_driver_keeps_its_class_fails_once_and_the_cleanup_runs_in
     assert rec["state"] == "failed" and rec["phase"] == "load", rec
     assert rec["error"].startswith("RejectsExceeded: 10 of 50 lines rejected (20.00%), above table_backup."
                                    "max_reject_ratio=0.1; nothing replaced."), rec
-    assert "[Spark driver log: " in rec["error"]  # kept for the operator
+    kept = Path(rec["error"].rsplit("[Spark driver log: ", 1)[1].rstrip("]"))  # kept for the operator
+    assert "RejectsExceeded" in kept.read_text()
+    shutil.rmtree(kept.parent)
     load = next(p for p in rec["phases"] if p["name"] == "load")
     assert load["attempts"] == 1  # fatal: raised again in the worker as RejectsExceeded, so not retried
     assert rec["alert_sent"]

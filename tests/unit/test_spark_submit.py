@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from backup import table_backup as wf
 from backup.errors import ConfigError, DriverFailed, FatalError, RetryableError, SchemaDrift, SourceChanged
 from backup.resources import Resources
+from connectors import spark_submit
 from config.settings import load_settings
 from connectors.spark import SparkConnect
 from connectors.spark_submit import DRIVER_SCRIPT, DriverTraceback, SparkSubmit, function_name, raised_again
@@ -46,12 +48,29 @@ def test_the_mode_follows_the_scheme_of_spark_remote(remote, mode):
     ({"submit_conf": {"spark.driver.memory": "2g\n--jars x"}}, "one-line value"),
     ({"submit_command": "bin/spark-submit"}, "must be an absolute path"),
     ({"remote": "k8s://https://admin:pw@api.k8s:6443"}, "must not carry credentials"),
-    ({"submit_conf": {"spark.hadoop.javax.jdo.option.ConnectionPassword": "pw"}}, "looks like a secret"),
-    ({"submit_conf": {"spark.hadoop.fs.s3a.access.key": "AKIA"}}, "looks like a secret"),
+    ({"remote": "spark://admin@master:7077"}, "must not carry credentials"),
+    ({"submit_conf": {"spark.hadoop.javax.jdo.option.ConnectionPassword": "pw"}}, "secret on spark-submit's command"),
+    ({"submit_conf": {"spark.hadoop.fs.s3a.access.key": "AKIA"}}, "secret on spark-submit's command"),
+    ({"submit_conf": {"spark.hadoop.javax.jdo.option.ConnectionURL": "jdbc:mysql://hive:pw@db/metastore"}},
+     "secret on spark-submit's command"),
+    ({"submit_conf": {"spark.hadoop.javax.jdo.option.ConnectionURL": "jdbc:mysql://db/ms?password=pw"}},
+     "secret on spark-submit's command"),
 ])
 def test_submit_settings_are_checked_at_start(spark, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(CONFIG_PATH, overrides={"spark": spark})
+
+
+@pytest.mark.parametrize("spark", [
+    {"remote": "sc://h:15002/;user_id=svc@corp.example"},  # a parameter, not credentials
+    {"submit_conf": {"spark.kubernetes.driver.secrets.hive-creds": "/etc/hive"}},  # where secrets are, not them
+    {"submit_conf": {"spark.kubernetes.driver.secretKeyRef.HIVE_PW": "hive-creds:password"}},
+    {"submit_conf": {"spark.kubernetes.authenticate.oauthTokenFile": "/var/run/token"}},
+    {"submit_conf": {"spark.authenticate.secret.file": "/etc/spark/secret"}},
+    {"submit_conf": {"spark.hadoop.hive.metastore.uris": "thrift://metastore:9083"}},
+])
+def test_settings_that_only_point_at_secrets_are_accepted(spark):
+    load_settings(CONFIG_PATH, overrides={"spark": spark})
 
 
 def test_the_command_line_is_client_mode_with_the_configured_conf():
@@ -122,13 +141,35 @@ def test_an_error_a_driver_reports_is_raised_with_its_log_kept(fake_submit, monk
         SparkSubmit(fake_submit).run(wf.drop_unswitched_staging, None, {"job_id": "j" * 12})
     kept = Path(str(raised.value).rsplit(": ", 1)[1].rstrip("]"))
     assert "a line of Spark's" in kept.read_text()
+    shutil.rmtree(kept.parent)
+
+
+def test_an_unreadable_report_is_driver_failed_naming_it(fake_submit, monkeypatch):
+    monkeypatch.setenv("MB_TEST_RESULT", '{"result": ')
+    with pytest.raises(DriverFailed, match=r"wrote an unreadable report (/\S+)/result.json") as raised:
+        SparkSubmit(fake_submit).run(wf.drop_unswitched_staging, None, {"job_id": "j" * 12})
+    shutil.rmtree(Path(str(raised.value).split("unreadable report ", 1)[1].split("/result.json")[0]))
+
+
+def test_a_driver_that_reported_but_does_not_exit_is_killed_after_the_grace_period(fake_submit, tmp_path,
+                                                                                   monkeypatch):
+    slow = tmp_path / "spark-submit-that-hangs"
+    slow.write_text(FAKE_SUBMIT + 'echo $$ > "$MB_TEST_OUT/pid"\nexec sleep 120\n')
+    slow.chmod(0o755)
+    monkeypatch.setenv("MB_TEST_RESULT", json.dumps({"result": "done"}))
+    monkeypatch.setattr(spark_submit, "EXIT_GRACE", 1)
+    hung = fake_submit.model_copy(update={"spark": fake_submit.spark.model_copy(update={"submit_command": str(slow)})})
+    assert SparkSubmit(hung).run(wf.drop_unswitched_staging, None, {"job_id": "j" * 12}) == "done"
+    assert not alive(int((tmp_path / "out" / "pid").read_text()))
 
 
 def test_a_driver_that_ends_without_a_report_is_retryable_and_a_missing_spark_submit_is_fatal():
     rec = {"job_id": "x" * 12}
-    with pytest.raises(DriverFailed, match=r"exited with code 1 without reporting a result \(log: /") as failed:
+    with pytest.raises(DriverFailed, match=r"exited with code 1 without reporting a result \(log: (/\S+)/driver.log\)") \
+            as failed:
         SparkSubmit(submit_settings(submit_command="/bin/false")).run(wf.drop_unswitched_staging, None, rec)
     assert failed.value.retryable
+    shutil.rmtree(str(failed.value).split("(log: ", 1)[1].split("/driver.log", 1)[0])
     with pytest.raises(ConfigError, match="no-such-spark-submit not found or not executable"):
         SparkSubmit(submit_settings(submit_command=str(STATE / "no-such-spark-submit"))).run(
             wf.drop_unswitched_staging, None, rec)
@@ -162,7 +203,8 @@ def test_a_driver_dies_with_the_worker_process_that_started_it(tmp_path):
     """A worker SIGKILLed mid-phase (hard time limit, OOM killer) must not leave its driver writing."""
     pid_file = tmp_path / "driver.pid"
     fake = tmp_path / "spark-submit"
-    fake.write_text('#!/bin/sh\necho $$ > "$MB_TEST_DRIVER_PID"\nexec sleep 120\n')
+    fake.write_text('#!/bin/sh\nfor p; do :; done\ndirname "$p" > "$MB_TEST_DRIVER_PID.dir"\n'
+                    'echo $$ > "$MB_TEST_DRIVER_PID"\nexec sleep 120\n')
     fake.chmod(0o755)
     starter = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
                "from backup import table_backup as wf\n"
@@ -181,6 +223,8 @@ def test_a_driver_dies_with_the_worker_process_that_started_it(tmp_path):
         wait_until(lambda: not alive(driver), 10, "the driver to die with its worker")
     finally:
         worker.kill()
+        if pid_file.with_name("driver.pid.dir").exists():  # the folder a killed worker could not remove
+            shutil.rmtree(pid_file.with_name("driver.pid.dir").read_text().strip(), ignore_errors=True)
         if pid_file.exists() and alive(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
@@ -220,12 +264,20 @@ def test_the_python_driver_dies_with_its_parent_the_jvm(tmp_path):
     (None, "jdbc:postgresql://db/metastore", None, True),
     (None, None, None, False),  # Hive's default: a new Derby in each driver's temporary folder
     (None, "jdbc:derby:;databaseName=metastore_db;create=true", None, False),
+    (None, "jdbc:derby:metastore_db;create=true", None, False),
+    (None, "jdbc:derby:memory:metastore;create=true", "/var/lib/derby", False),
 ])
 def test_a_driver_without_a_shared_metastore_is_refused(uris, url, derby_home, shared):
     problem = metastore_problem(uris, url, derby_home)
     assert (problem is None) == shared
     if not shared:
         assert "no shared Hive metastore: set spark.submit_conf spark.hadoop.hive.metastore.uris" in problem
+
+
+def test_a_metastore_the_driver_cannot_see_is_not_refused():
+    # Another metastore client (AWS Glue), or a hive-site.xml in HIVE_CONF_DIR, which Hive reads and Spark does not.
+    assert metastore_problem(None, None, None, client_factory="com.amazonaws.glue.catalog.metastore.X") is None
+    assert metastore_problem(None, None, None, hive_conf_dir="/etc/hive/conf") is None
 
 
 def test_a_driver_started_for_a_job_that_has_ended_does_nothing(res, settings):
@@ -248,6 +300,13 @@ def test_a_lost_jvm_is_reported_retryable_and_a_workflow_error_as_itself():
         lost = describe(e, "load")
     assert (lost["type"], lost["retryable"]) == ("DriverFailed", True)
     assert lost["message"].startswith("load: lost the connection to the driver's JVM")
+    try:
+        try:
+            raise Py4JNetworkError("Answer from Java side is empty")
+        except Py4JNetworkError as e:
+            raise SchemaDrift("files under /in do not match db.t") from e
+    except SchemaDrift as e:
+        assert describe(e, "validate")["type"] == "SchemaDrift"  # a workflow's own error stays itself
     drift = describe(SchemaDrift("files under /in do not match db.t"), "validate")
     assert (drift["type"], drift["message"], drift["retryable"]) == (
         "SchemaDrift", "files under /in do not match db.t", False)
