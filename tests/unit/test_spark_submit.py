@@ -215,17 +215,24 @@ def test_a_driver_dies_with_the_worker_process_that_started_it(tmp_path):
                "SparkSubmit(s).run(wf.drop_unswitched_staging, None, {'job_id': 'x' * 12})\n")
     worker = subprocess.Popen([sys.executable, "-c", starter], env={**os.environ, "MB_TEST_DRIVER_PID": str(pid_file)})
     try:
-        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "the driver to start")
-        driver = int(pid_file.read_text())
-        assert alive(driver)
-        worker.kill()
-        worker.wait()
-        wait_until(lambda: not alive(driver), 10, "the driver to die with its worker")
+        assert_dies_with_its_parent(worker, pid_file)
     finally:
-        worker.kill()
         if pid_file.with_name("driver.pid.dir").exists():  # the folder a killed worker could not remove
             shutil.rmtree(pid_file.with_name("driver.pid.dir").read_text().strip(), ignore_errors=True)
-        if pid_file.exists() and alive(int(pid_file.read_text())):
+
+
+def assert_dies_with_its_parent(parent: subprocess.Popen, pid_file: Path) -> None:
+    """Once the child wrote its pid, SIGKILL ``parent``: the child must be gone within 10 s."""
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "the driver to start")
+        child = int(pid_file.read_text())
+        assert alive(child)
+        parent.kill()
+        parent.wait()
+        wait_until(lambda: not alive(child), 10, "the driver to die with its parent")
+    finally:
+        parent.kill()
+        if pid_file.exists() and pid_file.read_text().strip() and alive(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
@@ -244,17 +251,7 @@ def test_the_python_driver_dies_with_its_parent_the_jvm(tmp_path):
               "from workers.spark_driver import die_with_parent\n"
               f"die_with_parent(); open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)\n")
     jvm = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {driver!r}])"])
-    try:
-        wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30, "the driver to start")
-        pid = int(pid_file.read_text())
-        assert alive(pid)
-        jvm.kill()
-        jvm.wait()
-        wait_until(lambda: not alive(pid), 10, "the driver to die with its parent")
-    finally:
-        jvm.kill()
-        if pid_file.exists() and pid_file.read_text() and alive(int(pid_file.read_text())):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert_dies_with_its_parent(jvm, pid_file)
 
 
 @pytest.mark.parametrize("uris, url, derby_home, shared", [
@@ -291,22 +288,15 @@ def test_a_driver_started_for_a_job_that_has_ended_does_nothing(res, settings):
 def test_a_lost_jvm_is_reported_retryable_and_a_workflow_error_as_itself():
     from py4j.protocol import Py4JNetworkError
 
-    try:
-        try:
-            raise Py4JNetworkError("Answer from Java side is empty")
-        except Py4JNetworkError as e:
-            raise FatalError("load: count rows") from e
-    except FatalError as e:
-        lost = describe(e, "load")
+    def over_lost_jvm(err: Exception) -> Exception:
+        err.__cause__ = Py4JNetworkError("Answer from Java side is empty")
+        return err
+
+    lost = describe(over_lost_jvm(FatalError("load: count rows")), "load")
     assert (lost["type"], lost["retryable"]) == ("DriverFailed", True)
     assert lost["message"].startswith("load: lost the connection to the driver's JVM")
-    try:
-        try:
-            raise Py4JNetworkError("Answer from Java side is empty")
-        except Py4JNetworkError as e:
-            raise SchemaDrift("files under /in do not match db.t") from e
-    except SchemaDrift as e:
-        assert describe(e, "validate")["type"] == "SchemaDrift"  # a workflow's own error stays itself
+    # A workflow's own error stays itself, over a lost JVM or not.
+    assert describe(over_lost_jvm(SchemaDrift("files under /in differ")), "validate")["type"] == "SchemaDrift"
     drift = describe(SchemaDrift("files under /in do not match db.t"), "validate")
     assert (drift["type"], drift["message"], drift["retryable"]) == (
         "SchemaDrift", "files under /in do not match db.t", False)
