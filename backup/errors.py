@@ -125,6 +125,16 @@ _TRANSIENT_ERRNOS = {
 }
 
 
+def causes(exc: BaseException):
+    """The exception and its explicit causes (``raise ... from``), outermost first; stops on a loop."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        yield cause
+        cause = cause.__cause__
+
+
 def classify(exc: BaseException, what: str) -> BackupError:
     """Map a client exception to one of our families, naming ``what`` failed.
 

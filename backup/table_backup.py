@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from backup.errors import (AlreadyExists, ConfigError, FatalError, InvalidInput, NotFound, RejectsExceeded,
-                           SchemaDrift, SourceChanged)
+                           SchemaDrift, SourceChanged, causes)
 from backup.identifiers import TableName, identifier
 from backup.jobs import phase_entry
 from backup.enqueue import fail_request
@@ -624,12 +624,8 @@ def drop_staging(spark: "SparkSession", names: Names) -> None:
 
 def stopped_at_malformed_record(error: BaseException) -> bool:
     """Whether Spark's FAILFAST CSV reader stopped the query at a record it could not parse."""
-    seen = error
-    while seen is not None:  # the marker is in the Spark error, the cause of ours
-        if "MALFORMED_RECORD_IN_PARSING" in str(seen) or "MALFORMED_CSV_RECORD" in str(seen):
-            return True
-        seen = seen.__cause__
-    return False
+    # The marker is in the Spark error, the cause of ours.
+    return any("MALFORMED_RECORD_IN_PARSING" in str(e) or "MALFORMED_CSV_RECORD" in str(e) for e in causes(error))
 
 
 @dataclass

@@ -136,7 +136,7 @@ def _jvm_gone(exc: BaseException) -> bool:
     Only an unclassified error, or the plain FatalError that wraps a Spark call's failure, counts:
     a workflow's own error (SchemaDrift, LockLost, ...) stays what it is.
     """
-    from backup.errors import BackupError, ConnectionFailed, FatalError
+    from backup.errors import BackupError, ConnectionFailed, FatalError, causes
 
     try:
         from py4j.protocol import Py4JNetworkError
@@ -144,14 +144,7 @@ def _jvm_gone(exc: BaseException) -> bool:
         return False
     if isinstance(exc, BackupError) and type(exc) not in (FatalError, ConnectionFailed):
         return False
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, Py4JNetworkError):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__
-    return False
+    return any(isinstance(e, Py4JNetworkError) for e in causes(exc))
 
 
 def start_session(master_label: str):
