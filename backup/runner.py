@@ -8,6 +8,21 @@ exposes ``commit_check`` (the fencing check before an irreversible step) and
 ``done`` (a fenced status write).  If the job is already terminal (skipped,
 or failed by another phase), ``ctx.active`` is False and the phase does
 nothing: that is how a skipped job's chain winds down.
+
+A delivery of a phase that the job has already moved past (a later phase
+started, or the job is ending) is *stale*: a message restored after a broker
+outage or a worker's death, arriving after the chain went on without it.  It
+does nothing, does not continue the chain (``ctx.stale``) and, if it fails
+anyway, its failure is dropped with a warning: only a delivery of the phase
+the job is really in may fail the job.
+
+Ending a job unsuccessfully is two writes around the alert: first a *claim*
+(``ending``) made atomically only while the job is neither terminal, nor
+ending, nor past the failing phase; then, by the claimer alone, the cleanup
+and the alert; last the terminal write.  So an alert is sent only by the
+delivery whose claim made the job fail, and a reader that sees ``failed``
+sees the alert's outcome too.  A claimer that dies between the two writes
+leaves ``ending`` behind; the stall check (``backup.stalls``) completes it.
 """
 
 from __future__ import annotations
@@ -28,15 +43,42 @@ from backup.resources import Resources
 log = logging.getLogger(__name__)
 
 
+def fan_out_group(name: str) -> str:
+    """The group a phase belongs to: ``copy:acme`` and ``copy:zeta`` run side by side as ``copy``."""
+    return name.split(":", 1)[0]
+
+
+def moved_past(rec: dict, name: str) -> str | None:
+    """Why a delivery of phase ``name`` is stale (the job is terminal, ending, or a later phase started), or None.
+
+    Phases run in the order of ``rec["phases"]``; phases of one fan-out group
+    (``copy:<customer>``) run side by side, so a sibling is never "later".
+    """
+    if rec["state"] in TERMINAL:
+        return f"the job is already {rec['state']}"
+    if rec.get("ending"):
+        return f"the job is already ending ({rec['ending'].get('status')} claimed in {rec['ending'].get('phase')})"
+    names = [p["name"] for p in rec["phases"]]
+    if name not in names:
+        return None
+    group = fan_out_group(name)
+    for p in rec["phases"][names.index(name) + 1:]:
+        if fan_out_group(p["name"]) != group and (p["deliveries"] or p["state"] != "pending"):
+            return f"phase {p['name']} has already started"
+    return None
+
+
 class PhaseContext:
     """What a running phase may do with its job."""
 
-    def __init__(self, res: Resources, rec: dict, name: str, active: bool):
+    def __init__(self, res: Resources, rec: dict, name: str, active: bool, stale: str | None = None):
         self.res = res
         self.rec = rec
         self.job_id = rec["job_id"]
         self.name = name
         self.active = active
+        #: why this delivery is stale (the job moved past this phase); such a delivery must not continue the chain
+        self.stale = stale
         self.held: Held | None = Held.from_dict(rec["lock"]) if rec.get("lock") else None
         self.renewer: Renewer | None = None
         self._last_progress = 0.0
@@ -86,10 +128,16 @@ def phase(res: Resources, job_id: str, name: str, attempt: int = 1) -> Iterator[
     """Run one phase of a job with bookkeeping, renewal and delivery counting."""
     max_deliveries = res.settings.celery.max_deliveries
     redelivered = {}
+    stale = {}
 
     def start(rec):
         p = phase_entry(rec, name)
+        stale.pop("why", None)  # a WATCH conflict runs this again on a fresh record
         if rec["state"] in TERMINAL:
+            return
+        why = moved_past(rec, name)
+        if why:
+            stale["why"] = why
             return
         p["deliveries"] += 1
         # Deliveries beyond the attempts Celery knows about are redeliveries after a lost worker.
@@ -98,8 +146,11 @@ def phase(res: Resources, job_id: str, name: str, attempt: int = 1) -> Iterator[
         rec.update(state="running", phase=name)
 
     rec = res.jobs.update(job_id, start)
-    active = rec["state"] not in TERMINAL
-    ctx = PhaseContext(res, rec, name, active)
+    why = stale.get("why")
+    active = rec["state"] not in TERMINAL and why is None
+    ctx = PhaseContext(res, rec, name, active, stale=why)
+    if why:
+        log.warning("stale delivery of phase %s of job %s ignored: %s", name, job_id, why)
     if not active:
         yield ctx
         return
@@ -116,44 +167,82 @@ def phase(res: Resources, job_id: str, name: str, attempt: int = 1) -> Iterator[
 
 def fail_job(res: Resources, job_id: str, phase_name: str | None, exc: BaseException,
              cleanup: Callable[[dict], None] | None = None) -> dict:
-    """Record a final failure, alert once per episode and release the lock; returns the record."""
+    """Record a final failure, alert once per episode and release the lock; returns the record.
+
+    Nothing happens (the record is returned as it is) when the failure comes
+    from a stale delivery: the job already ended, is being ended by another
+    delivery, or has moved past ``phase_name``.
+    """
     err = classify(exc, phase_name or "job").one_line()
 
     def change(rec):
-        if rec["state"] in ("success", "skipped"):
-            return
         rec.update(state="failed", error=err, finished=now())
         if phase_name:
             rec["phase"] = phase_name
             p = phase_entry(rec, phase_name)
             p.update(state="failed", finished=now(), error=err)
 
-    current = res.jobs.get(job_id)
-    if current["state"] in ("success", "skipped"):
-        return current
+    claimed = claim_ending(res, job_id, phase_name, "FAILED", err)
+    if claimed is None:
+        return res.jobs.get(job_id)
     if cleanup:  # before the terminal write, like the alert: whoever sees "failed" sees its outcome too
-        failed = copy.deepcopy(current)
+        failed = copy.deepcopy(claimed)
         change(failed)
         try:
             cleanup(failed)
         except Exception as e:  # cleanup is best effort; the failure itself is what must be reported
             log.warning("cleanup after failure of %s failed: %s", job_id, e)
+    current = res.jobs.get(job_id)
     # A LockLost job's lock belongs to someone else now.
     held = Held.from_dict(current["lock"]) if current.get("lock") and not isinstance(exc, LockLost) else None
-    rec = end_unsuccessfully(res, current, change, err, release=held)
+    rec = end_unsuccessfully(res, current, change, err, release=held, claimed=True)
     log.error("job %s failed in %s: %s", job_id, phase_name, err)
     return rec
 
 
+def claim_ending(res: Resources, job_id: str, phase_name: str | None, status: str, error: str,
+                 fence: Held | None = None) -> dict | None:
+    """Atomically mark the job as ending unsuccessfully; None if this delivery may not end it (stale).
+
+    The claim is what entitles one delivery, and one only, to clean up, alert
+    and write the terminal state.  It is refused when the job is terminal, is
+    already ending, or has moved past ``phase_name`` (a later phase started).
+    """
+    refused = {}
+
+    def claim(rec):
+        refused.pop("why", None)
+        why = moved_past(rec, phase_name) if phase_name else (
+            f"the job is already {rec['state']}" if rec["state"] in TERMINAL else None)
+        if why:
+            refused["why"] = why
+            return
+        rec["ending"] = {"status": status, "phase": phase_name, "error": error, "claimed": now()}
+    rec = res.jobs.update(job_id, claim, fence=fence)
+    if "why" in refused:
+        log.warning("failure of job %s in %s not recorded, the delivery is stale (%s): %s",
+                    job_id, phase_name, refused["why"], error)
+        return None
+    return rec
+
+
 def end_unsuccessfully(res: Resources, current: dict, change: Callable[[dict], None], error: str,
-                       status: str = "FAILED", fence: Held | None = None, release: Held | None = None) -> dict:
-    """Alert once per episode, then one write that applies ``change`` (failing the job), records the alert and frees the lock."""
+                       status: str = "FAILED", fence: Held | None = None, release: Held | None = None,
+                       claimed: bool = False) -> dict:
+    """Claim the ending (unless ``claimed``), alert once per episode, then one write that applies ``change``
+    (failing the job), records the alert, drops the claim and frees the lock."""
+    if not claimed:
+        rec = claim_ending(res, current["job_id"], current.get("phase"), status, error, fence=fence)
+        if rec is None:
+            return res.jobs.get(current["job_id"])
+        current = rec
     ending = copy.deepcopy(current)
     change(ending)
     alert = res.alerter.failure(ending, error, status=status) if not current.get("alert_sent") else None
 
     def commit(rec):
         change(rec)
+        rec.pop("ending", None)
         if alert is not None and rec["state"] == "failed":
             rec["alert_sent"] = alert["sent"]
             rec["alert"] = alert

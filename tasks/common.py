@@ -56,6 +56,9 @@ def make_phase_task(app, name: str, phase_name: str, func: Callable[[PhaseContex
         res = resources()
         with phase(res, job_id, phase_name, attempt=self.request.retries + 1) as ctx:
             if not ctx.active:
+                if ctx.stale:  # the chain already went on without this delivery: do not start it again
+                    self.request.chain = None
+                    return {"job_id": job_id, "state": ctx.rec["state"], "stale": ctx.stale}
                 return {"job_id": job_id, "state": ctx.rec["state"]}
             ctx.on_progress = progress_publisher(self)
             try:
@@ -79,8 +82,8 @@ def progress_publisher(task: Task) -> Callable[[dict], None]:
     task_id, hostname = task.request.id, task.request.hostname
 
     def publish(meta: dict) -> None:
-        task.update_state(task_id=task_id, state="PROGRESS", meta=meta)
         try:
+            task.update_state(task_id=task_id, state="PROGRESS", meta=meta)
             with task.app.events.default_dispatcher(hostname=hostname) as dispatcher:
                 dispatcher.send("task-progress", uuid=task_id, state="PROGRESS", progress=meta)
         except Exception as e:  # progress is best effort; the copy itself must not fail over it
