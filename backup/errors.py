@@ -19,6 +19,7 @@ Retry policy reads the family, never the message:
           ├── LockLost           another run holds the lock now (fencing)
           ├── AlreadyExists      a different file already sits at the target
           ├── TooManyDeliveries  a phase was redelivered past its limit
+          ├── Stalled            a job stopped moving (no live holder, no message, or silent too long)
           └── RejectsExceeded    rejected rows above the configured ratio
 
 Wrap a client's exception with ``raise X(...) from e`` so the cause is kept;
@@ -107,6 +108,10 @@ class AlreadyExists(FatalError):
 
 class TooManyDeliveries(FatalError):
     """A phase was delivered more often than allowed (worker kept dying)."""
+
+
+class Stalled(FatalError):
+    """A job stopped moving: nothing holds or carries it any more, or its phase is silent past every time limit."""
 
 
 class RejectsExceeded(FatalError):

@@ -6,8 +6,10 @@ One JSON document per run at ``<prefix>:job:<job_id>``::
     phase (current), phases [{name, state, attempts, deliveries, started, finished, error}],
     error, outputs {...}, progress {...}, alert_sent, created, updated, finished
 
-plus ``<prefix>:jobs`` (a sorted set by creation time, for ``backupctl jobs``) and
-``<prefix>:last:<workflow>:<target>`` (the latest run of a target, for resume).
+plus ``<prefix>:jobs`` (a sorted set by creation time, for ``backupctl jobs``),
+``<prefix>:active`` (the same for jobs not yet terminal, kept by every write:
+what the stall check scans) and ``<prefix>:last:<workflow>:<target>`` (the
+latest run of a target, for resume).
 Records are readable by any service with Redis access; they never hold secrets.
 
 Writes made while holding a lock go through ``update(..., fence=...)``: a
@@ -44,12 +46,32 @@ def now() -> float:
 class JobStore:
     """Create, read and update job records."""
 
-    def __init__(self, client: redis.Redis, prefix: str):
+    def __init__(self, client: redis.Redis, prefix: str, outage_grace: float = 60.0):
         self.r = client
         self.prefix = prefix
+        self.outage_grace = outage_grace
 
     def _key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
+
+    @property
+    def _active_key(self) -> str:
+        return f"{self.prefix}:active"
+
+    def active(self, limit: int = 10_000) -> list[dict]:
+        """Records of jobs that are not terminal (queued, running, ending), oldest first."""
+        try:
+            ids = self.r.zrange(self._active_key, 0, limit - 1)
+        except redis.RedisError as e:
+            raise ConnectionFailed(f"list active jobs: {e}") from e
+        out = []
+        for jid in ids:
+            rec = self.find(jid.decode())
+            if rec is None:  # expired record: nothing left to watch
+                self.r.zrem(self._active_key, jid)
+            elif rec["state"] not in TERMINAL:
+                out.append(rec)
+        return out
 
     def _last_key(self, workflow: str, target: str) -> str:
         return f"{self.prefix}:last:{workflow}:{target}"
@@ -70,6 +92,7 @@ class JobStore:
                 return self.get(job_id)
             pipe = self.r.pipeline()
             pipe.zadd(f"{self.prefix}:jobs", {job_id: rec["created"]})
+            pipe.zadd(self._active_key, {job_id: rec["created"]})
             pipe.set(self._last_key(workflow, target), job_id, ex=RETENTION_SECONDS)
             pipe.execute()
         except redis.RedisError as e:
@@ -118,7 +141,13 @@ class JobStore:
                release: Held | None = None) -> dict:
         """Apply ``change`` atomically; with ``fence`` only while that lock is ours; ``release`` frees it in the same write."""
         key = self._key(job_id)
-        for _ in range(50):
+        # A WATCHed transaction is never retried by the client itself: redis-py turns a connection error
+        # while watching into WatchError.  Contention is retried at once (50 times at most); an outage
+        # with backoff until ``outage_grace`` has passed.
+        outage_until = None
+        pause = 0.1
+        conflicts = 0
+        while conflicts < 50:
             try:
                 with self.r.pipeline() as pipe:
                     lock_keys = list(dict.fromkeys(h.key for h in (fence, release) if h is not None))
@@ -137,12 +166,23 @@ class JobStore:
                     rec["updated"] = now()
                     pipe.multi()
                     pipe.set(key, json.dumps(rec), ex=RETENTION_SECONDS)
+                    if rec["state"] in TERMINAL:
+                        pipe.zrem(self._active_key, job_id)
                     if free:
                         pipe.delete(release.key)
                     pipe.execute()
                     return rec
-            except redis.WatchError:
-                continue
+            except (redis.WatchError, redis.ConnectionError, redis.TimeoutError) as e:
+                outage = not isinstance(e, redis.WatchError) or "ConnectionError" in str(e)
+                if not outage:
+                    conflicts += 1
+                    continue
+                outage_until = outage_until or time.monotonic() + self.outage_grace
+                if time.monotonic() >= outage_until:
+                    raise ConnectionFailed(f"update job record {job_id}: Redis unreachable for "
+                                           f"{self.outage_grace:.0f}s: {e}") from e
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
             except redis.RedisError as e:
                 raise ConnectionFailed(f"update job record {job_id}: {e}") from e
         raise ConnectionFailed(f"update job record {job_id}: too much contention")

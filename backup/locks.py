@@ -43,6 +43,14 @@ end
 return 0
 """
 
+# Take a lock away from a (hung) holder: drop it if still its, and move the counter past its token so
+# that its renewal can never re-take it. ARGV[1]=value ARGV[2]=token
+_REVOKE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('INCR', KEYS[2]) end
+return 1
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -79,6 +87,7 @@ class LockManager:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._revoke = client.register_script(_REVOKE)
 
     def key(self, workflow: str, target: str) -> str:
         """Redis key of the lock for (workflow, target)."""
@@ -118,6 +127,14 @@ class LockManager:
             return bool(self._release(keys=[held.key], args=[held.value]))
         except redis.RedisError as e:
             raise ConnectionFailed(f"release lock {held.key}: {e}") from e
+
+
+    def revoke(self, held: Held) -> None:
+        """Fence ``held`` out for good: its holder can no longer renew, re-take or commit with it."""
+        try:
+            self._revoke(keys=[held.key, held.key + ":fence"], args=[held.value, held.token])
+        except redis.RedisError as e:
+            raise ConnectionFailed(f"revoke lock {held.key}: {e}") from e
 
 
 class Renewer:

@@ -89,12 +89,18 @@ def workflow_tasks() -> dict[str, str]:
     return WORKFLOW_TASKS
 
 
+#: beat entry of the stall check (backup/stalls.py), present in every schedule; no config entry may take the name
+STALL_CHECK_ENTRY = "stall-check"
+
+
 def check_schedules(settings, source: str = "config") -> None:
     """Validate every schedule entry; ConfigError naming the entry and the problem."""
     seen = set()
     tasks = workflow_tasks()
     for entry in settings.schedules:
         where = f"{source}: schedules[{entry.name}]"
+        if entry.name == STALL_CHECK_ENTRY:
+            raise ConfigError(f"{where}: the name {STALL_CHECK_ENTRY!r} is reserved for the built-in stall check")
         if entry.name in seen:
             raise ConfigError(f"{where}: duplicate schedule name")
         seen.add(entry.name)
@@ -116,12 +122,17 @@ def check_schedules(settings, source: str = "config") -> None:
 
 
 def beat_schedule(settings) -> dict[str, dict]:
-    """Celery's ``beat_schedule`` for the enabled entries."""
+    """Celery's ``beat_schedule``: the enabled entries, and the stall check every ``stall.check_every`` seconds."""
+    from celery.schedules import schedule
+
     tasks = workflow_tasks()
-    return {
+    entries = {
         e.name: {"task": tasks[e.workflow], "schedule": parse_cron(e.cron, e.timezone), "kwargs": dict(e.kwargs)}
         for e in settings.schedules if e.enabled
     }
+    entries[STALL_CHECK_ENTRY] = {"task": "backup.stall_check",
+                                  "schedule": schedule(dt.timedelta(seconds=settings.stall.check_every))}
+    return entries
 
 
 def next_fires(expr: str, timezone: str, after: dt.datetime, count: int = 1) -> list[dt.datetime]:

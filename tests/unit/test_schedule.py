@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from backup.errors import ConfigError
-from config.schedule import beat_schedule, next_fires, parse_cron
+from config.schedule import STALL_CHECK_ENTRY, beat_schedule, next_fires, parse_cron
 from config.settings import load_settings
 from tests.conftest import write_config
 
@@ -27,7 +27,8 @@ def _load(tmp_path, *entries, **extra):
 def test_valid_schedule_builds_beat_entries(tmp_path):
     s = _load(tmp_path, _entry(), _entry(name="off", enabled=False))
     sched = beat_schedule(s)
-    assert list(sched) == ["nightly"]
+    assert list(sched) == ["nightly", STALL_CHECK_ENTRY]
+    assert sched[STALL_CHECK_ENTRY]["task"] == "backup.stall_check"
     entry = sched["nightly"]
     assert entry["task"] == "backup.edge_export"
     assert entry["kwargs"] == {"table": "mnaas.customer_traffic"}
