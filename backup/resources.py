@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from backup.alerts import Alerter
 from backup.jobs import JobStore
@@ -18,11 +20,26 @@ from backup.locks import LockManager
 from config.settings import Settings
 
 
+#: longest pause between two tries of a Redis command during an outage, seconds
+REDIS_BACKOFF_CAP = 2.0
+
+
+def redis_retry(grace: float) -> Retry:
+    """redis-py's own retry for connection errors and timeouts, spread over about ``grace`` seconds."""
+    return Retry(ExponentialBackoff(cap=REDIS_BACKOFF_CAP, base=0.1), retries=max(3, int(grace / REDIS_BACKOFF_CAP) + 4))
+
+
 def redis_client(s: Settings) -> redis.Redis:
-    """Redis client for locks and job records; the password comes from the environment."""
+    """Redis client for locks and job records; the password comes from the environment.
+
+    Every command rides through a Redis outage of about ``redis.outage_grace``
+    seconds (a restart, a fail-over) before it raises, with redis-py's own retry.
+    """
     pw = s.secret("BACKUP_REDIS_PASSWORD")
     return redis.Redis.from_url(s.redis.url, password=pw.get_secret_value() if pw else None,
-                                socket_timeout=30, socket_connect_timeout=10, health_check_interval=30)
+                                socket_timeout=30, socket_connect_timeout=10, health_check_interval=30,
+                                retry=redis_retry(s.redis.outage_grace),
+                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
 @dataclass
@@ -43,7 +60,7 @@ class Resources:
 
     @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(self.redis, self.settings.redis.key_prefix)
+        return JobStore(self.redis, self.settings.redis.key_prefix, self.settings.redis.outage_grace)
 
     @cached_property
     def alerter(self) -> Alerter:

@@ -45,6 +45,7 @@ class _Section(BaseModel):
 class RedisSettings(_Section):
     url: str = Field("redis://127.0.0.1:6379/0", description="Redis for broker, results, locks and job records (no password here: BACKUP_REDIS_PASSWORD)")
     key_prefix: str = Field("mb", description="prefix of every key this project writes", pattern=r"^[A-Za-z0-9_.-]+$")
+    outage_grace: int = Field(60, ge=1, le=3600, description="seconds a Redis outage (restart, fail-over) is ridden through by every Redis call of a phase, by task publishing and by result writes before they fail (a commit is still decided by the lock's fencing, whatever the wait)")
 
 
 class CelerySettings(_Section):
@@ -79,6 +80,15 @@ class LockSettings(_Section):
         if self.renew_every * 2 > self.ttl:
             raise ValueError("lock.renew_every must be at most half of lock.ttl")
         return self
+
+
+class StallSettings(_Section):
+    """The stall check (``backup.stall_check``, fired by beat): no job stays ``running`` forever."""
+
+    check_every: int = Field(60, ge=5, description="seconds between two stall checks (a beat entry of its own)")
+    orphan_after: int = Field(300, ge=10, description="a queued or running job whose lock is not held, with no message for it in any queue or unacknowledged, and no record update for this long, is failed as stalled")
+    max_silence: int | None = Field(None, ge=60, description="a running job whose record has not changed for this long is failed as stalled even while its lock is renewed (a hung phase); default celery.task_time_limit + 300")
+    ending_grace: int = Field(120, ge=10, description="a failure claimed but not completed for this long (its worker died between claim and terminal write) is completed by the stall check, alert included")
 
 
 class HiveSettings(_Section):
@@ -389,6 +399,7 @@ class Settings(_Section):
     celery: CelerySettings = CelerySettings()
     retry: RetrySettings = RetrySettings()
     lock: LockSettings = LockSettings()
+    stall: StallSettings = StallSettings()
     hive: HiveSettings = HiveSettings()
     sftp: SftpSettings = SftpSettings()
     smtp: SmtpSettings = SmtpSettings()

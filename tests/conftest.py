@@ -35,6 +35,9 @@ TEST_CONFIG = {
                "max_deliveries": 3, "worker_concurrency": 2},
     "retry": {"max_retries": 2, "backoff": 1, "backoff_max": 2},
     "lock": {"ttl": 10, "renew_every": 2},
+    # The beat processes of the operations tests must not fail other tests' jobs behind their backs:
+    # the stall check runs when a test sends it (tests/integration/test_stale_and_stalls.py).
+    "stall": {"check_every": 3600},
     "hive": {"host": "127.0.0.1", "port": HIVE_PORT, "auth_mechanism": "NOSASL", "fetch_rows": 5000},
     "sftp": {"host": "127.0.0.1", "port": SSH_PORT, "key_file": str(STATE / "platform/ssh/client_key"),
              "known_hosts": str(STATE / "platform/ssh/known_hosts"), "remote_dir": REMOTE_DIR,
@@ -86,7 +89,19 @@ def settings():
 
 
 @pytest.fixture(scope="session")
-def redis_client(settings):
+def redis_server(settings):
+    """Redis for the whole session: the platform's, started here if nothing listens yet (stopped at the end)."""
+    from workers.platform import LocalPlatform
+
+    plat = LocalPlatform(settings)
+    report = plat.up(only=["redis"], timeout=60)
+    yield
+    if report.get("redis") == "started":
+        plat.down(only=["redis"])
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings, redis_server):
     from backup.resources import redis_client as make
 
     client = make(settings)

@@ -20,6 +20,9 @@ Reliability settings, chosen on purpose:
   is still running.
 * explicit soft/hard time limits; ``broker_connection_retry_on_startup``;
   results kept longer than any chain (``result_expires``).
+* ``broker_transport``: kombu's Redis transport with the two fixes of
+  workers/redis_transport.py, so a worker survives a broker outage without
+  dying on a closed channel or requeueing the tasks it is still running.
 
 Secrets never travel in task arguments: tasks get table names and job ids;
 passwords are read from the environment inside the worker.
@@ -63,11 +66,23 @@ def celery_config(s: Settings) -> dict:
     transport = {"visibility_timeout": c.visibility_timeout}
     return {
         "broker_url": url,
+        "broker_transport": "workers.redis_transport:Transport",
         "result_backend": url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "visibility_timeout": c.visibility_timeout,
         "broker_connection_retry_on_startup": True,
+        # A worker waits out a broker outage of any length instead of exiting after 100 tries.
+        "broker_connection_max_retries": None,
+        # Sending a message (a chain's next phase, a retry) rides through an outage of redis.outage_grace
+        # seconds; Celery's default gives up after 3 tries in 0.6 s, and a retry that cannot be sent
+        # becomes Reject(requeue=False): the phase's message is dropped.
+        "task_publish_retry_policy": {"max_retries": max(3, s.redis.outage_grace // 2 + 2), "interval_start": 0,
+                                      "interval_step": 0.5, "interval_max": 2},
+        # Results and progress states likewise, instead of failing the task that reports them.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": max(3, s.redis.outage_grace // 2 + 2),
+        "result_backend_max_sleep_between_retries_ms": 2000,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -100,7 +115,8 @@ def celery_config(s: Settings) -> dict:
 def create_app(s: Settings | None = None) -> Celery:
     """Build the Celery app from settings."""
     s = s or get_settings()
-    celery_app = Celery("mediation_backup", include=["tasks.edge_export", "tasks.table_backup", "tasks.customer_files"])
+    celery_app = Celery("mediation_backup", include=["tasks.edge_export", "tasks.table_backup", "tasks.customer_files",
+                                                           "tasks.maintenance"])
     celery_app.conf.update(celery_config(s))
     return celery_app
 

@@ -178,15 +178,41 @@ def customer_progress(rec: dict) -> str:
     return "\n".join(lines)
 
 
-def wait_for(res, job_id: str, show: bool, timeout: float | None = None) -> dict:
-    """Poll the job record until it is terminal, drawing progress on stderr."""
+#: how long ``--wait`` rides through an unreachable Redis before giving up (the job itself goes on)
+BROKER_BLIP_SECONDS = 120.0
+
+
+def wait_for(res, job_id: str, show: bool, timeout: float | None = None,
+             blip: float = BROKER_BLIP_SECONDS) -> dict:
+    """Poll the job record until it is terminal, drawing progress on stderr.
+
+    Redis unreachable for up to ``blip`` seconds in a row (a restart, a
+    fail-over) is waited out with one notice on stderr; longer, the error is raised.
+    """
+    from backup.errors import ConnectionFailed
     from backup.jobs import TERMINAL
 
     deadline = time.monotonic() + timeout if timeout else None
     tty = sys.stderr.isatty()
     last = ""
+    unreachable_since = None
     while True:
-        rec = res.jobs.find(job_id)
+        try:
+            rec = res.jobs.find(job_id)
+        except ConnectionFailed as e:
+            now_m = time.monotonic()
+            if unreachable_since is None:
+                unreachable_since = now_m
+                sys.stderr.write(f"\n(Redis unreachable, still waiting for job {job_id}: {e.one_line()})\n")
+                sys.stderr.flush()
+            elif now_m - unreachable_since > blip:
+                raise ConnectionFailed(f"Redis unreachable for {blip:.0f}s while waiting for job {job_id} (it "
+                                       f"keeps running; see backupctl status {job_id}): {e}") from e
+            rec = None
+        else:
+            if unreachable_since is not None:
+                sys.stderr.write("(Redis reachable again)\n")
+            unreachable_since = None
         if rec is not None:
             line = progress_line(rec)
             if show and line != last:

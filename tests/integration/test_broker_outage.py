@@ -1,0 +1,224 @@
+"""A broker outage: workers survive it, nothing runs twice, and a waiting client rides through it.
+
+Everything here uses a Redis of its own (production persistence: AOF everysec,
+noeviction) on its own port, so restarting it disturbs no other test.  The
+first two tests show kombu's mechanism directly (workers/redis_transport.py);
+the last restarts Redis under a real worker in the middle of an upload.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import redis as redis_py
+from kombu import Connection, Exchange, Queue
+from kombu.transport import redis as kombu_redis
+
+from backup.identifiers import TableName
+from tests.conftest import PORT_OFFSET, ROOT, STATE, WorkerProc, write_config
+from tests.helpers import remote_files, sink_counts, ssh, wait_until
+from workers.redis_transport import Transport
+from workers.sample_data import create_sample_table
+
+pytestmark = pytest.mark.integration
+
+
+class PrivateRedis:
+    """redis-server on a loopback port of its own, with AOF everysec and noeviction, restartable."""
+
+    def __init__(self, port: int, folder):
+        self.port, self.folder = port, folder
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20) -> "PrivateRedis":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
+             "--save", "", "--logfile", str(self.folder / "redis.log")],
+            stdin=subprocess.DEVNULL, start_new_session=True)
+        client = redis_py.Redis(port=self.port, socket_connect_timeout=1)
+        wait_until(lambda: self._ping(client), timeout, f"redis on port {self.port}")
+        return self
+
+    @staticmethod
+    def _ping(client) -> bool:
+        try:
+            return client.ping()
+        except redis_py.RedisError:
+            return False
+
+    def shutdown_nosave(self) -> None:
+        """SHUTDOWN NOSAVE, as the audit did (AOF is still flushed by a clean shutdown)."""
+        try:
+            redis_py.Redis(port=self.port).shutdown(nosave=True)
+        except redis_py.ConnectionError:
+            pass  # the server closes the connection as it goes
+        self.proc.wait(timeout=20)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    r = PrivateRedis(6500 + PORT_OFFSET, tmp_path / "redis").start()
+    yield r
+    r.stop()
+
+
+def _unacked_message(url: str, transport):
+    """A kombu connection with one message received and not yet acknowledged."""
+    conn = Connection(url, transport=transport)
+    name = f"outage-{uuid.uuid4().hex[:8]}"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    producer = conn.Producer()
+    producer.publish({"n": 1}, exchange=queue.exchange, routing_key=name, declare=[queue], serializer="json")
+    message = queue(conn.default_channel).get(no_ack=False)
+    assert message is not None
+    return conn, queue, message
+
+
+def test_stock_kombu_dies_acking_on_a_channel_closed_during_the_outage_ours_acks(private_redis):
+    """The audit's AttributeError, reproduced: a late ack on a channel whose close failed while Redis was down.
+
+    Closing the lost connection while Redis is away fails half-way: the channel keeps
+    its transport, but the transport's ``client`` is cleared.  Once the channel's pool
+    is dropped (kombu drops it on a failed ping, after a fork, on close), the next call
+    that needs one - here the ack of the task that ran across the outage - rebuilds it
+    through ``_connparams`` and meets ``None``.
+    """
+    results = {}
+    for label, transport in (("stock", kombu_redis.Transport), ("ours", Transport)):
+        conn, _, message = _unacked_message(private_redis.url, transport)
+        private_redis.shutdown_nosave()
+        conn.close()  # the worker gives up the connection it lost; errors are swallowed
+        assert message.channel.connection is not None and message.channel.connection.client is None
+        message.channel._disconnect_pools()
+        private_redis.start()
+        try:
+            message.ack()
+            results[label] = "acked"
+        except AttributeError as e:
+            results[label] = str(e)
+    assert results == {"stock": "'NoneType' object has no attribute 'hostname'", "ours": "acked"}
+    plain = redis_py.Redis.from_url(private_redis.url)
+    assert plain.hlen("unacked") == 1  # only the stock transport's message is left behind
+
+
+def test_closing_a_connection_keeps_the_message_a_child_still_runs_unacked(private_redis):
+    """Stock kombu requeues a running task's message on connection loss (a second delivery while it runs)."""
+    from celery.worker import state
+
+    plain = redis_py.Redis.from_url(private_redis.url)
+
+    class Running:  # what celery.worker.state tracks for a task executing in a pool child
+        def __init__(self, message):
+            self.message = message
+
+    results = {}
+    for label, transport in (("stock", kombu_redis.Transport), ("ours", Transport)):
+        conn, queue, message = _unacked_message(private_redis.url, transport)
+        running = Running(message)
+        state.active_requests.add(running)
+        try:
+            conn.close()
+        finally:
+            state.active_requests.discard(running)
+        results[label] = (plain.llen(queue.name), str(message.delivery_tag).encode() in plain.hkeys("unacked"))
+        plain.delete("unacked", "unacked_index")
+    assert results["stock"] == (1, False), "stock kombu requeued the running task's message"
+    assert results["ours"] == (0, True), "ours leaves it to the running task's own ack"
+
+
+@pytest.fixture(scope="module")
+def outage_table(platform, settings):
+    from connectors.hive import HiveClient
+
+    t = TableName("mnaas_test", "traffic_broker_outage")
+    with HiveClient.from_settings(settings) as hive:
+        create_sample_table(hive, t, rows=8000)
+    return str(t)
+
+
+def test_worker_and_waiting_client_ride_through_a_redis_restart_mid_transfer(settings, platform, private_redis,
+                                                                              outage_table, tmp_path):
+    from backup.resources import Resources
+    from config.settings import load_settings
+    from workers.app import create_app
+
+    cfg = write_config(tmp_path / "outage.yaml", {"redis": {"url": private_redis.url},
+                                                  "sftp": {"rate_limit_mbps": 0.05, "streams": 1},
+                                                  "edge_export": {"compresslevel": 1}})
+    own = load_settings(cfg)
+    res = Resources(own)
+    worker = WorkerProc(cfg, f"outage{uuid.uuid4().hex[:6]}", app=create_app(own))
+    mails0, tickets0 = sink_counts(settings)
+    client_log = tmp_path / "wait.log"
+    try:
+        worker.start()
+        waiting = subprocess.Popen([sys.executable, "-m", "workers.cli", "--config", str(cfg), "run", "edge-export",
+                                    outage_table, "--wait", "--json"], cwd=ROOT,
+                                   env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                                   stderr=open(client_log, "wb"), stdin=subprocess.DEVNULL)
+        job_id = wait_until(lambda: next((r["job_id"] for r in res.jobs.recent(5) if r["target"] == outage_table),
+                                         None), 60, "the job record")
+        wait_until(lambda: res.jobs.get(job_id)["progress"].get("transfer", {}).get("bytes", 0) > 0, 90,
+                   "the upload to start")
+        private_redis.shutdown_nosave()
+        outage_began = time.monotonic()
+        wait_until(lambda: b"Connection to broker lost" in worker.log.read_bytes(), 30, "the worker to notice")
+        time.sleep(max(0.0, 5 - (time.monotonic() - outage_began)))  # the fault: Redis stays away for 5 s
+        private_redis.start()
+        out, _ = waiting.communicate(timeout=240)
+        assert waiting.returncode == 0, client_log.read_text()
+        assert worker.proc.poll() is None, "the worker process died"
+
+        def answers() -> bool:
+            try:  # this test's own control connection predates the restart: the first call may meet it closed
+                return bool(worker.app.control.ping(destination=[f"{worker.name}@{os.uname().nodename}"], timeout=2))
+            except redis_py.ConnectionError:
+                return False
+        wait_until(answers, 30, "the worker to answer ping after the outage")
+    finally:
+        worker.stop()
+    import json
+
+    rec = json.loads(out)
+    assert rec["job_id"] == job_id and rec["state"] == "success", rec
+    assert "Traceback" not in client_log.read_text()  # it waited across the outage (within redis.outage_grace)
+    log = worker.log.read_text(errors="replace")
+    assert "Unrecoverable error" not in log
+    # Nothing ran twice, nothing alerted, the lock is free, one verified file on the edge node.
+    assert {p["name"]: p["deliveries"] for p in rec["phases"]} == {n: 1 for n in
+                                                                    ("lock", "export", "transfer", "cleanup", "finish")}
+    assert rec["alert_sent"] is False and sink_counts(settings) == (mails0, tickets0)
+    assert res.locks.holder("edge-export", outage_table) is None
+    files = remote_files(settings, posixpath.join(settings.sftp.remote_dir, outage_table))
+    assert len(files) == 1 and not files[0].endswith(".part")
+    assert ssh(settings, ["sha256sum", files[0]]).stdout.split()[0] == rec["outputs"]["sha256"]
+
+
+def test_waiting_client_gives_up_loudly_when_redis_stays_away(tmp_path):
+    """Past redis.outage_grace plus the client's own allowance, --wait ends with one clear error."""
+    from backup.errors import ConnectionFailed
+    from backup.resources import Resources
+    from config.settings import load_settings
+    from workers.cli import wait_for
+
+    nobody = 6500 + PORT_OFFSET + 1  # nothing listens here: connections are refused at once
+    own = load_settings(write_config(tmp_path / "away.yaml", {"redis": {"url": f"redis://127.0.0.1:{nobody}/0",
+                                                                        "outage_grace": 1}}))
+    began = time.monotonic()
+    with pytest.raises(ConnectionFailed, match=r"Redis unreachable for 2s while waiting for job 0+"):
+        wait_for(Resources(own), "0" * 32, show=False, blip=2)
+    assert 2 <= time.monotonic() - began < 30

@@ -1,0 +1,101 @@
+"""kombu's Redis transport with two fixes for a broker outage (selected by ``broker_transport`` in workers/app.py).
+
+What happens in kombu 5.7 when Redis goes away under a worker (reproduced in
+tests/integration/test_broker_outage.py):
+
+1. The consumer's connection is dropped and its channel closed.  Closing a
+   channel restores *every* unacknowledged message of that channel to its
+   queue (``QoS.restore_unacked_once``, "Restoring N unacknowledged
+   message(s)") - including the messages a pool child is still executing.
+   After the reconnect the same message is delivered a second time while the
+   first delivery is still running: the duplicate ``transfer`` that ran beside
+   its own ``cleanup`` in the fault audit.
+2. A channel outlives its connection: the late ack of the task that was
+   running, a ``reject(requeue=True)`` of a child that died, or the restore of
+   step 1 run after ``Connection.close()``/``collect()`` cleared
+   ``transport.client``.  Those calls rebuild the channel's pool through
+   ``Channel._connparams``, which reads ``self.connection.client.hostname`` and
+   dies with ``AttributeError: 'NoneType' object has no attribute 'hostname'``
+   - an error ``ignore_errors`` does not catch, so the worker's main process
+   stops with "Unrecoverable error" (the same trace as celery/kombu#582).
+
+The fixes, kept to the two methods involved:
+
+* ``QoS.restore_unacked`` skips the delivery tags of requests the worker is
+  executing right now (``celery.worker.state.active_requests``).  Their own
+  ack removes them from the ``unacked`` hash when they finish; if the child
+  dies, ``task_reject_on_worker_lost`` requeues them; if the whole worker
+  dies, Redis' visibility timeout brings them back.  Reserved messages that
+  have not started are restored as before (a warm shutdown stays prompt).
+* ``Channel._connparams`` remembers the parameters of the last successful
+  call and uses them once the connection object is gone, so a late ack,
+  reject or restore opens a fresh Redis connection and completes.
+
+Cost: one set of delivery tags built per channel close; nothing per message.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger(__name__)
+
+
+def executing_delivery_tags() -> set:
+    """Delivery tags of the requests this worker process is executing (empty outside a worker)."""
+    try:
+        from celery.worker import state
+    except ImportError:  # pragma: no cover - celery is a hard dependency
+        return set()
+    tags = set()
+    for request in list(state.active_requests):
+        message = getattr(request, "message", None)
+        tag = getattr(message, "delivery_tag", None)
+        if tag is not None:
+            tags.add(tag)
+    return tags
+
+
+class QoS(kombu_redis.QoS):
+    """Redis ack emulation that never requeues a message a pool child is still running."""
+
+    def restore_unacked(self, client=None):
+        executing = executing_delivery_tags()
+        kept = [tag for tag in self._delivered if tag in executing]
+        if kept:
+            log.warning("connection closed with %d task(s) still running: left unacknowledged in the broker "
+                        "(their own ack settles them; a dead worker's come back after the visibility timeout)",
+                        len(kept))
+        with self.channel.conn_or_acquire(client) as client:
+            for tag in self._delivered:
+                if tag not in executing:
+                    self.restore_by_tag(tag, client=client)
+        self._delivered.clear()
+
+
+class Channel(kombu_redis.Channel):
+    """A Redis channel whose late acks, rejects and restores survive the close of its connection."""
+
+    QoS = QoS
+    _saved_connparams: dict | None = None
+
+    def _connparams(self, asynchronous=False):
+        if self.connection.client is None:
+            if asynchronous or self._saved_connparams is None:
+                import redis
+
+                raise redis.ConnectionError("broker connection already closed")
+            return copy.copy(self._saved_connparams)
+        params = super()._connparams(asynchronous=asynchronous)
+        if not asynchronous:
+            self._saved_connparams = copy.copy(params)
+        return params
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with the channel above (``broker_transport = "workers.redis_transport:Transport"``)."""
+
+    Channel = Channel
