@@ -51,7 +51,7 @@ class RedisSettings(_Section):
 class CelerySettings(_Section):
     task_time_limit: int = Field(3600, gt=0, description="hard time limit of one phase, seconds")
     task_soft_time_limit: int = Field(3300, gt=0, description="soft time limit (raises inside the task), seconds")
-    visibility_timeout: int = Field(7200, gt=0, description="unacked message redelivery delay; must exceed task_time_limit")
+    visibility_timeout: int = Field(600, ge=20, description="seconds after which the messages of a worker that died (no longer re-stamped by it every 5 s) go to another worker; bounds recovery after a whole worker is lost, independent of how long phases run")
     result_expires: int = Field(7 * 86400, gt=0, description="seconds Celery keeps results; longer than any chain")
     max_deliveries: int = Field(3, ge=1, description="a phase delivered more often than this (worker died each time) fails for good")
     worker_concurrency: int = Field(2, ge=1, description="processes per worker")
@@ -60,15 +60,16 @@ class CelerySettings(_Section):
     def _limits_ordered(self) -> "CelerySettings":
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("task_soft_time_limit must be below task_time_limit")
-        if self.visibility_timeout <= self.task_time_limit:
-            raise ValueError("visibility_timeout must be above task_time_limit, or running tasks get redelivered")
         return self
 
 
 class RetrySettings(_Section):
-    max_retries: int = Field(5, ge=0, description="retries of a phase on a retryable error")
-    backoff: int = Field(2, ge=1, description="first backoff, seconds; doubles each retry, with jitter")
-    backoff_max: int = Field(300, ge=1, description="cap on one backoff, seconds")
+    """Retries of a phase on a retryable error (backup/retry.py): a budget of time, optionally capped in count."""
+
+    budget: int = Field(900, ge=1, description="seconds from a phase's first attempt during which retryable failures are retried; an outage shorter than this minus one attempt is survived, a longer one fails the job (one alert)")
+    max_retries: int | None = Field(None, ge=0, description="optional cap on the number of retries within the budget (none: the budget alone decides)")
+    backoff: int = Field(2, ge=1, description="first wait, seconds; doubles each retry, half of it random (equal jitter)")
+    backoff_max: int = Field(60, ge=1, description="cap on one wait, seconds")
 
 
 class LockSettings(_Section):
@@ -113,6 +114,7 @@ class SftpSettings(_Section):
     engine: Literal["paramiko", "openssh"] = Field("openssh", description="upload engine: OpenSSH's scp over the SFTP protocol (scp -s; C speed, same known_hosts check; key without passphrase or ssh-agent) or paramiko")
     streams: int = Field(2, ge=1, le=8, description="parallel SSH connections used for one paramiko upload")
     rate_limit_mbps: float = Field(0, ge=0, description="upload bandwidth cap in MB/s (0 = unlimited)")
+    stall_timeout: int = Field(60, ge=5, description="an upload that makes no progress for this long (a black-holed link, a hung server) is killed and fails as retryable; progress is the bytes the upload program has read from the archive")
 
 
 class SmtpSettings(_Section):

@@ -284,18 +284,67 @@ def _upload_openssh(target: SftpTarget, local: Path, remote_tmp: str, progress: 
     if progress:
         watcher.start()
     try:
-        out = subprocess.run(argv, input=stdin, capture_output=True, timeout=None)
+        returncode, stderr = _run_watched(argv, stdin, s.stall_timeout, f"{program} upload to {target.host_label}")
     finally:
         stop.set()
         if progress:
-            watcher.join()
-    if out.returncode != 0:
-        err = " ".join(out.stderr.decode(errors="replace").split())[:300]
+            watcher.join(timeout=5)  # its remote stat may hang in the same black hole; progress is best effort
+    if returncode != 0:
+        err = " ".join(stderr.decode(errors="replace").split())[:300]
         if "Host key verification failed" in err or "REMOTE HOST IDENTIFICATION HAS CHANGED" in err:
             raise HostKeyMismatch(f"{program} to {target.host_label}: {err}")
         if "Permission denied" in err:
             raise AuthFailed(f"{program} to {target.host_label}: {err}")
-        raise ConnectionFailed(f"{program} upload to {target.host_label} exited {out.returncode}: {err}")
+        raise ConnectionFailed(f"{program} upload to {target.host_label} exited {returncode}: {err}")
+
+
+def _bytes_read(pid: int) -> int | None:
+    """Bytes process ``pid`` has read so far (Linux ``/proc/<pid>/io`` rchar), or None where unavailable."""
+    try:
+        with open(f"/proc/{pid}/io", "rb") as f:
+            for line in f:
+                if line.startswith(b"rchar:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _run_watched(argv: list[str], stdin: bytes, stall_timeout: float, what: str) -> tuple[int, bytes]:
+    """Run an upload program; kill it when it has read nothing new for ``stall_timeout`` seconds.
+
+    An upload reads the archive as the network takes its bytes, so in a black
+    hole (packets dropped, no reset) its reads stop once the socket buffers are
+    full, and at the end it waits only for the server's last replies.  Reading
+    the counter is local and costs one small /proc read a second.
+    """
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    try:
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    last, changed = None, time.monotonic()
+    while True:
+        try:
+            proc.wait(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        seen = _bytes_read(proc.pid)
+        if seen != last:
+            last, changed = seen, time.monotonic()
+        elif seen is not None and time.monotonic() - changed > stall_timeout:
+            proc.kill()
+            proc.wait()
+            reader.join(timeout=5)
+            raise ConnectionFailed(f"{what}: no progress for {stall_timeout:.0f}s (sftp.stall_timeout); "
+                                   f"upload killed (a black-holed link or a hung server)")
+    reader.join(timeout=5)
+    return proc.returncode, b"".join(errors)
 
 
 def _watch_remote_size(target: SftpTarget, remote: str, size: int, progress: ProgressFn, stop: threading.Event):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from celery import Task
 
-from backup.errors import BackupError, RetryableError, classify
+from backup.errors import BackupError, classify
+from backup.jobs import phase_entry
 from backup.resources import Resources
+from backup.retry import gave_up, next_retry
 from backup.runner import PhaseContext, fail_job, phase
 from config.settings import get_settings
 from workers.app import app
@@ -30,21 +33,26 @@ def resources() -> Resources:
 
 
 class PhaseTask(Task):
-    """Retry policy read from settings: retryable family only, exponential backoff with jitter."""
+    """A phase: late acks; retryable errors retried within the time budget of backup/retry.py."""
 
     abstract = True
     acks_late = True
-    autoretry_for = (RetryableError,)
-    retry_backoff = True
-    retry_jitter = True
+    max_retries = None  # the budget decides (retry_or_raise), not Celery's count
     phase_name: str = ""
 
-    def __init_subclass__(cls, **kw):
-        super().__init_subclass__(**kw)
-        r = get_settings().retry
-        cls.max_retries = r.max_retries
-        cls.retry_backoff = r.backoff
-        cls.retry_backoff_max = r.backoff_max
+    def retry_or_raise(self, err: BackupError, started: float | None):
+        """Retry the phase after ``err`` if the budget allows, else raise ``err`` as its final failure."""
+        policy = resources().settings.retry
+        retries = self.request.retries
+        elapsed = time.time() - (started or time.time())
+        wait = next_retry(policy, retries, elapsed) if err.retryable else None
+        if wait is None:
+            if err.retryable:
+                raise type(err)(f"{err} ({gave_up(policy, retries, elapsed)})") from err
+            raise err
+        log.warning("%s: retry %d in %.1fs (%.0fs of retry.budget %ds used): %s", self.name, retries + 1, wait,
+                    elapsed, policy.budget, err.one_line())
+        raise self.retry(exc=err, countdown=wait)
 
 
 def make_phase_task(app, name: str, phase_name: str, func: Callable[[PhaseContext], dict], spark: bool = False):
@@ -63,13 +71,15 @@ def make_phase_task(app, name: str, phase_name: str, func: Callable[[PhaseContex
             ctx.on_progress = progress_publisher(self)
             try:
                 return res.spark().run_phase(func, ctx) if spark else func(ctx)
-            except BackupError as e:
-                _note_attempt(res, job_id, phase_name, e)
-                raise
             except Exception as e:
                 err = classify(e, phase_name)
                 _note_attempt(res, job_id, phase_name, err)
-                raise err from e
+                try:
+                    self.retry_or_raise(err, phase_entry(ctx.rec, phase_name).get("started"))
+                except BackupError as final:
+                    if final is e:
+                        raise
+                    raise final from e
 
     run.__name__ = name.rsplit(".", 1)[-1]
     run.__doc__ = func.__doc__
@@ -93,8 +103,6 @@ def progress_publisher(task: Task) -> Callable[[dict], None]:
 
 def _note_attempt(res: Resources, job_id: str, phase_name: str, err: BackupError) -> None:
     """Keep the latest attempt's error on the phase, so retries are visible while they happen."""
-    from backup.jobs import phase_entry
-
     def change(rec):
         phase_entry(rec, phase_name)["last_error"] = err.one_line()
     try:

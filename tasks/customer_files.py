@@ -15,6 +15,7 @@ from celery import chain, chord, group
 
 from backup import customer_files as wf
 from backup.errors import RetryableError
+from backup.jobs import phase_entry
 from backup.runner import phase
 from tasks.common import FAILURE_CLEANUP, PhaseTask, make_phase_task, on_chain_error, progress_publisher, resources
 from tasks.entry import EntryTask, start_job
@@ -47,10 +48,11 @@ def copy(self, payload: dict, customer: str) -> dict:
             ctx.on_progress = lambda meta: publish({**meta, "customer": customer})
             return wf.copy_customer(ctx, customer)
     except RetryableError as e:
-        if self.request.retries < self.max_retries:
-            r = res.settings.retry
-            raise self.retry(exc=e, countdown=min(r.backoff * 2 ** self.request.retries, r.backoff_max))
-        return wf.record_customer_error(res, job_id, customer, e)
+        try:
+            started = phase_entry(res.jobs.get(job_id), wf.copy_phase(customer)).get("started")
+            self.retry_or_raise(e, started)
+        except RetryableError as final:  # the budget is spent: the customer fails, the others go on
+            return wf.record_customer_error(res, job_id, customer, final)
     except Exception as e:  # includes the soft time limit: the customer fails, the others go on
         return wf.record_customer_error(res, job_id, customer, e)
 

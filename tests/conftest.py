@@ -16,7 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import kombu.exceptions
 import pytest
+import redis
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +155,10 @@ class WorkerProc:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited: {self.log.read_text()[-2000:]}")
-            replies = app.control.ping(destination=[f"{self.name}@{os.uname().nodename}"], timeout=0.5)
+            try:
+                replies = app.control.ping(destination=[f"{self.name}@{os.uname().nodename}"], timeout=0.5)
+            except (OSError, redis.ConnectionError, kombu.exceptions.OperationalError):
+                replies = None  # a pooled connection to a Redis restarted since: the next call reconnects
             if replies:
                 return self
         raise RuntimeError(f"worker {self.name} did not answer ping within {timeout}s")

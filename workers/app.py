@@ -15,9 +15,12 @@ Reliability settings, chosen on purpose:
   redelivers it after ``visibility_timeout``, counted the same way.
 * ``worker_prefetch_multiplier = 1``: a worker reserves one message per process,
   so long copies do not hold other jobs hostage in a busy worker's buffer.
-* ``visibility_timeout`` (broker, result backend and app option) above the hard
-  time limit, validated at load: a running task is never redelivered while it
-  is still running.
+* ``visibility_timeout`` (broker, result backend and app option): how long a
+  message of a worker that died stays unacknowledged before another worker
+  gets it.  Every live worker re-stamps the messages it holds every
+  ``RESTORE_SWEEP_SECONDS`` (workers/redis_transport.py), so a running task is
+  never redelivered however long it runs, and the timeout can be minutes:
+  recovery after a whole worker dies takes ``visibility_timeout`` + 5 s.
 * explicit soft/hard time limits; ``broker_connection_retry_on_startup``;
   results kept longer than any chain (``result_expires``).
 * ``broker_transport``: kombu's Redis transport with the two fixes of
@@ -39,6 +42,9 @@ from config.schedule import beat_schedule
 from config.settings import Settings, get_settings
 
 QUEUES = ("default", "io", "spark")
+
+#: seconds between two sweeps of the broker's unacknowledged messages by each worker (re-stamp, then restore)
+RESTORE_SWEEP_SECONDS = 5
 
 # Routed by task name: transfers and copies are I/O bound, Spark jobs wait on the cluster.
 TASK_ROUTES = {
@@ -64,11 +70,15 @@ def celery_config(s: Settings) -> dict:
     url = redis_url_with_password(s)
     c = s.celery
     transport = {"visibility_timeout": c.visibility_timeout}
+    # The broker's sweep (workers/redis_transport.py): every 5 s a worker re-stamps the messages it holds and
+    # restores those no live worker stamped for visibility_timeout; a dead worker's sweep mutex frees in 30 s.
+    broker_transport = {**transport, "unacked_restore_interval": RESTORE_SWEEP_SECONDS, "unacked_restore_throttle": 1,
+                        "unacked_mutex_expire": 30}
     return {
         "broker_url": url,
         "broker_transport": "workers.redis_transport:Transport",
         "result_backend": url,
-        "broker_transport_options": transport,
+        "broker_transport_options": broker_transport,
         "result_backend_transport_options": transport,
         "visibility_timeout": c.visibility_timeout,
         "broker_connection_retry_on_startup": True,

@@ -31,13 +31,31 @@ The fixes, kept to the two methods involved:
   call and uses them once the connection object is gone, so a late ack,
   reject or restore opens a fresh Redis connection and completes.
 
-Cost: one set of delivery tags built per channel close; nothing per message.
+* ``MultiChannelPoller.maybe_restore_messages`` first re-stamps, in the
+  ``unacked_index`` sorted set, the time of every message this worker still
+  holds (received, not yet acknowledged), then sweeps as kombu does.  The
+  sweep restores messages whose stamp is older than the visibility timeout;
+  a live worker's stamps are never older than one sweep period, so only the
+  messages of a dead (or frozen) worker come back.  That is what lets the
+  visibility timeout be minutes while phases run for hours: the worker's own
+  event loop proves it is alive.
+
+What bounds redelivery after a whole worker is killed: ``visibility_timeout``
+after the last stamp, plus one sweep period of whichever worker sweeps next
+(``unacked_restore_interval`` x ``unacked_restore_throttle``: kombu's default
+10 x 10 s is why the audit measured about 1.7 x a 120 s timeout; the app sets
+5 x 1 s), plus at most ``unacked_mutex_expire`` if the dead worker held the
+sweep mutex (the app sets 30 s instead of 300 s).
+
+Cost: one set of delivery tags built per channel close; one ZADD of the held
+tags per sweep period; nothing per message.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import time
 
 from kombu.transport import redis as kombu_redis
 
@@ -76,6 +94,32 @@ class QoS(kombu_redis.QoS):
         self._delivered.clear()
 
 
+    def stamp_held(self) -> int:
+        """Re-stamp the messages this channel holds as just delivered (ZADD XX); returns how many."""
+        tags = list(self._delivered)
+        if not tags:
+            return 0
+        now = time.time()
+        with self.channel.conn_or_acquire() as client:
+            client.zadd(self.unacked_index_key, {tag: now for tag in tags}, xx=True)
+        return len(tags)
+
+
+class MultiChannelPoller(kombu_redis.MultiChannelPoller):
+    """The poller of a worker's event loop: proves the worker alive before each restore sweep."""
+
+    def maybe_restore_messages(self):
+        for channel in list(self._channels):
+            qos = channel._qos  # None until the channel received something
+            if qos is None or not hasattr(qos, "stamp_held"):
+                continue
+            try:
+                qos.stamp_held()
+            except channel.connection_errors:
+                log.debug("could not re-stamp held messages; the next sweep tries again", exc_info=True)
+        return super().maybe_restore_messages()
+
+
 class Channel(kombu_redis.Channel):
     """A Redis channel whose late acks, rejects and restores survive the close of its connection."""
 
@@ -99,3 +143,7 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with the channel above (``broker_transport = "workers.redis_transport:Transport"``)."""
 
     Channel = Channel
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cycle = MultiChannelPoller()

@@ -140,14 +140,23 @@ def test_closing_a_connection_keeps_the_message_a_child_still_runs_unacked(priva
     assert results["ours"] == (0, True), "ours leaves it to the running task's own ack"
 
 
-@pytest.fixture(scope="module")
-def outage_table(platform, settings):
+def _sample_table(settings, name: str) -> str:
     from connectors.hive import HiveClient
 
-    t = TableName("mnaas_test", "traffic_broker_outage")
+    t = TableName("mnaas_test", name)
     with HiveClient.from_settings(settings) as hive:
         create_sample_table(hive, t, rows=8000)
     return str(t)
+
+
+@pytest.fixture(scope="module")
+def outage_table(platform, settings):
+    return _sample_table(settings, "traffic_broker_outage")
+
+
+@pytest.fixture(scope="module")
+def long_table(platform, settings):
+    return _sample_table(settings, "traffic_long_transfer")
 
 
 def test_worker_and_waiting_client_ride_through_a_redis_restart_mid_transfer(settings, platform, private_redis,
@@ -222,3 +231,52 @@ def test_waiting_client_gives_up_loudly_when_redis_stays_away(tmp_path):
     with pytest.raises(ConnectionFailed, match=r"Redis unreachable for 2s while waiting for job 0+"):
         wait_for(Resources(own), "0" * 32, show=False, blip=2)
     assert 2 <= time.monotonic() - began < 30
+
+
+def test_a_phase_longer_than_the_visibility_timeout_runs_once_and_a_dead_workers_comes_back_in_time(
+        settings, platform, private_redis, long_table, tmp_path):
+    """Live workers re-stamp what they hold (workers/redis_transport.py): only a dead worker's message moves on."""
+    from backup.resources import Resources
+    from config.settings import load_settings
+    from workers.app import RESTORE_SWEEP_SECONDS, create_app
+
+    visibility = 20
+    cfg = write_config(tmp_path / "visibility.yaml", {
+        "redis": {"url": private_redis.url}, "sftp": {"rate_limit_mbps": 0.003, "streams": 1},
+        "edge_export": {"compresslevel": 1},
+        "celery": {"task_time_limit": 120, "task_soft_time_limit": 110, "visibility_timeout": visibility}})
+    own = load_settings(cfg)
+    res, app = Resources(own), create_app(own)
+    first = WorkerProc(cfg, f"vis{uuid.uuid4().hex[:6]}", app=app)
+    # The worker taking over uploads at full speed: the redelivery is what is measured, not a second slow upload.
+    fast = write_config(tmp_path / "fast.yaml", {"redis": {"url": private_redis.url}, "celery": {
+        "task_time_limit": 120, "task_soft_time_limit": 110, "visibility_timeout": visibility}})
+    second = WorkerProc(fast, f"vis{uuid.uuid4().hex[:6]}", app=app)
+    try:
+        first.start()
+        job_id = uuid.uuid4().hex
+        app.send_task("backup.edge_export", kwargs={"table": long_table}, task_id=job_id)
+
+        def transfer():
+            rec = res.jobs.find(job_id)
+            return next(p for p in rec["phases"] if p["name"] == "transfer") if rec else {"started": None}
+        wait_until(lambda: transfer()["started"], 90, "the transfer to start")
+        # Running for longer than the visibility timeout plus a sweep: still one delivery.
+        wait_until(lambda: time.time() - transfer()["started"] > visibility + 2 * RESTORE_SWEEP_SECONDS, 60,
+                   "the transfer to outlast the visibility timeout")
+        assert transfer()["deliveries"] == 1 and transfer()["state"] == "running"
+        first.kill()
+        killed = time.time()
+        second.start()
+        wait_until(lambda: transfer()["deliveries"] == 2, visibility + 4 * RESTORE_SWEEP_SECONDS + 30,
+                   "the dead worker's transfer to be redelivered")
+        waited = time.time() - killed
+        rec = wait_until(lambda: (r := res.jobs.get(job_id))["state"] in ("success", "failed") and r, 120,
+                         "the job to end")
+    finally:
+        first.kill()
+        second.stop()
+    assert waited <= visibility + 2 * RESTORE_SWEEP_SECONDS + 10, waited
+    assert rec["state"] == "success", rec
+    files = remote_files(settings, posixpath.join(settings.sftp.remote_dir, long_table))
+    assert len(files) == 1 and files[0].endswith(".csv.gz")  # the killed upload's temp file was replaced

@@ -709,10 +709,13 @@ def test_a_load_redelivered_after_its_switch_leaves_the_backup_alone(settings, r
     for name in ("lock", "validate", "load", "write"):
         with phase(res, rec["job_id"], name) as ctx:
             wf.PHASE_FUNCS[name](ctx)
+    # The runner recognises the delivery as stale (write has started) and runs nothing ...
     with phase(res, rec["job_id"], "load") as ctx:
+        assert not ctx.active and ctx.stale == "phase write has already started"
+        # ... and should one get past it, the phase function's own guard holds.
         assert wf.load_phase(ctx)["note"] == "already loaded"
     load = next(p for p in res.jobs.get(rec["job_id"])["phases"] if p["name"] == "load")
-    assert (load["state"], load["note"], load["deliveries"]) == ("success", "already loaded", 2)
+    assert (load["state"], load["note"], load["deliveries"]) == ("success", "already loaded", 1)
     # Even with the record's counts lost, the table the backup reads is not rewritten.
     res.jobs.update(rec["job_id"], lambda r: r["outputs"].pop("rows_accepted"))
     with pytest.raises(wf.FatalError, match=r"already reads .*this job's data table"):

@@ -17,15 +17,15 @@ def _write(tmp_path, data) -> str:
 
 def test_shipped_configs_validate():
     s = load_settings(DEFAULT_CONFIG)
-    assert s.celery.visibility_timeout > s.celery.task_time_limit
+    # Minutes, not hours: live workers re-stamp what they hold, so only a dead worker's messages wait this long.
+    assert 60 <= s.celery.visibility_timeout <= 900
     assert s.path(s.edge_export.export_dir).is_absolute()
 
 
 @pytest.mark.parametrize("data,message", [
     ({"hive": {"hots": "x"}}, "hive.hots: unknown key"),
     ({"hive": {"port": "many"}}, "hive.port:"),
-    ({"celery": {"task_time_limit": 100, "task_soft_time_limit": 50, "visibility_timeout": 90}},
-     "visibility_timeout must be above task_time_limit"),
+    ({"celery": {"visibility_timeout": 10}}, "celery.visibility_timeout: Input should be greater than or equal to 20"),
     ({"celery": {"task_time_limit": 100, "task_soft_time_limit": 100}}, "task_soft_time_limit must be below"),
     ({"lock": {"ttl": 10, "renew_every": 6}}, "renew_every must be at most half"),
     ({"sftp": {"remote_dir": "relative/dir"}}, "sftp.remote_dir: must be an absolute path"),
