@@ -89,13 +89,16 @@ class CsvGzipWriter:
         return {"rows": self.rows, "bytes": self._sink.size, "sha256": self._sink.sha.hexdigest()}
 
     def abort(self) -> None:
-        """Drop the partial file."""
+        """Drop the partial file (also on a full disk, where every flush on the way fails)."""
         try:
             self._gz.close()  # so no half-closed GzipFile writes into a closed file later
         except (OSError, ValueError):
             pass
+        try:
+            self._raw.close()  # flushes its buffer: ENOSPC again on a full disk
+        except (OSError, ValueError):
+            pass
         finally:
-            self._raw.close()
             self.path.unlink(missing_ok=True)
 
     @property

@@ -123,11 +123,20 @@ def export_phase(ctx: PhaseContext) -> dict:
     window = _window(rec)
     cfg = res.settings.edge_export
     folder = res.settings.path(cfg.export_dir) / str(table) / run_id(rec)
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / archive_name(table, window)
     with res.hive() as hive:
         hive.columns(table)  # NotFound before anything is written if the table is unknown
-    stats = export_to_file(res, table, window, final, ctx)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        stats = export_to_file(res, table, window, final, ctx)
+    except BaseException:
+        # export_to_file removed its temporary files; a failed run leaves no empty folder behind either
+        # (disk full, a query error).  A folder holding anything (an earlier delivery's archive) stays.
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+        raise
     ctx.done({**stats, "local_path": str(final), "run_id": run_id(rec)})
     return {"job_id": ctx.job_id, **stats}
 
@@ -241,7 +250,30 @@ def transfer_phase(ctx: PhaseContext) -> dict:
     with target.connect() as sess:
         outcome = verify_and_commit(sess, tmp, final, out["sha256"], ctx.commit_check)
     ctx.done({"remote_uri": target.uri(final)}, note=outcome)
+    record_completion(res, rec, target.uri(final))
     return {"job_id": ctx.job_id, "remote_uri": target.uri(final), "note": outcome}
+
+
+def record_completion(res: Resources, rec: dict, remote_uri: str) -> None:
+    """Tell the failed runs whose archive this run resumed where that archive now lies.
+
+    A resumed run uploads the earlier run's archive into that run's folder (the
+    folder is named after the run that exported it), so each failed record of
+    the resume chain gets ``remote_uri`` and ``completed_by``: the folder on the
+    backup server is never without a record that names it.
+    """
+    prev_id = rec["outputs"].get("resumed_from")
+    for _ in range(20):  # a chain of failed retries of one window; bounded against a corrupt record
+        if not prev_id:
+            return
+        prev = res.jobs.find(prev_id)
+        if prev is None:
+            return
+
+        def completed(r):
+            r["outputs"].update(remote_uri=remote_uri, completed_by=rec["job_id"])
+        res.jobs.update(prev_id, completed)
+        prev_id = prev["outputs"].get("resumed_from")
 
 
 def discard_remote_temp(res: Resources, rec: dict) -> None:

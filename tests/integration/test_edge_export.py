@@ -11,11 +11,13 @@ import csv
 import datetime as dt
 import io
 import posixpath
+from pathlib import Path
 
 import pytest
 from impala.dbapi import connect
 
 from backup.identifiers import TableName
+from backup.locks import Held
 from backup.window import export_window
 from tests.conftest import CONFIG_PATH, STATE, WorkerProc, write_config
 from tests.helpers import (backupctl, enqueue, remote_files, sink_counts, sink_mails, sink_tickets, ssh,
@@ -170,6 +172,12 @@ def test_transfer_failure_alerts_once_then_resumes(settings, res, worker, celery
     export = next(p for p in third["phases"] if p["name"] == "export")
     assert export["state"] == "skipped" and "resumed" in export["note"]
     assert third["outputs"]["sha256"] == first["outputs"]["sha256"]
+    # The archive went into the folder of the run that exported it: both failed records name it now.
+    assert third["outputs"]["resumed_from"] == second["job_id"]
+    for earlier in (first, second):
+        outputs = res.jobs.get(earlier["job_id"])["outputs"]
+        assert (outputs["remote_uri"], outputs["completed_by"]) == (third["outputs"]["remote_uri"], third["job_id"])
+    assert f"/{first['outputs']['run_id']}/" in third["outputs"]["remote_uri"]
     assert sink_counts(settings) == (mails0 + 1, tickets0 + 1), "a success sends nothing"
 
     # The episode ended with the success: the next failure alerts again.
@@ -352,3 +360,42 @@ def test_openssh_engine_refuses_a_changed_host_key_and_sends_nothing(settings, r
     with pytest.raises(HostKeyMismatch, match=rf"{program} to .*(Host key verification failed|IDENTIFICATION HAS CHANGED)"):
         upload(r.sftp(), local, remote, rate_limit_mbps=rate)
     assert ssh(settings, ["ls", remote], check=False).returncode != 0, "nothing sent"
+
+
+def test_disk_full_fails_clearly_leaves_nothing_and_the_next_run_succeeds(settings, res, tables, tmp_path):
+    """The local export folder on a 64 KiB tmpfs: ENOSPC, no folder or temp file left, lock freed; room back, success."""
+    import subprocess
+
+    from backup import edge_export as wf
+    from backup.resources import Resources
+    from backup.runner import fail_job, phase
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        r = Resources(settings.model_copy(update={"edge_export": settings.edge_export.model_copy(
+            update={"export_dir": mount})}), _redis=res.redis)
+        table = tables["main"]
+        job_id = wf.submit(r, table)["job_id"]
+        with phase(r, job_id, "lock") as ctx:
+            wf.lock_phase(ctx)
+        with pytest.raises(Exception) as full:
+            with phase(r, job_id, "export") as ctx:
+                wf.export_phase(ctx)
+        assert "No space left on device" in str(full.value)
+        rec = fail_job(r, job_id, "export", full.value)
+        assert rec["state"] == "failed" and "No space left on device" in rec["error"]
+        assert sorted(p.relative_to(mount).as_posix() for p in mount.rglob("*")) == [table], "nothing but the table folder"
+        assert r.locks.holder(wf.WORKFLOW, table) is None
+        subprocess.run(["mount", "-o", "remount,size=32m", str(mount)], check=True)  # space returns
+        again = wf.submit(r, table)["job_id"]
+        for name in ("lock", "export"):
+            with phase(r, again, name) as ctx:
+                wf.PHASE_FUNCS[name](ctx)
+        archive = Path(r.jobs.get(again)["outputs"]["local_path"])
+        assert archive.is_file() and archive.stat().st_size == r.jobs.get(again)["outputs"]["bytes"]
+        r.locks.release(Held.from_dict(r.jobs.get(again)["lock"]))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    res.alerter.success(wf.WORKFLOW, tables["main"])
