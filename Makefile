@@ -9,7 +9,7 @@ DEMO_TABLE ?= mnaas.customer_traffic
 DEMO_ROWS ?= 50000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps demo test test-unit bench up down status worker clean
+.PHONY: deps demo test test-unit bench faults up down status worker clean
 
 # OS packages the platform needs, installed only when missing.
 deps:
@@ -62,6 +62,11 @@ test-unit: venv
 
 bench: up
 	$(PY) bench/run_all.py
+
+# The fault campaign (bench/faults.py): 20 trials of each fault kind, one JSON line per kind; needs root (tmpfs).
+FAULT_TRIALS ?= 20
+faults: up
+	$(PY) bench/faults.py --trials $(FAULT_TRIALS)
 
 clean: down
 	rm -rf $(STATE)

@@ -4,7 +4,9 @@ An episode starts with the first final failure of a target and ends with its
 next success.  The episode key (``<prefix>:alert:<workflow>:<target>``) is
 claimed with SET NX, so two failures racing each other still send once; it is
 released only by a success, or when sending failed (so the next failure tries
-again rather than staying silent).
+again rather than staying silent).  Its value is ``<job id>:sending`` until the
+mail and the ticket went out, then ``<job id>:sent``: a job whose alerting
+process died in between is alerted again (at worst one duplicate, never none).
 """
 
 from __future__ import annotations
@@ -34,11 +36,15 @@ class Alerter:
         if not self.s.alerts.enabled:
             return {"sent": False, "reason": "alerts disabled"}
         key = self._key(rec["workflow"], rec["target"])
-        if not self.r.set(key, rec["job_id"], nx=True):
-            first = (self.r.get(key) or b"?").decode()
-            if first == rec["job_id"]:  # a redelivered error handler of the job that alerted
+        # The key says "<job id>:sending" until both channels answered, then "<job id>:sent": a job whose
+        # alerting process died in between is alerted again when its failure is completed (stall check).
+        if not self.r.set(key, f"{rec['job_id']}:sending", nx=True):
+            first, _, state = (self.r.get(key) or b"?").decode().partition(":")
+            if first != rec["job_id"]:
+                return {"sent": False, "reason": f"episode already alerted by job {first}"}
+            if state != "sending":  # a redelivered error handler of the job that alerted
                 return {"sent": True, "reason": "already sent for this job"}
-            return {"sent": False, "reason": f"episode already alerted by job {first}"}
+            log.warning("alert for job %s was claimed but never confirmed sent; sending it again", rec["job_id"])
         subject = f"[mediation-backup] {rec['workflow']} {rec['target']} {status} in {rec.get('phase')}"
         body = "\n".join([
             f"Workflow: {rec['workflow']}",
@@ -62,6 +68,7 @@ class Alerter:
             self.r.delete(key)
             log.error("alert for job %s could not be sent: %s", rec["job_id"], e.one_line())
             return {"sent": False, "reason": f"sending failed: {e.one_line()}"}
+        self.r.set(key, f"{rec['job_id']}:sent")
         return {"sent": True, "mail": mail_id, "ticket": ticket}
 
     def success(self, workflow: str, target: str) -> None:

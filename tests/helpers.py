@@ -58,6 +58,9 @@ def ssh(settings, command: list[str], check: bool = True, binary: bool = False):
 def remote_files(settings, folder: str) -> list[str]:
     """Every file under a remote folder (find on the edge node), sorted."""
     out = ssh(settings, ["find", folder, "-type", "f"], check=False)
+    # find exits 1 for a missing folder (a real "no files"); ssh itself failing exits 255 and must not read as empty.
+    if out.returncode != 0 and not (out.returncode == 1 and "No such file or directory" in out.stderr):
+        raise AssertionError(f"find {folder} on the edge node failed (exit {out.returncode}): {out.stderr.strip()}")
     return sorted(line for line in out.stdout.splitlines() if line)
 
 

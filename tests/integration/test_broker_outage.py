@@ -21,52 +21,13 @@ from kombu import Connection, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
 from backup.identifiers import TableName
-from tests.conftest import PORT_OFFSET, ROOT, STATE, WorkerProc, write_config
+from bench.faultkit import PrivateRedis
+from tests.conftest import PORT_OFFSET, ROOT, WorkerProc, write_config
 from tests.helpers import remote_files, sink_counts, ssh, wait_until
 from workers.redis_transport import Transport
 from workers.sample_data import create_sample_table
 
 pytestmark = pytest.mark.integration
-
-
-class PrivateRedis:
-    """redis-server on a loopback port of its own, with AOF everysec and noeviction, restartable."""
-
-    def __init__(self, port: int, folder):
-        self.port, self.folder = port, folder
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 20) -> "PrivateRedis":
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
-             "--save", "", "--logfile", str(self.folder / "redis.log")],
-            stdin=subprocess.DEVNULL, start_new_session=True)
-        client = redis_py.Redis(port=self.port, socket_connect_timeout=1)
-        wait_until(lambda: self._ping(client), timeout, f"redis on port {self.port}")
-        return self
-
-    @staticmethod
-    def _ping(client) -> bool:
-        try:
-            return client.ping()
-        except redis_py.RedisError:
-            return False
-
-    def shutdown_nosave(self) -> None:
-        """SHUTDOWN NOSAVE, as the audit did (AOF is still flushed by a clean shutdown)."""
-        try:
-            redis_py.Redis(port=self.port).shutdown(nosave=True)
-        except redis_py.ConnectionError:
-            pass  # the server closes the connection as it goes
-        self.proc.wait(timeout=20)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture

@@ -99,8 +99,11 @@ def test_success_path_checked_from_outside(settings, res, worker, celery_app, ta
     cur.execute(f"SELECT count(*) FROM {TableName.parse(table).sql} WHERE partition_date = '{window.end}'")
     assert cur.fetchall()[0][0] > 0, "sample data must contain the excluded end date"
 
-    # Cleanup removed the local archive; no temp file remains remotely.
-    assert not any(p.endswith(".part") for p in remote_files(settings, posixpath.dirname(remote)))
+    # Cleanup removed the local archive and its run folder; no temp file remains remotely.
+    local = Path(out["local_path"])
+    assert out["local_kept"] is False and not local.exists() and not local.parent.exists()
+    assert local.parent.parent.is_dir()  # the table's folder stays for the next runs
+    assert remote_files(settings, posixpath.dirname(remote)) == [remote]
 
 
 def test_window_override_and_cli_json(settings, res, worker, tables):

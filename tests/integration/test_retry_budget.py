@@ -8,8 +8,6 @@ broker of its own so the session's worker does not take the job.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
 
@@ -17,76 +15,10 @@ import pytest
 
 from tests.conftest import WorkerProc, write_config
 from tests.helpers import sink_counts, wait_until
-from tests.integration.test_broker_outage import PrivateRedis, _sample_table
+from bench.faultkit import PrivateRedis, Relay
+from tests.integration.test_broker_outage import _sample_table
 
 pytestmark = pytest.mark.integration
-
-
-class Relay:
-    """A TCP relay on a loopback port of its own to ``target_port``; closed, it refuses connections."""
-
-    def __init__(self, target_port: int):
-        self.target = target_port
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self.sock: socket.socket | None = None
-        self.conns: list[socket.socket] = []
-        self.flowing = threading.Event()
-        self.flowing.set()
-
-    def open(self) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
-        self.sock.listen(16)
-        threading.Thread(target=self._accept, args=(self.sock,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            self.flowing.wait()  # a frozen relay answers no handshake either
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def freeze(self) -> None:
-        """Black hole: connections stay open, nothing passes either way, nothing is refused or reset."""
-        self.flowing.clear()
-
-    def thaw(self) -> None:
-        self.flowing.set()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        try:
-            while True:
-                self.flowing.wait()
-                data = a.recv(65536)
-                if not data:
-                    break
-                self.flowing.wait()
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        for c in self.conns:
-            c.close()
-        self.conns.clear()
 
 
 @pytest.fixture(scope="module")

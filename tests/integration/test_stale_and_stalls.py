@@ -239,3 +239,21 @@ def test_the_stall_check_task_runs_on_a_worker(settings, res, worker, celery_app
     assert orphan in [a["job_id"] for a in acted]
     wait_until(lambda: res.jobs.get(orphan)["state"] == "failed", 10, "orphan failed")
     res.alerter.success("stall-test", target)
+
+
+def test_an_alert_whose_sender_died_mid_send_is_sent_when_the_failure_is_completed(settings, sres, platform):
+    from backup.runner import claim_ending
+
+    target = f"t{uuid.uuid4().hex[:8]}"
+    job_id, held = _running_job(sres, target)
+    claim_ending(sres, job_id, "work", "FAILED", "NotFound: gone")
+    # The dying worker had claimed the episode, and sent nothing.
+    sres.redis.set(sres.alerter._key("stall-test", target), f"{job_id}:sending")
+    mails0, tickets0 = sink_counts(settings)
+    acted = _check(sres, now=time.time() + settings.stall.ending_grace + 5)
+    assert job_id in acted
+    rec = sres.jobs.get(job_id)
+    assert rec["state"] == "failed" and rec["alert_sent"] is True and rec["alert"].get("ticket")
+    assert sink_counts(settings) == (mails0 + 1, tickets0 + 1)
+    assert sres.redis.get(sres.alerter._key("stall-test", target)) == f"{job_id}:sent".encode()
+    sres.alerter.success("stall-test", target)

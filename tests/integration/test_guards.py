@@ -1,0 +1,156 @@
+"""Each guard of the commit path, driven by the failure it exists for; each test fails if its guard is removed.
+
+The phases run in this process against the real platform (HiveServer2, sshd,
+Redis).  What is on the edge node is read with OpenSSH's own client, and every
+ssh call's exit status is checked, so a failing ssh never passes for "no file".
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from pathlib import Path
+
+import pytest
+
+from backup import edge_export as wf
+from backup.errors import AlreadyExists, ChecksumMismatch, LockLost, TooManyDeliveries
+from backup.identifiers import TableName
+from backup.runner import phase
+from connectors.sftp import upload, verify_and_commit
+from tests.helpers import remote_files, ssh
+from workers.sample_data import create_sample_table
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def guard_table(platform, settings):
+    from connectors.hive import HiveClient
+
+    t = TableName("mnaas_test", "traffic_guards")
+    with HiveClient.from_settings(settings) as hive:
+        create_sample_table(hive, t, rows=3000)
+    return str(t)
+
+
+def _exported(res, table) -> str:
+    """A job with its lock taken and its archive exported; returns the job id."""
+    job_id = wf.submit(res, table)["job_id"]
+    for name in ("lock", "export"):
+        with phase(res, job_id, name) as ctx:
+            wf.PHASE_FUNCS[name](ctx)
+    return job_id
+
+
+def _steal(res, rec) -> str:
+    """Another run takes the lock: the holder's lock expired and a new job was granted it (a newer token)."""
+    held = rec["lock"]
+    res.redis.delete(held["key"])
+    thief = uuid.uuid4().hex
+    new, _ = res.locks.acquire(wf.WORKFLOW, rec["target"], thief)
+    assert new is not None and new.token > held["token"]
+    return thief
+
+
+def _release(res, table):
+    key = res.locks.key(wf.WORKFLOW, table)
+    res.redis.delete(key)
+
+
+def _remote_names(settings, table) -> list[str]:
+    return [posixpath.basename(p) for p in remote_files(settings, posixpath.join(settings.sftp.remote_dir, table))]
+
+
+def test_a_run_that_lost_its_lock_mid_transfer_commits_nothing_remotely(settings, res, guard_table):
+    """Guard: the fencing check before the remote rename (connectors/sftp.py verify_and_commit)."""
+    job_id = _exported(res, guard_table)
+    try:
+        with phase(res, job_id, "transfer") as ctx:
+            final, tmp = wf.remote_paths(res, ctx.rec)
+            target = res.sftp()
+            with target.connect() as sess:
+                sess.makedirs(posixpath.dirname(final))
+            upload(target, Path(ctx.rec["outputs"]["local_path"]), tmp)
+            _steal(res, ctx.rec)
+            with target.connect() as sess, pytest.raises(LockLost):
+                verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check)
+        names = _remote_names(settings, guard_table)
+        assert posixpath.basename(final) not in names and posixpath.basename(tmp) in names
+    finally:
+        _release(res, guard_table)
+
+
+def test_a_run_that_lost_its_lock_mid_export_commits_no_archive(settings, res, guard_table):
+    """Guard: the fencing check before the local rename (backup/edge_export.py export_to_file)."""
+    job_id = wf.submit(res, guard_table)["job_id"]
+    with phase(res, job_id, "lock") as ctx:
+        wf.lock_phase(ctx)
+    try:
+        with phase(res, job_id, "export") as ctx:
+            real_progress = ctx.progress
+            stolen = {}
+
+            def progress(*a, **kw):  # the lock changes hands while the rows stream
+                if not stolen:
+                    stolen["by"] = _steal(res, ctx.rec)
+                real_progress(*a, **kw)
+            ctx.progress = progress
+            with pytest.raises(LockLost):
+                wf.export_phase(ctx)
+        folder = settings.path(settings.edge_export.export_dir) / guard_table / wf.run_id(res.jobs.get(job_id))
+        assert not folder.exists() or not any(folder.iterdir()), list(folder.iterdir())
+    finally:
+        _release(res, guard_table)
+
+
+def test_a_copy_corrupted_before_verification_is_never_committed(settings, res, guard_table):
+    """Guard: the remote SHA-256 comparison (ChecksumMismatch), the temp file removed."""
+    job_id = _exported(res, guard_table)
+    try:
+        with phase(res, job_id, "transfer") as ctx:
+            final, tmp = wf.remote_paths(res, ctx.rec)
+            target = res.sftp()
+            with target.connect() as sess:
+                sess.makedirs(posixpath.dirname(final))
+            upload(target, Path(ctx.rec["outputs"]["local_path"]), tmp)
+            # One byte flipped on the edge node, between the upload and the verification.
+            flip = ssh(settings, ["python3", "-c", "import sys; f=open(sys.argv[1],'r+b'); f.seek(100); b=f.read(1); "
+                                  "f.seek(100); f.write(bytes([b[0]^1])); f.close()", tmp])
+            assert flip.returncode == 0
+            with target.connect() as sess, pytest.raises(ChecksumMismatch):
+                verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check)
+        names = _remote_names(settings, guard_table)
+        assert posixpath.basename(final) not in names and posixpath.basename(tmp) not in names
+    finally:
+        _release(res, guard_table)
+
+
+def test_a_different_file_at_the_final_name_is_never_overwritten(settings, res, guard_table):
+    """Guard: AlreadyExists when the final name holds other content."""
+    job_id = _exported(res, guard_table)
+    try:
+        with phase(res, job_id, "transfer") as ctx:
+            final, tmp = wf.remote_paths(res, ctx.rec)
+            ssh(settings, ["mkdir", "-p", posixpath.dirname(final)])
+            assert ssh(settings, ["sh", "-c", 'printf "someone else" > "$1"', "-", final]).returncode == 0
+            with pytest.raises(AlreadyExists, match="exists with different content"):
+                wf.transfer_phase(ctx)
+        assert ssh(settings, ["cat", final]).stdout == "someone else"
+    finally:
+        _release(res, guard_table)
+
+
+def test_a_phase_redelivered_past_the_limit_fails_for_good(settings, res, guard_table):
+    """Guard: TooManyDeliveries (backup/runner.py), raised on the delivery past celery.max_deliveries."""
+    job_id = wf.submit(res, guard_table)["job_id"]
+    limit = settings.celery.max_deliveries
+    try:
+        for _ in range(limit + 1):  # the first delivery and `limit` redeliveries after lost workers
+            with phase(res, job_id, "lock", attempt=1) as ctx:
+                assert ctx.active
+        with pytest.raises(TooManyDeliveries, match=f"redelivered {limit + 1} times"):
+            with phase(res, job_id, "lock", attempt=1):
+                pass
+    finally:
+        _release(res, guard_table)
