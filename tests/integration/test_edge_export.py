@@ -402,3 +402,19 @@ def test_disk_full_fails_clearly_leaves_nothing_and_the_next_run_succeeds(settin
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
     res.alerter.success(wf.WORKFLOW, tables["main"])
+
+
+def test_wait_exits_1_when_the_run_fails_or_is_skipped(settings, res, worker, tables):
+    import json
+
+    failed = backupctl("run", "edge-export", "mnaas_test.no_such_table_wait", "--wait", "--json", config=CONFIG_PATH)
+    assert failed.returncode == 1 and json.loads(failed.stdout)["state"] == "failed", failed.stderr
+    table = tables["concurrent"]
+    held, _ = res.locks.acquire("edge-export", table, "someone-else")
+    assert held is not None
+    try:
+        skipped = backupctl("run", "edge-export", table, "--wait", "--json", config=CONFIG_PATH)
+    finally:
+        res.locks.release(held)
+    rec = json.loads(skipped.stdout)
+    assert skipped.returncode == 1 and rec["state"] == "skipped" and rec["reason"] == "lock held by job someone-else"

@@ -20,7 +20,8 @@ import pytest
 from backup.resources import Resources
 from config.settings import load_settings
 from connectors.spark_submit import SparkSubmit, driver_env
-from tests.conftest import STATE, TEST_REDIS_DB, WorkerProc, write_config
+from bench.faultkit import PrivateRedis
+from tests.conftest import PORT_OFFSET, STATE, WorkerProc, write_config
 from tests.helpers import backupctl, sink_counts, wait_until
 from tests.integration.test_table_backup import BAD_LINES, csv_line, good_rows, write_files
 
@@ -45,11 +46,18 @@ def spark_sql(settings, *statements: str) -> list[list[list]]:
 
 
 @pytest.fixture(scope="module")
-def submit_config():
+def submit_redis():
+    """A Redis of this module's own (broker of its worker): no other session's database is touched."""
+    server = PrivateRedis(6502 + PORT_OFFSET, STATE / "submit-redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def submit_config(submit_redis):
     """Settings of spark-submit mode: master local[2], a metastore and warehouse of the drivers' own."""
-    db = (TEST_REDIS_DB + 1) % 16
     return write_config(STATE / "submit.yaml", {
-        "redis": {"url": f"redis://127.0.0.1:6379/{db}", "key_prefix": "mbsubmit"},
+        "redis": {"url": submit_redis.url, "key_prefix": "mbsubmit"},
         "spark": {"remote": "local[2]", "submit_conf": {
             "spark.sql.warehouse.dir": str(SUBMIT / "warehouse"),
             # C1 only and the serial collector: ~10 % off the start of a short-lived driver.
@@ -62,9 +70,7 @@ def submit_config():
 
 @pytest.fixture(scope="module")
 def submit_res(submit_config):
-    res = Resources(load_settings(submit_config))
-    res.redis.flushdb()  # the database next to the tests' own belongs to this module
-    return res
+    return Resources(load_settings(submit_config))
 
 
 @pytest.fixture(scope="module")
