@@ -95,6 +95,7 @@ def redis_server(settings):
     """Redis for the whole session: the platform's, started here if nothing listens yet (stopped at the end)."""
     from workers.platform import LocalPlatform
 
+    _stop_leftovers()
     plat = LocalPlatform(settings)
     report = plat.up(only=["redis"], timeout=60)
     yield
@@ -119,15 +120,73 @@ def res(settings, redis_client):
     return Resources(settings, _redis=redis_client)
 
 
+# Where the services and workers of the test session with this port offset keep their pidfiles, noted outside
+# the session's temporary folder: the next session with the same offset stops what a crashed one left running.
+LEDGER = ROOT / ".platform" / "test-sessions" / f"offset-{PORT_OFFSET}.json"
+
+
+def _stop_leftovers() -> None:
+    """Stop what an earlier session with this port offset started and never stopped (it crashed).
+
+    The ledger names that session's run folder; every ``*.pid`` there (platform services and
+    workers, kept current by every start and stop) is a process group to end.  Redis is left
+    alone: it is shared by every session and the demo platform.
+    """
+    import json
+
+    if not LEDGER.exists():
+        return
+    run_dir = Path(json.loads(LEDGER.read_text())["run_dir"])
+    for pidfile in sorted(run_dir.glob("*.pid")) if run_dir.is_dir() else []:
+        if pidfile.stem == "redis":
+            continue
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):  # gone with its process (sshd removes its own), or unreadable
+            continue
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                break
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                continue
+            break
+        print(f"stopped {pidfile.stem} (pid {pid}) left running by a crashed test session", file=sys.stderr)
+        pidfile.unlink(missing_ok=True)
+    LEDGER.unlink()
+
+
 @pytest.fixture(scope="session")
-def platform(settings):
-    """The local platform on test ports, started once, stopped at the end (only what it started)."""
+def platform(settings, redis_server):
+    """The local platform on test ports, started once, stopped at the end (only what it started).
+
+    A service found already listening on a test port that no session recorded is an error, not
+    something to reuse: it may run with another session's keys and folders (set MB_TEST_PORT_OFFSET).
+    """
+    import json
+
     from workers.platform import LocalPlatform
 
     plat = LocalPlatform(settings)
-    plat.up(timeout=240)
+    report = plat.up(only=["spark", "sshd", "sinks"], timeout=240)
+    foreign = [name for name, state in report.items() if state.startswith("reused")]
+    if foreign:
+        raise RuntimeError(f"test ports of {', '.join(foreign)} are taken by processes this session did not start "
+                           f"(another test session, or one that crashed before this check existed): stop them or "
+                           f"set MB_TEST_PORT_OFFSET")
+    LEDGER.parent.mkdir(parents=True, exist_ok=True)
+    LEDGER.write_text(json.dumps({"run_dir": str(plat.run_dir)}))
     yield plat
-    plat.down()
+    plat.down(only=["spark", "sshd", "sinks"])
+    LEDGER.unlink(missing_ok=True)
 
 
 class WorkerProc:
@@ -148,6 +207,9 @@ class WorkerProc:
              "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO"],
             cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         WorkerProc.started.append(self)
+        run_dir = STATE / "platform" / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / f"worker-{self.name}.pid").write_text(str(self.proc.pid))
         from workers.app import app as default_app
 
         app = self.app or default_app
