@@ -418,3 +418,52 @@ def test_wait_exits_1_when_the_run_fails_or_is_skipped(settings, res, worker, ta
         res.locks.release(held)
     rec = json.loads(skipped.stdout)
     assert skipped.returncode == 1 and rec["state"] == "skipped" and rec["reason"] == "lock held by job someone-else"
+
+
+def test_alerts_disabled_records_the_failure_and_sends_nothing(settings, res, tables):
+    from backup import edge_export as wf
+    from backup.errors import NotFound
+    from backup.resources import Resources
+    from backup.runner import fail_job, phase
+
+    r = Resources(settings.model_copy(update={"alerts": settings.alerts.model_copy(update={"enabled": False})}),
+                  _redis=res.redis)
+    table = tables["hostkey"]
+    r.alerter.success(wf.WORKFLOW, table)
+    job_id = wf.submit(r, table)["job_id"]
+    with phase(r, job_id, "lock") as ctx:
+        wf.lock_phase(ctx)
+    before = sink_counts(settings)
+    rec = fail_job(r, job_id, "export", NotFound("no table"))
+    assert rec["state"] == "failed" and rec["alert_sent"] is False and rec["alert"]["reason"] == "alerts disabled"
+    assert sink_counts(settings) == before
+    assert not r.redis.exists(r.alerter._key(wf.WORKFLOW, table))  # no episode opened: the next failure alerts
+    assert r.locks.holder(wf.WORKFLOW, table) is None
+
+
+def test_a_failed_runs_archive_that_no_longer_matches_its_checksum_is_not_resumed(settings, res, tables):
+    from backup import edge_export as wf
+    from backup.errors import ConnectionFailed
+    from backup.runner import fail_job, phase
+
+    table = tables["hostkey"]
+    res.alerter.success(wf.WORKFLOW, table)
+    first = wf.submit(res, table)["job_id"]
+    for name in ("lock", "export"):
+        with phase(res, first, name) as ctx:
+            wf.PHASE_FUNCS[name](ctx)
+    fail_job(res, first, "transfer", ConnectionFailed("backup server away"))
+    archive = Path(res.jobs.get(first)["outputs"]["local_path"])
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 1  # the kept archive rots on disk
+    archive.write_bytes(bytes(data))
+    second = wf.submit(res, table)["job_id"]
+    for name in ("lock", "export"):
+        with phase(res, second, name) as ctx:
+            wf.PHASE_FUNCS[name](ctx)
+    rec = res.jobs.get(second)
+    export = next(p for p in rec["phases"] if p["name"] == "export")
+    assert export["state"] == "success" and "resumed_from" not in rec["outputs"]
+    assert Path(rec["outputs"]["local_path"]) != archive and Path(rec["outputs"]["local_path"]).is_file()
+    res.locks.release(Held.from_dict(rec["lock"]))
+    res.alerter.success(wf.WORKFLOW, table)
