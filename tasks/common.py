@@ -62,24 +62,28 @@ def make_phase_task(app, name: str, phase_name: str, func: Callable[[PhaseContex
     def run(self, payload: dict) -> dict:
         job_id = payload["job_id"]
         res = resources()
-        with phase(res, job_id, phase_name, attempt=self.request.retries + 1) as ctx:
-            if not ctx.active:
-                if ctx.stale:  # the chain already went on without this delivery: do not start it again
-                    self.request.chain = None
-                    return {"job_id": job_id, "state": ctx.rec["state"], "stale": ctx.stale}
-                return {"job_id": job_id, "state": ctx.rec["state"]}
-            ctx.on_progress = progress_publisher(self)
-            try:
+        started = None  # of the phase's first attempt; unknown if entering the phase failed
+        try:
+            # Entering the phase is inside the try: a Redis hiccup there (the first lock renewal, the
+            # delivery count) is retried within the budget like any other retryable failure.
+            with phase(res, job_id, phase_name, attempt=self.request.retries + 1) as ctx:
+                if not ctx.active:
+                    if ctx.stale:  # the chain already went on without this delivery: do not start it again
+                        self.request.chain = None
+                        return {"job_id": job_id, "state": ctx.rec["state"], "stale": ctx.stale}
+                    return {"job_id": job_id, "state": ctx.rec["state"]}
+                started = phase_entry(ctx.rec, phase_name).get("started")
+                ctx.on_progress = progress_publisher(self)
                 return res.spark().run_phase(func, ctx) if spark else func(ctx)
-            except Exception as e:
-                err = classify(e, phase_name)
-                _note_attempt(res, job_id, phase_name, err)
-                try:
-                    self.retry_or_raise(err, phase_entry(ctx.rec, phase_name).get("started"))
-                except BackupError as final:
-                    if final is e:
-                        raise
-                    raise final from e
+        except Exception as e:
+            err = classify(e, phase_name)
+            _note_attempt(res, job_id, phase_name, err)
+            try:
+                self.retry_or_raise(err, started)
+            except BackupError as final:
+                if final is e:
+                    raise
+                raise final from e
 
     run.__name__ = name.rsplit(".", 1)[-1]
     run.__doc__ = func.__doc__
