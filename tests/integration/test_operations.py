@@ -243,3 +243,19 @@ def test_a_reader_that_sees_a_run_end_sees_its_alert_its_cleanup_and_a_free_lock
         finish_job(ctx)
     ended = [s for s in seen if s[0] == "success"]
     assert ended == [("success", False, None, False, None)], seen
+
+
+def test_beat_check_follows_the_active_beat_and_a_clean_stop_releases_its_lock(tmp_path, settings, redis_client):
+    """``backupctl beat --check`` (the container healthcheck): 1 with no beat, 0 while one holds the lock,
+    1 again right after a clean stop, without waiting for the lock to expire."""
+    config = write_config(tmp_path / "check.yaml", {"beat": {"lock_timeout": 300, "max_loop_interval": 5}})
+    assert backupctl("--config", str(config), "beat", "--check").returncode == 1
+    beat = Proc.backupctl(config, "beat", "--loglevel", "INFO", log=tmp_path / "beat.log")
+    try:
+        beat.start().wait_for_log("beat: Acquired lock", timeout=30)
+        assert backupctl("--config", str(config), "beat", "--check").returncode == 0
+    finally:
+        beat.stop()
+    assert beat.proc.returncode == 0, beat.text()[-2000:]
+    # The lock would live 300 s more if the stopping beat had not released it.
+    assert backupctl("--config", str(config), "beat", "--check").returncode == 1
