@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from backup.archive import CsvGzipWriter, fsync_dir
-from backup.errors import FatalError, InvalidInput, NotFound
+from backup.errors import BackupError, FatalError, InvalidInput, NotFound
 from backup.identifiers import TableName, identifier
 from backup.jobs import phase_entry
 from backup.enqueue import fail_request
@@ -234,6 +234,9 @@ def transfer_phase(ctx: PhaseContext) -> dict:
     target = res.sftp()
     size = local.stat().st_size
     with target.connect() as sess:
+        removed = remove_leftovers(res, sess, rec["target"])
+        if removed:
+            log.info("removed %d temporary file(s) left by earlier failed runs: %s", len(removed), removed)
         sess.makedirs(posixpath.dirname(final))
         existing = sess.stat(final)
         if existing is not None and existing.st_size == size and sess.sha256(final) == out["sha256"]:
@@ -276,13 +279,42 @@ def record_completion(res: Resources, rec: dict, remote_uri: str) -> None:
         prev_id = prev["outputs"].get("resumed_from")
 
 
+def _leftovers_key(res: Resources, target: str) -> str:
+    return f"{res.settings.redis.key_prefix}:leftover:{WORKFLOW}:{target}"
+
+
 def discard_remote_temp(res: Resources, rec: dict) -> None:
-    """Remove this run's temporary remote file after a final failure (best effort)."""
+    """Remove this run's temporary remote file after a final failure.
+
+    When the backup server cannot be reached now (the failure was often that),
+    the path is remembered in Redis and the next transfer of the same target
+    removes it before it uploads: no temporary file is left behind for good.
+    """
     if not rec.get("outputs", {}).get("local_path"):
         return
     _, tmp = remote_paths(res, rec)
-    with res.sftp().connect() as sess:
-        sess.remove(tmp)
+    try:
+        with res.sftp().connect() as sess:
+            sess.remove(tmp)
+    except BackupError:
+        res.redis.sadd(_leftovers_key(res, rec["target"]), tmp)
+        raise
+
+
+def remove_leftovers(res: Resources, sess, target: str) -> list[str]:
+    """Remove the temporary files earlier failed runs of ``target`` could not delete (caller holds the lock)."""
+    key = _leftovers_key(res, target)
+    removed = []
+    for raw in res.redis.smembers(key):
+        path = raw.decode()
+        root = posixpath.join(res.settings.sftp.remote_dir, target) + "/"
+        # Only temporary names under this target's folder: a value in Redis never picks what is deleted.
+        if path.startswith(root) and posixpath.basename(path).startswith(".") and path.endswith(".part") \
+                and ".." not in path:
+            sess.remove(path)
+            removed.append(path)
+        res.redis.srem(key, raw)
+    return removed
 
 
 # -- cleanup / finish ----------------------------------------------------------

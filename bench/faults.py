@@ -7,7 +7,8 @@ lost, duplicated, partial, alerts_sent, alerts_expected, max_recovery_s`` (+
 ``phases_hit``: the phase each fault landed in; ``effective``: trials whose run
 the fault visibly changed - a redelivery, a retry, a skip or a failure).  Each trial starts a real edge-export
 run, injects the fault at a random moment, lets the system recover as in
-production (redelivery, retries, the stall check that beat runs), then checks
+production (redelivery, retries, the stall check that beat runs; after a run
+that failed, the next scheduled run, which must succeed), then checks
 from outside the project: the job's final state; the archive on the edge node
 exactly once, its SHA-256 (OpenSSH's own ``sha256sum``) and record count equal
 to the job record's; no temporary file left; no lock left; exactly one alert
@@ -243,6 +244,10 @@ class Campaign:
         started = time.monotonic()
         jobs, hit = getattr(self, f"_{kind}")()
         recs = self.wait_end(jobs, 300)
+        if any(r is not None and r["state"] == "failed" for r in recs) and (recs[-1] or {}).get("state") != "success":
+            # The fault is over: the next run must succeed, and clear what the failed one could not.
+            jobs.append(self.start_job())
+            recs = self.wait_end(jobs, 300)
         verdict = self.verify(recs, before, alerts_before, started)
         verdict["phase"] = hit
         return verdict
@@ -299,12 +304,9 @@ class Campaign:
         filler = self.exports / "filler"
         # dd writes until the tmpfs is full (and then fails): every byte left is taken.
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], check=False, stderr=subprocess.DEVNULL)
-        first = self.wait_end([job], 300)[0]
-        filler.unlink(missing_ok=True)
-        jobs = [job]
-        if first is not None and first["state"] == "failed":
-            jobs.append(self.start_job())  # space is back: the next run must succeed
-        return jobs, hit
+        self.wait_end([job], 300)
+        filler.unlink(missing_ok=True)  # space is back; trial() runs the next job if this one failed
+        return [job], hit
 
     def _corruption(self):
         job = self.start_job()

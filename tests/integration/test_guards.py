@@ -154,3 +154,31 @@ def test_a_phase_redelivered_past_the_limit_fails_for_good(settings, res, guard_
                 pass
     finally:
         _release(res, guard_table)
+
+
+def test_a_temp_file_the_failure_cleanup_could_not_reach_is_removed_by_the_next_run(settings, res, guard_table):
+    """The backup server unreachable when a run fails: its .part stays, recorded; the next transfer removes it."""
+    from backup.errors import ConnectionFailed
+    from backup.resources import Resources
+    from backup.runner import fail_job
+
+    first = _exported(res, guard_table)
+    with phase(res, first, "transfer") as ctx:
+        final, tmp = wf.remote_paths(res, ctx.rec)
+        with res.sftp().connect() as sess:
+            sess.makedirs(posixpath.dirname(final))
+        upload(res.sftp(), Path(ctx.rec["outputs"]["local_path"]), tmp)
+    # The failure cleanup runs while the server is unreachable (a port where nothing listens).
+    away = Resources(settings.model_copy(update={"sftp": settings.sftp.model_copy(update={"port": 1})}),
+                     _redis=res.redis)
+    fail_job(away, first, "transfer", ConnectionFailed("edge node away"),
+             cleanup=lambda r: wf.discard_remote_temp(away, r))
+    assert posixpath.basename(tmp) in _remote_names(settings, guard_table)
+    res.alerter.success(wf.WORKFLOW, guard_table)
+    second = _exported(res, guard_table)
+    with phase(res, second, "transfer") as ctx:
+        wf.transfer_phase(ctx)
+    names = _remote_names(settings, guard_table)
+    assert posixpath.basename(tmp) not in names and not [n for n in names if n.endswith(".part")]
+    assert not res.redis.exists(wf._leftovers_key(res, guard_table))
+    _release(res, guard_table)
