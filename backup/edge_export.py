@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from backup.archive import CsvGzipWriter, fsync_dir
-from backup.errors import BackupError, FatalError, InvalidInput, NotFound
+from backup.errors import BackupError, FatalError, InvalidInput, LockLost, NotFound
 from backup.identifiers import TableName, identifier
 from backup.jobs import phase_entry
 from backup.enqueue import fail_request
@@ -251,7 +251,13 @@ def transfer_phase(ctx: PhaseContext) -> dict:
 
     upload(target, local, tmp, progress=progress)
     with target.connect() as sess:
-        outcome = verify_and_commit(sess, tmp, final, out["sha256"], ctx.commit_check)
+        try:
+            outcome = verify_and_commit(sess, tmp, final, out["sha256"], ctx.commit_check)
+        except LockLost:
+            # Another run holds the target now; this job's temp name is its own, and nobody will finish
+            # this upload: remove it (a paused holder that woke up after its job was failed, for one).
+            sess.remove(tmp)
+            raise
     ctx.done({"remote_uri": target.uri(final)}, note=outcome)
     record_completion(res, rec, target.uri(final))
     return {"job_id": ctx.job_id, "remote_uri": target.uri(final), "note": outcome}

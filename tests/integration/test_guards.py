@@ -182,3 +182,26 @@ def test_a_temp_file_the_failure_cleanup_could_not_reach_is_removed_by_the_next_
     assert posixpath.basename(tmp) not in names and not [n for n in names if n.endswith(".part")]
     assert not res.redis.exists(wf._leftovers_key(res, guard_table))
     _release(res, guard_table)
+
+
+def test_a_transfer_that_loses_its_lock_leaves_neither_archive_nor_temp(settings, res, guard_table):
+    """A holder paused past its TTL wakes up, finishes its upload, is refused at the commit: it removes its temp."""
+    job_id = _exported(res, guard_table)
+    try:
+        with phase(res, job_id, "transfer") as ctx:
+            final, tmp = wf.remote_paths(res, ctx.rec)
+            real_progress = ctx.progress
+            stolen = {}
+
+            def progress(*a, **kw):
+                if not stolen:
+                    stolen["by"] = _steal(res, ctx.rec)
+                real_progress(*a, **kw)
+            ctx.progress = progress
+            with pytest.raises(LockLost):
+                wf.transfer_phase(ctx)
+        assert stolen
+        names = _remote_names(settings, guard_table)
+        assert posixpath.basename(final) not in names and posixpath.basename(tmp) not in names
+    finally:
+        _release(res, guard_table)
