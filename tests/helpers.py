@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 from backup.jobs import TERMINAL
+from bench.faultkit import wait_until  # noqa: F401 (one implementation for tests and campaign)
 
 
 def enqueue(app, task: str, **kwargs) -> str:
@@ -31,15 +32,10 @@ def wait_job(res, job_id: str, timeout: float = 120) -> dict:
     raise AssertionError(f"job {job_id} not finished after {timeout}s: {res.jobs.find(job_id)}")
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
-    """Poll ``predicate`` until truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def phase_of(res, job_id: str, name: str) -> dict:
+    """The phase entry ``name`` of a job's record, or {} while the record does not exist yet."""
+    rec = res.jobs.find(job_id)
+    return next((p for p in rec["phases"] if p["name"] == name), {}) if rec else {}
 
 
 def ssh(settings, command: list[str], check: bool = True, binary: bool = False):

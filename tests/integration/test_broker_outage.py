@@ -23,7 +23,7 @@ from kombu.transport import redis as kombu_redis
 from backup.identifiers import TableName
 from bench.faultkit import PrivateRedis
 from tests.conftest import PORT_OFFSET, ROOT, WorkerProc, write_config
-from tests.helpers import remote_files, sink_counts, ssh, wait_until
+from tests.helpers import phase_of, remote_files, sink_counts, ssh, wait_until
 from workers.redis_transport import Transport
 from workers.sample_data import create_sample_table
 
@@ -219,11 +219,10 @@ def test_a_phase_longer_than_the_visibility_timeout_runs_once_and_a_dead_workers
         app.send_task("backup.edge_export", kwargs={"table": long_table}, task_id=job_id)
 
         def transfer():
-            rec = res.jobs.find(job_id)
-            return next(p for p in rec["phases"] if p["name"] == "transfer") if rec else {"started": None}
-        wait_until(lambda: transfer()["started"], 90, "the transfer to start")
+            return phase_of(res, job_id, "transfer")
+        wait_until(lambda: transfer().get("started"), 90, "the transfer to start")
         # Running for longer than the visibility timeout plus a sweep: still one delivery.
-        wait_until(lambda: time.time() - transfer()["started"] > visibility + 2 * RESTORE_SWEEP_SECONDS, 60,
+        wait_until(lambda: time.time() - transfer().get("started") > visibility + 2 * RESTORE_SWEEP_SECONDS, 60,
                    "the transfer to outlast the visibility timeout")
         assert transfer()["deliveries"] == 1 and transfer()["state"] == "running"
         first.kill()

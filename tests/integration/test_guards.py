@@ -43,6 +43,15 @@ def _exported(res, table) -> str:
     return job_id
 
 
+def _uploaded(res, ctx) -> tuple[str, str]:
+    """The job's archive uploaded to its temporary remote name, not yet verified: (final, temp) paths."""
+    final, tmp = wf.remote_paths(res, ctx.rec)
+    with res.sftp().connect() as sess:
+        sess.makedirs(posixpath.dirname(final))
+    upload(res.sftp(), Path(ctx.rec["outputs"]["local_path"]), tmp)
+    return final, tmp
+
+
 def _steal(res, rec) -> str:
     """Another run takes the lock: the holder's lock expired and a new job was granted it (a newer token)."""
     held = rec["lock"]
@@ -67,11 +76,8 @@ def test_a_run_that_lost_its_lock_mid_transfer_commits_nothing_remotely(settings
     job_id = _exported(res, guard_table)
     try:
         with phase(res, job_id, "transfer") as ctx:
-            final, tmp = wf.remote_paths(res, ctx.rec)
+            final, tmp = _uploaded(res, ctx)
             target = res.sftp()
-            with target.connect() as sess:
-                sess.makedirs(posixpath.dirname(final))
-            upload(target, Path(ctx.rec["outputs"]["local_path"]), tmp)
             _steal(res, ctx.rec)
             with target.connect() as sess, pytest.raises(LockLost):
                 verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check)
@@ -109,11 +115,8 @@ def test_a_copy_corrupted_before_verification_is_never_committed(settings, res, 
     job_id = _exported(res, guard_table)
     try:
         with phase(res, job_id, "transfer") as ctx:
-            final, tmp = wf.remote_paths(res, ctx.rec)
+            final, tmp = _uploaded(res, ctx)
             target = res.sftp()
-            with target.connect() as sess:
-                sess.makedirs(posixpath.dirname(final))
-            upload(target, Path(ctx.rec["outputs"]["local_path"]), tmp)
             # One byte flipped on the edge node, between the upload and the verification.
             flip = ssh(settings, ["python3", "-c", "import sys; f=open(sys.argv[1],'r+b'); f.seek(100); b=f.read(1); "
                                   "f.seek(100); f.write(bytes([b[0]^1])); f.close()", tmp])
@@ -164,10 +167,7 @@ def test_a_temp_file_the_failure_cleanup_could_not_reach_is_removed_by_the_next_
 
     first = _exported(res, guard_table)
     with phase(res, first, "transfer") as ctx:
-        final, tmp = wf.remote_paths(res, ctx.rec)
-        with res.sftp().connect() as sess:
-            sess.makedirs(posixpath.dirname(final))
-        upload(res.sftp(), Path(ctx.rec["outputs"]["local_path"]), tmp)
+        final, tmp = _uploaded(res, ctx)
     # The failure cleanup runs while the server is unreachable (a port where nothing listens).
     away = Resources(settings.model_copy(update={"sftp": settings.sftp.model_copy(update={"port": 1})}),
                      _redis=res.redis)

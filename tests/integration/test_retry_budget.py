@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tests.conftest import WorkerProc, write_config
-from tests.helpers import sink_counts, wait_until
+from tests.helpers import phase_of, sink_counts, wait_until
 from bench.faultkit import PrivateRedis, Relay
 from tests.integration.test_broker_outage import _sample_table
 
@@ -62,8 +62,7 @@ def _run(settings, tmp_path, setup, budget: int, table: str, open_after_attempts
         app.send_task("backup.edge_export", kwargs={"table": table}, task_id=job_id)
 
         def transfer():
-            rec = res.jobs.find(job_id)
-            return next(p for p in rec["phases"] if p["name"] == "transfer") if rec else {}
+            return phase_of(res, job_id, "transfer")
         if open_after_attempts:
             wait_until(lambda: transfer().get("attempts", 0) >= open_after_attempts, budget, "failed attempts")
             relay.open()
@@ -117,8 +116,7 @@ def test_black_hole_mid_transfer_is_cut_by_the_stall_timeout_and_retried(setting
         app.send_task("backup.edge_export", kwargs={"table": budget_table}, task_id=job_id)
 
         def transfer():
-            rec = res.jobs.find(job_id)
-            return next(p for p in rec["phases"] if p["name"] == "transfer") if rec else {}
+            return phase_of(res, job_id, "transfer")
         wait_until(lambda: (res.jobs.find(job_id) or {}).get("progress", {}).get("transfer", {}).get("bytes", 0) > 0,
                    90, "the upload to start")
         relay.freeze()
