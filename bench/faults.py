@@ -173,6 +173,17 @@ class Campaign:
             time.sleep(0.3)
         return [self.record(j) for j in job_ids]
 
+    def wait_quiet(self, timeout: float) -> None:
+        """Wait until no worker executes anything: a resumed or late delivery may still be finishing its work
+        (and cleaning up after itself) when every job record is already terminal."""
+        def quiet() -> bool:
+            try:
+                active = self.app.control.inspect(timeout=1).active() or {}
+            except Exception:
+                return False
+            return all(not tasks for tasks in active.values())
+        wait_until(quiet, timeout, "the workers to be idle", interval=1.0)
+
     def at_random_moment(self, job_id: str) -> str:
         """Sleep a random part of a clean run's duration; the phase the job is in then."""
         time.sleep(self.rng.uniform(0, self.duration))
@@ -248,6 +259,7 @@ class Campaign:
             # The fault is over: the next run must succeed, and clear what the failed one could not.
             jobs.append(self.start_job())
             recs = self.wait_end(jobs, 300)
+        self.wait_quiet(120)
         verdict = self.verify(recs, before, alerts_before, started)
         verdict["phase"] = hit
         return verdict
