@@ -40,6 +40,8 @@ def _exported(res, table) -> str:
     for name in ("lock", "export"):
         with phase(res, job_id, name) as ctx:
             wf.PHASE_FUNCS[name](ctx)
+    rec = res.jobs.get(job_id)
+    assert rec["state"] == "running", f"the test job could not start: {rec.get('reason') or rec.get('error')}"
     return job_id
 
 
@@ -67,8 +69,9 @@ def _release(res, table):
     res.redis.delete(key)
 
 
-def _remote_names(settings, table) -> list[str]:
-    return [posixpath.basename(p) for p in remote_files(settings, posixpath.join(settings.sftp.remote_dir, table))]
+def _remote_paths(settings, table) -> list[str]:
+    """Every file under the table's folder on the edge node (full paths: each run has its own folder)."""
+    return remote_files(settings, posixpath.join(settings.sftp.remote_dir, table))
 
 
 def test_a_run_that_lost_its_lock_mid_transfer_commits_nothing_remotely(settings, res, guard_table):
@@ -81,8 +84,8 @@ def test_a_run_that_lost_its_lock_mid_transfer_commits_nothing_remotely(settings
             _steal(res, ctx.rec)
             with target.connect() as sess, pytest.raises(LockLost):
                 verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check)
-        names = _remote_names(settings, guard_table)
-        assert posixpath.basename(final) not in names and posixpath.basename(tmp) in names
+        names = _remote_paths(settings, guard_table)
+        assert final not in names and tmp in names
     finally:
         _release(res, guard_table)
 
@@ -123,8 +126,8 @@ def test_a_copy_corrupted_before_verification_is_never_committed(settings, res, 
             assert flip.returncode == 0
             with target.connect() as sess, pytest.raises(ChecksumMismatch):
                 verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check)
-        names = _remote_names(settings, guard_table)
-        assert posixpath.basename(final) not in names and posixpath.basename(tmp) not in names
+        names = _remote_paths(settings, guard_table)
+        assert final not in names and tmp not in names
     finally:
         _release(res, guard_table)
 
@@ -166,22 +169,25 @@ def test_a_temp_file_the_failure_cleanup_could_not_reach_is_removed_by_the_next_
     from backup.runner import fail_job
 
     first = _exported(res, guard_table)
-    with phase(res, first, "transfer") as ctx:
-        final, tmp = _uploaded(res, ctx)
-    # The failure cleanup runs while the server is unreachable (a port where nothing listens).
-    away = Resources(settings.model_copy(update={"sftp": settings.sftp.model_copy(update={"port": 1})}),
-                     _redis=res.redis)
-    fail_job(away, first, "transfer", ConnectionFailed("edge node away"),
-             cleanup=lambda r: wf.discard_remote_temp(away, r))
-    assert posixpath.basename(tmp) in _remote_names(settings, guard_table)
-    res.alerter.success(wf.WORKFLOW, guard_table)
-    second = _exported(res, guard_table)
-    with phase(res, second, "transfer") as ctx:
-        wf.transfer_phase(ctx)
-    names = _remote_names(settings, guard_table)
-    assert posixpath.basename(tmp) not in names and not [n for n in names if n.endswith(".part")]
-    assert not res.redis.exists(wf._leftovers_key(res, guard_table))
-    _release(res, guard_table)
+    try:
+        with phase(res, first, "transfer") as ctx:
+            final, tmp = _uploaded(res, ctx)
+        # The failure cleanup runs while the server is unreachable (a port where nothing listens).
+        away = Resources(settings.model_copy(update={"sftp": settings.sftp.model_copy(update={"port": 1})}),
+                         _redis=res.redis)
+        fail_job(away, first, "transfer", ConnectionFailed("edge node away"),
+                 cleanup=lambda r: wf.discard_remote_temp(away, r))
+        assert tmp in _remote_paths(settings, guard_table)
+        res.alerter.success(wf.WORKFLOW, guard_table)
+        second = _exported(res, guard_table)
+        with phase(res, second, "transfer") as ctx:
+            _, second_tmp = wf.remote_paths(res, ctx.rec)
+            wf.transfer_phase(ctx)
+        names = _remote_paths(settings, guard_table)  # other tests of this module leave their own temp files
+        assert tmp not in names and second_tmp not in names
+        assert not res.redis.exists(wf._leftovers_key(res, guard_table))
+    finally:
+        _release(res, guard_table)
 
 
 def test_a_transfer_that_loses_its_lock_leaves_neither_archive_nor_temp(settings, res, guard_table):
@@ -201,7 +207,7 @@ def test_a_transfer_that_loses_its_lock_leaves_neither_archive_nor_temp(settings
             with pytest.raises(LockLost):
                 wf.transfer_phase(ctx)
         assert stolen
-        names = _remote_names(settings, guard_table)
-        assert posixpath.basename(final) not in names and posixpath.basename(tmp) not in names
+        names = _remote_paths(settings, guard_table)
+        assert final not in names and tmp not in names
     finally:
         _release(res, guard_table)
