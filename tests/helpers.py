@@ -32,6 +32,18 @@ def wait_job(res, job_id: str, timeout: float = 120) -> dict:
     raise AssertionError(f"job {job_id} not finished after {timeout}s: {res.jobs.find(job_id)}")
 
 
+def new_sample_table(settings, name: str, rows: int = 8000) -> str:
+    """``mnaas_test.<name>``, (re)created with ``rows`` sample rows on the platform's HiveServer2."""
+    from backup.identifiers import TableName
+    from connectors.hive import HiveClient
+    from workers.sample_data import create_sample_table
+
+    table = TableName("mnaas_test", name)
+    with HiveClient.from_settings(settings) as hive:
+        create_sample_table(hive, table, rows=rows)
+    return str(table)
+
+
 def phase_of(res, job_id: str, name: str) -> dict:
     """The phase entry ``name`` of a job's record, or {} while the record does not exist yet."""
     rec = res.jobs.find(job_id)

@@ -20,12 +20,10 @@ import redis as redis_py
 from kombu import Connection, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
-from backup.identifiers import TableName
 from bench.faultkit import PrivateRedis
 from tests.conftest import PORT_OFFSET, ROOT, WorkerProc, write_config
-from tests.helpers import phase_of, remote_files, sink_counts, ssh, wait_until
+from tests.helpers import new_sample_table, phase_of, remote_files, sink_counts, ssh, wait_until
 from workers.redis_transport import Transport
-from workers.sample_data import create_sample_table
 
 pytestmark = pytest.mark.integration
 
@@ -101,23 +99,14 @@ def test_closing_a_connection_keeps_the_message_a_child_still_runs_unacked(priva
     assert results["ours"] == (0, True), "ours leaves it to the running task's own ack"
 
 
-def _sample_table(settings, name: str) -> str:
-    from connectors.hive import HiveClient
-
-    t = TableName("mnaas_test", name)
-    with HiveClient.from_settings(settings) as hive:
-        create_sample_table(hive, t, rows=8000)
-    return str(t)
-
-
 @pytest.fixture(scope="module")
 def outage_table(platform, settings):
-    return _sample_table(settings, "traffic_broker_outage")
+    return new_sample_table(settings, "traffic_broker_outage")
 
 
 @pytest.fixture(scope="module")
 def long_table(platform, settings):
-    return _sample_table(settings, "traffic_long_transfer")
+    return new_sample_table(settings, "traffic_long_transfer")
 
 
 def test_worker_and_waiting_client_ride_through_a_redis_restart_mid_transfer(settings, platform, private_redis,

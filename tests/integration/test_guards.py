@@ -15,23 +15,16 @@ import pytest
 
 from backup import edge_export as wf
 from backup.errors import AlreadyExists, ChecksumMismatch, LockLost, TooManyDeliveries
-from backup.identifiers import TableName
 from backup.runner import phase
 from connectors.sftp import upload, verify_and_commit
-from tests.helpers import remote_files, ssh
-from workers.sample_data import create_sample_table
+from tests.helpers import new_sample_table, remote_files, ssh
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def guard_table(platform, settings):
-    from connectors.hive import HiveClient
-
-    t = TableName("mnaas_test", "traffic_guards")
-    with HiveClient.from_settings(settings) as hive:
-        create_sample_table(hive, t, rows=3000)
-    return str(t)
+    return new_sample_table(settings, "traffic_guards", rows=3000)
 
 
 def _exported(res, table) -> str:

@@ -14,16 +14,15 @@ import uuid
 import pytest
 
 from tests.conftest import WorkerProc, write_config
-from tests.helpers import phase_of, sink_counts, wait_until
+from tests.helpers import new_sample_table, phase_of, sink_counts, wait_until
 from bench.faultkit import PrivateRedis, Relay
-from tests.integration.test_broker_outage import _sample_table
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def budget_table(platform, settings):
-    return _sample_table(settings, "traffic_retry_budget")
+    return new_sample_table(settings, "traffic_retry_budget")
 
 
 @pytest.fixture

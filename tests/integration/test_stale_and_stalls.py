@@ -16,22 +16,15 @@ import pytest
 
 from backup import edge_export as wf
 from backup.errors import LockLost, NotFound
-from backup.identifiers import TableName
 from backup.runner import fail_job, phase
-from tests.helpers import sink_counts, wait_until
-from workers.sample_data import create_sample_table
+from tests.helpers import new_sample_table, sink_counts, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def stale_table(platform, settings):
-    from connectors.hive import HiveClient
-
-    t = TableName("mnaas_test", "traffic_stale_delivery")
-    with HiveClient.from_settings(settings) as hive:
-        create_sample_table(hive, t, rows=2000)
-    return str(t)
+    return new_sample_table(settings, "traffic_stale_delivery", rows=2000)
 
 
 def _run(res, job_id, name):
