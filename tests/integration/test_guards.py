@@ -57,6 +57,19 @@ def _steal(res, rec) -> str:
     return thief
 
 
+def _steal_on_first_progress(res, ctx) -> dict:
+    """Make another run take the lock when the phase first reports progress; the returned dict names the thief."""
+    real_progress = ctx.progress
+    stolen: dict = {}
+
+    def progress(*a, **kw):
+        if not stolen:
+            stolen["by"] = _steal(res, ctx.rec)
+        real_progress(*a, **kw)
+    ctx.progress = progress
+    return stolen
+
+
 def _release(res, table):
     key = res.locks.key(wf.WORKFLOW, table)
     res.redis.delete(key)
@@ -90,14 +103,7 @@ def test_a_run_that_lost_its_lock_mid_export_commits_no_archive(settings, res, g
         wf.lock_phase(ctx)
     try:
         with phase(res, job_id, "export") as ctx:
-            real_progress = ctx.progress
-            stolen = {}
-
-            def progress(*a, **kw):  # the lock changes hands while the rows stream
-                if not stolen:
-                    stolen["by"] = _steal(res, ctx.rec)
-                real_progress(*a, **kw)
-            ctx.progress = progress
+            _steal_on_first_progress(res, ctx)  # the lock changes hands while the rows stream
             with pytest.raises(LockLost):
                 wf.export_phase(ctx)
         folder = settings.path(settings.edge_export.export_dir) / guard_table / wf.run_id(res.jobs.get(job_id))
@@ -189,14 +195,7 @@ def test_a_transfer_that_loses_its_lock_leaves_neither_archive_nor_temp(settings
     try:
         with phase(res, job_id, "transfer") as ctx:
             final, tmp = wf.remote_paths(res, ctx.rec)
-            real_progress = ctx.progress
-            stolen = {}
-
-            def progress(*a, **kw):
-                if not stolen:
-                    stolen["by"] = _steal(res, ctx.rec)
-                real_progress(*a, **kw)
-            ctx.progress = progress
+            stolen = _steal_on_first_progress(res, ctx)
             with pytest.raises(LockLost):
                 wf.transfer_phase(ctx)
         assert stolen
