@@ -352,6 +352,16 @@ class PlatformSettings(_Section):
     redis_port: int = Field(6379, description="Redis; an already running one is reused")
     spark_master: str = Field("local[2]", description="master of the local Spark JVM")
     spark_driver_memory: str = Field("2g", description="driver memory of the local Spark JVM")
+    metastore_port: int = Field(1527, description="Derby network server holding the Hive metastore shared by the Spark JVM and drivers in YARN")
+    namenode_port: int = Field(8020, description="HDFS NameNode RPC port (hdfs://127.0.0.1:<port>, what Spark and Hadoop's own client use)")
+    namenode_http_port: int = Field(9870, description="HDFS NameNode HTTP port: WebHDFS, JMX (what the hdfs:// and webhdfs:// storage locations use)")
+    hdfs_control_port: int = Field(9879, description="loopback control port of the local HDFS JVM (stop/start a NameNode or DataNode in fault tests)")
+    datanodes: int = Field(2, ge=1, le=8, description="DataNodes of the local HDFS (replication is min(2, datanodes))")
+    resourcemanager_port: int = Field(8032, description="YARN ResourceManager client port; the scheduler, tracker and admin ports are the three below it and the one above")
+    resourcemanager_http_port: int = Field(8088, description="YARN ResourceManager web/REST port")
+    nodemanager_memory_mb: int = Field(6144, ge=1024, description="memory the local NodeManager offers to containers")
+    nodemanager_vcores: int = Field(4, ge=1, description="vcores the local NodeManager offers (more than the machine's cores: Spark drivers mostly wait)")
+    hadoop_home: Path | None = Field(None, description="where Hadoop's jars are fetched (Maven Central) and the launcher compiled; default <state_dir>/hadoop")
 
 
 class ScheduleEntry(_Section):

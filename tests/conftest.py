@@ -29,6 +29,12 @@ PORT_OFFSET = int(os.environ.get("MB_TEST_PORT_OFFSET", "0"))
 TEST_REDIS_DB = int(os.environ.get("MB_TEST_REDIS_DB", "9"))
 HIVE_PORT, CONNECT_PORT, UI_PORT = 11000 + PORT_OFFSET, 16002 + PORT_OFFSET, 4140 + PORT_OFFSET
 SSH_PORT, SMTP_PORT, TICKET_PORT = 2322 + PORT_OFFSET, 8125 + PORT_OFFSET, 8189 + PORT_OFFSET
+# Real HDFS and YARN (workers/local_hadoop.py): NameNode RPC and HTTP (WebHDFS), the HDFS JVM's control port,
+# ResourceManager client port (scheduler, tracker and admin on 18030, 18031 and 18033) and REST port.
+METASTORE_PORT, NAMENODE_PORT, NAMENODE_HTTP_PORT = 11527 + PORT_OFFSET, 18020 + PORT_OFFSET, 19870 + PORT_OFFSET
+HDFS_CONTROL_PORT, RM_PORT, RM_HTTP_PORT = 19879 + PORT_OFFSET, 18032 + PORT_OFFSET, 18088 + PORT_OFFSET
+NAMENODE_URI = f"hdfs://127.0.0.1:{NAMENODE_PORT}"
+WEBHDFS = f"webhdfs://127.0.0.1:{NAMENODE_HTTP_PORT}"
 
 TEST_CONFIG = {
     "base_dir": str(ROOT),
@@ -65,7 +71,11 @@ TEST_CONFIG = {
     "spark": {"remote": f"sc://127.0.0.1:{CONNECT_PORT}"},
     "platform": {"state_dir": str(STATE / "platform"), "hive_port": HIVE_PORT, "connect_port": CONNECT_PORT,
                  "spark_ui_port": UI_PORT, "ssh_port": SSH_PORT, "smtp_port": SMTP_PORT,
-                 "ticket_port": TICKET_PORT},
+                 "ticket_port": TICKET_PORT, "metastore_port": METASTORE_PORT, "namenode_port": NAMENODE_PORT,
+                 "namenode_http_port": NAMENODE_HTTP_PORT, "hdfs_control_port": HDFS_CONTROL_PORT,
+                 "resourcemanager_port": RM_PORT, "resourcemanager_http_port": RM_HTTP_PORT,
+                 # Hadoop's jars are fetched once into the checkout's platform folder, shared by every session.
+                 "hadoop_home": str(ROOT / ".platform" / "hadoop")},
 }
 
 
@@ -164,6 +174,9 @@ def _stop_leftovers() -> None:
     LEDGER.unlink()
 
 
+PLATFORM_SERVICES = ["metastore", "hdfs", "yarn", "spark", "sshd", "sinks"]
+
+
 @pytest.fixture(scope="session")
 def platform(settings, redis_server):
     """The local platform on test ports, started once, stopped at the end (only what it started).
@@ -176,7 +189,7 @@ def platform(settings, redis_server):
     from workers.platform import LocalPlatform
 
     plat = LocalPlatform(settings)
-    report = plat.up(only=["spark", "sshd", "sinks"], timeout=240)
+    report = plat.up(only=PLATFORM_SERVICES, timeout=240)
     foreign = [name for name, state in report.items() if state.startswith("reused")]
     if foreign:
         raise RuntimeError(f"test ports of {', '.join(foreign)} are taken by processes this session did not start "
@@ -185,7 +198,7 @@ def platform(settings, redis_server):
     LEDGER.parent.mkdir(parents=True, exist_ok=True)
     LEDGER.write_text(json.dumps({"run_dir": str(plat.run_dir)}))
     yield plat
-    plat.down(only=["spark", "sshd", "sinks"])
+    plat.down(only=PLATFORM_SERVICES)
     LEDGER.unlink(missing_ok=True)
 
 

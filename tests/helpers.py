@@ -100,3 +100,18 @@ def backupctl(*args: str, config: Path | None = None, timeout: float = 300) -> s
         env["BACKUP_CONFIG"] = str(config)
     return subprocess.run([sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=Path(__file__).resolve().parent.parent)
+
+
+def hdfs(settings):
+    """The local platform's HDFS over WebHDFS as its superuser (who started the NameNode): for checks and setup."""
+    from storage.webhdfs import WebHdfsBackend
+
+    return WebHdfsBackend(f"http://127.0.0.1:{settings.platform.namenode_http_port}", user=getpass.getuser())
+
+
+def warehouse_folder(table: str) -> str:
+    """HDFS folder of a managed table ``db.table`` in the local platform's warehouse (on HDFS)."""
+    from workers.local_hadoop import WAREHOUSE
+
+    db, name = table.lower().split(".")
+    return f"{WAREHOUSE}/{db}.db/{name}"

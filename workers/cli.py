@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("platform", help="start/stop the embedded local platform")
     p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--only", help="comma-separated services: redis,spark,sshd,sinks")
+    p.add_argument("--only", help="comma-separated services: redis,metastore,hdfs,yarn,spark,sshd,sinks")
     p.set_defaults(func=cmd_platform)
 
     p = sub.add_parser("worker", help="run a Celery worker")

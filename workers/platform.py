@@ -5,9 +5,13 @@
 ``up`` started, by pid.  A Redis already listening on the configured port is
 reused and never stopped.
 
-Services:
-  redis   redis-server (only if none listens already)
-  spark   one JVM from the pyspark wheel serving HiveServer2 and Spark Connect
+Services, started in this order (a service waits for those it needs to be ready):
+  redis      redis-server (only if none listens already)
+  metastore  Derby's network server: the Hive metastore database shared by every Spark JVM
+  hdfs       Hadoop's MiniDFSCluster: a NameNode and DataNodes, WebHDFS on (workers/local_hadoop.py)
+  yarn       Hadoop's MiniYARNCluster: a ResourceManager and a NodeManager
+  spark      one JVM from the pyspark wheel serving HiveServer2 and Spark Connect, its warehouse
+             on HDFS and its metastore the shared one
   sshd    OpenSSH on loopback, generated host and client keys: the edge node
   sinks   SMTP server keeping every message + HTTP ticket receiver (workers/sinks.py)
 """
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from backup.errors import ConfigError, ConnectionFailed
 from config.settings import Settings
+from workers.local_hadoop import WAREHOUSE, LocalHadoop
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
@@ -57,6 +62,19 @@ def wait_for_ports(ports: list[int], timeout: float, proc: subprocess.Popen | No
 class Service:
     name: str
     ports: list[int]
+    needs: tuple[str, ...] = ()  # services that must be ready before this one starts
+
+
+def wait_until_ready(name: str, check, timeout: float, proc: subprocess.Popen | None, log: Path) -> None:
+    """Poll ``check()`` (None when ready, else what is missing) until ready; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while (missing := check()) is not None:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise ConnectionFailed(f"{name} exited with code {proc.returncode} before it was ready; log {log}:\n{tail}")
+        if time.monotonic() > deadline:
+            raise ConnectionFailed(f"{name} not ready after {timeout:.0f}s: {missing} (log: {log})")
+        time.sleep(0.3)
 
 
 class LocalPlatform:
@@ -68,6 +86,8 @@ class LocalPlatform:
         self.state = settings.path(self.p.state_dir).resolve()
         self.run_dir = self.state / "run"
         self.log_dir = self.state / "logs"
+        home = settings.path(self.p.hadoop_home).resolve() if self.p.hadoop_home else None
+        self.hadoop = LocalHadoop(self.p, self.state, home)
 
     # -- bookkeeping -------------------------------------------------------
     def _pidfile(self, name: str) -> Path:
@@ -103,31 +123,67 @@ class LocalPlatform:
         p = self.p
         return [
             Service("redis", [p.redis_port]),
-            Service("spark", [p.hive_port, p.connect_port]),
+            Service("metastore", [p.metastore_port]),
+            Service("hdfs", [p.namenode_port, p.namenode_http_port, p.hdfs_control_port]),
+            Service("yarn", [p.resourcemanager_port, p.resourcemanager_http_port], needs=("hdfs",)),
+            Service("spark", [p.hive_port, p.connect_port], needs=("metastore", "hdfs")),
             Service("sshd", [p.ssh_port]),
             Service("sinks", [p.smtp_port, p.ticket_port]),
         ]
 
     # -- up ------------------------------------------------------------------
     def up(self, only: list[str] | None = None, timeout: float = 180) -> dict[str, str]:
-        """Start every (or the named) service not already running; wait on their ports."""
+        """Start every (or the named) service not already running; wait until each is ready.
+
+        Services start side by side; one that needs another (spark needs hdfs and the metastore)
+        starts once those are ready.  A service's readiness is its ports plus, for hdfs and
+        yarn, what the daemons say of themselves (see ``_ready``).
+        """
         report = {}
-        started: list[tuple[str, subprocess.Popen, list[int]]] = []
-        for svc in self.services():
-            if only and svc.name not in only:
-                continue
+        started: dict[str, subprocess.Popen] = {}
+        ready: set[str] = set()
+        wanted = [svc for svc in self.services() if not only or svc.name in only]
+        if any(svc.name in ("hdfs", "yarn", "metastore") for svc in wanted):
+            self.hadoop.ensure_installed()
+            self.hadoop.write_conf()
+        for svc in wanted:
+            for need in svc.needs:
+                if need in started and need not in ready:
+                    self._wait_ready(self._service(need), started[need], timeout)
+                    ready.add(need)
             if all(port_open(port) for port in svc.ports):
                 report[svc.name] = "running" if self._pid(svc.name) else "reused (not started by us)"
                 continue
             if any(port_open(port) for port in svc.ports):
                 busy = [port for port in svc.ports if port_open(port)]
                 raise ConfigError(f"{svc.name}: port(s) {busy} already taken by another program; change platform ports")
-            proc = getattr(self, f"_start_{svc.name}")()
-            started.append((svc.name, proc, svc.ports))
-        for name, proc, ports in started:
-            wait_for_ports(ports, timeout, proc, self.log_dir / f"{name}.log")
+            started[svc.name] = getattr(self, f"_start_{svc.name}")()
+        for name, proc in started.items():
+            if name not in ready:
+                self._wait_ready(self._service(name), proc, timeout)
             report[name] = "started"
         return report
+
+    def _service(self, name: str) -> Service:
+        return next(svc for svc in self.services() if svc.name == name)
+
+    def _wait_ready(self, svc: Service, proc: subprocess.Popen, timeout: float) -> None:
+        log = self.log_dir / f"{svc.name}.log"
+        wait_for_ports(svc.ports, timeout, proc, log)
+        check = {"hdfs": self.hadoop.hdfs_ready, "yarn": self.hadoop.yarn_ready}.get(svc.name)
+        if check is not None:
+            wait_until_ready(svc.name, check, timeout, proc, log)
+
+    def _start_metastore(self) -> subprocess.Popen:
+        return self._spawn("metastore", self.hadoop.metastore_command(), cwd=self.state / "metastore")
+
+    def _start_hdfs(self) -> subprocess.Popen:
+        self.hadoop.ready_file("hdfs").unlink(missing_ok=True)
+        return self._spawn("hdfs", self.hadoop.hdfs_command(), env=self.hadoop.daemon_env())
+
+    def _start_yarn(self) -> subprocess.Popen:
+        self.hadoop.ready_file("yarn").unlink(missing_ok=True)
+        return self._spawn("yarn", self.hadoop.yarn_command(), env=self.hadoop.daemon_env(), cwd=self.hadoop.yarn_dir())
 
     def _start_redis(self) -> subprocess.Popen:
         exe = shutil.which("redis-server")
@@ -145,12 +201,11 @@ class LocalPlatform:
 
     def _start_spark(self) -> subprocess.Popen:
         home = self.spark_home()
-        warehouse = self.state / "spark" / "warehouse"
-        derby = self.state / "spark" / "derby"
-        warehouse.mkdir(parents=True, exist_ok=True)
-        derby.mkdir(parents=True, exist_ok=True)
+        (self.state / "spark").mkdir(parents=True, exist_ok=True)
+        # HADOOP_CONF_DIR: hdfs:// paths reach the local HDFS; its hive-site names the shared metastore.
         env = dict(os.environ, SPARK_HOME=str(home), PYSPARK_PYTHON=sys.executable,
-                   SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(self.log_dir))
+                   SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(self.log_dir),
+                   HADOOP_CONF_DIR=str(self.hadoop.conf_dir))
         argv = [
             str(home / "bin" / "spark-submit"),
             "--class", "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2",
@@ -160,15 +215,15 @@ class LocalPlatform:
             "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
             "--conf", f"spark.connect.grpc.binding.port={self.p.connect_port}",
             "--conf", f"spark.ui.port={self.p.spark_ui_port}",
-            "--conf", f"spark.sql.warehouse.dir={warehouse}",
+            "--conf", f"spark.sql.warehouse.dir={self.hadoop.namenode_uri}{WAREHOUSE}",
+            "--driver-class-path", str(self.hadoop.derby_client_jar),
             "--conf", f"spark.hadoop.hive.server2.thrift.port={self.p.hive_port}",
             "--conf", "spark.hadoop.hive.server2.thrift.bind.host=127.0.0.1",
             "--conf", "spark.hadoop.hive.server2.authentication=NOSASL",
             "--conf", "spark.sql.shuffle.partitions=4",
-            "--driver-java-options", f"-Dderby.system.home={derby}",
             "spark-internal",
         ]
-        # The metastore_db folder is created in the working directory: keep it in the state folder.
+        # What Spark leaves in its working directory (derby.log, spark-warehouse of a misconfigured run) stays here.
         return self._spawn("spark", argv, env=env, cwd=self.state / "spark")
 
     def ssh_dir(self) -> Path:

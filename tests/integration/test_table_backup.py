@@ -24,7 +24,7 @@ from backup.resources import Resources
 from backup.runner import fail_job, phase
 from config.settings import load_settings
 from tests.conftest import CONFIG_PATH, STATE, write_config
-from tests.helpers import backupctl, enqueue, wait_job
+from tests.helpers import backupctl, enqueue, hdfs, wait_job, warehouse_folder
 
 pytestmark = pytest.mark.integration
 
@@ -116,11 +116,6 @@ def assert_same_rows(got: list[tuple], expected: list[tuple]) -> None:
         assert (g[5] is None) if e[5] is None else g[5] == pytest.approx(e[5])
 
 
-def warehouse(settings) -> Path:
-    """The local platform's Spark warehouse folder."""
-    return settings.path(settings.platform.state_dir) / "spark" / "warehouse"
-
-
 def tables_of(settings, prefix: str) -> set[str]:
     return {r[1] for r in query(settings, f"SHOW TABLES IN {DB}") if r[1].startswith(prefix)}
 
@@ -147,7 +142,7 @@ def run_phases(res: Resources, job_id: str) -> dict:
 
 
 def backup_inprocess(res: Resources, table: str, source: Path, **kwargs) -> dict:
-    rec = wf.submit(res, table, str(source), **kwargs)
+    rec = wf.submit(res, table, source.as_uri(), **kwargs)
     assert rec["state"] == "queued", rec
     return run_phases(res, rec["job_id"])
 
@@ -173,7 +168,7 @@ def test_backup_through_worker_read_back_with_impyla(settings, res, worker, cele
     table = new_live(settings, "traffic_main")
     rows = good_rows(3000)
     src = write_files(files / "main", rows)
-    job_id = enqueue(celery_app, "backup.table_backup", table=table, source=str(src))
+    job_id = enqueue(celery_app, "backup.table_backup", table=table, source=src.as_uri())
     rec = wait_job(res, job_id, timeout=240)
     assert rec["state"] == "success", rec
     out = rec["outputs"]
@@ -202,7 +197,7 @@ def test_backup_through_worker_read_back_with_impyla(settings, res, worker, cele
     # generation (a query that started on it finishes on it) until the next run drops it.
     rows2 = good_rows(500, first_id=10_000)
     src2 = write_files(files / "main2", rows2, parts=1)
-    cli = backupctl("run", "table-backup", table, "--source", str(src2), "--wait", "--json", config=CONFIG_PATH)
+    cli = backupctl("run", "table-backup", table, "--source", src2.as_uri(), "--wait", "--json", config=CONFIG_PATH)
     assert cli.returncode == 0, cli.stderr
     rec2 = json.loads(cli.stdout)
     data1, data2 = data.split(".")[1], rec2["outputs"]["data_table"].split(".")[1]
@@ -236,7 +231,7 @@ def test_bad_requests_fail_before_any_phase(settings, res, worker, celery_app):
 
 def test_unknown_table_is_fatal_not_retried(settings, res, worker, celery_app, files):
     src = write_files(files / "unknown", good_rows(20), parts=1)
-    rec = wait_job(res, enqueue(celery_app, "backup.table_backup", table=f"{DB}.no_such_table", source=str(src)))
+    rec = wait_job(res, enqueue(celery_app, "backup.table_backup", table=f"{DB}.no_such_table", source=src.as_uri()))
     assert rec["state"] == "failed" and rec["phase"] == "validate", rec
     assert rec["error"].startswith("NotFound:") and "no_such_table" in rec["error"]
     assert next(p for p in rec["phases"] if p["name"] == "validate")["attempts"] == 1
@@ -289,7 +284,8 @@ def test_rejects_listed_with_reasons_and_ratio_enforced(settings, res, files):
     assert tables_of(settings, "traffic_rejects_bkp__") == {out["data_table"].split(".")[1]}, "staging dropped"
     # The malformed lines stopped the first (FAILFAST) write; dropping the staging table removed its folder too.
     staging = wf.names_of(failed).data.table.lower()
-    assert not (warehouse(settings) / f"{DB}.db" / staging).exists()
+    with hdfs(settings) as fs:
+        assert fs.stat(warehouse_folder(f"{DB}.{staging}")) is None
     assert dict(query(settings, f"SHOW TBLPROPERTIES {table}_bkp_rejects"))[wf.PROP_REJECTS_ROWS] == "7"
 
     # A clean run empties the rejects table: it holds the latest run's rejects only.
@@ -324,7 +320,7 @@ def test_failure_between_staging_and_swap_keeps_previous_backup(settings, res, b
 
     monkeypatch.setattr(wf, "swap_view", unreachable)
     src = write_files(files / "swap-fails", good_rows(400, first_id=50_000), parts=1)
-    rec = wf.submit(res, baseline["table"], str(src))
+    rec = wf.submit(res, baseline["table"], src.as_uri())
     staging = wf.names_of(rec).data
     with pytest.raises(ConnectionFailed, match="injected") as e:
         for name in wf.PHASES:
@@ -412,7 +408,7 @@ def test_a_date_fixed_between_the_reads_is_taken_as_the_files_changing(settings,
         return original(spark, names, rejected, job_id)
 
     monkeypatch.setattr(wf, "write_rejects", fix_then_write)
-    rec = wf.submit(tolerant, baseline["table"], str(src))
+    rec = wf.submit(tolerant, baseline["table"], src.as_uri())
     with pytest.raises(SourceChanged, match="a row without a valid date was written, then every date was valid"):
         run_phases(tolerant, rec["job_id"])
     final = tolerant.jobs.get(rec["job_id"])
@@ -488,19 +484,19 @@ def test_every_pass_decides_every_line_alike(res, files):
     with res.spark().session() as spark:
         schema = spark.createDataFrame([], LIVE_DDL.split(" USING")[0].strip("()")).schema
         # Every column read, as the load's write does (the reader checks only the columns a query reads).
-        kept = {r.msisdn for r in wf.accepted_rows(spark, str(src), schema, cfg, strict=False).collect()}
-        explained = wf.explained_lines(spark, str(src), schema, cfg).select("msisdn", "_ok", "_reason", "_kind") \
+        kept = {r.msisdn for r in wf.accepted_rows(spark, src.as_uri(), schema, cfg, strict=False).collect()}
+        explained = wf.explained_lines(spark, src.as_uri(), schema, cfg).select("msisdn", "_ok", "_reason", "_kind") \
             .collect()
-        sampled = [r["_ok"] for r in wf.sample_verdicts(spark, str(src), schema, cfg, 1000).collect()]
-        lines = wf.data_lines(spark, str(src)).count()
+        sampled = [r["_ok"] for r in wf.sample_verdicts(spark, src.as_uri(), schema, cfg, 1000).collect()]
+        lines = wf.data_lines(spark, src.as_uri()).count()
         csv_rows = spark.read.options(**wf.csv_options(cfg)).schema(wf.read_ddl(schema, cfg, as_strings=True)) \
-            .csv(str(src)).count()
+            .csv(src.as_uri()).count()
         # The strict read over the lines that are not malformed: a row for each, no year where the date is bad.
         fine = [line for line, r in zip(EDGE_LINES, explained) if not (r["_kind"] or "").startswith(("quote", "fields",
                                                                                                          "type", "malformed"))]
         (files / "edges-fine").mkdir()
         (files / "edges-fine" / "part-000.csv").write_text("\n".join(fine + BLANK_LINES) + "\n", encoding="utf-8")
-        strict_rows = wf.accepted_rows(spark, str(files / "edges-fine"), schema, cfg, strict=True).collect()
+        strict_rows = wf.accepted_rows(spark, (files / "edges-fine").as_uri(), schema, cfg, strict=True).collect()
         strict = {r.msisdn for r in strict_rows if r.year_part is not None}
         undated = {r.msisdn for r in strict_rows if r.year_part is None}
         # FAILFAST over each malformed line (between two good ones): fails.
@@ -510,7 +506,7 @@ def test_every_pass_decides_every_line_alike(res, files):
             folder.mkdir()
             (folder / "part-000.csv").write_text("\n".join([EDGE_LINES[0], line, EDGE_LINES[1]]) + "\n", encoding="utf-8")
             with pytest.raises(Exception, match="MALFORMED_RECORD_IN_PARSING"):
-                wf.accepted_rows(spark, str(folder), schema, cfg, strict=True).collect()
+                wf.accepted_rows(spark, folder.as_uri(), schema, cfg, strict=True).collect()
     assert lines == len(explained) == csv_rows == len(EDGE_LINES)
     assert [r.msisdn for r in explained] == [line.split(";")[1] for line in EDGE_LINES]  # file order
     assert kept == strict == {r.msisdn for r in explained if r["_ok"]}
@@ -547,7 +543,7 @@ def test_blank_lines_are_neither_rows_nor_rejects(settings, res, files):
 
 def test_staging_table_gone_before_the_switch_fails_and_keeps_the_backup(settings, res, baseline, files):
     src = write_files(files / "staging-gone", good_rows(60, first_id=80_000), parts=1)
-    rec = wf.submit(res, baseline["table"], str(src))
+    rec = wf.submit(res, baseline["table"], src.as_uri())
     with pytest.raises(BackupError, match=r"staging table .* is gone") as e:
         for name in wf.PHASES:
             with phase(res, rec["job_id"], name) as ctx:
@@ -572,7 +568,7 @@ def test_lines_removed_between_the_rejects_and_the_rows_fail_the_load_retryably(
             path.write_text("\n".join(path.read_text().splitlines()[:150]) + "\n")
 
     monkeypatch.setattr(wf, "write_rejects", write_then_cut)
-    rec = wf.submit(tolerant, baseline["table"], str(src))
+    rec = wf.submit(tolerant, baseline["table"], src.as_uri())
     with pytest.raises(SourceChanged, match=r"changed during the load: 200 lines accepted, then 149 rows loaded"):
         run_phases(tolerant, rec["job_id"])
     assert not tables_of(settings, wf.names_of(rec).data.table.lower()), "staging dropped"
@@ -602,9 +598,10 @@ def test_what_a_failed_write_leaves_in_the_staging_folder_neither_blocks_nor_sta
 
     def strict_then_litter(self):
         error = original(self)
-        folder = warehouse(settings) / f"{DB}.db" / self.names.data.table.lower()
-        (folder / "_temporary" / "0").mkdir(parents=True, exist_ok=True)
-        (folder / "_temporary" / "0" / "part-00001-killed-task.snappy.parquet").write_bytes(b"half a file")
+        folder = warehouse_folder(f"{self.names.data.db}.{self.names.data.table}")
+        with hdfs(settings) as fs:
+            fs.mkdir(f"{folder}/_temporary/0")
+            fs._create(f"{folder}/_temporary/0/part-00001-killed-task.snappy.parquet", [b"half a file"])
         folders.append(folder)
         return error
 
@@ -616,18 +613,20 @@ def test_what_a_failed_write_leaves_in_the_staging_folder_neither_blocks_nor_sta
     rec = backup_inprocess(tolerant, table, src)
     assert rec["state"] == "success" and rec["outputs"]["rows_rejected"] == 1, rec
     assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
-    assert not (folders[0] / "_temporary").exists()
+    with hdfs(settings) as fs:
+        assert fs.stat(f"{folders[0]}/_temporary") is None
 
     with pytest.raises(RejectsExceeded):
         backup_inprocess(res, table, src)
-    assert not folders[1].exists(), "the failed run's staging folder, litter included, is gone"
+    with hdfs(settings) as fs:
+        assert fs.stat(folders[1]) is None, "the failed run's staging folder, litter included, is gone"
 
 
 def test_a_run_validated_by_an_earlier_version_still_loads(settings, res, files):
     """Job records written by the previous validate (no schema or catalog state in them) are loaded all the same."""
     table = new_live(settings, "traffic_upgrade")
     rows = good_rows(80)
-    rec = wf.submit(res, table, str(write_files(files / "upgrade", rows, parts=1)))
+    rec = wf.submit(res, table, write_files(files / "upgrade", rows, parts=1).as_uri())
     for name in wf.PHASES:
         with phase(res, rec["job_id"], name) as ctx:
             if name == "load":
@@ -682,7 +681,7 @@ def test_a_retried_load_empties_the_rejects_an_earlier_attempt_wrote(settings, r
         write_files(src, rows[:150], parts=1)  # the producer rewrites the file between the two reads
 
     monkeypatch.setattr(wf, "write_rejects", write_then_cut)
-    rec = wf.submit(tolerant, table, str(src))
+    rec = wf.submit(tolerant, table, src.as_uri())
     for name in ("lock", "validate"):
         with phase(tolerant, rec["job_id"], name) as ctx:
             wf.PHASE_FUNCS[name](ctx)
@@ -705,7 +704,7 @@ def test_a_load_redelivered_after_its_switch_leaves_the_backup_alone(settings, r
     """Late acks: a worker that dies after the load sent the write may have its load delivered again."""
     table = new_live(settings, "traffic_redelivered")
     rows = good_rows(90)
-    rec = wf.submit(res, table, str(write_files(files / "redelivered", rows, parts=1)))
+    rec = wf.submit(res, table, write_files(files / "redelivered", rows, parts=1).as_uri())
     for name in ("lock", "validate", "load", "write"):
         with phase(res, rec["job_id"], name) as ctx:
             wf.PHASE_FUNCS[name](ctx)
