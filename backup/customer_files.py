@@ -53,6 +53,7 @@ from backup.runner import PhaseContext, end_unsuccessfully, finish_job, take_loc
 from config.settings import CustomerFilesSettings, Settings
 from storage import StorageBackend, open_backend
 from storage.base import FileStat, is_temp_name, iter_chunks
+from storage.hdfs_checksum import ChecksumSpec, HdfsChecksummer, matches
 
 log = logging.getLogger(__name__)
 
@@ -396,14 +397,18 @@ class SourceFailed(Exception):
     """The source could not be read to the end (wrapped so writers abort)."""
 
 
-def read_once(stream, feeds: list[_Feed], on_bytes: Callable[[int], None]) -> dict:
-    """Read ``stream`` once: hash it, count its records and feed every destination; returns the totals."""
+def read_once(stream, feeds: list[_Feed], on_bytes: Callable[[int], None],
+              checksummers: list[HdfsChecksummer] = ()) -> dict:
+    """Read ``stream`` once: hash it, count its records, compute the HDFS file checksums of
+    ``checksummers`` and feed every destination; returns the totals."""
     digest = hashlib.sha256()
     counter = RecordCounter()
     try:
         for chunk in iter_chunks(stream):
             digest.update(chunk)
             counter.update(chunk)
+            for checksummer in checksummers:
+                checksummer.update(chunk)
             for feed in feeds:
                 feed.queue.put(chunk)
             on_bytes(len(chunk))
@@ -431,6 +436,7 @@ class _Transfer:
     targets: dict[str, str] = field(default_factory=dict)  # role -> path, for destinations still in play
     found: dict[str, FileStat] = field(default_factory=dict)  # role -> the file there (written now or before)
     written: set = field(default_factory=set)  # roles written by this pass
+    checksums: dict[str, tuple[ChecksumSpec, dict]] = field(default_factory=dict)  # role -> HDFS file checksums
 
 
 def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
@@ -459,10 +465,11 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
             t.found[dest.role] = existing
     feeds: dict[str, _Feed] = {}
     backends = {d.role: d.backend for d in dests}
+    checksummers = _checksummers({role: backends[role] for role in t.targets})
     try:
         with source.open_read(item["path"]) as stream:
             feeds = {role: _Feed(backends[role], path) for role, path in t.targets.items() if role not in t.found}
-            totals = read_once(stream, list(feeds.values()), on_bytes)
+            totals = read_once(stream, list(feeds.values()), on_bytes, list(set(checksummers.values())))
         after = source.stat(item["path"])
         if after is None or (after.size, after.mtime) != (item["size"], item["mtime"]) \
                 or totals["bytes"] != item["size"]:
@@ -476,6 +483,7 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
         t.targets.clear()
         return t
     t.result.update(totals)
+    t.checksums = {role: (c.spec, c.results()) for role, c in checksummers.items()}
     for role, feed in feeds.items():
         if isinstance(feed.outcome, FileStat):
             t.found[role] = feed.outcome
@@ -488,6 +496,17 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
     return t
 
 
+def _checksummers(backends: dict[str, StorageBackend]) -> dict[str, HdfsChecksummer]:
+    """Per HDFS destination whose file checksum this process can compute: its checksummer (one per spec)."""
+    by_spec: dict[ChecksumSpec, HdfsChecksummer] = {}
+    out = {}
+    for role, backend in backends.items():
+        spec = backend.checksum_spec()
+        if isinstance(spec, ChecksumSpec) and spec.computable() is None:
+            out[role] = by_spec.setdefault(spec, HdfsChecksummer(spec))
+    return out
+
+
 def _discard(backend: StorageBackend, path: str) -> None:
     """Delete a copy we published ourselves and must take back (best effort)."""
     try:
@@ -496,12 +515,65 @@ def _discard(backend: StorageBackend, path: str) -> None:
         log.warning("could not remove %s: %s", backend.uri(path), e.one_line())
 
 
+def _verify_by_file_checksum(transfers: list[_Transfer], dest: Destination) -> list[_Transfer]:
+    """Verify copies on HDFS against the cluster's file checksum (no data read back); the transfers left to read back.
+
+    A copy whose checksum the cluster computes in a way we did not (another block size or
+    bytes-per-checksum, a combine mode we do not know) is read back instead, and its result says why.
+    """
+    left = []
+    for t in transfers:
+        if dest.role not in t.checksums:
+            left.append(t)
+            continue
+        spec, computed = t.checksums[dest.role]
+        path = t.targets[dest.role]
+        try:
+            reported, block_size = dest.backend.file_checksum(path)
+        except BackupError as e:
+            t.states[dest.role] = "failed"
+            t.errors.append(f"{dest.role}: {dest.fail(e)}")
+            continue
+        verdict = matches(computed, reported) if block_size in (spec.block_size, 0) else None
+        verified = t.result.setdefault("verified_by", {})
+        if verdict is None:
+            verified[dest.role] = (f"read back: the cluster's checksum {reported.get('algorithm')} with block size "
+                                   f"{block_size} is not the {spec.crc}/{spec.bytes_per_crc}/{spec.block_size} one "
+                                   f"computed while copying")
+            left.append(t)
+            continue
+        verified[dest.role] = f"hdfs file checksum {reported.get('algorithm')}"
+        if verdict:
+            t.states[dest.role] = "copied" if dest.role in t.written else "present"
+        else:
+            _mismatch(t, dest, f"HDFS file checksum {reported.get('algorithm')} differs")
+    return left
+
+
+def _mismatch(t: _Transfer, dest: Destination, differs: str) -> None:
+    """A copy that is not the source: ours is removed, someone else's is left alone; both fail the file."""
+    uri = dest.backend.uri(t.targets[dest.role])
+    t.states[dest.role] = "failed"
+    if dest.role in t.written:
+        _discard(dest.backend, t.targets[dest.role])  # our own copy from a moment ago, and a wrong one
+        error = ChecksumMismatch(f"{uri} does not match the source ({differs}); removed")
+    else:
+        error = AlreadyExists(f"a different file is already at {uri} ({differs}); not overwritten")
+    t.errors.append(f"{dest.role}: {error.one_line()}")
+
+
 def _verify(transfers: list[_Transfer], dest: Destination) -> None:
-    """Check size and SHA-256 of every file of ``transfers`` at ``dest``, with one batch of checksums."""
+    """Check size and checksum of every file of ``transfers`` at ``dest``: on HDFS the cluster's file
+    checksum where it can be matched, else SHA-256 read back in one batch."""
     mine = [t for t in transfers if dest.role in t.targets]
     if not mine:
         return
     sizes_ok = [t for t in mine if t.found[dest.role].size == t.result["bytes"]]
+    for t in mine:
+        if t not in sizes_ok:
+            _mismatch(t, dest, f"{t.found[dest.role].size} bytes instead of {t.result['bytes']}")
+    sizes_ok = _verify_by_file_checksum(sizes_ok, dest)
+    mine = sizes_ok
     try:
         digests = dest.backend.sha256_many([t.targets[dest.role] for t in sizes_ok]) if sizes_ok else {}
     except ConnectionFailed as e:
@@ -526,17 +598,9 @@ def _verify(transfers: list[_Transfer], dest: Destination) -> None:
             continue
         if got == t.result["sha256"]:
             t.states[dest.role] = "copied" if dest.role in t.written else "present"
+            t.result.setdefault("verified_by", {}).setdefault(dest.role, "sha256 read back")
             continue
-        uri = dest.backend.uri(path)
-        differs = (f"sha256 {got[:12]}… instead of {t.result['sha256'][:12]}…" if got else
-                   f"{t.found[dest.role].size} bytes instead of {t.result['bytes']}")
-        t.states[dest.role] = "failed"
-        if dest.role in t.written:
-            _discard(dest.backend, path)  # our own copy from a moment ago, and a wrong one
-            error = ChecksumMismatch(f"{uri} does not match the source ({differs}); removed")
-        else:
-            error = AlreadyExists(f"a different file is already at {uri} ({differs}); not overwritten")
-        t.errors.append(f"{dest.role}: {error.one_line()}")
+        _mismatch(t, dest, f"sha256 {got[:12]}… instead of {t.result['sha256'][:12]}…" if got else "unreadable")
 
 
 def copy_files(items: list[dict], source_of: Callable[[dict], StorageBackend], dests: list[Destination],

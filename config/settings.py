@@ -356,6 +356,7 @@ class PlatformSettings(_Section):
     namenode_port: int = Field(8020, description="HDFS NameNode RPC port (hdfs://127.0.0.1:<port>, what Spark and Hadoop's own client use)")
     namenode_http_port: int = Field(9870, description="HDFS NameNode HTTP port: WebHDFS, JMX (what the hdfs:// and webhdfs:// storage locations use)")
     hdfs_control_port: int = Field(9879, description="loopback control port of the local HDFS JVM (stop/start a NameNode or DataNode in fault tests)")
+    hdfs_user: str = Field("mediation", pattern=r"^[a-z_][a-z0-9_-]{0,31}$", description="HDFS user owning /backup and /data on the local HDFS: the embedded config writes as this user, not as the superuser")
     datanodes: int = Field(2, ge=1, le=8, description="DataNodes of the local HDFS (replication is min(2, datanodes))")
     resourcemanager_port: int = Field(8032, description="YARN ResourceManager client port; the scheduler, tracker and admin ports are the three below it and the one above")
     resourcemanager_http_port: int = Field(8088, description="YARN ResourceManager web/REST port")

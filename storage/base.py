@@ -161,6 +161,15 @@ class StorageBackend(abc.ABC):
         """Hex SHA-256 of several files, by path; backends with a cheaper batch form override it."""
         return {path: self.sha256(path) for path in paths}
 
+    def checksum_spec(self):
+        """How the storage checksums new files, where it keeps a file checksum computable while copying
+        (HDFS: ``storage.hdfs_checksum.ChecksumSpec``), or a string saying why it is unknown; None: it keeps none."""
+        return None
+
+    def file_checksum(self, path: str) -> tuple[dict, int]:
+        """The storage's own checksum of ``path`` and its block size (backends whose checksum_spec is not None)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no file checksums")
+
     def write_atomic(self, path: str, chunks: Iterable[bytes], *, overwrite: bool = False) -> FileStat:
         """Write ``chunks`` to ``path`` so readers see all of it or nothing.
 

@@ -12,6 +12,7 @@ from urllib.parse import quote, unquote, urlsplit
 import requests
 import urllib3.exceptions
 from hdfs import InsecureClient
+from hdfs.client import _Request
 from hdfs.util import HdfsError
 
 from backup.errors import (
@@ -27,6 +28,7 @@ from backup.errors import (
     classify,
 )
 from storage.base import MappedReadStream, READ_CHUNK, FileStat, StorageBackend, check_path
+from storage.hdfs_checksum import CHECKSUM_TYPES, ChecksumSpec
 
 DEFAULT_PORT = 9870  # the namenode's HTTP port since Hadoop 3
 DEFAULT_TIMEOUT = (10.0, 300.0)  # (connect, read) seconds; never hang a worker
@@ -56,6 +58,12 @@ _TRANSPORT_ERRORS = (
     requests.exceptions.ChunkedEncodingError,
     urllib3.exceptions.HTTPError,
 )
+
+
+class _Client(InsecureClient):
+    """HdfsCLI's client plus the one operation it lacks (its metaclass turns the name into GETSERVERDEFAULTS)."""
+
+    _get_server_defaults = _Request("GET")
 
 
 def _from_hdfs_error(e: HdfsError, what: str) -> BackupError:
@@ -98,9 +106,14 @@ class WebHdfsBackend(StorageBackend):
         user: str | None = None,
         kerberos: bool = False,
         timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+        block_size: int | None = None,
     ) -> None:
         self._netloc = urlsplit(namenode_url).netloc
         self._session = requests.Session()
+        if block_size is not None and (not isinstance(block_size, int) or block_size <= 0):
+            raise ConfigError(f"WebHDFS block_size must be a positive number of bytes, got {block_size!r}")
+        self._block_size = block_size  # None: the cluster's default (dfs.blocksize)
+        self._spec: ChecksumSpec | str | None = None
         if kerberos:
             if user:
                 # user.name would be ignored, and doas (proxy) needs cluster-side
@@ -117,16 +130,16 @@ class WebHdfsBackend(StorageBackend):
                 ) from e
             self._client = KerberosClient(namenode_url, session=self._session, timeout=timeout)
         else:
-            self._client = InsecureClient(namenode_url, user=user, session=self._session, timeout=timeout)
+            self._client = _Client(namenode_url, user=user, session=self._session, timeout=timeout)
 
     @classmethod
     def from_url(cls, url: str, **options) -> tuple[WebHdfsBackend, str]:
         """Build from ``webhdfs://[user@]host[:port]/path`` (``hdfs://`` alike).
 
         The port is the namenode's HTTP port (default 9870), not its RPC port.
-        Options: ``user``, ``kerberos`` (bool), ``timeout``.
+        Options: ``user``, ``kerberos`` (bool), ``timeout``, ``block_size`` (of new files).
         """
-        unknown = set(options) - {"user", "kerberos", "timeout"}
+        unknown = set(options) - {"user", "kerberos", "timeout", "block_size"}
         if unknown:
             raise ConfigError(f"unknown WebHDFS option(s): {sorted(unknown)}")
         parts = urlsplit(url)
@@ -244,10 +257,39 @@ class WebHdfsBackend(StorageBackend):
             except Exception as e:
                 source_errors.append(e)
 
+        spec = self.checksum_spec()
+        block_size = spec.block_size if isinstance(spec, ChecksumSpec) else self._block_size
         with _hdfs_errors(f"write {self.uri(path)}"):
-            self._client.write(path, data=guarded(), overwrite=False)
+            self._client.write(path, data=guarded(), overwrite=False, blocksize=block_size)
         if source_errors:
             raise source_errors[0]
+
+    def checksum_spec(self) -> ChecksumSpec | str:
+        """How the files this backend writes are checksummed by the cluster, or why that is unknown.
+
+        From the NameNode's server defaults (GETSERVERDEFAULTS: checksum type and bytes per
+        checksum, the default block size unless ``block_size`` is set), asked once.  New files
+        are written with exactly this block size, so their file checksum can be computed locally.
+        """
+        if self._spec is None:
+            try:
+                with _hdfs_errors(f"server defaults of {self.uri('/')}"):
+                    defaults = self._client._get_server_defaults("/").json()["FsServerDefaults"]
+                crc = CHECKSUM_TYPES.get(defaults.get("checksumType"), f"type {defaults.get('checksumType')}")
+                self._spec = ChecksumSpec(self._block_size or int(defaults["blockSize"]),
+                                          int(defaults["bytesPerChecksum"]), crc)
+            except (NotFound, InvalidInput, FatalError, KeyError, ValueError, TypeError) as e:
+                # An older NameNode without GETSERVERDEFAULTS: verify by reading back.
+                self._spec = f"the NameNode did not give its checksum settings ({e})"
+        return self._spec
+
+    def file_checksum(self, path: str) -> tuple[dict, int]:
+        """The cluster's file checksum of ``path`` (GETFILECHECKSUM: computed by the DataNodes from their
+        CRC files, the data is not sent) and the file's block size."""
+        path = self._checked(path)
+        with _hdfs_errors(f"checksum {self.uri(path)}"):
+            status = self._client.status(path)
+            return self._client.checksum(path), int(status.get("blockSize") or 0)
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

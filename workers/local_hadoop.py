@@ -248,6 +248,25 @@ class LocalHadoop:
             return "no NodeManager registered with the ResourceManager yet"
         return None
 
+    def fs_shell(self, *args: str, user: str | None = None, check: bool = True,
+                 timeout: float = 120) -> subprocess.CompletedProcess:
+        """Hadoop's own client (``FsShell``: what ``hdfs dfs`` runs) on the local HDFS, as ``user``."""
+        env = dict(self.daemon_env(), HADOOP_USER_NAME=user or _superuser())
+        # HADOOP_CONF_DIR first on the class path, as Hadoop's own scripts put it.
+        done = subprocess.run([self.java(), "-Xmx256m", "-cp", f"{self.conf_dir}:{self.lib}/*",
+                               "-Dorg.slf4j.simpleLogger.defaultLogLevel=error", "org.apache.hadoop.fs.FsShell", *args],
+                              capture_output=True, env=env, timeout=timeout)
+        if check and done.returncode != 0:
+            raise ConnectionFailed(f"hdfs dfs {' '.join(args)}: exit {done.returncode}: "
+                                   f"{done.stderr.decode(errors='replace')[-1000:]}")
+        return done
+
+    def prepare_hdfs(self, user: str) -> None:
+        """The folders the embedded config writes to, owned by ``user`` (not the superuser: permissions apply)."""
+        self.fs_shell("-mkdir", "-p", "/backup/customers", "/data/mnaas", "/tmp", WAREHOUSE)
+        self.fs_shell("-chmod", "1777", "/tmp")
+        self.fs_shell("-chown", "-R", user, "/backup", "/data")
+
     def control(self, action: str) -> dict:
         """POST a control action to the HDFS JVM (``namenode/stop``, ``datanode/1/start``...); its new state."""
         request = urllib.request.Request(f"http://127.0.0.1:{self.p.hdfs_control_port}/{action}", data=b"",
@@ -257,6 +276,13 @@ class LocalHadoop:
                 return json.loads(reply.read())
         except urllib.error.HTTPError as e:
             raise ConnectionFailed(f"local HDFS control {action}: {e.code} {e.read()[:500]!r}") from e
+
+
+def _superuser() -> str:
+    """Who started the NameNode: HDFS's superuser."""
+    import getpass
+
+    return getpass.getuser()
 
 
 def _get_json(url: str) -> dict:

@@ -162,6 +162,8 @@ class LocalPlatform:
             if name not in ready:
                 self._wait_ready(self._service(name), proc, timeout)
             report[name] = "started"
+        if "hdfs" in started:
+            self.hadoop.prepare_hdfs(self.p.hdfs_user)
         return report
 
     def _service(self, name: str) -> Service:

@@ -43,6 +43,14 @@ def _webhdfs(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict]]:
 
 
 @contextlib.contextmanager
+def _hdfs(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict]]:
+    """The local platform's real HDFS (MiniDFSCluster) through WebHDFS, as an ordinary user in a folder it owns."""
+    request.getfixturevalue("platform")
+    yield f"hdfs://127.0.0.1:{request.getfixturevalue('hdfs_home').port}{HDFS_HOME}/{uuid.uuid4().hex}", \
+        {"user": HDFS_USER}
+
+
+@contextlib.contextmanager
 def _sftp(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict]]:
     platform = request.getfixturevalue("platform")  # the local platform's sshd
     settings = request.getfixturevalue("settings")
@@ -60,9 +68,30 @@ Factory = Callable[[pytest.FixtureRequest], contextlib.AbstractContextManager[tu
 
 BACKENDS: dict[str, Factory] = {
     "local": _local,
-    "webhdfs": _webhdfs,
+    "hdfs": _hdfs,
+    "webhdfs-test-server": _webhdfs,
     "sftp": _sftp,
 }
+
+# Not the superuser (who started the NameNode): permissions are checked for every call, as in production.
+HDFS_USER = "backup"
+HDFS_HOME = "/conformance"
+
+
+@dataclass
+class HdfsHome:
+    port: int
+
+
+@pytest.fixture(scope="session")
+def hdfs_home(platform, settings) -> HdfsHome:
+    """A folder on the local HDFS owned by HDFS_USER, made by the superuser."""
+    from tests.helpers import hdfs
+
+    with hdfs(settings) as admin:
+        admin.mkdir(HDFS_HOME)
+        admin._client.set_owner(HDFS_HOME, owner=HDFS_USER)
+    return HdfsHome(settings.platform.namenode_http_port)
 
 
 @pytest.fixture(scope="session")
