@@ -227,3 +227,38 @@ def test_customer_files_into_hdfs_checked_with_hadoops_own_client(settings, plat
 def _counts(res) -> list[tuple]:
     with res.hive() as hive:
         return hive.query("SELECT file_name, records FROM mnaas_test.cf_hdfs_count")
+
+
+# -- table-backup reading its CSV folder from HDFS (seed 000) ------------------------------------
+
+def _upload_csv(settings, folder: str, rows: list[tuple], parts: int = 2) -> None:
+    from tests.integration.test_table_backup import csv_line
+
+    lines = [csv_line(r[:8]) for r in rows]
+    size = -(-len(lines) // parts)
+    with as_user(settings) as fs:
+        fs.mkdir(folder)
+        for p in range(parts):
+            fs.write_atomic(f"{folder}/part-{p:03d}.csv",
+                            ["\n".join(lines[p * size:(p + 1) * size]).encode() + b"\n"])
+
+
+@pytest.mark.parametrize("spelling", ["hdfs:///", "hdfs://127.0.0.1:{port}/"])
+def test_table_backup_reads_its_source_folder_from_hdfs(settings, platform, home, worker, celery_app, res, spelling):
+    from tests.helpers import enqueue, wait_job
+    from tests.integration.test_table_backup import DB, assert_same_rows, backup_rows, execute, good_rows, new_live
+
+    execute(settings, f"CREATE DATABASE IF NOT EXISTS {DB}")
+    table = new_live(settings, f"traffic_hdfs_{'short' if spelling == 'hdfs:///' else 'full'}")
+    rows = good_rows(1500)
+    folder = f"{home}/traffic/details-{table.split('.')[1]}"
+    _upload_csv(settings, folder, rows)
+    source = spelling.format(port=settings.platform.namenode_port) + folder.lstrip("/")
+    rec = wait_job(res, enqueue(celery_app, "backup.table_backup", table=table, source=source), timeout=240)
+    assert rec["state"] == "success", rec.get("error")
+    assert rec["outputs"]["rows_accepted"] == 1500 and rec["outputs"]["rows_rejected"] == 0, rec["outputs"]
+    assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
+    # The backup's data lies in the warehouse on HDFS, as Hadoop's own client lists it.
+    data_table = rec["outputs"]["data_table"].split(".")[1]
+    listed = fs_shell(platform, "-ls", "-R", f"/user/hive/warehouse/{table.split('.')[0]}.db/{data_table}")
+    assert ".parquet" in listed
