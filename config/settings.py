@@ -293,6 +293,9 @@ class SparkSettings(_Section):
     session_conf: dict[str, str] = Field(default_factory=dict, description="spark.sql.* settings applied to every session, e.g. spark.sql.shuffle.partitions")
     submit_command: str | None = Field(None, description="spark-submit mode: the spark-submit executable (absolute path); default the one in the installed pyspark wheel")
     submit_conf: dict[str, str] = Field(default_factory=dict, description="spark-submit mode: --conf settings of the driver, e.g. spark.hadoop.hive.metastore.uris (the phases share tables through that metastore)")
+    deploy_mode: Literal["client", "cluster"] = Field("client", description="spark-submit mode: where the driver runs; cluster (remote: yarn only) ships the project's code to YARN with --py-files and follows the application to its final status")
+    hadoop_conf_dir: Path | None = Field(None, description="spark-submit mode: HADOOP_CONF_DIR (core-site, yarn-site, hive-site) handed to spark-submit; how it finds YARN, HDFS and the metastore")
+    yarn_resourcemanager_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="spark-submit mode on YARN: the ResourceManager's REST base (http://host:8088/ws/v1/cluster) to read a failed application's diagnostics and to kill one the worker gives up on")
 
     @model_validator(mode="after")
     def _no_secret_in_url(self) -> "SparkSettings":
@@ -313,6 +316,8 @@ class SparkSettings(_Section):
             raise ValueError(f"spark.submit_conf: {secret[0]!r} would put a secret on spark-submit's command line (ps, "
                              f"the cluster's application page); put it in SPARK_CONF_DIR/spark-defaults.conf or the "
                              f"cluster's credential store")
+        if self.deploy_mode == "cluster" and self.remote != "yarn":
+            raise ValueError("spark.deploy_mode: cluster is for spark.remote: yarn only")
         if self.submit_command is not None and not (self.submit_command.startswith("/")
                                                     and not _CONTROL.search(self.submit_command)):
             raise ValueError("spark.submit_command: must be an absolute path")

@@ -67,7 +67,7 @@ def metastore_problem(uris: str | None, url: str | None, derby_home: str | None,
     if uris or client_factory or hive_conf_dir:  # a remote metastore, another client (AWS Glue), or config we do not read
         return None
     url = url or _HIVE_DEFAULT_URL
-    if not url.startswith("jdbc:derby:"):  # MySQL, PostgreSQL, ...: a server all drivers share
+    if not url.startswith("jdbc:derby:") or url.startswith("jdbc:derby://"):  # a database server all drivers share
         return None
     location = url[len("jdbc:derby:"):].split(";", 1)[0]
     named = re.search(r"databaseName=([^;]+)", url)
@@ -185,6 +185,15 @@ def _stop(spark) -> None:
         log.warning("the Spark session did not stop within %d s; exiting without it", _STOP_TIMEOUT)
 
 
+def write_report_to_redis(payload: dict, report: str) -> None:
+    """SET the outcome once under the key the worker waits on (redis-py rides through a short outage)."""
+    from backup.resources import redis_client
+    from config.settings import Settings
+    from connectors.spark_submit import REPORT_TTL
+
+    redis_client(Settings.model_validate(payload["settings"])).set(payload["report_key"], report, ex=REPORT_TTL)
+
+
 def main(argv: list[str]) -> int:
     """Run the payload named by ``argv[0]``; write its outcome beside it, then stop the session."""
     die_with_parent()
@@ -206,9 +215,12 @@ def main(argv: list[str]) -> int:
         from backup.errors import FatalError
 
         report = json.dumps({"error": describe(FatalError(f"{what}: its result is not JSON: {e}"), what)})
-    tmp = payload_path.with_name("result.json.tmp")
-    tmp.write_text(report)
-    os.replace(tmp, payload_path.with_name("result.json"))  # whole or absent
+    if payload.get("report_key"):  # cluster deploy mode: the worker shares Redis with us, not a file system
+        write_report_to_redis(payload, report)
+    else:
+        tmp = payload_path.with_name("result.json.tmp")
+        tmp.write_text(report)
+        os.replace(tmp, payload_path.with_name("result.json"))  # whole or absent
     if spark is not None:
         _stop(spark)
     return 0 if "result" in outcome else 1

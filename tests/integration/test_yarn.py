@@ -1,0 +1,139 @@
+"""table-backup as the legacy production command runs it: spark-submit --master yarn --deploy-mode cluster.
+
+A worker of its own (own Redis, so it alone takes these tasks) runs the chain in spark-submit
+mode on the local platform's YARN (MiniYARNCluster): every Spark phase is a YARN application
+whose driver runs in a container, with the project's code shipped as a --py-files zip.  The
+drivers share the platform's Hive metastore, so the backup is read back over HiveServer2 (the
+platform's Spark JVM) at once, and the applications are checked with the ResourceManager's REST API.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from backup.resources import Resources
+from bench.faultkit import PrivateRedis
+from config.settings import load_settings
+from tests.conftest import PORT_OFFSET, STATE, WorkerProc, write_config
+from tests.helpers import backupctl, wait_until
+from tests.integration.test_hadoop import _upload_csv, as_user, home  # noqa: F401 (fixture)
+from tests.integration.test_table_backup import DB, assert_same_rows, backup_rows, execute, good_rows, new_live
+
+pytestmark = pytest.mark.integration
+
+
+def rm(settings, path: str = "", method: str = "GET", body: dict | None = None) -> dict:
+    """The ResourceManager's REST API."""
+    url = f"http://127.0.0.1:{settings.platform.resourcemanager_http_port}/ws/v1/cluster{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, method=method, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return json.loads(reply.read() or b"{}")
+
+
+def apps_of(settings, job_id: str) -> list[dict]:
+    apps = (rm(settings, "/apps").get("apps") or {}).get("app") or []
+    return sorted((a for a in apps if job_id in a["name"]), key=lambda a: a["startedTime"])
+
+
+@pytest.fixture(scope="module")
+def yarn_redis():
+    server = PrivateRedis(6503 + PORT_OFFSET, STATE / "yarn-redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def yarn_config(platform, yarn_redis):
+    import pyspark
+    from pathlib import Path
+
+    spark_home = Path(pyspark.__file__).resolve().parent
+    return write_config(STATE / "yarn.yaml", {
+        "redis": {"url": yarn_redis.url, "key_prefix": "mbyarn"},
+        "celery": {"task_time_limit": 600, "task_soft_time_limit": 590, "visibility_timeout": 650},
+        "spark": {"remote": "yarn", "deploy_mode": "cluster",
+                  "hadoop_conf_dir": str(platform.hadoop.conf_dir),
+                  "yarn_resourcemanager_url": platform.hadoop.resourcemanager_url,
+                  "submit_conf": {
+                      # The NodeManager runs on this machine: the wheel's jars are used in place, not uploaded.
+                      "spark.yarn.jars": f"local:{spark_home}/jars/*",
+                      "spark.driver.extraClassPath": str(platform.hadoop.derby_client_jar),
+                      "spark.driver.memory": "768m", "spark.executor.memory": "512m",
+                      "spark.executor.instances": "1", "spark.ui.enabled": "false",
+                      "spark.sql.shuffle.partitions": "2",
+                      "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}},
+        "table_backup": {"max_reject_ratio": 0.1},
+    })
+
+
+@pytest.fixture(scope="module")
+def yarn_worker(platform, yarn_config):
+    from workers.app import create_app
+
+    res = Resources(load_settings(yarn_config))
+    w = WorkerProc(yarn_config, "yarn", queues="default,spark", concurrency=1, app=create_app(res.settings)).start()
+    yield w, res
+    w.stop()
+
+
+def test_cluster_mode_backup_runs_each_phase_as_a_yarn_application(settings, platform, home, yarn_worker,
+                                                                   yarn_config):
+    _, res = yarn_worker
+    execute(settings, f"CREATE DATABASE IF NOT EXISTS {DB}")
+    table = new_live(settings, "traffic_yarn")
+    rows = good_rows(900)
+    folder = f"{home}/traffic/yarn-details"
+    _upload_csv(settings, folder, rows)
+    # The seed's production command names an hdfs:/// folder.
+    out = backupctl("run", "table-backup", table, "--source", f"hdfs://{folder}", "--wait", "--json",
+                    "--timeout", "600", config=yarn_config, timeout=650)
+    assert out.stdout.startswith("{"), out.stdout[-2000:] + out.stderr[-2000:]
+    rec = json.loads(out.stdout)
+    assert rec["state"] == "success", rec
+    assert (rec["outputs"]["rows_read"], rec["outputs"]["rows_accepted"]) == (900, 900)
+    # Every Spark phase ran as a YARN application that FINISHED with SUCCEEDED (ResourceManager REST API).
+    apps = apps_of(settings, rec["job_id"])
+    assert len(apps) >= 2, apps
+    assert {(a["state"], a["finalStatus"], a["applicationType"]) for a in apps} == {("FINISHED", "SUCCEEDED", "SPARK")}
+    # Written by drivers inside YARN, read over the platform's HiveServer2 at once: one shared metastore.
+    assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
+    assert res.locks.holder("table-backup", table) is None
+
+
+def test_a_yarn_application_killed_mid_phase_fails_it_with_the_id_and_diagnostics(settings, platform, home,
+                                                                                   yarn_worker, yarn_config):
+    worker, res = yarn_worker
+    execute(settings, f"CREATE DATABASE IF NOT EXISTS {DB}")
+    table = new_live(settings, "traffic_yarn_killed")
+    folder = f"{home}/traffic/yarn-killed"
+    _upload_csv(settings, folder, good_rows(300))
+    killed: list[str] = []
+
+    def kill_first_running() -> None:
+        def running():
+            return [a for a in (rm(settings, "/apps?states=RUNNING").get("apps") or {}).get("app") or []
+                    if table in a["name"] or "mediation-backup" in a["name"]]
+        found = wait_until(running, 300, "a running YARN application of the job", interval=0.5)
+        rm(settings, f"/apps/{found[0]['id']}/state", "PUT", {"state": "KILLED"})
+        killed.append(found[0]["id"])
+
+    killer = threading.Thread(target=kill_first_running, daemon=True)
+    killer.start()
+    out = backupctl("run", "table-backup", table, "--source", f"hdfs://{folder}", "--wait", "--json",
+                    "--timeout", "600", config=yarn_config, timeout=650)
+    killer.join(10)
+    assert killed, "no application was killed"
+    rec = json.loads(out.stdout)
+    # The kill failed the phase with the application id and YARN's diagnostics (the worker's retry line says
+    # so); the retry policy then ran it again as a new application.
+    retried = [line for line in worker.log.read_text().splitlines() if "retry 1" in line and killed[0] in line]
+    assert retried and f"YARN application {killed[0]} KILLED/KILLED" in retried[0], worker.log.read_text()[-3000:]
+    assert "Application application_" in retried[0] and "killed by user" in retried[0].lower(), retried[0]
+    assert rec["state"] == "success", rec
+    assert killed[0] not in {a["id"] for a in apps_of(settings, rec["job_id"]) if a["finalStatus"] == "SUCCEEDED"}
