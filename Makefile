@@ -45,16 +45,21 @@ down:
 status:
 	$(CTL) platform status
 
-# Platform up, sample data, one worker, the main job, a summary; the worker is stopped afterwards.
+# The whole product on the embedded platform (Redis, HDFS, YARN, metastore, Spark, sshd, sinks): inputs for the
+# three workflows, one worker, each workflow with its progress, then where every result lies. The worker is
+# stopped afterwards; the platform stays up (make down stops it).
 demo: up
-	$(CTL) sample-data $(DEMO_TABLE) --rows $(DEMO_ROWS)
+	$(CTL) demo prepare --table $(DEMO_TABLE) --rows $(DEMO_ROWS)
 	@mkdir -p $(STATE)/logs
 	@$(CTL) worker -c 2 -n demo@%h > $(STATE)/logs/demo-worker.log 2>&1 & echo $$! > $(STATE)/demo-worker.pid
-	@trap 'kill $$(cat $(STATE)/demo-worker.pid) 2>/dev/null; rm -f $(STATE)/demo-worker.pid' EXIT; \
-	  $(CTL) run edge-export $(DEMO_TABLE) --wait --timeout 600; rc=$$?; \
-	  echo; echo "Backups on the edge node (local platform sshd):"; \
-	  find /tmp/mediation-backup-edge -name '*.csv.gz' -printf '  %p  %s bytes\n' 2>/dev/null | tail -5; \
-	  echo "Recent runs:"; $(CTL) jobs --limit 5; exit $$rc
+	@trap 'kill $$(cat $(STATE)/demo-worker.pid) 2>/dev/null; rm -f $(STATE)/demo-worker.pid' EXIT; rc=0; \
+	  echo; echo "== edge-export: 5-month slice of $(DEMO_TABLE) -> ;-CSV -> gzip -> edge node"; \
+	  $(CTL) run edge-export $(DEMO_TABLE) --wait --timeout 600 || rc=1; \
+	  echo; echo "== customer-files: every customer's new files -> HDFS and the edge node -> Hive counts"; \
+	  $(CTL) run customer-files --wait --timeout 600 || rc=1; \
+	  echo; echo "== table-backup: CSV folder on HDFS -> partitioned mnaas.traffic_details_bkp"; \
+	  $(CTL) run table-backup mnaas.traffic_details --source hdfs:///data/mnaas/traffic/details/ --wait --timeout 600 || rc=1; \
+	  $(CTL) demo summary --table $(DEMO_TABLE); echo; echo "Recent runs:"; $(CTL) jobs --limit 5; exit $$rc
 
 test: deps venv
 	$(PY) -m pytest -q tests

@@ -57,6 +57,14 @@ def cmd_platform(args) -> int:
         report = plat.down(only)
     else:
         report = plat.status()
+        if not args.json:
+            for name, info in report.items():
+                if "ports" not in info:
+                    continue
+                ports = " ".join(f"{port}:{'up' if up else 'down'}" for port, up in info["ports"].items())
+                where = {k: v for k, v in info.items() if k not in ("pid", "ports")}
+                print(f"{name:10} pid {str(info['pid'] or '-'):>7}  {ports}  {json.dumps(where) if where else ''}")
+            return EXIT_OK
     print(json.dumps(report, indent=2, default=str))
     return EXIT_OK
 
@@ -286,6 +294,20 @@ def cmd_sample_data(args) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args) -> int:
+    from backup.identifiers import TableName
+    from workers import demo
+
+    res = _resources(args)
+    table = TableName.parse(args.table)
+    if args.action == "prepare":
+        for what, made in demo.prepare(res, table, export_rows=args.rows).items():
+            print(f"{what}: {made}")
+    else:
+        print(demo.summary(res, table))
+    return EXIT_OK
+
+
 # -- operations: schedule, beat, flower, metrics ---------------------------------
 
 def cmd_schedule(args) -> int:
@@ -362,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("platform", help="start/stop the embedded local platform")
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--only", help="comma-separated services: redis,metastore,hdfs,yarn,spark,sshd,sinks")
+    p.add_argument("--json", action="store_true", help="status: every service with its pid, ports and URLs as JSON")
     p.set_defaults(func=cmd_platform)
 
     p = sub.add_parser("worker", help="run a Celery worker")
@@ -399,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table")
     p.add_argument("--rows", type=int, default=10_000)
     p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("demo", help="make demo: prepare the inputs of the three workflows, or summarize their results")
+    p.add_argument("action", choices=["prepare", "summary"])
+    p.add_argument("--table", default="mnaas.customer_traffic", help="the sample table edge-export reads")
+    p.add_argument("--rows", type=int, default=50_000, help="prepare: rows of the sample table edge-export reads")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("schedule", help="list the scheduled runs and their next fire times")
     p.add_argument("--count", type=int, default=1, help="next fire times per entry")

@@ -18,6 +18,7 @@ Services, started in this order (a service waits for those it needs to be ready)
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -322,6 +323,28 @@ class LocalPlatform:
             pass
 
     def status(self) -> dict[str, dict]:
-        """Per service: pid if ours, and whether each port answers."""
-        return {svc.name: {"pid": self._pid(svc.name), "ports": {p: port_open(p) for p in svc.ports}}
-                for svc in self.services()}
+        """Per service: pid if ours, whether each port answers, and how clients reach it."""
+        p, h = self.p, self.hadoop
+        out = {svc.name: {"pid": self._pid(svc.name), "ports": {port: port_open(port) for port in svc.ports}}
+               for svc in self.services()}
+        endpoints = {
+            "redis": {"url": self.s.redis.url},
+            "metastore": {"jdbc_url": h.metastore_url},
+            "hdfs": {"namenode_uri": h.namenode_uri, "webhdfs_url": h.webhdfs_url,
+                     "hadoop_conf_dir": str(h.conf_dir), "superuser": getpass.getuser(), "user": p.hdfs_user},
+            "yarn": {"resourcemanager_url": h.resourcemanager_url,
+                     "web_ui": f"http://127.0.0.1:{p.resourcemanager_http_port}/cluster"},
+            "spark": {"hiveserver2": {"host": "127.0.0.1", "port": p.hive_port},
+                      "spark_connect": {"url": f"sc://127.0.0.1:{p.connect_port}"},
+                      "warehouse": f"{h.namenode_uri}{WAREHOUSE}"},
+            "sshd": {"port": p.ssh_port},
+            "sinks": {"smtp": {"port": p.smtp_port}, "ticket": {"url": f"http://127.0.0.1:{p.ticket_port}/tickets"}},
+        }
+        for name, extra in endpoints.items():
+            out[name].update(extra)
+        # The names operators look for, at the top level too.
+        out["hiveserver2"] = {"pid": out["spark"]["pid"], **endpoints["spark"]["hiveserver2"]}
+        out["spark_connect"] = {"pid": out["spark"]["pid"], **endpoints["spark"]["spark_connect"]}
+        out["smtp"] = {"pid": out["sinks"]["pid"], **endpoints["sinks"]["smtp"]}
+        out["ticket"] = {"pid": out["sinks"]["pid"], **endpoints["sinks"]["ticket"]}
+        return out
