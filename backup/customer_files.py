@@ -743,6 +743,18 @@ def _remember(res: Resources, job_id: str, customer: str, item: dict, result: di
                        json.dumps(entry))
 
 
+def _first_file_error(res: Resources, job_id: str, customer: str) -> str:
+    """``, e.g. <the first failed file's reason>``: the alert then names the cause (a path, a user, a refusal)."""
+    try:
+        results = load_results(res, job_id, customer)
+    except BackupError:
+        return ""
+    for key in sorted(results):
+        if results[key].get("status") == "failed" and results[key].get("error"):
+            return f", e.g. {results[key]['file']}: {results[key]['error'][:500]}"
+    return ""
+
+
 def summarize(results) -> dict:
     """Counts over per-file results."""
     out = {"files": 0, "copied": 0, "present": 0, "failed": 0, "bytes": 0, "records": 0}
@@ -920,7 +932,7 @@ def flag_phase(ctx: PhaseContext) -> dict:
     details = []
     for c in failed:
         v = customers[c]
-        details.append(f"{c} ({v.get('error') or str(v.get('failed')) + ' file(s) failed'})")
+        details.append(f"{c} ({v.get('error') or str(v.get('failed')) + ' file(s) failed' + _first_file_error(res, ctx.job_id, c)})")
     error = f"{outcome}: {len(failed)} of {len(customers)} customer(s) had failures: {', '.join(details)}"
     rec = finish_unsuccessful(ctx, outcome, error)
     return {"job_id": ctx.job_id, "state": rec["state"], "flag": outcome, "error": error}

@@ -8,7 +8,7 @@
 // The ready file (JSON) is written once the daemons serve: the NameNode out of safe mode with
 // every DataNode registered, or every NodeManager registered with the ResourceManager.  It names
 // the ports the daemons really listen on.  The HDFS JVM also answers a loopback control port
-// (POST /namenode/stop|start, /datanode/<i>/stop|start, GET /status) so fault tests stop and
+// (POST /namenode/stop|start, /datanode/<i>/stop|start, /safemode/enter|leave, GET /status) so fault tests stop and
 // restart single daemons the way an operator would lose a machine; data lives on disk under the
 // state dir and survives a restart of the JVM (formatted only on the very first start).
 import com.sun.net.httpserver.HttpExchange;
@@ -28,6 +28,7 @@ import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.Path;
+import org.apache.hadoop.fs.SafeModeAction;
 import org.apache.hadoop.hdfs.MiniDFSCluster;
 import org.apache.hadoop.hdfs.server.datanode.DataNode;
 import org.apache.hadoop.yarn.conf.YarnConfiguration;
@@ -106,6 +107,9 @@ public final class LocalHadoop {
             cluster.shutdownNameNode(0);
           } else if (path.equals("/namenode/start")) {
             cluster.restartNameNode(0, true);
+          } else if (path.equals("/safemode/enter") || path.equals("/safemode/leave")) {
+            cluster.getFileSystem(0).setSafeMode(
+                path.endsWith("enter") ? SafeModeAction.ENTER : SafeModeAction.LEAVE);
           } else if (dn.matches()) {
             int index = Integer.parseInt(dn.group(1));
             if (index >= names.size()) {
@@ -138,8 +142,14 @@ public final class LocalHadoop {
 
   private static String hdfsState(MiniDFSCluster cluster, Map<Integer, ?> stopped) {
     StringBuilder json = new StringBuilder("{");
-    boolean up = cluster.getNameNode(0) != null && cluster.isNameNodeUp(0);
+    // isNameNodeUp is false in safe mode: "up" here means the NameNode is running.
+    boolean up = cluster.getNameNode(0) != null;
     json.append("\"namenode_up\": ").append(up);
+    try {
+      json.append(", \"safemode\": ").append(up && cluster.getNameNode(0).isInSafeMode());
+    } catch (Exception e) {
+      json.append(", \"safemode\": null");
+    }
     json.append(", \"datanodes\": [");
     List<String> nodes = new ArrayList<>();
     for (DataNode dn : cluster.getDataNodes()) {
