@@ -1,0 +1,197 @@
+"""customer-files with the primary copies on the real HDFS, against Hadoop's own client; HDFS verification
+by file checksum against reading back.
+
+One JSON line each, rounds alternating in one run, medians:
+  * ``customer_files_hdfs``: the same file set backed up
+      - by the workflow (primary on HDFS through WebHDFS, secondary a local folder, counts, hashes,
+        every HDFS copy verified by the NameNode's file checksum), on one worker (a process per core);
+      - the legacy way: a bash loop calling Hadoop's own client per file (``FsShell -put``, what
+        ``hdfs dfs -copyFromLocal`` runs: one JVM per file) plus ``wc -l`` and ``sha256sum``;
+      - the floor: one ``FsShell -put`` of the whole tree (one JVM, no count, no hash, no verification).
+    Target: the workflow within 1.5x of the floor.
+  * ``hdfs_verify``: verifying the copies on HDFS by their file checksum (GETFILECHECKSUM: the
+    DataNodes read their CRC files, not the data) against reading every byte back for SHA-256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from common import OUT, ROOT, emit, median
+from customer_files import DOMAINS, Worker, domain_of, make_tree
+
+WORK = OUT / "customer-files-hdfs"
+HDFS_BASE = "/bench"
+
+
+def write_config(base_config: Path, customers: int, http_port: int, user: str) -> Path:
+    raw = yaml.safe_load(base_config.read_text())
+    raw["base_dir"] = str((base_config.parent / raw.get("base_dir", ".")).resolve())
+    raw["customer_files"] = {
+        "source_dirs": [str(WORK / "src")],
+        "customers": {f"customer_{c:02d}": {
+            "primary": f"hdfs://{user}@127.0.0.1:{http_port}{HDFS_BASE}/wf/customer_{c:02d}",
+            "secondary": str(WORK / "wf" / "secondary" / f"customer_{c:02d}")} for c in range(customers)},
+        "domains": {d: [f"{stem}_*.csv"] for d, stem in DOMAINS.items()},
+        "max_files_per_run": 100_000, "settle_seconds": 0,
+        "staging_table": "mnaas_bench.customer_files_hdfs_inter", "final_table": "mnaas_bench.customer_files_hdfs_count",
+        "status_flag": str(WORK / "wf" / "status"), "manifest_dir": str(WORK / "wf" / "manifests"),
+    }
+    path = WORK / "bench.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+LEGACY = r"""
+set -euo pipefail
+while IFS=$'\t' read -r src rel; do
+  java -Xmx256m -cp "$CP" -Dorg.slf4j.simpleLogger.defaultLogLevel=error org.apache.hadoop.fs.FsShell \
+       -put -f -p "$src" "$DST/$rel"
+  printf '%s\t%s\n' "$(wc -l < "$src")" "$src" >> "$OUT/counts"
+  sha256sum "$src" >> "$OUT/sums"
+done < "$LIST"
+"""
+
+
+def fs_shell_env(hadoop, user: str) -> dict:
+    return dict(hadoop.daemon_env(), HADOOP_USER_NAME=user, CP=f"{hadoop.conf_dir}:{hadoop.lib}/*")
+
+
+def run_legacy(hadoop, user: str, files: dict) -> float:
+    """Wall seconds of the per-file loop (folders made beforehand, outside the timing, as the legacy job has them)."""
+    hadoop.fs_shell("-rm", "-r", "-f", "-skipTrash", f"{HDFS_BASE}/legacy", user=user, check=False)
+    folders = sorted({f"{HDFS_BASE}/legacy/{p.parent.name}/{domain_of(p.name)}" for p in files})
+    hadoop.fs_shell("-mkdir", "-p", *folders, user=user)
+    out = WORK / "legacy-out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    listing = out / "list.tsv"
+    listing.write_text("".join(f"{p}\t{p.parent.name}/{domain_of(p.name)}/{p.name}\n" for p in files))
+    t0 = time.perf_counter()
+    subprocess.run(["bash", "-c", LEGACY], check=True,
+                   env=dict(fs_shell_env(hadoop, user), DST=f"{HDFS_BASE}/legacy", OUT=str(out), LIST=str(listing)))
+    return time.perf_counter() - t0
+
+
+def run_floor(hadoop, user: str) -> float:
+    """Wall seconds of one FsShell -put of the whole source tree."""
+    hadoop.fs_shell("-rm", "-r", "-f", "-skipTrash", f"{HDFS_BASE}/floor", user=user, check=False)
+    t0 = time.perf_counter()
+    hadoop.fs_shell("-put", str(WORK / "src"), f"{HDFS_BASE}/floor", user=user, timeout=3600)
+    return time.perf_counter() - t0
+
+
+def run_workflow(res, app, hadoop, user: str) -> tuple[float, dict]:
+    hadoop.fs_shell("-rm", "-r", "-f", "-skipTrash", f"{HDFS_BASE}/wf", user=user, check=False)
+    shutil.rmtree(WORK / "wf", ignore_errors=True)
+    for key in res.redis.scan_iter(f"{res.settings.redis.key_prefix}:customer_files:ledger:*"):
+        res.redis.delete(key)
+    job_id = uuid.uuid4().hex
+    t0 = time.perf_counter()
+    app.send_task("backup.customer_files", task_id=job_id)
+    while True:
+        rec = res.jobs.find(job_id)
+        if rec and rec["state"] in ("success", "failed", "skipped"):
+            return time.perf_counter() - t0, rec
+        time.sleep(0.05)
+
+
+def verify_both_ways(settings, user: str, files: dict) -> tuple[float, float, int]:
+    """Seconds to verify every workflow copy by file checksum, then by reading it back; mismatches by either."""
+    from backup import customer_files as wf
+    from storage.hdfs_checksum import HdfsChecksummer, matches
+    from storage.webhdfs import WebHdfsBackend
+
+    fs = WebHdfsBackend(f"http://127.0.0.1:{settings.platform.namenode_http_port}", user=user)
+    paths = {p: f"{HDFS_BASE}/wf/{p.parent.name}/{domain_of(p.name)}/{p.name}" for p in files}
+    expected = {}
+    for p in files:  # the local side, which the workflow computes in its single read pass anyway
+        summer = HdfsChecksummer(fs.checksum_spec())
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 20):
+                summer.update(chunk)
+        expected[p] = (summer.results(), wf.hashlib.sha256(p.read_bytes()).hexdigest())
+    bad = 0
+    t0 = time.perf_counter()
+    for p, path in paths.items():
+        reported, _ = fs.file_checksum(path)
+        bad += matches(expected[p][0], reported) is not True
+    by_checksum = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for p, path in paths.items():
+        bad += fs.sha256(path) != expected[p][1]
+    by_read_back = time.perf_counter() - t0
+    fs.close()
+    return by_checksum, by_read_back, bad
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--customers", type=int, default=4)
+    ap.add_argument("--files", type=int, default=80)
+    ap.add_argument("--mb", type=int, default=400)
+    ap.add_argument("--rounds", type=int, default=2)
+    a = ap.parse_args()
+    base = Path(os.environ.get("BACKUP_CONFIG") or ROOT / "config" / "local.yaml")
+    WORK.mkdir(parents=True, exist_ok=True)
+    files = make_tree(WORK / "src", a.customers, a.files, a.mb)
+    total = sum(files.values())
+    from common import settings
+
+    s0 = settings()  # the platform up, HDFS included
+    user = s0.platform.hdfs_user
+    config = write_config(base, a.customers, s0.platform.namenode_http_port, user)
+    os.environ["BACKUP_CONFIG"] = str(config)
+    from backup.resources import Resources
+    from config.settings import load_settings
+    from workers.app import app
+    from workers.platform import LocalPlatform
+
+    s = load_settings(config)
+    hadoop = LocalPlatform(s).hadoop
+    hadoop.fs_shell("-mkdir", "-p", HDFS_BASE)
+    hadoop.fs_shell("-chown", user, HDFS_BASE)
+    res = Resources(s)
+    with res.hive() as hive:
+        hive.execute("CREATE DATABASE IF NOT EXISTS mnaas_bench", "create bench database")
+    worker = Worker(config)
+    try:
+        worker.wait_ready(app)
+        run_workflow(res, app, hadoop, user)  # warm-up
+        legacy_s, floor_s, workflow_s = [], [], []
+        rec = None
+        for _ in range(a.rounds):
+            legacy_s.append(run_legacy(hadoop, user, files))
+            floor_s.append(run_floor(hadoop, user))
+            seconds, rec = run_workflow(res, app, hadoop, user)
+            if rec["state"] != "success":
+                raise SystemExit(f"workflow run failed: {rec.get('error')}")
+            workflow_s.append(seconds)
+        by_checksum, by_read_back, bad = verify_both_ways(s, user, files)
+    finally:
+        worker.stop()
+    mb = total / 1e6
+    wall, floor, legacy = median(workflow_s), median(floor_s), median(legacy_s)
+    emit({"bench": "customer_files_hdfs", "files": len(files), "mb": round(mb), "customers": a.customers,
+          "rounds": a.rounds, "workflow_s": round(wall, 1), "floor_fsshell_put_tree_s": round(floor, 1),
+          "legacy_fsshell_put_per_file_s": round(legacy, 1), "workflow_over_floor": round(wall / floor, 2),
+          "speedup_vs_legacy": round(legacy / wall, 2),
+          "all_rounds": {"workflow_s": [round(x, 1) for x in workflow_s], "floor_s": [round(x, 1) for x in floor_s],
+                         "legacy_s": [round(x, 1) for x in legacy_s]},
+          "note": "workflow also writes a secondary copy (local folder), counts records, hashes and verifies",
+          "target": "workflow <= 1.5x the floor"})
+    emit({"bench": "hdfs_verify", "files": len(files), "mb": round(mb), "by_file_checksum_s": round(by_checksum, 2),
+          "by_read_back_s": round(by_read_back, 2), "read_back_over_checksum": round(by_read_back / by_checksum, 1),
+          "mismatches": bad})
+
+
+if __name__ == "__main__":
+    main()
