@@ -137,3 +137,36 @@ def test_a_yarn_application_killed_mid_phase_fails_it_with_the_id_and_diagnostic
     assert "Application application_" in retried[0] and "killed by user" in retried[0].lower(), retried[0]
     assert rec["state"] == "success", rec
     assert killed[0] not in {a["id"] for a in apps_of(settings, rec["job_id"]) if a["finalStatus"] == "SUCCEEDED"}
+
+
+def test_client_mode_on_yarn_runs_executors_in_yarn_and_sees_the_shared_metastore(settings, platform, yarn_config,
+                                                                                   tmp_path):
+    """spark-submit --master yarn --deploy-mode client: the driver here, its executors in YARN containers."""
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+
+    from connectors.spark_submit import SparkSubmit, driver_env
+
+    raw = yaml.safe_load(yarn_config.read_text())
+    raw["spark"]["deploy_mode"] = "client"
+    client = load_settings(write_config(tmp_path / "yarn-client.yaml", raw))
+    execute(settings, f"CREATE DATABASE IF NOT EXISTS {DB}")
+    table = new_live(settings, "traffic_yarn_client")
+    execute(settings, f"INSERT INTO {table} SELECT id, 'm', 'c', 'n', id, 1.5, current_timestamp(), '2026-01-01' "
+                      f"FROM range(250)")
+    (tmp_path / "statements.json").write_text(json.dumps([
+        f"SELECT count(*) FROM {table}",  # written through HiveServer2, read in a YARN-backed driver
+        "SELECT sum(id) FROM range(100000)"]))
+    submit = SparkSubmit(client)
+    argv = submit.command(Path(__file__).resolve().parent.parent / "spark_sql.py",
+                          [str(tmp_path / "statements.json"), str(tmp_path / "rows.json")], "client mode check")
+    assert argv[argv.index("--deploy-mode") + 1] == "client"
+    done = subprocess.run(argv, cwd=tmp_path, env=driver_env(submit.hadoop_conf_dir()), capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((tmp_path / "rows.json").read_text()) == [[[250]], [[4999950000]]]
+    app = next(a for a in (rm(settings, "/apps").get("apps") or {}).get("app") or []
+               if a["name"] == "mediation-backup client mode check")
+    assert (app["state"], app["finalStatus"]) == ("FINISHED", "SUCCEEDED"), app
