@@ -76,7 +76,9 @@ def test_backup_server_away_for_less_than_the_budget_is_ridden_through(settings,
     rec, transfer, mails, tickets = _run(settings, tmp_path, setup, budget=40, table=budget_table,
                                          open_after_attempts=3)
     assert rec["state"] == "success", rec
-    assert transfer["attempts"] >= 4 and transfer["finished"] - transfer["started"] < 40
+    # The relay opens once a third attempt has *entered* the phase: the first two failed, the third may have
+    # connected before or after the opening (a loaded machine decides), so three or more attempts.
+    assert transfer["attempts"] >= 3 and transfer["finished"] - transfer["started"] < 40
     assert (mails, tickets) == (0, 0)
 
 

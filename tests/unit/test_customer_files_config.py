@@ -44,8 +44,11 @@ def test_shipped_default_config_has_the_section():
     cfg = load_settings(DEFAULT_CONFIG).customer_files
     assert {"traffic", "activations", "actives", "tolling"} <= set(cfg.domains)
     for where in cfg.customers.values():
-        assert "://" not in where.primary  # the local folder
-        assert where.secondary.startswith("sftp://127.0.0.1:2222/")  # the local platform's sshd
+        # As seed 002: the primary in HDFS (the local platform's NameNode, WebHDFS on its HTTP port, as the HDFS
+        # user owning /backup), the secondary on the edge node (the local platform's sshd).
+        assert where.primary.startswith("hdfs://mediation@127.0.0.1:9870/backup/customers/")
+        assert where.secondary.startswith("sftp://127.0.0.1:2222/")
+    assert cfg.status_flag.startswith("hdfs://mediation@127.0.0.1:9870/backup/customers/")
 
 
 def test_section_is_optional(tmp_path):
