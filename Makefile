@@ -61,8 +61,9 @@ demo: up
 	  $(CTL) run table-backup mnaas.traffic_details --source hdfs:///data/mnaas/traffic/details/ --wait --timeout 600 || rc=1; \
 	  $(CTL) demo summary --table $(DEMO_TABLE); echo; echo "Recent runs:"; $(CTL) jobs --limit 5; exit $$rc
 
+# Everything but the long fault scenarios (marker faults: make faults runs them).
 test: deps venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not faults" tests
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
@@ -70,9 +71,12 @@ test-unit: venv
 bench: up
 	$(PY) bench/run_all.py
 
-# The fault campaign (bench/faults.py): 20 trials of each fault kind, one JSON line per kind; needs root (tmpfs).
+# The HDFS fault scenarios (tests marked faults: DataNode, NameNode, safe mode, permissions; about 6 minutes),
+# then the fault campaign (bench/faults.py): 20 trials of each fault kind, one JSON line per kind; needs root (tmpfs).
 FAULT_TRIALS ?= 20
-faults: up
+faults: deps venv
+	$(PY) -m pytest -q -m faults tests
+	$(MAKE) up
 	$(PY) bench/faults.py --trials $(FAULT_TRIALS)
 
 clean: down

@@ -324,7 +324,8 @@ def test_lost_ledger_verifies_and_never_overwrites_a_different_file(settings, re
 
     rec = run(celery_app, res)
     assert rec["state"] == "failed" and rec["outputs"]["flag"] == "PARTIAL"
-    assert rec["error"].startswith("PARTIAL: 1 of 5 customer(s) had failures: echo (1 file(s) failed)")
+    assert rec["error"].startswith("PARTIAL: 1 of 5 customer(s) had failures: echo (1 file(s) failed, e.g. "
+                                   "traffic_001.csv: secondary: AlreadyExists: a different file is already at ")
     rows = {(r["customer"], r["file"]): r for r in manifest(rec)}
     conflict = rows[("echo", "traffic_001.csv")]
     assert conflict["status"] == "failed" and "a different file is already at" in conflict["error"]
@@ -348,7 +349,8 @@ def test_unreachable_secondary_partial_then_rerun_copies_only_the_missing(settin
     try:
         rec = run(celery_app, res)
         assert rec["state"] == "failed" and rec["outputs"]["flag"] == "PARTIAL"
-        assert rec["error"].startswith("PARTIAL: 1 of 5 customer(s) had failures: delta (12 file(s) failed)")
+        assert rec["error"].startswith("PARTIAL: 1 of 5 customer(s) had failures: delta (12 file(s) failed, e.g. ")
+        assert "secondary: not attempted: " in rec["error"] and "14870" in rec["error"], rec["error"]
         assert rec["alert_sent"] is True
         delta = rec["outputs"]["customers"]["delta"]
         assert (delta["copied"], delta["failed"]) == (0, 12)

@@ -77,6 +77,24 @@ def test_checksum_computed_while_copying_equals_the_namenodes(settings, platform
     assert (shell_algorithm, shell_bytes) == (algorithm, reported["bytes"][:2 * reported["length"]])
 
 
+@pytest.mark.parametrize("size", [1000, 3 * BLOCK + 17])
+def test_composite_crc_computed_while_copying_equals_hadoops(settings, platform, home, size):
+    """Where a cluster combines CRCs as COMPOSITE_CRC (dfs.checksum.combine.mode), Hadoop's own client
+    asked in that mode reports the CRC32C of the whole content: the one computed in the same pass."""
+    data = random.Random(size + 1).randbytes(size)
+    path = f"{home}/composite-{size}"
+    with as_user(settings, block_size=BLOCK) as fs:
+        fs.delete(path)
+        fs.write_atomic(path, chunks_of(data, 700))
+        summer = HdfsChecksummer(fs.checksum_spec())
+    for chunk in chunks_of(data, 333):
+        summer.update(chunk)
+    _, algorithm, value = fs_shell(platform, "-D", "dfs.checksum.combine.mode=COMPOSITE_CRC", "-checksum",
+                                   path).split()
+    assert algorithm == "COMPOSITE-CRC32C"
+    assert matches(summer.results(), {"algorithm": algorithm, "bytes": value, "length": len(value) // 2}) is True
+
+
 class Altering(WebHdfsBackend):
     """A WebHDFS destination whose writes land altered on the cluster (a bad disk, a buggy proxy)."""
 
