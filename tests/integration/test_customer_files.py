@@ -30,7 +30,7 @@ from backup.resources import Resources
 from backup.runner import phase
 from config.settings import load_settings
 from storage.base import is_temp_name
-from tests.conftest import CONFIG_PATH, STATE, TEST_CONFIG, WorkerProc
+from tests.conftest import CONFIG_PATH, PORT_OFFSET, STATE, TEST_CONFIG, WorkerProc
 from tests.helpers import backupctl, enqueue, sink_counts, sink_tickets, ssh, wait_job, wait_until
 from tests.webhdfs_server import WebHdfsTestServer, wait_for_port
 
@@ -350,7 +350,7 @@ def test_unreachable_secondary_partial_then_rerun_copies_only_the_missing(settin
         rec = run(celery_app, res)
         assert rec["state"] == "failed" and rec["outputs"]["flag"] == "PARTIAL"
         assert rec["error"].startswith("PARTIAL: 1 of 5 customer(s) had failures: delta (12 file(s) failed, e.g. ")
-        assert "secondary: not attempted: " in rec["error"] and "14870" in rec["error"], rec["error"]
+        assert "secondary: not attempted: " in rec["error"] and f"port={14870 + PORT_OFFSET}" in rec["error"], rec["error"]
         assert rec["alert_sent"] is True
         delta = rec["outputs"]["customers"]["delta"]
         assert (delta["copied"], delta["failed"]) == (0, 12)
