@@ -1,4 +1,5 @@
-"""customer-files with the primary copies on the real HDFS, against Hadoop's own client; HDFS verification
+"""(Not hdfs.py: the script folder comes first on sys.path and would shadow the hdfs package.)
+customer-files with the primary copies on the real HDFS, against Hadoop's own client; HDFS verification
 by file checksum against reading back.
 
 One JSON line each, rounds alternating in one run, medians:
@@ -54,7 +55,7 @@ LEGACY = r"""
 set -euo pipefail
 while IFS=$'\t' read -r src rel; do
   java -Xmx256m -cp "$CP" -Dorg.slf4j.simpleLogger.defaultLogLevel=error org.apache.hadoop.fs.FsShell \
-       -put -f -p "$src" "$DST/$rel"
+       -put -f "$src" "$DST/$rel"
   printf '%s\t%s\n' "$(wc -l < "$src")" "$src" >> "$OUT/counts"
   sha256sum "$src" >> "$OUT/sums"
 done < "$LIST"
@@ -142,6 +143,7 @@ def main() -> None:
     a = ap.parse_args()
     base = Path(os.environ.get("BACKUP_CONFIG") or ROOT / "config" / "local.yaml")
     WORK.mkdir(parents=True, exist_ok=True)
+    (OUT / "customer-files").mkdir(parents=True, exist_ok=True)  # the shared Worker's log folder
     files = make_tree(WORK / "src", a.customers, a.files, a.mb)
     total = sum(files.values())
     from common import settings
