@@ -296,3 +296,17 @@ def test_edge_export_reads_a_table_stored_on_hdfs(settings, platform, res, worke
     rec = wait_job(res, enqueue(celery_app, "backup.edge_export", table=table), timeout=240)
     assert rec["state"] == "success", rec.get("error")
     assert rec["outputs"]["rows"] > 0
+
+
+def test_hdfs_data_survives_platform_down_and_up(settings, platform, home):
+    """The NameNode's image and the DataNodes' blocks live under the state folder: a stopped and restarted
+    HDFS JVM (backupctl platform down/up) serves the same files, formatted only the very first time."""
+    data = random.Random(99).randbytes(3 * BLOCK + 5)
+    path = f"{home}/survives-restart"
+    with as_user(settings, block_size=BLOCK) as fs:
+        fs.delete(path)
+        fs.write_atomic(path, [data])
+    assert platform.down(only=["hdfs"]) == {"hdfs": "stopped"}
+    assert platform.up(only=["hdfs"], timeout=180) == {"hdfs": "started"}
+    assert platform.hadoop.fs_shell("-cat", path).stdout == data
+    assert platform.hadoop.hdfs_ready() is None
