@@ -128,7 +128,9 @@ class WebHdfsBackend(StorageBackend):
                     "WebHDFS with kerberos=true needs the requests-kerberos package "
                     f"(pip install requests-kerberos): {e}"
                 ) from e
-            self._client = KerberosClient(namenode_url, session=self._session, timeout=timeout)
+            # The same one extra operation as _Client (the client's metaclass makes it a method).
+            kerberos_client = type("_KerberosClient", (KerberosClient,), {"_get_server_defaults": _Request("GET")})
+            self._client = kerberos_client(namenode_url, session=self._session, timeout=timeout)
         else:
             self._client = _Client(namenode_url, user=user, session=self._session, timeout=timeout)
 
