@@ -17,11 +17,9 @@ from backup import customer_files as wf
 from backup.errors import AuthFailed
 from backup.resources import Resources
 from config.settings import Settings, load_settings
-from storage.base import FileStat
 from storage.hdfs_checksum import HdfsChecksummer, matches
 from storage.local import LocalBackend
 from storage.webhdfs import WebHdfsBackend
-from tests.conftest import STATE
 from tests.helpers import hdfs
 from tests.integration.test_customer_files import _lines, edge_sha256, own_config, run_inline, wc_style
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
 
 import pytest
@@ -21,7 +20,7 @@ from bench.faultkit import PrivateRedis
 from config.settings import load_settings
 from tests.conftest import PORT_OFFSET, STATE, WorkerProc, write_config
 from tests.helpers import backupctl, wait_until
-from tests.integration.test_hadoop import _upload_csv, as_user, home  # noqa: F401 (fixture)
+from tests.integration.test_hadoop import _upload_csv, home  # noqa: F401 (home: a fixture)
 from tests.integration.test_table_backup import DB, assert_same_rows, backup_rows, execute, good_rows, new_live
 
 pytestmark = pytest.mark.integration
