@@ -11,6 +11,7 @@ WORKDIR /app
 COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 COPY pyproject.toml ./
+COPY base ./base
 COPY backup ./backup
 COPY connectors ./connectors
 COPY storage ./storage

@@ -15,7 +15,7 @@ import logging
 
 import redis
 
-from backup.errors import BackupError
+from base.errors import BackupError
 from config.settings import Settings
 
 log = logging.getLogger(__name__)

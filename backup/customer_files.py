@@ -21,7 +21,6 @@ destination already holding the identical file is verified, not rewritten.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import fnmatch
 import hashlib
 import json
@@ -29,7 +28,6 @@ import logging
 import os
 import posixpath
 import queue
-import re
 import threading
 import time
 import uuid
@@ -43,9 +41,11 @@ from urllib.parse import urlsplit
 
 import redis
 
-from backup.errors import (AlreadyExists, BackupError, ChecksumMismatch, ConfigError, ConnectionFailed,
+from base.urls import url_scheme
+from base.text import CONTROL_CHARS, run_id, utc_z
+from base.errors import (AlreadyExists, BackupError, ChecksumMismatch, ConfigError, ConnectionFailed,
                            FatalError, LockLost, NotFound, classify)
-from backup.identifiers import TableName
+from base.identifiers import TableName
 from backup.jobs import now, phase_entry
 from backup.enqueue import fail_request
 from backup.resources import Resources
@@ -96,7 +96,7 @@ def phase_names(cfg: CustomerFilesSettings) -> list[str]:
 def storage_options(settings: Settings, url: str) -> dict:
     """``open_backend`` options for a location: SFTP gets the configured key, known_hosts and timeout,
     HDFS Kerberos if configured."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+    scheme = url_scheme(url)
     if scheme in ("hdfs", "webhdfs"):
         cfg = settings.customer_files
         return {"kerberos": True} if cfg is not None and cfg.hdfs_kerberos else {}
@@ -612,7 +612,7 @@ def copy_files(items: list[dict], source_of: Callable[[dict], StorageBackend], d
         transfers = list(pool.map(lambda item, source: _transfer(item, source, dests, on_bytes), items, sources))
     with ThreadPoolExecutor(max_workers=len(dests), thread_name_prefix="verify") as pool:
         list(pool.map(lambda dest: _verify(transfers, dest), dests))
-    copied_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    copied_at = utc_z()
     for t in transfers:
         if all(t.states.get(d.role) in ("copied", "present") for d in dests):
             t.result["status"] = "copied" if "copied" in t.states.values() else "present"
@@ -769,12 +769,6 @@ def summarize(results) -> dict:
 
 # -- collect ---------------------------------------------------------------------
 
-def run_id(rec: dict) -> str:
-    """Name of a run's manifest: creation time and job id prefix."""
-    t = dt.datetime.fromtimestamp(rec["created"], dt.timezone.utc)
-    return f"{t:%Y%m%dT%H%M%SZ}-{rec['job_id'][:8]}"
-
-
 def manifest_rows(res: Resources, rec: dict) -> list[dict]:
     """One row per planned file, in plan order; a file its task never reached is a failed row."""
     cfg = config(res)
@@ -815,7 +809,7 @@ def sql_value(value) -> str:
         raise TypeError(f"no SQL literal for {type(value).__name__}")
     if isinstance(value, int):
         return str(value)
-    text = re.sub(r"[\x00-\x1f\x7f]", " ", value)  # never in paths; error texts are one line already
+    text = CONTROL_CHARS.sub(" ", value)  # never in paths; error texts are one line already
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -865,7 +859,7 @@ def collect_phase(ctx: PhaseContext) -> dict:
     res, rec = ctx.res, ctx.rec
     cfg = config(res)
     rows = manifest_rows(res, rec)
-    manifest = res.settings.path(cfg.manifest_dir) / f"{run_id(rec)}.csv"
+    manifest = res.settings.path(cfg.manifest_dir) / f"{run_id(rec['created'], rec['job_id'])}.csv"
     write_manifest(manifest, rows)
     if rows:
         hive = load_into_hive(res, rows, ctx.job_id, ctx.commit_check)
@@ -902,7 +896,7 @@ def flag_text(outcome: str, rec: dict) -> str:
     out = rec.get("outputs", {})
     totals = out.get("totals") or out.get("discovered") or {}
     lines = [outcome, f"job_id={rec['job_id']}",
-             f"written_at={dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds').replace('+00:00', 'Z')}"]
+             f"written_at={utc_z()}"]
     lines += [f"{k}={v}" for k, v in totals.items()]
     if rec.get("error"):
         lines.append(f"error={rec['error']}")

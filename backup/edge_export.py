@@ -20,9 +20,11 @@ import threading
 import uuid
 from pathlib import Path
 
+from base.text import run_id
 from backup.archive import CsvGzipWriter, fsync_dir
-from backup.errors import BackupError, FatalError, InvalidInput, LockLost, NotFound
-from backup.identifiers import TableName, identifier
+from base.fanout import run_threads
+from base.errors import BackupError, FatalError, InvalidInput, LockLost, NotFound
+from base.identifiers import TableName, identifier
 from backup.jobs import phase_entry
 from backup.enqueue import fail_request
 from backup.resources import Resources
@@ -66,12 +68,6 @@ def submit(res: Resources, table: str, months=None, end=None, job_id: str | None
 def _window(rec: dict) -> Window:
     w = rec["args"]["window"]
     return Window(dt.date.fromisoformat(w["start"]), dt.date.fromisoformat(w["end"]))
-
-
-def run_id(rec: dict) -> str:
-    """Folder name of a run: creation time and job id prefix."""
-    t = dt.datetime.fromtimestamp(rec["created"], dt.timezone.utc)
-    return f"{t:%Y%m%dT%H%M%SZ}-{rec['job_id'][:8]}"
 
 
 def archive_name(table: TableName, window: Window) -> str:
@@ -122,7 +118,7 @@ def export_phase(ctx: PhaseContext) -> dict:
     table = TableName.parse(rec["target"])
     window = _window(rec)
     cfg = res.settings.edge_export
-    folder = res.settings.path(cfg.export_dir) / str(table) / run_id(rec)
+    folder = res.settings.path(cfg.export_dir) / str(table) / run_id(rec["created"], rec["job_id"])
     final = folder / archive_name(table, window)
     with res.hive() as hive:
         hive.columns(table)  # NotFound before anything is written if the table is unknown
@@ -137,7 +133,7 @@ def export_phase(ctx: PhaseContext) -> dict:
         except OSError:
             pass
         raise
-    ctx.done({**stats, "local_path": str(final), "run_id": run_id(rec)})
+    ctx.done({**stats, "local_path": str(final), "run_id": run_id(rec["created"], rec["job_id"])})
     return {"job_id": ctx.job_id, **stats}
 
 
@@ -167,7 +163,6 @@ def export_to_file(res: Resources, table: TableName, window: Window, final: Path
     writers = [CsvGzipWriter(p, cfg.compresslevel) for p in parts]
     totals = {"rows": 0, "bytes": 0}
     lock = threading.Lock()
-    errors: list[BaseException] = []
 
     def progress(rows: int, nbytes: int) -> None:
         with lock:
@@ -178,28 +173,18 @@ def export_to_file(res: Resources, table: TableName, window: Window, final: Path
             ctx.progress(**snapshot)
 
     def run(piece: Window, writer: CsvGzipWriter, last: bool) -> None:
-        try:
-            with res.hive() as hive:
-                sql = export_query(table, piece, cfg.partition_column)
-                for cols in hive.stream_columns(sql, f"export {table} {piece.label}"):
-                    before = writer.bytes_written
-                    writer.write_columns(cols)
-                    progress(len(cols[0]), writer.bytes_written - before)
-            if last:
-                writer.close()
-        except BaseException as e:
-            errors.append(e)
+        with res.hive() as hive:
+            sql = export_query(table, piece, cfg.partition_column)
+            for cols in hive.stream_columns(sql, f"export {table} {piece.label}"):
+                before = writer.bytes_written
+                writer.write_columns(cols)
+                progress(len(cols[0]), writer.bytes_written - before)
+        if last:
+            writer.close()
 
-    threads = [threading.Thread(target=run, args=(w, wr, i > 0), daemon=True)
-               for i, (w, wr) in enumerate(zip(pieces, writers))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
     try:
-        if errors:
-            fatal = [e for e in errors if not getattr(e, "retryable", False)]
-            raise (fatal or errors)[0]
+        run_threads([lambda w=w, wr=wr, i=i: run(w, wr, i > 0) for i, (w, wr) in enumerate(zip(pieces, writers))],
+                    "export")
         stats = writers[0].close(append=parts[1:])
         if ctx:
             ctx.commit_check()

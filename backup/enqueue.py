@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import redis
 
-from backup.errors import BackupError, ConnectionFailed, InvalidInput
+from base.errors import BackupError, ConnectionFailed, InvalidInput
 from backup.resources import Resources
 
 _KEY = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,200}$")

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from backup.errors import ConnectionFailed, LockLost, NotFound
+from base.errors import ConnectionFailed, LockLost, NotFound
 from backup.locks import Held
 
 STATES = ("queued", "running", "success", "failed", "skipped")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import redis
 
-from backup.errors import ConnectionFailed, LockLost, LockRenewalFailed
+from base.errors import ConnectionFailed, LockLost, LockRenewalFailed
 
 # KEYS[1]=lock KEYS[2]=counter ARGV[1]=job_id ARGV[2]=ttl_ms -> {1, token} or {0, holder}
 _ACQUIRE = """

@@ -81,7 +81,7 @@ class Resources:
             from connectors.spark import SparkConnect
 
             return SparkConnect.from_settings(self.settings)
-        from connectors.spark_submit import SparkSubmit
+        from backup.spark_submit import SparkSubmit
 
         return SparkSubmit.from_settings(self.settings)
 

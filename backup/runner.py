@@ -34,7 +34,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Iterator
 
-from backup.errors import BackupError, LockLost, TooManyDeliveries, classify
+from base.errors import BackupError, LockLost, TooManyDeliveries, classify
 from backup.jobs import TERMINAL, now, phase_entry
 from backup.locks import Held, Renewer
 from backup.metrics import record_metrics

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from backup.errors import ConnectionFailed, Stalled
+from base.errors import ConnectionFailed, Stalled
 from backup.jobs import phase_entry
 from backup.locks import Held
 from backup.resources import Resources

@@ -44,9 +44,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from backup.errors import (AlreadyExists, ConfigError, FatalError, InvalidInput, NotFound, RejectsExceeded,
+from base.urls import url_scheme
+from base.text import CONTROL_CHARS
+from base.errors import (AlreadyExists, ConfigError, FatalError, InvalidInput, NotFound, RejectsExceeded,
                            SchemaDrift, SourceChanged, causes)
-from backup.identifiers import TableName, identifier
+from base.identifiers import TableName, identifier
 from backup.jobs import phase_entry
 from backup.enqueue import fail_request
 from backup.resources import Resources
@@ -81,7 +83,6 @@ _OK, _REASON, _KIND = "_ok", "_reason", "_kind"
 _ROW_DATE = "__table_backup_date"
 
 _SCHEMES = {"file", "hdfs", "viewfs", "s3a", "abfs", "abfss", "gs", "wasbs"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{12,64}$")
 _MAX_VALUE_IN_REASON = 80
 
@@ -140,10 +141,10 @@ def check_source(source) -> str:
     """A folder (or glob) the Spark cluster reads: an absolute path or a URI of a known file system."""
     if not isinstance(source, str) or not source.strip():
         raise InvalidInput("missing source: give the folder of CSV files (absolute path or hdfs://... URI)")
-    if _CONTROL.search(source) or len(source) > 4096:
+    if CONTROL_CHARS.search(source) or len(source) > 4096:
         raise InvalidInput(f"invalid source {source[:200]!r}: control characters or longer than 4096")
-    if "://" in source:
-        scheme = source.split("://", 1)[0].lower()
+    scheme = url_scheme(source, default=None)
+    if scheme is not None:
         if scheme not in _SCHEMES:
             raise InvalidInput(f"invalid source {source!r}: scheme {scheme!r} is not one of {sorted(_SCHEMES)}")
     elif not source.startswith("/"):

@@ -14,7 +14,7 @@ import datetime as dt
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from backup.errors import ConfigError, InvalidInput
+from base.errors import ConfigError, InvalidInput
 
 
 def add_months(d: dt.date, months: int) -> dt.date:

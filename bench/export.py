@@ -25,7 +25,7 @@ def main() -> None:
     from impala.dbapi import connect
 
     from backup.edge_export import export_query, export_to_file
-    from backup.identifiers import TableName
+    from base.identifiers import TableName
     from backup.resources import Resources
     from backup.window import Window
     from workers.platform import LocalPlatform

@@ -101,7 +101,7 @@ class Campaign:
         self.res = Resources(self.settings)
         self.app = create_app(self.settings)
         from connectors.hive import HiveClient
-        from backup.identifiers import TableName
+        from base.identifiers import TableName
         from workers.sample_data import create_sample_table
 
         self.table = TableName("mnaas_faults", "traffic")
@@ -141,7 +141,7 @@ class Campaign:
         return job_id
 
     def record(self, job_id: str) -> dict | None:
-        from backup.errors import ConnectionFailed
+        from base.errors import ConnectionFailed
 
         try:
             return self.res.jobs.find(job_id)
@@ -154,7 +154,7 @@ class Campaign:
 
     def wait_end(self, job_ids: list[str], timeout: float) -> list[dict | None]:
         """Wait until every job is terminal, running the stall check every 5 s as beat would."""
-        from backup.errors import BackupError
+        from base.errors import BackupError
         from backup.stalls import check_stalls
         from workers.app import QUEUES
 

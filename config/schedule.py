@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab
 
-from backup.errors import ConfigError
+from base.errors import ConfigError
 
 
 class ZonedCrontab(crontab):

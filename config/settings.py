@@ -19,7 +19,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from backup.errors import ConfigError
+from base.urls import url_scheme
+from base.text import CONTROL_CHARS
+from base.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "local.yaml"
@@ -161,7 +163,7 @@ def _path_component_problem(name: str) -> str | None:
         return "starts with a dot"
     if "/" in name or "\\" in name:
         return "contains a slash"
-    if _CONTROL.search(name):
+    if CONTROL_CHARS.search(name):
         return "contains control characters"
     return None
 
@@ -172,21 +174,21 @@ def _location_problem(url: str) -> str | None:
 
     if not url.strip():
         return "is empty"
-    if _CONTROL.search(url) or _CONTROL.search(unquote(url)):
+    if CONTROL_CHARS.search(url) or CONTROL_CHARS.search(unquote(url)):
         return "contains control characters"
-    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    scheme = url_scheme(url, default=None)
     if not scheme:
         return None
-    if scheme.group(1).lower() not in _LOCATION_SCHEMES:
-        return f"unknown scheme {scheme.group(1)!r} (use a path or {', '.join(s + '://' for s in _LOCATION_SCHEMES)})"
+    if scheme not in _LOCATION_SCHEMES:
+        return f"unknown scheme {scheme!r} (use a path or {', '.join(s + '://' for s in _LOCATION_SCHEMES)})"
     parts = urlsplit(url)
     try:
         parts.port
     except ValueError:
         return "has a bad port"
-    if scheme.group(1).lower() != "file" and not parts.hostname:
+    if scheme != "file" and not parts.hostname:
         return "names no host"
-    if scheme.group(1).lower() != "file" and not parts.path.startswith("/"):
+    if scheme != "file" and not parts.path.startswith("/"):
         return "needs an absolute path"
     return None
 
@@ -197,7 +199,7 @@ def _glob_problem(pattern: str) -> str | None:
         return "is empty"
     if "/" in pattern:
         return "contains '/' (patterns match file names inside a customer's folder)"
-    if _CONTROL.search(pattern):
+    if CONTROL_CHARS.search(pattern):
         return "contains control characters"
     # fnmatch treats an unclosed '[' as a literal character: almost surely a typo here.
     if "[" in _GLOB_CLASS.sub("", pattern):
@@ -230,8 +232,8 @@ class CustomerFilesSettings(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "CustomerFilesSettings":
-        from backup.errors import InvalidInput
-        from backup.identifiers import TableName
+        from base.errors import InvalidInput
+        from base.identifiers import TableName
 
         for name in self.customers:
             problem = _path_component_problem(name)
@@ -268,7 +270,7 @@ class CustomerFilesSettings(_Section):
                 raise ValueError(f"{key}: {e}") from None
         if TableName.parse(self.staging_table) == TableName.parse(self.final_table):
             raise ValueError("staging_table and final_table must differ")
-        if _CONTROL.search(str(self.manifest_dir)):
+        if CONTROL_CHARS.search(str(self.manifest_dir)):
             raise ValueError("manifest_dir: control characters in path")
         if self.after_backup == "move" and not self.move_to:
             raise ValueError("move_to: required when after_backup is 'move'")
@@ -306,7 +308,7 @@ class SparkSettings(_Section):
         if re.search(r"://[^/;]*@", self.remote):  # a user part before a host (not a parameter such as user_id=a@b)
             raise ValueError("spark.remote must not carry credentials (user@ or user:password@)")
         bad = [k for k, v in self.submit_conf.items() if not re.fullmatch(r"spark\.[A-Za-z0-9_.\-]+", k)
-               or _CONTROL.search(v)]
+               or CONTROL_CHARS.search(v)]
         if bad:
             raise ValueError(f"spark.submit_conf: {bad[0]!r} is not a spark.* key with a one-line value")
         # The values go on spark-submit's command line (ps, the cluster's application page): no secret there.
@@ -319,7 +321,7 @@ class SparkSettings(_Section):
         if self.deploy_mode == "cluster" and self.remote != "yarn":
             raise ValueError("spark.deploy_mode: cluster is for spark.remote: yarn only")
         if self.submit_command is not None and not (self.submit_command.startswith("/")
-                                                    and not _CONTROL.search(self.submit_command)):
+                                                    and not CONTROL_CHARS.search(self.submit_command)):
             raise ValueError("spark.submit_command: must be an absolute path")
         return self
 
@@ -448,9 +450,6 @@ class Settings(_Section):
         return SecretStr(value) if value else None
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def _check_paths(s: Settings) -> None:
     for label, p in [
         ("sftp.key_file", s.sftp.key_file),
@@ -459,7 +458,7 @@ def _check_paths(s: Settings) -> None:
         ("platform.state_dir", s.platform.state_dir),
         ("sftp.remote_dir", s.sftp.remote_dir),
     ]:
-        if _CONTROL.search(str(p)):
+        if CONTROL_CHARS.search(str(p)):
             raise ConfigError(f"{label}: control characters in path {str(p)!r}")
     if not s.sftp.remote_dir.startswith("/"):
         raise ConfigError(f"sftp.remote_dir: must be an absolute path, got {s.sftp.remote_dir!r}")

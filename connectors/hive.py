@@ -1,6 +1,6 @@
 """HiveServer2 / Impala through impyla: the one place that talks to the SQL engine.
 
-Only validated identifiers reach SQL text (``backup.identifiers``); values are
+Only validated identifiers reach SQL text (``base.identifiers``); values are
 literals built by ``sql_date``.  Results are streamed column batch by column
 batch (``fetchcbatch``), never fetched whole.
 """
@@ -17,8 +17,8 @@ from impala import dbapi
 from impala.error import Error as ImpylaError
 from thrift.transport.TTransport import TTransportException
 
-from backup.errors import AuthFailed, ConnectionFailed, FatalError, NotFound, classify
-from backup.identifiers import TableName
+from base.errors import AuthFailed, ConnectionFailed, FatalError, NotFound, classify
+from base.identifiers import TableName
 from config.settings import HiveSettings, Settings
 
 _NOT_FOUND = re.compile(r"TABLE_OR_VIEW_NOT_FOUND|Table or view not found|Could not resolve table|"

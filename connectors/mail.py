@@ -6,7 +6,7 @@ import smtplib
 import socket
 from email.message import EmailMessage
 
-from backup.errors import AuthFailed, ConnectionFailed, FatalError
+from base.errors import AuthFailed, ConnectionFailed, FatalError
 from config.settings import Settings
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import paramiko
 
-from backup.errors import (AlreadyExists, BackupError, AuthFailed, ChecksumMismatch, ConfigError, ConnectionFailed,
+from base.fanout import run_threads
+from base.errors import (AlreadyExists, BackupError, AuthFailed, ChecksumMismatch, ConfigError, ConnectionFailed,
                            FatalError, HostKeyMismatch, NotFound, classify)
 from config.settings import Settings, SftpSettings
 
@@ -210,21 +211,43 @@ class SftpSession:
         """SHA-256 computed on the server by ``sha256sum`` (the path is shell-quoted)."""
         what = f"remote sha256sum {path}"
         try:
-            chan = self.transport.open_session(timeout=self.target.s.connect_timeout)
-            chan.exec_command("sha256sum -- " + shlex.quote(path))
-            out = chan.makefile("rb").read().decode(errors="replace")
-            err = chan.makefile_stderr("rb").read().decode(errors="replace")
-            code = chan.recv_exit_status()
-            chan.close()
+            code, digests, err = remote_sha256sum(self.transport, [path], self.target.s.connect_timeout)
         except Exception as e:
             raise _map(e, what) from e
         if code != 0:
             raise FatalError(f"{what}: exit {code}: {' '.join(err.split())[:300]}")
-        # sha256sum prefixes the line with a backslash when the file name needs escaping.
-        digest = out.split(" ", 1)[0].strip().lstrip("\\")
-        if len(digest) != 64:
-            raise FatalError(f"{what}: unexpected output {out[:100]!r}")
-        return digest
+        if len(digests) != 1:
+            raise FatalError(f"{what}: unexpected output ({len(digests)} digests for one file)")
+        return digests[0]
+
+
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def remote_sha256sum(transport: paramiko.Transport, paths: list[str], timeout: float) -> tuple[int, list[str], str]:
+    """One ``sha256sum`` over ``paths`` on the server: (exit code, the digests it printed in argument order, stderr).
+
+    Costs one remote command (a channel and a process) for the whole list.
+    Paths are shell-quoted.  The output is split on ``\\n`` only: sha256sum
+    escapes a newline in a name (and marks that line with a leading
+    backslash), while other line breaks (``\\r``, U+2028) pass through raw
+    and must not split a line.  A line that does not start with 64 hex
+    digits (after that backslash) is not a digest and is left out.
+    """
+    channel = transport.open_session(timeout=timeout)
+    try:
+        channel.exec_command("sha256sum -- " + " ".join(shlex.quote(p) for p in paths))
+        out = channel.makefile("rb").read().decode(errors="replace")
+        err = channel.makefile_stderr("rb").read().decode(errors="replace")
+        code = channel.recv_exit_status()
+    finally:
+        channel.close()
+    digests = []
+    for line in out.split("\n"):
+        digest = line.removeprefix("\\")[:64]
+        if len(digest) == 64 and set(digest) <= _HEX64:
+            digests.append(digest)
+    return code, digests, err
 
 
 ProgressFn = Callable[[int], None]
@@ -379,26 +402,15 @@ def _upload_paramiko(target: SftpTarget, local: Path, remote_tmp: str, progress:
             _send_range(first, local, remote_tmp, 0, size, progress, rate)
             return
         bounds = [size * i // streams for i in range(streams + 1)]
-        errors: list[BaseException] = []
 
         def run(i: int) -> None:
-            try:
-                if i == 0:
-                    _send_range(first, local, remote_tmp, bounds[0], bounds[1], progress, rate)
-                else:
-                    with target.connect() as sess:
-                        _send_range(sess, local, remote_tmp, bounds[i], bounds[i + 1], progress, rate)
-            except BaseException as e:  # collected and re-raised in the calling thread
-                errors.append(e)
+            if i == 0:
+                _send_range(first, local, remote_tmp, bounds[0], bounds[1], progress, rate)
+            else:
+                with target.connect() as sess:
+                    _send_range(sess, local, remote_tmp, bounds[i], bounds[i + 1], progress, rate)
 
-        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(streams)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            fatal = [e for e in errors if not getattr(e, "retryable", False)]
-            raise (fatal or errors)[0]
+        run_threads([lambda i=i: run(i) for i in range(streams)], "upload")
 
 
 def _send_range(sess: SftpSession, local: Path, remote: str, start: int, end: int,

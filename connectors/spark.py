@@ -10,7 +10,7 @@ and to keep the CLI fast.
 The DataFrame code of the workflows uses only the API that classic PySpark and
 Spark Connect share, so a ``spark-submit`` driver runs it unchanged: with
 ``spark.remote`` set to a master instead of an ``sc://`` URL, every Spark phase
-runs in a driver of its own (connectors/spark_submit.py), where ``DriverSpark``
+runs in a driver of its own (backup/spark_submit.py), where ``DriverSpark``
 hands the phase the driver's classic session.  docs/table-backup.md says why
 Connect is the main path.
 """
@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
-from backup.errors import BackupError, ConnectionFailed, FatalError, NotFound, classify
-from backup.identifiers import TableName
+from base.errors import BackupError, ConnectionFailed, FatalError, NotFound, classify
+from base.identifiers import TableName
 from config.settings import Settings, SparkSettings
 
 if TYPE_CHECKING:

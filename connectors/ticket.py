@@ -6,7 +6,7 @@ import json
 import urllib.error
 import urllib.request
 
-from backup.errors import AuthFailed, ConnectionFailed, FatalError
+from base.errors import AuthFailed, ConnectionFailed, FatalError
 from config.settings import Settings
 
 

@@ -12,9 +12,9 @@ without the ``hdfs`` or ``paramiko`` package can still use the others.
 from __future__ import annotations
 
 import importlib
-import re
 
-from backup.errors import ConfigError
+from base.urls import url_scheme
+from base.errors import ConfigError
 from storage.base import FileStat, StorageBackend, check_path
 
 __all__ = ["FileStat", "StorageBackend", "open_backend"]
@@ -27,15 +27,13 @@ BACKENDS = {
     "sftp": "storage.sftp:SftpBackend",
 }
 
-_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def open_backend(url: str, **options) -> tuple[StorageBackend, str]:
     """Open the backend for ``url``; return it and the URL's base path."""
     url = check_path(url)
-    match = _URL_SCHEME.match(url)
     # No "scheme://": a plain path, or the short "file:/path" form.
-    scheme = match.group(1).lower() if match else "file"
+    scheme = url_scheme(url)
     target = BACKENDS.get(scheme)
     if target is None:
         raise ConfigError(f"unknown storage scheme {scheme!r} in {url!r}; known: {sorted(BACKENDS)}")

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from backup.errors import AlreadyExists, BackupError, InvalidInput, NotFound
+from base.errors import AlreadyExists, BackupError, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 

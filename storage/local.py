@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from backup.errors import (
+from base.errors import (
     AlreadyExists,
     ConfigError,
     InvalidInput,

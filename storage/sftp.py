@@ -15,7 +15,6 @@ import contextlib
 import errno
 import io
 import posixpath
-import shlex
 import socket
 import stat as stat_mode
 import threading
@@ -26,7 +25,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import paramiko
 
-from backup.errors import (
+from base.errors import (
     AlreadyExists,
     BackupError,
     ConfigError,
@@ -36,7 +35,7 @@ from backup.errors import (
     NotFound,
     classify,
 )
-from connectors.sftp import SftpSession, SftpTarget
+from connectors.sftp import SftpSession, SftpTarget, remote_sha256sum
 from storage.base import MappedReadStream, FileStat, StorageBackend, check_path
 
 DEFAULT_PORT = 22
@@ -308,18 +307,9 @@ class SftpBackend(StorageBackend):
     def _sha256_batch(self, session: SftpSession, paths: list[str]) -> dict[str, str]:
         what = f"remote sha256sum of {len(paths)} file(s) on {self._authority}"
         with _sftp_errors(what):
-            channel = session.transport.open_session(timeout=self._target.s.connect_timeout)
-            try:
-                channel.exec_command("sha256sum -- " + " ".join(shlex.quote(p) for p in paths))
-                out = channel.makefile("rb").read().decode(errors="replace")
-                err = channel.makefile_stderr("rb").read().decode(errors="replace")
-                code = channel.recv_exit_status()
-            finally:
-                channel.close()
-        lines = out.splitlines()
-        if code == 0 and len(lines) == len(paths):
-            # sha256sum answers in argument order; a name with a backslash gets a leading '\'.
-            return {path: line.lstrip("\\")[:64] for path, line in zip(paths, lines)}
+            code, digests, err = remote_sha256sum(session.transport, paths, self._target.s.connect_timeout)
+        if code == 0 and len(digests) == len(paths):  # sha256sum answers in argument order
+            return dict(zip(paths, digests))
         for path in paths:  # name the file that could not be read
             found = session.stat(path)
             if found is None:

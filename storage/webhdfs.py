@@ -15,7 +15,7 @@ from hdfs import InsecureClient
 from hdfs.client import _Request
 from hdfs.util import HdfsError
 
-from backup.errors import (
+from base.errors import (
     AlreadyExists,
     AuthFailed,
     BackupError,

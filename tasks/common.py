@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from celery import Task
 
-from backup.errors import BackupError, classify
+from base.errors import BackupError, classify
 from backup.jobs import phase_entry
 from backup.resources import Resources
 from backup.retry import gave_up, next_retry

@@ -14,7 +14,7 @@ from __future__ import annotations
 from celery import chain, chord, group
 
 from backup import customer_files as wf
-from backup.errors import RetryableError
+from base.errors import RetryableError
 from backup.jobs import phase_entry
 from backup.runner import phase
 from tasks.common import FAILURE_CLEANUP, PhaseTask, make_phase_task, on_chain_error, progress_publisher, resources

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from celery import Task
 
 from backup.enqueue import fail_request, submit_once
-from backup.errors import InvalidInput
+from base.errors import InvalidInput
 from tasks.common import resources
 
 

@@ -34,7 +34,7 @@ def wait_job(res, job_id: str, timeout: float = 120) -> dict:
 
 def new_sample_table(settings, name: str, rows: int = 8000) -> str:
     """``mnaas_test.<name>``, (re)created with ``rows`` sample rows on the platform's HiveServer2."""
-    from backup.identifiers import TableName
+    from base.identifiers import TableName
     from connectors.hive import HiveClient
     from workers.sample_data import create_sample_table
 

@@ -84,8 +84,8 @@ SAMPLE_ROWS = 20_000  # enough for the export phase to run for seconds (visible 
 
 def sample_table(settings) -> str:
     """The operations tests' sample table, created once per session (no test changes it)."""
-    from backup.errors import NotFound
-    from backup.identifiers import TableName
+    from base.errors import NotFound
+    from base.identifiers import TableName
     from connectors.hive import HiveClient
     from workers.sample_data import create_sample_table
 

@@ -25,7 +25,7 @@ import sys
 import time
 import uuid
 
-from backup.errors import BackupError, ConfigError
+from base.errors import BackupError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -92,7 +92,7 @@ def cmd_run(args) -> int:
     from workers.app import app
 
     if args.workflow != "customer-files" and not args.target:
-        from backup.errors import InvalidInput
+        from base.errors import InvalidInput
 
         raise InvalidInput(f"{args.workflow} needs a target DB.TABLE")
     if args.workflow == "edge-export":
@@ -101,7 +101,7 @@ def cmd_run(args) -> int:
         validate_request(res, args.target, args.months, args.end)  # fail here, before enqueueing
         kwargs = {"table": args.target, "months": args.months, "end": args.end}
     elif args.workflow == "table-backup":
-        from backup.errors import InvalidInput
+        from base.errors import InvalidInput
         from backup.table_backup import validate_request
 
         if args.months is not None or args.end is not None:
@@ -111,7 +111,7 @@ def cmd_run(args) -> int:
         validate_request(res, **kwargs)  # fail here, before enqueueing
     elif args.workflow == "customer-files":
         from backup.customer_files import TARGET, config
-        from backup.errors import InvalidInput
+        from base.errors import InvalidInput
 
         if args.target not in (None, TARGET):
             raise InvalidInput(f"customer-files always covers every configured customer: give no target or {TARGET!r}")
@@ -197,7 +197,7 @@ def wait_for(res, job_id: str, show: bool, timeout: float | None = None,
     Redis unreachable for up to ``blip`` seconds in a row (a restart, a
     fail-over) is waited out with one notice on stderr; longer, the error is raised.
     """
-    from backup.errors import ConnectionFailed
+    from base.errors import ConnectionFailed
     from backup.jobs import TERMINAL
 
     deadline = time.monotonic() + timeout if timeout else None
@@ -284,7 +284,7 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_sample_data(args) -> int:
-    from backup.identifiers import TableName
+    from base.identifiers import TableName
     from workers.sample_data import create_sample_table
 
     res = _resources(args)
@@ -295,7 +295,7 @@ def cmd_sample_data(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from backup.identifiers import TableName
+    from base.identifiers import TableName
     from workers import demo
 
     res = _resources(args)

@@ -16,7 +16,7 @@ import os
 import posixpath
 import random
 
-from backup.identifiers import TableName
+from base.identifiers import TableName
 from backup.resources import Resources
 from storage.webhdfs import WebHdfsBackend
 from workers.sample_data import create_sample_table

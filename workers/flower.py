@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from backup.errors import ConfigError
+from base.errors import ConfigError
 
 
 def check_auth(settings) -> str:

@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from backup.errors import ConfigError, ConnectionFailed
+from base.errors import ConfigError, ConnectionFailed
 from config.settings import PlatformSettings
 
 HADOOP_SOURCES = Path(__file__).resolve().parent / "hadoop"

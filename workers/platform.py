@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup.errors import ConfigError, ConnectionFailed
+from base.errors import ConfigError, ConnectionFailed
 from config.settings import Settings
 from workers.local_hadoop import WAREHOUSE, LocalHadoop
 

@@ -8,7 +8,7 @@ unicode, NULLs and empty strings.
 
 from __future__ import annotations
 
-from backup.identifiers import TableName, identifier
+from base.identifiers import TableName, identifier
 
 TRICKY_NOTES = ["plain", "semi;colon", 'say "hi"', "two\nlines", "crlf\r\nline", "Nørd Ørbit ✓ 日本", "", None]
 

@@ -2,7 +2,7 @@
 
     spark-submit --master M --deploy-mode client [--conf k=v ...] workers/spark_driver.py PAYLOAD.json
 
-connectors/spark_submit.py writes the payload (settings, the function, the job) and starts
+backup/spark_submit.py writes the payload (settings, the function, the job) and starts
 this.  It builds a classic SparkSession with Hive support (the phases of one job are separate
 drivers and share tables only through the metastore), runs the function with resources whose
 Spark is that session, and writes ``result.json`` beside the payload: ``{"result": ...}`` or
@@ -82,7 +82,7 @@ def metastore_problem(uris: str | None, url: str | None, derby_home: str | None,
 
 def check_metastore(spark) -> None:
     """ConfigError if the session's metastore is a throwaway one (see ``metastore_problem``)."""
-    from backup.errors import ConfigError
+    from base.errors import ConfigError
 
     try:
         spark._jsparkSession.sharedState()  # loads hive-site.xml into the Hadoop configuration
@@ -121,7 +121,7 @@ def run(payload: dict, spark) -> object:
 
 def describe(exc: BaseException, what: str) -> dict:
     """The error as the worker raises it again: class, message, family, traceback."""
-    from backup.errors import DriverFailed
+    from base.errors import DriverFailed
     from connectors.spark import classify_spark
 
     err = DriverFailed(f"{what}: lost the connection to the driver's JVM: {exc}") if _jvm_gone(exc) \
@@ -136,7 +136,7 @@ def _jvm_gone(exc: BaseException) -> bool:
     Only an unclassified error, or the plain FatalError that wraps a Spark call's failure, counts:
     a workflow's own error (SchemaDrift, LockLost, ...) stays what it is.
     """
-    from backup.errors import BackupError, ConnectionFailed, FatalError, causes
+    from base.errors import BackupError, ConnectionFailed, FatalError, causes
 
     try:
         from py4j.protocol import Py4JNetworkError
@@ -149,7 +149,7 @@ def _jvm_gone(exc: BaseException) -> bool:
 
 def start_session(master_label: str):
     """The classic session with Hive support; a start the cluster refused is DriverFailed (retryable)."""
-    from backup.errors import DriverFailed
+    from base.errors import DriverFailed
 
     try:
         from pyspark.sql import SparkSession
@@ -160,7 +160,7 @@ def start_session(master_label: str):
 
 
 def _log_to_stderr() -> None:
-    from connectors.spark_submit import LOG_MARK
+    from backup.spark_submit import LOG_MARK
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{LOG_MARK} %(levelname)s %(name)s: %(message)s"))
@@ -189,7 +189,7 @@ def write_report_to_redis(payload: dict, report: str) -> None:
     """SET the outcome once under the key the worker waits on (redis-py rides through a short outage)."""
     from backup.resources import redis_client
     from config.settings import Settings
-    from connectors.spark_submit import REPORT_TTL
+    from backup.spark_submit import REPORT_TTL
 
     redis_client(Settings.model_validate(payload["settings"])).set(payload["report_key"], report, ex=REPORT_TTL)
 
@@ -212,7 +212,7 @@ def main(argv: list[str]) -> int:
     try:
         report = json.dumps(outcome)
     except (TypeError, ValueError) as e:  # a result that is not JSON: a bug, reported as such (not retried)
-        from backup.errors import FatalError
+        from base.errors import FatalError
 
         report = json.dumps({"error": describe(FatalError(f"{what}: its result is not JSON: {e}"), what)})
     if payload.get("report_key"):  # cluster deploy mode: the worker shares Redis with us, not a file system

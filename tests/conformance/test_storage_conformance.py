@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from backup.errors import AlreadyExists, ConfigError, InvalidInput, NotFound
+from base.errors import AlreadyExists, ConfigError, InvalidInput, NotFound
 from storage import open_backend
 from storage.base import is_temp_name, temp_name
 from storage.local import LocalBackend

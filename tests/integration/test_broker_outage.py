@@ -169,7 +169,7 @@ def test_worker_and_waiting_client_ride_through_a_redis_restart_mid_transfer(set
 
 def test_waiting_client_gives_up_loudly_when_redis_stays_away(tmp_path):
     """Past redis.outage_grace plus the client's own allowance, --wait ends with one clear error."""
-    from backup.errors import ConnectionFailed
+    from base.errors import ConnectionFailed
     from backup.resources import Resources
     from config.settings import load_settings
     from workers.cli import wait_for

@@ -25,7 +25,7 @@ import yaml
 from impala.dbapi import connect
 
 from backup import customer_files as wf
-from backup.identifiers import TableName
+from base.identifiers import TableName
 from backup.resources import Resources
 from backup.runner import phase
 from config.settings import load_settings
@@ -569,7 +569,7 @@ def test_sftp_checksums_in_one_remote_command(settings, platform, tmp_path):
         paths = [f"{folder}/{n}" for n in names]
         assert backend.sha256_many(paths) == {f"{folder}/{n}": hashlib.sha256(n.encode() * i).hexdigest()
                                               for i, n in enumerate(names)}
-        from backup.errors import NotFound
+        from base.errors import NotFound
 
         with pytest.raises(NotFound, match="gone.csv"):
             backend.sha256_many(paths + [f"{folder}/gone.csv"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from impala.dbapi import connect
 
-from backup.identifiers import TableName
+from base.identifiers import TableName
 from backup.locks import Held
 from backup.window import export_window
 from tests.conftest import CONFIG_PATH, STATE, WorkerProc, write_config
@@ -142,7 +142,7 @@ def test_stale_lock_of_dead_holder_expires(settings, res, worker, celery_app, ta
     assert second["outputs"]["lock_token"] > dead.token
     # The dead holder's token is fenced off: it can no longer commit.
     res.locks.acquire("edge-export", table, "someone-else")
-    from backup.errors import LockLost
+    from base.errors import LockLost
 
     with pytest.raises(LockLost):
         res.locks.check(dead)
@@ -216,7 +216,7 @@ def test_unknown_host_key_refused_nothing_written(settings, res, tables, platfor
     import subprocess
 
     from backup import edge_export as wf
-    from backup.errors import HostKeyMismatch
+    from base.errors import HostKeyMismatch
     from backup.resources import Resources
     from backup.runner import fail_job, phase
     from config.settings import load_settings
@@ -344,7 +344,7 @@ def test_each_upload_engine_delivers_the_exact_bytes_to_an_awkward_name(settings
 def test_openssh_engine_refuses_a_changed_host_key_and_sends_nothing(settings, res, platform, tmp_path, rate):
     import subprocess
 
-    from backup.errors import HostKeyMismatch
+    from base.errors import HostKeyMismatch
     from backup.resources import Resources
     from config.settings import load_settings
     from connectors.sftp import upload
@@ -422,7 +422,7 @@ def test_wait_exits_1_when_the_run_fails_or_is_skipped(settings, res, worker, ta
 
 def test_alerts_disabled_records_the_failure_and_sends_nothing(settings, res, tables):
     from backup import edge_export as wf
-    from backup.errors import NotFound
+    from base.errors import NotFound
     from backup.resources import Resources
     from backup.runner import fail_job, phase
 
@@ -443,7 +443,7 @@ def test_alerts_disabled_records_the_failure_and_sends_nothing(settings, res, ta
 
 def test_a_failed_runs_archive_that_no_longer_matches_its_checksum_is_not_resumed(settings, res, tables):
     from backup import edge_export as wf
-    from backup.errors import ConnectionFailed
+    from base.errors import ConnectionFailed
     from backup.runner import fail_job, phase
 
     table = tables["hostkey"]

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from base.text import run_id
 from backup import edge_export as wf
-from backup.errors import AlreadyExists, ChecksumMismatch, LockLost, TooManyDeliveries
+from base.errors import AlreadyExists, ChecksumMismatch, LockLost, TooManyDeliveries
 from backup.runner import phase
 from connectors.sftp import upload, verify_and_commit
 from tests.helpers import new_sample_table, remote_files, ssh
@@ -106,7 +107,7 @@ def test_a_run_that_lost_its_lock_mid_export_commits_no_archive(settings, res, g
             _steal_on_first_progress(res, ctx)  # the lock changes hands while the rows stream
             with pytest.raises(LockLost):
                 wf.export_phase(ctx)
-        folder = settings.path(settings.edge_export.export_dir) / guard_table / wf.run_id(res.jobs.get(job_id))
+        folder = settings.path(settings.edge_export.export_dir) / guard_table / run_id(res.jobs.get(job_id)["created"], job_id)
         assert not folder.exists() or not any(folder.iterdir()), list(folder.iterdir())
     finally:
         _release(res, guard_table)
@@ -163,7 +164,7 @@ def test_a_phase_redelivered_past_the_limit_fails_for_good(settings, res, guard_
 
 def test_a_temp_file_the_failure_cleanup_could_not_reach_is_removed_by_the_next_run(settings, res, guard_table):
     """The backup server unreachable when a run fails: its .part stays, recorded; the next transfer removes it."""
-    from backup.errors import ConnectionFailed
+    from base.errors import ConnectionFailed
     from backup.resources import Resources
     from backup.runner import fail_job
 

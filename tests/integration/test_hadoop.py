@@ -14,7 +14,7 @@ import random
 import pytest
 
 from backup import customer_files as wf
-from backup.errors import AuthFailed
+from base.errors import AuthFailed
 from backup.resources import Resources
 from config.settings import Settings, load_settings
 from storage.hdfs_checksum import HdfsChecksummer, matches

@@ -210,7 +210,7 @@ def test_a_reader_that_sees_a_run_end_sees_its_alert_its_cleanup_and_a_free_lock
     """The terminal state is the last thing written: a poller never sees "failed" before the alert went out."""
     import uuid
 
-    from backup.errors import NotFound
+    from base.errors import NotFound
     from backup.resources import Resources
     from backup.runner import fail_job, finish_job, phase
     from tests.helpers import sink_counts

@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from backup import edge_export as wf
-from backup.errors import LockLost, NotFound
+from base.errors import LockLost, NotFound
 from backup.runner import fail_job, phase
 from tests.helpers import new_sample_table, sink_counts, wait_until
 

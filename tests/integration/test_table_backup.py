@@ -18,7 +18,7 @@ import pytest
 from impala.dbapi import connect
 
 from backup import table_backup as wf
-from backup.errors import (AlreadyExists, BackupError, ConnectionFailed, RejectsExceeded, SchemaDrift,
+from base.errors import (AlreadyExists, BackupError, ConnectionFailed, RejectsExceeded, SchemaDrift,
                            SourceChanged)
 from backup.resources import Resources
 from backup.runner import fail_job, phase

@@ -19,7 +19,7 @@ import pytest
 
 from backup.resources import Resources
 from config.settings import load_settings
-from connectors.spark_submit import SparkSubmit, driver_env
+from backup.spark_submit import SparkSubmit, driver_env
 from bench.faultkit import PrivateRedis
 from tests.conftest import PORT_OFFSET, STATE, WorkerProc, write_config
 from tests.helpers import backupctl, sink_counts, wait_until

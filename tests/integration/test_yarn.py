@@ -136,7 +136,7 @@ def test_client_mode_on_yarn_runs_executors_in_yarn_and_sees_the_shared_metastor
 
     import yaml
 
-    from connectors.spark_submit import SparkSubmit, driver_env
+    from backup.spark_submit import SparkSubmit, driver_env
 
     raw = yaml.safe_load(yarn_config.read_text())
     raw["spark"]["deploy_mode"] = "client"

@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from backup.errors import ConfigError
+from base.errors import ConfigError
 from config.settings import DEFAULT_CONFIG, load_settings
 
 GOOD = {

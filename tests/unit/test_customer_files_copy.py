@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from backup import customer_files as wf
-from backup.errors import ConnectionFailed
+from base.errors import ConnectionFailed
 from config.settings import Settings
 from storage.base import READ_CHUNK, is_temp_name
 from storage.local import LocalBackend

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from backup.errors import (BackupError, ConnectionFailed, FatalError, InvalidInput, RetryableError, classify)
-from backup.identifiers import TableName, identifier
+from base.errors import (BackupError, ConnectionFailed, FatalError, InvalidInput, RetryableError, classify)
+from base.identifiers import TableName, identifier
 from backup.window import Window, add_months, export_window
 
 

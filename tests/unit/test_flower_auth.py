@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backup.errors import ConfigError
+from base.errors import ConfigError
 from config.settings import load_settings
 from tests.conftest import write_config
 from workers.flower import check_auth, flower_argv

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from backup.errors import LockLost, NotFound
+from base.errors import LockLost, NotFound
 from backup.jobs import JobStore
 from backup.locks import LockManager, Renewer
 

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from backup.errors import ConfigError
+from base.errors import ConfigError
 from config.schedule import STALL_CHECK_ENTRY, beat_schedule, next_fires, parse_cron
 from config.settings import load_settings
 from tests.conftest import write_config

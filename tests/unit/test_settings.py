@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from backup.errors import ConfigError
+from base.errors import ConfigError
 from config.settings import DEFAULT_CONFIG, load_settings
 
 

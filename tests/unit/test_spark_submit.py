@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from backup import table_backup as wf
-from backup.errors import ConfigError, DriverFailed, FatalError, RetryableError, SchemaDrift, SourceChanged
+from base.errors import ConfigError, DriverFailed, FatalError, RetryableError, SchemaDrift, SourceChanged
 from backup.resources import Resources
-from connectors import spark_submit
+from backup import spark_submit
 from config.settings import load_settings
 from connectors.spark import SparkConnect
-from connectors.spark_submit import DRIVER_SCRIPT, DriverTraceback, SparkSubmit, function_name, raised_again
+from backup.spark_submit import DRIVER_SCRIPT, DriverTraceback, SparkSubmit, function_name, raised_again
 from tests.conftest import CONFIG_PATH, ROOT, STATE
 from tests.helpers import wait_until
 from workers.spark_driver import describe, die_with_parent, metastore_problem, resolve, run
@@ -112,7 +112,7 @@ def fake_submit(tmp_path, monkeypatch):
 def test_a_driver_gets_the_payload_and_the_environment_but_no_secret_in_either_and_its_result_comes_back(
         fake_submit, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("MB_TEST_RESULT", json.dumps({"result": {"rows": 7}}))
-    with caplog.at_level(logging.INFO, logger="connectors.spark_submit"):
+    with caplog.at_level(logging.INFO, logger="backup.spark_submit"):
         assert SparkSubmit(fake_submit).run(wf.drop_unswitched_staging, None, {"job_id": "j" * 12}) == {"rows": 7}
     out = tmp_path / "out"
     argv = (out / "argv").read_text().split("\n")
@@ -209,7 +209,7 @@ def test_a_driver_dies_with_the_worker_process_that_started_it(tmp_path):
     starter = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
                "from backup import table_backup as wf\n"
                "from config.settings import load_settings\n"
-               "from connectors.spark_submit import SparkSubmit\n"
+               "from backup.spark_submit import SparkSubmit\n"
                f"s = load_settings({str(CONFIG_PATH)!r}, overrides={{'spark': {{'remote': 'local[1]', "
                f"'submit_command': {str(fake)!r}}}}})\n"
                "SparkSubmit(s).run(wf.drop_unswitched_staging, None, {'job_id': 'x' * 12})\n")

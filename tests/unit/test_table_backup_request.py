@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from backup.errors import ConfigError, FatalError, InvalidInput
+from base.errors import ConfigError, FatalError, InvalidInput
 from backup.resources import Resources
 from backup.table_backup import check_source, job_tag, run_names, validate_request
 from config.settings import load_settings

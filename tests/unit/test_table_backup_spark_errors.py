@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from backup.errors import ConnectionFailed
-from backup.identifiers import TableName
+from base.errors import ConnectionFailed
+from base.identifiers import TableName
 from config.settings import SparkSettings
 from connectors.spark import SparkConnect, table_kind
 

@@ -47,8 +47,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backup import errors
-from backup.errors import BackupError, ConfigError, DriverFailed, FatalError, RetryableError
+from base import errors
+from base.errors import BackupError, ConfigError, DriverFailed, FatalError, RetryableError
 from config.settings import Settings
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER_SCRIPT = ROOT / "workers" / "spark_driver.py"
 # What a driver in a YARN container imports: shipped with --py-files.
-SHIPPED_PACKAGES = ("backup", "config", "connectors", "storage", "workers")
+SHIPPED_PACKAGES = ("base", "backup", "config", "connectors", "storage", "workers")
 REPORT_TTL = 7 * 86400
 _APPLICATION_ID = re.compile(r"\b(application_\d+_\d+)\b")
 # Variables that would turn the driver's SparkSession builder into a Spark Connect client.
@@ -85,7 +85,7 @@ def function_name(func: Callable) -> str:
 
 
 def raised_again(error: dict) -> BackupError:
-    """The error a driver reported, as the same class of backup.errors (its family if the class is unknown)."""
+    """The error a driver reported, as the same class of base.errors (its family if the class is unknown)."""
     cls = getattr(errors, str(error.get("type")), None)
     if not (isinstance(cls, type) and issubclass(cls, BackupError)):
         cls = RetryableError if error.get("retryable") else FatalError
