@@ -49,6 +49,7 @@ from base.identifiers import TableName
 from backup.jobs import now, phase_entry
 from backup.enqueue import fail_request
 from backup.resources import Resources
+from backup.workflow import Phase, Workflow
 from backup.runner import PhaseContext, end_unsuccessfully, finish_job, take_lock
 from config.settings import CustomerFilesSettings, Settings
 from storage import StorageBackend, open_backend
@@ -956,3 +957,23 @@ def write_fail_flag(res: Resources, rec: dict) -> None:
     def change(r):
         r["outputs"].update(flag="FAIL", flag_uri=uri)
     res.jobs.update(rec["job_id"], change)
+
+
+def validate_request(res: Resources) -> None:
+    """A run takes no arguments; it needs the customer_files section (ConfigError before anything is enqueued)."""
+    config(res)
+
+
+DEFINITION = Workflow(
+    name=WORKFLOW,
+    summary="every configured customer's files copied, verified, to two locations; counts into Hive; a status flag",
+    phases=(Phase("lock", lock_phase), Phase("discover", discover_phase),
+            Phase("copy", None, queue="io", fan_out=True),  # one task per customer: tasks/customer_files.py
+            Phase("collect", collect_phase), Phase("flag", flag_phase)),
+    submit=submit,
+    validate=validate_request,
+    failure_cleanup=write_fail_flag,
+    target_argument=None,
+    target_help="every configured customer",
+    fixed_target=TARGET,
+)

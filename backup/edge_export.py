@@ -1,6 +1,6 @@
 """The ``edge-export`` workflow: a table's window → ``;``-CSV.gz → verified copy on the backup server.
 
-Phases (one Celery task each, chained): lock → export → transfer → cleanup → finish.
+Phases (one Celery task each, chained, declared in ``DEFINITION``): lock → export → transfer → cleanup → finish.
 Every function here takes ``Resources`` and a job id and returns small JSON;
 none needs a worker.
 
@@ -29,6 +29,7 @@ from backup.jobs import phase_entry
 from backup.enqueue import fail_request
 from backup.resources import Resources
 from backup.runner import PhaseContext, finish_job, take_lock
+from backup.workflow import Option, Phase, Workflow
 from backup.window import Window, export_window
 from connectors.hive import sql_date
 from connectors.sftp import local_sha256, upload, verify_and_commit
@@ -36,7 +37,6 @@ from connectors.sftp import local_sha256, upload, verify_and_commit
 log = logging.getLogger(__name__)
 
 WORKFLOW = "edge-export"
-PHASES = ["lock", "export", "transfer", "cleanup", "finish"]
 
 
 def validate_request(res: Resources, table: str, months=None, end=None) -> tuple[TableName, Window]:
@@ -59,10 +59,10 @@ def submit(res: Resources, table: str, months=None, end=None, job_id: str | None
     try:
         name, window = validate_request(res, table, months, end)
     except InvalidInput as e:
-        res.jobs.create(job_id, WORKFLOW, str(table), args, PHASES)
+        res.jobs.create(job_id, WORKFLOW, str(table), args, DEFINITION.phase_names)
         return fail_request(res, job_id, e)
     args.update(window=window.as_dict())
-    return res.jobs.create(job_id, WORKFLOW, str(name), args, PHASES)
+    return res.jobs.create(job_id, WORKFLOW, str(name), args, DEFINITION.phase_names)
 
 
 def _window(rec: dict) -> Window:
@@ -335,5 +335,14 @@ def finish_phase(ctx: PhaseContext) -> dict:
             "remote_uri": rec["outputs"].get("remote_uri")}
 
 
-PHASE_FUNCS = {"lock": lock_phase, "export": export_phase, "transfer": transfer_phase,
-               "cleanup": cleanup_phase, "finish": finish_phase}
+DEFINITION = Workflow(
+    name=WORKFLOW,
+    summary="a table's window as ;-CSV.gz, copied verified to the backup server",
+    phases=(Phase("lock", lock_phase), Phase("export", export_phase), Phase("transfer", transfer_phase, queue="io"),
+            Phase("cleanup", cleanup_phase), Phase("finish", finish_phase)),
+    submit=submit,
+    validate=validate_request,
+    failure_cleanup=discard_remote_temp,
+    options=(Option("--months", "months", "window length in calendar months (default from config)", type=int),
+             Option("--end", "end", "window end, exclusive, YYYY-MM-DD (default: first day of this month)")),
+)

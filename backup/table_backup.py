@@ -52,6 +52,7 @@ from base.identifiers import TableName, identifier
 from backup.jobs import phase_entry
 from backup.enqueue import fail_request
 from backup.resources import Resources
+from backup.workflow import Option, Phase, Workflow
 from backup.runner import PhaseContext, finish_job, take_lock
 from config.settings import TableBackupSettings
 from connectors.spark import concurrently, drop, properties_if_exists, spark_errors, table_kind, tables_like
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORKFLOW = "table-backup"
-PHASES = ["lock", "validate", "load", "write", "finish"]
 
 PARTITION_COLUMNS = ("year_part", "month_part")
 REJECT_COLUMNS = ("line", "reason", "source_file", "job_id")
@@ -202,9 +202,9 @@ def submit(res: Resources, table: str, source: str, suffix: str | None = None, v
         check_job_id(job_id)
         args = validate_request(res, table, source, suffix, versioned, retention, day, job_id)
     except InvalidInput as e:
-        res.jobs.create(job_id, WORKFLOW, str(table), raw, PHASES)
+        res.jobs.create(job_id, WORKFLOW, str(table), raw, DEFINITION.phase_names)
         return fail_request(res, job_id, e)
-    return res.jobs.create(job_id, WORKFLOW, args["table"], args, PHASES)
+    return res.jobs.create(job_id, WORKFLOW, args["table"], args, DEFINITION.phase_names)
 
 
 def names_of(rec: dict) -> Names:
@@ -875,5 +875,19 @@ def finish_phase(ctx: PhaseContext) -> dict:
             "backup_table": out.get("backup_table"), "rejects_table": out.get("rejects_table")}
 
 
-PHASE_FUNCS = {"lock": lock_phase, "validate": validate_phase, "load": load_phase, "write": write_phase,
-               "finish": finish_phase}
+# Every phase on the spark queue, lock and finish too: a worker serving ``spark`` runs a backup from end to end.
+DEFINITION = Workflow(
+    name=WORKFLOW,
+    summary="a folder of ;-CSV files loaded through Spark into the partitioned <table>_bkp backup, swapped in atomically",
+    phases=(Phase("lock", lock_phase, queue="spark"), Phase("validate", validate_phase, queue="spark", spark=True),
+            Phase("load", load_phase, queue="spark", spark=True), Phase("write", write_phase, queue="spark", spark=True),
+            Phase("finish", finish_phase, queue="spark")),
+    submit=submit,
+    validate=validate_request,
+    failure_cleanup=discard_staging,
+    options=(Option("--source", "source", "folder of ;-CSV files the Spark cluster reads (absolute path or URI)"),
+             Option("--suffix", "suffix", "backup name is DB.TABLE<suffix> (default from config, _bkp)"),
+             Option("--versioned", "versioned", "one backup per day, <table><suffix>_YYYYMMDD", flag_only=True),
+             Option("--retention", "retention", "--versioned: backups kept (default from config)", type=int),
+             Option("--day", "day", "--versioned: date in the name, YYYY-MM-DD (default: today)")),
+)

@@ -156,7 +156,7 @@ class Campaign:
         """Wait until every job is terminal, running the stall check every 5 s as beat would."""
         from base.errors import BackupError
         from backup.stalls import check_stalls
-        from workers.app import QUEUES
+        from backup.workflow import QUEUES
 
         deadline = time.monotonic() + timeout
         next_check = time.monotonic() + 5

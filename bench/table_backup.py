@@ -88,13 +88,13 @@ def main() -> None:
             df.write.mode("overwrite").partitionBy("year_part", "month_part").saveAsTable(f"{LIVE}_bare_bkp")
             return spark.table(f"{LIVE}_bare_bkp").count()
 
-    phase_times: dict[str, list[float]] = {p: [] for p in wf.PHASES}
+    phase_times: dict[str, list[float]] = {p: [] for p in wf.DEFINITION.phase_names}
 
     def workflow(source=source) -> int:
         rec = wf.submit(res, LIVE, str(source))
-        for name in wf.PHASES:
+        for name in wf.DEFINITION.phase_names:
             with phase(res, rec["job_id"], name) as ctx:
-                t, _ = timed(wf.PHASE_FUNCS[name], ctx)
+                t, _ = timed(wf.DEFINITION.phase(name).run, ctx)
                 phase_times[name].append(round(t, 2))
         rec = res.jobs.get(rec["job_id"])
         assert rec["state"] == "success", rec

@@ -1,7 +1,6 @@
 """The beat schedule, built from the ``schedules`` section of the config.
 
-Each entry names a workflow of the public task registry
-(``workers.cli.WORKFLOW_TASKS``), a five-field cron expression read in its own
+Each entry names a registered workflow (``config.workflows``), a five-field cron expression read in its own
 IANA timezone, and the keyword arguments of the workflow's entry task::
 
     schedules:
@@ -26,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from celery.schedules import crontab
 
 from base.errors import ConfigError
+from config.workflows import workflow_tasks
 
 
 class ZonedCrontab(crontab):
@@ -80,13 +80,6 @@ def parse_cron(expr: str, timezone: str = "UTC", nowfun=None) -> ZonedCrontab:
                             timezone=timezone, nowfun=nowfun)
     except Exception as e:  # celery raises ParseException, ValueError or TypeError for bad fields
         raise ValueError(f"bad cron expression {expr!r}: {' '.join(str(e).split())}") from e
-
-
-def workflow_tasks() -> dict[str, str]:
-    """The public task registry: workflow name → entry task name."""
-    from workers.cli import WORKFLOW_TASKS
-
-    return WORKFLOW_TASKS
 
 
 #: beat entry of the stall check (backup/stalls.py), present in every schedule; no config entry may take the name

@@ -376,7 +376,7 @@ class ScheduleEntry(_Section):
     """One scheduled run: a workflow started by celery beat on a cron expression."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,80}$", description="unique name of the entry (beat key, logs, backupctl schedule)")
-    workflow: str = Field(..., description="workflow to start, a name of the public task registry (workers.cli.WORKFLOW_TASKS), e.g. edge-export")
+    workflow: str = Field(..., description="workflow to start, a registered workflow (config/workflows.py), e.g. edge-export")
     cron: str = Field(..., description="five-field cron expression: minute hour day-of-month month day-of-week")
     timezone: str = Field("UTC", description="IANA timezone the cron expression is read in, e.g. Europe/Rome (DST-aware)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the workflow's entry task, e.g. {table: db.table}; never secrets")

@@ -17,25 +17,11 @@ from backup import customer_files as wf
 from base.errors import RetryableError
 from backup.jobs import phase_entry
 from backup.runner import phase
-from tasks.common import FAILURE_CLEANUP, PhaseTask, make_phase_task, on_chain_error, progress_publisher, resources
-from tasks.entry import EntryTask, start_job
+from tasks.common import PhaseTask, on_chain_error, progress_publisher, register_workflow, resources
 from workers.app import app
 
 
-@app.task(name="backup.customer_files", bind=True, acks_late=True, base=EntryTask, workflow=wf.WORKFLOW)
-def customer_files(self, idempotency_key: str | None = None) -> dict:
-    """Create the job record and start the run's chain."""
-    return start_job(self, idempotency_key, lambda: wf.submit(resources(), job_id=self.request.id),
-                     lambda rec: build_chain(rec["job_id"], rec["args"]["customers"]))
-
-
-lock = make_phase_task(app, "backup.customer_files.lock", "lock", wf.lock_phase)
-discover = make_phase_task(app, "backup.customer_files.discover", "discover", wf.discover_phase)
-collect = make_phase_task(app, "backup.customer_files.collect", "collect", wf.collect_phase)
-flag = make_phase_task(app, "backup.customer_files.flag", "flag", wf.flag_phase)
-
-
-@app.task(name="backup.customer_files.copy", bind=True, base=PhaseTask, phase_name="copy")
+@app.task(name=wf.DEFINITION.phase_task("copy"), bind=True, base=PhaseTask, phase_name="copy")
 def copy(self, payload: dict, customer: str) -> dict:
     """Copy one customer's files to both locations, reporting per-file results (and its own failure) as data."""
     res = resources()
@@ -57,14 +43,15 @@ def copy(self, payload: dict, customer: str) -> dict:
         return wf.record_customer_error(res, job_id, customer, e)
 
 
-def build_chain(job_id: str, customers: list[str]):
+def build_chain(rec: dict):
     """lock → discover → chord(copy per customer, collect) → flag, each failing into the error handler."""
-    payload = {"job_id": job_id}
-    header = group(copy.s(customer=c) for c in customers)
+    payload = {"job_id": rec["job_id"]}
+    header = group(copy.s(customer=c) for c in rec["args"]["customers"])
     # The body is immutable: it reads the per-file results from Redis, not the header's return values.
-    body = collect.si(payload).on_error(on_chain_error.s())
-    return chain(lock.s(payload).on_error(on_chain_error.s()), discover.s().on_error(on_chain_error.s()),
-                 chord(header, body), flag.s().on_error(on_chain_error.s()))
+    body = TASKS["collect"].si(payload).on_error(on_chain_error.s())
+    return chain(TASKS["lock"].s(payload).on_error(on_chain_error.s()),
+                 TASKS["discover"].s().on_error(on_chain_error.s()),
+                 chord(header, body), TASKS["flag"].s().on_error(on_chain_error.s()))
 
 
-FAILURE_CLEANUP[wf.WORKFLOW] = wf.write_fail_flag
+TASKS = register_workflow(app, wf.DEFINITION, build_chain=build_chain)

@@ -24,11 +24,14 @@ class EntryTask(Task):
 
     abstract = True
     workflow: str = ""
+    #: the request arguments the task accepts (``Workflow.request_signature``)
+    request_signature: inspect.Signature | None = None
 
     def __call__(self, *args, **kwargs):
-        problem = argument_problem(inspect.signature(self.run), args, kwargs)
+        signature = self.request_signature or inspect.signature(self.run)
+        problem = argument_problem(signature, args, kwargs)
         if problem:
-            accepted = ", ".join(inspect.signature(self.run).parameters)
+            accepted = ", ".join(signature.parameters)
             err = InvalidInput(f"bad arguments for {self.name}: {problem} (accepted keyword arguments: {accepted})")
             rec = reject(self.request.id, self.workflow, kwargs, err)
             return {"job_id": rec["job_id"], "state": rec["state"], "error": rec["error"]}

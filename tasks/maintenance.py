@@ -8,14 +8,9 @@ fails loudly, once, each job that stopped moving (see backup/stalls.py).
 from __future__ import annotations
 
 from backup.stalls import check_stalls
-from tasks.common import FAILURE_CLEANUP, resources
-from workers.app import QUEUES, app
-
-
-def cleanup_for(workflow: str):
-    """The failure cleanup of a workflow, bound to this process's resources."""
-    cleanup = FAILURE_CLEANUP.get(workflow)
-    return (lambda rec: cleanup(resources(), rec)) if cleanup else None
+from backup.workflow import QUEUES
+from tasks.common import cleanup_for, resources
+from workers.app import app
 
 
 @app.task(name="backup.stall_check", acks_late=True, ignore_result=False)

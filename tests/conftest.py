@@ -207,16 +207,18 @@ class WorkerProc:
 
     started: list["WorkerProc"] = []  # every worker of the session, killed at its end whatever a test did
 
-    def __init__(self, config: Path, name: str, queues: str = "default,io,spark", concurrency: int = 2, app=None):
+    def __init__(self, config: Path, name: str, queues: str = "default,io,spark", concurrency: int = 2, app=None,
+                 app_module: str = "workers.app"):
         self.config, self.name, self.queues, self.concurrency = config, name, queues, concurrency
         self.app = app  # a Celery app on the worker's broker (default: the test config's)
+        self.app_module = app_module  # what ``celery -A`` loads
         self.proc: subprocess.Popen | None = None
         self.log = STATE / f"worker-{name}.log"
 
     def start(self, timeout: float = 60) -> "WorkerProc":
         env = dict(os.environ, BACKUP_CONFIG=str(self.config), PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", self.queues, "-E",
+            [sys.executable, "-m", "celery", "-A", self.app_module, "worker", "-Q", self.queues, "-E",
              "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO"],
             cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         WorkerProc.started.append(self)

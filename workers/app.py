@@ -38,21 +38,24 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, task_prerun
 
+from backup.workflow import definition_of_task
 from config.schedule import beat_schedule
 from config.settings import Settings, get_settings
-
-QUEUES = ("default", "io", "spark")
+from config.workflows import WORKFLOWS
 
 #: seconds between two sweeps of the broker's unacknowledged messages by each worker (re-stamp, then restore)
 RESTORE_SWEEP_SECONDS = 5
 
-# Routed by task name: transfers and copies are I/O bound, Spark jobs wait on the cluster.
-TASK_ROUTES = {
-    "backup.edge_export.transfer": {"queue": "io"},
-    "backup.customer_files.copy": {"queue": "io"},
-    "backup.table_backup.*": {"queue": "spark"},
-    "backup.*": {"queue": "default"},
-}
+__all__ = ["RESTORE_SWEEP_SECONDS", "app", "celery_config", "create_app", "route_task"]
+
+
+def route_task(name, args=None, kwargs=None, options=None, task=None, **kw) -> dict:
+    """Celery router: a phase goes to the queue its workflow declares (transfers and copies on ``io``, Spark
+    phases on ``spark``); entry tasks and everything else to ``default``."""
+    found = definition_of_task(name)
+    if found and found[1] is not None:
+        return {"queue": found[1].queue}
+    return {"queue": "default"}
 
 
 def redis_url_with_password(s: Settings) -> str:
@@ -107,7 +110,9 @@ def celery_config(s: Settings) -> dict:
         "result_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": "default",
-        "task_routes": TASK_ROUTES,
+        "task_routes": (route_task,),
+        # Read when a worker starts, so a workflow registered before then (config.workflows) is included.
+        "include": [e.tasks for e in WORKFLOWS.values()] + ["tasks.maintenance"],
         "worker_concurrency": c.worker_concurrency,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
@@ -123,11 +128,17 @@ def celery_config(s: Settings) -> dict:
 
 
 def create_app(s: Settings | None = None) -> Celery:
-    """Build the Celery app from settings."""
-    s = s or get_settings()
-    celery_app = Celery("mediation_backup", include=["tasks.edge_export", "tasks.table_backup", "tasks.customer_files",
-                                                           "tasks.maintenance"])
-    celery_app.conf.update(celery_config(s))
+    """The Celery app; configured from ``s``, or, without it, from ``get_settings()`` when first used.
+
+    Building the app reads nothing: like Celery's own ``Task.bind()``, the
+    configuration is applied lazily (``add_defaults`` with a callable), so
+    importing ``workers.app`` or any ``tasks`` module needs no config file.
+    """
+    celery_app = Celery("mediation_backup")
+    if s is not None:
+        celery_app.conf.update(celery_config(s))
+    else:
+        celery_app.add_defaults(lambda: celery_config(get_settings()))
     return celery_app
 
 

@@ -2,9 +2,10 @@
 
     backupctl platform up|down|status
     backupctl worker [-Q io,default] [-c N]        (same as: celery -A workers.app worker)
-    backupctl run edge-export DB.TABLE [--months N] [--end DATE] [--wait] [--json]
-    backupctl run table-backup DB.TABLE --source PATH [--suffix S] [--versioned [--retention N] [--day DATE]] [--wait] [--json]
-    backupctl run customer-files [--wait] [--json]  (every configured customer; --wait: a bar per customer)
+    backupctl run WORKFLOW [TARGET] [options] [--wait] [--json]   (workflows and their options: backupctl run -h)
+    backupctl run edge-export DB.TABLE [--months N] [--end DATE]
+    backupctl run table-backup DB.TABLE --source PATH [--suffix S] [--versioned [--retention N] [--day DATE]]
+    backupctl run customer-files                    (every configured customer; --wait: a bar per customer)
     backupctl status JOB_ID [--json]
     backupctl jobs [--limit N]
     backupctl sample-data DB.TABLE [--rows N]
@@ -25,7 +26,7 @@ import sys
 import time
 import uuid
 
-from base.errors import BackupError, ConfigError
+from base.errors import BackupError
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -83,44 +84,22 @@ def cmd_worker(args) -> int:
 
 # -- run / status / jobs -------------------------------------------------------
 
-WORKFLOW_TASKS = {"edge-export": "backup.edge_export", "table-backup": "backup.table_backup",
-                  "customer-files": "backup.customer_files"}
-
-
 def cmd_run(args) -> int:
+    from backup.workflow import definition
+    from base.errors import InvalidInput
+
+    wf = definition(args.workflow)
     res = _resources(args)
     from workers.app import app
 
-    if args.workflow != "customer-files" and not args.target:
-        from base.errors import InvalidInput
-
-        raise InvalidInput(f"{args.workflow} needs a target DB.TABLE")
-    if args.workflow == "edge-export":
-        from backup.edge_export import validate_request
-
-        validate_request(res, args.target, args.months, args.end)  # fail here, before enqueueing
-        kwargs = {"table": args.target, "months": args.months, "end": args.end}
-    elif args.workflow == "table-backup":
-        from base.errors import InvalidInput
-        from backup.table_backup import validate_request
-
-        if args.months is not None or args.end is not None:
-            raise InvalidInput("--months and --end apply to edge-export, not table-backup")
-        kwargs = {"table": args.target, "source": args.source, "suffix": args.suffix, "versioned": args.versioned,
-                  "retention": args.retention, "day": args.day}
-        validate_request(res, **kwargs)  # fail here, before enqueueing
-    elif args.workflow == "customer-files":
-        from backup.customer_files import TARGET, config
-        from base.errors import InvalidInput
-
-        if args.target not in (None, TARGET):
-            raise InvalidInput(f"customer-files always covers every configured customer: give no target or {TARGET!r}")
-        config(res)  # a config without the customer_files section fails here, before enqueueing
-        kwargs = {}
-    else:
-        raise ConfigError(f"unknown workflow {args.workflow!r}")
+    if wf.target_argument and not args.target:
+        raise InvalidInput(f"{wf.name} needs a target {wf.target_help}")
+    if not wf.target_argument and args.target not in (None, wf.fixed_target):
+        raise InvalidInput(f"{wf.name} always covers {wf.target_help}: give no target or {wf.fixed_target!r}")
+    request = wf.request_from_cli(args.target, vars(args))
+    wf.validate(res, **request)  # fail here, before enqueueing
     job_id = uuid.uuid4().hex
-    app.send_task(WORKFLOW_TASKS[args.workflow], kwargs=kwargs, task_id=job_id)
+    app.send_task(wf.task, kwargs=request, task_id=job_id)
     if not args.wait:
         print(json.dumps({"job_id": job_id, "state": "queued"}) if args.json else job_id)
         return EXIT_OK
@@ -313,7 +292,8 @@ def cmd_demo(args) -> int:
 def cmd_schedule(args) -> int:
     import datetime as dt
 
-    from config.schedule import next_fires, workflow_tasks
+    from config.schedule import next_fires
+    from config.workflows import workflow_tasks
 
     settings = _settings(args)
     now = dt.datetime.now(dt.timezone.utc)
@@ -377,6 +357,8 @@ def cmd_metrics(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of backupctl."""
+    from backup.workflow import definitions
+
     ap = argparse.ArgumentParser(prog="backupctl", description="mediation-backup control")
     ap.add_argument("--config", help="YAML config (default: $BACKUP_CONFIG or config/local.yaml)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -395,19 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("run", help="start a workflow")
-    p.add_argument("workflow", choices=sorted(WORKFLOW_TASKS))
-    p.add_argument("target", nargs="?", help="DB.TABLE (customer-files: none, it covers every configured customer)")
-    p.add_argument("--months", type=int, help="window length in calendar months (default from config)")
-    p.add_argument("--end", help="window end, exclusive, YYYY-MM-DD (default: first day of this month)")
-    p.add_argument("--source", help="table-backup: folder of ;-CSV files the Spark cluster reads (absolute path or URI)")
-    p.add_argument("--suffix", help="table-backup: backup name is DB.TABLE<suffix> (default from config, _bkp)")
-    p.add_argument("--versioned", action="store_true", help="table-backup: one backup per day, <table><suffix>_YYYYMMDD")
-    p.add_argument("--retention", type=int, help="table-backup --versioned: backups kept (default from config)")
-    p.add_argument("--day", help="table-backup --versioned: date in the name, YYYY-MM-DD (default: today)")
-    p.add_argument("--wait", action="store_true", help="show progress and wait for the end")
-    p.add_argument("--json", action="store_true", help="print the final job record as JSON")
-    p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
-    p.set_defaults(func=cmd_run)
+    runs = p.add_subparsers(dest="workflow", required=True, metavar="WORKFLOW")
+    for wf in definitions():
+        w = runs.add_parser(wf.name, help=wf.summary, description=f"{wf.name}: {wf.summary}")
+        if wf.target_argument:
+            w.add_argument("target", nargs="?", metavar="TARGET", help=wf.target_help)
+        else:
+            w.add_argument("target", nargs="?", metavar="TARGET",
+                           help=f"none ({wf.name} always covers {wf.target_help}), or {wf.fixed_target!r}")
+        for option in wf.options:
+            option.add_to(w)
+        w.add_argument("--wait", action="store_true", help="show progress and wait for the end")
+        w.add_argument("--json", action="store_true", help="print the final job record as JSON")
+        w.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+        w.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="show a job record")
     p.add_argument("job_id")

@@ -231,9 +231,9 @@ def test_unknown_host_key_refused_nothing_written(settings, res, tables, platfor
     rec = wf.submit(r2, table)
     job_id = rec["job_id"]
     with pytest.raises(HostKeyMismatch, match="CHANGED"):
-        for name in wf.PHASES:
+        for name in wf.DEFINITION.phase_names:
             with phase(r2, job_id, name) as ctx:
-                wf.PHASE_FUNCS[name](ctx)
+                wf.DEFINITION.phase(name).run(ctx)
     # Empty known_hosts: unknown key, also refused.
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
@@ -395,7 +395,7 @@ def test_disk_full_fails_clearly_leaves_nothing_and_the_next_run_succeeds(settin
         again = wf.submit(r, table)["job_id"]
         for name in ("lock", "export"):
             with phase(r, again, name) as ctx:
-                wf.PHASE_FUNCS[name](ctx)
+                wf.DEFINITION.phase(name).run(ctx)
         archive = Path(r.jobs.get(again)["outputs"]["local_path"])
         assert archive.is_file() and archive.stat().st_size == r.jobs.get(again)["outputs"]["bytes"]
         r.locks.release(Held.from_dict(r.jobs.get(again)["lock"]))
@@ -451,7 +451,7 @@ def test_a_failed_runs_archive_that_no_longer_matches_its_checksum_is_not_resume
     first = wf.submit(res, table)["job_id"]
     for name in ("lock", "export"):
         with phase(res, first, name) as ctx:
-            wf.PHASE_FUNCS[name](ctx)
+            wf.DEFINITION.phase(name).run(ctx)
     fail_job(res, first, "transfer", ConnectionFailed("backup server away"))
     archive = Path(res.jobs.get(first)["outputs"]["local_path"])
     data = bytearray(archive.read_bytes())
@@ -460,7 +460,7 @@ def test_a_failed_runs_archive_that_no_longer_matches_its_checksum_is_not_resume
     second = wf.submit(res, table)["job_id"]
     for name in ("lock", "export"):
         with phase(res, second, name) as ctx:
-            wf.PHASE_FUNCS[name](ctx)
+            wf.DEFINITION.phase(name).run(ctx)
     rec = res.jobs.get(second)
     export = next(p for p in rec["phases"] if p["name"] == "export")
     assert export["state"] == "success" and "resumed_from" not in rec["outputs"]

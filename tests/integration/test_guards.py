@@ -33,7 +33,7 @@ def _exported(res, table) -> str:
     job_id = wf.submit(res, table)["job_id"]
     for name in ("lock", "export"):
         with phase(res, job_id, name) as ctx:
-            wf.PHASE_FUNCS[name](ctx)
+            wf.DEFINITION.phase(name).run(ctx)
     rec = res.jobs.get(job_id)
     assert rec["state"] == "running", f"the test job could not start: {rec.get('reason') or rec.get('error')}"
     return job_id

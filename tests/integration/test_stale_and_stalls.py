@@ -30,7 +30,7 @@ def stale_table(platform, settings):
 def _run(res, job_id, name):
     with phase(res, job_id, name) as ctx:
         assert ctx.active, f"{name}: {ctx.stale or ctx.rec['state']}"
-        return wf.PHASE_FUNCS[name](ctx)
+        return wf.DEFINITION.phase(name).run(ctx)
 
 
 def test_stale_transfer_racing_cleanup_neither_fails_nor_alerts_the_successful_job(settings, res, stale_table):
@@ -77,7 +77,7 @@ def test_worker_stops_the_chain_of_a_stale_delivery(settings, res, worker, celer
     """A stale transfer delivered with its chain (as a restored message is) neither runs nor starts cleanup."""
     job_id = uuid.uuid4().hex
     target = f"mnaas_test.stale_chain_{job_id[:6]}"
-    res.jobs.create(job_id, wf.WORKFLOW, target, {}, wf.PHASES)
+    res.jobs.create(job_id, wf.WORKFLOW, target, {}, wf.DEFINITION.phase_names)
 
     def moved_on(r):
         r["state"] = "running"

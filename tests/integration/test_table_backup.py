@@ -129,12 +129,12 @@ def new_live(settings, name: str) -> str:
 
 def run_phases(res: Resources, job_id: str) -> dict:
     """Run the phases in-process as the chain does; a failure is recorded like the chain's errback, then raised."""
-    for name in wf.PHASES:
+    for name in wf.DEFINITION.phase_names:
         try:
             with phase(res, job_id, name) as ctx:
                 if not ctx.active:
                     break
-                wf.PHASE_FUNCS[name](ctx)
+                wf.DEFINITION.phase(name).run(ctx)
         except BackupError as e:
             fail_job(res, job_id, name, e, cleanup=lambda r: wf.discard_staging(res, r))
             raise
@@ -323,9 +323,9 @@ def test_failure_between_staging_and_swap_keeps_previous_backup(settings, res, b
     rec = wf.submit(res, baseline["table"], src.as_uri())
     staging = wf.names_of(rec).data
     with pytest.raises(ConnectionFailed, match="injected") as e:
-        for name in wf.PHASES:
+        for name in wf.DEFINITION.phase_names:
             with phase(res, rec["job_id"], name) as ctx:
-                wf.PHASE_FUNCS[name](ctx)
+                wf.DEFINITION.phase(name).run(ctx)
     assert ctx.name == "write"
     # At the failure: the staging table is complete, readers still get the previous backup.
     assert query(settings, f"SELECT count(*) FROM {staging}") == [(400,)]
@@ -545,11 +545,11 @@ def test_staging_table_gone_before_the_switch_fails_and_keeps_the_backup(setting
     src = write_files(files / "staging-gone", good_rows(60, first_id=80_000), parts=1)
     rec = wf.submit(res, baseline["table"], src.as_uri())
     with pytest.raises(BackupError, match=r"staging table .* is gone") as e:
-        for name in wf.PHASES:
+        for name in wf.DEFINITION.phase_names:
             with phase(res, rec["job_id"], name) as ctx:
                 if name == "write":
                     execute(settings, f"DROP TABLE {wf.names_of(rec).data}")
-                wf.PHASE_FUNCS[name](ctx)
+                wf.DEFINITION.phase(name).run(ctx)
     assert not e.value.retryable
     fail_job(res, rec["job_id"], "write", e.value, cleanup=lambda r: wf.discard_staging(res, r))
     assert_baseline_intact(settings, baseline)
@@ -627,13 +627,13 @@ def test_a_run_validated_by_an_earlier_version_still_loads(settings, res, files)
     table = new_live(settings, "traffic_upgrade")
     rows = good_rows(80)
     rec = wf.submit(res, table, write_files(files / "upgrade", rows, parts=1).as_uri())
-    for name in wf.PHASES:
+    for name in wf.DEFINITION.phase_names:
         with phase(res, rec["job_id"], name) as ctx:
             if name == "load":
                 for key in ("live_schema", "previous_data_table", "backup_reads", "stale_data_tables",
                             "previous_rejects"):
                     ctx.rec["outputs"].pop(key)
-            wf.PHASE_FUNCS[name](ctx)
+            wf.DEFINITION.phase(name).run(ctx)
     assert res.jobs.get(rec["job_id"])["state"] == "success"
     assert_same_rows(backup_rows(settings, f"{table}_bkp"), rows)
 
@@ -684,7 +684,7 @@ def test_a_retried_load_empties_the_rejects_an_earlier_attempt_wrote(settings, r
     rec = wf.submit(tolerant, table, src.as_uri())
     for name in ("lock", "validate"):
         with phase(tolerant, rec["job_id"], name) as ctx:
-            wf.PHASE_FUNCS[name](ctx)
+            wf.DEFINITION.phase(name).run(ctx)
     assert res.jobs.get(rec["job_id"])["outputs"]["previous_rejects"] is None
     with pytest.raises(SourceChanged):
         with phase(tolerant, rec["job_id"], "load") as ctx:
@@ -693,7 +693,7 @@ def test_a_retried_load_empties_the_rejects_an_earlier_attempt_wrote(settings, r
     monkeypatch.setattr(wf, "write_rejects", original)
     for name in ("load", "write", "finish"):  # the retry of load, as Celery's retry runs it
         with phase(tolerant, rec["job_id"], name, attempt=2 if name == "load" else 1) as ctx:
-            wf.PHASE_FUNCS[name](ctx)
+            wf.DEFINITION.phase(name).run(ctx)
     done = res.jobs.get(rec["job_id"])
     assert done["state"] == "success" and done["outputs"]["rows_rejected"] == 0, done
     assert query(settings, f"SELECT count(*) FROM {table}_bkp_rejects") == [(0,)]
@@ -707,7 +707,7 @@ def test_a_load_redelivered_after_its_switch_leaves_the_backup_alone(settings, r
     rec = wf.submit(res, table, write_files(files / "redelivered", rows, parts=1).as_uri())
     for name in ("lock", "validate", "load", "write"):
         with phase(res, rec["job_id"], name) as ctx:
-            wf.PHASE_FUNCS[name](ctx)
+            wf.DEFINITION.phase(name).run(ctx)
     # The runner recognises the delivery as stale (write has started) and runs nothing ...
     with phase(res, rec["job_id"], "load") as ctx:
         assert not ctx.active and ctx.stale == "phase write has already started"

@@ -1,0 +1,73 @@
+"""The workflow registry and declarations: routes, request contracts and CLI options all come from one place."""
+
+from __future__ import annotations
+
+import pytest
+
+from backup.workflow import Option, Phase, Workflow, definition, definitions
+from base.errors import ConfigError
+from config.workflows import WorkflowEntry, register, workflow_tasks
+
+
+def test_builtin_workflows_and_their_public_task_names():
+    assert workflow_tasks() == {"edge-export": "backup.edge_export", "table-backup": "backup.table_backup",
+                                "customer-files": "backup.customer_files"}
+    assert [wf.name for wf in definitions()] == list(workflow_tasks())
+
+
+@pytest.mark.parametrize("task, queue", [
+    ("backup.edge_export", "default"), ("backup.edge_export.lock", "default"),
+    ("backup.edge_export.transfer", "io"), ("backup.customer_files.copy", "io"),
+    ("backup.customer_files.collect", "default"), ("backup.table_backup", "default"),
+    ("backup.table_backup.lock", "spark"), ("backup.table_backup.load", "spark"),
+    ("backup.table_backup.finish", "spark"), ("backup.stall_check", "default"), ("backup.on_chain_error", "default"),
+    ("backup.edge_export_extra", "default"),
+])
+def test_routes_follow_the_declared_queues(task, queue):
+    from workers.app import app
+
+    assert app.amqp.router.route({}, task)["queue"].name == queue
+
+
+def test_request_contracts_are_the_submit_signatures():
+    contract = {wf.name: list(wf.request_signature().parameters) for wf in definitions()}
+    assert contract == {
+        "edge-export": ["table", "months", "end", "idempotency_key"],
+        "table-backup": ["table", "source", "suffix", "versioned", "retention", "day", "idempotency_key"],
+        "customer-files": ["idempotency_key"],
+    }
+
+
+def test_cli_request_fills_the_target_and_options():
+    wf = definition("table-backup")
+    request = wf.request_from_cli("db.t", {"source": "/x", "versioned": True, "suffix": None, "retention": 3,
+                                           "day": None, "wait": True})
+    assert request == {"table": "db.t", "source": "/x", "suffix": None, "versioned": True, "retention": 3,
+                       "day": None}
+    assert definition("customer-files").request_from_cli(None, {"wait": True}) == {}
+
+
+@pytest.mark.parametrize("entry, message", [
+    (WorkflowEntry("Edge_Export", "backup.x", "tasks.x"), "use lower-case words joined by '-'"),
+    (WorkflowEntry("x", "backup.x; rm", "tasks.x"), "is not a dotted module name"),
+    (WorkflowEntry("edge-export", "backup.other", "tasks.other"), "is already registered"),
+    (WorkflowEntry("stall-check", "backup.x", "tasks.x"), "is reserved"),
+])
+def test_bad_registry_entries_are_refused(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        register(entry)
+
+
+def test_bad_declarations_are_refused():
+    def submit(res, table, job_id=None):
+        return {}
+
+    with pytest.raises(ConfigError, match="unknown queue 'fast'"):
+        Phase("copy", lambda ctx: {}, queue="fast")
+    with pytest.raises(ConfigError, match="phase names repeat"):
+        Workflow("x", "x", (Phase("a", lambda c: {}), Phase("a", lambda c: {})), submit, lambda res, table: None)
+    with pytest.raises(ConfigError, match="CLI fills 'months', which submit\\(\\) does not take"):
+        Workflow("x", "x", (Phase("a", lambda c: {}),), submit, lambda res, table: None,
+                 options=(Option("--months", "months", "m", type=int),))
+    with pytest.raises(ConfigError, match="unknown workflow 'nope'"):
+        definition("nope")
