@@ -1,5 +1,7 @@
 # The project image: Celery workers, beat, Flower and the metrics exporter (backupctl), plus the
 # try-out services of docker-compose.yml (Spark from the pyspark wheel, the OpenSSH edge node, the mail sink).
+# local_platform (development tooling) is copied only because the try-out mail service runs its sinks;
+# the production services never import it.
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
@@ -18,6 +20,7 @@ COPY storage ./storage
 COPY config ./config
 COPY tasks ./tasks
 COPY workers ./workers
+COPY local_platform ./local_platform
 COPY deploy ./deploy
 RUN pip install --no-cache-dir --no-deps .
 

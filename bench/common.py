@@ -18,7 +18,7 @@ OUT = ROOT / "bench" / "out"
 def settings(overrides: dict | None = None):
     """Settings of the local platform (config/local.yaml or $BACKUP_CONFIG), platform started."""
     from config.settings import load_settings
-    from workers.platform import LocalPlatform
+    from local_platform.services import LocalPlatform
 
     s = load_settings(os.environ.get("BACKUP_CONFIG"), overrides)
     LocalPlatform(s).up()

@@ -28,8 +28,8 @@ def main() -> None:
     from base.identifiers import TableName
     from backup.resources import Resources
     from backup.window import Window
-    from workers.platform import LocalPlatform
-    from workers.sample_data import create_sample_table
+    from local_platform.services import LocalPlatform
+    from local_platform.sample_data import create_sample_table
 
     table = TableName.parse(TABLE)
     res = Resources(s)

@@ -65,7 +65,7 @@ class Campaign:
 
     def __enter__(self) -> "Campaign":
         from config.settings import _merge, load_settings
-        from workers.platform import LocalPlatform
+        from local_platform.services import LocalPlatform
 
         import yaml
 
@@ -102,7 +102,7 @@ class Campaign:
         self.app = create_app(self.settings)
         from connectors.hive import HiveClient
         from base.identifiers import TableName
-        from workers.sample_data import create_sample_table
+        from local_platform.sample_data import create_sample_table
 
         self.table = TableName("mnaas_faults", "traffic")
         with HiveClient.from_settings(self.settings) as hive:

@@ -155,7 +155,7 @@ def main() -> None:
     from backup.resources import Resources
     from config.settings import load_settings
     from workers.app import app
-    from workers.platform import LocalPlatform
+    from local_platform.services import LocalPlatform
 
     s = load_settings(config)
     hadoop = LocalPlatform(s).hadoop

@@ -100,7 +100,7 @@ def main() -> None:
         assert rec["state"] == "success", rec
         return rec["outputs"]["rows_accepted"]
 
-    from workers.platform import LocalPlatform
+    from local_platform.services import LocalPlatform
 
     jvm = LocalPlatform(s)._pid("spark")  # driver and executors: one JVM on the local platform
     times: dict[str, list[float]] = {"bare_script": [], "workflow": []}

@@ -29,7 +29,7 @@ PORT_OFFSET = int(os.environ.get("MB_TEST_PORT_OFFSET", "0"))
 TEST_REDIS_DB = int(os.environ.get("MB_TEST_REDIS_DB", "9"))
 HIVE_PORT, CONNECT_PORT, UI_PORT = 11000 + PORT_OFFSET, 16002 + PORT_OFFSET, 4140 + PORT_OFFSET
 SSH_PORT, SMTP_PORT, TICKET_PORT = 2322 + PORT_OFFSET, 8125 + PORT_OFFSET, 8189 + PORT_OFFSET
-# Real HDFS and YARN (workers/local_hadoop.py): NameNode RPC and HTTP (WebHDFS), the HDFS JVM's control port,
+# Real HDFS and YARN (local_platform/hadoop.py): NameNode RPC and HTTP (WebHDFS), the HDFS JVM's control port,
 # ResourceManager client port (scheduler, tracker and admin on 18030, 18031 and 18033) and REST port.
 METASTORE_PORT, NAMENODE_PORT, NAMENODE_HTTP_PORT = 11527 + PORT_OFFSET, 18020 + PORT_OFFSET, 19870 + PORT_OFFSET
 HDFS_CONTROL_PORT, RM_PORT, RM_HTTP_PORT = 19879 + PORT_OFFSET, 18032 + PORT_OFFSET, 18088 + PORT_OFFSET
@@ -103,7 +103,7 @@ def settings():
 @pytest.fixture(scope="session")
 def redis_server(settings):
     """Redis for the whole session: the platform's, started here if nothing listens yet (stopped at the end)."""
-    from workers.platform import LocalPlatform
+    from local_platform.services import LocalPlatform
 
     _stop_leftovers()
     plat = LocalPlatform(settings)
@@ -186,7 +186,7 @@ def platform(settings, redis_server):
     """
     import json
 
-    from workers.platform import LocalPlatform
+    from local_platform.services import LocalPlatform
 
     plat = LocalPlatform(settings)
     report = plat.up(only=PLATFORM_SERVICES, timeout=240)

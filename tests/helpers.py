@@ -36,7 +36,7 @@ def new_sample_table(settings, name: str, rows: int = 8000) -> str:
     """``mnaas_test.<name>``, (re)created with ``rows`` sample rows on the platform's HiveServer2."""
     from base.identifiers import TableName
     from connectors.hive import HiveClient
-    from workers.sample_data import create_sample_table
+    from local_platform.sample_data import create_sample_table
 
     table = TableName("mnaas_test", name)
     with HiveClient.from_settings(settings) as hive:
@@ -111,7 +111,7 @@ def hdfs(settings):
 
 def warehouse_folder(table: str) -> str:
     """HDFS folder of a managed table ``db.table`` in the local platform's warehouse (on HDFS)."""
-    from workers.local_hadoop import WAREHOUSE
+    from local_platform.hadoop import WAREHOUSE
 
     db, name = table.lower().split(".")
     return f"{WAREHOUSE}/{db}.db/{name}"

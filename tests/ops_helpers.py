@@ -87,7 +87,7 @@ def sample_table(settings) -> str:
     from base.errors import NotFound
     from base.identifiers import TableName
     from connectors.hive import HiveClient
-    from workers.sample_data import create_sample_table
+    from local_platform.sample_data import create_sample_table
 
     table = TableName.parse(SAMPLE_TABLE)
     with HiveClient.from_settings(settings) as hive:

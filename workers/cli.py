@@ -48,7 +48,7 @@ def _resources(args):
 # -- platform ------------------------------------------------------------------
 
 def cmd_platform(args) -> int:
-    from workers.platform import LocalPlatform
+    from local_platform.services import LocalPlatform
 
     plat = LocalPlatform(_settings(args))
     only = args.only.split(",") if args.only else None
@@ -264,7 +264,7 @@ def cmd_jobs(args) -> int:
 
 def cmd_sample_data(args) -> int:
     from base.identifiers import TableName
-    from workers.sample_data import create_sample_table
+    from local_platform.sample_data import create_sample_table
 
     res = _resources(args)
     with res.hive() as hive:
@@ -275,7 +275,7 @@ def cmd_sample_data(args) -> int:
 
 def cmd_demo(args) -> int:
     from base.identifiers import TableName
-    from workers import demo
+    from local_platform import demo
 
     res = _resources(args)
     table = TableName.parse(args.table)

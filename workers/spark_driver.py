@@ -26,8 +26,8 @@ import threading
 import traceback
 from pathlib import Path
 
-# spark-submit runs this file by its path, so Python put its folder first on sys.path, where
-# workers/platform.py would shadow the standard library's platform module: the project root instead.
+# spark-submit runs this file by its path, so Python put its folder (workers/) first on sys.path, where a
+# module could shadow a standard library one of the same name: the project root instead.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 

@@ -22,7 +22,7 @@ from backup.window import export_window
 from tests.conftest import CONFIG_PATH, STATE, WorkerProc, write_config
 from tests.helpers import (backupctl, enqueue, remote_files, sink_counts, sink_mails, sink_tickets, ssh,
                            wait_job, wait_until)
-from workers.sample_data import create_sample_table
+from local_platform.sample_data import create_sample_table
 
 pytestmark = pytest.mark.integration
 

@@ -112,7 +112,7 @@ def test_worker_log_lines_carry_job_and_phase_in_text_and_json(tmp_path, setting
     # JSON: a second worker with log_format json on a Redis of its own, so it gets every task of its job.
     from backup.resources import Resources
     from workers.app import create_app
-    from workers.platform import LocalPlatform
+    from local_platform.services import LocalPlatform
 
     config = write_config(tmp_path / "json.yaml", {
         "log_format": "json", "redis": {"url": f"redis://127.0.0.1:{PRIVATE_REDIS_PORT}/0"},

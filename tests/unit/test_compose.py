@@ -99,19 +99,19 @@ def test_console_script_and_image_build():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "pip install --no-cache-dir -r requirements.txt" in dockerfile
     assert "pip install --no-cache-dir --no-deps ." in dockerfile
-    for package in ("backup", "connectors", "storage", "config", "tasks", "workers"):
+    for package in ("backup", "connectors", "storage", "config", "tasks", "workers", "local_platform"):
         assert re.search(rf"^COPY {package} ", dockerfile, re.M), f"{package} not copied into the image"
 
 
 def test_spark_service_runs_the_local_platform_command():
     argv = _argv(SERVICES["spark"]["command"])
     assert argv[0] == "spark-submit" and argv[-1] == "spark-internal"
-    platform_source = (ROOT / "workers" / "platform.py").read_text()
+    platform_source = (ROOT / "local_platform" / "services.py").read_text()
     assert "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2" in argv
     confs = [argv[i + 1].split("=", 1)[0] for i, a in enumerate(argv) if a == "--conf"]
     assert "spark.plugins" in confs
     for key in confs:
-        assert f"{key}=" in platform_source, f"spark.{key} is not set by workers/platform.py"
+        assert f"{key}=" in platform_source, f"spark.{key} is not set by local_platform/services.py"
 
 
 def test_every_environment_variable_is_documented():

@@ -3,9 +3,9 @@
 The daemons are Hadoop's own ``MiniDFSCluster`` (a NameNode and DataNodes, WebHDFS on) and
 ``MiniYARNCluster`` (a ResourceManager and NodeManagers) from
 ``org.apache.hadoop:hadoop-client-minicluster:3.5.0`` on Maven Central, the Hadoop version of the
-pinned pyspark wheel.  ``workers/hadoop/pom.xml`` names the jars; ``ensure_installed`` fetches them
+pinned pyspark wheel.  ``local_platform/java/pom.xml`` names the jars; ``ensure_installed`` fetches them
 with Maven into ``<hadoop_home>/lib`` once and compiles the small launcher
-(``workers/hadoop/LocalHadoop.java``) with javac.  The Derby network server jars come with them:
+(``local_platform/java/LocalHadoop.java``) with javac.  The Derby network server jars come with them:
 the Hive metastore database every Spark JVM (the platform's and drivers inside YARN) shares.
 
 Two configuration folders are written under ``<hadoop_home>``:
@@ -32,7 +32,7 @@ from xml.sax.saxutils import escape
 from base.errors import ConfigError, ConnectionFailed
 from config.settings import PlatformSettings
 
-HADOOP_SOURCES = Path(__file__).resolve().parent / "hadoop"
+HADOOP_SOURCES = Path(__file__).resolve().parent / "java"
 LAUNCHER = "LocalHadoop"
 # Hadoop and Derby jars the launcher and the metastore need, all fetched by Maven.
 REQUIRED_JARS = ("hadoop-client-minicluster-3.5.0.jar", "hadoop-client-runtime-3.5.0.jar",
@@ -291,7 +291,7 @@ def _get_json(url: str) -> dict:
 
 
 def _write_xml(path: Path, props: dict) -> None:
-    lines = ['<?xml version="1.0"?>', "<!-- written by workers/local_hadoop.py at platform up; edits are lost -->",
+    lines = ['<?xml version="1.0"?>', "<!-- written by local_platform/hadoop.py at platform up; edits are lost -->",
              "<configuration>"]
     for key, value in props.items():
         lines.append(f"  <property><name>{escape(key)}</name><value>{escape(str(value))}</value></property>")

@@ -1,6 +1,6 @@
 // The local platform's Hadoop daemons: Hadoop's own MiniDFSCluster (a real NameNode and
 // DataNodes, WebHDFS included) or MiniYARNCluster (a real ResourceManager and NodeManagers)
-// in one JVM, configured by the site files workers/platform.py writes.
+// in one JVM, configured by the site files local_platform/services.py writes.
 //
 //   java -cp <lib>/*:<classes> LocalHadoop hdfs <daemon conf dir> <state dir> <ready file> <control port>
 //   java -cp <lib>/*:<classes> LocalHadoop yarn <conf dir> <state dir> <ready file>
@@ -164,7 +164,7 @@ public final class LocalHadoop {
     conf.setBoolean(YarnConfiguration.YARN_MINICLUSTER_FIXED_PORTS, true);
     conf.setBoolean(YarnConfiguration.YARN_MINICLUSTER_USE_RPC, true);
     int nodeManagers = conf.getInt("mediation.local.nodemanagers", 1);
-    // MiniYARNCluster keeps its work under ./target/<name>: workers/platform.py starts this JVM in stateDir.
+    // MiniYARNCluster keeps its work under ./target/<name>: local_platform/services.py starts this JVM in stateDir.
     MiniYARNCluster cluster = new MiniYARNCluster("local-yarn", nodeManagers, 1, 1);
     cluster.init(conf);
     cluster.start();

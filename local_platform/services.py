@@ -8,12 +8,12 @@ reused and never stopped.
 Services, started in this order (a service waits for those it needs to be ready):
   redis      redis-server (only if none listens already)
   metastore  Derby's network server: the Hive metastore database shared by every Spark JVM
-  hdfs       Hadoop's MiniDFSCluster: a NameNode and DataNodes, WebHDFS on (workers/local_hadoop.py)
+  hdfs       Hadoop's MiniDFSCluster: a NameNode and DataNodes, WebHDFS on (local_platform/hadoop.py)
   yarn       Hadoop's MiniYARNCluster: a ResourceManager and a NodeManager
   spark      one JVM from the pyspark wheel serving HiveServer2 and Spark Connect, its warehouse
              on HDFS and its metastore the shared one
   sshd    OpenSSH on loopback, generated host and client keys: the edge node
-  sinks   SMTP server keeping every message + HTTP ticket receiver (workers/sinks.py)
+  sinks   SMTP server keeping every message + HTTP ticket receiver (local_platform/sinks.py)
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from base.errors import ConfigError, ConnectionFailed
 from config.settings import Settings
-from workers.local_hadoop import WAREHOUSE, LocalHadoop
+from local_platform.hadoop import WAREHOUSE, LocalHadoop
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
@@ -277,7 +277,7 @@ class LocalPlatform:
         return self._spawn("sshd", [sshd, "-D", "-e", "-f", str(cfg)])
 
     def _start_sinks(self) -> subprocess.Popen:
-        return self._spawn("sinks", [sys.executable, "-m", "workers.sinks",
+        return self._spawn("sinks", [sys.executable, "-m", "local_platform.sinks",
                                      "--dir", str(self.state / "sinks"),
                                      "--smtp-port", str(self.p.smtp_port),
                                      "--http-port", str(self.p.ticket_port)],

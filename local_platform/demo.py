@@ -19,7 +19,7 @@ import random
 from base.identifiers import TableName
 from backup.resources import Resources
 from storage.webhdfs import WebHdfsBackend
-from workers.sample_data import create_sample_table
+from local_platform.sample_data import create_sample_table
 
 EXPORT_TABLE = TableName("mnaas", "customer_traffic")
 BACKUP_TABLE = TableName("mnaas", "traffic_details")
@@ -84,7 +84,7 @@ def backup_source(res: Resources, rows: int, files: int = 4) -> str:
 
 def summary(res: Resources, export_table: TableName = EXPORT_TABLE) -> str:
     """Where the latest run of each workflow put its results, and how to watch runs."""
-    from workers.platform import LocalPlatform
+    from local_platform.services import LocalPlatform
 
     s = res.settings
     plat = LocalPlatform(s)

@@ -3,7 +3,7 @@
 Each received email is stored as ``<dir>/mail/<n>.eml`` and each ticket as
 ``<dir>/tickets/<n>.json``, written atomically, so tests and people can read them.
 
-    python -m workers.sinks --dir .platform/sinks --smtp-port 8025 --http-port 8089
+    python -m local_platform.sinks --dir .platform/sinks --smtp-port 8025 --http-port 8089
 """
 
 from __future__ import annotations
