@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from base.errors import BackupError, ConnectionFailed, FatalError, NotFound, classify
 from base.identifiers import TableName
@@ -30,8 +30,6 @@ from config.settings import Settings, SparkSettings
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from backup.resources import Resources
-    from backup.runner import PhaseContext
 
 T = TypeVar("T")
 
@@ -101,12 +99,12 @@ def spark_errors(what: str) -> Iterator[None]:
 class _InProcess:
     """Phases and calls that run in this process, on sessions from ``session()``."""
 
-    def run_phase(self, func: Callable[["PhaseContext"], dict], ctx: "PhaseContext") -> dict:
-        """Run a phase function on this process's sessions."""
+    def run_phase(self, func: Callable[[Any], dict], ctx: Any) -> dict:
+        """Run a phase function on this process's sessions (the caller's phase context is passed through)."""
         return func(ctx)
 
-    def run(self, func: Callable[..., T], res: "Resources", *args) -> T:
-        """Run ``func(res, *args)`` on this process's sessions."""
+    def run(self, func: Callable[..., T], res: Any, *args) -> T:
+        """Run ``func(res, *args)`` on this process's sessions (``res``: the caller's resources, passed through)."""
         return func(res, *args)
 
 

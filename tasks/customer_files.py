@@ -17,7 +17,8 @@ from backup import customer_files as wf
 from base.errors import RetryableError
 from backup.jobs import phase_entry
 from backup.runner import phase
-from tasks.common import PhaseTask, on_chain_error, progress_publisher, register_workflow, resources
+from tasks.common import PhaseTask, on_chain_error, progress_publisher, resources
+from tasks.workflow import register_workflow
 from workers.app import app
 
 

@@ -13,7 +13,7 @@ the error handler, which runs ``backup.edge_export.discard_remote_temp``.
 from __future__ import annotations
 
 from backup.edge_export import DEFINITION
-from tasks.common import register_workflow
+from tasks.workflow import register_workflow
 from workers.app import app
 
 TASKS = register_workflow(app, DEFINITION)

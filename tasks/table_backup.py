@@ -17,7 +17,7 @@ Chain: lock → validate → load → write → finish, failing into the error h
 from __future__ import annotations
 
 from backup.table_backup import DEFINITION
-from tasks.common import register_workflow
+from tasks.workflow import register_workflow
 from workers.app import app
 
 TASKS = register_workflow(app, DEFINITION)
