@@ -69,7 +69,7 @@ DEFINITION = Workflow(
 )
 
 # The thin tasks part, in the same module here; ``app`` lets ``celery -A tests.hello_workflow`` find the app.
-from tasks.common import register_workflow  # noqa: E402  (after DEFINITION: the tasks are made from it)
+from tasks.workflow import register_workflow  # noqa: E402  (after DEFINITION: the tasks are made from it)
 from workers.app import app  # noqa: E402
 
 TASKS = register_workflow(app, DEFINITION)
