@@ -71,13 +71,16 @@ class Option:
     help: str
     type: Callable[[str], Any] | None = None
     flag_only: bool = False  # a switch (store_true)
+    required: bool = False
+    choices: tuple[str, ...] | None = None
 
     def add_to(self, parser) -> None:
         """Add this option to an argparse parser."""
         if self.flag_only:
             parser.add_argument(self.flag, dest=self.dest, action="store_true", help=self.help)
         else:
-            parser.add_argument(self.flag, dest=self.dest, type=self.type, help=self.help)
+            parser.add_argument(self.flag, dest=self.dest, type=self.type, help=self.help, required=self.required,
+                                choices=self.choices)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ class Workflow:
     #: a workflow without a target argument always covers this one target (its lock and record name it)
     fixed_target: str | None = None
     options: tuple[Option, ...] = ()
+    #: the backupctl command that starts it (``run``, ``restore`` ...), and its name there (default: ``name``)
+    verb: str = "run"
+    cli_name: str | None = None
     _by_name: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -113,6 +119,11 @@ class Workflow:
     def task(self) -> str:
         """The public entry task name (``backup.edge_export``)."""
         return entry_task_name(self.name)
+
+    @property
+    def command(self) -> str:
+        """How backupctl starts it: ``run edge-export``, ``restore edge-export`` ..."""
+        return f"{self.verb} {self.cli_name or self.name}"
 
     @property
     def phase_names(self) -> list[str]:
@@ -176,13 +187,13 @@ def definition_of_task(task_name: str) -> tuple[Workflow, Phase | None] | None:
 
 def reference_markdown() -> str:
     """The registered workflows as a markdown table (docs/enqueue-contract.md holds it; a test keeps it current)."""
-    lines = ["| workflow | public task | request arguments | phases (queue) | `backupctl run` |", "|---|---|---|---|---|"]
+    lines = ["| workflow | public task | request arguments | phases (queue) | `backupctl` |", "|---|---|---|---|---|"]
     for wf in definitions():
         args = ", ".join(f"`{p.name}`" if p.default is inspect.Parameter.empty else f"`{p.name}={p.default!r}`"
                          for p in wf.request_signature().parameters.values())
         phases = " → ".join(f"{p.name}{' ×N' if p.fan_out else ''} ({p.queue})" for p in wf.phases)
         target = wf.target_help if wf.target_argument else f"[{wf.fixed_target}]"
-        cli = " ".join([f"`{wf.name}`", target] + [f"`{o.flag}`" for o in wf.options])
+        cli = " ".join([f"`{wf.command}`", target] + [f"`{o.flag}`" for o in wf.options])
         lines.append(f"| {wf.name} | `{wf.task}` | {args} | {phases} | {cli} |")
     return "\n".join(lines)
 

@@ -376,10 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("run", help="start a workflow")
-    runs = p.add_subparsers(dest="workflow", required=True, metavar="WORKFLOW")
+    verbs: dict[str, argparse._SubParsersAction] = {}
     for wf in definitions():
-        w = runs.add_parser(wf.name, help=wf.summary, description=f"{wf.name}: {wf.summary}")
+        if wf.verb not in verbs:
+            p = sub.add_parser(wf.verb, help="start a workflow" if wf.verb == "run" else f"start a {wf.verb} workflow")
+            verbs[wf.verb] = p.add_subparsers(dest="cli_name", required=True, metavar="WORKFLOW")
+        w = verbs[wf.verb].add_parser(wf.cli_name or wf.name, help=wf.summary, description=f"{wf.command}: {wf.summary}")
         if wf.target_argument:
             w.add_argument("target", nargs="?", metavar="TARGET", help=wf.target_help)
         else:
@@ -390,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         w.add_argument("--wait", action="store_true", help="show progress and wait for the end")
         w.add_argument("--json", action="store_true", help="print the final job record as JSON")
         w.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
-        w.set_defaults(func=cmd_run)
+        w.set_defaults(func=cmd_run, workflow=wf.name)
 
     p = sub.add_parser("status", help="show a job record")
     p.add_argument("job_id")
