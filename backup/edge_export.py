@@ -9,6 +9,10 @@ Files:
   remote  <remote_dir>/<db>.<table>/<run_id>/<same name>
 where ``run_id`` is ``<UTC time>-<job id prefix>``: every run gets its own
 folder, so no run overwrites another's backup.
+
+What a phase hands to later ones through the job record's ``outputs`` is declared below
+(``Exported``, ``Resumed``, ``Transferred``); a later run of the same window reads a failed
+run's ``Exported`` to resume from its archive.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import logging
 import posixpath
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from base.text import run_id
 from backup.archive import CsvGzipWriter, fsync_dir
@@ -27,6 +33,7 @@ from base.errors import BackupError, FatalError, InvalidInput, LockLost, NotFoun
 from base.identifiers import TableName, identifier
 from backup.jobs import phase_entry
 from backup.enqueue import fail_request
+from backup.outputs import PhaseOutputs
 from backup.resources import Resources
 from backup.runner import PhaseContext, finish_job, take_lock
 from backup.workflow import Option, Phase, Workflow
@@ -37,6 +44,35 @@ from connectors.sftp import local_sha256, upload, verify_and_commit
 log = logging.getLogger(__name__)
 
 WORKFLOW = "edge-export"
+
+
+@dataclass(frozen=True)
+class Exported(PhaseOutputs):
+    """export → transfer, cleanup, finish (and a later run of the same window, which may resume from it):
+    the local archive, its counts and checksum, and the run id naming its folders."""
+
+    written_by: ClassVar[str] = "export"
+    rows: int
+    bytes: int
+    sha256: str
+    local_path: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Resumed(PhaseOutputs):
+    """export → transfer: the failed run whose verified archive this run reuses (told where it went)."""
+
+    written_by: ClassVar[str] = "export"
+    resumed_from: str
+
+
+@dataclass(frozen=True)
+class Transferred(PhaseOutputs):
+    """transfer → cleanup, finish: the verified copy on the backup server (also set on the resumed runs)."""
+
+    written_by: ClassVar[str] = "transfer"
+    remote_uri: str
 
 
 def validate_request(res: Resources, table: str, months=None, end=None) -> tuple[TableName, Window]:
@@ -91,11 +127,13 @@ def _resumable(res: Resources, rec: dict) -> dict | None:
         return None
     if phase_entry(prev, "export")["state"] not in ("success", "skipped") or prev.get("phase") in ("lock", "export"):
         return None
-    out = prev.get("outputs", {})
-    path = Path(out.get("local_path") or "")
-    if not out.get("sha256") or not path.is_file() or path.stat().st_size != out.get("bytes"):
+    archive = Exported.find(prev)
+    if archive is None:
         return None
-    if local_sha256(path) != out["sha256"]:
+    path = Path(archive.local_path)
+    if not archive.sha256 or not path.is_file() or path.stat().st_size != archive.bytes:
+        return None
+    if local_sha256(path) != archive.sha256:
         log.warning("archive of job %s no longer matches its checksum; exporting again", prev["job_id"])
         return None
     return prev
@@ -104,15 +142,16 @@ def _resumable(res: Resources, rec: dict) -> dict | None:
 def export_phase(ctx: PhaseContext) -> dict:
     """Export the window to a local gzip'ed CSV (or reuse the last failed run's verified archive)."""
     res, rec = ctx.res, ctx.rec
-    out = rec["outputs"]
-    if out.get("local_path") and Path(out["local_path"]).is_file() \
-            and local_sha256(Path(out["local_path"])) == out.get("sha256"):
-        return {"job_id": ctx.job_id, **_summary(out), "note": "already exported"}
+    done = Exported.find(rec)
+    if done is not None and done.local_path and Path(done.local_path).is_file() \
+            and local_sha256(Path(done.local_path)) == done.sha256:
+        return {"job_id": ctx.job_id, **_summary(done), "note": "already exported"}
     prev = _resumable(res, rec)
     if prev is not None:
-        keep = {k: prev["outputs"][k] for k in ("rows", "bytes", "sha256", "local_path", "run_id")}
+        keep = Exported.read(prev)
         note = f"resumed: reusing verified archive of failed job {prev['job_id']}"
-        ctx.done({**keep, "resumed_from": prev["job_id"]}, note=note, state="skipped")
+        ctx.done({**keep.as_outputs(), **Resumed(resumed_from=prev["job_id"]).as_outputs()}, note=note,
+                 state="skipped")
         return {"job_id": ctx.job_id, **_summary(keep), "note": note}
 
     table = TableName.parse(rec["target"])
@@ -133,12 +172,15 @@ def export_phase(ctx: PhaseContext) -> dict:
         except OSError:
             pass
         raise
-    ctx.done({**stats, "local_path": str(final), "run_id": run_id(rec["created"], rec["job_id"])})
+    ctx.done(Exported(rows=stats["rows"], bytes=stats["bytes"], sha256=stats["sha256"], local_path=str(final),
+                      run_id=run_id(rec["created"], rec["job_id"])).as_outputs())
     return {"job_id": ctx.job_id, **stats}
 
 
-def _summary(out: dict) -> dict:
-    return {k: out.get(k) for k in ("rows", "bytes", "sha256")}
+def _summary(archive: Exported | None) -> dict:
+    """The archive's counts for a task's answer (None if the record has none)."""
+    return {"rows": archive.rows if archive else None, "bytes": archive.bytes if archive else None,
+            "sha256": archive.sha256 if archive else None}
 
 
 def export_query(table: TableName, window: Window, column: str) -> str:
@@ -202,17 +244,17 @@ def export_to_file(res: Resources, table: TableName, window: Window, final: Path
 
 def remote_paths(res: Resources, rec: dict) -> tuple[str, str]:
     """(final, temporary) remote paths of this run's archive."""
-    out = rec["outputs"]
-    name = Path(out["local_path"]).name
-    folder = posixpath.join(res.settings.sftp.remote_dir, rec["target"], out["run_id"])
+    archive = Exported.read(rec)
+    name = Path(archive.local_path).name
+    folder = posixpath.join(res.settings.sftp.remote_dir, rec["target"], archive.run_id)
     return posixpath.join(folder, name), posixpath.join(folder, f".{name}.{rec['job_id'][:12]}.part")
 
 
 def transfer_phase(ctx: PhaseContext) -> dict:
     """Upload to a temporary name, verify the remote SHA-256, rename into place (fenced)."""
     res, rec = ctx.res, ctx.rec
-    out = rec["outputs"]
-    local = Path(out["local_path"])
+    archive = Exported.read(rec)
+    local = Path(archive.local_path)
     if not local.is_file():
         raise NotFound(f"local archive {local} is missing; nothing to transfer")
     final, tmp = remote_paths(res, rec)
@@ -224,8 +266,9 @@ def transfer_phase(ctx: PhaseContext) -> dict:
             log.info("removed %d temporary file(s) left by earlier failed runs: %s", len(removed), removed)
         sess.makedirs(posixpath.dirname(final))
         existing = sess.stat(final)
-        if existing is not None and existing.st_size == size and sess.sha256(final) == out["sha256"]:
-            ctx.done({"remote_uri": target.uri(final)}, note="already on the backup server (verified)")
+        if existing is not None and existing.st_size == size and sess.sha256(final) == archive.sha256:
+            ctx.done(Transferred(remote_uri=target.uri(final)).as_outputs(),
+                     note="already on the backup server (verified)")
             return {"job_id": ctx.job_id, "remote_uri": target.uri(final), "note": "already present"}
         sess.remove(tmp)  # a previous delivery of this phase may have left it half-written
     sent = {"n": 0}
@@ -237,13 +280,13 @@ def transfer_phase(ctx: PhaseContext) -> dict:
     upload(target, local, tmp, progress=progress)
     with target.connect() as sess:
         try:
-            outcome = verify_and_commit(sess, tmp, final, out["sha256"], ctx.commit_check)
+            outcome = verify_and_commit(sess, tmp, final, archive.sha256, ctx.commit_check)
         except LockLost:
             # Another run holds the target now; this job's temp name is its own, and nobody will finish
             # this upload: remove it (a paused holder that woke up after its job was failed, for one).
             sess.remove(tmp)
             raise
-    ctx.done({"remote_uri": target.uri(final)}, note=outcome)
+    ctx.done(Transferred(remote_uri=target.uri(final)).as_outputs(), note=outcome)
     record_completion(res, rec, target.uri(final))
     return {"job_id": ctx.job_id, "remote_uri": target.uri(final), "note": outcome}
 
@@ -256,7 +299,7 @@ def record_completion(res: Resources, rec: dict, remote_uri: str) -> None:
     the resume chain gets ``remote_uri`` and ``completed_by``: the folder on the
     backup server is never without a record that names it.
     """
-    prev_id = rec["outputs"].get("resumed_from")
+    prev_id = _resumed_from(rec)
     for _ in range(20):  # a chain of failed retries of one window; bounded against a corrupt record
         if not prev_id:
             return
@@ -265,9 +308,14 @@ def record_completion(res: Resources, rec: dict, remote_uri: str) -> None:
             return
 
         def completed(r):
-            r["outputs"].update(remote_uri=remote_uri, completed_by=rec["job_id"])
+            r["outputs"].update(Transferred(remote_uri=remote_uri).as_outputs(), completed_by=rec["job_id"])
         res.jobs.update(prev_id, completed)
-        prev_id = prev["outputs"].get("resumed_from")
+        prev_id = _resumed_from(prev)
+
+
+def _resumed_from(rec: dict) -> str | None:
+    resumed = Resumed.find(rec)
+    return resumed.resumed_from if resumed else None
 
 
 def _leftovers_key(res: Resources, target: str) -> str:
@@ -281,7 +329,8 @@ def discard_remote_temp(res: Resources, rec: dict) -> None:
     the path is remembered in Redis and the next transfer of the same target
     removes it before it uploads: no temporary file is left behind for good.
     """
-    if not rec.get("outputs", {}).get("local_path"):
+    archive = Exported.find(rec)
+    if archive is None or not archive.local_path:
         return
     _, tmp = remote_paths(res, rec)
     try:
@@ -312,13 +361,13 @@ def remove_leftovers(res: Resources, sess, target: str) -> list[str]:
 
 def cleanup_phase(ctx: PhaseContext) -> dict:
     """Delete the local archive now that the remote copy is verified (unless keep_local)."""
-    out = ctx.rec["outputs"]
-    if not out.get("remote_uri"):
+    transferred = Transferred.find(ctx.rec)
+    if transferred is None or not transferred.remote_uri:
         raise FatalError("cleanup reached without a verified remote copy; keeping the local archive")
     if ctx.res.settings.edge_export.keep_local:
         ctx.done({"local_kept": True}, note="keep_local: archive kept")
         return {"job_id": ctx.job_id, "local_kept": True}
-    local = Path(out["local_path"])
+    local = Path(Exported.read(ctx.rec).local_path)
     local.unlink(missing_ok=True)
     try:
         local.parent.rmdir()
@@ -331,8 +380,9 @@ def cleanup_phase(ctx: PhaseContext) -> dict:
 def finish_phase(ctx: PhaseContext) -> dict:
     """Record success and release the lock."""
     rec = finish_job(ctx)
-    return {"job_id": ctx.job_id, "state": rec["state"], **_summary(rec["outputs"]),
-            "remote_uri": rec["outputs"].get("remote_uri")}
+    transferred = Transferred.find(rec)  # a report: what the record lacks is None
+    return {"job_id": ctx.job_id, "state": rec["state"], **_summary(Exported.find(rec)),
+            "remote_uri": transferred.remote_uri if transferred else None}
 
 
 DEFINITION = Workflow(

@@ -17,6 +17,7 @@ One JSON line each, rounds alternating in one run, medians:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -107,7 +108,6 @@ def run_workflow(res, app, hadoop, user: str) -> tuple[float, dict]:
 
 def verify_both_ways(settings, user: str, files: dict) -> tuple[float, float, int]:
     """Seconds to verify every workflow copy by file checksum, then by reading it back; mismatches by either."""
-    from backup import customer_files as wf
     from storage.hdfs_checksum import HdfsChecksummer, matches
     from storage.webhdfs import WebHdfsBackend
 
@@ -119,7 +119,7 @@ def verify_both_ways(settings, user: str, files: dict) -> tuple[float, float, in
         with open(p, "rb") as f:
             while chunk := f.read(1 << 20):
                 summer.update(chunk)
-        expected[p] = (summer.results(), wf.hashlib.sha256(p.read_bytes()).hexdigest())
+        expected[p] = (summer.results(), hashlib.sha256(p.read_bytes()).hexdigest())
     bad = 0
     t0 = time.perf_counter()
     for p, path in paths.items():

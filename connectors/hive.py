@@ -1,8 +1,10 @@
 """HiveServer2 / Impala through impyla: the one place that talks to the SQL engine.
 
 Only validated identifiers reach SQL text (``base.identifiers``); values are
-literals built by ``sql_date``.  Results are streamed column batch by column
-batch (``fetchcbatch``), never fetched whole.
+literals built by ``sql_date`` and ``sql_value``.  Results are streamed column
+batch by column batch (``fetchcbatch``), never fetched whole.  Small tables the
+backup writes itself (counts, manifests) are made with ``create_or_check_table``
+and filled with ``replace_rows``: rows as literals, a bounded number per statement.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from impala import dbapi
@@ -19,6 +21,7 @@ from thrift.transport.TTransport import TTransportException
 
 from base.errors import AuthFailed, ConnectionFailed, FatalError, NotFound, classify
 from base.identifiers import TableName
+from base.text import CONTROL_CHARS
 from config.settings import HiveSettings, Settings
 
 _NOT_FOUND = re.compile(r"TABLE_OR_VIEW_NOT_FOUND|Table or view not found|Could not resolve table|"
@@ -51,6 +54,49 @@ def _classify(e: BaseException, what: str):
 def sql_date(d: dt.date) -> str:
     """A date as a SQL string literal (only digits and dashes, never user text)."""
     return f"'{d.isoformat()}'"
+
+
+def sql_value(value) -> str:
+    """A value as a SQL literal: NULL, an integer, or a quoted string with \\ and ' escaped."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"no SQL literal for {type(value).__name__}")
+    if isinstance(value, int):
+        return str(value)
+    text = CONTROL_CHARS.sub(" ", value)  # never in paths; error texts are one line already
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def create_or_check_table(hive: "HiveClient", table: TableName, columns: Sequence[tuple[str, str]]) -> str:
+    """Create a table with ``columns`` (name, SQL type; stored as Parquet) if it is missing, its database too;
+    FatalError if it exists with other column names.  'created' or 'exists'."""
+    try:
+        found = hive.columns(table)
+    except NotFound:
+        hive.execute(f"CREATE DATABASE IF NOT EXISTS `{table.db}`", f"create database {table.db}")
+        cols = ", ".join(f"`{name}` {kind}" for name, kind in columns)
+        hive.execute(f"CREATE TABLE IF NOT EXISTS {table.sql} ({cols}) STORED AS PARQUET", f"create table {table}")
+        return "created"
+    expected = [name for name, _ in columns]
+    if [c.lower() for c in found] != expected:
+        raise FatalError(f"table {table} has columns {found}, expected {expected}")
+    return "exists"
+
+
+def replace_rows(hive: "HiveClient", table: TableName, rows: Sequence[Sequence], what: str,
+                 per_statement: int = 5000) -> int:
+    """Replace a table's content with ``rows`` (values in column order, as ``sql_value`` literals); the rows written.
+
+    The first ``per_statement`` rows go in one ``INSERT OVERWRITE ... VALUES``, the rest by
+    ``INSERT INTO`` of as many more: one statement for a usual load, a bounded statement size
+    for a large one.  No rows: the table is left as it is.
+    """
+    values = ["(" + ", ".join(sql_value(v) for v in row) + ")" for row in rows]
+    for start in range(0, len(values), per_statement):
+        verb = "INSERT OVERWRITE TABLE" if start == 0 else "INSERT INTO TABLE"
+        hive.execute(f"{verb} {table.sql} VALUES {', '.join(values[start:start + per_statement])}", what)
+    return len(values)
 
 
 class HiveClient:

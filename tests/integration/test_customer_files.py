@@ -30,6 +30,7 @@ from backup.resources import Resources
 from backup.runner import phase
 from config.settings import load_settings
 from storage.base import is_temp_name
+from storage.locations import storage_options
 from tests.conftest import CONFIG_PATH, PORT_OFFSET, STATE, TEST_CONFIG, WorkerProc
 from tests.helpers import backupctl, enqueue, sink_counts, sink_tickets, ssh, wait_job, wait_until
 from tests.webhdfs_server import WebHdfsTestServer, wait_for_port
@@ -560,7 +561,7 @@ def test_sftp_checksums_in_one_remote_command(settings, platform, tmp_path):
     from storage import open_backend
 
     backend, folder = open_backend(f"sftp://127.0.0.1:{settings.sftp.port}{tmp_path}/sums",
-                                   **wf.storage_options(settings, "sftp://"))
+                                   **storage_options(settings, "sftp://"))
     names = ["plain.csv", "with space.csv", "back\\slash.csv", "quote'd \"x\".csv", "東京 ü.csv", "empty.csv"]
     with backend:
         backend.mkdir(folder)

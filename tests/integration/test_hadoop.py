@@ -13,7 +13,8 @@ import random
 
 import pytest
 
-from backup import customer_files as wf
+from backup import copy_engine
+from backup.customer_files import ledger
 from base.errors import AuthFailed
 from backup.resources import Resources
 from config.settings import Settings, load_settings
@@ -111,10 +112,10 @@ def _copy_to_hdfs(settings, tmp_path, data: bytes, backend: WebHdfsBackend, base
     stat = (src / "traffic_1.csv").stat()
     item = {"customer": "acme", "domain": "traffic", "source": 0, "path": str(src / "traffic_1.csv"),
             "size": stat.st_size, "mtime": stat.st_mtime}
-    dest = wf.Destination("primary", f"hdfs://127.0.0.1/{base}", backend=backend, base=base)
-    local = wf.Destination("secondary", str(tmp_path / "edge"))
+    dest = copy_engine.Destination("primary", f"hdfs://127.0.0.1/{base}", backend=backend, base=base)
+    local = copy_engine.Destination("secondary", str(tmp_path / "edge"))
     local.open(Settings())
-    return wf.copy_file(item, LocalBackend(), [dest, local], lambda n: None)
+    return copy_engine.copy_file(item, LocalBackend(), [dest, local], lambda n: None)
 
 
 @pytest.mark.parametrize("alter, why", [
@@ -232,7 +233,7 @@ def test_customer_files_into_hdfs_checked_with_hadoops_own_client(settings, plat
             assert fields[1] == "2" and fields[2] == USER, line
     flag = fs_shell(platform, "-cat", f"{base}/MNAAS_backup_files_process.status").splitlines()
     assert flag[0] == "SUCCESS" and f"job_id={rec['job_id']}" in flag and "copied=4" in flag, flag
-    results = [r for key, r in wf.load_results(res, rec["job_id"], "acme").items()]
+    results = [r for key, r in ledger.load_results(res, rec["job_id"], "acme").items()]
     assert results and all(r["verified_by"]["primary"].startswith("hdfs file checksum") for r in results), results
     counted = {row[0]: row[1] for row in _counts(res)}
     for customer, files in names.items():

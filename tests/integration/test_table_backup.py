@@ -18,6 +18,8 @@ import pytest
 from impala.dbapi import connect
 
 from backup import table_backup as wf
+from backup.table_backup import catalog, columns
+from backup.table_backup.names import names_of
 from base.errors import (AlreadyExists, BackupError, ConnectionFailed, RejectsExceeded, SchemaDrift,
                            SourceChanged)
 from backup.resources import Resources
@@ -253,7 +255,7 @@ def baseline(platform, settings, redis_client, files):
 def assert_baseline_intact(settings, base: dict) -> None:
     assert_same_rows(backup_rows(settings, base["backup"]), base["rows"])
     props = dict(query(settings, f"SHOW TBLPROPERTIES {base['backup']}"))
-    assert props[wf.PROP_DATA] == base["data"].split(".")[1]
+    assert props[catalog.PROP_DATA] == base["data"].split(".")[1]
     assert tables_of(settings, "traffic_base_bkp") == {"traffic_base_bkp", "traffic_base_bkp_rejects",
                                                       base["data"].split(".")[1]}
 
@@ -283,16 +285,16 @@ def test_rejects_listed_with_reasons_and_ratio_enforced(settings, res, files):
     assert {r[0] for r in query(settings, f"SELECT DISTINCT job_id FROM {table}_bkp_rejects")} == {failed["job_id"]}
     assert tables_of(settings, "traffic_rejects_bkp__") == {out["data_table"].split(".")[1]}, "staging dropped"
     # The malformed lines stopped the first (FAILFAST) write; dropping the staging table removed its folder too.
-    staging = wf.names_of(failed).data.table.lower()
+    staging = names_of(failed).data.table.lower()
     with hdfs(settings) as fs:
         assert fs.stat(warehouse_folder(f"{DB}.{staging}")) is None
-    assert dict(query(settings, f"SHOW TBLPROPERTIES {table}_bkp_rejects"))[wf.PROP_REJECTS_ROWS] == "7"
+    assert dict(query(settings, f"SHOW TBLPROPERTIES {table}_bkp_rejects"))[catalog.PROP_REJECTS_ROWS] == "7"
 
     # A clean run empties the rejects table: it holds the latest run's rejects only.
     clean = backup_inprocess(res, table, write_files(files / "rejects-clean", rows[:100], parts=1))
     assert clean["state"] == "success" and clean["outputs"]["rows_rejected"] == 0
     assert query(settings, f"SELECT count(*) FROM {table}_bkp_rejects") == [(0,)]
-    assert dict(query(settings, f"SHOW TBLPROPERTIES {table}_bkp_rejects"))[wf.PROP_REJECTS_ROWS] == "0"
+    assert dict(query(settings, f"SHOW TBLPROPERTIES {table}_bkp_rejects"))[catalog.PROP_REJECTS_ROWS] == "0"
 
 
 def test_schema_drift_fails_before_writing(settings, res, baseline, files):
@@ -321,7 +323,7 @@ def test_failure_between_staging_and_swap_keeps_previous_backup(settings, res, b
     monkeypatch.setattr(wf, "swap_view", unreachable)
     src = write_files(files / "swap-fails", good_rows(400, first_id=50_000), parts=1)
     rec = wf.submit(res, baseline["table"], src.as_uri())
-    staging = wf.names_of(rec).data
+    staging = names_of(rec).data
     with pytest.raises(ConnectionFailed, match="injected") as e:
         for name in wf.DEFINITION.phase_names:
             with phase(res, rec["job_id"], name) as ctx:
@@ -354,7 +356,7 @@ def test_versioned_mode_keeps_exactly_n(settings, res, files):
     assert all(r["state"] == "success" for r in recs)
     assert recs[3]["outputs"]["expired_backups"] == [f"{table}_bkp_20260101"]
     views = {t for t in tables_of(settings, "traffic_versions_bkp_")
-             if wf.PROP_DATA in dict(query(settings, f"SHOW TBLPROPERTIES {DB}.{t}"))}
+             if catalog.PROP_DATA in dict(query(settings, f"SHOW TBLPROPERTIES {DB}.{t}"))}
     assert views == {"traffic_versions_bkp_20260102", "traffic_versions_bkp_20260103"}
     for view in views:
         assert query(settings, f"SELECT count(*) FROM {DB}.{view}") == [(150,)]
@@ -385,8 +387,8 @@ def test_partition_date_parsing_agrees_with_spark_pattern_parser(res, fmt):
               "2025-01-05\n", "\x002025-01-05"]
     with res.spark().session() as spark:
         df = spark.createDataFrame([(v,) for v in values], "v string")
-        rows = df.select("v", wf.parse_date(F.col("v"), fmt).cast("string").alias("ours"),
-                         F.coalesce(wf.is_date(F.col("v"), fmt), F.lit(False)).alias("is_date"),
+        rows = df.select("v", columns.parse_date(F.col("v"), fmt).cast("string").alias("ours"),
+                         F.coalesce(columns.is_date(F.col("v"), fmt), F.lit(False)).alias("is_date"),
                          F.try_to_date("v", fmt).cast("string").alias("spark")).collect()
     assert [(r.v, r.ours) for r in rows] == [(r.v, r.spark) for r in rows]
     assert [(r.v, r.is_date) for r in rows] == [(r.v, r.spark is not None) for r in rows]
@@ -414,7 +416,7 @@ def test_a_date_fixed_between_the_reads_is_taken_as_the_files_changing(settings,
     final = tolerant.jobs.get(rec["job_id"])
     assert final["state"] == "failed" and final["phase"] == "load" and final["error"].startswith("SourceChanged:")
     assert SourceChanged.retryable
-    assert not tables_of(settings, wf.names_of(rec).data.table.lower()), "staging dropped"
+    assert not tables_of(settings, names_of(rec).data.table.lower()), "staging dropped"
     assert_baseline_intact(settings, baseline)
 
 
@@ -484,19 +486,19 @@ def test_every_pass_decides_every_line_alike(res, files):
     with res.spark().session() as spark:
         schema = spark.createDataFrame([], LIVE_DDL.split(" USING")[0].strip("()")).schema
         # Every column read, as the load's write does (the reader checks only the columns a query reads).
-        kept = {r.msisdn for r in wf.accepted_rows(spark, src.as_uri(), schema, cfg, strict=False).collect()}
-        explained = wf.explained_lines(spark, src.as_uri(), schema, cfg).select("msisdn", "_ok", "_reason", "_kind") \
+        kept = {r.msisdn for r in columns.accepted_rows(spark, src.as_uri(), schema, cfg, strict=False).collect()}
+        explained = columns.explained_lines(spark, src.as_uri(), schema, cfg).select("msisdn", "_ok", "_reason", "_kind") \
             .collect()
-        sampled = [r["_ok"] for r in wf.sample_verdicts(spark, src.as_uri(), schema, cfg, 1000).collect()]
-        lines = wf.data_lines(spark, src.as_uri()).count()
-        csv_rows = spark.read.options(**wf.csv_options(cfg)).schema(wf.read_ddl(schema, cfg, as_strings=True)) \
+        sampled = [r["_ok"] for r in columns.sample_verdicts(spark, src.as_uri(), schema, cfg, 1000).collect()]
+        lines = columns.data_lines(spark, src.as_uri()).count()
+        csv_rows = spark.read.options(**columns.csv_options(cfg)).schema(columns.read_ddl(schema, cfg, as_strings=True)) \
             .csv(src.as_uri()).count()
         # The strict read over the lines that are not malformed: a row for each, no year where the date is bad.
         fine = [line for line, r in zip(EDGE_LINES, explained) if not (r["_kind"] or "").startswith(("quote", "fields",
                                                                                                          "type", "malformed"))]
         (files / "edges-fine").mkdir()
         (files / "edges-fine" / "part-000.csv").write_text("\n".join(fine + BLANK_LINES) + "\n", encoding="utf-8")
-        strict_rows = wf.accepted_rows(spark, (files / "edges-fine").as_uri(), schema, cfg, strict=True).collect()
+        strict_rows = columns.accepted_rows(spark, (files / "edges-fine").as_uri(), schema, cfg, strict=True).collect()
         strict = {r.msisdn for r in strict_rows if r.year_part is not None}
         undated = {r.msisdn for r in strict_rows if r.year_part is None}
         # FAILFAST over each malformed line (between two good ones): fails.
@@ -506,7 +508,7 @@ def test_every_pass_decides_every_line_alike(res, files):
             folder.mkdir()
             (folder / "part-000.csv").write_text("\n".join([EDGE_LINES[0], line, EDGE_LINES[1]]) + "\n", encoding="utf-8")
             with pytest.raises(Exception, match="MALFORMED_RECORD_IN_PARSING"):
-                wf.accepted_rows(spark, folder.as_uri(), schema, cfg, strict=True).collect()
+                columns.accepted_rows(spark, folder.as_uri(), schema, cfg, strict=True).collect()
     assert lines == len(explained) == csv_rows == len(EDGE_LINES)
     assert [r.msisdn for r in explained] == [line.split(";")[1] for line in EDGE_LINES]  # file order
     assert kept == strict == {r.msisdn for r in explained if r["_ok"]}
@@ -548,7 +550,7 @@ def test_staging_table_gone_before_the_switch_fails_and_keeps_the_backup(setting
         for name in wf.DEFINITION.phase_names:
             with phase(res, rec["job_id"], name) as ctx:
                 if name == "write":
-                    execute(settings, f"DROP TABLE {wf.names_of(rec).data}")
+                    execute(settings, f"DROP TABLE {names_of(rec).data}")
                 wf.DEFINITION.phase(name).run(ctx)
     assert not e.value.retryable
     fail_job(res, rec["job_id"], "write", e.value, cleanup=lambda r: wf.discard_staging(res, r))
@@ -571,7 +573,7 @@ def test_lines_removed_between_the_rejects_and_the_rows_fail_the_load_retryably(
     rec = wf.submit(tolerant, baseline["table"], src.as_uri())
     with pytest.raises(SourceChanged, match=r"changed during the load: 200 lines accepted, then 149 rows loaded"):
         run_phases(tolerant, rec["job_id"])
-    assert not tables_of(settings, wf.names_of(rec).data.table.lower()), "staging dropped"
+    assert not tables_of(settings, names_of(rec).data.table.lower()), "staging dropped"
     assert_baseline_intact(settings, baseline)
 
 

@@ -103,7 +103,7 @@ def test_bad_values_name_the_key(tmp_path, change, message):
 
 
 def test_storage_options_per_scheme(tmp_path):
-    from backup.customer_files import storage_options
+    from storage.locations import storage_options
 
     s = _load(tmp_path)
     assert storage_options(s, "/backup/acme") == {} and storage_options(s, "webhdfs://nn/x") == {}

@@ -13,8 +13,12 @@ import subprocess
 import pytest
 
 from backup import customer_files as wf
+from backup.copy_engine import Destination, copy_file
+from backup.customer_files import flag
+from backup.records import RecordCounter, count_records
 from base.errors import ConnectionFailed
 from config.settings import Settings
+from connectors.hive import sql_value
 from storage.base import READ_CHUNK, is_temp_name
 from storage.local import LocalBackend
 
@@ -31,7 +35,7 @@ def wc_style(path) -> int:
     (b"a\r\nb\r\n", 2), (b"a\r\nb", 2), (b"no newline at all, just text", 1), (b"a\rb\r", 1),
 ])
 def test_count_records(data, records, tmp_path):
-    assert wf.count_records(data) == records
+    assert count_records(data) == records
     (tmp_path / "f").write_bytes(data)
     assert wc_style(tmp_path / "f") == records
 
@@ -40,7 +44,7 @@ def test_count_records_across_chunk_boundaries_matches_wc(tmp_path):
     rng = random.Random(7)
     for n in range(30):
         data = bytes(rng.choice(b"ab\r\n") for _ in range(rng.randint(0, 300)))
-        counter = wf.RecordCounter()
+        counter = RecordCounter()
         cut = sorted(rng.randint(0, len(data)) for _ in range(3))
         for piece in (data[:cut[0]], data[cut[0]:cut[1]], data[cut[1]:cut[2]], data[cut[2]:]):
             counter.update(piece)
@@ -90,7 +94,7 @@ def _tree(tmp_path, name="trafic é 1.csv", data=None):
     stat = (src / name).stat()
     item = {"customer": "acme", "domain": "traffic", "source": 0, "path": str(src / name), "size": stat.st_size,
             "mtime": stat.st_mtime}
-    dests = [wf.Destination("primary", str(tmp_path / "primary")), wf.Destination("secondary", str(tmp_path / "edge"))]
+    dests = [Destination("primary", str(tmp_path / "primary")), Destination("secondary", str(tmp_path / "edge"))]
     for dest in dests:
         dest.open(Settings())
     return item, data, dests
@@ -105,7 +109,7 @@ def test_one_read_feeds_both_copies_count_and_hash(tmp_path):
     assert len(data) > 3 * READ_CHUNK
     source = CountingLocal()
     seen = []
-    result = wf.copy_file(item, source, dests, seen.append)
+    result = copy_file(item, source, dests, seen.append)
     assert source.opened == [item["path"]]  # the source is read once
     assert sum(seen) == len(data)
     assert result["status"] == "copied" and result["error"] is None
@@ -123,10 +127,10 @@ def test_identical_file_already_there_is_verified_not_rewritten(tmp_path):
     existing = tmp_path / "primary" / "traffic" / "trafic é 1.csv"
     existing.write_bytes(data)
     os.utime(existing, (1_000_000, 1_000_000))
-    result = wf.copy_file(item, LocalBackend(), dests, lambda n: None)
+    result = copy_file(item, LocalBackend(), dests, lambda n: None)
     assert result["status"] == "copied"  # the secondary was written
     assert existing.stat().st_mtime == 1_000_000  # the primary was only verified
-    result = wf.copy_file(item, LocalBackend(), dests, lambda n: None)
+    result = copy_file(item, LocalBackend(), dests, lambda n: None)
     assert result["status"] == "present" and result["records"] == 2
 
 
@@ -135,7 +139,7 @@ def test_different_file_at_the_name_is_never_overwritten(tmp_path):
     (tmp_path / "edge" / "traffic").mkdir(parents=True)
     other = tmp_path / "edge" / "traffic" / "trafic é 1.csv"
     other.write_bytes(b"old backup\n")
-    result = wf.copy_file(item, LocalBackend(), dests, lambda n: None)
+    result = copy_file(item, LocalBackend(), dests, lambda n: None)
     assert result["status"] == "failed"
     assert "secondary: AlreadyExists: a different file is already at" in result["error"]
     assert other.read_bytes() == b"old backup\n"
@@ -145,7 +149,7 @@ def test_different_file_at_the_name_is_never_overwritten(tmp_path):
 
 def test_source_failing_midway_leaves_nothing_at_any_destination(tmp_path):
     item, data, dests = _tree(tmp_path)
-    result = wf.copy_file(item, BreakingLocal(after=READ_CHUNK + 10), dests, lambda n: None)
+    result = copy_file(item, BreakingLocal(after=READ_CHUNK + 10), dests, lambda n: None)
     assert result["status"] == "failed" and "source:" in result["error"]
     for root in ("primary", "edge"):
         assert _files(tmp_path / root) == []
@@ -154,7 +158,7 @@ def test_source_failing_midway_leaves_nothing_at_any_destination(tmp_path):
 def test_changed_source_is_refused_and_its_copies_removed(tmp_path):
     item, data, dests = _tree(tmp_path, data=b"a\nb\n")
     item["mtime"] -= 10  # discover saw an older version of the file
-    result = wf.copy_file(item, LocalBackend(), dests, lambda n: None)
+    result = copy_file(item, LocalBackend(), dests, lambda n: None)
     assert result["status"] == "failed" and "changed while it was copied" in result["error"]
     assert _files(tmp_path / "primary") == [] and _files(tmp_path / "edge") == []
 
@@ -162,14 +166,14 @@ def test_changed_source_is_refused_and_its_copies_removed(tmp_path):
 def test_one_destination_down_the_other_still_copied(tmp_path):
     item, data, dests = _tree(tmp_path, data=b"a\n")
     dests[1].down = "ConnectionFailed: ssh edge2: refused"
-    result = wf.copy_file(item, LocalBackend(), dests, lambda n: None)
+    result = copy_file(item, LocalBackend(), dests, lambda n: None)
     assert result["status"] == "failed"
     assert result["error"] == "secondary: not attempted: ConnectionFailed: ssh edge2: refused"
     assert (tmp_path / "primary" / "traffic" / "trafic é 1.csv").read_bytes() == b"a\n"
 
 
 def test_connection_failure_takes_a_destination_out_for_the_task(tmp_path):
-    dest = wf.Destination("secondary", "/x")
+    dest = Destination("secondary", "/x")
     assert dest.fail(ConnectionFailed("ssh edge2: reset")) == "ConnectionFailed: ssh edge2: reset"
     assert dest.down == "ConnectionFailed: ssh edge2: reset"
 
@@ -180,7 +184,7 @@ def test_stale_temps_of_a_killed_writer_are_swept_once(tmp_path):
     stale = tmp_path / "primary" / "traffic" / ".trafic é 1.csv.0123456789abcdef.part"
     stale.write_bytes(b"half")
     assert is_temp_name(stale.name)
-    wf.copy_file(item, LocalBackend(), dests, lambda n: None)
+    copy_file(item, LocalBackend(), dests, lambda n: None)
     assert _files(tmp_path / "primary") == ["traffic/trafic é 1.csv"]
 
 
@@ -195,20 +199,20 @@ def test_domain_of_first_match_wins():
 
 
 def test_sql_values():
-    assert wf.sql_value(None) == "NULL"
-    assert wf.sql_value(42) == "42"
-    assert wf.sql_value("it's a\\b") == "'it\\'s a\\\\b'"
-    assert wf.sql_value("東京 é") == "'東京 é'"
-    assert wf.sql_value("two\nlines") == "'two lines'"
+    assert sql_value(None) == "NULL"
+    assert sql_value(42) == "42"
+    assert sql_value("it's a\\b") == "'it\\'s a\\\\b'"
+    assert sql_value("東京 é") == "'東京 é'"
+    assert sql_value("two\nlines") == "'two lines'"
     with pytest.raises(TypeError):
-        wf.sql_value(1.5)
+        sql_value(1.5)
 
 
 def test_outcome_of():
     ok, bad, broken = {"failed": 0}, {"failed": 2}, {"failed": 0, "error": "TooManyDeliveries: x"}
-    assert wf.outcome_of({"a": ok, "b": ok}) == ("SUCCESS", [])
-    assert wf.outcome_of({"a": ok, "b": bad}) == ("PARTIAL", ["b"])
-    assert wf.outcome_of({"a": broken, "b": bad}) == ("FAIL", ["a", "b"])
+    assert flag.outcome_of({"a": ok, "b": ok}) == ("SUCCESS", [])
+    assert flag.outcome_of({"a": ok, "b": bad}) == ("PARTIAL", ["b"])
+    assert flag.outcome_of({"a": broken, "b": bad}) == ("FAIL", ["a", "b"])
 
 
 def test_manifest_round_trip(tmp_path):
@@ -224,7 +228,7 @@ def test_manifest_round_trip(tmp_path):
 
 def test_flag_text():
     rec = {"job_id": "j1", "outputs": {"totals": {"copied": 3, "failed": 1}}, "error": "PARTIAL: 1 of 2"}
-    lines = wf.flag_text("PARTIAL", rec).splitlines()
+    lines = flag.flag_text("PARTIAL", rec).splitlines()
     assert lines[0] == "PARTIAL" and lines[1] == "job_id=j1"
     assert "copied=3" in lines and "failed=1" in lines and "error=PARTIAL: 1 of 2" in lines
 

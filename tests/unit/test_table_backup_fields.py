@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from backup.table_backup import delimiter_regex, quoted_field_regex
+from backup.table_backup.columns import delimiter_regex, quoted_field_regex
 
 
 def spark_like_count(line: str, delimiter: str, quote: str, escape: str) -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from base.errors import ConfigError, FatalError, InvalidInput
 from backup.resources import Resources
-from backup.table_backup import check_source, job_tag, run_names, validate_request
+from backup.table_backup.names import check_source, job_tag, run_names, validate_request
 from config.settings import load_settings
 from tests.conftest import CONFIG_PATH, STATE, write_config
 
@@ -129,7 +129,7 @@ def test_a_partition_column_setting_changed_after_validate_is_a_config_error(set
     """The load reads the schema validate recorded; a setting naming another column is one clear line."""
     from pyspark.sql.types import StringType, StructField, StructType
 
-    from backup.table_backup import partition_field
+    from backup.table_backup.columns import partition_field
 
     schema = StructType([StructField("id", StringType()), StructField("partition_date", StringType())])
     assert partition_field(schema, settings.table_backup).name == "partition_date"
@@ -140,7 +140,7 @@ def test_a_partition_column_setting_changed_after_validate_is_a_config_error(set
 
 def test_a_data_table_recorded_by_the_load_is_kept_by_the_later_phases():
     """A job whose load ran on a version that derived the tag otherwise finds its table in the write."""
-    from backup.table_backup import names_of
+    from backup.table_backup.names import names_of
 
     rec = {"job_id": JOB, "args": {"table": "mnaas.t", "suffix": "_bkp", "day": None}, "outputs": {}}
     assert str(names_of(rec).data) == "mnaas.t_bkp__3eb1bd439947"

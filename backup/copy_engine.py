@@ -1,0 +1,374 @@
+"""The fan-out copy engine: each source file read once, written to every destination, then verified there.
+
+One read pass per file hashes it (SHA-256), counts its records, computes the HDFS file
+checksums of the HDFS destinations and feeds every destination through a bounded queue
+(``FEED_QUEUE_CHUNKS`` chunks each: the slowest destination paces the read, memory stays
+bounded).  Then each destination checks its copies in one batch: on HDFS against the
+cluster's file checksum where it can be matched (no data read back), else by SHA-256 read
+back.  A copy is never overwritten: an identical file already there is verified and
+reported ``present``, a different one fails the file and is left alone.
+
+The engine knows files, folders and destinations, nothing of who they belong to.  An item is
+a dict with ``path``, ``size`` and ``mtime`` (the source file as it was planned: a file that
+changed since is refused) and ``domain``, the folder under every destination's base that
+receives the copy; other keys are the caller's and are ignored.  A result says per file how
+it went (``status`` copied / present / failed, ``error``, ``bytes``, ``records``,
+``sha256``, ``<role>_uri`` per destination, ``copied_at``, ``verified_by``): failures are
+data, ``copy_files`` never raises for one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from base.errors import AlreadyExists, BackupError, ChecksumMismatch, ConnectionFailed, FatalError, classify
+from base.text import utc_z
+from backup.records import RecordCounter
+from config.settings import Settings
+from storage import StorageBackend
+from storage.base import FileStat, iter_chunks
+from storage.hdfs_checksum import ChecksumSpec, HdfsChecksummer, matches
+from storage.locations import open_location
+
+log = logging.getLogger(__name__)
+
+FEED_QUEUE_CHUNKS = 8  # chunks buffered per destination: the slower destination paces the read
+TRANSFER_THREADS = 4  # files of one batch in flight at once
+
+
+@dataclass
+class Destination:
+    """One location receiving copies (a ``role``: primary, secondary) during a copy task.
+
+    Opened once per task; a connection failure marks it ``down`` and the task's remaining files
+    fail there without another attempt (each file's result says why).
+    """
+
+    role: str
+    url: str
+    backend: StorageBackend | None = None
+    base: str = ""
+    down: str | None = None  # why nothing more is attempted here in this task
+    ready: set = field(default_factory=set)  # domain folders created and swept
+    _preparing: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def open(self, settings: Settings) -> None:
+        """Open the backend; a failure marks the destination down (its files fail as data)."""
+        try:
+            self.backend, self.base = open_location(settings, self.url)
+        except BackupError as e:
+            self.down = e.one_line()
+
+    def folder(self, domain: str) -> str:
+        """The domain folder, created and swept of dead writers' temp files once per task."""
+        path = posixpath.join(self.base, domain)
+        with self._preparing:  # concurrent transfers wait: none may write here before the sweep
+            if domain not in self.ready:
+                self.backend.mkdir(path)
+                # The run's lock makes every temp file here a leftover of a killed writer.
+                self.backend.remove_stale_temps(path)
+                self.ready.add(domain)
+        return path
+
+    def fail(self, exc: BackupError) -> str:
+        """Note an error; a connection failure ends this destination for the task."""
+        line = exc.one_line()
+        if isinstance(exc, ConnectionFailed):
+            self.down = line
+        return line
+
+
+class _Feed:
+    """One destination written from the shared read pass through a bounded queue."""
+
+    _END = object()
+
+    def __init__(self, backend: StorageBackend, path: str) -> None:
+        self.backend, self.path = backend, path
+        self.queue: queue.Queue = queue.Queue(maxsize=FEED_QUEUE_CHUNKS)
+        self.outcome: FileStat | BaseException | None = None
+        self._ended = False
+        self.thread = threading.Thread(target=self._run, name=f"write {path}", daemon=True)
+        self.thread.start()
+
+    def _chunks(self) -> Iterator[bytes]:
+        while True:
+            item = self.queue.get()
+            if item is self._END or isinstance(item, BaseException):
+                self._ended = True
+                if item is self._END:
+                    return
+                raise item
+            yield item
+
+    def _run(self) -> None:
+        try:
+            self.outcome = self.backend.write_atomic(self.path, self._chunks())
+        except BaseException as e:  # handed to the reading thread as this destination's outcome
+            self.outcome = e
+            while not self._ended:  # keep taking chunks so the reader never blocks on us
+                item = self.queue.get()
+                self._ended = item is self._END or isinstance(item, BaseException)
+
+    def finish(self) -> None:
+        """Tell the writer the source is complete."""
+        self.queue.put(self._END)
+
+    def abort(self, why: BaseException) -> None:
+        """Tell the writer the source failed: it discards its temp file."""
+        self.queue.put(why)
+
+
+class SourceFailed(Exception):
+    """The source could not be read to the end (wrapped so writers abort)."""
+
+
+def read_once(stream, feeds: list[_Feed], on_bytes: Callable[[int], None],
+              checksummers: list[HdfsChecksummer] = ()) -> dict:
+    """Read ``stream`` once: hash it, count its records, compute the HDFS file checksums of
+    ``checksummers`` and feed every destination; returns the totals."""
+    digest = hashlib.sha256()
+    counter = RecordCounter()
+    try:
+        for chunk in iter_chunks(stream):
+            digest.update(chunk)
+            counter.update(chunk)
+            for checksummer in checksummers:
+                checksummer.update(chunk)
+            for feed in feeds:
+                feed.queue.put(chunk)
+            on_bytes(len(chunk))
+    except BaseException as e:
+        for feed in feeds:
+            feed.abort(SourceFailed(f"source read failed: {e}"))
+        raise
+    else:
+        for feed in feeds:
+            feed.finish()
+    finally:
+        for feed in feeds:
+            feed.thread.join()
+    return {"bytes": counter.size, "records": counter.records, "sha256": digest.hexdigest()}
+
+
+@dataclass
+class _Transfer:
+    """One file after its read pass, waiting for the destinations' checksums."""
+
+    item: dict
+    result: dict
+    states: dict[str, str] = field(default_factory=dict)  # role -> copied / present / failed
+    errors: list[str] = field(default_factory=list)
+    targets: dict[str, str] = field(default_factory=dict)  # role -> path, for destinations still in play
+    found: dict[str, FileStat] = field(default_factory=dict)  # role -> the file there (written now or before)
+    written: set = field(default_factory=set)  # roles written by this pass
+    checksums: dict[str, tuple[ChecksumSpec, dict]] = field(default_factory=dict)  # role -> HDFS file checksums
+
+
+def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
+              on_bytes: Callable[[int], None]) -> _Transfer:
+    """Read the source once: count, hash and write it to every destination that does not have it yet."""
+    name = posixpath.basename(item["path"])
+    t = _Transfer(item, {"file": name, "source_uri": source.uri(item["path"]), "bytes": item["size"],
+                         "records": None, "sha256": None, **{f"{d.role}_uri": None for d in dests},
+                         "copied_at": None, "status": "failed", "error": None})
+    for dest in dests:
+        if dest.down:
+            t.states[dest.role] = "failed"
+            t.errors.append(f"{dest.role}: not attempted: {dest.down}")
+            continue
+        try:
+            path = posixpath.join(dest.folder(item["domain"]), name)
+            t.result[f"{dest.role}_uri"] = dest.backend.uri(path)
+            existing = dest.backend.stat(path)
+        except BackupError as e:
+            t.states[dest.role] = "failed"
+            t.errors.append(f"{dest.role}: {dest.fail(e)}")
+            continue
+        t.targets[dest.role] = path
+        if existing is not None:
+            t.found[dest.role] = existing
+    feeds: dict[str, _Feed] = {}
+    backends = {d.role: d.backend for d in dests}
+    checksummers = _checksummers({role: backends[role] for role in t.targets})
+    try:
+        with source.open_read(item["path"]) as stream:
+            feeds = {role: _Feed(backends[role], path) for role, path in t.targets.items() if role not in t.found}
+            totals = read_once(stream, list(feeds.values()), on_bytes, list(set(checksummers.values())))
+        after = source.stat(item["path"])
+        if after is None or (after.size, after.mtime) != (item["size"], item["mtime"]) \
+                or totals["bytes"] != item["size"]:
+            raise FatalError(f"source {source.uri(item['path'])} changed while it was copied")
+    except (BackupError, OSError) as e:  # OSError: a local source's read failed
+        for role, feed in feeds.items():
+            if isinstance(feed.outcome, FileStat):  # published a moment ago from a bad read: take it back
+                _discard(backends[role], t.targets[role])
+        error = classify(e, f"read {source.uri(item['path'])}")
+        t.errors.append(f"source: {error.one_line()}")
+        t.targets.clear()
+        return t
+    t.result.update(totals)
+    t.checksums = {role: (c.spec, c.results()) for role, c in checksummers.items()}
+    for role, feed in feeds.items():
+        if isinstance(feed.outcome, FileStat):
+            t.found[role] = feed.outcome
+            t.written.add(role)
+        else:
+            error = classify(feed.outcome, f"write {backends[role].uri(t.targets[role])}")
+            t.states[role] = "failed"
+            t.errors.append(f"{role}: {next(d for d in dests if d.role == role).fail(error)}")
+            del t.targets[role]
+    return t
+
+
+def _checksummers(backends: dict[str, StorageBackend]) -> dict[str, HdfsChecksummer]:
+    """Per HDFS destination whose file checksum this process can compute: its checksummer (one per spec)."""
+    by_spec: dict[ChecksumSpec, HdfsChecksummer] = {}
+    out = {}
+    for role, backend in backends.items():
+        spec = backend.checksum_spec()
+        if isinstance(spec, ChecksumSpec) and spec.computable() is None:
+            out[role] = by_spec.setdefault(spec, HdfsChecksummer(spec))
+    return out
+
+
+def _discard(backend: StorageBackend, path: str) -> None:
+    """Delete a copy we published ourselves and must take back (best effort)."""
+    try:
+        backend.delete(path)
+    except BackupError as e:
+        log.warning("could not remove %s: %s", backend.uri(path), e.one_line())
+
+
+def _verify_by_file_checksum(transfers: list[_Transfer], dest: Destination) -> list[_Transfer]:
+    """Verify copies on HDFS against the cluster's file checksum (no data read back); the transfers left to read back.
+
+    A copy whose checksum the cluster computes in a way we did not (another block size or
+    bytes-per-checksum, a combine mode we do not know) is read back instead, and its result says why.
+    """
+    left = []
+    for t in transfers:
+        if dest.role not in t.checksums:
+            left.append(t)
+            continue
+        spec, computed = t.checksums[dest.role]
+        path = t.targets[dest.role]
+        try:
+            reported, block_size = dest.backend.file_checksum(path)
+        except BackupError as e:
+            t.states[dest.role] = "failed"
+            t.errors.append(f"{dest.role}: {dest.fail(e)}")
+            continue
+        verdict = matches(computed, reported) if block_size in (spec.block_size, 0) else None
+        verified = t.result.setdefault("verified_by", {})
+        if verdict is None:
+            verified[dest.role] = (f"read back: the cluster's checksum {reported.get('algorithm')} with block size "
+                                   f"{block_size} is not the {spec.crc}/{spec.bytes_per_crc}/{spec.block_size} one "
+                                   f"computed while copying")
+            left.append(t)
+            continue
+        verified[dest.role] = f"hdfs file checksum {reported.get('algorithm')}"
+        if verdict:
+            t.states[dest.role] = "copied" if dest.role in t.written else "present"
+        else:
+            _mismatch(t, dest, f"HDFS file checksum {reported.get('algorithm')} differs")
+    return left
+
+
+def _mismatch(t: _Transfer, dest: Destination, differs: str) -> None:
+    """A copy that is not the source: ours is removed, someone else's is left alone; both fail the file."""
+    uri = dest.backend.uri(t.targets[dest.role])
+    t.states[dest.role] = "failed"
+    if dest.role in t.written:
+        _discard(dest.backend, t.targets[dest.role])  # our own copy from a moment ago, and a wrong one
+        error = ChecksumMismatch(f"{uri} does not match the source ({differs}); removed")
+    else:
+        error = AlreadyExists(f"a different file is already at {uri} ({differs}); not overwritten")
+    t.errors.append(f"{dest.role}: {error.one_line()}")
+
+
+def _verify(transfers: list[_Transfer], dest: Destination) -> None:
+    """Check size and checksum of every file of ``transfers`` at ``dest``: on HDFS the cluster's file
+    checksum where it can be matched, else SHA-256 read back in one batch."""
+    mine = [t for t in transfers if dest.role in t.targets]
+    if not mine:
+        return
+    sizes_ok = [t for t in mine if t.found[dest.role].size == t.result["bytes"]]
+    for t in mine:
+        if t not in sizes_ok:
+            _mismatch(t, dest, f"{t.found[dest.role].size} bytes instead of {t.result['bytes']}")
+    sizes_ok = _verify_by_file_checksum(sizes_ok, dest)
+    mine = sizes_ok
+    try:
+        digests = dest.backend.sha256_many([t.targets[dest.role] for t in sizes_ok]) if sizes_ok else {}
+    except ConnectionFailed as e:
+        line = dest.fail(e)
+        for t in mine:
+            t.states[dest.role] = "failed"
+            t.errors.append(f"{dest.role}: {line}")
+        return
+    except BackupError:
+        digests = {}  # one file vanished or is unreadable: check them one by one to name it
+        for t in sizes_ok:
+            try:
+                digests[t.targets[dest.role]] = dest.backend.sha256(t.targets[dest.role])
+            except BackupError as e:
+                digests[t.targets[dest.role]] = e
+    for t in mine:
+        path = t.targets[dest.role]
+        got = digests.get(path)
+        if isinstance(got, BackupError):
+            t.states[dest.role] = "failed"
+            t.errors.append(f"{dest.role}: {dest.fail(got)}")
+            continue
+        if got == t.result["sha256"]:
+            t.states[dest.role] = "copied" if dest.role in t.written else "present"
+            t.result.setdefault("verified_by", {}).setdefault(dest.role, "sha256 read back")
+            continue
+        _mismatch(t, dest, f"sha256 {got[:12]}… instead of {t.result['sha256'][:12]}…" if got else "unreadable")
+
+
+def copy_files(items: list[dict], source_of: Callable[[dict], StorageBackend], dests: list[Destination],
+               on_bytes: Callable[[int], None]) -> list[dict]:
+    """Back up a batch of files: one read each, then one checksum batch per destination; results, never raises."""
+    sources = [source_of(item) for item in items]
+    # Several files at once: one file's fsync and rename overlap the next one's read and writes.
+    with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items)), thread_name_prefix="transfer") as pool:
+        transfers = list(pool.map(lambda item, source: _transfer(item, source, dests, on_bytes), items, sources))
+    with ThreadPoolExecutor(max_workers=len(dests), thread_name_prefix="verify") as pool:
+        list(pool.map(lambda dest: _verify(transfers, dest), dests))
+    copied_at = utc_z()
+    for t in transfers:
+        if all(t.states.get(d.role) in ("copied", "present") for d in dests):
+            t.result["status"] = "copied" if "copied" in t.states.values() else "present"
+        t.result["copied_at"] = copied_at
+        t.result["error"] = "; ".join(t.errors) or None
+    return [t.result for t in transfers]
+
+
+def copy_file(item: dict, source: StorageBackend, dests: list[Destination],
+              on_bytes: Callable[[int], None]) -> dict:
+    """Back up one file to every destination in one read; the result says how it went."""
+    return copy_files([item], lambda _: source, dests, on_bytes)[0]
+
+
+def batches(items: list[dict], max_files: int = 32, max_bytes: int = 512 * 2**20) -> Iterator[list[dict]]:
+    """Consecutive groups of files verified together (bounded so a killed task loses little)."""
+    batch: list[dict] = []
+    size = 0
+    for item in items:
+        if batch and (len(batch) >= max_files or size + item["size"] > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += item["size"]
+    if batch:
+        yield batch
+

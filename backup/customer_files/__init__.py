@@ -1,0 +1,375 @@
+"""The ``customer-files`` workflow: every customer's new files → two verified backups → Hive count table.
+
+Phases (Celery tasks): lock → discover → one ``copy:<customer>`` per customer
+(a group, in parallel on the ``io`` queue) → collect (the chord's body) → flag.
+The phase functions take a ``PhaseContext`` and return small JSON; none needs
+a worker.
+
+Layout: a customer's files are read from ``<source dir>/<customer>/`` and
+copied to ``<primary>/<domain>/<file>`` and ``<secondary>/<domain>/<file>``.
+
+This module holds the phases, in run order; the jobs they hand out live beside it:
+  workflow       name, config section, phase names, the outputs phases hand on
+  ledger         plan, per-file results, customer errors and the ledger, in Redis
+  after_backup   moving or deleting a source once both copies are verified
+  flag           the status flag file
+and outside the package, reusable: ``backup.copy_engine`` (one read, every destination,
+verified), ``backup.records`` (record counting), ``storage.locations`` (opening a configured
+location), ``connectors.hive`` (the count table's SQL).
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import logging
+import os
+import posixpath
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+from base.errors import ConfigError, NotFound
+from base.identifiers import TableName
+from base.text import run_id
+from backup.copy_engine import Destination, batches, copy_files
+from backup.customer_files.after_backup import after_backup, move_base
+from backup.customer_files.flag import outcome_of, write_fail_flag, write_flag
+from backup.customer_files.ledger import (customer_errors, first_file_error, known_files, ledger_field, load_plan,
+                                          load_results, plan_key, record_customer_error, remember, save_plan,
+                                          save_result)
+from backup.customer_files.workflow import (DESTINATIONS, TARGET, WORKFLOW, Collected, Discovered, Flagged, config,
+                                            copy_phase, phase_names)
+from backup.enqueue import fail_request
+from backup.jobs import now, phase_entry
+from backup.resources import Resources
+from backup.runner import PhaseContext, end_unsuccessfully, finish_job, take_lock
+from backup.workflow import Phase, Workflow
+from config.settings import CustomerFilesSettings
+from connectors.hive import create_or_check_table, replace_rows, sql_value
+from storage import StorageBackend
+from storage.base import is_temp_name
+from storage.locations import open_location
+
+log = logging.getLogger(__name__)
+
+# Named by the Celery tasks and the CLI from the package root.
+__all__ = ["WORKFLOW", "DEFINITION", "TARGET", "DESTINATIONS", "config", "copy_phase", "phase_names", "submit", "lock_phase",
+           "discover_phase", "copy_customer", "record_customer_error", "collect_phase", "flag_phase",
+           "write_fail_flag"]
+
+MANIFEST_COLUMNS = ["customer", "domain", "file", "bytes", "records", "sha256", "primary_uri", "secondary_uri",
+                    "copied_at", "status", "error"]
+# The staging and final tables: the manifest's columns plus the job id.
+TABLE_COLUMNS = [("customer", "STRING"), ("domain", "STRING"), ("file_name", "STRING"), ("bytes", "BIGINT"),
+                 ("records", "BIGINT"), ("sha256", "STRING"), ("primary_uri", "STRING"), ("secondary_uri", "STRING"),
+                 ("copied_at", "STRING"), ("status", "STRING"), ("error", "STRING"), ("job_id", "STRING")]
+LOADED_STATUSES = ("copied", "present")  # rows merged into the final table
+ROWS_PER_INSERT = 5000  # one INSERT OVERWRITE for a usual run; bounded statement size
+
+
+def domain_of(cfg: CustomerFilesSettings, name: str) -> str | None:
+    """The first domain whose patterns match the file name ``name``."""
+    for domain, patterns in cfg.domains.items():
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+            return domain
+    return None
+
+
+# -- lock ------------------------------------------------------------------------
+
+def submit(res: Resources, job_id: str | None = None) -> dict:
+    """Create the job record; without a usable config it is recorded failed and nothing starts."""
+    job_id = job_id or uuid.uuid4().hex
+    try:
+        cfg = config(res)
+    except ConfigError as e:
+        res.jobs.create(job_id, WORKFLOW, TARGET, {}, ["lock", "discover", "collect", "flag"])
+        return fail_request(res, job_id, e)
+    return res.jobs.create(job_id, WORKFLOW, TARGET, {"customers": list(cfg.customers)}, phase_names(cfg))
+
+
+def lock_phase(ctx: PhaseContext) -> dict:
+    """Take the (customer-files, all) lock or end the job as skipped, naming the holder."""
+    return take_lock(ctx, WORKFLOW)
+
+
+# -- discover --------------------------------------------------------------------
+
+def discover_phase(ctx: PhaseContext) -> dict:
+    """Choose the files of this run: matched, settled, not in the ledger, oldest first, capped."""
+    res, cfg = ctx.res, config(ctx.res)
+    counts = {c: Counter() for c in cfg.customers}
+    candidates: list[dict] = []
+    horizon = time.time() - cfg.settle_seconds
+    with ExitStack() as stack:
+        for index, url in enumerate(cfg.source_dirs):
+            backend, root = open_location(res.settings, url)
+            stack.enter_context(backend)
+            if backend.stat(root) is None:
+                raise NotFound(f"customer_files.source_dirs[{index}]: {backend.uri(root)} does not exist")
+            for customer in cfg.customers:
+                folder = posixpath.join(root, customer)
+                found = backend.stat(folder)
+                if found is None or not found.is_dir:
+                    continue  # nothing delivered for this customer here yet
+                entries = [e for e in backend.list(folder) if not e.is_dir and not is_temp_name(e.name)]
+                fields = [ledger_field(e.path, e.size, e.mtime) for e in entries]
+                known = known_files(res, customer, fields)
+                for entry, seen in zip(entries, known):
+                    domain = domain_of(cfg, entry.name)
+                    if domain is None:
+                        counts[customer]["unmatched"] += 1
+                        continue
+                    counts[customer]["found"] += 1
+                    if entry.mtime > horizon:
+                        counts[customer]["settling"] += 1
+                    elif seen is not None:
+                        counts[customer]["unchanged"] += 1
+                    else:
+                        candidates.append({"customer": customer, "domain": domain, "source": index,
+                                           "path": entry.path, "size": entry.size, "mtime": entry.mtime})
+    candidates.sort(key=lambda f: (f["mtime"], f["customer"], f["path"]))
+    chosen, deferred = candidates[:cfg.max_files_per_run], candidates[cfg.max_files_per_run:]
+    plan: dict[str, list[dict]] = {c: [] for c in cfg.customers}
+    for item in chosen:
+        plan[item["customer"]].append(item)
+        counts[item["customer"]]["planned"] += 1
+    for item in deferred:
+        counts[item["customer"]]["deferred"] += 1
+    save_plan(res, ctx.job_id, plan)
+    per_customer = {c: {k: counts[c][k] for k in ("found", "planned", "unchanged", "settling", "deferred",
+                                                  "unmatched")} for c in cfg.customers}
+    totals = {k: sum(v[k] for v in per_customer.values()) for k in ("found", "planned", "unchanged", "settling",
+                                                                      "deferred", "unmatched")}
+    note = (f"{totals['planned']} to copy, {totals['unchanged']} unchanged, {totals['settling']} settling, "
+            f"{totals['deferred']} deferred to the next run")
+    ctx.done(Discovered(customers=per_customer, discovered=totals).as_outputs(), note=note)
+    return {"job_id": ctx.job_id, **totals}
+
+
+# -- copy ------------------------------------------------------------------------
+
+def copy_customer(ctx: PhaseContext, customer: str) -> dict:
+    """Copy one customer's planned files to both locations; per-file failures are data in the results."""
+    res, cfg = ctx.res, config(ctx.res)
+    plan = load_plan(res, ctx.job_id, customer)
+    done = load_results(res, ctx.job_id, customer)
+    todo = [item for item in plan if plan_key(item) not in done]
+    progress = {"files_done": len(plan) - len(todo), "files_total": len(plan),
+                "failed": sum(r["status"] == "failed" for r in done.values()),
+                "bytes_done": sum(item["size"] for item in plan if plan_key(item) in done),
+                "bytes_total": sum(item["size"] for item in plan)}
+    ctx.progress(force=True, **progress)
+
+    counting = threading.Lock()
+
+    def on_bytes(n: int) -> None:  # called by the transfer threads
+        with counting:
+            progress["bytes_done"] += n
+            snapshot = dict(progress)
+        ctx.progress(**snapshot)
+
+    where = cfg.customers[customer]
+    moved_to = move_base(res, cfg) if todo else None
+    dests = [Destination(role, getattr(where, role)) for role in DESTINATIONS]
+    with ExitStack() as stack:
+        if todo:
+            for dest in dests:
+                dest.open(res.settings)
+                if dest.backend is not None:
+                    stack.enter_context(dest.backend)
+        sources: dict[int, StorageBackend] = {}
+
+        def source_of(item: dict) -> StorageBackend:
+            if item["source"] not in sources:
+                backend, _ = open_location(res.settings, cfg.source_dirs[item["source"]])
+                sources[item["source"]] = stack.enter_context(backend)
+            return sources[item["source"]]
+
+        for batch in batches(todo):
+            ctx.commit_check()  # stop at once if another run took over the lock
+            before = progress["bytes_done"]
+            copied = copy_files(batch, source_of, dests, on_bytes)
+            progress["bytes_done"] = before + sum(item["size"] for item in batch)
+            for item, copy in zip(batch, copied):
+                # The engine's result, named after the customer and domain it belongs to (the manifest's row).
+                result = {"customer": item["customer"], "domain": item["domain"], **copy}
+                if result["status"] != "failed":
+                    remember(res, ctx.job_id, customer, item, result)
+                    problem = after_backup(cfg, source_of(item), item, moved_to)
+                    if problem:
+                        result["error"] = problem
+                save_result(res, ctx.job_id, customer, plan_key(item), result)
+                done[plan_key(item)] = result
+                progress["files_done"] += 1
+                progress["failed"] += result["status"] == "failed"
+            ctx.progress(**progress)
+    ctx.progress(force=True, **progress)
+    summary = summarize(done.values())
+    note = f"{summary['copied']} copied, {summary['present']} already present, {summary['failed']} failed"
+    # The last progress stays: a customer copied between two looks of `backupctl run --wait` still shows its files.
+    ctx.done(note=note, state="failed" if summary["failed"] else "success", keep_progress=True)
+    return {"job_id": ctx.job_id, "customer": customer, **summary}
+
+
+def summarize(results) -> dict:
+    """Counts over per-file results."""
+    out = {"files": 0, "copied": 0, "present": 0, "failed": 0, "bytes": 0, "records": 0}
+    for r in results:
+        out["files"] += 1
+        out[r["status"]] += 1
+        if r["status"] != "failed":
+            out["bytes"] += r["bytes"] or 0
+            out["records"] += r["records"] or 0
+    return out
+
+
+# -- collect ---------------------------------------------------------------------
+
+def manifest_rows(res: Resources, rec: dict) -> list[dict]:
+    """One row per planned file, in plan order; a file its task never reached is a failed row."""
+    cfg = config(res)
+    errors = customer_errors(res, rec["job_id"])
+    rows = []
+    for customer in cfg.customers:
+        results = load_results(res, rec["job_id"], customer)
+        for item in load_plan(res, rec["job_id"], customer):
+            row = results.get(plan_key(item))
+            if row is None:
+                why = errors.get(customer, "its copy task did not finish")
+                row = {"customer": customer, "domain": item["domain"], "file": posixpath.basename(item["path"]),
+                       "bytes": item["size"], "records": None, "sha256": None, "primary_uri": None,
+                       "secondary_uri": None, "copied_at": None, "status": "failed", "error": f"not copied: {why}"}
+            rows.append(row)
+    return rows
+
+
+def write_manifest(path: Path, rows: list[dict]) -> None:
+    """The manifest CSV, written to a temp name and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    with open(tmp, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(MANIFEST_COLUMNS)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else row[c] for c in MANIFEST_COLUMNS])
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)
+
+
+def ensure_table(hive, table: TableName) -> str:
+    """Create a count table (staging or final) if it is missing; refuse one whose columns differ."""
+    return create_or_check_table(hive, table, TABLE_COLUMNS)
+
+
+def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: Callable[[], None]) -> dict:
+    """Staging ← manifest (INSERT OVERWRITE); final ← staging rows not yet in it; refresh final."""
+    cfg = config(res)
+    staging, final = TableName.parse(cfg.staging_table), TableName.parse(cfg.final_table)
+    with res.hive() as hive:
+        ensure_table(hive, staging)
+        ensure_table(hive, final)
+        # The manifest's columns in table order, then the job id.
+        staged = replace_rows(hive, staging, [[r.get(c) for c in MANIFEST_COLUMNS] + [job_id] for r in rows],
+                              f"load manifest into {staging}", ROWS_PER_INSERT)
+        commit_check()
+        key = " AND ".join(f"s.`{c}` = f.`{c}`" for c in ("customer", "domain", "file_name", "sha256"))
+        statuses = ", ".join(sql_value(s) for s in LOADED_STATUSES)
+        # Only rows the final table lacks: a rerun or a redelivered collect never counts a file twice.
+        hive.execute(f"INSERT INTO TABLE {final.sql} SELECT s.* FROM {staging.sql} s LEFT OUTER JOIN {final.sql} f "
+                     f"ON {key} WHERE f.`file_name` IS NULL AND s.`status` IN ({statuses})",
+                     f"merge {staging} into {final}")
+        refreshed = hive.refresh(final)
+        loaded = int(hive.query(f"SELECT count(*) FROM {final.sql} WHERE `job_id` = {sql_value(job_id)}",
+                                f"count rows of this run in {final}")[0][0])
+    return {"staging_rows": staged, "final_rows_added": loaded, "refresh": refreshed}
+
+
+def collect_phase(ctx: PhaseContext) -> dict:
+    """The chord's body: manifest CSV → Hive staging → final count table; totals per customer."""
+    res, rec = ctx.res, ctx.rec
+    cfg = config(res)
+    rows = manifest_rows(res, rec)
+    manifest = res.settings.path(cfg.manifest_dir) / f"{run_id(rec['created'], rec['job_id'])}.csv"
+    write_manifest(manifest, rows)
+    if rows:
+        hive = load_into_hive(res, rows, ctx.job_id, ctx.commit_check)
+    else:
+        hive = {"staging_rows": 0, "final_rows_added": 0, "refresh": "skipped (nothing to load)"}
+    errors = customer_errors(res, ctx.job_id)
+    customers = Discovered.read(rec).customers  # discover's counts, completed here with the copies'
+    for customer in cfg.customers:
+        counts = summarize(r for r in rows if r["customer"] == customer)
+        entry = customers.setdefault(customer, {})
+        entry.update({k: counts[k] for k in ("copied", "present", "failed", "bytes", "records")})
+        entry["skipped"] = sum(entry.get(k, 0) for k in ("unchanged", "settling", "deferred"))
+        entry["error"] = errors.get(customer)
+    totals = {k: sum(c.get(k) or 0 for c in customers.values())
+              for k in ("found", "planned", "unchanged", "settling", "deferred", "skipped", "copied", "present",
+                        "failed", "bytes", "records")}
+    ctx.done(Collected(customers=customers, totals=totals, manifest=str(manifest), hive=hive).as_outputs(),
+             note=f"{len(rows)} manifest rows; {hive['final_rows_added']} rows added to {cfg.final_table}")
+    return {"job_id": ctx.job_id, **totals}
+
+
+# -- flag ------------------------------------------------------------------------
+
+def flag_phase(ctx: PhaseContext) -> dict:
+    """Write SUCCESS / PARTIAL / FAIL with counts; finish the job, alerting once per episode unless SUCCESS."""
+    res, rec = ctx.res, ctx.rec
+    customers = Collected.read(rec).customers
+    outcome, failed = outcome_of(customers)
+    ctx.commit_check()
+    uri = write_flag(res, outcome, rec)
+    ctx.done(Flagged(flag=outcome, flag_uri=uri).as_outputs())
+    if outcome == "SUCCESS":
+        rec = finish_job(ctx)
+        return {"job_id": ctx.job_id, "state": rec["state"], "flag": outcome}
+    details = []
+    for c in failed:
+        v = customers[c]
+        details.append(f"{c} ({v.get('error') or str(v.get('failed')) + ' file(s) failed' + first_file_error(res, ctx.job_id, c)})")
+    error = f"{outcome}: {len(failed)} of {len(customers)} customer(s) had failures: {', '.join(details)}"
+    rec = finish_unsuccessful(ctx, outcome, error)
+    return {"job_id": ctx.job_id, "state": rec["state"], "flag": outcome, "error": error}
+
+
+def finish_unsuccessful(ctx: PhaseContext, outcome: str, error: str) -> dict:
+    """End a PARTIAL or FAIL run: alert once per episode, then one fenced write that fails the job and frees the lock."""
+    res = ctx.res
+    if ctx.renewer:
+        ctx.renewer.stop()
+        ctx.renewer = None
+
+    def change(rec):
+        phase_entry(rec, ctx.name).update(state="success", finished=now())
+        rec.update(state="failed", error=error, finished=now())
+    rec = end_unsuccessfully(res, ctx.rec, change, error, status=outcome, fence=ctx.held, release=ctx.held)
+    log.error("job %s ended %s: %s", ctx.job_id, outcome, error)
+    return rec
+
+
+def validate_request(res: Resources) -> None:
+    """A run takes no arguments; it needs the customer_files section (ConfigError before anything is enqueued)."""
+    config(res)
+
+
+DEFINITION = Workflow(
+    name=WORKFLOW,
+    summary="every configured customer's files copied, verified, to two locations; counts into Hive; a status flag",
+    phases=(Phase("lock", lock_phase), Phase("discover", discover_phase),
+            Phase("copy", None, queue="io", fan_out=True),  # one task per customer: tasks/customer_files.py
+            Phase("collect", collect_phase), Phase("flag", flag_phase)),
+    submit=submit,
+    validate=validate_request,
+    failure_cleanup=write_fail_flag,
+    target_argument=None,
+    target_help="every configured customer",
+    fixed_target=TARGET,
+)

@@ -1,0 +1,149 @@
+"""The customer-files workflow's bookkeeping in Redis: the run's plan, per-file results, customer errors and the ledger.
+
+Redis keys, besides the job record (``<p>`` is ``redis.key_prefix``):
+  <p>:customer_files:plan:<job>            customer -> files chosen by discover
+  <p>:customer_files:results:<job>:<cust>  "<source index>\\0<path>" -> per-file result (a
+                                           redelivered copy task resumes from here)
+  <p>:customer_files:errors:<job>          customer -> error that ended its copy task
+  <p>:customer_files:ledger:<cust>         "<path>\\0<size>\\0<mtime>" -> sha256, records, job
+The ledger only saves work: a file missing from it is copied again, and a
+destination already holding the identical file is verified, not rewritten.
+
+A run's keys expire with ``celery.result_expires``; the ledger does not.  Every access is
+one round trip (a pipeline where several writes go together); a Redis error becomes
+ConnectionFailed, which the phases retry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+
+from base.errors import BackupError, ConnectionFailed, classify
+from backup.customer_files.workflow import copy_phase
+from backup.jobs import now, phase_entry
+from backup.resources import Resources
+
+log = logging.getLogger(__name__)
+
+
+def _key(res: Resources, *parts: str) -> str:
+    return ":".join([res.settings.redis.key_prefix, "customer_files", *parts])
+
+
+def _expire(res: Resources) -> int:
+    return res.settings.celery.result_expires
+
+
+def ledger_field(path: str, size: int, mtime: float) -> str:
+    """Ledger entry name of a source file in a given state."""
+    return f"{path}\0{size}\0{mtime!r}"
+
+
+def plan_key(item: dict) -> str:
+    """Identity of a planned file inside a run: source folder index and path."""
+    return f"{item['source']}\0{item['path']}"
+
+
+@contextmanager
+def _redis_errors(what: str) -> Iterator[None]:
+    """Redis errors inside the block become ConnectionFailed (retryable)."""
+    try:
+        yield
+    except redis.RedisError as e:
+        raise ConnectionFailed(f"{what}: {e}") from e
+
+
+# -- the ledger: files already backed up ------------------------------------------
+
+def known_files(res: Resources, customer: str, fields: list[str]) -> list[bytes | None]:
+    """The ledger entries of ``fields`` (``ledger_field``), None for a file not backed up in that state."""
+    with _redis_errors("read ledger"):
+        return res.redis.hmget(_key(res, "ledger", customer), fields) if fields else []
+
+
+def remember(res: Resources, job_id: str, customer: str, item: dict, result: dict) -> None:
+    """Ledger entry for a file whose copies are verified."""
+    entry = {"sha256": result["sha256"], "records": result["records"], "job_id": job_id, "at": result["copied_at"]}
+    with _redis_errors("write ledger"):
+        res.redis.hset(_key(res, "ledger", customer), ledger_field(item["path"], item["size"], item["mtime"]),
+                       json.dumps(entry))
+
+
+# -- one run: plan, results, errors -----------------------------------------------
+
+def save_plan(res: Resources, job_id: str, plan: dict[str, list[dict]]) -> None:
+    """The files chosen for this run, per customer, replacing any earlier plan of the job."""
+    name = _key(res, "plan", job_id)
+    with _redis_errors("save plan"):
+        pipe = res.redis.pipeline()
+        pipe.delete(name)
+        pipe.hset(name, mapping={c: json.dumps(files) for c, files in plan.items()})
+        pipe.expire(name, _expire(res))
+        pipe.execute()
+
+
+def load_plan(res: Resources, job_id: str, customer: str) -> list[dict]:
+    """The files discover chose for one customer."""
+    with _redis_errors("read plan"):
+        raw = res.redis.hget(_key(res, "plan", job_id), customer)
+    return json.loads(raw) if raw else []
+
+
+def load_results(res: Resources, job_id: str, customer: str) -> dict[str, dict]:
+    """Per-file results recorded so far for one customer, by plan key."""
+    with _redis_errors("read results"):
+        raw = res.redis.hgetall(_key(res, "results", job_id, customer))
+    return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+
+def save_result(res: Resources, job_id: str, customer: str, key: str, result: dict) -> None:
+    """One file's result (a redelivered copy task skips the files that have one)."""
+    name = _key(res, "results", job_id, customer)
+    with _redis_errors("save result"):
+        pipe = res.redis.pipeline()
+        pipe.hset(name, key, json.dumps(result))
+        pipe.expire(name, _expire(res))
+        pipe.execute()
+
+
+def first_file_error(res: Resources, job_id: str, customer: str) -> str:
+    """``, e.g. <the first failed file's reason>``: the alert then names the cause (a path, a user, a refusal)."""
+    try:
+        results = load_results(res, job_id, customer)
+    except BackupError:
+        return ""
+    for key in sorted(results):
+        if results[key].get("status") == "failed" and results[key].get("error"):
+            return f", e.g. {results[key]['file']}: {results[key]['error'][:500]}"
+    return ""
+
+
+def customer_errors(res: Resources, job_id: str) -> dict[str, str]:
+    """Errors that ended a customer's copy task, by customer."""
+    with _redis_errors("read customer errors"):
+        raw = res.redis.hgetall(_key(res, "errors", job_id))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def record_customer_error(res: Resources, job_id: str, customer: str, exc: BaseException) -> dict:
+    """Record that a customer's copy task ended in an error (data for collect); returns the task's answer."""
+    err = classify(exc, copy_phase(customer)).one_line()
+    name = _key(res, "errors", job_id)
+    with _redis_errors("save customer error"):
+        pipe = res.redis.pipeline()
+        pipe.hset(name, customer, err)
+        pipe.expire(name, _expire(res))
+        pipe.execute()
+
+    def change(rec):
+        p = phase_entry(rec, copy_phase(customer))
+        p.update(state="failed", finished=now(), error=err)
+        rec["progress"].pop(copy_phase(customer), None)
+    res.jobs.update(job_id, change)
+    log.error("customer %s: copy task ended: %s", customer, err)
+    return {"job_id": job_id, "customer": customer, "error": err}

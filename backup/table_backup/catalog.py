@@ -1,0 +1,178 @@
+"""Catalog operations of the table-backup workflow: the live schema, what exists under the backup name,
+the rejects table, the staging table, the view switch and the expiry of old versions.
+
+Each function is one or a few metastore round trips on a Spark session (``spark.sql`` or a
+catalog listing), never a scan of the data, except ``count_rows`` and ``write_rejects``.
+Only tables carrying this workflow's properties (``PROP_*``) are ever replaced or dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from base.errors import AlreadyExists, InvalidInput
+from base.identifiers import TableName, identifier
+from backup.table_backup.columns import FILE, LINE, PARTITION_COLUMNS, REASON, ROW_DATE
+from backup.table_backup.names import Names, data_table_regex
+from backup.table_backup.outputs import CatalogState
+from config.settings import TableBackupSettings
+from connectors.spark import concurrently, drop, properties_if_exists, spark_errors, tables_like
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+REJECT_COLUMNS = ("line", "reason", "source_file", "job_id")
+# Table properties marking what this workflow manages; nothing without them is ever replaced or dropped.
+PROP_DATA = "mediation_backup.data_table"
+PROP_JOB = "mediation_backup.job_id"
+PROP_ROWS = "mediation_backup.rows"
+PROP_REJECTS_OF = "mediation_backup.rejects_of"
+# Lines the rejects table holds, set after each change ('unknown' while one is under way): an empty table is left alone.
+PROP_REJECTS_ROWS = "mediation_backup.rejects_rows"
+
+
+def live_schema(spark: "SparkSession", live: TableName, cfg: TableBackupSettings) -> "StructType":
+    """The live table's schema from the catalog (works on an empty table); InvalidInput if CSV cannot fill it."""
+    from pyspark.sql.types import ArrayType, BinaryType, MapType, StructType
+
+    with spark_errors(f"read the schema of {live}"):
+        schema = spark.table(live.sql).schema
+    names = [f.name.lower() for f in schema]
+    for f in schema:
+        identifier(f.name, f"column name of {live}")
+        if isinstance(f.dataType, (ArrayType, MapType, StructType, BinaryType)):
+            raise InvalidInput(f"{live}: column {f.name} has type {f.dataType.simpleString()}, "
+                               f"which a CSV field cannot carry")
+    if cfg.partition_column.lower() not in names:
+        raise InvalidInput(f"{live} has no column {cfg.partition_column} (table_backup.partition_column)")
+    clash = [c for c in PARTITION_COLUMNS if c in names]
+    if clash:
+        raise InvalidInput(f"{live} already has column(s) {', '.join(clash)}; the backup adds them")
+    if ROW_DATE in names:
+        raise InvalidInput(f"{live} has a column named {ROW_DATE}, the name table-backup uses for the parsed date")
+    return schema
+
+
+def catalog_state(spark: "SparkSession", names: Names) -> CatalogState:
+    """What the catalog holds under the backup name: the data table its view reads, every other data
+    table, and how many lines the rejects table holds (all from one listing).
+
+    A data table the view's SQL or its property names is never stale: dropping it would empty the backup.
+
+    AlreadyExists unless the backup and rejects names are free or already managed by this workflow.
+    """
+    found = tables_like(spark, names.live.db, f"{names.backup.table.lower()}*")
+    backup, rejects = found.get(names.backup.table.lower()), found.get(names.rejects.table.lower())
+    if backup is not None and PROP_DATA not in backup["properties"]:
+        raise AlreadyExists(
+            f"{names.backup} exists as a {backup['type'] or 'table'} not made by table-backup (a legacy "
+            f"backup?); rename it, e.g. ALTER TABLE {names.backup} RENAME TO {names.backup}_legacy, then run again")
+    if rejects is not None and PROP_REJECTS_OF not in rejects["properties"]:
+        raise AlreadyExists(f"{names.rejects} exists and was not made by table-backup; rename or drop it first")
+    recorded = backup["properties"][PROP_DATA] if backup else None
+    # What the view's SQL reads, which the property does not follow after an ALTER VIEW by hand (a rollback).
+    reads = names.data_tables_in(backup["view_text"]) if backup else set()
+    current = next(iter(reads)) if len(reads) == 1 else recorded
+    # Kept: every data table the view's listing names anywhere (its SQL, comments in it, the property),
+    # so that a view text the parser cut short still keeps what it reads.
+    in_use = names.data_tables_in(backup["information"]) if backup else set()
+    pattern, ours = names.data_pattern(), names.data.table.lower()
+    return CatalogState(
+        previous_data_table=current, backup_reads=sorted(in_use),
+        stale_data_tables=sorted(t for t in found if pattern.match(t) and t not in in_use and t != ours),
+        previous_rejects=None if rejects is None else rejects["properties"].get(PROP_REJECTS_ROWS, "unknown"))
+
+
+def partitions(spark: "SparkSession", table: TableName) -> list[str] | None:
+    """The table's partitions as YYYY-MM, sorted; None if one is not a year and month (the NULL partition)."""
+    with spark_errors(f"list partitions of {table}"):
+        rows = spark.sql(f"SHOW PARTITIONS {table.sql}").collect()
+    months = []
+    for r in rows:
+        spec = dict(kv.split("=", 1) for kv in r[0].split("/"))
+        year, month = spec.get("year_part", ""), spec.get("month_part", "")
+        if not (year.isdigit() and month.isdigit()):  # __HIVE_DEFAULT_PARTITION__: rows without a date
+            return None
+        months.append(f"{int(year):04d}-{int(month):02d}")
+    return sorted(months)
+
+
+def count_rows(spark: "SparkSession", table: TableName) -> int:
+    with spark_errors(f"count rows of {table}"):
+        return spark.table(table.sql).count()
+
+
+def set_rejects_rows(spark: "SparkSession", names: Names, rows: int | str) -> None:
+    """Record how many lines the rejects table holds ('unknown' before a change)."""
+    with spark_errors(f"update the properties of {names.rejects}"):
+        spark.sql(f"ALTER TABLE {names.rejects.sql} SET TBLPROPERTIES ('{PROP_REJECTS_ROWS}'='{rows}')")
+
+
+def clear_rejects(spark: "SparkSession", names: Names, cfg: TableBackupSettings, previous: str | None) -> None:
+    """The rejects table of this backup name, created if missing, emptied of the previous run's lines.
+
+    ``previous`` is what the catalog listing said of it: None (no table), '0' (empty: nothing to
+    do), or a count or 'unknown' (an interrupted write), both emptied.
+    """
+    if previous == "0":
+        return
+    cols = ", ".join(f"`{c}` STRING" for c in REJECT_COLUMNS)
+    with spark_errors(f"create or empty the rejects table {names.rejects}"):
+        if previous is None:
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {names.rejects.sql} ({cols}) USING {cfg.format} "
+                      f"TBLPROPERTIES ('{PROP_REJECTS_OF}'='{names.backup.table.lower()}', '{PROP_REJECTS_ROWS}'='0')")
+            return
+        spark.sql(f"TRUNCATE TABLE {names.rejects.sql}")
+    set_rejects_rows(spark, names, 0)
+
+
+def write_rejects(spark: "SparkSession", names: Names, rejected: "DataFrame", job_id: str) -> None:
+    """Replace the rejects table's content with this run's rejected lines (then ``set_rejects_rows``)."""
+    from pyspark.sql import functions as F
+
+    set_rejects_rows(spark, names, "unknown")
+    with spark_errors(f"write rejects to {names.rejects}"):
+        rejected.select(F.col(LINE).alias("line"), F.col(REASON).alias("reason"), F.col(FILE).alias("source_file"),
+                        F.lit(job_id).alias("job_id")).write.insertInto(names.rejects.sql, overwrite=True)
+
+
+def drop_staging(spark: "SparkSession", names: Names) -> None:
+    """Drop this run's data table with its folder (and whatever a failed write left in it)."""
+    drop(spark, names.data, "TABLE")
+
+
+def backup_target(spark: "SparkSession", names: Names) -> str | None:
+    """The data table the backup view reads (lower case), or None if there is no backup yet."""
+    return (properties_if_exists(spark, names.backup) or {}).get(PROP_DATA)
+
+
+def swap_view(spark: "SparkSession", names: Names, columns: list[str], rows: int, job_id: str) -> None:
+    """Point the backup view at this run's data table: one metastore operation, atomic for readers."""
+    cols = ", ".join(f"`{identifier(c, 'column name')}`" for c in columns)
+    with spark_errors(f"switch {names.backup} to {names.data}"):
+        spark.sql(f"CREATE OR REPLACE VIEW {names.backup.sql} TBLPROPERTIES ("
+                  f"'{PROP_DATA}'='{names.data.table.lower()}', '{PROP_JOB}'='{job_id}', '{PROP_ROWS}'='{int(rows)}') "
+                  f"AS SELECT {cols} FROM {names.data.sql}")
+
+
+def expire_versions(spark: "SparkSession", names: Names, suffix: str, keep: int) -> list[str]:
+    """Versioned mode: drop the oldest backups of the table beyond ``keep`` (view, data tables and rejects)."""
+    base = names.live.table.lower() + suffix.lower()
+    version = re.compile(rf"^{re.escape(base)}_(\d{{8}})$")
+    db, current = names.live.db, names.backup.table.lower()
+    found = tables_like(spark, db, f"{base}_*")
+    # Only views this workflow made; the current one always survives.
+    versions = sorted((t for t, info in found.items() if version.match(t) and PROP_DATA in info["properties"]),
+                      key=lambda v: (v == current, v), reverse=True)
+    expired = []
+    for name in versions[keep:]:
+        data = re.compile(rf"^{data_table_regex(name)}$")
+        drop(spark, TableName(db, name), "VIEW")
+        rejects = found.get(f"{name}_rejects")
+        ours = [t for t in found if data.match(t)] + \
+            ([f"{name}_rejects"] if rejects and PROP_REJECTS_OF in rejects["properties"] else [])
+        concurrently(*[lambda t=t: drop(spark, TableName(db, t), "TABLE") for t in ours])
+        expired.append(f"{db}.{name}")
+    return sorted(expired)
