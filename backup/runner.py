@@ -249,13 +249,18 @@ def end_unsuccessfully(res: Resources, current: dict, change: Callable[[dict], N
     return res.jobs.update(current["job_id"], commit, fence=fence, release=release)
 
 
-def take_lock(ctx: PhaseContext, workflow: str) -> dict:
-    """The lock phase of every workflow: take the (workflow, target) lock or end the job as skipped."""
+def take_lock(ctx: PhaseContext, workflow: str, target: str | None = None) -> dict:
+    """The lock phase of every workflow: take the (workflow, target) lock or end the job as skipped.
+
+    ``target`` defaults to the job's; a workflow that must never run beside
+    another one's run (a restore beside the backup of the same target) names
+    that workflow and its target, and so takes the very same lock.
+    """
     res = ctx.res
     if ctx.held:  # redelivered after this job took the lock; the phase runner already renewed it
         ctx.done()
         return {"job_id": ctx.job_id, "state": "running", "lock_token": ctx.held.token}
-    held, holder = res.locks.acquire(workflow, ctx.rec["target"], ctx.job_id)
+    held, holder = res.locks.acquire(workflow, target or ctx.rec["target"], ctx.job_id)
     if held is None:
         reason = f"lock held by job {holder}"
 
