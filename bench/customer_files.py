@@ -65,21 +65,29 @@ def domain_of(name: str) -> str:
     return next(d for d, stem in DOMAINS.items() if name.startswith(stem))
 
 
-def write_config(base_config: Path, customers: int) -> Path:
-    """The platform's config with a customer_files section for the bench tree, local destinations only."""
+def local_primary(customer: str) -> str:
+    """The default primary destination of a customer: a local folder beside the secondary."""
+    return str(WORK / "wf" / "primary" / customer)
+
+
+def write_config(base_config: Path, customers: int, work: Path = WORK, primary_of=local_primary,
+                 tables: str = "customer_files") -> Path:
+    """The platform's config with a customer_files section for the bench tree under ``work``: each customer's
+    primary at ``primary_of(customer)`` (default a local folder), secondary a local folder; count tables
+    ``mnaas_bench.<tables>_inter`` / ``_count``."""
     raw = yaml.safe_load(base_config.read_text())
     raw["base_dir"] = str((base_config.parent / raw.get("base_dir", ".")).resolve())
     raw["customer_files"] = {
-        "source_dirs": [str(WORK / "src")],
-        "customers": {f"customer_{c:02d}": {"primary": str(WORK / "wf" / "primary" / f"customer_{c:02d}"),
-                                           "secondary": str(WORK / "wf" / "secondary" / f"customer_{c:02d}")}
+        "source_dirs": [str(work / "src")],
+        "customers": {f"customer_{c:02d}": {"primary": primary_of(f"customer_{c:02d}"),
+                                           "secondary": str(work / "wf" / "secondary" / f"customer_{c:02d}")}
                       for c in range(customers)},
         "domains": {d: [f"{stem}_*.csv"] for d, stem in DOMAINS.items()},
         "max_files_per_run": 100_000, "settle_seconds": 0,
-        "staging_table": "mnaas_bench.customer_files_inter", "final_table": "mnaas_bench.customer_files_count",
-        "status_flag": str(WORK / "wf" / "status"), "manifest_dir": str(WORK / "wf" / "manifests"),
+        "staging_table": f"mnaas_bench.{tables}_inter", "final_table": f"mnaas_bench.{tables}_count",
+        "status_flag": str(work / "wf" / "status"), "manifest_dir": str(work / "wf" / "manifests"),
     }
-    path = WORK / "bench.yaml"
+    path = work / "bench.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -133,14 +141,21 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def run_workflow(res, app) -> tuple[float, dict]:
-    """Wall seconds from enqueue to the finished job record, and the record."""
-    shutil.rmtree(WORK / "wf", ignore_errors=True)
+def run_workflow(res, app, work: Path = WORK, reset=None) -> tuple[float, dict]:
+    """Wall seconds from enqueue to the finished job record, and the record.
+
+    Before the timing: the destinations under ``work`` and the ledger are emptied (``reset()`` empties
+    what else the run wrote, e.g. its HDFS folder), and the count table is truncated, so every file is new
+    and every row is loaded, as in the first run of a day."""
+    shutil.rmtree(work / "wf", ignore_errors=True)
+    if reset:
+        reset()
     for key in res.redis.scan_iter(f"{res.settings.redis.key_prefix}:customer_files:ledger:*"):
         res.redis.delete(key)
+    final = res.settings.customer_files.final_table
     with res.hive() as hive:  # the tables stay (steady state); the count table is emptied so every row is new
-        if hive.query("SHOW TABLES IN mnaas_bench LIKE 'customer_files_count'", "find count table"):
-            hive.execute(f"TRUNCATE TABLE {res.settings.customer_files.final_table}", "empty count table")
+        if hive.query(f"SHOW TABLES IN mnaas_bench LIKE '{final.split('.', 1)[1]}'", "find count table"):
+            hive.execute(f"TRUNCATE TABLE {final}", "empty count table")
     job_id = uuid.uuid4().hex
     t0 = time.perf_counter()
     app.send_task("backup.customer_files", task_id=job_id)

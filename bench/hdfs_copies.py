@@ -22,34 +22,13 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
-import yaml
-
 from common import OUT, ROOT, emit, median
-from customer_files import DOMAINS, Worker, domain_of, make_tree
+from customer_files import Worker, domain_of, make_tree, run_workflow, write_config
 
 WORK = OUT / "customer-files-hdfs"
 HDFS_BASE = "/bench"
-
-
-def write_config(base_config: Path, customers: int, http_port: int, user: str) -> Path:
-    raw = yaml.safe_load(base_config.read_text())
-    raw["base_dir"] = str((base_config.parent / raw.get("base_dir", ".")).resolve())
-    raw["customer_files"] = {
-        "source_dirs": [str(WORK / "src")],
-        "customers": {f"customer_{c:02d}": {
-            "primary": f"hdfs://{user}@127.0.0.1:{http_port}{HDFS_BASE}/wf/customer_{c:02d}",
-            "secondary": str(WORK / "wf" / "secondary" / f"customer_{c:02d}")} for c in range(customers)},
-        "domains": {d: [f"{stem}_*.csv"] for d, stem in DOMAINS.items()},
-        "max_files_per_run": 100_000, "settle_seconds": 0,
-        "staging_table": "mnaas_bench.customer_files_hdfs_inter", "final_table": "mnaas_bench.customer_files_hdfs_count",
-        "status_flag": str(WORK / "wf" / "status"), "manifest_dir": str(WORK / "wf" / "manifests"),
-    }
-    path = WORK / "bench.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 LEGACY = r"""
@@ -89,21 +68,6 @@ def run_floor(hadoop, user: str) -> float:
     t0 = time.perf_counter()
     hadoop.fs_shell("-put", str(WORK / "src"), f"{HDFS_BASE}/floor", user=user, timeout=3600)
     return time.perf_counter() - t0
-
-
-def run_workflow(res, app, hadoop, user: str) -> tuple[float, dict]:
-    hadoop.fs_shell("-rm", "-r", "-f", "-skipTrash", f"{HDFS_BASE}/wf", user=user, check=False)
-    shutil.rmtree(WORK / "wf", ignore_errors=True)
-    for key in res.redis.scan_iter(f"{res.settings.redis.key_prefix}:customer_files:ledger:*"):
-        res.redis.delete(key)
-    job_id = uuid.uuid4().hex
-    t0 = time.perf_counter()
-    app.send_task("backup.customer_files", task_id=job_id)
-    while True:
-        rec = res.jobs.find(job_id)
-        if rec and rec["state"] in ("success", "failed", "skipped"):
-            return time.perf_counter() - t0, rec
-        time.sleep(0.05)
 
 
 def verify_both_ways(settings, user: str, files: dict) -> tuple[float, float, int]:
@@ -150,7 +114,13 @@ def main() -> None:
 
     s0 = settings()  # the platform up, HDFS included
     user = s0.platform.hdfs_user
-    config = write_config(base, a.customers, s0.platform.namenode_http_port, user)
+    http_port = s0.platform.namenode_http_port
+    config = write_config(base, a.customers, WORK, tables="customer_files_hdfs",
+                          primary_of=lambda c: f"hdfs://{user}@127.0.0.1:{http_port}{HDFS_BASE}/wf/{c}")
+
+    def reset() -> None:
+        hadoop.fs_shell("-rm", "-r", "-f", "-skipTrash", f"{HDFS_BASE}/wf", user=user, check=False)
+
     os.environ["BACKUP_CONFIG"] = str(config)
     from backup.resources import Resources
     from config.settings import load_settings
@@ -167,13 +137,13 @@ def main() -> None:
     worker = Worker(config)
     try:
         worker.wait_ready(app)
-        run_workflow(res, app, hadoop, user)  # warm-up
+        run_workflow(res, app, WORK, reset)  # warm-up
         legacy_s, floor_s, workflow_s = [], [], []
         rec = None
         for _ in range(a.rounds):
             legacy_s.append(run_legacy(hadoop, user, files))
             floor_s.append(run_floor(hadoop, user))
-            seconds, rec = run_workflow(res, app, hadoop, user)
+            seconds, rec = run_workflow(res, app, WORK, reset)
             if rec["state"] != "success":
                 raise SystemExit(f"workflow run failed: {rec.get('error')}")
             workflow_s.append(seconds)
