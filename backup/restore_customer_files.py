@@ -529,21 +529,34 @@ class _CheckedStream:
 
 
 class _RecordedSource:
-    """The source the copy engine reads: a role's backend whose reads are checked against the records."""
+    """The source the copy engine reads: a role's backend whose reads are checked against the records.
+
+    The engine reports a file's failure as text; ``unreachable`` keeps the paths whose read failed with
+    ConnectionFailed, so the phase retries those instead of calling them damaged.
+    """
 
     def __init__(self, backend: StorageBackend, expected: dict[str, str]):
         self.backend, self.expected = backend, expected
+        self.unreachable: set[str] = set()
 
     def uri(self, path: str) -> str:
         return self.backend.uri(path)
 
     def stat(self, path: str):
-        return self.backend.stat(path)
+        try:
+            return self.backend.stat(path)
+        except ConnectionFailed:
+            self.unreachable.add(path)
+            raise
 
     @contextlib.contextmanager
     def open_read(self, path: str, offset: int = 0):
-        with self.backend.open_read(path, offset) as stream:
-            yield _CheckedStream(stream, self.expected[path], self.backend.uri(path))
+        try:
+            with self.backend.open_read(path, offset) as stream:
+                yield _CheckedStream(stream, self.expected[path], self.backend.uri(path))
+        except ConnectionFailed:
+            self.unreachable.add(path)
+            raise
 
 
 def restore_phase(ctx: PhaseContext) -> dict:
@@ -558,6 +571,7 @@ def restore_phase(ctx: PhaseContext) -> dict:
                         "source_uri": v["source_uri"], "target_uri": None, "bytes": f["bytes"], "sha256": f["sha256"],
                         "copied_at": f["copied_at"], "recorded_in": f["recorded_in"], "rejected": v["rejected"],
                         "error": None})
+    transient: list[str] = []  # files that failed on a connection: the phase is retried for them
     progress = {"files_done": 0, "files_total": len(files), "bytes": 0, "total_bytes": sum(f["bytes"] for f in files)}
     counting = threading.Lock()
 
@@ -588,6 +602,8 @@ def restore_phase(ctx: PhaseContext) -> dict:
                     problem = NotFound(f"{copies.backend.uri(path)} vanished since it was verified")
                 if problem is not None:
                     results[i]["error"] = problem.one_line()
+                    if isinstance(problem, ConnectionFailed):
+                        transient.append(f"{files[i]['domain']}/{files[i]['file']}")
                     continue
                 items.append({"path": path, "size": found.size, "mtime": found.mtime, "domain": files[i]["domain"],
                               "index": i})
@@ -599,6 +615,8 @@ def restore_phase(ctx: PhaseContext) -> dict:
                     r.update(target_uri=copied.get("target_uri"), verified_by=copied.get("verified_by"))
                     if copied["status"] == "failed":
                         r["error"] = copied["error"]
+                        if item["path"] in source.unreachable:
+                            transient.append(f"{r['domain']}/{r['file']}")
                     elif copied["sha256"] != r["sha256"]:  # the engine checked the target against what it read
                         r["error"] = f"read sha256 {copied['sha256']} is not the recorded one"
                     else:
@@ -615,6 +633,10 @@ def restore_phase(ctx: PhaseContext) -> dict:
               "from_primary": sum(r["source"] == "primary" and r["status"] != "failed" for r in results),
               "from_secondary": sum(r["source"] == "secondary" and r["status"] != "failed" for r in results)}
     failed = [f"{r['domain']}/{r['file']}: {r['error']}" for r in results if r["status"] == "failed"]
+    if failed and len(transient) == len(failed):
+        # Every failure was a connection: retried within the budget; files already restored are found present.
+        _keep_outputs(ctx, {"files": results})
+        raise ConnectionFailed(f"{len(failed)} file(s) could not be read from their backup copy: {_named(failed)}")
     if failed:
         _keep_outputs(ctx, Restored(files=results, totals=totals, location=req.location).as_outputs())
         raise FatalError(f"restore of {req.customer}: {len(failed)} of {len(results)} file(s) failed, "
