@@ -234,7 +234,9 @@ def summary(rec: dict) -> str:
         lines.append(f"  flag: {out['flag']} ({out.get('flag_uri')})")
     if out.get("totals"):
         lines.append("  files: " + ", ".join(f"{k}={v}" for k, v in out["totals"].items()))
-        lines.append(f"  manifest: {out.get('manifest')}")
+        for k in ("manifest", "location"):  # customer-files' manifest; a restore's target location
+            if out.get(k):
+                lines.append(f"  {k}: {out[k]}")
     for p in rec["phases"]:
         took = f"{p['finished'] - p['started']:.1f}s" if p.get("started") and p.get("finished") else ""
         extra = p.get("note") or p.get("error") or ""
