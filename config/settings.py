@@ -346,6 +346,21 @@ class TableBackupSettings(_Section):
     format: Literal["parquet", "orc"] = Field("parquet", description="storage format of the backup data tables")
 
 
+class RestoreEdgeExportSettings(_Section):
+    """Restore of an edge-export archive into a table (``backupctl restore edge-export``)."""
+
+    staging_dir: str = Field(".platform/restore", description="where a restore puts the archive it fetched and verified, one sub-folder per job, removed at the end: a local folder (relative to base_dir) or an hdfs:// / webhdfs:// location (WebHDFS); Spark reads the archive from there, so in production it must be a folder the Spark cluster reads (e.g. on HDFS)")
+    spark_staging_dir: str | None = Field(None, description="the same folder as Spark spells it (file:///..., hdfs:///...); default: file:// of a local staging_dir, which only a Spark running on the worker's machine can read")
+
+    @model_validator(mode="after")
+    def _staging_readable_by_spark(self) -> "RestoreEdgeExportSettings":
+        if CONTROL_CHARS.search(self.staging_dir) or (self.spark_staging_dir and CONTROL_CHARS.search(self.spark_staging_dir)):
+            raise ValueError("control characters in a staging folder")
+        if url_scheme(self.staging_dir) != "file" and not self.spark_staging_dir:
+            raise ValueError("staging_dir is not a local folder: set spark_staging_dir, the same folder as Spark spells it")
+        return self
+
+
 class PlatformSettings(_Section):
     """Ports of the embedded local platform (``backupctl platform up``)."""
 
@@ -429,6 +444,7 @@ class Settings(_Section):
     customer_files: CustomerFilesSettings | None = Field(None, description="the customer-files workflow; without this section it refuses to run")
     spark: SparkSettings = SparkSettings()
     table_backup: TableBackupSettings = TableBackupSettings()
+    restore_edge_export: RestoreEdgeExportSettings = RestoreEdgeExportSettings()
     platform: PlatformSettings = PlatformSettings()
     log_format: Literal["text", "json"] = Field("text", description="log line format; json for log shippers")
     schedules: list[ScheduleEntry] = Field(default_factory=list, description="runs started by celery beat (backupctl beat)")

@@ -69,6 +69,7 @@ TEST_CONFIG = {
         "manifest_dir": str(STATE / "customer-files" / "manifests"),
     },
     "spark": {"remote": f"sc://127.0.0.1:{CONNECT_PORT}"},
+    "restore_edge_export": {"staging_dir": str(STATE / "restore")},
     "platform": {"state_dir": str(STATE / "platform"), "hive_port": HIVE_PORT, "connect_port": CONNECT_PORT,
                  "spark_ui_port": UI_PORT, "ssh_port": SSH_PORT, "smtp_port": SMTP_PORT,
                  "ticket_port": TICKET_PORT, "metastore_port": METASTORE_PORT, "namenode_port": NAMENODE_PORT,

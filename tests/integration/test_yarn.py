@@ -159,3 +159,34 @@ def test_client_mode_on_yarn_runs_executors_in_yarn_and_sees_the_shared_metastor
     app = next(a for a in (rm(settings, "/apps").get("apps") or {}).get("app") or []
                if a["name"] == "mediation-backup client mode check")
     assert (app["state"], app["finalStatus"]) == ("FINISHED", "SUCCEEDED"), app
+
+
+def test_a_failed_yarn_application_fails_the_phase_with_its_id_and_yarn_diagnostics(settings, platform, yarn_config,
+                                                                                     tmp_path):
+    """Not killed but failed: the driver's JVM cannot start in its YARN container.  The phase's error names the
+    application, its final status from the ResourceManager and YARN's diagnostics, and is retryable (a new
+    application is a new try)."""
+    import re
+
+    import yaml
+
+    from backup.spark_submit import SparkSubmit
+    from backup.table_backup import drop_unswitched_staging
+    from base.errors import DriverFailed
+
+    raw = yaml.safe_load(yarn_config.read_text())
+    # An option the JVM refuses: the ApplicationMaster (the driver, in cluster mode) exits at once, once.
+    raw["spark"]["submit_conf"].update({"spark.driver.extraJavaOptions": "-XX:+NoSuchJvmOptionForThisTest",
+                                        "spark.yarn.maxAppAttempts": "1"})
+    broken = load_settings(write_config(tmp_path / "yarn-broken.yaml", raw))
+    rec = {"job_id": "yarnfail0123456789", "outputs": {"data_table": f"{DB}.never_made"},
+           "args": {"table": f"{DB}.never", "suffix": "_bkp"}}
+    with pytest.raises(DriverFailed) as e:
+        SparkSubmit(broken).run(drop_unswitched_staging, Resources(broken), rec)
+    message = e.value.one_line()
+    assert e.value.retryable
+    found = re.search(r"YARN application (application_\d+_\d+) (\w+)/(\w+): ", message)
+    assert found, message
+    app = rm(settings, f"/apps/{found.group(1)}")["app"]
+    assert (found.group(2), found.group(3)) == (app["state"], app["finalStatus"]) == ("FAILED", "FAILED"), app
+    assert " ".join(app["diagnostics"].split())[:80] in message, (app["diagnostics"], message)

@@ -12,6 +12,7 @@ from config.workflows import WorkflowEntry, register, workflow_tasks
 def test_builtin_workflows_and_their_public_task_names():
     assert workflow_tasks() == {"edge-export": "backup.edge_export", "table-backup": "backup.table_backup",
                                 "customer-files": "backup.customer_files",
+                                "restore-edge-export": "backup.restore_edge_export",
                                 "restore-customer-files": "backup.restore_customer_files"}
     assert [wf.name for wf in definitions()] == list(workflow_tasks())
 
@@ -24,6 +25,8 @@ def test_builtin_workflows_and_their_public_task_names():
     ("backup.table_backup.finish", "spark"), ("backup.stall_check", "default"), ("backup.on_chain_error", "default"),
     ("backup.edge_export_extra", "default"), ("backup.restore_customer_files.verify", "io"),
     ("backup.restore_customer_files.restore", "io"), ("backup.restore_customer_files.plan", "default"),
+    ("backup.restore_edge_export", "default"), ("backup.restore_edge_export.fetch", "io"),
+    ("backup.restore_edge_export.load", "spark"),
 ])
 def test_routes_follow_the_declared_queues(task, queue):
     from workers.app import app
@@ -37,6 +40,8 @@ def test_request_contracts_are_the_submit_signatures():
         "edge-export": ["table", "months", "end", "idempotency_key"],
         "table-backup": ["table", "source", "suffix", "versioned", "retention", "day", "idempotency_key"],
         "customer-files": ["idempotency_key"],
+        "restore-edge-export": ["table", "into", "job", "window", "latest", "replace", "replace_live",
+                                "idempotency_key"],
         "restore-customer-files": ["customer", "location", "domain", "file", "since", "idempotency_key"],
     }
 
