@@ -58,6 +58,10 @@ def submit_config(submit_redis):
     """Settings of spark-submit mode: master local[2], a metastore and warehouse of the drivers' own."""
     return write_config(STATE / "submit.yaml", {
         "redis": {"url": submit_redis.url, "key_prefix": "mbsubmit"},
+        # A failed phase's cleanup runs in a driver of its own inside the failed task's time limit (the chain's
+        # errback runs in the failing worker): two JVM starts, which the session's 60 s do not cover on a busy
+        # machine (a CI run beside three other sessions saw the cleanup driver cut off by it).
+        "celery": {"task_time_limit": 240, "task_soft_time_limit": 230, "visibility_timeout": 245},
         "spark": {"remote": "local[2]", "submit_conf": {
             "spark.sql.warehouse.dir": str(SUBMIT / "warehouse"),
             # C1 only and the serial collector: ~10 % off the start of a short-lived driver.
