@@ -82,3 +82,4 @@ def workflow_tasks() -> dict[str, str]:
 register(WorkflowEntry("edge-export", logic="backup.edge_export", tasks="tasks.edge_export"))
 register(WorkflowEntry("table-backup", logic="backup.table_backup", tasks="tasks.table_backup"))
 register(WorkflowEntry("customer-files", logic="backup.customer_files", tasks="tasks.customer_files"))
+register(WorkflowEntry("restore-table-backup", logic="backup.restore_table_backup", tasks="tasks.restore_table_backup"))

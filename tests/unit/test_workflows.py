@@ -11,7 +11,8 @@ from config.workflows import WorkflowEntry, register, workflow_tasks
 
 def test_builtin_workflows_and_their_public_task_names():
     assert workflow_tasks() == {"edge-export": "backup.edge_export", "table-backup": "backup.table_backup",
-                                "customer-files": "backup.customer_files"}
+                                "customer-files": "backup.customer_files",
+                                "restore-table-backup": "backup.restore_table_backup"}
     assert [wf.name for wf in definitions()] == list(workflow_tasks())
 
 
@@ -21,7 +22,8 @@ def test_builtin_workflows_and_their_public_task_names():
     ("backup.customer_files.collect", "default"), ("backup.table_backup", "default"),
     ("backup.table_backup.lock", "spark"), ("backup.table_backup.load", "spark"),
     ("backup.table_backup.finish", "spark"), ("backup.stall_check", "default"), ("backup.on_chain_error", "default"),
-    ("backup.edge_export_extra", "default"),
+    ("backup.edge_export_extra", "default"), ("backup.restore_table_backup", "default"),
+    ("backup.restore_table_backup.swap", "spark"),
 ])
 def test_routes_follow_the_declared_queues(task, queue):
     from workers.app import app
@@ -35,6 +37,8 @@ def test_request_contracts_are_the_submit_signatures():
         "edge-export": ["table", "months", "end", "idempotency_key"],
         "table-backup": ["table", "source", "suffix", "versioned", "retention", "day", "idempotency_key"],
         "customer-files": ["idempotency_key"],
+        "restore-table-backup": ["table", "into", "replace", "replace_live", "version", "keep_partition_columns",
+                                 "suffix", "idempotency_key"],
     }
 
 
