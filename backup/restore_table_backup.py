@@ -268,7 +268,7 @@ def _shown(diffs: list[str]) -> str:
 
 def _partition_columns(spark: "SparkSession", table: TableName) -> list[str]:
     with spark_errors(f"read the columns of {table}"):
-        return [c.name for c in spark.catalog.listColumns(table.table, table.db) if c.isPartition]
+        return [c.name for c in spark.catalog.listColumns(f"{table.db}.{table.table}") if c.isPartition]
 
 
 def _schema(spark: "SparkSession", table: TableName):
