@@ -83,5 +83,6 @@ register(WorkflowEntry("edge-export", logic="backup.edge_export", tasks="tasks.e
 register(WorkflowEntry("table-backup", logic="backup.table_backup", tasks="tasks.table_backup"))
 register(WorkflowEntry("customer-files", logic="backup.customer_files", tasks="tasks.customer_files"))
 register(WorkflowEntry("restore-edge-export", logic="backup.restore_edge_export", tasks="tasks.restore_edge_export"))
+register(WorkflowEntry("restore-table-backup", logic="backup.restore_table_backup", tasks="tasks.restore_table_backup"))
 register(WorkflowEntry("restore-customer-files", logic="backup.restore_customer_files",
                        tasks="tasks.restore_customer_files"))

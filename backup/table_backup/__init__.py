@@ -55,8 +55,8 @@ from backup.resources import Resources
 from backup.runner import PhaseContext, finish_job, take_lock
 from backup.workflow import Option, Phase, Workflow
 from backup.table_backup.catalog import (backup_target, catalog_state, clear_rejects, count_rows, drop_staging,
-                                         expire_versions, live_schema, partitions, set_rejects_rows, swap_view,
-                                         write_rejects)
+                                         expire_versions, live_schema, partition_rows, partitions, record_counts,
+                                         set_rejects_rows, swap_view, write_rejects)
 from backup.table_backup.columns import (KIND, OK, PARTITION_COLUMNS, REASON, accepted_rows, explained_lines,
                                          sample_verdicts)
 from backup.table_backup.names import Names, check_job_id, names_of, validate_request
@@ -321,7 +321,10 @@ def _load_summary(loaded: Loaded | None, staged: Staged | None) -> dict:
 def write_phase(ctx: PhaseContext) -> dict:
     """Switch the backup onto this run's staging table, fenced by the lock.
 
-    The staging table's rows and partitions were read back and checked at the end of the load.
+    The staging table's rows and partitions were read back and checked at the end of the load;
+    its rows per partition are counted once more (partition columns only: file footers) and
+    recorded on it (``record_counts``: job, rows, rows per partition), what a restore checks
+    its result against.
     The data table the backup read until now stays as the previous generation, so that a
     query that started on it finishes on it; the next run's load drops it.
     """
@@ -329,8 +332,15 @@ def write_phase(ctx: PhaseContext) -> dict:
     args, loaded = rec["args"], Loaded.read(rec)
     names = names_of(rec)
     with res.spark().session() as spark:
-        ctx.commit_check()
         try:
+            # The counts a restore checks against, on the data table itself, taken from what is about to be switched in.
+            counts = partition_rows(spark, names.data)
+            if sum(counts.values()) != loaded.rows_accepted or "NULL" in counts:
+                raise FatalError(f"staging table {names.data} holds {sum(counts.values())} rows in partitions "
+                                 f"{sorted(counts)}, the load checked {loaded.rows_accepted}; changed by hand? "
+                                 f"The backup is left as it was")
+            record_counts(spark, names.data, ctx.job_id, loaded.rows_accepted, counts)
+            ctx.commit_check()
             swap_view(spark, names, loaded.columns, loaded.rows_accepted, ctx.job_id)
         except NotFound as e:
             raise FatalError(f"staging table {names.data} is gone (dropped by hand?); the backup is left as it was") \

@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from base.errors import AlreadyExists, InvalidInput
+from base.errors import AlreadyExists, FatalError, InvalidInput
 from base.identifiers import TableName, identifier
 from backup.table_backup.columns import FILE, LINE, PARTITION_COLUMNS, REASON, ROW_DATE
-from backup.table_backup.names import Names, data_table_regex
+from backup.table_backup.names import Names, check_job_id, data_table_regex
 from backup.table_backup.outputs import CatalogState
 from config.settings import TableBackupSettings
 from connectors.spark import concurrently, drop, properties_if_exists, spark_errors, tables_like
@@ -31,6 +31,12 @@ PROP_ROWS = "mediation_backup.rows"
 PROP_REJECTS_OF = "mediation_backup.rejects_of"
 # Lines the rejects table holds, set after each change ('unknown' while one is under way): an empty table is left alone.
 PROP_REJECTS_ROWS = "mediation_backup.rejects_rows"
+# Rows per partition of a data table, "YYYY-MM:rows,..." (``format_partition_rows``), set on the data table itself by
+# the write phase with PROP_ROWS and PROP_JOB: the counts travel with the rows they count, whichever view reads them
+# (a view rolled back by hand onto an older generation still finds that generation's own counts).  A restore checks
+# what it restored against them.  Data tables written before these were recorded carry none.
+PROP_PARTITION_ROWS = "mediation_backup.partition_rows"
+_PARTITION_ROWS = re.compile(r"(\d{4}-\d{2}):(\d+)")
 
 
 def live_schema(spark: "SparkSession", live: TableName, cfg: TableBackupSettings) -> "StructType":
@@ -97,6 +103,54 @@ def partitions(spark: "SparkSession", table: TableName) -> list[str] | None:
             return None
         months.append(f"{int(year):04d}-{int(month):02d}")
     return sorted(months)
+
+
+def partition_rows(spark: "SparkSession", table: TableName) -> dict[str, int]:
+    """Rows per partition of a data table, ``{"YYYY-MM": rows}`` (``"NULL"`` for rows without a year or month).
+
+    One aggregate over the partition columns only: with parquet or ORC Spark reads the row
+    counts from the files' footers and the values from the folder names, never a data column.
+    """
+    from pyspark.sql import functions as F
+
+    with spark_errors(f"count rows per partition of {table}"):
+        rows = spark.table(table.sql).groupBy(*PARTITION_COLUMNS).agg(F.count(F.lit(1)).alias("n")).collect()
+    return month_counts((r[0], r[1], r["n"]) for r in rows)
+
+
+def month_counts(rows) -> dict[str, int]:
+    """``{"YYYY-MM": n}`` from (year, month, n) triples, sorted; a missing year or month counts under ``"NULL"``."""
+    out: dict[str, int] = {}
+    for year, month, n in rows:
+        key = f"{int(year):04d}-{int(month):02d}" if year is not None and month is not None else "NULL"
+        out[key] = out.get(key, 0) + int(n)
+    return dict(sorted(out.items()))
+
+
+def format_partition_rows(counts: dict[str, int]) -> str:
+    """The value of PROP_PARTITION_ROWS: ``2025-09:140,2025-10:155`` (no quote, space or ``=``: safe in a
+    TBLPROPERTIES literal and in SHOW TABLE EXTENDED's listing)."""
+    bad = [k for k in counts if not re.fullmatch(r"\d{4}-\d{2}", k)]
+    if bad:
+        raise FatalError(f"partitions {bad} are not YYYY-MM; a backup holds dated rows only")
+    return ",".join(f"{k}:{int(v)}" for k, v in sorted(counts.items()))
+
+
+def parse_partition_rows(text: str) -> dict[str, int] | None:
+    """PROP_PARTITION_ROWS read back; None if it is not what ``format_partition_rows`` writes (a damaged property)."""
+    if text == "":
+        return {}
+    pairs = [_PARTITION_ROWS.fullmatch(p) for p in text.split(",")]
+    if not all(pairs):
+        return None
+    return dict(sorted((m.group(1), int(m.group(2))) for m in pairs))
+
+
+def record_counts(spark: "SparkSession", table: TableName, job_id: str, rows: int, counts: dict[str, int]) -> None:
+    """Set PROP_JOB, PROP_ROWS and PROP_PARTITION_ROWS on a data table (one metastore operation)."""
+    with spark_errors(f"record the row counts of {table}"):
+        spark.sql(f"ALTER TABLE {table.sql} SET TBLPROPERTIES ('{PROP_JOB}'='{check_job_id(job_id)}', "
+                  f"'{PROP_ROWS}'='{int(rows)}', '{PROP_PARTITION_ROWS}'='{format_partition_rows(counts)}')")
 
 
 def count_rows(spark: "SparkSession", table: TableName) -> int:

@@ -13,6 +13,7 @@ def test_builtin_workflows_and_their_public_task_names():
     assert workflow_tasks() == {"edge-export": "backup.edge_export", "table-backup": "backup.table_backup",
                                 "customer-files": "backup.customer_files",
                                 "restore-edge-export": "backup.restore_edge_export",
+                                "restore-table-backup": "backup.restore_table_backup",
                                 "restore-customer-files": "backup.restore_customer_files"}
     assert [wf.name for wf in definitions()] == list(workflow_tasks())
 
@@ -27,6 +28,7 @@ def test_builtin_workflows_and_their_public_task_names():
     ("backup.restore_customer_files.restore", "io"), ("backup.restore_customer_files.plan", "default"),
     ("backup.restore_edge_export", "default"), ("backup.restore_edge_export.fetch", "io"),
     ("backup.restore_edge_export.load", "spark"),
+    ("backup.restore_table_backup", "default"), ("backup.restore_table_backup.swap", "spark"),
 ])
 def test_routes_follow_the_declared_queues(task, queue):
     from workers.app import app
@@ -43,6 +45,8 @@ def test_request_contracts_are_the_submit_signatures():
         "restore-edge-export": ["table", "into", "job", "window", "latest", "replace", "replace_live",
                                 "idempotency_key"],
         "restore-customer-files": ["customer", "location", "domain", "file", "since", "idempotency_key"],
+        "restore-table-backup": ["table", "into", "replace", "replace_live", "version", "keep_partition_columns",
+                                 "suffix", "idempotency_key"],
     }
 
 
