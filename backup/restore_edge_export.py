@@ -21,7 +21,7 @@ lock → check → fetch → load → swap → cleanup → finish.
   from the archive with Spark's CSV reader (FAILFAST, the archive's dialect), then counted: the
   rows must equal the archive's ``rows``.
 * swap (Spark): the staging table renamed to the target.  When the target exists (``--replace``,
-  ``--replace-live``) it is first renamed to ``<target>__pre_<tag>``; the two renames are two
+  ``--replace-live``) it is first renamed to ``<target>__replaced_<tag>``; the two renames are two
   metastore calls back to back (see docs/restore-edge-export.md for what readers see).  With
   ``--replace-live`` the previous live table is kept under that name; ``--replace`` drops it.
 * cleanup: the fetched archive is removed; finish records success and frees the lock.
@@ -143,14 +143,14 @@ class Names:
     live: TableName
     target: TableName
     staging: TableName  # <target>__rst_<tag>, this job's
-    replaced: TableName  # <target>__pre_<tag>: where an existing target goes during the swap
+    replaced: TableName  # <target>__replaced_<tag>: where an existing target goes during the swap
 
     @classmethod
     def of(cls, live: TableName, target: TableName, job_id: str) -> "Names":
         tag = hashlib.sha256(job_id.encode()).hexdigest()[:12]
         return cls(live=live, target=target,
                    staging=TableName(target.db, identifier(f"{target.table}__rst_{tag}", "staging table name")),
-                   replaced=TableName(target.db, identifier(f"{target.table}__pre_{tag}", "replaced table name")))
+                   replaced=TableName(target.db, identifier(f"{target.table}__replaced_{tag}", "replaced table name")))
 
 
 def names_of(rec: dict) -> Names:
@@ -604,5 +604,5 @@ DEFINITION = Workflow(
              Option("--into", "into", "DB.NEW_TABLE to create (must not exist unless --replace)"),
              Option("--replace", "replace", "replace the --into table if it exists", flag_only=True),
              Option("--replace-live", "replace_live", "restore into DB.TABLE itself, swapped in once verified; "
-                    "the previous table is kept as DB.TABLE__pre_<tag>", flag_only=True)),
+                    "the previous table is kept as DB.TABLE__replaced_<tag>", flag_only=True)),
 )
