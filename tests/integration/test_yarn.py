@@ -175,8 +175,10 @@ def test_a_failed_yarn_application_fails_the_phase_with_its_id_and_yarn_diagnost
     from base.errors import DriverFailed
 
     raw = yaml.safe_load(yarn_config.read_text())
-    # An option the JVM refuses: the ApplicationMaster (the driver, in cluster mode) exits at once, once.
-    raw["spark"]["submit_conf"].update({"spark.driver.extraJavaOptions": "-XX:+NoSuchJvmOptionForThisTest",
+    # The driver (the ApplicationMaster, in cluster mode) cannot start its Python (spark.pyspark.driver.python
+    # wins over every other setting of it): the application fails, once. (A bad JVM option would not do: Spark
+    # starts its JVMs with -XX:+IgnoreUnrecognizedVMOptions.)
+    raw["spark"]["submit_conf"].update({"spark.pyspark.driver.python": "/nonexistent/python3",
                                         "spark.yarn.maxAppAttempts": "1"})
     broken = load_settings(write_config(tmp_path / "yarn-broken.yaml", raw))
     rec = {"job_id": "yarnfail0123456789", "outputs": {"data_table": f"{DB}.never_made"},
