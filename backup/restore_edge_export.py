@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from base.errors import (AlreadyExists, BackupError, ChecksumMismatch, ConnectionFailed, FatalError, InvalidInput,
+from base.errors import (AlreadyExists, BackupDamaged, BackupError, ChecksumMismatch, ConnectionFailed, FatalError, InvalidInput,
                          NotFound, causes)
 from base.identifiers import TableName, identifier
 from backup.edge_export import WORKFLOW as BACKUP_WORKFLOW
@@ -401,7 +401,8 @@ def fetch_phase(ctx: PhaseContext) -> dict:
                 raise NotFound(f"archive {uri} of edge-export job {archive['job_id']} is missing on the backup server")
             on_server = sess.sha256(remote)
         if on_server != sha:
-            raise ChecksumMismatch(f"archive {uri} is damaged: sha256 on the backup server {on_server[:12]}… != "
+            # The server's own copy differs from the record: damaged at rest, not in flight; no retry mends it.
+            raise BackupDamaged(f"archive {uri} is damaged: sha256 on the backup server {on_server[:12]}… != "
                                    f"{sha[:12]}… recorded by edge-export job {archive['job_id']}; nothing restored")
         backend.mkdir(folder)
         done = {"bytes": 0}

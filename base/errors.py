@@ -114,6 +114,11 @@ class Stalled(FatalError):
     """A job stopped moving: nothing holds or carries it any more, or its phase is silent past every time limit."""
 
 
+class BackupDamaged(FatalError):
+    """A stored backup no longer matches what the run that made it recorded (its SHA-256, its rows):
+    retrying cannot mend it, so it fails (and alerts) at once."""
+
+
 class RejectsExceeded(FatalError):
     """More rows were rejected than the configured ratio allows."""
 

@@ -193,7 +193,7 @@ def test_a_corrupted_archive_fails_once_with_one_alert_and_restores_nothing(caps
     finally:
         _flip_byte(Path(remote))  # flip it back: the archive is whole again
     assert code == 1 and rec["state"] == "failed", rec
-    assert rec["error"].startswith("ChecksumMismatch: archive ") and remote in rec["error"], rec["error"]
+    assert rec["error"].startswith("BackupDamaged: archive ") and remote in rec["error"], rec["error"]
     assert "damaged" in rec["error"] and rec["phase"] == "fetch"
     assert sink_counts(settings) == (mails0 + 1, tickets0 + 1), "exactly one alert"
     assert rec["alert_sent"] is True
