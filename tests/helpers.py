@@ -115,3 +115,25 @@ def warehouse_folder(table: str) -> str:
 
     db, name = table.lower().split(".")
     return f"{WAREHOUSE}/{db}.db/{name}"
+
+
+def run_phases_inline(res, definition, job_id: str, before: dict | None = None) -> dict:
+    """A job's phases in this process, in declared order, as its chain runs them (``before[name]()`` first,
+    where given); a failure is recorded as the chain's errback does (``fail_job`` with the workflow's failure
+    cleanup), then raised.  Returns the final job record."""
+    from backup.runner import fail_job, phase
+    from base.errors import BackupError
+
+    cleanup = definition.failure_cleanup
+    for name in definition.phase_names:
+        try:
+            if before and name in before:
+                before[name]()
+            with phase(res, job_id, name) as ctx:
+                if not ctx.active:
+                    break
+                definition.phase(name).run(ctx)
+        except BackupError as e:
+            fail_job(res, job_id, name, e, cleanup=(lambda r: cleanup(res, r)) if cleanup else None)
+            raise
+    return res.jobs.get(job_id)

@@ -17,11 +17,10 @@ from impala.dbapi import connect
 
 from backup import restore_table_backup as rtb
 from backup.resources import Resources
-from backup.runner import fail_job, phase
 from backup.table_backup import catalog, columns
 from base.errors import BackupError, NotFound
 from tests.conftest import CONFIG_PATH
-from tests.helpers import backupctl, enqueue, sink_counts, wait_job
+from tests.helpers import backupctl, enqueue, run_phases_inline, sink_counts, wait_job
 from tests.integration.test_table_backup import (DAYS, FIRST_DAY, LIVE_DDL, backup_inprocess, execute, good_rows, query,
                                                  write_files)
 
@@ -84,18 +83,7 @@ def new_live(settings, res, name: str, rows: list[tuple], folder) -> str:
 
 def run_restore(res: Resources, job_id: str, before: dict | None = None) -> dict:
     """The phases in-process as the chain runs them (``before[name]()`` first); a failure recorded as the errback does."""
-    for name in rtb.DEFINITION.phase_names:
-        try:
-            if before and name in before:
-                before[name]()
-            with phase(res, job_id, name) as ctx:
-                if not ctx.active:
-                    break
-                rtb.DEFINITION.phase(name).run(ctx)
-        except BackupError as e:
-            fail_job(res, job_id, name, e, cleanup=lambda r: rtb.discard_restore(res, r))
-            raise
-    return res.jobs.get(job_id)
+    return run_phases_inline(res, rtb.DEFINITION, job_id, before)
 
 
 def restore_inprocess(res: Resources, table: str, before: dict | None = None, **kwargs) -> dict:

@@ -26,7 +26,7 @@ from backup.resources import Resources
 from backup.runner import fail_job, phase
 from config.settings import load_settings
 from tests.conftest import CONFIG_PATH, STATE, write_config
-from tests.helpers import backupctl, enqueue, hdfs, wait_job, warehouse_folder
+from tests.helpers import backupctl, enqueue, hdfs, run_phases_inline, wait_job, warehouse_folder
 
 pytestmark = pytest.mark.integration
 
@@ -131,16 +131,7 @@ def new_live(settings, name: str) -> str:
 
 def run_phases(res: Resources, job_id: str) -> dict:
     """Run the phases in-process as the chain does; a failure is recorded like the chain's errback, then raised."""
-    for name in wf.DEFINITION.phase_names:
-        try:
-            with phase(res, job_id, name) as ctx:
-                if not ctx.active:
-                    break
-                wf.DEFINITION.phase(name).run(ctx)
-        except BackupError as e:
-            fail_job(res, job_id, name, e, cleanup=lambda r: wf.discard_staging(res, r))
-            raise
-    return res.jobs.get(job_id)
+    return run_phases_inline(res, wf.DEFINITION, job_id)
 
 
 def backup_inprocess(res: Resources, table: str, source: Path, **kwargs) -> dict:
