@@ -78,23 +78,39 @@ class HdfsChecksummer:
         self.size = 0
 
     def update(self, data: bytes) -> None:
-        """Feed the next bytes of the file."""
+        """Feed the next bytes of the file.
+
+        Cost: one C call per ``bytes_per_crc`` chunk, in a list comprehension over each run of whole
+        chunks (about 0.1 s per 64 MiB here; a byte-wise accumulator cost four times that and was
+        the largest CPU item of an HDFS copy)."""
         if not data:
             return
+        data = bytes(data)  # the C CRC functions take read-only bytes, not memoryviews
         self.size += len(data)
-        self._composite = self._extend(self._composite, bytes(data))
-        bpc, block = self.spec.bytes_per_crc, self.spec.block_size
-        view = memoryview(data)
-        while view:
-            # Never let a chunk straddle a block boundary (block sizes are multiples of bpc, so
-            # filling chunks is enough) and close the block when it is full.
-            take = min(len(view), bpc - len(self._chunk))
-            self._chunk += view[:take]
-            view = view[take:]
-            if len(self._chunk) == bpc:
-                self._close_chunk()
-                if self._block_fill == block:
-                    self._close_block()
+        self._composite = self._extend(self._composite, data)
+        bpc, block, crc = self.spec.bytes_per_crc, self.spec.block_size, self._crc
+        pos, end = 0, len(data)
+        if self._chunk:  # complete the partial chunk left by the previous call
+            take = min(end, bpc - len(self._chunk))
+            self._chunk += data[:take]
+            pos = take
+            if len(self._chunk) < bpc:
+                return
+            self._close_chunk()
+            if self._block_fill == block:
+                self._close_block()
+        while end - pos >= bpc:
+            # Whole chunks up to the end of the data or of the current block (block sizes are
+            # multiples of bpc, so a chunk never straddles a block boundary).
+            count = min((end - pos) // bpc, (block - self._block_fill) // bpc)
+            stop = pos + count * bpc
+            crcs = [crc(data[at:at + bpc]) & 0xFFFFFFFF for at in range(pos, stop, bpc)]
+            self._block_crcs += struct.pack(f">{count}I", *crcs)
+            self._block_fill += count * bpc
+            pos = stop
+            if self._block_fill == block:
+                self._close_block()
+        self._chunk += data[pos:]
 
     def _close_chunk(self) -> None:
         self._block_crcs += struct.pack(">I", self._crc(bytes(self._chunk)) & 0xFFFFFFFF)
