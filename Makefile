@@ -63,7 +63,7 @@ demo: up
 
 # Everything but the long fault scenarios (marker faults: make faults runs them).
 test: deps venv
-	$(PY) -m pytest -q -m "not faults" tests
+	$(PY) -m pytest -q --durations=40 -m "not faults" tests
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
