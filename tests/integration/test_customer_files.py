@@ -28,6 +28,7 @@ from backup import customer_files as wf
 from base.identifiers import TableName
 from backup.resources import Resources
 from backup.runner import phase
+from base.errors import LockLost
 from config.settings import load_settings
 from storage.base import is_temp_name
 from storage.locations import storage_options
@@ -574,3 +575,93 @@ def test_sftp_checksums_in_one_remote_command(settings, platform, tmp_path):
 
         with pytest.raises(NotFound, match="gone.csv"):
             backend.sha256_many(paths + [f"{folder}/gone.csv"])
+
+
+# -- the lock fence before each commit -------------------------------------------
+# Each test takes the lock away from a working run (as an expired lock granted to a newer run would)
+# and fails when the fence it names is removed.
+
+def _steps(res: Resources, job_id: str) -> list:
+    """(name, function) of every phase, in chain order."""
+    cfg = wf.config(res)
+    steps = [("lock", wf.lock_phase), ("discover", wf.discover_phase)]
+    steps += [(wf.copy_phase(c), lambda ctx, c=c: wf.copy_customer(ctx, c)) for c in cfg.customers]
+    return steps + [("collect", wf.collect_phase), ("flag", wf.flag_phase)]
+
+
+def _run_until(res: Resources, job_id: str, stop_before: str) -> None:
+    for name, func in _steps(res, job_id):
+        if name == stop_before:
+            return
+        with phase(res, job_id, name) as ctx:
+            assert ctx.active, f"{name} inactive: {ctx.rec.get('reason') or ctx.rec.get('error')}"
+            func(ctx)
+
+
+def _steal(res: Resources, job_id: str) -> str:
+    """The run's lock expires and a newer run is granted it."""
+    held = res.jobs.get(job_id)["lock"]
+    res.redis.delete(held["key"])
+    thief = f"thief-{job_id}"
+    new, _ = res.locks.acquire(wf.WORKFLOW, wf.TARGET, thief)
+    assert new is not None and new.token > held["token"]
+    return thief
+
+
+def _release(res: Resources) -> None:
+    res.redis.delete(res.locks.key(wf.WORKFLOW, wf.TARGET))
+
+
+def test_a_copy_that_lost_its_lock_copies_nothing(settings, res, cfg, source, hdfs, platform):
+    """Fence: ``ctx.commit_check()`` before each batch in ``copy_customer``."""
+    reset(res, cfg, settings)
+    job_id = wf.submit(res)["job_id"]
+    customer = next(iter(cfg.customers))
+    try:
+        _run_until(res, job_id, wf.copy_phase(customer))
+        with phase(res, job_id, wf.copy_phase(customer)) as ctx, pytest.raises(LockLost):
+            _steal(res, job_id)  # after the phase started: its own fence must stop it
+            wf.copy_customer(ctx, customer)
+        for role in ("primary", "secondary"):
+            folder = dest_path(cfg, customer, role, "x", "x").parent.parent
+            found = [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+            assert found == [], f"{role} copies written after the lock was lost: {found}"
+    finally:
+        _release(res)
+
+
+def test_a_collect_that_lost_its_lock_adds_no_count_rows(settings, res, cfg, source, hdfs, platform):
+    """Fence: ``commit_check()`` between the staging load and the merge into the final count table."""
+    reset(res, cfg, settings)
+    job_id = wf.submit(res)["job_id"]
+    try:
+        _run_until(res, job_id, "collect")
+        with phase(res, job_id, "collect") as ctx, pytest.raises(LockLost):
+            _steal(res, job_id)
+            wf.collect_phase(ctx)
+        assert query(settings, f"SELECT count(*) FROM {cfg.final_table} WHERE job_id = '{job_id}'") == [(0,)]
+    finally:
+        _release(res)
+
+
+def test_a_run_that_lost_its_lock_writes_no_flag_at_all(settings, res, cfg, source, hdfs, platform):
+    """Fences: ``commit_check()`` before ``write_flag`` in the flag phase, and ``write_fail_flag`` withholding the
+    FAIL flag of a run that failed with LockLost (the newer run owns the flag now)."""
+    from backup.runner import fail_job
+
+    reset(res, cfg, settings)
+    flag = Path(cfg.status_flag)
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.write_text("SUCCESS\njob_id=the-newer-run\n")
+    job_id = wf.submit(res)["job_id"]
+    try:
+        _run_until(res, job_id, "flag")
+        with pytest.raises(LockLost) as lost:
+            with phase(res, job_id, "flag") as ctx:
+                _steal(res, job_id)
+                wf.flag_phase(ctx)
+        fail_job(res, job_id, "flag", lost.value, cleanup=lambda r: wf.DEFINITION.failure_cleanup(res, r))
+        assert flag.read_text() == "SUCCESS\njob_id=the-newer-run\n"
+        assert res.jobs.get(job_id)["error"].startswith("LockLost")
+    finally:
+        _release(res)
