@@ -21,7 +21,7 @@ from backup import table_backup as wf
 from backup.table_backup import catalog, columns
 from backup.table_backup.names import names_of
 from base.errors import (AlreadyExists, BackupError, ConnectionFailed, RejectsExceeded, SchemaDrift,
-                           SourceChanged)
+                           LockLost, SourceChanged)
 from backup.resources import Resources
 from backup.runner import fail_job, phase
 from config.settings import load_settings
@@ -546,6 +546,29 @@ def test_staging_table_gone_before_the_switch_fails_and_keeps_the_backup(setting
     assert not e.value.retryable
     fail_job(res, rec["job_id"], "write", e.value, cleanup=lambda r: wf.discard_staging(res, r))
     assert_baseline_intact(settings, baseline)
+
+
+def test_a_write_that_lost_its_lock_never_switches_the_backup(settings, res, baseline, files):
+    """Fence: ``ctx.commit_check()`` before ``swap_view`` in the write phase. The lock is taken away inside the
+    phase (an expired lock granted to a newer run): the backup keeps reading the previous generation."""
+    src = write_files(files / "lock-lost", good_rows(70, first_id=90_000), parts=1)
+    rec = wf.submit(res, baseline["table"], src.as_uri())
+    job_id = rec["job_id"]
+    try:
+        with pytest.raises(LockLost) as lost:
+            for name in wf.DEFINITION.phase_names:
+                with phase(res, job_id, name) as ctx:
+                    if name == "write":
+                        held = res.jobs.get(job_id)["lock"]
+                        res.redis.delete(held["key"])
+                        thief, _ = res.locks.acquire(wf.WORKFLOW, baseline["table"], f"thief-{job_id}")
+                        assert thief is not None and thief.token > held["token"]
+                    wf.DEFINITION.phase(name).run(ctx)
+        assert ctx.name == "write"
+        fail_job(res, job_id, "write", lost.value, cleanup=lambda r: wf.discard_staging(res, r))
+        assert_baseline_intact(settings, baseline)
+    finally:
+        res.redis.delete(res.locks.key(wf.WORKFLOW, baseline["table"]))
 
 
 def test_lines_removed_between_the_rejects_and_the_rows_fail_the_load_retryably(settings, res, baseline, files,
