@@ -216,3 +216,21 @@ def test_error_lines_never_carry_a_url_password():
     err = classify(OSError("cannot reach sftp://bkp:s3cret@edge:22/x"), "copy")
     assert "s3cret" not in err.one_line()
     assert "s3cret" not in FatalError("ticket webhook https://u:s3cret@h/t: HTTP 400").one_line()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_log_lines_never_carry_a_url_password(fmt):
+    import io
+    import logging
+
+    from workers import logctx
+
+    stream = io.StringIO()
+    logger = logging.getLogger(f"test.redaction.{fmt}")
+    logger.handlers, logger.propagate = [logging.StreamHandler(stream)], False
+    logctx.configure(logger, fmt)
+    try:
+        raise OSError("connect redis://:s3cret@redis.example:6379/0 refused")
+    except OSError as e:
+        logger.error("broker %s: %s", "rediss://mb:s3cret@r:6380/0", e, exc_info=True)
+    assert "s3cret" not in stream.getvalue() and ":***@" in stream.getvalue()
