@@ -73,3 +73,51 @@ def test_a_known_key_type_the_server_lacks_is_refused_without_saying_changed(set
     with pytest.raises(HostKeyMismatch) as e:
         _target(settings, hosts).connect()
     assert "CHANGED" not in str(e.value) and "no host key of a type" in str(e.value)
+
+
+@pytest.fixture
+def agent_with_encrypted_key(sshd, tmp_path, monkeypatch):
+    """An encrypted client key, authorized on the platform's sshd, loaded into an ssh-agent of this test."""
+    import os
+    import time
+
+    key, passphrase = tmp_path / "enc_key", "correct horse"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", str(key)], check=True)
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    authorized = sshd / "authorized_keys"
+    original = authorized.read_text()
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline and agent.poll() is None, "ssh-agent did not start"
+            time.sleep(0.05)
+        askpass = tmp_path / "askpass.sh"
+        askpass.write_text(f"#!/bin/sh\necho '{passphrase}'\n")
+        askpass.chmod(0o700)
+        env = dict(os.environ, SSH_AUTH_SOCK=str(sock), SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force",
+                   DISPLAY=":0")
+        subprocess.run(["ssh-add", str(key)], env=env, check=True, stdin=subprocess.DEVNULL, capture_output=True)
+        authorized.write_text(original + key.with_suffix(".pub").read_text())
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.delenv("BACKUP_SFTP_KEY_PASSPHRASE", raising=False)
+        yield key
+    finally:
+        authorized.write_text(original)
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+def test_openssh_engine_uploads_with_an_encrypted_key_held_by_the_agent(settings, sshd, agent_with_encrypted_key,
+                                                                         tmp_path):
+    from config.settings import load_settings
+    from connectors.sftp import SftpTarget, upload
+    from tests.conftest import write_config
+
+    key = agent_with_encrypted_key
+    s = load_settings(write_config(tmp_path / "agent.yaml", {"sftp": {"key_file": str(key), "engine": "openssh"}}))
+    local = tmp_path / "b.bin"
+    local.write_bytes(b"y" * 2048)
+    remote = str(tmp_path / "remote-agent.bin")
+    upload(SftpTarget.from_settings(s), local, remote)
+    assert Path(remote).read_bytes() == local.read_bytes()
