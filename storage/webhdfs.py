@@ -88,6 +88,10 @@ def _hdfs_errors(what: str) -> Iterator[None]:
         yield
     except HdfsError as e:
         raise _from_hdfs_error(e, what) from e
+    except requests.exceptions.SSLError as e:
+        if "CERTIFICATE_VERIFY_FAILED" in str(e):  # swebhdfs: fatal, the same certificate is refused on every try
+            raise AuthFailed(f"{what}: TLS certificate refused ({e})") from e
+        raise ConnectionFailed(f"{what}: {e}") from e
     except _TRANSPORT_ERRORS as e:
         raise ConnectionFailed(f"{what}: {e}") from e
     except requests.RequestException as e:
