@@ -32,6 +32,8 @@ from __future__ import annotations
 import errno
 import socket
 
+from base.urls import redact_url_secrets
+
 
 class BackupError(Exception):
     """Base of every error raised by this project."""
@@ -39,8 +41,8 @@ class BackupError(Exception):
     retryable = False
 
     def one_line(self) -> str:
-        """The error as one line for the CLI, logs and job records."""
-        text = " ".join(str(self).split())
+        """The error as one line for the CLI, logs and job records (URL passwords redacted)."""
+        text = redact_url_secrets(" ".join(str(self).split()))
         return f"{type(self).__name__}: {text}"
 
 
@@ -153,7 +155,7 @@ def classify(exc: BaseException, what: str) -> BackupError:
     """
     if isinstance(exc, BackupError):
         return exc
-    detail = " ".join(str(exc).split()) or type(exc).__name__
+    detail = redact_url_secrets(" ".join(str(exc).split())) or type(exc).__name__
     if isinstance(exc, (socket.timeout, TimeoutError, ConnectionError, EOFError)):
         return ConnectionFailed(f"{what}: {detail}")
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from base.urls import url_scheme
+from base.urls import is_loopback_host, redact_url_secrets, url_has_password, url_scheme
 from base.text import CONTROL_CHARS
 from base.errors import ConfigError
 
@@ -44,10 +44,47 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _service_url_problem(url: str, schemes: tuple[str, ...], user_allowed: bool) -> str | None:
+    """Why ``url`` is not a usable service URL (scheme in ``schemes``, a host, no password), or None."""
+    from urllib.parse import urlsplit
+
+    if CONTROL_CHARS.search(url) or any(c.isspace() for c in url):
+        return "contains spaces or control characters"
+    scheme = url_scheme(url, default=None)
+    if scheme not in schemes:
+        return f"must start with {' or '.join(s + '://' for s in schemes)}"
+    if url_has_password(url):
+        return "carries a password: secrets come from the environment only (config/settings.py SECRET_ENV)"
+    parts = urlsplit(url)
+    if "@" in parts.netloc and not user_allowed:
+        return "carries credentials (user@): secrets come from the environment only (config/settings.py SECRET_ENV)"
+    try:
+        parts.port
+    except ValueError:
+        return "has a bad port"
+    if not parts.hostname:
+        return "names no host"
+    return None
+
+
 class RedisSettings(_Section):
-    url: str = Field("redis://127.0.0.1:6379/0", description="Redis for broker, results, locks and job records (no password here: BACKUP_REDIS_PASSWORD)")
+    url: str = Field("redis://127.0.0.1:6379/0", description="Redis for broker, results, locks and job records: redis:// or rediss:// (TLS, verified against the system CAs), optionally with an ACL user name (redis://user@host); no password here: BACKUP_REDIS_PASSWORD, required when the host is not loopback")
     key_prefix: str = Field("mb", description="prefix of every key this project writes", pattern=r"^[A-Za-z0-9_.-]+$")
     outage_grace: int = Field(60, ge=1, le=3600, description="seconds a Redis outage (restart, fail-over) is ridden through by every Redis call of a phase, by task publishing and by result writes before they fail (a commit is still decided by the lock's fencing, whatever the wait)")
+
+    @model_validator(mode="after")
+    def _url_checked(self) -> "RedisSettings":
+        problem = _service_url_problem(self.url, ("redis", "rediss"), user_allowed=True)
+        if problem:
+            raise ValueError(f"redis.url {problem}")
+        return self
+
+    @property
+    def on_loopback(self) -> bool:
+        """Whether Redis is on this machine's loopback (no password required there)."""
+        from urllib.parse import urlsplit
+
+        return is_loopback_host(urlsplit(self.url).hostname)
 
 
 class CelerySettings(_Section):
@@ -99,21 +136,34 @@ class HiveSettings(_Section):
     port: int = Field(10000, gt=0, lt=65536, description="HiveServer2 (10000) or Impala hs2 (21050) port")
     auth_mechanism: Literal["NOSASL", "PLAIN", "LDAP", "GSSAPI", "NONE"] = Field("NOSASL", description="impyla auth_mechanism")
     user: str | None = Field(None, description="user for PLAIN/LDAP; password from BACKUP_HIVE_PASSWORD")
-    use_ssl: bool = Field(False, description="TLS to HiveServer2/Impala")
+    use_ssl: bool = Field(False, description="TLS to HiveServer2/Impala; the certificate and host name are verified (against ca_cert, else the system CAs)")
+    ca_cert: Path | None = Field(None, description="with use_ssl: PEM file of the CA(s) that signed the server's certificate (default: the system CAs)")
+    insecure_skip_tls_verify: bool = Field(False, description="DANGEROUS, with use_ssl: accept any certificate and host name (anyone on the path can read the password and every row); logged as a warning at every connection")
     kerberos_service_name: str = Field("impala", description="service principal name for GSSAPI")
     timeout: int = Field(60, gt=0, description="socket timeout, seconds")
     fetch_rows: int = Field(100_000, ge=100, description="rows per fetch round trip while exporting")
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> "HiveSettings":
+        if (self.ca_cert or self.insecure_skip_tls_verify) and not self.use_ssl:
+            raise ValueError("hive.ca_cert and hive.insecure_skip_tls_verify need hive.use_ssl: true")
+        if self.ca_cert and self.insecure_skip_tls_verify:
+            raise ValueError("hive.ca_cert and hive.insecure_skip_tls_verify contradict each other; keep one")
+        if self.auth_mechanism in ("PLAIN", "LDAP") and not self.use_ssl and not is_loopback_host(self.host):
+            raise ValueError(f"hive.auth_mechanism {self.auth_mechanism} sends the password in clear: "
+                             f"set hive.use_ssl: true (or connect to a loopback host)")
+        return self
 
 
 class SftpSettings(_Section):
     host: str = Field("127.0.0.1", description="backup server / edge node host")
     port: int = Field(2222, gt=0, lt=65536, description="SSH port")
-    user: str | None = Field(None, description="SSH user (default: the user running the worker)")
+    user: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", description="SSH user (default: the user running the worker); letters, digits, '_', '.', '-', not starting with '-'")
     key_file: Path = Field(Path(".platform/ssh/client_key"), description="private key file (passphrase from BACKUP_SFTP_KEY_PASSPHRASE)")
     known_hosts: Path = Field(Path(".platform/ssh/known_hosts"), description="known_hosts used to verify the host key; unknown keys are refused")
     remote_dir: str = Field("/tmp/edge-backups", description="folder on the backup server receiving the archives")
     connect_timeout: int = Field(15, gt=0, description="TCP/SSH handshake timeout, seconds")
-    engine: Literal["paramiko", "openssh"] = Field("openssh", description="upload engine: OpenSSH's scp over the SFTP protocol (scp -s; C speed, same known_hosts check; key without passphrase or ssh-agent) or paramiko")
+    engine: Literal["paramiko", "openssh"] = Field("openssh", description="upload engine: OpenSSH's scp over the SFTP protocol (scp -s; C speed, same known_hosts check, no ssh config file read) or paramiko; openssh needs a key without passphrase, or the key loaded in an ssh-agent (SSH_AUTH_SOCK): an encrypted key_file without an agent is refused at load")
     streams: int = Field(2, ge=1, le=8, description="parallel SSH connections used for one paramiko upload")
     rate_limit_mbps: float = Field(0, ge=0, description="upload bandwidth cap in MB/s (0 = unlimited)")
     stall_timeout: int = Field(60, ge=5, description="an upload that makes no progress for this long (a black-holed link, a hung server) is killed and fails as retryable; progress is the bytes the upload program has read from the archive")
@@ -125,14 +175,41 @@ class SmtpSettings(_Section):
     sender: str = Field("mediation-backup@localhost", description="From address")
     to: list[str] = Field(default_factory=lambda: ["oncall@localhost"], description="To addresses")
     cc: list[str] = Field(default_factory=list, description="Cc addresses")
-    starttls: bool = Field(False, description="issue STARTTLS before login")
-    user: str | None = Field(None, description="login user; password from BACKUP_SMTP_PASSWORD")
+    starttls: bool = Field(False, description="issue STARTTLS (certificate and host name verified) before anything else")
+    ssl: bool = Field(False, description="implicit TLS from the first byte (SMTPS, usually port 465), certificate and host name verified")
+    ca_cert: Path | None = Field(None, description="with starttls or ssl: PEM file of the CA(s) that signed the relay's certificate (default: the system CAs)")
+    user: str | None = Field(None, description="login user (needs starttls or ssl); password from BACKUP_SMTP_PASSWORD")
     timeout: int = Field(15, gt=0, description="seconds")
+
+    @model_validator(mode="after")
+    def _login_only_over_tls(self) -> "SmtpSettings":
+        if self.starttls and self.ssl:
+            raise ValueError("smtp.starttls and smtp.ssl exclude each other (STARTTLS upgrades a plain connection, ssl starts with TLS)")
+        if self.user and not (self.starttls or self.ssl):
+            raise ValueError("smtp.user needs smtp.starttls or smtp.ssl: a login must never travel in clear")
+        if self.ca_cert and not (self.starttls or self.ssl):
+            raise ValueError("smtp.ca_cert needs smtp.starttls or smtp.ssl")
+        return self
 
 
 class TicketSettings(_Section):
-    url: str = Field("http://127.0.0.1:8089/tickets", description="webhook receiving a JSON POST per alert (bearer token from BACKUP_TICKET_TOKEN)")
+    url: str = Field("http://127.0.0.1:8089/tickets", description="webhook receiving a JSON POST per alert: http:// or https:// (verified), no credentials in it (bearer token from BACKUP_TICKET_TOKEN, which needs https unless the host is loopback); redirects are not followed")
     timeout: int = Field(15, gt=0, description="seconds")
+
+    @model_validator(mode="after")
+    def _url_checked(self) -> "TicketSettings":
+        problem = _service_url_problem(self.url, ("http", "https"), user_allowed=False)
+        if problem:
+            raise ValueError(f"ticket.url {problem}")
+        return self
+
+    @property
+    def token_allowed(self) -> bool:
+        """Whether a bearer token may be sent to ``url``: https, or plain http to a loopback host only."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        return parts.scheme.lower() == "https" or is_loopback_host(parts.hostname)
 
 
 class AlertSettings(_Section):
@@ -149,7 +226,7 @@ class EdgeExportSettings(_Section):
     streams: int = Field(1, ge=1, le=16, description="parallel query streams, one per month range (helps when the SQL engine, not the client, is the bottleneck)")
 
 
-_LOCATION_SCHEMES = ("file", "hdfs", "webhdfs", "sftp")
+_LOCATION_SCHEMES = ("file", "hdfs", "webhdfs", "swebhdfs", "sftp")
 _GLOB_CLASS = re.compile(r"\[!?\]?[^\]]*\]")
 
 
@@ -181,11 +258,15 @@ def _location_problem(url: str) -> str | None:
         return None
     if scheme not in _LOCATION_SCHEMES:
         return f"unknown scheme {scheme!r} (use a path or {', '.join(s + '://' for s in _LOCATION_SCHEMES)})"
+    if url_has_password(url):
+        return "carries a password: secrets come from the environment only (BACKUP_SFTP_KEY_PASSPHRASE, Kerberos)"
     parts = urlsplit(url)
     try:
         parts.port
     except ValueError:
         return "has a bad port"
+    if scheme == "sftp" and parts.username is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", unquote(parts.username)):
+        return "has a bad user name (letters, digits, '_', '.', '-', not starting with '-')"
     if scheme != "file" and not parts.hostname:
         return "names no host"
     if scheme != "file" and not parts.path.startswith("/"):
@@ -210,7 +291,7 @@ def _glob_problem(pattern: str) -> str | None:
 
 
 class CustomerLocations(_Section):
-    primary: str = Field(..., description="primary backup folder of the customer: a path, file://, hdfs://, webhdfs:// or sftp://user@host:port/path")
+    primary: str = Field(..., description="primary backup folder of the customer: a path, file://, hdfs://, webhdfs://, swebhdfs:// (WebHDFS over verified TLS) or sftp://user@host:port/path (no password in any URL)")
     secondary: str = Field(..., description="secondary (edge node) backup folder, same forms as primary")
 
 
@@ -318,6 +399,8 @@ class SparkSettings(_Section):
             raise ValueError(f"spark.submit_conf: {secret[0]!r} would put a secret on spark-submit's command line (ps, "
                              f"the cluster's application page); put it in SPARK_CONF_DIR/spark-defaults.conf or the "
                              f"cluster's credential store")
+        if self.yarn_resourcemanager_url and "@" in self.yarn_resourcemanager_url.split("/")[2]:
+            raise ValueError("spark.yarn_resourcemanager_url must not carry credentials (user@ or user:password@)")
         if self.deploy_mode == "cluster" and self.remote != "yarn":
             raise ValueError("spark.deploy_mode: cluster is for spark.remote: yarn only")
         if self.submit_command is not None and not (self.submit_command.startswith("/")
@@ -356,6 +439,8 @@ class RestoreEdgeExportSettings(_Section):
     def _staging_readable_by_spark(self) -> "RestoreEdgeExportSettings":
         if CONTROL_CHARS.search(self.staging_dir) or (self.spark_staging_dir and CONTROL_CHARS.search(self.spark_staging_dir)):
             raise ValueError("control characters in a staging folder")
+        if url_has_password(self.staging_dir) or (self.spark_staging_dir and url_has_password(self.spark_staging_dir)):
+            raise ValueError("a staging folder URL carries a password: secrets come from the environment only")
         if url_scheme(self.staging_dir) != "file" and not self.spark_staging_dir:
             raise ValueError("staging_dir is not a local folder: set spark_staging_dir, the same folder as Spark spells it")
         return self
@@ -480,13 +565,58 @@ def _check_paths(s: Settings) -> None:
         raise ConfigError(f"sftp.remote_dir: must be an absolute path, got {s.sftp.remote_dir!r}")
 
 
+def _encrypted_private_key(path: Path) -> bool | None:
+    """Whether the private key file at ``path`` is encrypted (OpenSSH or PEM format); None if unreadable."""
+    import base64
+
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    if "-----BEGIN OPENSSH PRIVATE KEY-----" in text:
+        body = text.split("-----BEGIN OPENSSH PRIVATE KEY-----", 1)[1].split("-----END", 1)[0]
+        try:
+            blob = base64.b64decode("".join(body.split()))
+        except ValueError:
+            return None
+        magic = b"openssh-key-v1\0"
+        if not blob.startswith(magic) or len(blob) < len(magic) + 4:
+            return None
+        n = int.from_bytes(blob[len(magic):len(magic) + 4], "big")
+        return blob[len(magic) + 4:len(magic) + 4 + n] != b"none"  # the cipher name
+    return "ENCRYPTED" in text  # PEM: "Proc-Type: 4,ENCRYPTED" or "BEGIN ENCRYPTED PRIVATE KEY"
+
+
+def check_environment(s: Settings, source: str = "config") -> None:
+    """Checks that join the file with the environment (secrets, the ssh-agent); ConfigError naming the key.
+
+    - Redis off loopback needs BACKUP_REDIS_PASSWORD (an open Redis is the job queue and every record).
+    - BACKUP_TICKET_TOKEN goes only to an https ticket.url, or plain http on loopback.
+    - The openssh engine cannot type a passphrase: an encrypted sftp.key_file needs its key in an
+      ssh-agent (SSH_AUTH_SOCK), else engine: paramiko (which reads BACKUP_SFTP_KEY_PASSPHRASE).
+    """
+    if not s.redis.on_loopback and not s.secret("BACKUP_REDIS_PASSWORD"):
+        raise ConfigError(f"{source}: redis.url: Redis is not on loopback, so BACKUP_REDIS_PASSWORD must be set "
+                          f"(and requirepass or an ACL user on the server)")
+    if s.secret("BACKUP_TICKET_TOKEN") and not s.ticket.token_allowed:
+        raise ConfigError(f"{source}: ticket.url: BACKUP_TICKET_TOKEN is set, so the URL must be https:// "
+                          f"(plain http is allowed to loopback only)")
+    encrypted = _encrypted_private_key(s.path(s.sftp.key_file))
+    if encrypted and s.sftp.engine == "openssh" and not os.environ.get("SSH_AUTH_SOCK"):
+        raise ConfigError(f"{source}: sftp.key_file {s.sftp.key_file} is encrypted and sftp.engine is openssh, which "
+                          f"cannot use BACKUP_SFTP_KEY_PASSPHRASE: load the key into an ssh-agent (SSH_AUTH_SOCK) "
+                          f"or set sftp.engine: paramiko")
+    if encrypted and s.sftp.engine == "paramiko" and not s.secret("BACKUP_SFTP_KEY_PASSPHRASE"):
+        raise ConfigError(f"{source}: sftp.key_file {s.sftp.key_file} is encrypted: set BACKUP_SFTP_KEY_PASSPHRASE")
+
+
 def _first_error(e: ValidationError, source: str) -> ConfigError:
     err = e.errors()[0]
     key = ".".join(str(x) for x in err["loc"]) or "(top level)"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
-    return ConfigError(f"{source}: {key}: {msg}")
+    return ConfigError(redact_url_secrets(f"{source}: {key}: {msg}"))
 
 
 def load_settings(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Settings:
@@ -508,6 +638,7 @@ def load_settings(path: str | os.PathLike | None = None, overrides: dict[str, An
         raise _first_error(e, str(cfg_path)) from e
     s = s.model_copy(update={"base_dir": (cfg_path.parent / s.base_dir).resolve()})
     _check_paths(s)
+    check_environment(s, str(cfg_path))
     from config.schedule import check_schedules  # here, not at the top: it builds on celery's cron parser
 
     check_schedules(s, str(cfg_path))

@@ -10,8 +10,10 @@ and filled with ``replace_rows``: rows as literals, a bounded number per stateme
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import socket
+import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -19,10 +21,12 @@ from impala import dbapi
 from impala.error import Error as ImpylaError
 from thrift.transport.TTransport import TTransportException
 
-from base.errors import AuthFailed, ConnectionFailed, FatalError, NotFound, classify
+from base.errors import AuthFailed, ConfigError, ConnectionFailed, FatalError, NotFound, classify
 from base.identifiers import TableName
 from base.text import CONTROL_CHARS
 from config.settings import HiveSettings, Settings
+
+log = logging.getLogger(__name__)
 
 _NOT_FOUND = re.compile(r"TABLE_OR_VIEW_NOT_FOUND|Table or view not found|Could not resolve table|"
                         r"SCHEMA_NOT_FOUND|Database '.*' not found|does not exist", re.I)
@@ -49,6 +53,19 @@ def _classify(e: BaseException, what: str):
             return AuthFailed(f"{what}: {first}")
         return FatalError(f"{what}: {first}")
     return classify(e, what)
+
+
+def _certificate_refusal(e: BaseException) -> str | None:
+    """The verification failure inside a connection error (thrift keeps the ssl error as ``inner``), or None."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return e.verify_message or str(e)
+        if "CERTIFICATE_VERIFY_FAILED" in str(e):
+            return " ".join(str(e).split())
+        e = getattr(e, "inner", None) or e.__cause__ or e.__context__
+    return None
 
 
 def sql_date(d: dt.date) -> str:
@@ -104,21 +121,35 @@ class HiveClient:
 
     def __init__(self, settings: HiveSettings, password: str | None = None):
         self.settings = settings
+        what = f"connect to HiveServer2 {settings.host}:{settings.port}"
+        # impyla verifies nothing with use_ssl alone: verify_cert=True checks the chain (ca_cert, else the
+        # system CAs) and the host name; only the loudly named opt-out turns that off.
+        verify = settings.use_ssl and not settings.insecure_skip_tls_verify
+        if settings.use_ssl and not verify:
+            log.warning("%s: TLS certificate NOT verified (hive.insecure_skip_tls_verify): the password and every "
+                        "row can be read by anyone on the path", what)
+        if settings.ca_cert is not None and not settings.ca_cert.is_file():
+            raise ConfigError(f"hive.ca_cert: file not found: {settings.ca_cert}")
         try:
             self.conn = dbapi.connect(
                 host=settings.host, port=settings.port, auth_mechanism=settings.auth_mechanism,
                 user=settings.user, password=password, use_ssl=settings.use_ssl,
+                ca_cert=str(settings.ca_cert) if settings.ca_cert else None, verify_cert=verify,
                 kerberos_service_name=settings.kerberos_service_name, timeout=settings.timeout,
             )
         except Exception as e:
-            raise _classify(e, f"connect to HiveServer2 {settings.host}:{settings.port}") from e
+            refused = _certificate_refusal(e)
+            if refused is not None:  # fatal: retrying meets the same certificate
+                raise AuthFailed(f"{what}: TLS certificate refused ({refused})") from e
+            raise _classify(e, what) from e
         self._engine: str | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> "HiveClient":
         """Build from the full settings, password from the environment."""
         pw = s.secret("BACKUP_HIVE_PASSWORD")
-        return cls(s.hive, pw.get_secret_value() if pw else None)
+        hive = s.hive if s.hive.ca_cert is None else s.hive.model_copy(update={"ca_cert": s.path(s.hive.ca_cert)})
+        return cls(hive, pw.get_secret_value() if pw else None)
 
     def close(self) -> None:
         """Close the connection, ignoring a connection already gone."""

@@ -33,6 +33,10 @@ MAX_PACKET = 2 ** 18          # fewer, larger channel packets
 CHUNK = 32768                 # SFTP write request size OpenSSH accepts without splitting
 
 
+# Host key algorithms that sign with an "ssh-rsa" key (the known_hosts type of an RSA key).
+_RSA_ALGORITHMS = {"ssh-rsa", "rsa-sha2-256", "rsa-sha2-512"}
+
+
 def _fingerprint(key: paramiko.PKey) -> str:
     import base64
 
@@ -87,15 +91,40 @@ class SftpTarget:
                 raise ConfigError(f"sftp.key_file: cannot load private key {self.key_file}: {e}") from e
         return self._pkey
 
+    def _known_entry(self):
+        """The known_hosts entry of this host (key type -> key), or None."""
+        try:
+            return paramiko.HostKeys(str(self.known_hosts)).lookup(self.host_label)
+        except (OSError, paramiko.SSHException) as e:
+            raise ConfigError(f"sftp.known_hosts: cannot read {self.known_hosts}: {e}") from e
+
+    def _prefer_known_key_types(self, transport: paramiko.Transport) -> None:
+        """Offer the server only the host key algorithms known_hosts holds a key of (as OpenSSH does), so
+        a host recorded with, say, only its RSA key is verified with that key instead of being refused as
+        CHANGED because the server would have preferred ed25519."""
+        entry = self._known_entry()
+        if not entry:
+            return
+        sec = transport.get_security_options()
+        known_types = set(entry.keys())
+        allowed = tuple(t for t in sec.key_types
+                        if t in known_types or (t in _RSA_ALGORITHMS and "ssh-rsa" in known_types)
+                        or t.replace("-cert-v01@openssh.com", "") in known_types)
+        if allowed:
+            sec.key_types = allowed
+
     def _verify_host_key(self, transport: paramiko.Transport) -> None:
         key = transport.get_remote_server_key()
-        known = paramiko.HostKeys(str(self.known_hosts))
-        entry = known.lookup(self.host_label)
+        entry = self._known_entry()
         if entry is None:
             raise HostKeyMismatch(f"unknown host key for {self.host_label} ({key.get_name()} {_fingerprint(key)}): "
                                   f"not in {self.known_hosts}; refusing to connect")
         expected = entry.get(key.get_name())
-        if expected is None or expected != key:
+        if expected is None:
+            raise HostKeyMismatch(f"host key type {key.get_name()} of {self.host_label} is not in {self.known_hosts}, "
+                                  f"which holds only {', '.join(sorted(entry.keys()))} for it ({_fingerprint(key)} "
+                                  f"offered); add the host's key of a type both sides support; refusing to connect")
+        if expected != key:
             raise HostKeyMismatch(f"host key for {self.host_label} has CHANGED (server offers {key.get_name()} "
                                   f"{_fingerprint(key)}, {self.known_hosts} says otherwise); refusing to connect")
 
@@ -111,6 +140,7 @@ class SftpTarget:
             sec = transport.get_security_options()
             sec.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in sec.ciphers) + \
                 tuple(c for c in sec.ciphers if c not in PREFERRED_CIPHERS)
+            self._prefer_known_key_types(transport)
             transport.start_client(timeout=self.s.connect_timeout)
             self._verify_host_key(transport)
             transport.auth_publickey(self.user, self._key())
@@ -121,6 +151,9 @@ class SftpTarget:
             transport.close()
             if isinstance(e, paramiko.AuthenticationException):
                 raise AuthFailed(f"{what}: authentication refused ({e})") from e
+            if isinstance(e, paramiko.SSHException) and "no acceptable host key" in str(e):
+                raise HostKeyMismatch(f"{what}: the server offers no host key of a type {self.known_hosts} holds "
+                                      f"for it; refusing to connect") from e
             if isinstance(e, paramiko.SSHException):
                 raise ConnectionFailed(f"{what}: {e}") from e
             raise classify(e, what) from e
@@ -267,6 +300,40 @@ def _sftp_quote(path: str) -> str:
     return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def openssh_upload_command(target: SftpTarget, local: Path, remote_tmp: str, rate: float) -> tuple[list[str], bytes]:
+    """The argv and stdin of the OpenSSH upload: ``scp -s``, or ``sftp -b -`` under a bandwidth cap (``rate`` MB/s).
+
+    ``--`` ends the options before the local path and ``user@host``, and ``-F /dev/null`` keeps every ssh
+    config file out; the user name is checked at load (never starting with ``-``), yet ``--`` holds even
+    if one slipped through.
+    """
+    s = target.s
+    program = "sftp" if rate else "scp"
+    exe = shutil.which(program)
+    if not exe:
+        raise ConfigError(f"sftp.engine is 'openssh' but the {program} program is not installed (openssh-client)")
+    # No -q: it also silences ssh's diagnostics, and a refused host key would then read as a
+    # bare "Connection closed" (retryable) instead of HostKeyMismatch (fatal).  Output is
+    # captured, not a terminal, so there is no progress meter to silence.
+    # -F /dev/null: no ~/.ssh/config or /etc/ssh/ssh_config (a ProxyCommand, another IdentityFile or a relaxed
+    # host key check there must not apply); everything needed is given here.
+    common = ["-F", "/dev/null", "-i", str(target.key_file), "-c", ",".join(PREFERRED_CIPHERS),
+              "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+              "-o", f"UserKnownHostsFile={target.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+              "-o", f"ConnectTimeout={s.connect_timeout}", "-o", "ServerAliveInterval=30"]
+    if rate:
+        request = max(1024, min(131072, int(rate * 1e6 / 4)))
+        argv = [exe, "-b", "-", "-P", str(s.port), "-R", "64", "-B", str(request), *common,
+                "-l", str(max(1, int(rate * 8000))), "--", f"{target.user}@{s.host}"]  # -l in Kbit/s
+        stdin = f"put {_sftp_quote(str(local))} {_sftp_quote(remote_tmp)}\n".encode()
+    else:
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        argv = [exe, "-s", "-P", str(s.port), *common, "--", str(local.resolve()),
+                f"{target.user}@{host}:{remote_tmp}"]
+        stdin = b""
+    return argv, stdin
+
+
 def _upload_openssh(target: SftpTarget, local: Path, remote_tmp: str, progress: ProgressFn | None,
                     rate_limit_mbps: float | None) -> None:
     """Send the bytes with OpenSSH's scp over the SFTP protocol (C speed), host key checked strictly against known_hosts.
@@ -280,27 +347,8 @@ def _upload_openssh(target: SftpTarget, local: Path, remote_tmp: str, progress: 
     """
     s = target.s
     rate = s.rate_limit_mbps if rate_limit_mbps is None else rate_limit_mbps
-    program = "sftp" if rate else "scp"
-    exe = shutil.which(program)
-    if not exe:
-        raise ConfigError(f"sftp.engine is 'openssh' but the {program} program is not installed (openssh-client)")
-    # No -q: it also silences ssh's diagnostics, and a refused host key would then read as a
-    # bare "Connection closed" (retryable) instead of HostKeyMismatch (fatal).  Output is
-    # captured, not a terminal, so there is no progress meter to silence.
-    common = ["-i", str(target.key_file), "-c", ",".join(PREFERRED_CIPHERS),
-              "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
-              "-o", f"UserKnownHostsFile={target.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-              "-o", f"ConnectTimeout={s.connect_timeout}", "-o", "ServerAliveInterval=30"]
-    if rate:
-        request = max(1024, min(131072, int(rate * 1e6 / 4)))
-        argv = [exe, "-b", "-", "-P", str(s.port), "-R", "64", "-B", str(request), *common,
-                "-l", str(max(1, int(rate * 8000))), f"{target.user}@{s.host}"]  # -l in Kbit/s
-        stdin = f"put {_sftp_quote(str(local))} {_sftp_quote(remote_tmp)}\n".encode()
-    else:
-        host = f"[{s.host}]" if ":" in s.host else s.host
-        argv = [exe, "-s", "-P", str(s.port), *common, "--", str(local.resolve()),
-                f"{target.user}@{host}:{remote_tmp}"]
-        stdin = b""
+    argv, stdin = openssh_upload_command(target, local, remote_tmp, rate)
+    program = Path(argv[0]).name
     size = local.stat().st_size
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_remote_size, args=(target, remote_tmp, size, progress, stop), daemon=True)

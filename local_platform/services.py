@@ -241,9 +241,10 @@ class LocalPlatform:
         keygen = shutil.which("ssh-keygen")
         if not keygen:
             raise ConfigError("ssh-keygen not found: install openssh-client (make deps does)")
-        for key in ("host_ed25519", "client_key"):
+        # host_rsa: a second host key type, so the tests can show a known_hosts holding only the RSA key.
+        for key, kind in (("host_ed25519", "ed25519"), ("host_rsa", "rsa"), ("client_key", "ed25519")):
             if not (d / key).exists():
-                subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+                subprocess.run([keygen, "-q", "-t", kind, "-N", "", "-f", str(d / key)], check=True)
         host_pub = (d / "host_ed25519.pub").read_text().split()
         (d / "known_hosts").write_text(f"[127.0.0.1]:{self.p.ssh_port} {host_pub[0]} {host_pub[1]}\n")
         (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
@@ -261,6 +262,7 @@ class LocalPlatform:
             f"Port {self.p.ssh_port}",
             "ListenAddress 127.0.0.1",
             f"HostKey {d / 'host_ed25519'}",
+            f"HostKey {d / 'host_rsa'}",
             f"AuthorizedKeysFile {d / 'authorized_keys'}",
             f"PidFile {self.run_dir / 'sshd.real.pid'}",
             "PasswordAuthentication no",

@@ -67,10 +67,20 @@ def _ticket_handler(folder: Path):
     return Handler
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run both sinks until killed."""
+def mail_sink(folder: Path, host: str, port: int, tls_context=None):
+    """A started SMTP sink storing each message in ``folder``; with ``tls_context`` it offers STARTTLS with that
+    certificate and refuses mail before it (as a relay that requires TLS does).  Stop it with ``.stop()``."""
     from aiosmtpd.controller import Controller
 
+    folder.mkdir(parents=True, exist_ok=True)
+    tls = {"tls_context": tls_context, "require_starttls": True} if tls_context is not None else {}
+    smtp = Controller(_MailHandler(folder), hostname=host, port=port, **tls)
+    smtp.start()
+    return smtp
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run both sinks until killed."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dir", required=True, type=Path)
     ap.add_argument("--smtp-port", type=int, default=8025)
@@ -80,8 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     mail_dir, ticket_dir = a.dir / "mail", a.dir / "tickets"
     mail_dir.mkdir(parents=True, exist_ok=True)
     ticket_dir.mkdir(parents=True, exist_ok=True)
-    smtp = Controller(_MailHandler(mail_dir), hostname=a.host, port=a.smtp_port)
-    smtp.start()
+    smtp = mail_sink(mail_dir, a.host, a.smtp_port)
     httpd = ThreadingHTTPServer((a.host, a.http_port), _ticket_handler(ticket_dir))
     try:
         httpd.serve_forever()

@@ -24,6 +24,7 @@ BACKENDS = {
     "file": "storage.local:LocalBackend",
     "webhdfs": "storage.webhdfs:WebHdfsBackend",
     "hdfs": "storage.webhdfs:WebHdfsBackend",
+    "swebhdfs": "storage.webhdfs:WebHdfsBackend",  # WebHDFS over https, certificate verified
     "sftp": "storage.sftp:SftpBackend",
 }
 

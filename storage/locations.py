@@ -16,7 +16,7 @@ def storage_options(settings: Settings, url: str) -> dict:
     """``open_backend`` options for a location: SFTP gets the configured key, known_hosts and timeout,
     HDFS Kerberos if configured."""
     scheme = url_scheme(url)
-    if scheme in ("hdfs", "webhdfs"):
+    if scheme in ("hdfs", "webhdfs", "swebhdfs"):
         cfg = settings.customer_files
         return {"kerberos": True} if cfg is not None and cfg.hdfs_kerberos else {}
     if scheme != "sftp":

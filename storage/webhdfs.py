@@ -31,6 +31,7 @@ from storage.base import MappedReadStream, READ_CHUNK, FileStat, StorageBackend,
 from storage.hdfs_checksum import CHECKSUM_TYPES, ChecksumSpec
 
 DEFAULT_PORT = 9870  # the namenode's HTTP port since Hadoop 3
+DEFAULT_TLS_PORT = 9871  # its HTTPS port (dfs.namenode.https-address)
 DEFAULT_TIMEOUT = (10.0, 300.0)  # (connect, read) seconds; never hang a worker
 
 # RemoteException names (the "exception" field) mapped to our families.
@@ -87,6 +88,10 @@ def _hdfs_errors(what: str) -> Iterator[None]:
         yield
     except HdfsError as e:
         raise _from_hdfs_error(e, what) from e
+    except requests.exceptions.SSLError as e:
+        if "CERTIFICATE_VERIFY_FAILED" in str(e):  # swebhdfs: fatal, the same certificate is refused on every try
+            raise AuthFailed(f"{what}: TLS certificate refused ({e})") from e
+        raise ConnectionFailed(f"{what}: {e}") from e
     except _TRANSPORT_ERRORS as e:
         raise ConnectionFailed(f"{what}: {e}") from e
     except requests.RequestException as e:
@@ -109,6 +114,7 @@ class WebHdfsBackend(StorageBackend):
         block_size: int | None = None,
     ) -> None:
         self._netloc = urlsplit(namenode_url).netloc
+        self._scheme = "swebhdfs" if namenode_url.startswith("https://") else "webhdfs"
         self._session = requests.Session()
         if block_size is not None and (not isinstance(block_size, int) or block_size <= 0):
             raise ConfigError(f"WebHDFS block_size must be a positive number of bytes, got {block_size!r}")
@@ -136,9 +142,11 @@ class WebHdfsBackend(StorageBackend):
 
     @classmethod
     def from_url(cls, url: str, **options) -> tuple[WebHdfsBackend, str]:
-        """Build from ``webhdfs://[user@]host[:port]/path`` (``hdfs://`` alike).
+        """Build from ``webhdfs://[user@]host[:port]/path`` (``hdfs://`` alike), or ``swebhdfs://`` for
+        WebHDFS over https (certificate and host name verified by requests: the system CAs, or the bundle
+        named by REQUESTS_CA_BUNDLE).
 
-        The port is the namenode's HTTP port (default 9870), not its RPC port.
+        The port is the namenode's HTTP(S) port (default 9870, 9871 for swebhdfs), not its RPC port.
         Options: ``user``, ``kerberos`` (bool), ``timeout``, ``block_size`` (of new files).
         """
         unknown = set(options) - {"user", "kerberos", "timeout", "block_size"}
@@ -150,17 +158,18 @@ class WebHdfsBackend(StorageBackend):
         if parts.query or parts.fragment:
             raise ConfigError(f"{url!r}: unexpected query or fragment in a WebHDFS URL")
         try:
-            port = parts.port or DEFAULT_PORT
+            tls = parts.scheme.lower() == "swebhdfs"
+            port = parts.port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
         except ValueError as e:
             raise ConfigError(f"{url!r}: bad port") from e
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         options.setdefault("user", parts.username)
         path = posixpath.normpath(check_path(unquote(parts.path) or "/"))
-        return cls(f"http://{host}:{port}", **options), path
+        return cls(f"{'https' if tls else 'http'}://{host}:{port}", **options), path
 
     def uri(self, path: str) -> str:
-        """``webhdfs://host:port/path``."""
-        return f"webhdfs://{self._netloc}{quote(self._checked(path))}"
+        """``webhdfs://host:port/path`` (``swebhdfs://`` over https)."""
+        return f"{self._scheme}://{self._netloc}{quote(self._checked(path))}"
 
     def stat(self, path: str) -> FileStat | None:
         """GETFILESTATUS; None on FileNotFoundException only."""

@@ -431,9 +431,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _base_url(self) -> str:
         """This server's URL as the client reached it."""
         host, port = self.server.server_address[:2]
+        scheme = "https" if self.server.tls else "http"
         if host in ("", "0.0.0.0"):
-            return f"http://{self.headers.get('Host', f'localhost:{port}')}"
-        return f"http://{host}:{port}"
+            return f"{scheme}://{self.headers.get('Host', f'localhost:{port}')}"
+        return f"{scheme}://{host}:{port}"
 
     # -- namenode --------------------------------------------------------------
 
@@ -663,10 +664,14 @@ _DATANODE_OPS = {
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], store: _Store, allowed_users: frozenset[str] | None) -> None:
+    def __init__(self, address: tuple[str, int], store: _Store, allowed_users: frozenset[str] | None,
+                 tls_context=None) -> None:
         self.store = store
         self.allowed_users = allowed_users
+        self.tls = tls_context is not None
         super().__init__(address, _Handler)
+        if tls_context is not None:  # swebhdfs: the same server behind TLS (redirects then say https)
+            self.socket = tls_context.wrap_socket(self.socket, server_side=True)
 
 
 class WebHdfsTestServer:
@@ -681,8 +686,10 @@ class WebHdfsTestServer:
         owner: str = "hdfs",
         group: str = "supergroup",
         allowed_users: set[str] | None = None,
+        tls_context=None,
     ) -> None:
         self.root = Path(root)
+        self._tls_context = tls_context
         self.root.mkdir(parents=True, exist_ok=True)
         self._address = (host, port)
         self._store = _Store(self.root, owner, group)
@@ -694,7 +701,7 @@ class WebHdfsTestServer:
         """Bind and serve in a background thread; connections are accepted on return."""
         if self._httpd is not None:
             return self
-        self._httpd = _HttpServer(self._address, self._store, self._allowed_users)
+        self._httpd = _HttpServer(self._address, self._store, self._allowed_users, self._tls_context)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="webhdfs-test-server", daemon=True
         )

@@ -33,6 +33,7 @@ passwords are read from the environment inside the worker.
 
 from __future__ import annotations
 
+import ssl
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from celery import Celery
@@ -64,8 +65,8 @@ def redis_url_with_password(s: Settings) -> str:
     if not pw:
         return s.redis.url
     parts = urlsplit(s.redis.url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f":{quote(pw.get_secret_value(), safe='')}@{host}"))
+    user, _, host = parts.netloc.rpartition("@")  # an ACL user name stays (the URL carries no password: settings)
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(pw.get_secret_value(), safe='')}@{host}"))
 
 
 def celery_config(s: Settings) -> dict:
@@ -124,6 +125,11 @@ def celery_config(s: Settings) -> dict:
         "redbeat_redis_options": {"socket_timeout": 30, "socket_connect_timeout": 10, "health_check_interval": 30},
         "redbeat_key_prefix": f"{s.redis.key_prefix}:redbeat:",
         "redbeat_lock_timeout": s.beat.lock_timeout,
+        # rediss://: the server's certificate and host name verified against the system CAs (Celery refuses a
+        # rediss:// URL without saying how to verify).
+        **({"broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED},
+            "redis_backend_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED},
+            "redbeat_redis_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}} if url.startswith("rediss://") else {}),
     }
 
 

@@ -1,10 +1,13 @@
-"""Log lines carry the job id and phase; text or JSON format (for log shippers)."""
+"""Log lines carry the job id and phase; text or JSON format (for log shippers).  URL passwords are redacted
+from every line (``base.urls.redact_url_secrets``), whatever a client library put in its message."""
 
 from __future__ import annotations
 
 import contextvars
 import json
 import logging
+
+from base.urls import redact_url_secrets
 
 _job = contextvars.ContextVar("job_id", default="-")
 _phase = contextvars.ContextVar("phase", default="-")
@@ -38,7 +41,14 @@ class JsonFormatter(logging.Formatter):
                "msg": record.getMessage()}
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+        return redact_url_secrets(json.dumps(out))
+
+
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT`` lines, URL passwords redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_url_secrets(super().format(record))
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [job=%(job_id)s phase=%(phase)s] %(name)s: %(message)s"
@@ -46,7 +56,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s [job=%(job_id)s phase=%(phase)s] %(name
 
 def configure(logger: logging.Logger, fmt: str) -> None:
     """Install the filter and formatter on every handler of ``logger``."""
-    formatter = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
     for h in logger.handlers:
         h.addFilter(ContextFilter())
         h.setFormatter(formatter)

@@ -34,6 +34,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from base.errors import ConfigError, NotFound
+from base.urls import redact_url_secrets
 from base.identifiers import TableName
 from base.text import run_id
 from backup.copy_engine import Destination, batches, copy_files
@@ -245,7 +246,8 @@ def manifest_rows(res: Resources, rec: dict) -> list[dict]:
                 row = {"customer": customer, "domain": item["domain"], "file": posixpath.basename(item["path"]),
                        "bytes": item["size"], "records": None, "sha256": None, "primary_uri": None,
                        "secondary_uri": None, "copied_at": None, "status": "failed", "error": f"not copied: {why}"}
-            rows.append(row)
+            # The manifest and the Hive count tables never repeat a URL password (a server's error text may).
+            rows.append({k: redact_url_secrets(v) if isinstance(v, str) else v for k, v in row.items()})
     return rows
 
 

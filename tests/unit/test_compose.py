@@ -168,6 +168,8 @@ def test_project_services_read_the_mounted_config():
 
 
 @pytest.mark.parametrize("name", ["production.example.yaml", "compose.yaml"])
-def test_example_configs_validate(name):
+def test_example_configs_validate(name, monkeypatch):
+    # Both name a Redis off loopback: loading needs its password in the environment (config/settings.py).
+    monkeypatch.setenv("BACKUP_REDIS_PASSWORD", "example")
     s = load_settings(ROOT / "config" / name)
     assert s.schedules and s.log_format == "json"
