@@ -14,7 +14,8 @@ def test_builtin_workflows_and_their_public_task_names():
                                 "customer-files": "backup.customer_files",
                                 "restore-edge-export": "backup.restore_edge_export",
                                 "restore-table-backup": "backup.restore_table_backup",
-                                "restore-customer-files": "backup.restore_customer_files"}
+                                "restore-customer-files": "backup.restore_customer_files",
+                                "retention": "backup.retention"}
     assert [wf.name for wf in definitions()] == list(workflow_tasks())
 
 
@@ -47,6 +48,7 @@ def test_request_contracts_are_the_submit_signatures():
         "restore-customer-files": ["customer", "location", "domain", "file", "since", "idempotency_key"],
         "restore-table-backup": ["table", "into", "replace", "replace_live", "version", "keep_partition_columns",
                                  "suffix", "idempotency_key"],
+        "retention": ["workflow", "target", "dry_run", "idempotency_key"],
     }
 
 
