@@ -157,6 +157,8 @@ class Run:
     created: float
     state: str
     artifacts: list[dict] = field(default_factory=list)
+    #: what its record names that retention leaves alone (outside its run's folder ...): the run is never marked
+    problems: list[str] = field(default_factory=list)
 
 
 def decide(runs: list[Run], rule: RetentionRule, at: float, latest_job: str | None = None) -> dict[str, str]:
@@ -198,7 +200,8 @@ def decide(runs: list[Run], rule: RetentionRule, at: float, latest_job: str | No
 
 def to_delete(runs: list[Run], verdict: dict[str, str]) -> list[dict]:
     """The artifacts to delete: those whose every naming run is expired (a resumed archive is named by the
-    failed run that exported it and the run that delivered it), once each, in run order, with the runs."""
+    failed run that exported it and the run that delivered it; a customer file's copy by the run that copied
+    it and, as a reference, by the later runs that found it present), once each, in run order, with the runs."""
     by_key: dict[tuple, dict] = {}
     keep: set[tuple] = set()
     for r in sorted(runs, key=lambda r: r.created):
@@ -206,7 +209,8 @@ def to_delete(runs: list[Run], verdict: dict[str, str]) -> list[dict]:
             key = (a["kind"], a["path"])
             if verdict[r.job_id].startswith("keep"):
                 keep.add(key)
-            by_key.setdefault(key, {**a, "runs": []})["runs"].append(r.job_id)
+            if not a.get("reference"):  # a copy an earlier run made: kept if a kept run names it, never deleted here
+                by_key.setdefault(key, {**a, "runs": []})["runs"].append(r.job_id)
     return [a for key, a in by_key.items() if key not in keep]
 
 
@@ -245,7 +249,8 @@ def edge_export_artifacts(res: Resources, rec: dict) -> tuple[list[dict], list[s
             problems.append(f"job {rec['job_id']}: remote_uri {uri[:200]!r} is not an archive in its run's folder "
                             f"{remote_root}; left alone")
     local = out.get("local_path")
-    if isinstance(local, str) and local and not out.get("local_deleted"):
+    # A successful run's cleanup deleted its local archive unless it says it kept it (keep_local).
+    if isinstance(local, str) and local and (rec.get("state") != "success" or out.get("local_kept")):
         local_root = os.path.normpath(str(res.settings.path(res.settings.edge_export.export_dir) / rec["target"] / run))
         if _under(local, local_root) and posixpath.dirname(local) == local_root \
                 and _ARCHIVE.fullmatch(posixpath.basename(local)):
@@ -276,8 +281,16 @@ def customer_files_artifacts(res: Resources, rec: dict, with_copies: bool) -> tu
     return found, problems
 
 
+def _safe_part(part) -> bool:
+    return isinstance(part, str) and part not in ("", ".", "..") and "/" not in part and not CONTROL_CHARS.search(part)
+
+
 def _copies(res: Resources, manifest: str, job_id: str) -> tuple[list[dict], list[str]]:
-    """The copies a manifest lists as made by its run, each checked to lie in its customer's folder."""
+    """The copies a manifest names, each checked to be exactly ``<customer's location>/<domain>/<file>`` as its
+    backend spells it: ``copied`` rows are this run's to delete, ``present`` rows only references (the copy
+    was made by an earlier run; a kept run that names it keeps it)."""
+    from storage.locations import open_location
+
     cfg = res.settings.customer_files
     found, problems = [], []
     try:
@@ -287,21 +300,32 @@ def _copies(res: Resources, manifest: str, job_id: str) -> tuple[list[dict], lis
         return [], [f"job {job_id}: manifest {manifest} is gone; its copies are left alone"]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         return [], [f"job {job_id}: manifest {manifest} unreadable ({type(e).__name__}); its copies are left alone"]
-    for row in rows:
-        if row.get("status") != "copied" or row.get("customer") not in cfg.customers:
-            continue
-        where = cfg.customers[row["customer"]]
-        for role in ("primary", "secondary"):
-            uri = row.get(f"{role}_uri") or ""
-            base = getattr(where, role)
-            expected = f"{base.rstrip('/')}/{row.get('domain')}/{row.get('file')}"
-            if not uri or uri != expected or CONTROL_CHARS.search(uri) or ".." in uri.split("/"):
-                if uri:
-                    problems.append(f"job {job_id}: {role} copy {uri[:200]!r} is not {expected[:200]!r}; left alone")
+    with ExitStack() as stack:
+        opened: dict[str, tuple] = {}
+        for row in rows:
+            if row.get("status") not in ("copied", "present") or row.get("customer") not in cfg.customers:
                 continue
-            size = int(row["bytes"]) if str(row.get("bytes") or "").isdigit() else None
-            found.append({"kind": role, "path": uri, "uri": uri, "bytes": size, "location": base,
-                          "relative": f"{row['domain']}/{row['file']}"})
+            if not (_safe_part(row.get("domain")) and _safe_part(row.get("file"))):
+                problems.append(f"job {job_id}: manifest row {str(row.get('file'))[:100]!r} names no file in a "
+                                f"domain folder; left alone")
+                continue
+            for role in ("primary", "secondary"):
+                uri = row.get(f"{role}_uri") or ""
+                if not uri:
+                    continue
+                location = getattr(cfg.customers[row["customer"]], role)
+                if location not in opened:
+                    backend, base = open_location(res.settings, location)
+                    opened[location] = (stack.enter_context(backend), base)
+                backend, base = opened[location]
+                relative = f"{row['domain']}/{row['file']}"
+                if uri != backend.uri(posixpath.join(base, relative)):
+                    problems.append(f"job {job_id}: {role} copy {uri[:200]!r} is not {relative} in {location}; "
+                                    f"left alone")
+                    continue
+                size = int(row["bytes"]) if str(row.get("bytes") or "").isdigit() else None
+                found.append({"kind": role, "path": uri, "uri": uri, "bytes": size, "location": location,
+                              "relative": relative, "reference": row["status"] != "copied"})
     return found, problems
 
 
@@ -317,7 +341,7 @@ def runs_of(res: Resources, req: Request) -> tuple[list[Run], str | None, list[s
         else:
             found, bad = customer_files_artifacts(res, rec, res.settings.retention.customer_files.delete_copies)
         problems += bad
-        runs.append(Run(rec["job_id"], float(rec["created"]), rec["state"], found))
+        runs.append(Run(rec["job_id"], float(rec["created"]), rec["state"], found, bad))
     return runs, latest, problems
 
 
@@ -366,7 +390,8 @@ def plan_phase(ctx: PhaseContext) -> dict:
     verdict = decide(runs, req.rule, at, latest)
     going = to_delete(runs, verdict)
     listed = [{"job_id": r.job_id, "created": r.created, "state": r.state, "verdict": verdict[r.job_id],
-               "artifacts": [a["uri"] for a in r.artifacts]} for r in sorted(runs, key=lambda r: -r.created)]
+               "artifacts": [a["uri"] for a in r.artifacts if not a.get("reference")], "left_alone": len(r.problems)}
+              for r in sorted(runs, key=lambda r: -r.created)]
     expired = sum(v.startswith("expired") for v in verdict.values())
     ctx.done(Planned(runs=listed, delete=going, rule=req.rule.model_dump(), applied_at=at,
                      problems=problems).as_outputs(),
@@ -494,10 +519,12 @@ def delete_phase(ctx: PhaseContext) -> dict:
 
 
 def _mark_runs(res: Resources, job_id: str, plan: Planned, result: dict) -> None:
-    """Mark each expired run whose files are all deleted or gone: restores and later retention runs skip it."""
+    """Mark each expired run whose files are all deleted or gone (none changed, none left alone): restores and
+    later retention runs skip it."""
     left = {d["uri"] for d in result["changed"]}
     for run in plan.runs:
-        if not run["verdict"].startswith("expired") or any(uri in left for uri in run["artifacts"]):
+        if not run["verdict"].startswith("expired") or run.get("left_alone") or \
+                any(uri in left for uri in run["artifacts"]):
             continue
         mark = {"by": job_id, "at": now(), "files": run["artifacts"]}
 
