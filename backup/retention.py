@@ -13,7 +13,8 @@ plan     reads the backup's job records of the target (``JobStore.history``: 90 
          ``decide`` below.  What each run created comes from its own record only (``artifacts``): edge-export's
          archive on the backup server (``remote_uri``) and its local archive (``local_path``, left by a failed
          run for resume, or by ``keep_local``); customer-files' manifest (``manifest``) and, with
-         ``delete_copies``, the primary and secondary copies its manifest lists as ``copied`` by it.  Nothing is
+         ``delete_copies``, the primary and secondary copies its manifest lists as ``copied`` by it.  A run
+         whose archive a queued restore already chose (``restoring``) is kept too.  Nothing is
          ever found by listing or globbing a folder: a file the runs did not record (a foreign file) is never
          seen, so never deleted.  The plan (every run, kept or not and why; every file to delete) goes into
          the job record.
@@ -142,7 +143,7 @@ def submit(res: Resources, workflow: str, target: str | None = None, dry_run: bo
     return res.jobs.create(job_id, WORKFLOW, req.record_target, args, DEFINITION.phase_names)
 
 
-def _request(res: Resources, rec: dict) -> Request:
+def _request(rec: dict) -> Request:
     a = rec["args"]
     return Request(a["workflow"], a["target"], bool(a["dry_run"]), RetentionRule(**a["rule"]))
 
@@ -161,13 +162,15 @@ class Run:
     problems: list[str] = field(default_factory=list)
 
 
-def decide(runs: list[Run], rule: RetentionRule, at: float, latest_job: str | None = None) -> dict[str, str]:
+def decide(runs: list[Run], rule: RetentionRule, at: float, latest_job: str | None = None,
+           restoring: dict[str, str] | None = None) -> dict[str, str]:
     """job id → why the run is kept (``keep: ...``) or goes (``expired: ...``).  Pure; ``at`` is the time now.
 
     Successful runs, newest first: kept if among the newest ``keep_runs``, or younger than ``keep_days``,
     and the newest one always.  A failed run only left things behind (a local archive kept for resume, a
     manifest): kept while younger than ``keep_days``, while newer than the oldest kept successful run, or
-    if it is the target's latest run (``latest_job``: what the next run would resume from).
+    if it is the target's latest run (``latest_job``: what the next run would resume from).  A run that a
+    queued or running restore chose (``restoring``: backup job id → restore job id) is always kept.
     """
     ok = sorted((r for r in runs if r.state == "success"), key=lambda r: r.created, reverse=True)
     others = [r for r in runs if r.state != "success"]
@@ -195,6 +198,10 @@ def decide(runs: list[Run], rule: RetentionRule, at: float, latest_job: str | No
             verdict[r.job_id] = f"keep: {r.state}, newer than the oldest kept successful run"
         else:
             verdict[r.job_id] = f"expired: {r.state}, older than every kept successful run"
+    # last: a run a restore reads is kept, without keeping older failed runs along with it
+    for job, restore in (restoring or {}).items():
+        if job in verdict:
+            verdict[job] = f"keep: restore job {restore} reads it"
     return verdict
 
 
@@ -345,6 +352,25 @@ def runs_of(res: Resources, req: Request) -> tuple[list[Run], str | None, list[s
     return runs, latest, problems
 
 
+def restoring(res: Resources, req: Request) -> dict[str, str]:
+    """Backup job id → the queued or running restore-edge-export job that chose its archive.
+
+    A restore chooses its archive when it is submitted and takes the lock only when its first phase
+    runs; between the two, the lock does not protect the archive, this does.  (A customer-files
+    restore chooses its files under the lock, so the lock alone protects it.)
+    """
+    if req.workflow != "edge-export":
+        return {}
+    found = {}
+    for rec in res.jobs.active():
+        args = rec.get("args") or {}
+        archive = args.get("archive")
+        if rec.get("workflow") == "restore-edge-export" and args.get("table") == req.target \
+                and isinstance(archive, dict) and isinstance(archive.get("job_id"), str):
+            found[archive["job_id"]] = rec["job_id"]
+    return found
+
+
 # -- outputs handed on through the job record -----------------------------------
 
 @dataclass(frozen=True)
@@ -384,10 +410,10 @@ def lock_phase(ctx: PhaseContext) -> dict:
 
 def plan_phase(ctx: PhaseContext) -> dict:
     """Decide per run from its record and the rule; record every run's verdict and the files to delete."""
-    req = _request(ctx.res, ctx.rec)
+    req = _request(ctx.rec)
     runs, latest, problems = runs_of(ctx.res, req)
     at = time.time()
-    verdict = decide(runs, req.rule, at, latest)
+    verdict = decide(runs, req.rule, at, latest, restoring(ctx.res, req))
     going = to_delete(runs, verdict)
     listed = [{"job_id": r.job_id, "created": r.created, "state": r.state, "verdict": verdict[r.job_id],
                "artifacts": [a["uri"] for a in r.artifacts if not a.get("reference")], "left_alone": len(r.problems)}
@@ -451,7 +477,7 @@ def _storage_remover(backend) -> _Remover:
 def delete_phase(ctx: PhaseContext) -> dict:
     """Delete the planned files (each still the recorded size), record each, mark the expired runs, then
     remove the emptied run folders; a dry run deletes nothing."""
-    res, req = ctx.res, _request(ctx.res, ctx.rec)
+    res, req = ctx.res, _request(ctx.rec)
     plan = Planned.read(ctx.rec)
     if req.dry_run:
         ctx.done(Deleted(deleted=[], dry_run=True).as_outputs(),
@@ -490,10 +516,12 @@ def delete_phase(ctx: PhaseContext) -> dict:
 
         folders: dict[str, _Remover] = {}
         for a in plan.delete:
-            if a["uri"] in handled:
-                continue
             rm, path_of = remover(a)
             path = path_of(a)
+            if a["kind"] in ("remote", "local"):
+                folders[posixpath.dirname(path)] = rm
+            if a["uri"] in handled:  # deleted (or found gone, changed) by an earlier delivery of this phase
+                continue
             entry = {"uri": a["uri"], "kind": a["kind"], "bytes": a.get("bytes"), "runs": a["runs"], "at": now()}
             size = rm.size(path)
             if size is None:
@@ -505,8 +533,6 @@ def delete_phase(ctx: PhaseContext) -> dict:
                 ctx.commit_check()  # the lock is still ours: no backup or restore of the target runs now
                 rm.remove(path)
                 result["deleted"].append(entry)
-            if a["kind"] in ("remote", "local"):
-                folders[posixpath.dirname(path)] = rm
             record()  # every deletion is in the record before the next one
         for folder, rm in folders.items():
             result["folders"][folder] = "removed" if rm.rmdir(folder) else "left (not empty)"

@@ -99,6 +99,7 @@ def edge(platform, mres):
             "s12": add_edge_run(mres, sess, RULES, 12),  # expired; a foreign file in its folder
             "f13": add_edge_run(mres, sess, RULES, 13, state="failed", remote=False, local=True),  # expired
             "s20": add_edge_run(mres, sess, RULES, 20, local=True),  # expired (keep_local left its local archive)
+            "s25": add_edge_run(mres, sess, RULES, 25),  # expired, but a queued restore chose its archive
             "s30": add_edge_run(mres, sess, RULES, 30, remote_bytes=b"changed on the server since\n"),
             # a record naming a file outside its run's folder (damaged or forged): never deleted
             "s40": add_edge_run(mres, sess, RULES, 40, remote=False, remote_uri=mres.sftp().uri(foreign[1])),
@@ -107,7 +108,11 @@ def edge(platform, mres):
         foreign.append(posixpath.join(s12_folder, "README.operator"))
         with sess.sftp.open(foreign[-1], "wb") as f:
             f.write(b"an operator's note inside a run folder\n")
-    return {"runs": runs, "foreign": foreign, "root": remote_root}
+    restore = uuid.uuid4().hex  # submitted (its archive chosen), its lock phase not run yet
+    mres.jobs.create(restore, "restore-edge-export", RULES,
+                     {"table": RULES, "archive": {"job_id": runs["s25"]["job_id"]}}, ["lock", "fetch"])
+    yield {"runs": runs, "foreign": foreign, "root": remote_root}
+    mres.jobs.update(restore, lambda r: r.update(state="skipped", reason="test over"))
 
 
 def test_dry_run_lists_what_would_go_and_deletes_nothing(edge, mres, worker):
@@ -145,13 +150,15 @@ def test_retention_deletes_exactly_what_the_rule_expires_and_nothing_it_did_not_
         {Path(runs[k]["local"]).as_uri() for k in ("f13", "s20")}
     assert [d["uri"] for d in out["changed"]] == [mres.sftp().uri(runs["s30"]["remote"])]
     left = set(remote_files(s, edge["root"]))
-    assert {runs[k]["remote"] for k in ("s0", "s3", "s8", "s30")} | set(edge["foreign"]) == left
+    assert {runs[k]["remote"] for k in ("s0", "s3", "s8", "s25", "s30")} | set(edge["foreign"]) == left
     # the run folders emptied are removed; the one holding a foreign file stays
     s12_folder = posixpath.dirname(runs["s12"]["remote"])
     assert out["folders"][s12_folder] == "left (not empty)"
     assert out["folders"][posixpath.dirname(runs["s20"]["remote"])] == "removed"
     assert not Path(runs["f13"]["local"]).parent.exists() and not Path(runs["s20"]["local"]).exists()
     # every expired run whose files are gone is marked; the changed one and the kept ones are not
+    verdicts = {r["job_id"]: r["verdict"] for r in out["runs"]}
+    assert verdicts[runs["s25"]["job_id"]].startswith("keep: restore job")
     marked = {k for k, r in runs.items() if (mres.jobs.get(r["job_id"])["outputs"].get(DELETED_MARK) or {}).get("by")
               == rec["job_id"]}
     assert marked == {"s12", "f13", "s20"}

@@ -161,3 +161,38 @@ def test_the_cli_refuses_a_bad_request_in_one_line_before_enqueueing(args, messa
     assert out.returncode == 2, out
     assert out.stderr.startswith("backupctl: error: ") and out.stderr.count("\n") == 1, out.stderr
     assert message in out.stderr and out.stdout == ""  # no job id: nothing was enqueued
+
+
+def test_a_run_a_queued_restore_chose_is_kept_whatever_its_age():
+    verdict = decide(series(*DAILY), RetentionRule(keep_runs=1), AT, restoring={"r7": "restore-job"})
+    assert kept(verdict) == {"r0", "r7"} and verdict["r7"] == "keep: restore job restore-job reads it"
+
+
+def test_the_cli_summary_lists_what_a_dry_run_would_delete_and_what_a_run_deleted():
+    from workers.cli import summary
+
+    rec = {"job_id": "j", "workflow": "retention", "target": "edge-export:db.t", "state": "success", "phases": [],
+           "outputs": {"dry_run": True, "deleted": [], "problems": ["job x: remote_uri '/etc' … left alone"],
+                       "delete": [{"uri": "sftp://h/b/db.t/r1/a.csv.gz", "runs": ["r1"]}]}}
+    lines = summary(rec).splitlines()
+    assert "  would delete: sftp://h/b/db.t/r1/a.csv.gz  (runs r1)" in lines
+    assert any(line.startswith("  left alone: job x") for line in lines)
+    rec["outputs"] = {"deleted": [{"uri": "sftp://h/b/db.t/r1/a.csv.gz"}], "delete": rec["outputs"]["delete"]}
+    lines = summary(rec).splitlines()
+    assert "  deleted: sftp://h/b/db.t/r1/a.csv.gz" in lines and not any("would delete" in x for x in lines)
+
+
+def test_retention_is_scheduled_like_any_workflow():
+    from config.schedule import beat_schedule
+
+    s = load_settings(CONFIG_PATH, overrides={"schedules": [
+        {"name": "retention-traffic", "workflow": "retention", "cron": "15 4 * * *",
+         "kwargs": {"workflow": "edge-export", "target": "db.t"}}]})
+    entry = beat_schedule(s)["retention-traffic"]
+    assert entry["task"] == "backup.retention" and entry["kwargs"] == {"workflow": "edge-export", "target": "db.t"}
+
+
+def test_a_run_kept_for_a_restore_keeps_no_older_failed_run_along_with_it():
+    runs = series(("s0", 0, "success"), ("f5", 5, "failed"), ("s9", 9, "success"))
+    verdict = decide(runs, RetentionRule(keep_runs=1), AT, restoring={"s9": "restore-job"})
+    assert kept(verdict) == {"s0", "s9"} and verdict["f5"].startswith("expired")

@@ -30,6 +30,7 @@ def test_builtin_workflows_and_their_public_task_names():
     ("backup.restore_edge_export", "default"), ("backup.restore_edge_export.fetch", "io"),
     ("backup.restore_edge_export.load", "spark"),
     ("backup.restore_table_backup", "default"), ("backup.restore_table_backup.swap", "spark"),
+    ("backup.retention", "default"), ("backup.retention.delete", "io"),
 ])
 def test_routes_follow_the_declared_queues(task, queue):
     from workers.app import app
