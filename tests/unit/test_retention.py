@@ -152,15 +152,25 @@ def test_only_a_successful_backup_with_a_rule_is_followed_by_retention():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["retention", "edge-export", "not a table"], "invalid table name"),
     (["retention", "edge-export", "mnaas_test.no_rule"], "no retention rule for edge-export mnaas_test.no_rule"),
     (["retention", "customer-files", "acme", "--dry-run"], "customer-files has one target"),
 ])
-def test_the_cli_refuses_a_bad_request_in_one_line_before_enqueueing(args, message):
+def test_the_cli_refuses_a_bad_request_in_one_line_before_enqueueing(args, message, res):
+    jobs = f"{res.settings.redis.key_prefix}:jobs"
+    before = res.redis.zcard(jobs)
     out = backupctl(*args, config=CONFIG_PATH)
     assert out.returncode == 2, out
     assert out.stderr.startswith("backupctl: error: ") and out.stderr.count("\n") == 1, out.stderr
     assert message in out.stderr and out.stdout == ""  # no job id: nothing was enqueued
+    assert res.redis.zcard(jobs) == before  # no job record either
+
+
+def test_a_bad_request_from_another_service_is_a_failed_record_and_starts_nothing(res):
+    from backup.retention import submit
+
+    rec = submit(res, "edge-export", "db.t; drop table x", False, job_id="ret-bad-request")
+    assert rec["state"] == "failed" and "invalid table name" in rec["error"] and "\n" not in rec["error"]
+    assert {p["state"] for p in rec["phases"]} == {"pending"}  # no phase started, so nothing was deleted
 
 
 def test_a_run_a_queued_restore_chose_is_kept_whatever_its_age():
