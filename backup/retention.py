@@ -20,14 +20,14 @@ plan     reads the backup's job records of the target (``JobStore.history``: 90 
          the job record.
 delete   (skipped by ``dry_run``) deletes each planned file, checking first that it is still the file the run
          recorded (its size; a changed file is left and reported), records every deletion in the job record
-         (``deleted``) as it goes, marks each expired backup run's record (``retention_deleted``: restores
+         (``deleted``) as it goes (at least once a second), marks each expired backup run's record (``retention_deleted``: restores
          and later retention runs skip it), then removes each run's folder only if it is empty (``rmdir``,
          never recursive: a folder holding a foreign file stays).
 finish   success recorded, lock released.
 
 Costs: one pass over the job index (pipelined, a page of 500 records per round trip), one ``stat`` and one
-delete per file, one fenced record write per deleted file.  With ``delete_copies`` each expired manifest is
-read once.
+delete per file, a fenced record write at most once a second while deleting.  With ``delete_copies`` each
+expired manifest is read once.
 
 table-backup is not covered here: its versions are Hive tables, expired by each versioned backup run itself
 (``backup.table_backup.catalog.expire_versions``) keeping ``retention.table_backup.keep_runs`` of the table
@@ -71,6 +71,10 @@ CUSTOMER_FILES_TARGET = "all"
 DAY = 86400.0
 #: key a backup run's record gets once retention deleted what it created
 DELETED_MARK = "retention_deleted"
+#: kept runs listed in a retention job's record (every expired run is listed)
+LISTED_KEPT = 100
+#: the deletions are written to the job record at least this often (seconds), and at the end
+RECORD_EVERY = 1.0
 
 
 # -- the request -----------------------------------------------------------------
@@ -375,8 +379,8 @@ def restoring(res: Resources, req: Request) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Planned(PhaseOutputs):
-    """plan → delete, and the reader: every run considered (job_id, created, state, verdict, artifacts),
-    the files to delete (kind, path, uri, bytes, runs), the rule and the time it was applied at, and
+    """plan → delete, and the reader: the runs considered (job_id, created, state, verdict, artifacts):
+    every expired one and the newest ``LISTED_KEPT`` kept ones (``kept_runs`` counts them all), the files to delete (kind, path, uri, bytes, runs), the rule and the time it was applied at, and
     what in the records was left alone (``problems``)."""
 
     written_by: ClassVar[str] = "plan"
@@ -385,6 +389,7 @@ class Planned(PhaseOutputs):
     rule: dict
     applied_at: float
     problems: list
+    kept_runs: int = 0
 
 
 @dataclass(frozen=True)
@@ -415,12 +420,17 @@ def plan_phase(ctx: PhaseContext) -> dict:
     at = time.time()
     verdict = decide(runs, req.rule, at, latest, restoring(ctx.res, req))
     going = to_delete(runs, verdict)
-    listed = [{"job_id": r.job_id, "created": r.created, "state": r.state, "verdict": verdict[r.job_id],
-               "artifacts": [a["uri"] for a in r.artifacts if not a.get("reference")], "left_alone": len(r.problems)}
-              for r in sorted(runs, key=lambda r: -r.created)]
-    expired = sum(v.startswith("expired") for v in verdict.values())
+    listed, kept = [], 0
+    for r in sorted(runs, key=lambda r: -r.created):
+        kept += verdict[r.job_id].startswith("keep")
+        if verdict[r.job_id].startswith("keep") and kept > LISTED_KEPT:
+            continue  # the record stays small: every expired run, the newest kept ones
+        listed.append({"job_id": r.job_id, "created": r.created, "state": r.state, "verdict": verdict[r.job_id],
+                       "artifacts": [a["uri"] for a in r.artifacts if not a.get("reference")],
+                       "left_alone": len(r.problems)})
+    expired = len(runs) - kept
     ctx.done(Planned(runs=listed, delete=going, rule=req.rule.model_dump(), applied_at=at,
-                     problems=problems).as_outputs(),
+                     problems=problems, kept_runs=kept).as_outputs(),
              note=f"{len(runs)} run(s): {expired} expired, {len(going)} file(s) to delete"
                   + (" (dry run: nothing will be deleted)" if req.dry_run else ""))
     return {"job_id": ctx.job_id, "runs": len(runs), "expired": expired, "files": len(going)}
@@ -488,7 +498,13 @@ def delete_phase(ctx: PhaseContext) -> dict:
               "folders": dict(done.folders)}
     handled = {d["uri"] for key in ("deleted", "gone", "changed") for d in result[key]}
 
-    def record() -> None:
+    last_write = [0.0]
+
+    def record(force: bool = True) -> None:
+        if not force and time.monotonic() - last_write[0] < RECORD_EVERY:
+            return
+        last_write[0] = time.monotonic()
+
         def change(rec):
             rec["outputs"].update(Deleted(**result).as_outputs())
         ctx.rec = res.jobs.update(ctx.job_id, change, fence=ctx.held)
@@ -533,7 +549,9 @@ def delete_phase(ctx: PhaseContext) -> dict:
                 ctx.commit_check()  # the lock is still ours: no backup or restore of the target runs now
                 rm.remove(path)
                 result["deleted"].append(entry)
-            record()  # every deletion is in the record before the next one
+            # The plan already names every file before any goes; deletions are written at least once a second
+            # (a record rewritten per file would cost O(files²) bytes), and a redelivery finds the rest gone.
+            record(force=False)
         for folder, rm in folders.items():
             result["folders"][folder] = "removed" if rm.rmdir(folder) else "left (not empty)"
         record()
