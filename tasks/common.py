@@ -99,11 +99,10 @@ def after_success(res: Resources, task_name: str, job_id: str) -> None:
     Its idempotency key names the backup run, so a redelivered last phase enqueues it once.  A failure to
     enqueue is logged, never the backup's: the scheduled retention run catches up.
     """
-    from backup.retention import after_backup_request  # not at the top: tasks.common is imported by every workflow
-    from config.settings import RETENTION_WORKFLOWS
+    from backup.retention import COVERED, after_backup_request  # here: tasks.common is imported by every workflow
 
     found = definition_of_task(task_name)
-    if found is None or found[1] is None or found[0].name not in RETENTION_WORKFLOWS \
+    if found is None or found[1] is None or found[0].name not in COVERED \
             or found[1].name != found[0].phases[-1].name:
         return
     try:
