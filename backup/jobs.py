@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -126,6 +126,32 @@ class JobStore:
             if rec["workflow"] == workflow and rec["target"] == target and rec["job_id"] != before:
                 return rec
         return None
+
+    def history(self, workflow: str, target: str, page: int = 500) -> Iterator[dict]:
+        """Every record of (workflow, target) still kept (90 days), newest first.
+
+        Scans the job index of every workflow a page at a time, one pipelined round trip per page
+        (a few seconds for a hundred thousand records).
+        """
+        start = 0
+        while True:
+            try:
+                ids = self.r.zrevrange(f"{self.prefix}:jobs", start, start + page - 1)
+                if not ids:
+                    return
+                pipe = self.r.pipeline(transaction=False)
+                for jid in ids:
+                    pipe.get(self._key(jid.decode()))
+                raws = pipe.execute()
+            except redis.RedisError as e:
+                raise ConnectionFailed(f"list job records of {workflow} {target}: {e}") from e
+            for raw in raws:
+                if raw is None:
+                    continue
+                rec = json.loads(raw)
+                if rec.get("workflow") == workflow and rec.get("target") == target:
+                    yield rec
+            start += page
 
     def recent(self, limit: int = 20) -> list[dict]:
         """The newest records first."""

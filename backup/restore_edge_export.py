@@ -198,8 +198,8 @@ def archive_of(res: Resources, rec: dict) -> dict | None:
     delivered it (``completed_by``): either way the record names a copy verified on the server.
     """
     out = rec.get("outputs") or {}
-    if not (rec.get("state") == "success" or out.get("completed_by")):
-        return None
+    if not (rec.get("state") == "success" or out.get("completed_by")) or out.get("retention_deleted"):
+        return None  # (retention deleted the archive: backup/retention.py)
     if not out.get("remote_uri") or not isinstance(out.get("sha256"), str) or not _SHA256.fullmatch(out["sha256"]) \
             or not isinstance(out.get("rows"), int) or not isinstance(out.get("bytes"), int):
         return None

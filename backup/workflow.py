@@ -103,6 +103,10 @@ class Workflow:
     #: the backupctl command that starts it (``run``, ``restore`` ...), and its name there (default: ``name``)
     verb: str = "run"
     cli_name: str | None = None
+    #: one workflow serving several backup workflows (``retention``): the request argument that names the
+    #: backup workflow, filled by the CLI sub-command (``backupctl retention edge-export ...``), and its choices
+    kind_argument: str | None = None
+    kinds: tuple[str, ...] = ()
     _by_name: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -110,8 +114,11 @@ class Workflow:
         if len(set(names)) != len(names):
             raise ConfigError(f"workflow {self.name}: phase names repeat: {names}")
         self._by_name.update({p.name: p for p in self.phases})
+        if bool(self.kind_argument) != bool(self.kinds):
+            raise ConfigError(f"workflow {self.name}: kind_argument and kinds go together")
         params = self.request_parameters()
-        for name in ([self.target_argument] if self.target_argument else []) + [o.dest for o in self.options]:
+        for name in ([self.target_argument] if self.target_argument else []) + [o.dest for o in self.options] + \
+                ([self.kind_argument] if self.kind_argument else []):
             if name not in params:
                 raise ConfigError(f"workflow {self.name}: CLI fills {name!r}, which submit() does not take")
 
@@ -123,7 +130,7 @@ class Workflow:
     @property
     def command(self) -> str:
         """How backupctl starts it: ``run edge-export``, ``restore edge-export`` ..."""
-        return f"{self.verb} {self.cli_name or self.name}"
+        return f"{self.verb} {'{' + ','.join(self.kinds) + '}' if self.kinds else self.cli_name or self.name}"
 
     @property
     def phase_names(self) -> list[str]:
@@ -150,9 +157,11 @@ class Workflow:
         params.append(inspect.Parameter(IDEMPOTENCY_KEY, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None))
         return inspect.Signature(params)
 
-    def request_from_cli(self, target: str | None, values: Mapping[str, Any]) -> dict:
-        """The request keyword arguments of ``backupctl run``: the target, then each option's value."""
-        request = {self.target_argument: target} if self.target_argument else {}
+    def request_from_cli(self, target: str | None, values: Mapping[str, Any], kind: str | None = None) -> dict:
+        """The request keyword arguments of ``backupctl run``: the kind (the sub-command of a workflow with
+        ``kinds``), the target, then each option's value."""
+        request = {self.kind_argument: kind} if self.kind_argument else {}
+        request.update({self.target_argument: target} if self.target_argument else {})
         request.update({o.dest: values.get(o.dest) for o in self.options})
         return request
 

@@ -429,6 +429,60 @@ class TableBackupSettings(_Section):
     format: Literal["parquet", "orc"] = Field("parquet", description="storage format of the backup data tables")
 
 
+class RetentionRule(_Section):
+    """What one target keeps: the newest ``keep_runs`` successful runs and every run younger than ``keep_days``
+    (either or both; neither: everything is kept).  The newest successful run is always kept."""
+
+    keep_runs: int | None = Field(None, ge=1, le=100_000, description="keep the newest N successful runs (none: no count rule)")
+    keep_days: int | None = Field(None, ge=1, le=36_500, description="keep every run younger than D days (none: no age rule)")
+
+
+class RetentionWorkflowSettings(RetentionRule):
+    """Retention of one workflow: its default rule (``keep_runs`` / ``keep_days``) plus per-target overrides."""
+
+    targets: dict[str, RetentionRule] = Field(default_factory=dict, description="per-target overrides of the rule (target as the backup names it, e.g. db.table, or all for customer-files); a key given here replaces the workflow's value, a key left out inherits it")
+    delete_copies: bool = Field(False, description="customer-files only: also delete the primary and secondary copies that an expired manifest recorded as copied by its run (default: keep every copy, delete only the manifest)")
+
+    def rule(self, target: str) -> RetentionRule:
+        """The rule of ``target``: its override's keys over the workflow's."""
+        base = {"keep_runs": self.keep_runs, "keep_days": self.keep_days}
+        override = self.targets.get(target)
+        if override is not None:
+            base.update(override.model_dump(exclude_unset=True))
+        return RetentionRule(**base)
+
+
+class RetentionSettings(_Section):
+    """``backup.retention`` (docs/retention.md): what each backup workflow keeps.  A workflow without a rule keeps
+    everything; with one, retention also runs after each of its successful backups."""
+
+    edge_export: RetentionWorkflowSettings = RetentionWorkflowSettings()
+    customer_files: RetentionWorkflowSettings = RetentionWorkflowSettings()
+    table_backup: RetentionWorkflowSettings = RetentionWorkflowSettings()
+
+    def of(self, workflow: str) -> RetentionWorkflowSettings:
+        """The section of a backup workflow (``edge-export`` → ``edge_export``); KeyError for another workflow."""
+        if workflow not in RETENTION_WORKFLOWS:
+            raise KeyError(workflow)
+        return getattr(self, workflow.replace("-", "_"))
+
+    @model_validator(mode="after")
+    def _copies_only_for_customer_files(self) -> "RetentionSettings":
+        for name in ("edge_export", "table_backup"):
+            if getattr(self, name).delete_copies:
+                raise ValueError(f"retention.{name}.delete_copies: only customer-files keeps copies")
+        if self.table_backup.keep_days is not None or any(
+                r.keep_days is not None for r in self.table_backup.targets.values()):
+            raise ValueError("retention.table_backup.keep_days: table-backup versions are kept by count (keep_runs)")
+        if any((r.keep_runs or 0) > 1000 for r in [self.table_backup, *self.table_backup.targets.values()]):
+            raise ValueError("retention.table_backup.keep_runs: at most 1000 versions of a table")
+        return self
+
+
+#: the backup workflows retention covers
+RETENTION_WORKFLOWS = ("edge-export", "customer-files", "table-backup")
+
+
 class RestoreEdgeExportSettings(_Section):
     """Restore of an edge-export archive into a table (``backupctl restore edge-export``)."""
 
@@ -530,6 +584,7 @@ class Settings(_Section):
     spark: SparkSettings = SparkSettings()
     table_backup: TableBackupSettings = TableBackupSettings()
     restore_edge_export: RestoreEdgeExportSettings = RestoreEdgeExportSettings()
+    retention: RetentionSettings = RetentionSettings()
     platform: PlatformSettings = PlatformSettings()
     log_format: Literal["text", "json"] = Field("text", description="log line format; json for log shippers")
     schedules: list[ScheduleEntry] = Field(default_factory=list, description="runs started by celery beat (backupctl beat)")

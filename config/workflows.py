@@ -86,3 +86,4 @@ register(WorkflowEntry("restore-edge-export", logic="backup.restore_edge_export"
 register(WorkflowEntry("restore-table-backup", logic="backup.restore_table_backup", tasks="tasks.restore_table_backup"))
 register(WorkflowEntry("restore-customer-files", logic="backup.restore_customer_files",
                        tasks="tasks.restore_customer_files"))
+register(WorkflowEntry("retention", logic="backup.retention", tasks="tasks.retention"))

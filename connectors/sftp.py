@@ -231,6 +231,18 @@ class SftpSession:
             if getattr(e, "errno", None) != 2:
                 raise _map(e, f"remove {path}") from e
 
+    def rmdir_if_empty(self, path: str) -> bool:
+        """Remove an empty remote folder; True if it is gone, False if it still holds something (never recursive)."""
+        try:
+            self.sftp.rmdir(path)
+            return True
+        except IOError as e:
+            if self.stat(path) is None:
+                return True
+            if self.listdir(path):
+                return False
+            raise _map(e, f"rmdir {path}") from e
+
     def rename_no_replace(self, src: str, dst: str) -> None:
         """Atomic rename that fails if ``dst`` exists (OpenSSH's SFTP rename links, never replaces)."""
         try:

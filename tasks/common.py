@@ -13,7 +13,7 @@ from backup.jobs import phase_entry
 from backup.resources import Resources
 from backup.retry import gave_up, next_retry
 from backup.runner import PhaseContext, fail_job, phase
-from backup.workflow import definition
+from backup.workflow import definition, definition_of_task
 from config.settings import get_settings
 from config.workflows import WORKFLOWS
 from workers.app import app
@@ -73,7 +73,9 @@ def make_phase_task(app, name: str, phase_name: str, func: Callable[[PhaseContex
                     return {"job_id": job_id, "state": ctx.rec["state"]}
                 started = phase_entry(ctx.rec, phase_name).get("started")
                 ctx.on_progress = progress_publisher(self)
-                return res.spark().run_phase(func, ctx) if spark else func(ctx)
+                result = res.spark().run_phase(func, ctx) if spark else func(ctx)
+            after_success(res, name, job_id)
+            return result
         except Exception as e:
             err = classify(e, phase_name)
             _note_attempt(res, job_id, phase_name, err)
@@ -87,6 +89,30 @@ def make_phase_task(app, name: str, phase_name: str, func: Callable[[PhaseContex
     run.__name__ = name.rsplit(".", 1)[-1]
     run.__doc__ = func.__doc__
     return app.task(name=name, bind=True, base=PhaseTask, phase_name=phase_name)(run)
+
+
+def after_success(res: Resources, task_name: str, job_id: str) -> None:
+    """After the last phase of a backup: enqueue ``backup.retention`` for its target if the run succeeded and
+    retention has a rule for it.  The one place retention follows a backup; a phase that is not a backup's
+    last costs nothing (no Redis read).
+
+    Its idempotency key names the backup run, so a redelivered last phase enqueues it once.  A failure to
+    enqueue is logged, never the backup's: the scheduled retention run catches up.
+    """
+    from backup.retention import COVERED, after_backup_request  # here: tasks.common is imported by every workflow
+
+    found = definition_of_task(task_name)
+    if found is None or found[1] is None or found[0].name not in COVERED \
+            or found[1].name != found[0].phases[-1].name:
+        return
+    try:
+        rec = res.jobs.find(job_id)
+        request = after_backup_request(res, rec) if rec else None
+        if request:
+            app.send_task(definition("retention").task, kwargs=request)
+            log.info("retention of %s %s enqueued after job %s", rec["workflow"], rec["target"], job_id)
+    except Exception as e:
+        log.warning("retention after job %s not enqueued (the scheduled run will catch up): %s", job_id, e)
 
 
 def progress_publisher(task: Task) -> Callable[[dict], None]:

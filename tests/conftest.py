@@ -70,6 +70,9 @@ TEST_CONFIG = {
     },
     "spark": {"remote": f"sc://127.0.0.1:{CONNECT_PORT}"},
     "restore_edge_export": {"staging_dir": str(STATE / "restore")},
+    # Retention only for the tables of tests/integration/test_retention.py: no other test's runs are pruned.
+    "retention": {"edge_export": {"targets": {"mnaas_test.ret_rules": {"keep_runs": 2, "keep_days": 10},
+                                              "mnaas_test.ret_auto": {"keep_runs": 1}}}},
     "platform": {"state_dir": str(STATE / "platform"), "hive_port": HIVE_PORT, "connect_port": CONNECT_PORT,
                  "spark_ui_port": UI_PORT, "ssh_port": SSH_PORT, "smtp_port": SMTP_PORT,
                  "ticket_port": TICKET_PORT, "metastore_port": METASTORE_PORT, "namenode_port": NAMENODE_PORT,

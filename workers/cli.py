@@ -6,6 +6,7 @@
     backupctl run edge-export DB.TABLE [--months N] [--end DATE]
     backupctl run table-backup DB.TABLE --source PATH [--suffix S] [--versioned [--retention N] [--day DATE]]
     backupctl run customer-files                    (every configured customer; --wait: a bar per customer)
+    backupctl retention edge-export DB.TABLE [--dry-run]   (and customer-files; docs/retention.md)
     backupctl status JOB_ID [--json]
     backupctl jobs [--limit N]
     backupctl sample-data DB.TABLE [--rows N]
@@ -92,11 +93,11 @@ def cmd_run(args) -> int:
     res = _resources(args)
     from workers.app import app
 
-    if wf.target_argument and not args.target:
+    if wf.target_argument and not args.target and not wf.kinds:  # with kinds, validate knows which need one
         raise InvalidInput(f"{wf.name} needs a target {wf.target_help}")
     if not wf.target_argument and args.target not in (None, wf.fixed_target):
         raise InvalidInput(f"{wf.name} always covers {wf.target_help}: give no target or {wf.fixed_target!r}")
-    request = wf.request_from_cli(args.target, vars(args))
+    request = wf.request_from_cli(args.target, vars(args), args.kind)
     wf.validate(res, **request)  # fail here, before enqueueing
     job_id = uuid.uuid4().hex
     app.send_task(wf.task, kwargs=request, task_id=job_id)
@@ -237,6 +238,8 @@ def summary(rec: dict) -> str:
         for k in ("manifest", "location"):  # customer-files' manifest; a restore's target location
             if out.get(k):
                 lines.append(f"  {k}: {out[k]}")
+    if rec["workflow"] == "retention":
+        lines += retention_lines(out)
     for p in rec["phases"]:
         took = f"{p['finished'] - p['started']:.1f}s" if p.get("started") and p.get("finished") else ""
         extra = p.get("note") or p.get("error") or ""
@@ -244,6 +247,18 @@ def summary(rec: dict) -> str:
     if rec.get("alert"):
         lines.append(f"  alert: {'sent' if rec['alert'].get('sent') else rec['alert'].get('reason')}")
     return "\n".join(lines)
+
+
+def retention_lines(out: dict) -> list[str]:
+    """What a retention run deleted, or (dry run) would delete, one file a line."""
+    lines = []
+    if out.get("dry_run"):
+        lines += [f"  would delete: {a['uri']}  (runs {', '.join(a['runs'])})" for a in out.get("delete") or []]
+    lines += [f"  deleted: {d['uri']}" for d in out.get("deleted") or []]
+    lines += [f"  already gone: {d['uri']}" for d in out.get("gone") or []]
+    lines += [f"  left (changed since recorded): {d['uri']}" for d in out.get("changed") or []]
+    lines += [f"  left alone: {p}" for p in out.get("problems") or []]
+    return lines
 
 
 def cmd_status(args) -> int:
@@ -383,18 +398,20 @@ def build_parser() -> argparse.ArgumentParser:
         if wf.verb not in verbs:
             p = sub.add_parser(wf.verb, help="start a workflow" if wf.verb == "run" else f"start a {wf.verb} workflow")
             verbs[wf.verb] = p.add_subparsers(dest="cli_name", required=True, metavar="WORKFLOW")
-        w = verbs[wf.verb].add_parser(wf.cli_name or wf.name, help=wf.summary, description=f"{wf.command}: {wf.summary}")
-        if wf.target_argument:
-            w.add_argument("target", nargs="?", metavar="TARGET", help=wf.target_help)
-        else:
-            w.add_argument("target", nargs="?", metavar="TARGET",
-                           help=f"none ({wf.name} always covers {wf.target_help}), or {wf.fixed_target!r}")
-        for option in wf.options:
-            option.add_to(w)
-        w.add_argument("--wait", action="store_true", help="show progress and wait for the end")
-        w.add_argument("--json", action="store_true", help="print the final job record as JSON")
-        w.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
-        w.set_defaults(func=cmd_run, workflow=wf.name)
+        # A workflow serving several backup workflows (retention) has one sub-command per backup workflow.
+        for name, kind in ([(k, k) for k in wf.kinds] if wf.kinds else [(wf.cli_name or wf.name, None)]):
+            w = verbs[wf.verb].add_parser(name, help=wf.summary, description=f"{wf.verb} {name}: {wf.summary}")
+            if wf.target_argument:
+                w.add_argument("target", nargs="?", metavar="TARGET", help=wf.target_help)
+            else:
+                w.add_argument("target", nargs="?", metavar="TARGET",
+                               help=f"none ({wf.name} always covers {wf.target_help}), or {wf.fixed_target!r}")
+            for option in wf.options:
+                option.add_to(w)
+            w.add_argument("--wait", action="store_true", help="show progress and wait for the end")
+            w.add_argument("--json", action="store_true", help="print the final job record as JSON")
+            w.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+            w.set_defaults(func=cmd_run, workflow=wf.name, kind=kind)
 
     p = sub.add_parser("status", help="show a job record")
     p.add_argument("job_id")

@@ -102,7 +102,7 @@ def validate_request(res: Resources, table: str, source: str, suffix: str | None
                      retention=None, day: str | None = None, job_id: str | None = None) -> dict:
     """Check a request and return its normalized arguments; raise InvalidInput naming the problem."""
     cfg = res.settings.table_backup
-    TableName.parse(table)
+    live = TableName.parse(table)
     check_source(source)
     suffix = cfg.suffix if suffix is None else suffix
     if not isinstance(suffix, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,40}", suffix):
@@ -114,7 +114,8 @@ def validate_request(res: Resources, table: str, source: str, suffix: str | None
     if versioned:
         if isinstance(retention, str) and retention.isdigit():
             retention = int(retention)
-        retention = cfg.retention if retention is None else retention
+        if retention is None:  # the retention section's rule for the table, else table_backup.retention
+            retention = res.settings.retention.table_backup.rule(str(live)).keep_runs or cfg.retention
         if not isinstance(retention, int) or isinstance(retention, bool) or not 1 <= retention <= 1000:
             raise InvalidInput(f"invalid retention {retention!r}: expected a whole number of backups, 1 to 1000")
         try:

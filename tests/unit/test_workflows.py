@@ -14,7 +14,8 @@ def test_builtin_workflows_and_their_public_task_names():
                                 "customer-files": "backup.customer_files",
                                 "restore-edge-export": "backup.restore_edge_export",
                                 "restore-table-backup": "backup.restore_table_backup",
-                                "restore-customer-files": "backup.restore_customer_files"}
+                                "restore-customer-files": "backup.restore_customer_files",
+                                "retention": "backup.retention"}
     assert [wf.name for wf in definitions()] == list(workflow_tasks())
 
 
@@ -29,6 +30,7 @@ def test_builtin_workflows_and_their_public_task_names():
     ("backup.restore_edge_export", "default"), ("backup.restore_edge_export.fetch", "io"),
     ("backup.restore_edge_export.load", "spark"),
     ("backup.restore_table_backup", "default"), ("backup.restore_table_backup.swap", "spark"),
+    ("backup.retention", "default"), ("backup.retention.delete", "io"),
 ])
 def test_routes_follow_the_declared_queues(task, queue):
     from workers.app import app
@@ -47,6 +49,7 @@ def test_request_contracts_are_the_submit_signatures():
         "restore-customer-files": ["customer", "location", "domain", "file", "since", "idempotency_key"],
         "restore-table-backup": ["table", "into", "replace", "replace_live", "version", "keep_partition_columns",
                                  "suffix", "idempotency_key"],
+        "retention": ["workflow", "target", "dry_run", "idempotency_key"],
     }
 
 
