@@ -183,11 +183,15 @@ def _summary(archive: Exported | None) -> dict:
             "sha256": archive.sha256 if archive else None}
 
 
+def window_predicate(window: Window, column: str) -> str:
+    """The WHERE condition selecting one window (the column validated, the dates formatted by us)."""
+    col = f"`{identifier(column, 'partition column')}`"
+    return f"{col} >= {sql_date(window.start)} AND {col} < {sql_date(window.end)}"
+
+
 def export_query(table: TableName, window: Window, column: str) -> str:
     """The SELECT for one window (identifiers already validated, dates formatted by us)."""
-    col = f"`{identifier(column, 'partition column')}`"
-    return (f"SELECT * FROM {table.sql} WHERE {col} >= {sql_date(window.start)} "
-            f"AND {col} < {sql_date(window.end)}")
+    return f"SELECT * FROM {table.sql} WHERE {window_predicate(window, column)}"
 
 
 def export_to_file(res: Resources, table: TableName, window: Window, final: Path,
@@ -385,6 +389,57 @@ def finish_phase(ctx: PhaseContext) -> dict:
             "remote_uri": transferred.remote_uri if transferred else None}
 
 
+# -- plan ----------------------------------------------------------------------
+
+def _run_folder_pattern() -> str:
+    return "<UTC time>-<job id[:8]>"  # run_id(): known once the job record exists
+
+
+def plan(res: Resources, table: str, months=None, end=None) -> dict:
+    """What a run of this request would do, touching nothing (``backupctl plan edge-export``).
+
+    The window comes from ``validate_request``, the SQL from ``export_query`` (per stream
+    from ``Window.split``), the resume decision from ``_resumable``, the paths from the same
+    names the export and transfer phases use.  The row estimate is a ``count(*)`` over the
+    window on HiveServer2 (the export's own WHERE condition): exact for the moment it ran,
+    and one scan of the window's partitions.  Reads Redis (job records, the lock key) and
+    Hive; writes nothing.
+    """
+    name, window = validate_request(res, table, months, end)
+    cfg = res.settings.edge_export
+    holder = res.locks.holder(WORKFLOW, str(name))
+    # The record a run would get, minus its id: what _resumable looks at (target, window; no job yet).
+    draft = {"job_id": None, "target": str(name), "args": {"window": window.as_dict()}}
+    prev = _resumable(res, draft)
+    with res.hive() as hive:
+        hive.columns(name)  # NotFound names the table, as the export would
+        rows = int(hive.query(f"SELECT count(*) FROM {name.sql} WHERE {window_predicate(window, cfg.partition_column)}",
+                              f"count the rows of {name} in {window.label}")[0][0])
+    file_name = archive_name(name, window)
+    if prev is not None:
+        archive = Exported.read(prev)
+        folder = archive.run_id
+        resume = {"job_id": prev["job_id"], "local_path": archive.local_path, "rows": archive.rows,
+                  "bytes": archive.bytes, "sha256": archive.sha256}
+    else:
+        folder, resume = _run_folder_pattern(), None
+    local = str(res.settings.path(cfg.export_dir) / str(name) / folder / file_name) if prev is None \
+        else resume["local_path"]
+    return {
+        "workflow": WORKFLOW, "target": str(name),
+        "window": {**window.as_dict(), "label": window.label, "months": months if months is not None else cfg.months},
+        "sql": [export_query(name, piece, cfg.partition_column) for piece in window.split(cfg.streams)],
+        "rows_estimate": {"rows": rows, "source": "count(*)"},
+        "local_path": local,
+        "remote_uri": res.sftp().uri(posixpath.join(res.settings.sftp.remote_dir, str(name), folder, file_name)),
+        "resume": resume,
+        "export": "skipped: resumes the verified archive of failed job " + prev["job_id"] if prev else
+                  f"{len(window.split(cfg.streams))} stream(s) from HiveServer2",
+        "lock": {"free": holder is None, "holder": holder},
+        "keep_local": cfg.keep_local,
+    }
+
+
 DEFINITION = Workflow(
     name=WORKFLOW,
     summary="a table's window as ;-CSV.gz, copied verified to the backup server",
@@ -393,6 +448,7 @@ DEFINITION = Workflow(
     submit=submit,
     validate=validate_request,
     failure_cleanup=discard_remote_temp,
+    plan=plan,
     options=(Option("--months", "months", "window length in calendar months (default from config)", type=int),
              Option("--end", "end", "window end, exclusive, YYYY-MM-DD (default: first day of this month)")),
 )

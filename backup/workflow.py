@@ -11,6 +11,11 @@ that says everything the rest of the system needs to know about it:
   ``validate(res, <request arguments>)`` checks a request before it is
   enqueued;
 * the cleanup run after a final failure (e.g. drop a remote temporary file);
+* the plan: ``plan(res, <request arguments>)`` says what a run of that request
+  would do (``backupctl plan``, ``backupctl run --plan``) and writes nothing: no
+  job record, no Redis key, no file.  It calls the very functions the phases
+  use for the window, the names, the paths and the discovery, so the plan and
+  the run that follows cannot disagree;
 * the ``backupctl run <name>`` options, each filling one request argument.
 
 The Celery app (include list, routes), the tasks (``tasks.common.register_workflow``),
@@ -93,6 +98,8 @@ class Workflow:
     submit: Callable[..., dict]
     validate: Callable[..., Any]
     failure_cleanup: Callable[["Resources", dict], None] | None = None
+    #: ``plan(res, <request arguments>) -> dict``: what a run would do, read-only (None: no plan)
+    plan: Callable[..., dict] | None = None
     #: the request argument ``backupctl run <name> TARGET`` fills, or None: the workflow takes no target
     target_argument: str | None = "table"
     #: what TARGET is, for help and errors
@@ -121,6 +128,10 @@ class Workflow:
                 ([self.kind_argument] if self.kind_argument else []):
             if name not in params:
                 raise ConfigError(f"workflow {self.name}: CLI fills {name!r}, which submit() does not take")
+        if self.plan is not None:
+            planned = list(inspect.signature(self.plan).parameters)[1:]
+            if planned != params:
+                raise ConfigError(f"workflow {self.name}: plan() takes {planned}, the request is {params}")
 
     @property
     def task(self) -> str:

@@ -7,6 +7,7 @@
     backupctl run table-backup DB.TABLE --source PATH [--suffix S] [--versioned [--retention N] [--day DATE]]
     backupctl run customer-files                    (every configured customer; --wait: a bar per customer)
     backupctl retention edge-export DB.TABLE [--dry-run]   (and customer-files; docs/retention.md)
+    backupctl plan WORKFLOW [TARGET] [options] [--json]   (what a run would do; writes nothing. Also: run --plan)
     backupctl status JOB_ID [--json]
     backupctl jobs [--limit N]
     backupctl sample-data DB.TABLE [--rows N]
@@ -85,19 +86,27 @@ def cmd_worker(args) -> int:
 
 # -- run / status / jobs -------------------------------------------------------
 
-def cmd_run(args) -> int:
-    from backup.workflow import definition
+def _request(wf, args) -> dict:
+    """The request of ``backupctl run|plan WORKFLOW [TARGET] [options]``; InvalidInput for a missing or extra target."""
     from base.errors import InvalidInput
-
-    wf = definition(args.workflow)
-    res = _resources(args)
-    from workers.app import app
 
     if wf.target_argument and not args.target and not wf.kinds:  # with kinds, validate knows which need one
         raise InvalidInput(f"{wf.name} needs a target {wf.target_help}")
     if not wf.target_argument and args.target not in (None, wf.fixed_target):
         raise InvalidInput(f"{wf.name} always covers {wf.target_help}: give no target or {wf.fixed_target!r}")
-    request = wf.request_from_cli(args.target, vars(args), args.kind)
+    return wf.request_from_cli(args.target, vars(args), getattr(args, "kind", None))
+
+
+def cmd_run(args) -> int:
+    from backup.workflow import definition
+
+    wf = definition(args.workflow)
+    if getattr(args, "plan", False):
+        return cmd_plan(args)
+    res = _resources(args)
+    from workers.app import app
+
+    request = _request(wf, args)
     wf.validate(res, **request)  # fail here, before enqueueing
     job_id = uuid.uuid4().hex
     app.send_task(wf.task, kwargs=request, task_id=job_id)
@@ -261,6 +270,46 @@ def retention_lines(out: dict) -> list[str]:
     return lines
 
 
+def cmd_plan(args) -> int:
+    """What a run would do, from the workflow's ``plan`` (reads only; no job record, no file)."""
+    from backup.workflow import definition
+    from base.errors import InvalidInput
+
+    wf = definition(args.workflow)
+    if wf.plan is None:
+        raise InvalidInput(f"{wf.name} has no plan (plans: {', '.join(w.name for w in _planned())})")
+    request = _request(wf, args)
+    found = wf.plan(_resources(args), **request)
+    print(json.dumps(found, indent=2, default=str) if args.json else render_plan(found))
+    return EXIT_OK
+
+
+def _planned() -> list:
+    from backup.workflow import definitions
+
+    return [wf for wf in definitions() if wf.plan is not None]
+
+
+def render_plan(found: dict, indent: int = 0) -> str:
+    """A plan as indented ``key: value`` lines (lists of files one per line)."""
+    pad = "  " * indent
+    lines = []
+    for key, value in found.items():
+        if isinstance(value, dict):
+            lines.append(f"{pad}{key}:")
+            lines.append(render_plan(value, indent + 1))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            lines.append(f"{pad}{key}: {len(value)}")
+            lines.extend(f"{pad}  - " + "  ".join(f"{k}={v}" for k, v in item.items()) for item in value)
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: {len(value)}" if len(value) > 1 else f"{pad}{key}: {value[0] if value else '-'}")
+            if len(value) > 1:
+                lines.extend(f"{pad}  - {item}" for item in value)
+        else:
+            lines.append(f"{pad}{key}: {'-' if value is None else value}")
+    return "\n".join(line for line in lines if line)
+
+
 def cmd_status(args) -> int:
     res = _resources(args)
     rec = res.jobs.get(args.job_id)
@@ -408,10 +457,26 @@ def build_parser() -> argparse.ArgumentParser:
                                help=f"none ({wf.name} always covers {wf.target_help}), or {wf.fixed_target!r}")
             for option in wf.options:
                 option.add_to(w)
+            if wf.plan is not None:
+                w.add_argument("--plan", action="store_true", help="say what the run would do and start nothing "
+                               "(same as backupctl plan)")
             w.add_argument("--wait", action="store_true", help="show progress and wait for the end")
             w.add_argument("--json", action="store_true", help="print the final job record as JSON")
             w.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
             w.set_defaults(func=cmd_run, workflow=wf.name, kind=kind)
+
+    p = sub.add_parser("plan", help="say what a run would do, touching nothing")
+    plans = p.add_subparsers(dest="plan_name", required=True, metavar="WORKFLOW")
+    for wf in definitions():
+        if wf.plan is None:
+            continue
+        w = plans.add_parser(wf.cli_name or wf.name, help=wf.summary, description=f"plan of {wf.command}: {wf.summary}")
+        w.add_argument("target", nargs="?", metavar="TARGET", help=wf.target_help if wf.target_argument else
+                       f"none ({wf.name} always covers {wf.target_help}), or {wf.fixed_target!r}")
+        for option in wf.options:
+            option.add_to(w)
+        w.add_argument("--json", action="store_true", help="the plan as JSON (for scripts)")
+        w.set_defaults(func=cmd_plan, workflow=wf.name)
 
     p = sub.add_parser("status", help="show a job record")
     p.add_argument("job_id")

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from base.errors import ConfigError, NotFound
+from base.errors import BackupError, ConfigError, NotFound
 from base.urls import redact_url_secrets
 from base.identifiers import TableName
 from base.text import run_id
@@ -101,9 +101,17 @@ def lock_phase(ctx: PhaseContext) -> dict:
 
 # -- discover --------------------------------------------------------------------
 
-def discover_phase(ctx: PhaseContext) -> dict:
-    """Choose the files of this run: matched, settled, not in the ledger, oldest first, capped."""
-    res, cfg = ctx.res, config(ctx.res)
+COUNTS = ("found", "planned", "unchanged", "settling", "deferred", "unmatched")
+
+
+def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list[dict]], dict[str, dict],
+                                                                  dict[str, list[dict]]]:
+    """The files a run would copy now: (plan per customer, counts per customer, deferred files per customer).
+
+    Matched (a domain), settled (``settle_seconds``), not in the ledger in that state, oldest
+    first, capped at ``max_files_per_run``.  Reads the source folders and the ledger only:
+    the discover phase saves what this returns, ``plan`` shows it.
+    """
     counts = {c: Counter() for c in cfg.customers}
     candidates: list[dict] = []
     horizon = time.time() - cfg.settle_seconds
@@ -137,16 +145,23 @@ def discover_phase(ctx: PhaseContext) -> dict:
     candidates.sort(key=lambda f: (f["mtime"], f["customer"], f["path"]))
     chosen, deferred = candidates[:cfg.max_files_per_run], candidates[cfg.max_files_per_run:]
     plan: dict[str, list[dict]] = {c: [] for c in cfg.customers}
+    later: dict[str, list[dict]] = {c: [] for c in cfg.customers}
     for item in chosen:
         plan[item["customer"]].append(item)
         counts[item["customer"]]["planned"] += 1
     for item in deferred:
+        later[item["customer"]].append(item)
         counts[item["customer"]]["deferred"] += 1
+    per_customer = {c: {k: counts[c][k] for k in COUNTS} for c in cfg.customers}
+    return plan, per_customer, later
+
+
+def discover_phase(ctx: PhaseContext) -> dict:
+    """Choose the files of this run: matched, settled, not in the ledger, oldest first, capped."""
+    res, cfg = ctx.res, config(ctx.res)
+    plan, per_customer, _ = discover(res, cfg)
     save_plan(res, ctx.job_id, plan)
-    per_customer = {c: {k: counts[c][k] for k in ("found", "planned", "unchanged", "settling", "deferred",
-                                                  "unmatched")} for c in cfg.customers}
-    totals = {k: sum(v[k] for v in per_customer.values()) for k in ("found", "planned", "unchanged", "settling",
-                                                                      "deferred", "unmatched")}
+    totals = {k: sum(v[k] for v in per_customer.values()) for k in COUNTS}
     note = (f"{totals['planned']} to copy, {totals['unchanged']} unchanged, {totals['settling']} settling, "
             f"{totals['deferred']} deferred to the next run")
     ctx.done(Discovered(customers=per_customer, discovered=totals).as_outputs(), note=note)
@@ -357,6 +372,47 @@ def finish_unsuccessful(ctx: PhaseContext, outcome: str, error: str) -> dict:
     return rec
 
 
+# -- plan ------------------------------------------------------------------------
+
+def destination_reachable(res: Resources, url: str) -> dict:
+    """Whether a copy destination answers now: connected and its folder looked up (not created)."""
+    try:
+        backend, base = open_location(res.settings, url)
+        with backend:
+            found = backend.stat(base)
+            return {"uri": backend.uri(base), "reachable": True, "exists": found is not None}
+    except BackupError as e:
+        return {"uri": redact_url_secrets(url), "reachable": False, "error": e.one_line()}
+
+
+def plan(res: Resources) -> dict:
+    """What a run would do now, touching nothing (``backupctl plan customer-files``).
+
+    The files come from ``discover``, the function the discover phase runs: per customer the
+    files it would copy (path, domain, bytes), and how many are settling, deferred past
+    ``max_files_per_run``, already in the ledger (``unchanged``) or match no domain; and
+    whether both destinations answer.  Reads the sources, the ledger and the destinations;
+    writes nothing (no plan in Redis, no folder created).
+    """
+    cfg = config(res)
+    files, per_customer, later = discover(res, cfg)
+    holder = res.locks.holder(WORKFLOW, TARGET)
+    customers = {}
+    for customer, where in cfg.customers.items():
+        chosen = files[customer]
+        customers[customer] = {
+            **per_customer[customer], "in_ledger": per_customer[customer]["unchanged"],
+            "bytes": sum(f["size"] for f in chosen),
+            "files": [{"path": f["path"], "domain": f["domain"], "bytes": f["size"]} for f in chosen],
+            "deferred_files": [f["path"] for f in later[customer]],
+            "destinations": {role: destination_reachable(res, getattr(where, role)) for role in DESTINATIONS},
+        }
+    totals = {k: sum(c[k] for c in customers.values()) for k in (*COUNTS, "bytes")}
+    return {"workflow": WORKFLOW, "target": TARGET, "customers": customers, "totals": totals,
+            "max_files_per_run": cfg.max_files_per_run, "settle_seconds": cfg.settle_seconds,
+            "lock": {"free": holder is None, "holder": holder}}
+
+
 def validate_request(res: Resources) -> None:
     """A run takes no arguments; it needs the customer_files section (ConfigError before anything is enqueued)."""
     config(res)
@@ -371,6 +427,7 @@ DEFINITION = Workflow(
     submit=submit,
     validate=validate_request,
     failure_cleanup=write_fail_flag,
+    plan=plan,
     target_argument=None,
     target_help="every configured customer",
     fixed_target=TARGET,

@@ -59,7 +59,7 @@ from backup.table_backup.catalog import (backup_target, catalog_state, clear_rej
                                          set_rejects_rows, swap_view, write_rejects)
 from backup.table_backup.columns import (KIND, OK, PARTITION_COLUMNS, REASON, accepted_rows, explained_lines,
                                          sample_verdicts)
-from backup.table_backup.names import Names, check_job_id, names_of, validate_request
+from backup.table_backup.names import Names, check_job_id, names_of, run_names, validate_request
 from backup.table_backup.outputs import Loaded, Staged, Validated, Written
 from config.settings import TableBackupSettings
 from connectors.spark import concurrently, drop, spark_errors, table_kind
@@ -72,7 +72,8 @@ log = logging.getLogger(__name__)
 
 # Named by the Celery tasks, the CLI and the spark-submit drivers from the package root.
 __all__ = ["WORKFLOW", "DEFINITION", "submit", "validate_request", "lock_phase", "validate_phase",
-           "load_phase", "write_phase", "finish_phase", "discard_staging", "drop_unswitched_staging"]
+           "load_phase", "write_phase", "finish_phase", "discard_staging", "drop_unswitched_staging", "plan",
+           "plan_catalog"]
 
 WORKFLOW = "table-backup"
 
@@ -382,6 +383,71 @@ def finish_phase(ctx: PhaseContext) -> dict:
             "rejects_table": loaded.rejects_table if loaded else None}
 
 
+# -- plan ----------------------------------------------------------------------------------------
+
+def plan(res: Resources, table: str, source: str, suffix: str | None = None, versioned=False, retention=None,
+         day: str | None = None) -> dict:
+    """What a run of this request would do, touching nothing (``backupctl plan table-backup``).
+
+    The names come from ``validate_request`` (a draft job id: the data table's tag is the
+    run's own, so the plan shows it as ``<base>__<job tag>``), the rest from the validate
+    phase's own functions, through Spark (``plan_catalog``): the source files and sizes,
+    the live schema, the drift check on a sample (``sample_verdicts``, ``drift_sample_rows``
+    lines), the catalog's state (which data table the backup reads, which older generations
+    the load would drop) and, versioned, the backups ``retention`` would expire.  Reads the
+    catalog and a sample of the files; writes nothing.
+    """
+    args = validate_request(res, table, source, suffix, versioned, retention, day, job_id="0" * 32)
+    holder = res.locks.holder(WORKFLOW, args["table"])
+    found = res.spark().run(plan_catalog, res, args)
+    backup = args["backup_table"]
+    return {"workflow": WORKFLOW, "target": args["table"], "source": source, **found,
+            "backup_table": backup, "data_table": f"{backup}__<job tag>",
+            "rejects_table": f"{backup}_rejects", "versioned": args["versioned"], "day": args["day"],
+            "lock": {"free": holder is None, "holder": holder}}
+
+
+def plan_catalog(res: Resources, args: dict) -> dict:
+    """The Spark half of ``plan`` (a module-level function: spark-submit drivers import it by name)."""
+    from pyspark.sql import functions as F
+
+    from backup.table_backup.catalog import versions_beyond
+
+    cfg = res.settings.table_backup
+    names = run_names(args["table"], args["suffix"], args["day"], "0" * 32)
+    source = args["source"]
+    with res.spark().session() as spark:
+        schema = live_schema(spark, names.live, cfg)
+        with spark_errors(f"list the files under {source}"):
+            # The file listing Spark's CSV reader makes of the same path (hidden and _-files left out);
+            # binaryFile reads no content when only path and length are selected.
+            files = [{"path": r["path"], "bytes": int(r["length"])} for r in
+                     spark.read.format("binaryFile").load(source).select("path", "length").orderBy(F.col("path"))
+                     .collect()]
+        with spark_errors(f"sample the files under {source}"):
+            verdicts = [r[OK] for r in sample_verdicts(spark, source, schema, cfg, cfg.drift_sample_rows).collect()]
+        catalog = catalog_state(spark, names)
+        expiring = versions_beyond(spark, names, args["suffix"], args["retention"] - 1) \
+            if args["versioned"] and table_kind(spark, names.backup) is None else \
+            versions_beyond(spark, names, args["suffix"], args["retention"]) if args["versioned"] else {}
+    sampled, rejected = len(verdicts), verdicts.count(False)
+    drift = "no data lines" if sampled == 0 else \
+        "drift" if rejected / sampled > cfg.drift_ratio else "ok"
+    db = names.live.db
+    return {
+        "files": files, "bytes": sum(f["bytes"] for f in files),
+        "live_schema": [{"name": f.name, "type": f.dataType.simpleString()} for f in schema],
+        "schema_check": {"sampled_lines": sampled, "rejected": rejected, "drift_ratio": cfg.drift_ratio,
+                         "verdict": drift},
+        "backup_reads": catalog.previous_data_table and f"{db}.{catalog.previous_data_table}",
+        "load_drops": [f"{db}.{t}" for t in catalog.stale_data_tables],
+        "retention": {"versions_expired": sorted(f"{db}.{v}" for v in expiring),
+                      "tables_dropped": sorted(f"{db}.{t}" for ts in expiring.values() for t in ts),
+                      "keep": args["retention"]} if args["versioned"] else
+                     "not configured (unversioned: the previous generation is dropped by the next run's load)",
+    }
+
+
 # Every phase on the spark queue, lock and finish too: a worker serving ``spark`` runs a backup from end to end.
 DEFINITION = Workflow(
     name=WORKFLOW,
@@ -392,6 +458,7 @@ DEFINITION = Workflow(
     submit=submit,
     validate=validate_request,
     failure_cleanup=discard_staging,
+    plan=plan,
     options=(Option("--source", "source", "folder of ;-CSV files the Spark cluster reads (absolute path or URI)"),
              Option("--suffix", "suffix", "backup name is DB.TABLE<suffix> (default from config, _bkp)"),
              Option("--versioned", "versioned", "one backup per day, <table><suffix>_YYYYMMDD", flag_only=True),

@@ -211,22 +211,34 @@ def swap_view(spark: "SparkSession", names: Names, columns: list[str], rows: int
                   f"AS SELECT {cols} FROM {names.data.sql}")
 
 
-def expire_versions(spark: "SparkSession", names: Names, suffix: str, keep: int) -> list[str]:
-    """Versioned mode: drop the oldest backups of the table beyond ``keep`` (view, data tables and rejects)."""
+def versions_beyond(spark: "SparkSession", names: Names, suffix: str, keep: int) -> dict[str, list[str]]:
+    """Versioned mode: the backups beyond the newest ``keep`` (the current one always survives), each with
+    the tables that go with it (its data tables, its rejects table): ``{view name: [table names]}``.
+
+    Only views this workflow made and tables it names; read-only (``expire_versions`` drops them,
+    ``plan`` lists them).
+    """
     base = names.live.table.lower() + suffix.lower()
     version = re.compile(rf"^{re.escape(base)}_(\d{{8}})$")
-    db, current = names.live.db, names.backup.table.lower()
-    found = tables_like(spark, db, f"{base}_*")
-    # Only views this workflow made; the current one always survives.
+    current = names.backup.table.lower()
+    found = tables_like(spark, names.live.db, f"{base}_*")
     versions = sorted((t for t, info in found.items() if version.match(t) and PROP_DATA in info["properties"]),
                       key=lambda v: (v == current, v), reverse=True)
-    expired = []
+    out = {}
     for name in versions[keep:]:
         data = re.compile(rf"^{data_table_regex(name)}$")
-        drop(spark, TableName(db, name), "VIEW")
         rejects = found.get(f"{name}_rejects")
-        ours = [t for t in found if data.match(t)] + \
+        out[name] = [t for t in found if data.match(t)] + \
             ([f"{name}_rejects"] if rejects and PROP_REJECTS_OF in rejects["properties"] else [])
+    return out
+
+
+def expire_versions(spark: "SparkSession", names: Names, suffix: str, keep: int) -> list[str]:
+    """Versioned mode: drop the oldest backups of the table beyond ``keep`` (view, data tables and rejects)."""
+    db = names.live.db
+    expired = []
+    for name, ours in versions_beyond(spark, names, suffix, keep).items():
+        drop(spark, TableName(db, name), "VIEW")
         concurrently(*[lambda t=t: drop(spark, TableName(db, t), "TABLE") for t in ours])
         expired.append(f"{db}.{name}")
     return sorted(expired)
