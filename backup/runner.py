@@ -166,8 +166,9 @@ def phase(res: Resources, job_id: str, name: str, attempt: int = 1) -> Iterator[
 
 
 def fail_job(res: Resources, job_id: str, phase_name: str | None, exc: BaseException,
-             cleanup: Callable[[dict], None] | None = None) -> dict:
-    """Record a final failure, alert once per episode and release the lock; returns the record.
+             cleanup: Callable[[dict], None] | None = None, alert: bool = True) -> dict:
+    """Record a final failure, alert once per episode (unless ``alert`` is False: a restore run by a drill,
+    whose failure the drill reports) and release the lock; returns the record.
 
     Nothing happens (the record is returned as it is) when the failure comes
     from a stale delivery: the job already ended, is being ended by another
@@ -195,7 +196,7 @@ def fail_job(res: Resources, job_id: str, phase_name: str | None, exc: BaseExcep
     current = res.jobs.get(job_id)
     # A LockLost job's lock belongs to someone else now.
     held = Held.from_dict(current["lock"]) if current.get("lock") and not isinstance(exc, LockLost) else None
-    rec = end_unsuccessfully(res, current, change, err, release=held, claimed=True)
+    rec = end_unsuccessfully(res, current, change, err, release=held, claimed=True, alert=alert)
     log.error("job %s failed in %s: %s", job_id, phase_name, err)
     return rec
 
@@ -228,7 +229,7 @@ def claim_ending(res: Resources, job_id: str, phase_name: str | None, status: st
 
 def end_unsuccessfully(res: Resources, current: dict, change: Callable[[dict], None], error: str,
                        status: str = "FAILED", fence: Held | None = None, release: Held | None = None,
-                       claimed: bool = False) -> dict:
+                       claimed: bool = False, alert: bool = True) -> dict:
     """Claim the ending (unless ``claimed``), alert once per episode, then one write that applies ``change``
     (failing the job), records the alert, drops the claim and frees the lock."""
     if not claimed:
@@ -238,14 +239,14 @@ def end_unsuccessfully(res: Resources, current: dict, change: Callable[[dict], N
         current = rec
     ending = copy.deepcopy(current)
     change(ending)
-    alert = res.alerter.failure(ending, error, status=status) if not current.get("alert_sent") else None
+    sent = res.alerter.failure(ending, error, status=status) if alert and not current.get("alert_sent") else None
 
     def commit(rec):
         change(rec)
         rec.pop("ending", None)
-        if alert is not None and rec["state"] == "failed":
-            rec["alert_sent"] = alert["sent"]
-            rec["alert"] = alert
+        if sent is not None and rec["state"] == "failed":
+            rec["alert_sent"] = sent["sent"]
+            rec["alert"] = sent
     return res.jobs.update(current["job_id"], commit, fence=fence, release=release)
 
 

@@ -102,6 +102,8 @@ class Workflow:
     plan: Callable[..., dict] | None = None
     #: the request argument ``backupctl run <name> TARGET`` fills, or None: the workflow takes no target
     target_argument: str | None = "table"
+    #: whether ``backupctl run <name>`` needs TARGET (False: the request's default covers it)
+    target_required: bool = True
     #: what TARGET is, for help and errors
     target_help: str = "DB.TABLE"
     #: a workflow without a target argument always covers this one target (its lock and record name it)

@@ -567,6 +567,29 @@ class MetricsSettings(_Section):
     port: int = Field(9808, gt=0, lt=65536, description="port of the Prometheus exporter")
 
 
+class RestoreDrillSettings(_Section):
+    """Restore drills (``backup.restore_drill``): each target's latest successful backup restored into scratch, verified, dropped."""
+
+    targets: list[str] = Field(default_factory=list, description="what a drill with no target restores, each WORKFLOW:TARGET: edge-export:DB.TABLE, table-backup:DB.TABLE or customer-files:CUSTOMER")
+    scratch_db: str = Field("backup_drill", description="database the drills restore tables into (it must exist; a drill's table is dropped when the drill ends)")
+    scratch_dir: str = Field(".platform/drills", description="where customer-files drills restore files: a local folder (relative to base_dir) or a URL, one sub-folder per drill, removed when the drill ends; never inside a backup folder")
+    sample_rows: int = Field(1000, ge=0, le=1_000_000, description="table-backup drills: restored rows compared with the live table (0: none)")
+    history: int = Field(52, ge=1, le=10_000, description="drill results kept per target (backupctl drills shows the latest)")
+
+    @model_validator(mode="after")
+    def _targets_well_formed(self) -> "RestoreDrillSettings":
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", self.scratch_db):
+            raise ValueError(f"scratch_db {self.scratch_db!r}: a database name (letters, digits, _)")
+        for t in self.targets:
+            if not re.fullmatch(r"(edge-export|table-backup):[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*"
+                                r"|customer-files:[^\x00-\x1f\x7f:]{1,100}", t):
+                raise ValueError(f"target {t[:120]!r}: use edge-export:DB.TABLE, table-backup:DB.TABLE or "
+                                 f"customer-files:CUSTOMER")
+        if CONTROL_CHARS.search(self.scratch_dir):
+            raise ValueError("control characters in scratch_dir")
+        return self
+
+
 class Settings(_Section):
     base_dir: Path = Field(Path("."), description="relative paths below are resolved against this (itself relative to the config file)")
     redis: RedisSettings = RedisSettings()
@@ -592,6 +615,7 @@ class Settings(_Section):
     enqueue: EnqueueSettings = EnqueueSettings()
     flower: FlowerSettings = FlowerSettings()
     metrics: MetricsSettings = MetricsSettings()
+    restore_drill: RestoreDrillSettings = RestoreDrillSettings()
 
     def path(self, p: Path | str) -> Path:
         """Resolve a configured path against ``base_dir``."""

@@ -87,3 +87,4 @@ register(WorkflowEntry("restore-table-backup", logic="backup.restore_table_backu
 register(WorkflowEntry("restore-customer-files", logic="backup.restore_customer_files",
                        tasks="tasks.restore_customer_files"))
 register(WorkflowEntry("retention", logic="backup.retention", tasks="tasks.retention"))
+register(WorkflowEntry("restore-drill", logic="backup.restore_drill", tasks="tasks.restore_drill"))

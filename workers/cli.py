@@ -8,6 +8,7 @@
     backupctl run customer-files                    (every configured customer; --wait: a bar per customer)
     backupctl retention edge-export DB.TABLE [--dry-run]   (and customer-files; docs/retention.md)
     backupctl plan WORKFLOW [TARGET] [options] [--json]   (what a run would do; writes nothing. Also: run --plan)
+    backupctl drills [--json]                       (the latest restore drill of each target, and its age)
     backupctl status JOB_ID [--json]
     backupctl jobs [--limit N]
     backupctl sample-data DB.TABLE [--rows N]
@@ -90,7 +91,8 @@ def _request(wf, args) -> dict:
     """The request of ``backupctl run|plan WORKFLOW [TARGET] [options]``; InvalidInput for a missing or extra target."""
     from base.errors import InvalidInput
 
-    if wf.target_argument and not args.target and not wf.kinds:  # with kinds, validate knows which need one
+    # With kinds, validate knows which need a target; a workflow whose target is optional covers all without one.
+    if wf.target_argument and wf.target_required and not args.target and not wf.kinds:
         raise InvalidInput(f"{wf.name} needs a target {wf.target_help}")
     if not wf.target_argument and args.target not in (None, wf.fixed_target):
         raise InvalidInput(f"{wf.name} always covers {wf.target_help}: give no target or {wf.fixed_target!r}")
@@ -310,6 +312,34 @@ def render_plan(found: dict, indent: int = 0) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def cmd_drills(args) -> int:
+    """The latest drill of each target: passed or failed, how long ago, the backup it restored."""
+    from backup.restore_drill import last_results
+
+    results = last_results(_resources(args))
+    now_s = time.time()
+    rows = [{"target": t, "passed": r["passed"], "finished": r["finished"],
+             "age_seconds": round(now_s - r["finished"], 1), "drill_job": r.get("drill_job"),
+             "restore_job": r.get("restore_job"), "backup_job": r.get("backup_job"), "error": r.get("error")}
+            for t, r in results.items()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no drills yet (backupctl run restore-drill; targets in restore_drill.targets)")
+    for r in rows:
+        print(f"{r['target']:<40} {'PASSED' if r['passed'] else 'FAILED':<7} {_age(r['age_seconds']):>9} ago  "
+              f"drill {r['drill_job']}" + (f"  {r['error']}" if r["error"] else ""))
+    return EXIT_OK
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def cmd_status(args) -> int:
     res = _resources(args)
     rec = res.jobs.get(args.job_id)
@@ -477,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
             option.add_to(w)
         w.add_argument("--json", action="store_true", help="the plan as JSON (for scripts)")
         w.set_defaults(func=cmd_plan, workflow=wf.name)
+
+    p = sub.add_parser("drills", help="the latest restore drill of each target and its age")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_drills)
 
     p = sub.add_parser("status", help="show a job record")
     p.add_argument("job_id")

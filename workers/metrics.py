@@ -7,6 +7,8 @@ Serves ``/metrics`` (text exposition format) with, per workflow:
     mediation_backup_files_total{workflow}                files backed up
     mediation_backup_bytes_total{workflow}                bytes backed up
     mediation_backup_last_success_timestamp_seconds{workflow}
+    backup_last_verified_restore_timestamp_seconds{workflow,target}   end of the latest passing restore
+                                                          drill of a target (backup/restore_drill.py)
 
 read from Redis on every scrape (backup/metrics.py keeps them, written by each
 job's finish phase), plus ``mediation_backup_redis_up`` (0 when Redis did not
@@ -25,6 +27,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from backup.metrics import read_counters
+from backup.restore_drill import verified_restores
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class BackupCollector:
         up = GaugeMetricFamily("mediation_backup_redis_up", "1 if Redis answered this scrape")
         try:
             counters = read_counters(self.client, self.prefix)
+            verified = verified_restores(self.client, self.prefix)
         except redis.RedisError as e:
             log.warning("metrics scrape: Redis error: %s", e)
             up.add_metric([], 0)
@@ -63,6 +67,12 @@ class BackupCollector:
         for workflow, values in counters.items():
             last.add_metric([workflow], values["last_success"])
         yield last
+        proven = GaugeMetricFamily("backup_last_verified_restore_timestamp_seconds",
+                                   "End time of the latest restore drill that passed (epoch seconds): how old the "
+                                   "newest proven backup is", labels=["workflow", "target"])
+        for (workflow, target), when in sorted(verified.items()):
+            proven.add_metric([workflow, target], when)
+        yield proven
 
 
 def registry_for(client: redis.Redis, prefix: str) -> CollectorRegistry:

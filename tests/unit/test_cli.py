@@ -26,3 +26,19 @@ def test_bad_window_refused_before_enqueue():
     _one_line_error(backupctl("run", "edge-export", "db.t", "--end", "2026-02-30", config=CONFIG_PATH),
                     "invalid end date '2026-02-30'")
     _one_line_error(backupctl("run", "edge-export", "db.t", "--months", "0", config=CONFIG_PATH), "invalid months 0")
+
+
+def test_plan_bad_input_is_one_line_before_anything_is_read():
+    _one_line_error(backupctl("plan", "edge-export", "x;y", config=CONFIG_PATH), "invalid table name 'x;y'")
+    _one_line_error(backupctl("plan", "edge-export", config=CONFIG_PATH), "edge-export needs a target DB.TABLE")
+    _one_line_error(backupctl("run", "edge-export", "db.t", "--end", "2026-13-01", "--plan", config=CONFIG_PATH),
+                    "2026-13-01")
+    _one_line_error(backupctl("plan", "table-backup", "db.t", "--source", "relative/path", config=CONFIG_PATH),
+                    "use an absolute path")
+    _one_line_error(backupctl("plan", "customer-files", "acme", config=CONFIG_PATH), "always covers")
+
+
+def test_drill_bad_targets_are_one_line():
+    _one_line_error(backupctl("run", "restore-drill", "nope:db.t", config=CONFIG_PATH), "invalid drill target")
+    _one_line_error(backupctl("run", "restore-drill", "edge-export:db", config=CONFIG_PATH), "invalid table name")
+    _one_line_error(backupctl("run", "restore-drill", config=CONFIG_PATH), "restore_drill.targets")

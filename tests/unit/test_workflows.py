@@ -15,7 +15,8 @@ def test_builtin_workflows_and_their_public_task_names():
                                 "restore-edge-export": "backup.restore_edge_export",
                                 "restore-table-backup": "backup.restore_table_backup",
                                 "restore-customer-files": "backup.restore_customer_files",
-                                "retention": "backup.retention"}
+                                "retention": "backup.retention",
+                                "restore-drill": "backup.restore_drill"}
     assert [wf.name for wf in definitions()] == list(workflow_tasks())
 
 
@@ -31,6 +32,7 @@ def test_builtin_workflows_and_their_public_task_names():
     ("backup.restore_edge_export.load", "spark"),
     ("backup.restore_table_backup", "default"), ("backup.restore_table_backup.swap", "spark"),
     ("backup.retention", "default"), ("backup.retention.delete", "io"),
+    ("backup.restore_drill", "default"), ("backup.restore_drill.drill", "spark"),
 ])
 def test_routes_follow_the_declared_queues(task, queue):
     from workers.app import app
@@ -50,6 +52,7 @@ def test_request_contracts_are_the_submit_signatures():
         "restore-table-backup": ["table", "into", "replace", "replace_live", "version", "keep_partition_columns",
                                  "suffix", "idempotency_key"],
         "retention": ["workflow", "target", "dry_run", "idempotency_key"],
+        "restore-drill": ["target", "idempotency_key"],
     }
 
 
@@ -86,3 +89,31 @@ def test_bad_declarations_are_refused():
                  options=(Option("--months", "months", "m", type=int),))
     with pytest.raises(ConfigError, match="unknown workflow 'nope'"):
         definition("nope")
+
+
+def test_a_plan_must_take_the_request_arguments():
+    def submit(res, table, months=None, job_id=None):
+        return {}
+
+    def plan(res, table):
+        return {}
+    with pytest.raises(ConfigError, match=r"plan\(\) takes \['table'\], the request is \['table', 'months'\]"):
+        Workflow(name="x", summary="x", phases=(Phase("a", lambda ctx: {}),), submit=submit, validate=submit, plan=plan)
+    assert all(list(__import__("inspect").signature(wf.plan).parameters)[1:] == wf.request_parameters()
+               for wf in definitions() if wf.plan is not None)
+    assert {wf.name for wf in definitions() if wf.plan is not None} == {"edge-export", "table-backup", "customer-files"}
+
+
+@pytest.mark.parametrize("targets, ok", [
+    (["edge-export:mnaas.t", "table-backup:db.t_1", "customer-files:beta gmbh"], True),
+    (["edge-export:t"], False), (["restore:db.t"], False), (["customer-files:a\nb"], False),
+    (["table-backup:db.t;drop"], False),
+])
+def test_drill_targets_are_checked_when_the_config_loads(targets, ok):
+    from config.settings import RestoreDrillSettings
+
+    if ok:
+        assert RestoreDrillSettings(targets=targets).targets == targets
+    else:
+        with pytest.raises(ValueError, match="target"):
+            RestoreDrillSettings(targets=targets)
