@@ -15,7 +15,7 @@ Phases (one Celery task each, chained): lock → drill [spark] → finish.
   (``run_restore``): the drill re-implements no restore and checks no less than a real restore does
   (SHA-256 of the archive or of every file against the backup's record, row counts, per-partition
   counts).  On top, the drill checks what a restore leaves to the operator: table-backup, a sample of
-  ``sample_rows`` restored rows is found in the live table (``EXCEPT ALL``); customer-files, every
+  ``sample_rows`` restored rows is found in the live table (a null-safe anti join); customer-files, every
   restored file is read back from scratch and hashed again.  The scratch table or folder is then
   dropped, pass or fail (only one this drill's restore made: its job id is on the table).
 * finish: success if every target passed; otherwise the job fails *without* a job-level alert: each
@@ -189,16 +189,27 @@ def restore_checks(workflow: str, rec: dict) -> list[dict]:
 
 
 def sample_compare(res: Resources, live: str, restored: str, rows: int) -> dict:
-    """``rows`` restored rows, each found in the live table (``EXCEPT ALL`` over the live table's columns)."""
-    with res.spark().session() as spark:
-        from connectors.spark import spark_errors
+    """``rows`` restored rows, each found in the live table (a null-safe anti join over the live table's columns).
 
+    The sample is read to the client first (``LIMIT``: one small read of the restored table), then
+    joined with the live table: one scan of the live table, the sample broadcast to it.
+    """
+    from pyspark.sql import functions as F
+
+    from connectors.spark import spark_errors
+
+    with res.spark().session() as spark:
         with spark_errors(f"compare a sample of {restored} with {live}"):
-            cols = spark.table(TableName.parse(live).sql).columns
-            sample = spark.table(TableName.parse(restored).sql).select(*cols).limit(rows)
-            sampled = sample.count()
-            missing = sample.exceptAll(spark.table(TableName.parse(live).sql).select(*cols)).count()
-    return _check("sample_vs_live", sampled > 0 and missing == 0, sampled=sampled, missing_in_live=missing)
+            live_df = spark.table(TableName.parse(live).sql)
+            cols = live_df.columns
+            picked = spark.table(TableName.parse(restored).sql).select(*cols)
+            sample_rows = picked.limit(rows).collect()
+            if not sample_rows:
+                return _check("sample_vs_live", False, sampled=0, missing_in_live=0)
+            sample = spark.createDataFrame(sample_rows, schema=picked.schema).alias("s")
+            on = [F.col(f"s.`{c}`").eqNullSafe(F.col(f"l.`{c}`")) for c in cols]
+            missing = sample.join(live_df.alias("l"), on=on, how="left_anti").count()
+    return _check("sample_vs_live", missing == 0, sampled=len(sample_rows), missing_in_live=missing)
 
 
 def rehash_files(res: Resources, rec: dict) -> dict:
