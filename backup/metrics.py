@@ -49,6 +49,8 @@ def job_counts(rec: dict) -> dict[str, int]:
     files = out.get("files")
     if files is None:
         files = 1 if out.get("remote_uri") else 0
+    elif isinstance(files, list):  # restore-customer-files: one entry per file restored
+        files = len(files)
     return {"rows": int(out.get("rows") or 0), "files": int(files), "bytes": int(out.get("bytes") or 0)}
 
 

@@ -154,3 +154,39 @@ def test_bad_drill_requests_one_line_and_nothing_written(settings, dres):
     assert set(dres.redis.scan_iter(f"{settings.redis.key_prefix}:drill:*")) == before
     listing = backupctl("drills", "--json")
     assert listing.returncode == 0 and isinstance(json.loads(listing.stdout), list)
+
+
+def test_customer_files_drill_rehashes_the_restored_files_and_removes_them(settings, dres, tmp_path):
+    import os
+    import time
+
+    from tests.integration.test_customer_files import own_config, run_inline
+    from config.settings import load_settings
+
+    src = tmp_path / "src" / "acme"
+    src.mkdir(parents=True)
+    hour_ago = time.time() - 3600
+    for i in range(3):
+        path = src / f"traffic_{i}.csv"
+        path.write_bytes(b"a;b\n" * (i + 1))
+        os.utime(path, (hour_ago, hour_ago))
+    section = {"source_dirs": [str(tmp_path / "src")],
+               "customers": {"acme": {"primary": str(tmp_path / "p"), "secondary": str(tmp_path / "s")}},
+               "domains": {"traffic": ["traffic_*.csv"]}, "settle_seconds": 60,
+               "staging_table": "mnaas_test.cf_drill_inter", "final_table": "mnaas_test.cf_drill_count",
+               "status_flag": str(tmp_path / "status"), "manifest_dir": str(tmp_path / "manifests")}
+    own = load_settings(own_config(tmp_path / "c.yaml", section))
+    res = Resources(own.model_copy(update={"restore_drill": dres.settings.restore_drill}), _redis=dres.redis)
+    backup = run_inline(res)
+    assert backup["outputs"]["flag"] == "SUCCESS", backup
+    (tmp_path / "p" / "traffic" / "traffic_1.csv").write_bytes(b"damaged")  # the secondary still holds it
+
+    rec = drill(res, "customer-files:acme")
+    assert rec["state"] == "success", rec
+    result = rec["outputs"]["drills"]["customer-files:acme"]
+    checks = {c["check"]: c for c in result["checks"]}
+    assert checks["files"]["files"] == 3 and checks["files"]["from_secondary"] == 1
+    assert checks["sha256_reread"] == {"check": "sha256_reread", "ok": True, "files": 3, "mismatched": []}
+    scratch = Path(dres.settings.restore_drill.scratch_dir)
+    assert result["scratch_dropped"] == Path(rd.scratch_folder(res, rec["job_id"], "acme")).as_uri()
+    assert list(scratch.iterdir()) == []
