@@ -84,3 +84,13 @@ def test_zoned_crontab_survives_pickling_with_its_timezone():
     back = pickle.loads(pickle.dumps(cron))
     assert back == cron and back.timezone == "Asia/Tokyo"
 
+
+
+def test_restore_drills_are_scheduled_like_any_run(tmp_path):
+    s = _load(tmp_path, _entry(name="weekly-drill", workflow="restore-drill", cron="0 4 * * 0",
+                               kwargs={"target": "edge-export:mnaas.customer_traffic"}),
+              _entry(name="all-drills", workflow="restore-drill", cron="0 5 * * 0", kwargs={}),
+              restore_drill={"targets": ["edge-export:mnaas.customer_traffic", "customer-files:acme"]})
+    sched = beat_schedule(s)
+    assert sched["weekly-drill"]["task"] == sched["all-drills"]["task"] == "backup.restore_drill"
+    assert sched["weekly-drill"]["kwargs"] == {"target": "edge-export:mnaas.customer_traffic"}
