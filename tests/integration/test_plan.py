@@ -21,7 +21,7 @@ from backup import edge_export as ee
 from backup import table_backup as tb
 from backup.resources import Resources
 from config.settings import load_settings
-from tests.helpers import backupctl, new_sample_table, run_phases_inline
+from tests.helpers import new_sample_table, run_phases_inline
 from tests.integration.test_customer_files import own_config, run_inline
 from tests.integration.test_table_backup import LIVE_DDL, execute, good_rows, write_files
 
@@ -45,7 +45,7 @@ def files_under(*roots: Path) -> dict[str, tuple[int, float]]:
     return found
 
 
-def test_edge_export_plan_is_what_the_run_then_does(settings, res, platform):
+def test_edge_export_plan_is_what_the_run_then_does(capsys, settings, res, platform):
     table = new_sample_table(settings, "traffic_plan", rows=3000)
     export_dir = settings.path(settings.edge_export.export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
@@ -70,15 +70,14 @@ def test_edge_export_plan_is_what_the_run_then_does(settings, res, platform):
     assert plan["local_path"].replace("<UTC time>-<job id[:8]>", run_folder) == out["local_path"]
     assert plan["remote_uri"].replace("<UTC time>-<job id[:8]>", run_folder) == out["remote_uri"]
 
-    # The CLI: the same plan as JSON, and one line for a bad request.
-    cli = backupctl("plan", "edge-export", table, "--json")
-    assert cli.returncode == 0, cli.stderr
-    assert json.loads(cli.stdout)["window"] == plan["window"]
-    text = backupctl("run", "edge-export", table, "--plan")
-    assert text.returncode == 0 and "rows_estimate:" in text.stdout and "source: count(*)" in text.stdout
-    bad = backupctl("plan", "edge-export", table, "--end", "2026-13-01")
-    assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
-    assert "2026-13-01" in bad.stderr
+    # The CLI (in this process): the same plan as JSON, and as text through run --plan.
+    from workers.cli import main
+    capsys.readouterr()
+    assert main(["plan", "edge-export", table, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["window"] == plan["window"]
+    assert main(["run", "edge-export", table, "--plan"]) == 0
+    text = capsys.readouterr().out
+    assert "rows_estimate:" in text and "source: count(*)" in text and "label: " + plan["window"]["label"] in text
 
 
 def test_edge_export_plan_sees_a_resumable_archive_and_a_held_lock(settings, res, platform):

@@ -20,7 +20,7 @@ from backup.resources import Resources
 from base.identifiers import TableName
 from config.settings import RestoreDrillSettings
 from local_platform.sample_data import create_sample_table
-from tests.helpers import backupctl, run_phases_inline, sink_counts
+from tests.helpers import run_phases_inline, sink_counts
 from tests.integration.test_restore_table_backup import files, live  # noqa: F401 (module fixtures reused)
 from tests.integration.test_table_backup import execute, query
 
@@ -142,18 +142,24 @@ def test_table_backup_drill_compares_a_sample_with_the_live_table(settings, dres
         fill_live(dres, live["table"], files / "traffic")
 
 
-def test_bad_drill_requests_one_line_and_nothing_written(settings, dres):
+def test_bad_drill_requests_write_nothing_and_drills_lists_the_results(capsys, settings, dres):
+    from workers.cli import main
+
     before = set(dres.redis.scan_iter(f"{settings.redis.key_prefix}:drill:*"))
-    for target, message in (("nope:db.t", "invalid drill target"), ("edge-export:db", "invalid table name"),
-                            ("table-backup:a.b;drop", "invalid table name")):
-        out = backupctl("run", "restore-drill", target)
-        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-        assert message in out.stderr, out.stderr
-    out = backupctl("run", "restore-drill")  # no target and none configured
-    assert out.returncode == 2 and "restore_drill.targets" in out.stderr
+    jobs = dres.redis.zcard(f"{settings.redis.key_prefix}:jobs")
+    for target in ("nope:db.t", "edge-export:db", "table-backup:a.b;drop", None):
+        assert main(["run", "restore-drill"] + ([target] if target else [])) == 2
+        assert capsys.readouterr().err.count("\n") == 1
     assert set(dres.redis.scan_iter(f"{settings.redis.key_prefix}:drill:*")) == before
-    listing = backupctl("drills", "--json")
-    assert listing.returncode == 0 and isinstance(json.loads(listing.stdout), list)
+    assert dres.redis.zcard(f"{settings.redis.key_prefix}:jobs") == jobs
+    # backupctl drills: the latest result per target (the test config has the same Redis and prefix)
+    assert main(["drills", "--json"]) == 0
+    listed = {r["target"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(listed) == set(rd.last_results(dres))
+    assert all(r["age_seconds"] >= 0 for r in listed.values())
+    assert main(["drills"]) == 0
+    text = capsys.readouterr().out
+    assert all(t in text for t in listed) and ("PASSED" in text or not listed)
 
 
 def test_customer_files_drill_rehashes_the_restored_files_and_removes_them(settings, dres, tmp_path):

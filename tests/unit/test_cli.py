@@ -28,17 +28,28 @@ def test_bad_window_refused_before_enqueue():
     _one_line_error(backupctl("run", "edge-export", "db.t", "--months", "0", config=CONFIG_PATH), "invalid months 0")
 
 
-def test_plan_bad_input_is_one_line_before_anything_is_read():
-    _one_line_error(backupctl("plan", "edge-export", "x;y", config=CONFIG_PATH), "invalid table name 'x;y'")
-    _one_line_error(backupctl("plan", "edge-export", config=CONFIG_PATH), "edge-export needs a target DB.TABLE")
-    _one_line_error(backupctl("run", "edge-export", "db.t", "--end", "2026-13-01", "--plan", config=CONFIG_PATH),
-                    "2026-13-01")
-    _one_line_error(backupctl("plan", "table-backup", "db.t", "--source", "relative/path", config=CONFIG_PATH),
-                    "use an absolute path")
-    _one_line_error(backupctl("plan", "customer-files", "acme", config=CONFIG_PATH), "always covers")
+
+def _in_process_error(capsys, fragment: str, *args: str) -> None:
+    """``backupctl ARGS`` in this process (no interpreter start): exit code 2 and one line naming the problem."""
+    from workers.cli import main
+
+    capsys.readouterr()
+    code = main(["--config", str(CONFIG_PATH), *args])
+    out = capsys.readouterr()
+    assert code == 2 and out.out == "", (code, out)
+    assert out.err.startswith("backupctl: error: ") and out.err.count("\n") == 1, out.err
+    assert fragment in out.err, out.err
 
 
-def test_drill_bad_targets_are_one_line():
-    _one_line_error(backupctl("run", "restore-drill", "nope:db.t", config=CONFIG_PATH), "invalid drill target")
-    _one_line_error(backupctl("run", "restore-drill", "edge-export:db", config=CONFIG_PATH), "invalid table name")
-    _one_line_error(backupctl("run", "restore-drill", config=CONFIG_PATH), "restore_drill.targets")
+def test_plan_bad_input_is_one_line_before_anything_is_read(capsys):
+    _in_process_error(capsys, "invalid table name 'x;y'", "plan", "edge-export", "x;y")
+    _in_process_error(capsys, "edge-export needs a target DB.TABLE", "plan", "edge-export")
+    _in_process_error(capsys, "2026-13-01", "run", "edge-export", "db.t", "--end", "2026-13-01", "--plan")
+    _in_process_error(capsys, "use an absolute path", "plan", "table-backup", "db.t", "--source", "relative/path")
+    _in_process_error(capsys, "always covers", "plan", "customer-files", "acme")
+
+
+def test_drill_bad_targets_are_one_line(capsys):
+    _in_process_error(capsys, "invalid drill target", "run", "restore-drill", "nope:db.t")
+    _in_process_error(capsys, "invalid table name", "run", "restore-drill", "edge-export:db")
+    _in_process_error(capsys, "restore_drill.targets", "run", "restore-drill")
