@@ -21,13 +21,26 @@ from backup import edge_export as ee
 from backup import table_backup as tb
 from backup.resources import Resources
 from config.settings import load_settings
-from tests.helpers import new_sample_table, run_phases_inline
+from tests.helpers import run_phases_inline
 from tests.integration.test_customer_files import own_config, run_inline
 from tests.integration.test_table_backup import LIVE_DDL, execute, good_rows, write_files
 
 pytestmark = pytest.mark.integration
 
 HOUR_AGO = time.time() - 3600
+
+
+def sample_table(settings, name: str, rows: int) -> str:
+    """``mnaas_test.<name>``: ``rows`` rows in the last five months, one partition per row (few partitions keep
+    the export, the count and the inserts short)."""
+    from base.identifiers import TableName
+    from connectors.hive import HiveClient
+    from local_platform.sample_data import create_sample_table
+
+    table = TableName("mnaas_test", name)
+    with HiveClient.from_settings(settings) as hive:
+        create_sample_table(hive, table, rows=rows, months_back=5)
+    return str(table)
 
 
 def redis_snapshot(res: Resources) -> dict:
@@ -46,7 +59,7 @@ def files_under(*roots: Path) -> dict[str, tuple[int, float]]:
 
 
 def test_edge_export_plan_is_what_the_run_then_does(capsys, settings, res, platform):
-    table = new_sample_table(settings, "traffic_plan", rows=3000)
+    table = sample_table(settings, "traffic_plan", rows=60)
     export_dir = settings.path(settings.edge_export.export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     before, files = redis_snapshot(res), files_under(export_dir, Path(settings.sftp.remote_dir))
@@ -81,7 +94,7 @@ def test_edge_export_plan_is_what_the_run_then_does(capsys, settings, res, platf
 
 
 def test_edge_export_plan_sees_a_resumable_archive_and_a_held_lock(settings, res, platform):
-    table = new_sample_table(settings, "traffic_plan_resume", rows=500)
+    table = sample_table(settings, "traffic_plan_resume", rows=30)
     rec = ee.submit(res, table)
 
     def stop():
