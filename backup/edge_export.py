@@ -405,6 +405,8 @@ def plan(res: Resources, table: str, months=None, end=None) -> dict:
     and one scan of the window's partitions.  Reads Redis (job records, the lock key) and
     Hive; writes nothing.
     """
+    from backup.retention import preview
+
     name, window = validate_request(res, table, months, end)
     cfg = res.settings.edge_export
     holder = res.locks.holder(WORKFLOW, str(name))
@@ -437,6 +439,7 @@ def plan(res: Resources, table: str, months=None, end=None) -> dict:
                   f"{len(window.split(cfg.streams))} stream(s) from HiveServer2",
         "lock": {"free": holder is None, "holder": holder},
         "keep_local": cfg.keep_local,
+        "retention": preview(res, WORKFLOW, str(name)),
     }
 
 

@@ -436,6 +436,23 @@ def plan_phase(ctx: PhaseContext) -> dict:
     return {"job_id": ctx.job_id, "runs": len(runs), "expired": expired, "files": len(going)}
 
 
+def preview(res: Resources, workflow: str, target: str | None) -> dict | str:
+    """What a retention run of ``target`` would delete now, read-only (``backupctl plan`` shows it): the plan
+    phase's own decision (``runs_of``, ``decide``, ``to_delete``), nothing recorded, nothing deleted; a
+    sentence saying so when the target has no rule."""
+    try:
+        req = validate_request(res, workflow, target, dry_run=True)
+    except (InvalidInput, ConfigError) as e:
+        return f"not configured: {e.one_line()}"
+    runs, latest, problems = runs_of(res, req)
+    verdict = decide(runs, req.rule, time.time(), latest, restoring(res, req))
+    going = to_delete(runs, verdict)
+    return {"rule": req.rule.model_dump(), "runs": len(runs),
+            "expired_runs": sorted(j for j, v in verdict.items() if not v.startswith("keep")),
+            "files": [a["uri"] for a in going], "left_alone": len(problems),
+            "when": "now, before this run; the retention enqueued after a successful run decides again with it"}
+
+
 class _Remover:
     """Deletes one kind of artifact: ``size(path)`` (None: gone), ``remove(path)``, ``rmdir(folder)`` → emptied."""
 

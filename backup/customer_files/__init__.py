@@ -394,6 +394,8 @@ def plan(res: Resources) -> dict:
     whether both destinations answer.  Reads the sources, the ledger and the destinations;
     writes nothing (no plan in Redis, no folder created).
     """
+    from backup.retention import preview
+
     cfg = config(res)
     files, per_customer, later = discover(res, cfg)
     holder = res.locks.holder(WORKFLOW, TARGET)
@@ -410,7 +412,7 @@ def plan(res: Resources) -> dict:
     totals = {k: sum(c[k] for c in customers.values()) for k in (*COUNTS, "bytes")}
     return {"workflow": WORKFLOW, "target": TARGET, "customers": customers, "totals": totals,
             "max_files_per_run": cfg.max_files_per_run, "settle_seconds": cfg.settle_seconds,
-            "lock": {"free": holder is None, "holder": holder}}
+            "lock": {"free": holder is None, "holder": holder}, "retention": preview(res, WORKFLOW, TARGET)}
 
 
 def validate_request(res: Resources) -> None:

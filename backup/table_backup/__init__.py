@@ -444,7 +444,7 @@ def plan_catalog(res: Resources, args: dict) -> dict:
         "retention": {"versions_expired": sorted(f"{db}.{v}" for v in expiring),
                       "tables_dropped": sorted(f"{db}.{t}" for ts in expiring.values() for t in ts),
                       "keep": args["retention"]} if args["versioned"] else
-                     "not configured (unversioned: the previous generation is dropped by the next run's load)",
+                     "unversioned: one backup is kept; the generation it replaces is dropped by the next run's load",
     }
 
 

@@ -114,6 +114,16 @@ def test_edge_export_plan_sees_a_resumable_archive_and_a_held_lock(settings, res
     done = run_phases_inline(res, ee.DEFINITION, nxt["job_id"])
     assert done["outputs"]["resumed_from"] == rec["job_id"]
 
+    # Retention as the plan previews it: none configured for this table in the test config; with keep_runs=1,
+    # the retention module's own decision over both runs, never the newest successful one.
+    assert plan["retention"].startswith("not configured: no retention rule for edge-export " + table)
+    from config.settings import RetentionSettings, RetentionWorkflowSettings
+    kept = Resources(res.settings.model_copy(update={"retention": RetentionSettings(
+        edge_export=RetentionWorkflowSettings(keep_runs=1))}), _redis=res.redis)
+    preview = ee.plan(kept, table)["retention"]
+    assert preview["rule"]["keep_runs"] == 1 and preview["runs"] == 2
+    assert nxt["job_id"] not in preview["expired_runs"]
+
 
 def test_customer_files_plan_is_what_the_run_then_copies(settings, res, platform, tmp_path):
     src = tmp_path / "src"
@@ -179,7 +189,7 @@ def test_table_backup_plan_is_what_the_run_then_loads(settings, res, platform, t
     assert plan["bytes"] == sum((src / n).stat().st_size for n in listed)
     assert (plan["backup_table"], plan["rejects_table"]) == (f"{table}_bkp", f"{table}_bkp_rejects")
     assert plan["backup_reads"] is None and plan["load_drops"] == []
-    assert plan["retention"].startswith("not configured")
+    assert plan["retention"].startswith("unversioned: one backup is kept")
     assert [r[1] for r in _tables(settings, db)] == ["traffic"]  # nothing made in the catalog
 
     rec = tb.submit(res, table, src.as_uri())
