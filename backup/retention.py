@@ -443,7 +443,7 @@ def preview(res: Resources, workflow: str, target: str | None) -> dict | str:
     try:
         req = validate_request(res, workflow, target, dry_run=True)
     except (InvalidInput, ConfigError) as e:
-        return f"not configured: {e.one_line()}"
+        return "not configured: " + " ".join(str(e).split())
     runs, latest, problems = runs_of(res, req)
     verdict = decide(runs, req.rule, time.time(), latest, restoring(res, req))
     going = to_delete(runs, verdict)
