@@ -193,14 +193,20 @@ def platform(settings, redis_server):
     from local_platform.services import LocalPlatform
 
     plat = LocalPlatform(settings)
-    report = plat.up(only=PLATFORM_SERVICES, timeout=240)
-    foreign = [name for name, state in report.items() if state.startswith("reused")]
-    if foreign:
-        raise RuntimeError(f"test ports of {', '.join(foreign)} are taken by processes this session did not start "
-                           f"(another test session, or one that crashed before this check existed): stop them or "
-                           f"set MB_TEST_PORT_OFFSET")
+    # Recorded before anything starts: a session killed while starting is cleaned up by the next one.
     LEDGER.parent.mkdir(parents=True, exist_ok=True)
     LEDGER.write_text(json.dumps({"run_dir": str(plat.run_dir)}))
+    try:
+        report = plat.up(only=PLATFORM_SERVICES, timeout=240)
+        foreign = [name for name, state in report.items() if state.startswith("reused")]
+        if foreign:
+            raise RuntimeError(f"test ports of {', '.join(foreign)} are taken by processes this session did not "
+                               f"start (another test session, or one that crashed before this check existed): stop "
+                               f"them or set MB_TEST_PORT_OFFSET")
+    except BaseException:
+        plat.down(only=PLATFORM_SERVICES)  # what this session started (its own run folder), not the foreign ones
+        LEDGER.unlink(missing_ok=True)
+        raise
     yield plat
     plat.down(only=PLATFORM_SERVICES)
     LEDGER.unlink(missing_ok=True)
