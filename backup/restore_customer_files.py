@@ -66,6 +66,7 @@ from backup.outputs import PhaseOutputs
 from backup.resources import Resources
 from backup.runner import PhaseContext, finish_job, take_lock
 from backup.workflow import Option, Phase, Workflow
+from backup.window import parse_date
 from config.settings import CustomerFilesSettings, Settings, _glob_problem, _location_problem
 from connectors.hive import sql_value
 from storage import StorageBackend
@@ -77,7 +78,6 @@ log = logging.getLogger(__name__)
 WORKFLOW = "restore-customer-files"
 ROLES = DESTINATIONS  # the copies a backup keeps, in the order a restore tries them: primary, then secondary
 TARGET_ROLE = "target"  # the copy engine's name for the restore location (its results' ``target_uri``)
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_NAMED = 5  # files named in one error line; the outputs name them all
 
@@ -149,12 +149,7 @@ def validate_request(res: Resources, customer: str, location: str | None = None,
         if problem:
             raise InvalidInput(f"file glob {str(file)[:200]!r} {problem}")
     if since is not None:
-        if not isinstance(since, str) or not _DATE.fullmatch(since):
-            raise InvalidInput(f"since {str(since)[:40]!r}: use a date YYYY-MM-DD")
-        try:
-            dt.date.fromisoformat(since)
-        except ValueError:
-            raise InvalidInput(f"since {since!r} is not a calendar date") from None
+        parse_date(since, "since date")
     return Request(customer, location, domain, file, since)
 
 

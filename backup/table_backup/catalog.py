@@ -87,7 +87,7 @@ def catalog_state(spark: "SparkSession", names: Names) -> CatalogState:
     pattern, ours = names.data_pattern(), names.data.table.lower()
     return CatalogState(
         previous_data_table=current, backup_reads=sorted(in_use),
-        stale_data_tables=sorted(t for t in found if pattern.match(t) and t not in in_use and t != ours),
+        stale_data_tables=sorted(t for t in found if pattern.fullmatch(t) and t not in in_use and t != ours),
         previous_rejects=None if rejects is None else rejects["properties"].get(PROP_REJECTS_ROWS, "unknown"))
 
 
@@ -214,18 +214,18 @@ def swap_view(spark: "SparkSession", names: Names, columns: list[str], rows: int
 def expire_versions(spark: "SparkSession", names: Names, suffix: str, keep: int) -> list[str]:
     """Versioned mode: drop the oldest backups of the table beyond ``keep`` (view, data tables and rejects)."""
     base = names.live.table.lower() + suffix.lower()
-    version = re.compile(rf"^{re.escape(base)}_(\d{{8}})$")
+    version = re.compile(rf"{re.escape(base)}_(\d{{8}})")
     db, current = names.live.db, names.backup.table.lower()
     found = tables_like(spark, db, f"{base}_*")
     # Only views this workflow made; the current one always survives.
-    versions = sorted((t for t, info in found.items() if version.match(t) and PROP_DATA in info["properties"]),
+    versions = sorted((t for t, info in found.items() if version.fullmatch(t) and PROP_DATA in info["properties"]),
                       key=lambda v: (v == current, v), reverse=True)
     expired = []
     for name in versions[keep:]:
-        data = re.compile(rf"^{data_table_regex(name)}$")
+        data = re.compile(data_table_regex(name))
         drop(spark, TableName(db, name), "VIEW")
         rejects = found.get(f"{name}_rejects")
-        ours = [t for t in found if data.match(t)] + \
+        ours = [t for t in found if data.fullmatch(t)] + \
             ([f"{name}_rejects"] if rejects and PROP_REJECTS_OF in rejects["properties"] else [])
         concurrently(*[lambda t=t: drop(spark, TableName(db, t), "TABLE") for t in ours])
         expired.append(f"{db}.{name}")

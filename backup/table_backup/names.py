@@ -18,12 +18,13 @@ from base.errors import ConfigError, FatalError, InvalidInput
 from base.identifiers import TableName, identifier
 from base.text import CONTROL_CHARS
 from base.urls import url_scheme
+from backup.window import parse_date
 from backup.resources import Resources
 from backup.table_backup.outputs import DataTable
 from config.settings import TableBackupSettings
 
 _SCHEMES = {"file", "hdfs", "viewfs", "s3a", "abfs", "abfss", "gs", "wasbs"}
-_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{12,64}$")
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{12,64}")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Names:
 
     def data_pattern(self) -> re.Pattern:
         """Data tables of this backup name (any run), as the catalog spells them (lower case)."""
-        return re.compile(rf"^{data_table_regex(self.backup.table)}$")
+        return re.compile(data_table_regex(self.backup.table))
 
     def data_tables_in(self, text: str) -> set[str]:
         """Data tables of this backup name that a text (a view's SQL, a catalog listing) names (lower case)."""
@@ -117,10 +118,7 @@ def validate_request(res: Resources, table: str, source: str, suffix: str | None
         retention = cfg.retention if retention is None else retention
         if not isinstance(retention, int) or isinstance(retention, bool) or not 1 <= retention <= 1000:
             raise InvalidInput(f"invalid retention {retention!r}: expected a whole number of backups, 1 to 1000")
-        try:
-            stamp = (dt.date.fromisoformat(day) if day is not None else _today(cfg)).strftime("%Y%m%d")
-        except (TypeError, ValueError) as e:
-            raise InvalidInput(f"invalid day {day!r}: expected YYYY-MM-DD") from e
+        stamp = (parse_date(day, "day") if day is not None else _today(cfg)).strftime("%Y%m%d")
     else:
         stamp = None
     identifier(cfg.partition_column, "partition column")
@@ -138,7 +136,7 @@ def names_of(rec: dict) -> Names:
     if recorded and recorded != str(names.data):
         # Loaded by a version that derived the tag otherwise: the phases after it use the table it made.
         data = TableName.parse(recorded)
-        if data.db != names.live.db or not names.data_pattern().match(data.table.lower()):
+        if data.db != names.live.db or not names.data_pattern().fullmatch(data.table.lower()):
             raise FatalError(f"job record names data table {recorded}, which is not a data table of {names.backup}")
         names = Names(live=names.live, backup=names.backup, data=data, rejects=names.rejects)
     return names
