@@ -27,13 +27,14 @@ import os
 import posixpath
 import threading
 import time
+import unicodedata
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from base.errors import ConfigError, NotFound
+from base.errors import ConfigError, FatalError, NotFound
 from base.identifiers import TableName
 from base.text import run_id
 from backup.copy_engine import Destination, batches, copy_files
@@ -70,6 +71,7 @@ TABLE_COLUMNS = [("customer", "STRING"), ("domain", "STRING"), ("file_name", "ST
                  ("copied_at", "STRING"), ("status", "STRING"), ("error", "STRING"), ("job_id", "STRING")]
 LOADED_STATUSES = ("copied", "present")  # rows merged into the final table
 ROWS_PER_INSERT = 5000  # one INSERT OVERWRITE for a usual run; bounded statement size
+MAX_SKIPPED_LISTED = 1000  # entries named in the record's outputs.skipped (all are counted and logged)
 
 
 def domain_of(cfg: CustomerFilesSettings, name: str) -> str | None:
@@ -106,6 +108,15 @@ def discover_phase(ctx: PhaseContext) -> dict:
     counts = {c: Counter() for c in cfg.customers}
     candidates: list[dict] = []
     horizon = time.time() - cfg.settle_seconds
+    skipped: list[dict] = []
+    refused: dict[str, list[dict]] = {c: [] for c in cfg.customers}
+
+    def skip(customer: str, path: str, why: str) -> None:
+        counts[customer]["skipped"] += 1
+        if len(skipped) < MAX_SKIPPED_LISTED:
+            skipped.append({"customer": customer, "path": printable(path), "reason": why})
+        log.warning("customer %s: skipped %s: %s", customer, printable(path), why)
+
     with ExitStack() as stack:
         for index, url in enumerate(cfg.source_dirs):
             backend, root = open_location(res.settings, url)
@@ -114,10 +125,30 @@ def discover_phase(ctx: PhaseContext) -> dict:
                 raise NotFound(f"customer_files.source_dirs[{index}]: {backend.uri(root)} does not exist")
             for customer in cfg.customers:
                 folder = posixpath.join(root, customer)
-                found = backend.stat(folder)
+                try:
+                    found = backend.lstat(folder)  # a customer folder that is a link is not followed
+                    listing = backend.list(folder) if found is not None and found.is_dir else []
+                except FatalError as e:  # this customer's folder only; the others are still backed up
+                    skip(customer, folder, f"customer folder could not be listed: {e.one_line()}")
+                    continue
+                if found is not None and found.special:
+                    skip(customer, folder, f"customer folder is a {found.special}, not followed")
                 if found is None or not found.is_dir:
                     continue  # nothing delivered for this customer here yet
-                entries = [e for e in backend.list(folder) if not e.is_dir and not is_temp_name(e.name)]
+                entries = []
+                for entry in listing:
+                    if entry.is_dir or is_temp_name(entry.name):
+                        continue
+                    if entry.special:  # a link, fifo, device: reported, never read
+                        skip(customer, entry.path, f"not a regular file: {entry.special}, not followed")
+                        continue
+                    problem = name_problem(entry.name)
+                    if problem:  # a per-file failure with its reason (collect writes it to the manifest)
+                        refused[customer].append({"customer": customer, "domain": domain_of(cfg, entry.name) or "-",
+                                                  "source": index, "path": printable(entry.path), "size": entry.size,
+                                                  "mtime": entry.mtime, "refused": problem})
+                        continue
+                    entries.append(entry)
                 fields = [ledger_field(e.path, e.size, e.mtime) for e in entries]
                 known = known_files(res, customer, fields)
                 for entry, seen in zip(entries, known):
@@ -141,15 +172,41 @@ def discover_phase(ctx: PhaseContext) -> dict:
         counts[item["customer"]]["planned"] += 1
     for item in deferred:
         counts[item["customer"]]["deferred"] += 1
+    for customer, items in refused.items():  # planned as failures: no copy, a manifest row with the reason
+        plan[customer].extend(items)
+        counts[customer]["refused"] += len(items)
     save_plan(res, ctx.job_id, plan)
-    per_customer = {c: {k: counts[c][k] for k in ("found", "planned", "unchanged", "settling", "deferred",
-                                                  "unmatched")} for c in cfg.customers}
-    totals = {k: sum(v[k] for v in per_customer.values()) for k in ("found", "planned", "unchanged", "settling",
-                                                                      "deferred", "unmatched")}
+    keys = ("found", "planned", "unchanged", "settling", "deferred", "unmatched", "skipped", "refused")
+    per_customer = {c: {k: counts[c][k] for k in keys} for c in cfg.customers}
+    totals = {k: sum(v[k] for v in per_customer.values()) for k in keys}
     note = (f"{totals['planned']} to copy, {totals['unchanged']} unchanged, {totals['settling']} settling, "
             f"{totals['deferred']} deferred to the next run")
-    ctx.done(Discovered(customers=per_customer, discovered=totals).as_outputs(), note=note)
+    if totals["skipped"] or totals["refused"]:
+        note += f"; {totals['skipped']} skipped (not regular files), {totals['refused']} refused (bad names)"
+    ctx.done(Discovered(customers=per_customer, discovered=totals, skipped=skipped).as_outputs(), note=note)
     return {"job_id": ctx.job_id, **totals}
+
+
+def name_problem(name: str) -> str | None:
+    """Why a file name cannot be backed up (a per-file failure), or None.
+
+    Not valid UTF-8 (the listing decodes it with surrogate escapes: no Redis field, JSON row or Hive
+    value can hold it), or a control character (``\\r``, ``\\n``: it would reach batch files, line-based
+    checksums and one-line messages).  Other Unicode, U+2028 included, is a file name like any other.
+    """
+    if any("\udc80" <= c <= "\udcff" for c in name):
+        return "file name is not valid UTF-8"
+    bad = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        return f"file name contains the control character U+{ord(bad):04X}"
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` with undecodable bytes as ``\\xNN`` and control characters escaped: safe for records and rows."""
+    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if unicodedata.category(c) != "Cc" else f"\\x{ord(c):02x}" if ord(c) < 256
+                   else f"\\u{ord(c):04x}" for c in raw)
 
 
 # -- copy ------------------------------------------------------------------------
@@ -159,6 +216,10 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
     res, cfg = ctx.res, config(ctx.res)
     plan = load_plan(res, ctx.job_id, customer)
     done = load_results(res, ctx.job_id, customer)
+    for item in plan:  # refused at discovery (a bad name): a failure with its reason, nothing is read
+        if item.get("refused") and plan_key(item) not in done:
+            done[plan_key(item)] = refused_result(item)
+            save_result(res, ctx.job_id, customer, plan_key(item), done[plan_key(item)])
     todo = [item for item in plan if plan_key(item) not in done]
     progress = {"files_done": len(plan) - len(todo), "files_total": len(plan),
                 "failed": sum(r["status"] == "failed" for r in done.values()),
@@ -215,6 +276,13 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
     # The last progress stays: a customer copied between two looks of `backupctl run --wait` still shows its files.
     ctx.done(note=note, state="failed" if summary["failed"] else "success", keep_progress=True)
     return {"job_id": ctx.job_id, "customer": customer, **summary}
+
+
+def refused_result(item: dict) -> dict:
+    """The manifest row of a file refused at discovery."""
+    return {"customer": item["customer"], "domain": item["domain"], "file": posixpath.basename(item["path"]),
+            "bytes": item["size"], "records": None, "sha256": None, "primary_uri": None, "secondary_uri": None,
+            "copied_at": None, "status": "failed", "error": f"not copied: {item['refused']}"}
 
 
 def summarize(results) -> dict:
