@@ -59,7 +59,7 @@ from base.identifiers import TableName
 from base.text import CONTROL_CHARS
 from base.urls import url_scheme
 from backup.copy_engine import Destination, batches, copy_files
-from backup.customer_files import LOADED_STATUSES, MANIFEST_COLUMNS
+from backup.customer_files import LOADED_STATUSES, MANIFEST_COLUMNS, csv_value
 from backup.customer_files.workflow import DESTINATIONS, TARGET as BACKUP_TARGET, WORKFLOW as BACKUP_WORKFLOW, config
 from backup.enqueue import fail_request
 from backup.outputs import PhaseOutputs
@@ -250,7 +250,8 @@ def read_manifests(res: Resources, cfg: CustomerFilesSettings, customer: str) ->
                 if missing:
                     info["unreadable"].append(f"{path.name}: columns {sorted(missing)} missing")
                     continue
-                found = [r for r in reader if r["customer"] == customer]
+                rows_read = ({k: csv_value(v) if isinstance(v, str) else v for k, v in r.items()} for r in reader)
+                found = [r for r in rows_read if r["customer"] == customer]
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             info["unreadable"].append(f"{path.name}: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
             continue

@@ -325,10 +325,27 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
         writer = csv.writer(out)
         writer.writerow(MANIFEST_COLUMNS)
         for row in rows:
-            writer.writerow(["" if row.get(c) is None else row[c] for c in MANIFEST_COLUMNS])
+            writer.writerow(["" if row.get(c) is None else csv_cell(row[c]) for c in MANIFEST_COLUMNS])
         out.flush()
         os.fsync(out.fileno())
     tmp.replace(path)
+
+
+#: first characters that make a spreadsheet read a cell as a formula (and ' itself, so the escape reverses)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_cell(value) -> str | int:
+    """A manifest cell: text that a spreadsheet would run as a formula (``=HYPERLINK(…)`` as a file name) gets a
+    leading ``'``, as spreadsheets themselves write such text; ``csv_value`` reverses it."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_value(cell: str) -> str:
+    """The value of a manifest cell written by ``csv_cell``."""
+    return cell[1:] if cell.startswith("'") else cell
 
 
 def ensure_table(hive, table: TableName) -> str:
