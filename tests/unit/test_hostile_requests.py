@@ -142,3 +142,86 @@ def test_an_unexpected_error_in_validation_still_fails_the_request_with_a_record
     assert out["state"] == "failed"
     rec = res.jobs.get(job_id)
     assert rec["state"] == "failed" and rec["error"].startswith("InvalidInput: bad request for backup.edge_export")
+
+
+# -- item 6: phases re-validate what they read from the job record --------------------------------------------
+
+def _exported_record(res, tmp_path, **changes) -> dict:
+    from base.text import run_id
+
+    job_id, created = uuid.uuid4().hex, 1_780_000_000.0
+    folder = res.settings.path(res.settings.edge_export.export_dir) / "mnaas.t" / run_id(created, job_id)
+    rec = {"job_id": job_id, "created": created, "target": "mnaas.t",
+           "args": {"window": {"start": "2026-01-01", "end": "2026-06-01"}},
+           "outputs": {"rows": 1, "bytes": 10, "sha256": "0" * 64, "run_id": run_id(created, job_id),
+                       "local_path": str(folder / "mnaas.t_20260101-20260601.csv.gz"),
+                       "remote_uri": "sftp://127.0.0.1/backup/x"}}
+    for key, value in changes.items():
+        (rec if key == "target" else rec["outputs"])[key] = value
+    return rec
+
+
+def test_cleanup_deletes_only_this_workflows_archive_whatever_the_record_says(res, tmp_path):
+    from types import SimpleNamespace
+
+    from backup.edge_export import checked_archive, cleanup_phase
+
+    victim = tmp_path / "precious.db"
+    victim.write_bytes(b"keep me")
+    export_root = res.settings.path(res.settings.edge_export.export_dir)
+    for tampered in (str(victim), str(export_root / "mnaas.t" / ".." / ".." / victim.name),
+                     str(export_root / "mnaas.t" / "20260101T000000Z-0123abcd" / "precious.db")):
+        rec = _exported_record(res, tmp_path, local_path=tampered)
+        ctx = SimpleNamespace(res=res, rec=rec, job_id=rec["job_id"], done=lambda *a, **k: None)
+        with pytest.raises(InvalidInput, match="is not this job's archive"):
+            cleanup_phase(ctx)
+    assert victim.read_bytes() == b"keep me"
+    good = _exported_record(res, tmp_path)
+    assert checked_archive(res, good)[1].name == "mnaas.t_20260101-20260601.csv.gz"
+
+
+@pytest.mark.parametrize("changes", [{"run_id": "../../../../tmp/x"}, {"run_id": "20260101T000000Z-0123abcd\n"},
+                                     {"target": "mnaas.t/../../etc"}])
+def test_transfer_target_is_rebuilt_from_checked_parts(res, tmp_path, changes):
+    from backup.edge_export import remote_paths
+
+    with pytest.raises(InvalidInput):
+        remote_paths(res, _exported_record(res, tmp_path, **changes))
+    final, tmp = remote_paths(res, _exported_record(res, tmp_path))
+    assert final.startswith(res.settings.sftp.remote_dir.rstrip("/") + "/mnaas.t/") and ".." not in final
+
+
+def test_a_phase_task_sent_by_hand_with_a_bad_job_id_is_refused():
+    task = entry("backup.edge_export.cleanup")
+    for payload in ({"job_id": "/../../x"}, {"job_id": None}, ["not", "a", "dict"]):
+        with pytest.raises(InvalidInput, match="invalid job id"):
+            task.apply(args=[payload]).get()
+
+
+def test_flower_task_api_sends_only_public_entry_tasks():
+    import asyncio
+
+    from flower.api import tasks
+    from tornado.web import HTTPError
+
+    from workers.flower import restrict_task_api
+
+    sent = []
+
+    async def fake_post(self, taskname):
+        sent.append(taskname)
+
+    originals = {h: h.post for h in (tasks.TaskApply, tasks.TaskAsyncApply, tasks.TaskSend)}
+    try:
+        for handler in originals:
+            handler.post = fake_post
+        restrict_task_api({"backup.edge_export"})
+        for handler in originals:
+            with pytest.raises(HTTPError) as refused:
+                asyncio.run(handler.post(None, "backup.edge_export.cleanup"))
+            assert refused.value.status_code == 403
+            asyncio.run(handler.post(None, "backup.edge_export"))
+        assert sent == ["backup.edge_export"] * 3
+    finally:
+        for handler, post in originals.items():
+            handler.post = post
