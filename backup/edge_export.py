@@ -83,7 +83,7 @@ def validate_request(res: Resources, table: str, months=None, end=None) -> tuple
     cfg = res.settings.edge_export
     if months is None:
         months = cfg.months
-    elif isinstance(months, str) and months.isdigit():
+    elif isinstance(months, str) and months.isascii() and months.isdigit() and len(months) <= 4:
         months = int(months)
     window = export_window(months, end, cfg.timezone)
     identifier(cfg.partition_column, "partition column")

@@ -135,7 +135,7 @@ def validate_request(res: Resources, table: str, source: str, suffix: str | None
     if not versioned and (retention is not None or day is not None):
         raise InvalidInput("retention and day apply to versioned backups only")
     if versioned:
-        if isinstance(retention, str) and retention.isdigit():
+        if isinstance(retention, str) and retention.isascii() and retention.isdigit() and len(retention) <= 5:
             retention = int(retention)
         retention = cfg.retention if retention is None else retention
         if not isinstance(retention, int) or isinstance(retention, bool) or not 1 <= retention <= 1000:

@@ -225,3 +225,11 @@ def test_flower_task_api_sends_only_public_entry_tasks():
     finally:
         for handler, post in originals.items():
             handler.post = post
+
+
+@pytest.mark.parametrize("months", ["²", "١٢", "9" * 5000, 5.0, [5]])
+def test_months_of_another_type_or_digit_system_is_invalid_input(res, months):
+    from backup.edge_export import validate_request
+
+    with pytest.raises(InvalidInput, match="invalid months"):
+        validate_request(res, "mnaas.t", months=months)
