@@ -245,14 +245,33 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
                 if dest.backend is not None:
                     stack.enter_context(dest.backend)
         sources: dict[int, StorageBackend] = {}
+        roots: dict[int, str] = {}
 
         def source_of(item: dict) -> StorageBackend:
             if item["source"] not in sources:
-                backend, _ = open_location(res.settings, cfg.source_dirs[item["source"]])
+                backend, roots[item["source"]] = open_location(res.settings, cfg.source_dirs[item["source"]])
                 sources[item["source"]] = stack.enter_context(backend)
             return sources[item["source"]]
 
-        for batch in batches(todo):
+        def root_of(item: dict) -> str:
+            source_of(item)
+            return roots[item["source"]]
+
+        checked = []
+        for item in todo:  # the plan is read back from Redis: only this customer's files in its source folder
+            problem = plan_item_problem(cfg, customer, item, root_of)
+            if problem is None:
+                checked.append(item)
+                continue
+            log.error("customer %s: plan entry refused: %s", customer, problem)
+            bad = {"customer": customer, "domain": "-", "path": printable(str(item.get("path"))), "size": 0,
+                   "refused": problem}
+            done[plan_key(item)] = refused_result(bad)
+            save_result(res, ctx.job_id, customer, plan_key(item), done[plan_key(item)])
+            progress["files_done"] += 1
+            progress["failed"] += 1
+
+        for batch in batches(checked):
             ctx.commit_check()  # stop at once if another run took over the lock
             before = progress["bytes_done"]
             copied = copy_files(batch, source_of, dests, on_bytes)
@@ -276,6 +295,22 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
     # The last progress stays: a customer copied between two looks of `backupctl run --wait` still shows its files.
     ctx.done(note=note, state="failed" if summary["failed"] else "success", keep_progress=True)
     return {"job_id": ctx.job_id, "customer": customer, **summary}
+
+
+def plan_item_problem(cfg: CustomerFilesSettings, customer: str, item: dict, root_of: Callable[[dict], str]) -> str | None:
+    """Why a planned file (read back from Redis) is not one discovery could have planned, or None: the plan is
+    data anyone with Redis write access could change, and it must never pick what is read or where it goes."""
+    if not isinstance(item, dict) or item.get("customer") != customer or item.get("domain") not in cfg.domains:
+        return "plan entry of another customer or an unknown domain (the plan was changed)"
+    source, path = item.get("source"), item.get("path")
+    if not isinstance(source, int) or isinstance(source, bool) or not 0 <= source < len(cfg.source_dirs) \
+            or not isinstance(path, str) or not isinstance(item.get("size"), int):
+        return "malformed plan entry (the plan was changed)"
+    name = posixpath.basename(path)
+    if posixpath.dirname(path) != posixpath.join(root_of(item), customer) or name_problem(name) \
+            or name in ("", ".", "..") or domain_of(cfg, name) != item["domain"]:
+        return f"plan entry {printable(path)[:200]!r} is not a file of {customer}'s source folder (the plan was changed)"
+    return None
 
 
 def refused_result(item: dict) -> dict:

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from base.identifiers import TableName
-from connectors.hive import HiveClient, create_or_check_table, replace_rows
+from connectors.hive import HiveClient, create_or_check_table, replace_rows, sql_value
 from storage.locations import storage_options
 
 
@@ -35,19 +35,23 @@ def test_sftp_batch_checksums_keep_unicode_line_breaks_in_names(settings, platfo
                 backend.sha256_many([f"{folder}/{bad}"])
 
 
-@pytest.mark.parametrize("value", ["${env:HOME}", "${system:user.name}", "${hiveconf:hive.server2.thrift.port}",
-                                   "${spark:spark.app.name}", "x_${env:PATH}_${hivevar:nothing}.csv"])
-def test_variable_references_in_values_are_stored_as_text(settings, platform, value):
+VARIABLE_REFERENCES = ["${env:HOME}", "${system:user.name}", "${hiveconf:hive.server2.thrift.port}",
+                       "${spark:spark.app.name}", "x_${env:PATH}_${hivevar:nothing}.csv"]
+
+
+def test_variable_references_in_values_are_stored_as_text(settings, platform):
     """HiveServer2 substitutes ``${…}`` even inside string literals unless the session turns it off:
-    a file name reaching the count table would store a server-side environment value."""
+    a file name reaching the count table would store a server-side environment value (seen without the
+    session settings: ``x_${env:PATH}_…`` was stored as ``x_/usr/local/…:/bin_.csv``)."""
     table = TableName("mnaas_test", f"subst_{uuid.uuid4().hex[:10]}")
+    rows = [[value, n] for n, value in enumerate(VARIABLE_REFERENCES)]
     with HiveClient.from_settings(settings) as hive:
         create_or_check_table(hive, table, [("file_name", "STRING"), ("n", "BIGINT")])
         try:
-            replace_rows(hive, table, [[value, 1]], "write a hostile file name")
-            stored = hive.query(f"SELECT file_name FROM {table.sql}", "read it back")
-            literal = hive.query(f"SELECT '{value}'", "select the literal")
+            replace_rows(hive, table, rows, "write hostile file names")
+            stored = hive.query(f"SELECT file_name FROM {table.sql} ORDER BY n", "read them back")
+            literals = hive.query("SELECT " + ", ".join(sql_value(v) for v in VARIABLE_REFERENCES), "literals")
         finally:
             hive.execute(f"DROP TABLE IF EXISTS {table.sql}", "drop")
-    assert stored == [(value,)]
-    assert literal == [(value,)]
+    assert [value for (value,) in stored] == VARIABLE_REFERENCES
+    assert list(literals[0]) == VARIABLE_REFERENCES

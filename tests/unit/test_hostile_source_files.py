@@ -143,3 +143,30 @@ def test_one_unlistable_customer_folder_does_not_stop_the_others(tree, monkeypat
     assert len(reasons) == 1 and reasons[0].startswith("customer folder could not be listed")
     assert {r["file"] for r in cf.manifest_rows(res, rec) if r["status"] == "copied"} == \
         {"traffic_ok.csv", "traffic_line\u2028sep.csv"}
+
+
+def test_a_plan_changed_in_redis_never_picks_what_is_read(tree):
+    """The plan between discover and copy lives in Redis: an entry pointing at /etc/… or at another customer's
+    folder is a failed row, never read; the genuine entries are copied."""
+    from backup.customer_files.ledger import load_plan, save_plan
+
+    res, tmp_path = tree
+    job_id = uuid.uuid4().hex
+    cf.submit(res, job_id=job_id)
+    for name in ("lock", "discover"):
+        with phase(res, job_id, name) as ctx:
+            cf.DEFINITION.phase(name).run(ctx)
+    plan = {c: load_plan(res, job_id, c) for c in ("alpha", "beta", "gamma")}
+    genuine = plan["gamma"][0]
+    plan["gamma"] += [{**genuine, "path": str(tmp_path / "private" / "id_rsa"), "domain": "traffic"},
+                      {**genuine, "path": str(tmp_path / "src" / "alpha" / "traffic_ok.csv")},
+                      {**genuine, "path": str(tmp_path / "src" / "gamma" / ".." / "alpha" / "traffic_ok.csv")},
+                      {**genuine, "source": 7, "path": "/x/gamma/traffic_x.csv"}]
+    save_plan(res, job_id, plan)
+    with phase(res, job_id, "copy:gamma") as ctx:
+        cf.copy_customer(ctx, "gamma")
+    rows = [r for r in cf.manifest_rows(res, res.jobs.get(job_id)) if r["customer"] == "gamma"]
+    assert [r["status"] for r in rows] == ["copied", "failed", "failed", "failed", "failed"]
+    assert all("the plan was changed" in r["error"] for r in rows[1:])
+    copied = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and "manifests" not in p.parts]
+    assert sorted(p.name for p in copied) == ["traffic_g.csv", "traffic_g.csv"]
