@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 WORKFLOW = "restore-customer-files"
 ROLES = DESTINATIONS  # the copies a backup keeps, in the order a restore tries them: primary, then secondary
 TARGET_ROLE = "target"  # the copy engine's name for the restore location (its results' ``target_uri``)
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_NAMED = 5  # files named in one error line; the outputs name them all
 
@@ -149,7 +150,13 @@ def validate_request(res: Resources, customer: str, location: str | None = None,
         if problem:
             raise InvalidInput(f"file glob {str(file)[:200]!r} {problem}")
     if since is not None:
-        parse_date(since, "since date")
+        if not isinstance(since, str) or not _DATE.fullmatch(since):
+            raise InvalidInput(f"since {str(since)[:40]!r}: use a date YYYY-MM-DD")
+        try:
+            dt.date.fromisoformat(since)
+        except ValueError:
+            raise InvalidInput(f"since {since!r} is not a calendar date") from None
+        parse_date(since, "since date")  # and within the dates any request may name
     return Request(customer, location, domain, file, since)
 
 
