@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import posixpath
+import re
 import threading
 import uuid
 from dataclasses import dataclass
@@ -81,7 +83,7 @@ def validate_request(res: Resources, table: str, months=None, end=None) -> tuple
     cfg = res.settings.edge_export
     if months is None:
         months = cfg.months
-    elif isinstance(months, str) and months.isdigit():
+    elif isinstance(months, str) and months.isascii() and months.isdigit() and len(months) <= 4:
         months = int(months)
     window = export_window(months, end, cfg.timezone)
     identifier(cfg.partition_column, "partition column")
@@ -111,6 +113,30 @@ def archive_name(table: TableName, window: Window) -> str:
     return f"{table.db}.{table.table}_{window.label}.csv.gz"
 
 
+_RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f-]{8}")
+
+
+def checked_archive(res: Resources, rec: dict) -> tuple[Exported, Path]:
+    """The record's archive and its local path, re-validated before any phase uses them; InvalidInput otherwise.
+
+    A job record is data anyone with Redis write access could change: ``local_path`` must be
+    ``<export_dir>/<db.table>/<run id>/<archive name of this window>`` (the target and window re-parsed,
+    a resumed run's folder being another run id of the same table), and ``run_id`` a run id, so that
+    cleanup deletes, and transfer writes, only where this workflow does.
+    """
+    table = TableName.parse(rec["target"])
+    archive = Exported.read(rec)
+    local = Path(archive.local_path) if isinstance(archive.local_path, str) else None
+    expected_root = res.settings.path(res.settings.edge_export.export_dir) / str(table)
+    if local is None or not isinstance(archive.run_id, str) or not _RUN_ID.fullmatch(archive.run_id) \
+            or str(local) != os.path.normpath(archive.local_path) or local.parent.parent != expected_root \
+            or not _RUN_ID.fullmatch(local.parent.name) or local.name != archive_name(table, _window(rec)):
+        raise InvalidInput(f"job {rec['job_id']}: the record's archive {str(archive.local_path)[:200]!r} "
+                           f"(run id {str(archive.run_id)[:40]!r}) is not this job's archive under {expected_root}; "
+                           f"the record was changed, nothing is touched")
+    return archive, local
+
+
 # -- lock ----------------------------------------------------------------------
 
 def lock_phase(ctx: PhaseContext) -> dict:
@@ -127,10 +153,13 @@ def _resumable(res: Resources, rec: dict) -> dict | None:
         return None
     if phase_entry(prev, "export")["state"] not in ("success", "skipped") or prev.get("phase") in ("lock", "export"):
         return None
-    archive = Exported.find(prev)
-    if archive is None:
+    if Exported.find(prev) is None:
         return None
-    path = Path(archive.local_path)
+    try:
+        archive, path = checked_archive(res, prev)
+    except InvalidInput as e:
+        log.warning("not resuming from job %s: %s", prev["job_id"], e)
+        return None
     if not archive.sha256 or not path.is_file() or path.stat().st_size != archive.bytes:
         return None
     if local_sha256(path) != archive.sha256:
@@ -248,17 +277,16 @@ def export_to_file(res: Resources, table: TableName, window: Window, final: Path
 
 def remote_paths(res: Resources, rec: dict) -> tuple[str, str]:
     """(final, temporary) remote paths of this run's archive."""
-    archive = Exported.read(rec)
-    name = Path(archive.local_path).name
-    folder = posixpath.join(res.settings.sftp.remote_dir, rec["target"], archive.run_id)
+    archive, local = checked_archive(res, rec)
+    name = local.name
+    folder = posixpath.join(res.settings.sftp.remote_dir, str(TableName.parse(rec["target"])), archive.run_id)
     return posixpath.join(folder, name), posixpath.join(folder, f".{name}.{rec['job_id'][:12]}.part")
 
 
 def transfer_phase(ctx: PhaseContext) -> dict:
     """Upload to a temporary name, verify the remote SHA-256, rename into place (fenced)."""
     res, rec = ctx.res, ctx.rec
-    archive = Exported.read(rec)
-    local = Path(archive.local_path)
+    archive, local = checked_archive(res, rec)
     if not local.is_file():
         raise NotFound(f"local archive {local} is missing; nothing to transfer")
     final, tmp = remote_paths(res, rec)
@@ -371,7 +399,7 @@ def cleanup_phase(ctx: PhaseContext) -> dict:
     if ctx.res.settings.edge_export.keep_local:
         ctx.done({"local_kept": True}, note="keep_local: archive kept")
         return {"job_id": ctx.job_id, "local_kept": True}
-    local = Path(Exported.read(ctx.rec).local_path)
+    _, local = checked_archive(ctx.res, ctx.rec)  # only this workflow's archive is ever deleted
     local.unlink(missing_ok=True)
     try:
         local.parent.rmdir()

@@ -24,13 +24,14 @@ import redis
 from base.errors import BackupError, ConnectionFailed, InvalidInput
 from backup.resources import Resources
 
-_KEY = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,200}$")
+_KEY = re.compile(r"[A-Za-z0-9_.:@/+=-]{1,200}")
 
 
 def check_key(key) -> str:
     """The key if acceptable; InvalidInput naming the problem otherwise."""
-    if not isinstance(key, str) or not _KEY.match(key):
-        raise InvalidInput(f"idempotency_key must be 1-200 characters of letters, digits and _.:@/+=-, got {key!r}")
+    if not isinstance(key, str) or not _KEY.fullmatch(key):  # fullmatch: ``$`` would let a trailing newline in
+        raise InvalidInput(f"idempotency_key must be 1-200 characters of letters, digits and _.:@/+=-, "
+                           f"got {str(key)[:200]!r}")
     return key
 
 

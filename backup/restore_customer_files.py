@@ -59,13 +59,14 @@ from base.identifiers import TableName
 from base.text import CONTROL_CHARS
 from base.urls import url_scheme
 from backup.copy_engine import Destination, batches, copy_files
-from backup.customer_files import LOADED_STATUSES, MANIFEST_COLUMNS
+from backup.customer_files import LOADED_STATUSES, MANIFEST_COLUMNS, csv_value
 from backup.customer_files.workflow import DESTINATIONS, TARGET as BACKUP_TARGET, WORKFLOW as BACKUP_WORKFLOW, config
 from backup.enqueue import fail_request
 from backup.outputs import PhaseOutputs
 from backup.resources import Resources
 from backup.runner import PhaseContext, finish_job, take_lock
 from backup.workflow import Option, Phase, Workflow
+from backup.window import parse_date
 from config.settings import CustomerFilesSettings, Settings, _glob_problem, _location_problem
 from connectors.hive import sql_value
 from storage import StorageBackend
@@ -155,6 +156,7 @@ def validate_request(res: Resources, customer: str, location: str | None = None,
             dt.date.fromisoformat(since)
         except ValueError:
             raise InvalidInput(f"since {since!r} is not a calendar date") from None
+        parse_date(since, "since date")  # and within the dates any request may name
     return Request(customer, location, domain, file, since)
 
 
@@ -255,7 +257,8 @@ def read_manifests(res: Resources, cfg: CustomerFilesSettings, customer: str) ->
                 if missing:
                     info["unreadable"].append(f"{path.name}: columns {sorted(missing)} missing")
                     continue
-                found = [r for r in reader if r["customer"] == customer]
+                rows_read = ({k: csv_value(v) if isinstance(v, str) else v for k, v in r.items()} for r in reader)
+                found = [r for r in rows_read if r["customer"] == customer]
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             info["unreadable"].append(f"{path.name}: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import re
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -54,12 +55,26 @@ class Window:
         return {"start": self.start.isoformat(), "end": self.end.isoformat(), "end_exclusive": True}
 
 
-def parse_date(text: str, what: str = "date") -> dt.date:
-    """Parse YYYY-MM-DD, raising InvalidInput with the offending text."""
+#: dates a request may name: wide enough for any real window, narrow enough that a window of 120 months
+#: before it, or a run id after it, is still a date (year 1 crashed the window arithmetic)
+EARLIEST, LATEST = dt.date(1900, 1, 1), dt.date(2999, 12, 31)
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def parse_date(text, what: str = "date") -> dt.date:
+    """A date given as the string YYYY-MM-DD between 1900-01-01 and 2999-12-31; InvalidInput otherwise.
+
+    Only a string: an integer such as 20260101 is refused (``fromisoformat`` of its text would accept it).
+    """
+    if not isinstance(text, str) or not _ISO_DATE.fullmatch(text):
+        raise InvalidInput(f"invalid {what} {str(text)[:40]!r}: expected a string YYYY-MM-DD")
     try:
-        return dt.date.fromisoformat(str(text))
+        day = dt.date.fromisoformat(text)
     except ValueError as e:
-        raise InvalidInput(f"invalid {what} {text!r}: expected YYYY-MM-DD") from e
+        raise InvalidInput(f"invalid {what} {text!r}: not a calendar date") from e
+    if not EARLIEST <= day <= LATEST:
+        raise InvalidInput(f"invalid {what} {text!r}: expected a date from {EARLIEST} to {LATEST}")
+    return day
 
 
 def export_window(months: int, end: str | dt.date | None, timezone: str, today: dt.date | None = None) -> Window:
@@ -74,5 +89,5 @@ def export_window(months: int, end: str | dt.date | None, timezone: str, today: 
         today = today or dt.datetime.now(tz).date()
         end_date = dt.date(today.year, today.month, 1)
     else:
-        end_date = end if isinstance(end, dt.date) else parse_date(end, "end date")
+        end_date = parse_date(end.isoformat() if isinstance(end, dt.date) else end, "end date")
     return Window(add_months(end_date, -months), end_date)

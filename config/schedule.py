@@ -86,6 +86,20 @@ def parse_cron(expr: str, timezone: str = "UTC", nowfun=None) -> ZonedCrontab:
 STALL_CHECK_ENTRY = "stall-check"
 
 
+def _request_problem(workflow: str, kwargs: dict) -> str | None:
+    """What is wrong with the argument names of a scheduled request (unknown, missing), or None."""
+    from backup.workflow import definition  # here: the declarations import the settings module
+
+    params = definition(workflow).request_signature().parameters
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        return f"unknown argument {unknown[0]!r} of {workflow} (accepted: {', '.join(params)})"
+    missing = [name for name, p in params.items() if p.default is p.empty and name not in kwargs]
+    if missing:
+        return f"{workflow} needs the argument {missing[0]!r}"
+    return None
+
+
 def check_schedules(settings, source: str = "config") -> None:
     """Validate every schedule entry; ConfigError naming the entry and the problem."""
     seen = set()
@@ -108,6 +122,9 @@ def check_schedules(settings, source: str = "config") -> None:
         bad = [k for k in entry.kwargs if not k.isidentifier()]
         if bad:
             raise ConfigError(f"{where}.kwargs: not a keyword argument name: {bad[0]!r}")
+        problem = _request_problem(entry.workflow, entry.kwargs)
+        if problem:  # at load, not at the first firing (which would fail every night until someone looked)
+            raise ConfigError(f"{where}.kwargs: {problem}")
         try:
             json.dumps(entry.kwargs)
         except TypeError as e:

@@ -225,6 +225,36 @@ class EdgeExportSettings(_Section):
     compresslevel: int = Field(3, ge=1, le=9, description="gzip level (3: near level 6 size at twice the speed)")
     streams: int = Field(1, ge=1, le=16, description="parallel query streams, one per month range (helps when the SQL engine, not the client, is the bottleneck)")
 
+    @model_validator(mode="after")
+    def _check_at_load(self) -> "EdgeExportSettings":
+        _check_timezone_and_column(self.timezone, self.partition_column)
+        return self
+
+
+def _check_timezone_and_column(timezone: str, column: str) -> None:
+    """A bad timezone or partition column fails at load, not at the first run that needs it."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"timezone: unknown timezone {timezone[:80]!r} (an IANA name such as Europe/Rome)") from None
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", column):
+        raise ValueError(f"partition_column: {column[:80]!r} is not a plain column name (letters, digits, _)")
+
+
+def _location_key(url: str) -> str:
+    """A location as compared with others: scheme, host and port, and the path normalised (``…/acme/.`` = ``…/acme``)."""
+    import posixpath
+    from urllib.parse import unquote, urlsplit
+
+    scheme = url_scheme(url, default=None)
+    if scheme is None or scheme == "file":
+        path = unquote(urlsplit(url).path) if scheme else url
+        return "file://" + posixpath.normpath(path)
+    parts = urlsplit(url)
+    return f"{scheme}://{(parts.hostname or '').lower()}:{parts.port or ''}{posixpath.normpath(unquote(parts.path))}"
+
 
 _LOCATION_SCHEMES = ("file", "hdfs", "webhdfs", "swebhdfs", "sftp")
 _GLOB_CLASS = re.compile(r"\[!?\]?[^\]]*\]")
@@ -340,10 +370,17 @@ class CustomerFilesSettings(_Section):
             if problem:
                 raise ValueError(f"{key}: location {url!r} {problem}")
             if key.startswith("customers."):
-                norm = url.rstrip("/")
+                norm = _location_key(url)
                 if norm in seen:
                     raise ValueError(f"{key}: location {url!r} is already used by {seen[norm]}; every backup folder must be distinct")
                 seen[norm] = key
+        sources = {_location_key(url) for url in self.source_dirs}
+        for name, where in self.customers.items():
+            own = {_location_key(url.rstrip("/") + "/" + name) for url in self.source_dirs}
+            for role in ("primary", "secondary"):
+                if _location_key(getattr(where, role)) in sources | own:
+                    raise ValueError(f"customers.{name}.{role}: location {getattr(where, role)!r} is a source folder; "
+                                     f"a backup must be somewhere else")
         for key in ("staging_table", "final_table"):
             try:
                 TableName.parse(getattr(self, key))
@@ -427,6 +464,15 @@ class TableBackupSettings(_Section):
     drift_sample_rows: int = Field(1000, ge=10, le=1_000_000, description="lines validate samples from the files to detect schema drift")
     drift_ratio: float = Field(0.5, gt=0, le=1, description="validate fails (schema drift) when more than this share of the sampled lines do not parse")
     format: Literal["parquet", "orc"] = Field("parquet", description="storage format of the backup data tables")
+    source_roots: list[str] = Field(default_factory=list, description="folders (absolute paths or URIs, e.g. hdfs:///landing) a request's source must lie under; empty: any absolute path or URI of a known file system (set it in production: the source is the caller's choice)")
+
+    @model_validator(mode="after")
+    def _check_at_load(self) -> "TableBackupSettings":
+        _check_timezone_and_column(self.timezone, self.partition_column)
+        for root in self.source_roots:
+            if CONTROL_CHARS.search(root) or not (root.startswith("/") or url_scheme(root, default=None)):
+                raise ValueError(f"source_roots: {root[:200]!r} is not an absolute path or URI")
+        return self
 
 
 class RetentionRule(_Section):
@@ -698,11 +744,29 @@ def _first_error(e: ValidationError, source: str) -> ConfigError:
     return ConfigError(redact_url_secrets(f"{source}: {key}: {msg}"))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice in one mapping (the last would silently win)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {str(key)[:80]!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def load_settings(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Load and validate the YAML config; raise ConfigError naming the key."""
     cfg_path = Path(path or os.environ.get("BACKUP_CONFIG") or DEFAULT_CONFIG).resolve()
     try:
-        raw = yaml.safe_load(cfg_path.read_text()) or {}
+        raw = yaml.load(cfg_path.read_text(), Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {cfg_path}") from e
     except yaml.YAMLError as e:

@@ -1,7 +1,8 @@
 """HiveServer2 / Impala through impyla: the one place that talks to the SQL engine.
 
 Only validated identifiers reach SQL text (``base.identifiers``); values are
-literals built by ``sql_date`` and ``sql_value``.  Results are streamed column
+literals built by ``sql_date`` and ``sql_value``, in sessions with variable
+substitution off (``${…}`` in a value stays text).  Results are streamed column
 batch by column batch (``fetchcbatch``), never fetched whole.  Small tables the
 backup writes itself (counts, manifests) are made with ``create_or_check_table``
 and filled with ``replace_rows``: rows as literals, a bounded number per statement.
@@ -164,10 +165,23 @@ class HiveClient:
     def __exit__(self, *exc):
         self.close()
 
+    def _session_conf(self) -> dict[str, str]:
+        """The session settings of every cursor: variable substitution off.
+
+        HiveServer2 and the Spark Thrift server replace ``${env:…}``, ``${system:…}``, ``${hiveconf:…}``
+        even inside string literals, so a file name such as ``${env:BACKUP_HIVE_PASSWORD}.csv`` in a count
+        table's row would store a server-side value.  Literals here are data, never templates.  Impala
+        substitutes nothing on the server (and would refuse unknown session keys): nothing to set.
+        """
+        if self.engine() == "impala":
+            return {}
+        return {"set:hiveconf:hive.variable.substitute": "false",
+                "set:hiveconf:spark.sql.variable.substitute": "false"}
+
     @contextmanager
-    def _cursor(self, what: str):
+    def _cursor(self, what: str, conf: bool = True):
         try:
-            cur = self.conn.cursor(convert_types=False)
+            cur = self.conn.cursor(convert_types=False, configuration=self._session_conf() if conf else None)
         except Exception as e:
             raise _classify(e, what) from e
         try:
@@ -223,7 +237,9 @@ class HiveClient:
         """'impala' or 'spark'/'hive', detected from the server once."""
         if self._engine is None:
             try:
-                rows = self.query("SELECT version()", "detect engine")
+                with self._cursor("detect engine", conf=False) as cur:  # no user text: no settings needed
+                    cur.execute("SELECT version()")
+                    rows = cur.fetchall()
                 v = str(rows[0][0]).lower() if rows else ""
             except FatalError:
                 v = ""

@@ -23,7 +23,8 @@ import paramiko
 
 from base.fanout import run_threads
 from base.errors import (AlreadyExists, BackupError, AuthFailed, ChecksumMismatch, ConfigError, ConnectionFailed,
-                           FatalError, HostKeyMismatch, NotFound, classify)
+                           FatalError, HostKeyMismatch, InvalidInput, NotFound, classify)
+from base.text import CONTROL_CHARS
 from config.settings import Settings, SftpSettings
 
 # AES-GCM first: an AEAD cipher needs no separate MAC pass, the cheapest choice for paramiko.
@@ -308,7 +309,10 @@ def upload(target: SftpTarget, local: Path, remote_tmp: str, progress: ProgressF
 
 
 def _sftp_quote(path: str) -> str:
-    # sftp batch files take double-quoted arguments with backslash escapes.
+    """One double-quoted argument of an ``sftp -b`` batch line (backslash escapes); InvalidInput for a control
+    character, which no quoting keeps inside the line (a newline would start a new batch command)."""
+    if CONTROL_CHARS.search(path):
+        raise InvalidInput(f"path {path[:200]!r} holds a control character; refused before it reaches an sftp batch")
     return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

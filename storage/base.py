@@ -20,6 +20,7 @@ import os
 import posixpath
 import re
 import secrets
+import stat as stat_mode
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -47,11 +48,25 @@ class FileStat:
     size: int
     mtime: float
     is_dir: bool
+    #: what the entry is if it is neither a regular file nor a folder ("symbolic link", "fifo", ...): such an
+    #: entry is reported and never followed or read (a link to /etc/ssh/… must not end up in a backup)
+    special: str | None = None
 
     @property
     def name(self) -> str:
         """The last component of the path."""
         return posixpath.basename(self.path)
+
+
+_SPECIAL_KINDS = ((stat_mode.S_ISLNK, "symbolic link"), (stat_mode.S_ISFIFO, "fifo"), (stat_mode.S_ISSOCK, "socket"),
+                  (stat_mode.S_ISCHR, "character device"), (stat_mode.S_ISBLK, "block device"))
+
+
+def special_kind(mode: int | None) -> str | None:
+    """What a ``st_mode`` (of an lstat: links not followed) names if not a regular file or folder; None if it is."""
+    if mode is None or stat_mode.S_ISREG(mode) or stat_mode.S_ISDIR(mode):
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "special file")
 
 
 def check_path(path: str | os.PathLike[str]) -> str:
@@ -96,6 +111,13 @@ class StorageBackend(abc.ABC):
     @abc.abstractmethod
     def stat(self, path: str) -> FileStat | None:
         """Size, mtime and kind of ``path``; None if it does not exist."""
+
+    def lstat(self, path: str) -> FileStat | None:
+        """Like ``stat`` without following a symbolic link at ``path`` itself (its ``special`` says so).
+
+        The default is ``stat``: a backend without symbolic links (WebHDFS) has nothing to follow.
+        """
+        return self.stat(path)
 
     @abc.abstractmethod
     def list(self, path: str) -> list[FileStat]:

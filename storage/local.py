@@ -19,7 +19,7 @@ from base.errors import (
     NotFound,
     classify,
 )
-from storage.base import FileStat, StorageBackend, check_path
+from storage.base import FileStat, StorageBackend, check_path, special_kind
 
 
 @contextlib.contextmanager
@@ -83,14 +83,29 @@ class LocalBackend(StorageBackend):
             raise classify(e, f"stat {path}") from e
         return _file_stat(path, found)
 
+    def lstat(self, path: str) -> FileStat | None:
+        """Stat without following a symbolic link at ``path`` (then ``special`` is "symbolic link"); None if missing."""
+        path = self._checked(path)
+        try:
+            found = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise classify(e, f"lstat {path}") from e
+        return _file_stat(path, found)
+
     def list(self, path: str) -> list[FileStat]:
-        """Children of a folder sorted by name, skipping any that vanish meanwhile."""
+        """Children of a folder sorted by name, skipping any that vanish meanwhile.
+
+        Links are not followed (lstat): a symbolic link is listed as one (``special``), whatever it points to,
+        so a link loop or a link out of the tree is an entry to report, not an error of the whole listing.
+        """
         path = self._checked(path)
         entries = []
         with _os_errors(f"list {path}"), os.scandir(path) as listing:
             for entry in listing:
                 try:
-                    found = entry.stat()
+                    found = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
                 entries.append(_file_stat(os.path.join(path, entry.name), found))
@@ -102,9 +117,20 @@ class LocalBackend(StorageBackend):
         path = self._checked(path)
         offset = self._check_offset(offset)
         with _os_errors(f"open {path}"):
-            stream = open(path, "rb")
+            # O_NOFOLLOW: a file swapped for a symbolic link after it was listed is refused (ELOOP), not followed;
+            # O_NONBLOCK: a fifo does not hang the open (it is refused below; no effect on regular files).
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise InvalidInput(f"open {path}: a symbolic link; only regular files are read") from e
+                raise
+            stream = open(fd, "rb")
         with stream:
-            size = os.fstat(stream.fileno()).st_size
+            found = os.fstat(stream.fileno())
+            if not stat_mode.S_ISREG(found.st_mode):
+                raise InvalidInput(f"open {path}: not a regular file ({special_kind(found.st_mode) or 'a folder'})")
+            size = found.st_size
             if offset > size:
                 raise InvalidInput(f"offset {offset} is past the end of {path} ({size} bytes)")
             stream.seek(offset)
@@ -168,4 +194,5 @@ class LocalBackend(StorageBackend):
 def _file_stat(path: str, found: os.stat_result) -> FileStat:
     """Our FileStat from an ``os.stat`` result."""
     is_dir = stat_mode.S_ISDIR(found.st_mode)
-    return FileStat(path, 0 if is_dir else found.st_size, found.st_mtime, is_dir)
+    special = special_kind(found.st_mode)
+    return FileStat(path, 0 if is_dir or special else found.st_size, found.st_mtime, is_dir, special)

@@ -36,7 +36,7 @@ from base.errors import (
     classify,
 )
 from connectors.sftp import SftpSession, SftpTarget, remote_sha256sum
-from storage.base import MappedReadStream, FileStat, StorageBackend, check_path
+from storage.base import MappedReadStream, FileStat, StorageBackend, check_path, special_kind
 
 DEFAULT_PORT = 22
 # Outstanding read requests while streaming a file: enough to hide the round
@@ -322,4 +322,6 @@ class SftpBackend(StorageBackend):
 def _file_stat(path: str, attrs: paramiko.SFTPAttributes) -> FileStat:
     """Our FileStat from SFTP attributes."""
     is_dir = stat_mode.S_ISDIR(attrs.st_mode or 0)
-    return FileStat(path, 0 if is_dir else int(attrs.st_size or 0), float(attrs.st_mtime or 0), is_dir)
+    special = special_kind(attrs.st_mode)  # a listing's attributes are lstat's: a link shows as one
+    return FileStat(path, 0 if is_dir or special else int(attrs.st_size or 0), float(attrs.st_mtime or 0), is_dir,
+                    special)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from celery import Task
 
 from base.errors import BackupError, classify
+from base.identifiers import check_job_id
 from backup.jobs import phase_entry
 from backup.resources import Resources
 from backup.retry import gave_up, next_retry
@@ -59,7 +60,9 @@ def make_phase_task(app, name: str, phase_name: str, func: Callable[[PhaseContex
     which runs it in this process on Spark Connect, or in a spark-submit driver)."""
 
     def run(self, payload: dict) -> dict:
-        job_id = payload["job_id"]
+        # A phase is internal, yet anyone who can write to the broker can send one: the job id names a record,
+        # lock keys and (through the run id) files, so it passes the entry's rule here too.
+        job_id = check_job_id(payload.get("job_id") if isinstance(payload, dict) else None)
         res = resources()
         started = None  # of the phase's first attempt; unknown if entering the phase failed
         try:

@@ -17,6 +17,8 @@ from backup import customer_files as wf
 from base.errors import RetryableError
 from backup.jobs import phase_entry
 from backup.runner import phase
+from base.errors import InvalidInput
+from base.identifiers import check_job_id
 from tasks.common import PhaseTask, on_chain_error, progress_publisher, resources
 from tasks.workflow import register_workflow
 from workers.app import app
@@ -26,7 +28,9 @@ from workers.app import app
 def copy(self, payload: dict, customer: str) -> dict:
     """Copy one customer's files to both locations, reporting per-file results (and its own failure) as data."""
     res = resources()
-    job_id = payload["job_id"]
+    job_id = check_job_id(payload.get("job_id") if isinstance(payload, dict) else None)
+    if customer not in wf.config(res).customers:  # the customer names folders: only a configured one
+        raise InvalidInput(f"copy task for unknown customer {str(customer)[:80]!r}")
     try:
         with phase(res, job_id, wf.copy_phase(customer), attempt=self.request.retries + 1) as ctx:
             if not ctx.active:

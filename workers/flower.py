@@ -13,7 +13,8 @@ Authentication, checked before Flower starts (it refuses to start without):
 Flower serves ``/metrics`` (its own Prometheus metrics) and ``/healthcheck``
 without any login; put Flower behind a network boundary that lets only the
 scraper and the healthcheck reach those paths (docs/operations.md).
-``FLOWER_UNAUTHENTICATED_API`` opens the whole API and is refused.
+``FLOWER_UNAUTHENTICATED_API`` opens the whole API and is refused.  The task API sends only
+the public entry tasks (``restrict_task_api``); internal phase tasks are refused with 403.
 """
 
 from __future__ import annotations
@@ -58,9 +59,31 @@ def flower_argv(settings, address: str | None = None, port: int | None = None) -
     return argv
 
 
+def restrict_task_api(public: set[str]) -> None:
+    """Let Flower's task-sending API (``/api/task/apply``, ``async-apply``, ``send-task``) start only the public
+    entry tasks: an internal phase (``backup.edge_export.cleanup``) trusts its job record and must never be
+    sent by hand (403).  The entry tasks check their requests and job ids like any other caller's."""
+    from flower.api import tasks
+    from tornado.web import HTTPError
+
+    for handler in (tasks.TaskApply, tasks.TaskAsyncApply, tasks.TaskSend):
+        original = getattr(handler.post, "__wrapped_by_backup__", handler.post)
+
+        async def post(self, taskname, _original=original):
+            if taskname not in public:
+                raise HTTPError(403, f"only the public entry tasks can be sent from Flower, not {taskname[:100]!r}")
+            return await _original(self, taskname)
+
+        post.__wrapped_by_backup__ = original
+        handler.post = post
+
+
 def run(settings, address: str | None = None, port: int | None = None) -> None:
-    """Check the login settings, then run Flower in the foreground."""
+    """Check the login settings, then run Flower in the foreground (its task API limited to the public tasks)."""
     check_auth(settings)
+    from config.workflows import workflow_tasks
     from workers.app import app
+
+    restrict_task_api(set(workflow_tasks().values()))
 
     app.start(flower_argv(settings, address, port))

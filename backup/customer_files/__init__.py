@@ -27,13 +27,14 @@ import os
 import posixpath
 import threading
 import time
+import unicodedata
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from base.errors import BackupError, ConfigError, NotFound
+from base.errors import BackupError, ConfigError, FatalError, NotFound
 from base.urls import redact_url_secrets
 from base.identifiers import TableName
 from base.text import run_id
@@ -71,6 +72,7 @@ TABLE_COLUMNS = [("customer", "STRING"), ("domain", "STRING"), ("file_name", "ST
                  ("copied_at", "STRING"), ("status", "STRING"), ("error", "STRING"), ("job_id", "STRING")]
 LOADED_STATUSES = ("copied", "present")  # rows merged into the final table
 ROWS_PER_INSERT = 5000  # one INSERT OVERWRITE for a usual run; bounded statement size
+MAX_SKIPPED_LISTED = 1000  # entries named in the record's outputs.skipped (all are counted and logged)
 
 
 def domain_of(cfg: CustomerFilesSettings, name: str) -> str | None:
@@ -101,12 +103,14 @@ def lock_phase(ctx: PhaseContext) -> dict:
 
 # -- discover --------------------------------------------------------------------
 
-COUNTS = ("found", "planned", "unchanged", "settling", "deferred", "unmatched")
+COUNTS = ("found", "planned", "unchanged", "settling", "deferred", "unmatched", "skipped", "refused")
 
 
 def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list[dict]], dict[str, dict],
-                                                                  dict[str, list[dict]]]:
-    """The files a run would copy now: (plan per customer, counts per customer, deferred files per customer).
+                                                                  dict[str, list[dict]], list[dict]]:
+    """The files a run would copy now: (plan per customer, counts per customer, deferred files per customer,
+    entries skipped as not regular files).  Files refused for their names are in the plan, marked
+    ``refused`` with the reason: they become failed manifest rows, never copies.
 
     Matched (a domain), settled (``settle_seconds``), not in the ledger in that state, oldest
     first, capped at ``max_files_per_run``.  Reads the source folders and the ledger only:
@@ -115,6 +119,15 @@ def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list
     counts = {c: Counter() for c in cfg.customers}
     candidates: list[dict] = []
     horizon = time.time() - cfg.settle_seconds
+    skipped: list[dict] = []
+    refused: dict[str, list[dict]] = {c: [] for c in cfg.customers}
+
+    def skip(customer: str, path: str, why: str) -> None:
+        counts[customer]["skipped"] += 1
+        if len(skipped) < MAX_SKIPPED_LISTED:
+            skipped.append({"customer": customer, "path": printable(path), "reason": why})
+        log.warning("customer %s: skipped %s: %s", customer, printable(path), why)
+
     with ExitStack() as stack:
         for index, url in enumerate(cfg.source_dirs):
             backend, root = open_location(res.settings, url)
@@ -123,10 +136,30 @@ def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list
                 raise NotFound(f"customer_files.source_dirs[{index}]: {backend.uri(root)} does not exist")
             for customer in cfg.customers:
                 folder = posixpath.join(root, customer)
-                found = backend.stat(folder)
+                try:
+                    found = backend.lstat(folder)  # a customer folder that is a link is not followed
+                    listing = backend.list(folder) if found is not None and found.is_dir else []
+                except FatalError as e:  # this customer's folder only; the others are still backed up
+                    skip(customer, folder, f"customer folder could not be listed: {e.one_line()}")
+                    continue
+                if found is not None and found.special:
+                    skip(customer, folder, f"customer folder is a {found.special}, not followed")
                 if found is None or not found.is_dir:
                     continue  # nothing delivered for this customer here yet
-                entries = [e for e in backend.list(folder) if not e.is_dir and not is_temp_name(e.name)]
+                entries = []
+                for entry in listing:
+                    if entry.is_dir or is_temp_name(entry.name):
+                        continue
+                    if entry.special:  # a link, fifo, device: reported, never read
+                        skip(customer, entry.path, f"not a regular file: {entry.special}, not followed")
+                        continue
+                    problem = name_problem(entry.name)
+                    if problem:  # a per-file failure with its reason (collect writes it to the manifest)
+                        refused[customer].append({"customer": customer, "domain": domain_of(cfg, entry.name) or "-",
+                                                  "source": index, "path": printable(entry.path), "size": entry.size,
+                                                  "mtime": entry.mtime, "refused": problem})
+                        continue
+                    entries.append(entry)
                 fields = [ledger_field(e.path, e.size, e.mtime) for e in entries]
                 known = known_files(res, customer, fields)
                 for entry, seen in zip(entries, known):
@@ -152,20 +185,47 @@ def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list
     for item in deferred:
         later[item["customer"]].append(item)
         counts[item["customer"]]["deferred"] += 1
+    for customer, items in refused.items():  # planned as failures: no copy, a manifest row with the reason
+        plan[customer].extend(items)
+        counts[customer]["refused"] += len(items)
     per_customer = {c: {k: counts[c][k] for k in COUNTS} for c in cfg.customers}
-    return plan, per_customer, later
+    return plan, per_customer, later, skipped
 
 
 def discover_phase(ctx: PhaseContext) -> dict:
     """Choose the files of this run: matched, settled, not in the ledger, oldest first, capped."""
     res, cfg = ctx.res, config(ctx.res)
-    plan, per_customer, _ = discover(res, cfg)
+    plan, per_customer, _, skipped = discover(res, cfg)
     save_plan(res, ctx.job_id, plan)
     totals = {k: sum(v[k] for v in per_customer.values()) for k in COUNTS}
     note = (f"{totals['planned']} to copy, {totals['unchanged']} unchanged, {totals['settling']} settling, "
             f"{totals['deferred']} deferred to the next run")
-    ctx.done(Discovered(customers=per_customer, discovered=totals).as_outputs(), note=note)
+    if totals["skipped"] or totals["refused"]:
+        note += f"; {totals['skipped']} skipped (not regular files), {totals['refused']} refused (bad names)"
+    ctx.done(Discovered(customers=per_customer, discovered=totals, skipped=skipped).as_outputs(), note=note)
     return {"job_id": ctx.job_id, **totals}
+
+
+def name_problem(name: str) -> str | None:
+    """Why a file name cannot be backed up (a per-file failure), or None.
+
+    Not valid UTF-8 (the listing decodes it with surrogate escapes: no Redis field, JSON row or Hive
+    value can hold it), or a control character (``\\r``, ``\\n``: it would reach batch files, line-based
+    checksums and one-line messages).  Other Unicode, U+2028 included, is a file name like any other.
+    """
+    if any("\udc80" <= c <= "\udcff" for c in name):
+        return "file name is not valid UTF-8"
+    bad = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        return f"file name contains the control character U+{ord(bad):04X}"
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` with undecodable bytes as ``\\xNN`` and control characters escaped: safe for records and rows."""
+    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if unicodedata.category(c) != "Cc" else f"\\x{ord(c):02x}" if ord(c) < 256
+                   else f"\\u{ord(c):04x}" for c in raw)
 
 
 # -- copy ------------------------------------------------------------------------
@@ -175,6 +235,10 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
     res, cfg = ctx.res, config(ctx.res)
     plan = load_plan(res, ctx.job_id, customer)
     done = load_results(res, ctx.job_id, customer)
+    for item in plan:  # refused at discovery (a bad name): a failure with its reason, nothing is read
+        if item.get("refused") and plan_key(item) not in done:
+            done[plan_key(item)] = refused_result(item)
+            save_result(res, ctx.job_id, customer, plan_key(item), done[plan_key(item)])
     todo = [item for item in plan if plan_key(item) not in done]
     progress = {"files_done": len(plan) - len(todo), "files_total": len(plan),
                 "failed": sum(r["status"] == "failed" for r in done.values()),
@@ -200,14 +264,33 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
                 if dest.backend is not None:
                     stack.enter_context(dest.backend)
         sources: dict[int, StorageBackend] = {}
+        roots: dict[int, str] = {}
 
         def source_of(item: dict) -> StorageBackend:
             if item["source"] not in sources:
-                backend, _ = open_location(res.settings, cfg.source_dirs[item["source"]])
+                backend, roots[item["source"]] = open_location(res.settings, cfg.source_dirs[item["source"]])
                 sources[item["source"]] = stack.enter_context(backend)
             return sources[item["source"]]
 
-        for batch in batches(todo):
+        def root_of(item: dict) -> str:
+            source_of(item)
+            return roots[item["source"]]
+
+        checked = []
+        for item in todo:  # the plan is read back from Redis: only this customer's files in its source folder
+            problem = plan_item_problem(cfg, customer, item, root_of)
+            if problem is None:
+                checked.append(item)
+                continue
+            log.error("customer %s: plan entry refused: %s", customer, problem)
+            bad = {"customer": customer, "domain": "-", "path": printable(str(item.get("path"))), "size": 0,
+                   "refused": problem}
+            done[plan_key(item)] = refused_result(bad)
+            save_result(res, ctx.job_id, customer, plan_key(item), done[plan_key(item)])
+            progress["files_done"] += 1
+            progress["failed"] += 1
+
+        for batch in batches(checked):
             ctx.commit_check()  # stop at once if another run took over the lock
             before = progress["bytes_done"]
             copied = copy_files(batch, source_of, dests, on_bytes)
@@ -231,6 +314,29 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
     # The last progress stays: a customer copied between two looks of `backupctl run --wait` still shows its files.
     ctx.done(note=note, state="failed" if summary["failed"] else "success", keep_progress=True)
     return {"job_id": ctx.job_id, "customer": customer, **summary}
+
+
+def plan_item_problem(cfg: CustomerFilesSettings, customer: str, item: dict, root_of: Callable[[dict], str]) -> str | None:
+    """Why a planned file (read back from Redis) is not one discovery could have planned, or None: the plan is
+    data anyone with Redis write access could change, and it must never pick what is read or where it goes."""
+    if not isinstance(item, dict) or item.get("customer") != customer or item.get("domain") not in cfg.domains:
+        return "plan entry of another customer or an unknown domain (the plan was changed)"
+    source, path = item.get("source"), item.get("path")
+    if not isinstance(source, int) or isinstance(source, bool) or not 0 <= source < len(cfg.source_dirs) \
+            or not isinstance(path, str) or not isinstance(item.get("size"), int):
+        return "malformed plan entry (the plan was changed)"
+    name = posixpath.basename(path)
+    if posixpath.dirname(path) != posixpath.join(root_of(item), customer) or name_problem(name) \
+            or name in ("", ".", "..") or domain_of(cfg, name) != item["domain"]:
+        return f"plan entry {printable(path)[:200]!r} is not a file of {customer}'s source folder (the plan was changed)"
+    return None
+
+
+def refused_result(item: dict) -> dict:
+    """The manifest row of a file refused at discovery."""
+    return {"customer": item["customer"], "domain": item["domain"], "file": posixpath.basename(item["path"]),
+            "bytes": item["size"], "records": None, "sha256": None, "primary_uri": None, "secondary_uri": None,
+            "copied_at": None, "status": "failed", "error": f"not copied: {item['refused']}"}
 
 
 def summarize(results) -> dict:
@@ -274,10 +380,27 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
         writer = csv.writer(out)
         writer.writerow(MANIFEST_COLUMNS)
         for row in rows:
-            writer.writerow(["" if row.get(c) is None else row[c] for c in MANIFEST_COLUMNS])
+            writer.writerow(["" if row.get(c) is None else csv_cell(row[c]) for c in MANIFEST_COLUMNS])
         out.flush()
         os.fsync(out.fileno())
     tmp.replace(path)
+
+
+#: first characters that make a spreadsheet read a cell as a formula (and ' itself, so the escape reverses)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_cell(value) -> str | int:
+    """A manifest cell: text that a spreadsheet would run as a formula (``=HYPERLINK(…)`` as a file name) gets a
+    leading ``'``, as spreadsheets themselves write such text; ``csv_value`` reverses it."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_value(cell: str) -> str:
+    """The value of a manifest cell written by ``csv_cell``."""
+    return cell[1:] if cell.startswith("'") else cell
 
 
 def ensure_table(hive, table: TableName) -> str:
@@ -397,16 +520,18 @@ def plan(res: Resources) -> dict:
     from backup.retention import preview
 
     cfg = config(res)
-    files, per_customer, later = discover(res, cfg)
+    files, per_customer, later, skipped = discover(res, cfg)
     holder = res.locks.holder(WORKFLOW, TARGET)
     customers = {}
     for customer, where in cfg.customers.items():
-        chosen = files[customer]
+        chosen = [f for f in files[customer] if "refused" not in f]
         customers[customer] = {
             **per_customer[customer], "in_ledger": per_customer[customer]["unchanged"],
             "bytes": sum(f["size"] for f in chosen),
             "files": [{"path": f["path"], "domain": f["domain"], "bytes": f["size"]} for f in chosen],
             "deferred_files": [f["path"] for f in later[customer]],
+            "refused_files": [{"path": f["path"], "reason": f["refused"]} for f in files[customer] if "refused" in f],
+            "skipped_entries": [e for e in skipped if e["customer"] == customer],
             "destinations": {role: destination_reachable(res, getattr(where, role)) for role in DESTINATIONS},
         }
     totals = {k: sum(c[k] for c in customers.values()) for k in (*COUNTS, "bytes")}

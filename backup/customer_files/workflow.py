@@ -3,7 +3,7 @@ names and the outputs its phases hand to later ones through the job record."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from base.errors import ConfigError
@@ -40,13 +40,16 @@ def phase_names(cfg: CustomerFilesSettings) -> list[str]:
 class Discovered(PhaseOutputs):
     """discover → collect: what discover found, per customer and in total.
 
-    ``customers``: customer -> found, planned, unchanged, settling, deferred, unmatched
+    ``customers``: customer -> found, planned, unchanged, settling, deferred, unmatched, skipped (not a
+    regular file: never read, listed in ``skipped``), refused (a bad name: a failed manifest row)
     (collect adds its counts to each entry).  ``discovered``: the same counts summed.
     """
 
     written_by: ClassVar[str] = "discover"
     customers: dict
     discovered: dict
+    #: entries not backed up because they are not regular files (links, fifos...): customer, path, reason
+    skipped: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def catalog_state(spark: "SparkSession", names: Names) -> CatalogState:
     pattern, ours = names.data_pattern(), names.data.table.lower()
     return CatalogState(
         previous_data_table=current, backup_reads=sorted(in_use),
-        stale_data_tables=sorted(t for t in found if pattern.match(t) and t not in in_use and t != ours),
+        stale_data_tables=sorted(t for t in found if pattern.fullmatch(t) and t not in in_use and t != ours),
         previous_rejects=None if rejects is None else rejects["properties"].get(PROP_REJECTS_ROWS, "unknown"))
 
 
@@ -219,16 +219,16 @@ def versions_beyond(spark: "SparkSession", names: Names, suffix: str, keep: int)
     ``plan`` lists them).
     """
     base = names.live.table.lower() + suffix.lower()
-    version = re.compile(rf"^{re.escape(base)}_(\d{{8}})$")
+    version = re.compile(rf"{re.escape(base)}_(\d{{8}})")
     current = names.backup.table.lower()
     found = tables_like(spark, names.live.db, f"{base}_*")
-    versions = sorted((t for t, info in found.items() if version.match(t) and PROP_DATA in info["properties"]),
+    versions = sorted((t for t, info in found.items() if version.fullmatch(t) and PROP_DATA in info["properties"]),
                       key=lambda v: (v == current, v), reverse=True)
     out = {}
     for name in versions[keep:]:
-        data = re.compile(rf"^{data_table_regex(name)}$")
+        data = re.compile(data_table_regex(name))
         rejects = found.get(f"{name}_rejects")
-        out[name] = [t for t in found if data.match(t)] + \
+        out[name] = [t for t in found if data.fullmatch(t)] + \
             ([f"{name}_rejects"] if rejects and PROP_REJECTS_OF in rejects["properties"] else [])
     return out
 

@@ -8,9 +8,11 @@ names from the job record (``names_of``).  See the package docstring for the nam
 from __future__ import annotations
 
 import datetime as dt
+import posixpath
 import hashlib
 import re
 import uuid
+from urllib.parse import unquote, urlsplit
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,12 +20,13 @@ from base.errors import ConfigError, FatalError, InvalidInput
 from base.identifiers import TableName, identifier
 from base.text import CONTROL_CHARS
 from base.urls import url_scheme
+from backup.window import parse_date
 from backup.resources import Resources
 from backup.table_backup.outputs import DataTable
 from config.settings import TableBackupSettings
 
 _SCHEMES = {"file", "hdfs", "viewfs", "s3a", "abfs", "abfss", "gs", "wasbs"}
-_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{12,64}$")
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{12,64}")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class Names:
 
     def data_pattern(self) -> re.Pattern:
         """Data tables of this backup name (any run), as the catalog spells them (lower case)."""
-        return re.compile(rf"^{data_table_regex(self.backup.table)}$")
+        return re.compile(data_table_regex(self.backup.table))
 
     def data_tables_in(self, text: str) -> set[str]:
         """Data tables of this backup name that a text (a view's SQL, a catalog listing) names (lower case)."""
@@ -74,21 +77,41 @@ def run_names(table: str, suffix: str, day: str | None, job_id: str) -> Names:
                  rejects=TableName(live.db, identifier(f"{base}_rejects", "rejects table name")))
 
 
-def check_source(source) -> str:
-    """A folder (or glob) the Spark cluster reads: an absolute path or a URI of a known file system."""
+def check_source(source, roots: list[str] | tuple[str, ...] = ()) -> str:
+    """A folder (or glob) the Spark cluster reads: an absolute path or a URI of a known file system, under one
+    of ``roots`` (``table_backup.source_roots``) if any are configured.
+
+    ``..`` is refused as written and percent-encoded (``%2e%2e``: Hadoop's paths decode it).
+    """
     if not isinstance(source, str) or not source.strip():
         raise InvalidInput("missing source: give the folder of CSV files (absolute path or hdfs://... URI)")
-    if CONTROL_CHARS.search(source) or len(source) > 4096:
+    if CONTROL_CHARS.search(source) or CONTROL_CHARS.search(unquote(source)) or len(source) > 4096:
         raise InvalidInput(f"invalid source {source[:200]!r}: control characters or longer than 4096")
     scheme = url_scheme(source, default=None)
     if scheme is not None:
         if scheme not in _SCHEMES:
-            raise InvalidInput(f"invalid source {source!r}: scheme {scheme!r} is not one of {sorted(_SCHEMES)}")
+            raise InvalidInput(f"invalid source {source[:200]!r}: scheme {scheme!r} is not one of {sorted(_SCHEMES)}")
     elif not source.startswith("/"):
-        raise InvalidInput(f"invalid source {source!r}: use an absolute path (the Spark cluster reads it)")
-    if any(part == ".." for part in re.split(r"[/\\]", source)):
-        raise InvalidInput(f"invalid source {source!r}: '..' is not allowed")
+        raise InvalidInput(f"invalid source {source[:200]!r}: use an absolute path (the Spark cluster reads it)")
+    decoded = unquote(unquote(source))  # twice: %252e%252e decodes to %2e%2e, then to ..
+    if any(part == ".." for part in re.split(r"[/\\]", decoded)):
+        raise InvalidInput(f"invalid source {source[:200]!r}: '..' is not allowed (also percent-encoded)")
+    if roots and not any(_under(source, root) for root in roots):
+        raise InvalidInput(f"invalid source {source[:200]!r}: not under a configured source root "
+                           f"(table_backup.source_roots: {', '.join(roots)})")
     return source
+
+
+def _under(source: str, root: str) -> bool:
+    """Whether ``source`` is ``root`` or inside it (same scheme and authority; a plain path is ``file``)."""
+    def split(text: str) -> tuple[str, str, str]:
+        parts = urlsplit(text)
+        scheme = url_scheme(text)
+        path = unquote(parts.path if url_scheme(text, default=None) else text)
+        return scheme, (parts.netloc if url_scheme(text, default=None) else ""), posixpath.normpath(path)
+
+    (s_scheme, s_host, s_path), (r_scheme, r_host, r_path) = split(source), split(root)
+    return (s_scheme, s_host) == (r_scheme, r_host) and (s_path == r_path or s_path.startswith(r_path.rstrip("/") + "/"))
 
 
 def _today(cfg: TableBackupSettings) -> dt.date:
@@ -103,7 +126,7 @@ def validate_request(res: Resources, table: str, source: str, suffix: str | None
     """Check a request and return its normalized arguments; raise InvalidInput naming the problem."""
     cfg = res.settings.table_backup
     live = TableName.parse(table)
-    check_source(source)
+    check_source(source, cfg.source_roots)
     suffix = cfg.suffix if suffix is None else suffix
     if not isinstance(suffix, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,40}", suffix):
         raise InvalidInput(f"invalid backup suffix {suffix!r}: use 1 to 40 letters, digits or _")
@@ -112,16 +135,13 @@ def validate_request(res: Resources, table: str, source: str, suffix: str | None
     if not versioned and (retention is not None or day is not None):
         raise InvalidInput("retention and day apply to versioned backups only")
     if versioned:
-        if isinstance(retention, str) and retention.isdigit():
+        if isinstance(retention, str) and retention.isascii() and retention.isdigit() and len(retention) <= 5:
             retention = int(retention)
         if retention is None:  # the retention section's rule for the table, else table_backup.retention
             retention = res.settings.retention.table_backup.rule(str(live)).keep_runs or cfg.retention
         if not isinstance(retention, int) or isinstance(retention, bool) or not 1 <= retention <= 1000:
             raise InvalidInput(f"invalid retention {retention!r}: expected a whole number of backups, 1 to 1000")
-        try:
-            stamp = (dt.date.fromisoformat(day) if day is not None else _today(cfg)).strftime("%Y%m%d")
-        except (TypeError, ValueError) as e:
-            raise InvalidInput(f"invalid day {day!r}: expected YYYY-MM-DD") from e
+        stamp = (parse_date(day, "day") if day is not None else _today(cfg)).strftime("%Y%m%d")
     else:
         stamp = None
     identifier(cfg.partition_column, "partition column")
@@ -139,7 +159,7 @@ def names_of(rec: dict) -> Names:
     if recorded and recorded != str(names.data):
         # Loaded by a version that derived the tag otherwise: the phases after it use the table it made.
         data = TableName.parse(recorded)
-        if data.db != names.live.db or not names.data_pattern().match(data.table.lower()):
+        if data.db != names.live.db or not names.data_pattern().fullmatch(data.table.lower()):
             raise FatalError(f"job record names data table {recorded}, which is not a data table of {names.backup}")
         names = Names(live=names.live, backup=names.backup, data=data, rejects=names.rejects)
     return names
