@@ -112,6 +112,30 @@ def _get(path: str, login: tuple[str, str] | None = None) -> int:
         return e.code
 
 
+def _post(path: str, body: dict, login: tuple[str, str]) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{FLOWER_PORT}{path}", data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    req.add_header("Authorization", "Basic " + base64.b64encode(":".join(login).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+
+
+def test_flower_sends_only_the_public_entry_tasks(flower, flower_login, res):
+    """An internal phase trusts its job record (cleanup deletes the path it names): Flower's task API refuses it
+    for every sending endpoint; a public entry task is sent and checks its request like any caller's."""
+    forged = {"args": [{"job_id": "0" * 32}]}
+    for endpoint in ("apply", "async-apply", "send-task"):
+        status, _ = _post(f"/api/task/{endpoint}/backup.edge_export.cleanup", forged, flower_login)
+        assert status == 403, endpoint
+    status, sent = _post("/api/task/async-apply/backup.edge_export", {"args": ["bad table!"]}, flower_login)
+    assert status == 200 and sent.get("task-id"), sent
+    rec = wait_job(res, sent["task-id"], timeout=60)
+    assert rec["state"] == "failed" and rec["error"].startswith("InvalidInput"), rec
+
+
 def test_flower_refuses_to_start_without_login():
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
     out = subprocess.run([sys.executable, "-m", "workers.cli", "--config", str(CONFIG_PATH), "flower", "--port",
