@@ -201,6 +201,17 @@ class SftpSession:
         except Exception as e:
             raise _map(e, f"stat {path}") from e
 
+    def lstat(self, path: str) -> paramiko.SFTPAttributes | None:
+        """Remote attributes of ``path`` itself (a symbolic link is not followed), or None if it does not exist."""
+        try:
+            return self.sftp.lstat(path)
+        except IOError as e:
+            if getattr(e, "errno", None) == 2:
+                return None
+            raise _map(e, f"lstat {path}") from e
+        except Exception as e:
+            raise _map(e, f"lstat {path}") from e
+
     def makedirs(self, path: str) -> None:
         """mkdir -p on the remote side."""
         parts = [p for p in path.split("/") if p]

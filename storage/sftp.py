@@ -163,6 +163,13 @@ class SftpBackend(StorageBackend):
             found = session.stat(path)
         return None if found is None else _file_stat(path, found)
 
+    def lstat(self, path: str) -> FileStat | None:
+        """LSTAT: a symbolic link at ``path`` itself is reported as one (``special``), not followed."""
+        path = self._checked(path)
+        with self._session() as session:
+            found = session.lstat(path)
+        return None if found is None else _file_stat(path, found)
+
     def list(self, path: str) -> list[FileStat]:
         """Children of a folder sorted by name."""
         path = self._checked(path)

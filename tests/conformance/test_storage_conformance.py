@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import sys
 import threading
 import time
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -117,6 +119,29 @@ def test_stat(case):
     assert abs(found.mtime - time.time()) < 60
     folder = backend.stat(case.path("sub"))
     assert (folder.size, folder.is_dir) == (0, True)
+
+
+def test_lstat_is_stat_except_that_a_link_is_not_followed(case):
+    """What discovery uses on customer source folders: a link (to a folder or to a file outside the tree) is
+    reported as one, never followed.  Links exist on this machine's disk: the local and the sftp backends (the
+    edge node is this machine); HDFS has none, there lstat is stat."""
+    backend = case.backend
+    assert backend.lstat(case.path("nope")) is None
+    backend.write_atomic(case.path("f.bin"), b"x" * 1234)
+    backend.mkdir(case.path("sub"))
+    for name in ("f.bin", "sub"):
+        plain, own = backend.stat(case.path(name)), backend.lstat(case.path(name))
+        assert (own.size, own.is_dir, own.special) == (plain.size, plain.is_dir, None)
+    where = urlsplit(backend.uri(case.path("sub")))
+    scheme, disk_path = where.scheme, unquote(where.path)
+    if scheme in ("file", "sftp"):
+        link = posixpath.join(posixpath.dirname(disk_path), "link-to-sub")
+        os.symlink(disk_path, link)
+        assert backend.stat(case.path("link-to-sub")).is_dir
+        found = backend.lstat(case.path("link-to-sub"))
+        assert (found.is_dir, found.special) == (False, "symbolic link")
+    else:
+        assert scheme in ("hdfs", "webhdfs"), scheme
 
 
 def test_list(case):
