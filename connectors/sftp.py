@@ -192,25 +192,22 @@ class SftpSession:
 
     def stat(self, path: str) -> paramiko.SFTPAttributes | None:
         """Remote attributes, or None if the path does not exist."""
-        try:
-            return self.sftp.stat(path)
-        except IOError as e:
-            if getattr(e, "errno", None) == 2:
-                return None
-            raise _map(e, f"stat {path}") from e
-        except Exception as e:
-            raise _map(e, f"stat {path}") from e
+        return self._attributes(self.sftp.stat, "stat", path)
 
     def lstat(self, path: str) -> paramiko.SFTPAttributes | None:
         """Remote attributes of ``path`` itself (a symbolic link is not followed), or None if it does not exist."""
+        return self._attributes(self.sftp.lstat, "lstat", path)
+
+    @staticmethod
+    def _attributes(call, what: str, path: str) -> paramiko.SFTPAttributes | None:
         try:
-            return self.sftp.lstat(path)
+            return call(path)
         except IOError as e:
             if getattr(e, "errno", None) == 2:
                 return None
-            raise _map(e, f"lstat {path}") from e
+            raise _map(e, f"{what} {path}") from e
         except Exception as e:
-            raise _map(e, f"lstat {path}") from e
+            raise _map(e, f"{what} {path}") from e
 
     def makedirs(self, path: str) -> None:
         """mkdir -p on the remote side."""
