@@ -1,17 +1,43 @@
-# The project image: Celery workers, beat, Flower and the metrics exporter (backupctl), plus the
-# try-out services of docker-compose.yml (Spark from the pyspark wheel, the OpenSSH edge node, the mail sink).
-# local_platform (development tooling) is copied only because the try-out mail service runs its sinks;
-# the production services never import it.
-FROM python:3.11-slim-bookworm
+# The project's images, built without a registry and without network access to PyPI (docs: README
+# "Deploying with containers").  Every stage starts from a local Debian bookworm base image
+# (debootstrap --variant=minbase + docker import; tests/compose/engine.py makes it) and installs Python
+# packages only from the wheelhouse built on the host from the hash-pinned locks (make wheelhouse):
+#   pip install --no-index --find-links <wheelhouse> --require-hashes -r requirements.lock
+# Targets:
+#   app      the production image: workers, beat, Flower, the metrics exporter, backupctl
+#            (runtime requirements only: no pytest, no aiosmtpd)
+#   tryout   app + OpenSSH server + the test requirements: the try-out services of docker-compose.yml
+#            (Spark from the pyspark wheel, the edge node, the mail/ticket sink of local_platform)
+#   redis    Debian's redis-server (AOF and noeviction are set by docker-compose.yml's command)
+# No secret, key or certificate is baked in: they come from the environment or mounted files.
+# Classic builder (Docker 20.10 / docker-compose 1.29): no BuildKit syntax.
+ARG BASE_IMAGE=mediation-backup/base:bookworm
 
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      openjdk-17-jre-headless openssh-server openssh-client \
- && rm -rf /var/lib/apt/lists/*
+FROM ${BASE_IMAGE} AS os
+ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+# Java: the Spark JVM of the try-out stack and spark-submit drivers (spark.remote = local/yarn master).
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends \
+      python3 python3-venv ca-certificates openssh-client openjdk-17-jre-headless >/dev/null \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
+# The virtualenv, from the wheelhouse only (the wheelhouse stays in this stage, not in the images).
+FROM os AS venv
+ARG WHEELHOUSE=.compose/wheelhouse
+COPY ${WHEELHOUSE} /wheels
+COPY requirements.lock requirements-test.lock deploy/build-requirements.lock /locks/
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install -q --no-index --find-links /wheels --require-hashes --no-deps \
+      -r /locks/build-requirements.lock \
+ && /opt/venv/bin/pip install -q --no-index --find-links /wheels --require-hashes --no-build-isolation \
+      -r /locks/requirements.lock \
+ && /opt/venv/bin/pip wheel -q --no-index --find-links /wheels --require-hashes --no-deps \
+      -r /locks/requirements-test.lock -w /wheels-test
+
+FROM os AS app
+COPY --from=venv /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 BACKUP_CONFIG=/etc/mediation-backup/config.yaml
 WORKDIR /app
-COPY requirements.txt ./
-RUN pip install --no-cache-dir -r requirements.txt
 COPY pyproject.toml ./
 COPY base ./base
 COPY backup ./backup
@@ -21,15 +47,35 @@ COPY config ./config
 COPY tasks ./tasks
 COPY workers ./workers
 COPY local_platform ./local_platform
-COPY deploy ./deploy
-RUN pip install --no-cache-dir --no-deps .
-
+COPY deploy/edge-node.sh ./deploy/
+RUN pip install -q --no-index --no-deps --no-build-isolation . && rm -rf build *.egg-info
 # Same uid in every container: the worker reads the edge node's client key from a shared volume.
-RUN useradd --create-home --uid 10001 backup \
+# (Debian has a system user "backup" already, with no login shell: ours is "mediation".)
+RUN useradd --create-home --shell /bin/sh --uid 10001 mediation \
  && mkdir -p /var/lib/mediation-backup/exports /var/lib/mediation-backup/spark /var/lib/mediation-backup/sinks \
-      /backups/edge /ssh \
- && chown -R backup /var/lib/mediation-backup
-USER backup
-ENV BACKUP_CONFIG=/etc/mediation-backup/config.yaml \
-    PYTHONUNBUFFERED=1
+      /var/lib/mediation-backup/customer-files /backups/edge /ssh \
+ && chown -R mediation /var/lib/mediation-backup /backups/edge
+USER mediation
 CMD ["backupctl", "--help"]
+
+FROM app AS tryout
+USER root
+COPY --from=venv /wheels-test /tmp/wheels-test
+COPY requirements-test.lock /tmp/
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends openssh-server >/dev/null \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /etc/ssh/ssh_host_* \
+ && pip install -q --no-index --find-links /tmp/wheels-test --require-hashes -r /tmp/requirements-test.lock \
+ && rm -rf /tmp/wheels-test /tmp/requirements-test.lock
+USER mediation
+
+FROM ${BASE_IMAGE} AS redis
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
+ && mkdir -p /data && chown redis:redis /data
+USER redis
+WORKDIR /data
+
+# The default target (docker build . without --target): the production image.
+FROM app AS production

@@ -9,7 +9,7 @@ DEMO_TABLE ?= mnaas.customer_traffic
 DEMO_ROWS ?= 50000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps demo test test-unit bench faults up down status worker clean
+.PHONY: deps compose-deps demo test test-unit compose-test wheelhouse lock bench faults up down status worker clean
 
 # OS packages the platform needs, installed only when missing.
 deps:
@@ -27,10 +27,22 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# The container engine of make compose-test (Debian's Docker 20.10, docker-compose 1.29, debootstrap for the
+# local base image), installed only when missing.  dockerd is not started by apt: tests/compose starts its own.
+compose-deps:
+	@missing=""; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing OS packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q -r requirements-test.txt
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
@@ -61,9 +73,38 @@ demo: up
 	  $(CTL) run table-backup mnaas.traffic_details --source hdfs:///data/mnaas/traffic/details/ --wait --timeout 600 || rc=1; \
 	  $(CTL) demo summary --table $(DEMO_TABLE); echo; echo "Recent runs:"; $(CTL) jobs --limit 5; exit $$rc
 
-# Everything but the long fault scenarios (marker faults: make faults runs them).
-test: deps venv
-	$(PY) -m pytest -q --durations=40 -m "not faults" tests
+# Everything but the long fault scenarios (marker faults: make faults runs them), the compose end-to-end
+# test included (it needs root: it starts its own dockerd).  Without root: make test COMPOSE_TEST=no.
+COMPOSE_TEST ?= yes
+ifeq ($(COMPOSE_TEST),no)
+TEST_MARKERS := not faults and not compose
+TEST_DEPS := deps venv
+else ifeq ($(COMPOSE_TEST),yes)
+TEST_MARKERS := not faults
+TEST_DEPS := deps compose-deps venv
+else
+$(error COMPOSE_TEST must be yes or no, not '$(COMPOSE_TEST)')
+endif
+test: $(TEST_DEPS)
+	$(PY) -m pytest -q --durations=40 -m "$(TEST_MARKERS)" tests
+
+# docker-compose.yml end to end (tests/compose/test_stack.py): a private dockerd with host networking only,
+# the local Debian base image and the wheelhouse (cached under $(COMPOSE_STATE)), the images, the five
+# checks of the stack, then everything stopped and removed.  COMPOSE_STATE=... moves the cache (inside the
+# project: it holds the build context's wheelhouse); rm -rf it for a run from scratch.
+COMPOSE_STATE ?= .compose
+compose-test: deps compose-deps venv
+	MB_COMPOSE_STATE=$(abspath $(COMPOSE_STATE)) $(PY) -m pytest -q -s -m compose tests/compose
+
+# The pinned artifacts the images install, for a build outside the tests (docker compose build).
+wheelhouse: venv
+	mkdir -p $(COMPOSE_STATE)/wheelhouse
+	for lock in deploy/build-requirements.lock requirements.lock requirements-test.lock; do \
+	  $(VENV)/bin/pip download -q --no-deps --require-hashes -d $(COMPOSE_STATE)/wheelhouse -r $$lock || exit 1; done
+
+# Regenerate the hash-pinned locks after changing a pin in requirements*.txt.
+lock: venv
+	$(PY) deploy/lock.py
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit

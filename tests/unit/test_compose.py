@@ -1,4 +1,6 @@
-"""docker-compose.yml, checked structurally (no Docker engine runs on these machines).
+"""docker-compose.yml, deploy/compose.test.yaml, the Dockerfile and the locks, checked structurally.
+
+(tests/compose/test_stack.py runs the stack for real; these catch a broken file in a second.)
 
 Every service has a healthcheck; every project-image command and healthcheck
 starts an entry point that exists here (a backupctl subcommand whose arguments
@@ -25,8 +27,12 @@ from tests.conftest import ROOT
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]
-PROJECT = {name for name, svc in SERVICES.items() if svc.get("build") == "."}
-THIRD_PARTY = {"redis"}
+OVERRIDE_TEXT = (ROOT / "deploy" / "compose.test.yaml").read_text()
+OVERRIDE = yaml.safe_load(OVERRIDE_TEXT)
+BUILT = {name for name, svc in SERVICES.items() if isinstance(svc.get("build"), dict)
+         and svc["build"]["context"] == "."}
+PROJECT = {name for name in BUILT if SERVICES[name]["build"]["target"] in ("app", "tryout")}
+THIRD_PARTY = {"redis"}  # Debian's redis-server, built from the Dockerfile's target redis
 CONFIG_IN_CONTAINER = "/etc/mediation-backup/config.yaml"
 VENV_BIN = Path(sys.executable).parent
 
@@ -72,7 +78,8 @@ def _check_entry_point(argv: list[str], where: str) -> None:
         shipped = ROOT / exe[len("/app/"):]
         assert shipped.is_file() and os.access(shipped, os.X_OK), f"{where}: {shipped} missing or not executable"
         top = exe[len("/app/"):].split("/")[0]
-        assert re.search(rf"^COPY {top} ", (ROOT / "Dockerfile").read_text(), re.M), f"{where}: {top} not in image"
+        rel = exe[len("/app/"):]
+        assert re.search(rf"^COPY ({top}|{re.escape(rel)}) ", (ROOT / "Dockerfile").read_text(), re.M), f"{where}: {rel} not in image"
     else:
         assert (VENV_BIN / exe).exists(), f"{where}: {exe} is neither a project entry point nor a venv console script"
 
@@ -93,12 +100,28 @@ def test_project_commands_and_healthchecks_start_existing_entry_points(name):
     _check_entry_point(_argv(test[1:]) if test[0] == "CMD" else _argv(test[1]), f"{name}.healthcheck")
 
 
+def _stages() -> dict[str, str]:
+    """Dockerfile stage name -> its text."""
+    text = (ROOT / "Dockerfile").read_text()
+    parts = re.split(r"^FROM ", text, flags=re.M)[1:]
+    return {re.match(r"\S+ AS (\S+)", part).group(1): part for part in parts}
+
+
 def test_console_script_and_image_build():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'backupctl = "workers.cli:main"' in pyproject
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "pip install --no-cache-dir -r requirements.txt" in dockerfile
-    assert "pip install --no-cache-dir --no-deps ." in dockerfile
+    stages = _stages()
+    # Only the wheelhouse, only the locked artifacts: no index, hashes checked.
+    for line in re.findall(r"pip install[^\n]*(?:\\\n[^\n]*)*", dockerfile):
+        assert "--no-index" in line, line
+        # the project itself (a local folder, no dependencies) is the one install without hashes
+        assert "--require-hashes" in line or " --no-deps --no-build-isolation . " in line, line
+    assert "-r /locks/requirements.lock" in stages["venv"]
+    assert "pip install -q --no-index --no-deps --no-build-isolation ." in stages["app"]
+    assert "requirements-test.lock" not in stages["app"] and "requirements-test.lock" in stages["tryout"]
+    assert all(part.split()[0] in ("${BASE_IMAGE}", "os", "app") for part in re.findall(r"^FROM (.*)$", dockerfile, re.M))
+    assert list(stages)[-1] == "production" and stages["production"].split()[0] == "app"
     for package in ("backup", "connectors", "storage", "config", "tasks", "workers", "local_platform"):
         assert re.search(rf"^COPY {package} ", dockerfile, re.M), f"{package} not copied into the image"
 
@@ -132,10 +155,16 @@ def test_secrets_only_from_the_environment():
     assert "requirepass" not in " ".join(_argv(SERVICES["redis"]["command"])).split("|", 1)[1]
 
 
+def test_every_image_is_built_from_the_dockerfile_on_the_host_network():
+    assert BUILT == set(SERVICES)
+    for name, svc in SERVICES.items():
+        assert svc["build"]["network"] == "host" and svc["build"]["target"] in _stages(), name
+        assert svc["build"]["args"]["BASE_IMAGE"].startswith("${MB_BASE_IMAGE:-"), name
+
+
 def test_redis_has_password_noeviction_and_persistence():
     redis = SERVICES["redis"]
-    image, _, tag = redis["image"].partition(":")
-    assert image == "redis" and tag and tag != "latest"
+    assert redis["build"]["target"] == "redis" and "redis-server" in _stages()["redis"]
     command = " ".join(_argv(redis["command"]))
     assert "requirepass" in command and "$BACKUP_REDIS_PASSWORD" in command
     assert "--maxmemory-policy noeviction" in command and "--appendonly yes" in command
@@ -173,3 +202,43 @@ def test_example_configs_validate(name, monkeypatch):
     monkeypatch.setenv("BACKUP_REDIS_PASSWORD", "example")
     s = load_settings(ROOT / "config" / name)
     assert s.schedules and s.log_format == "json"
+
+
+def _lock(path: Path) -> dict[str, tuple[str, str]]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            m = re.fullmatch(r"([A-Za-z0-9._-]+)==(\S+) --hash=sha256:([0-9a-f]{64})", line)
+            assert m, f"{path.name}: {line!r} is not name==version --hash=sha256:<64 hex>"
+            out[m.group(1).lower()] = (m.group(2), m.group(3))
+    return out
+
+
+def _pins(path: Path) -> dict[str, str]:
+    return {n.lower(): v for n, v in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)$", path.read_text(), re.M)}
+
+
+def test_locks_pin_every_requirement_with_a_hash_and_tests_stay_out_of_the_runtime():
+    runtime, test = _pins(ROOT / "requirements.txt"), _pins(ROOT / "requirements-test.txt")
+    assert {n: v for n, (v, _) in _lock(ROOT / "requirements.lock").items()} == runtime
+    assert {n: v for n, (v, _) in _lock(ROOT / "requirements-test.lock").items()} == test
+    assert "-r requirements.txt" in (ROOT / "requirements-test.txt").read_text()
+    assert {"pytest", "aiosmtpd"} <= set(test) and not {"pytest", "aiosmtpd", "iniconfig", "pluggy"} & set(runtime)
+    build = _pins(ROOT / "deploy" / "build-requirements.txt")
+    assert {n: v for n, (v, _) in _lock(ROOT / "deploy" / "build-requirements.lock").items()} == build
+
+
+def test_test_override_runs_every_service_on_loopback_with_host_networking():
+    extra = set(OVERRIDE["services"]) - set(SERVICES)
+    assert extra == {"worker-io-2"}
+    assert set(OVERRIDE["services"]) >= set(SERVICES), "every service needs network_mode: host"
+    for name, svc in OVERRIDE["services"].items():
+        assert svc["network_mode"] == "host", name
+        text = yaml.safe_dump(svc)
+        assert "0.0.0.0" not in text, f"{name} must listen on loopback only"
+    used = {m.group(1) for m in _VAR.finditer(OVERRIDE_TEXT)}
+    allowed = {"MB_IMAGE", "MB_CONFIG_FILE", "MB_COMPOSE_FILES_DIR", "BACKUP_REDIS_PASSWORD"}
+    assert not {v for v in used if not v.startswith("MB_COMPOSE_") or not v.endswith("_PORT")} - allowed
+    from tests.compose.test_stack import PORTS
+    assert {v for v in used if v.endswith("_PORT")} <= {f"MB_COMPOSE_{k}_PORT" for k in PORTS}
+    assert len(set(PORTS.values())) == len(PORTS)

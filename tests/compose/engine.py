@@ -1,0 +1,193 @@
+"""A private Docker engine for the compose end-to-end test, and the image inputs it needs.
+
+Layout of the state folder (``MB_COMPOSE_STATE``, default ``<project>/.compose``; kept between runs as a
+cache, ``rm -rf`` it for a run from scratch):
+
+    base-bookworm.tar   the debootstrap'd Debian root file system, imported as the base image
+    wheelhouse/         the pinned artifacts of requirements*.lock (pip download --require-hashes)
+    docker/             dockerd's --data-root: the images and their layer cache (a second build is seconds)
+    run/                exec root, socket, pid file, daemon log, the test's config and env: removed at stop
+
+dockerd runs with host networking only (``--bridge=none``, no iptables, no forwarding): this workplace
+allows loopback traffic only, and every compose service runs with ``network_mode: host``.
+Everything here is bounded: each wait has a timeout and fails with what the daemon said.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_IMAGE = "mediation-backup/base:bookworm"
+LOCKS = (ROOT / "requirements.lock", ROOT / "requirements-test.lock", ROOT / "deploy" / "build-requirements.lock")
+
+
+class EngineError(RuntimeError):
+    """The engine or an image input could not be made; the message carries the tool's own output."""
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else "(no log)"
+
+
+def run(argv: list[str], timeout: float, what: str, **kw) -> subprocess.CompletedProcess:
+    """Run ``argv`` (never a shell), failing with its output when it fails or outlives ``timeout``."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as e:
+        raise EngineError(f"{what}: timed out after {timeout:.0f}s\n{(e.stderr or '')[-3000:]}") from None
+    if proc.returncode != 0:
+        raise EngineError(f"{what}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def debian_mirror() -> str:
+    """The Debian mirror apt on this host uses for bookworm (deb822 .sources or one-line sources.list)."""
+    files = sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]
+    for f in files:
+        if not f.is_file():
+            continue
+        text = f.read_text()
+        for stanza in re.split(r"\n\s*\n", text):
+            uris = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
+            suites = re.search(r"^Suites:\s*(.+)$", stanza, re.M)
+            if uris and suites and "bookworm" in suites.group(1).split():
+                return uris.group(1)
+        m = re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", text, re.M)
+        if m:
+            return m.group(1)
+    raise EngineError("no Debian bookworm mirror in /etc/apt/sources.list(.d): debootstrap needs one")
+
+
+class Engine:
+    """dockerd under ``state``, started and stopped by pid; the client talks to its own socket only."""
+
+    def __init__(self, state: Path):
+        self.state = state.resolve()
+        self.run_dir = self.state / "run"
+        self.sock = self.run_dir / "docker.sock"
+        self.pidfile = self.run_dir / "dockerd.pid"
+        self.log = self.run_dir / "dockerd.log"
+        self.env = dict(os.environ, DOCKER_HOST=f"unix://{self.sock}")
+        self.env.pop("DOCKER_CONTEXT", None)
+        self.client = shutil.which("docker", path="/usr/bin") or shutil.which("docker")
+        self.proc: subprocess.Popen | None = None
+
+    # -- daemon --------------------------------------------------------------------
+    def start(self, timeout: float = 60) -> None:
+        """Start dockerd and wait until ``docker info`` answers; fail with the daemon's log otherwise."""
+        dockerd = shutil.which("dockerd")
+        if os.geteuid() != 0:
+            raise EngineError("the compose test starts its own dockerd and needs root "
+                              "(make test COMPOSE_TEST=no excludes it)")
+        if not dockerd or not self.client:
+            raise EngineError("dockerd/docker not found: make compose-deps installs Debian's docker.io")
+        self.stop()  # a previous run killed hard may have left its daemon or mounts
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        argv = [dockerd, "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-forward=false",
+                "--ip-masq=false", "--data-root", str(self.state / "docker"), "--exec-root", str(self.run_dir / "exec"),
+                "--pidfile", str(self.pidfile), "-H", f"unix://{self.sock}"]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise EngineError(f"dockerd exited with code {self.proc.returncode}:\n{_tail(self.log)}")
+            if self.sock.exists() and subprocess.run([self.client, "info"], env=self.env, capture_output=True,
+                                                     timeout=10).returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise EngineError(f"dockerd did not answer `docker info` within {timeout:.0f}s:\n{_tail(self.log)}")
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop dockerd by its pid (TERM, then KILL), unmount what it left, remove ``run/``."""
+        pid = self.proc.pid if self.proc else None
+        if pid is None and self.pidfile.exists():
+            try:
+                pid = int(self.pidfile.read_text().strip())
+                if Path(f"/proc/{pid}/exe").resolve().name != "dockerd":
+                    pid = None  # a stale pid file naming someone else's process
+            except (ValueError, OSError):
+                pid = None
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                    if self.proc is not None and self.proc.poll() is not None:
+                        break
+                    time.sleep(0.1)
+                else:
+                    if Path(f"/proc/{pid}").exists():
+                        os.kill(pid, signal.SIGKILL)
+                        if self.proc is not None:
+                            self.proc.wait(10)
+            except ProcessLookupError:
+                pass
+        self.proc = None
+        # Deepest first: netns/default under exec, overlay mounts of containers killed with the daemon.
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for point in sorted((m for m in mounts if m.startswith(str(self.state) + "/")), key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+        if self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+
+    # -- client --------------------------------------------------------------------
+    def docker(self, *args: str, timeout: float = 120, what: str | None = None, **kw) -> subprocess.CompletedProcess:
+        return run([self.client, *args], timeout, what or f"docker {' '.join(args[:3])}", env=self.env, **kw)
+
+    def has_image(self, name: str) -> bool:
+        return subprocess.run([self.client, "image", "inspect", name], env=self.env, capture_output=True,
+                              timeout=30).returncode == 0
+
+    # -- image inputs ----------------------------------------------------------------
+    def ensure_base_image(self, timeout: float = 300) -> str:
+        """The local Debian base image: debootstrap once (cached as a tarball), ``docker import`` it."""
+        if self.has_image(BASE_IMAGE):
+            return "cached image"
+        tarball = self.state / "base-bookworm.tar"
+        how = "cached tarball"
+        if not tarball.exists():
+            debootstrap = shutil.which("debootstrap")
+            if not debootstrap:
+                raise EngineError("debootstrap not found: make compose-deps installs it")
+            rootfs = self.state / "rootfs"
+            shutil.rmtree(rootfs, ignore_errors=True)
+            run([debootstrap, "--variant=minbase", "bookworm", str(rootfs), debian_mirror()], timeout,
+                "debootstrap bookworm")
+            partial = tarball.with_suffix(".partial")
+            with open(partial, "wb") as out:
+                subprocess.run(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=out, check=True,
+                               timeout=timeout)
+            partial.rename(tarball)
+            shutil.rmtree(rootfs)
+            how = "debootstrap"
+        with open(tarball, "rb") as f:
+            self.docker("import", "-", BASE_IMAGE, stdin=f, timeout=timeout, what="docker import of the base image")
+        return how
+
+    def wheelhouse(self) -> Path:
+        return self.state / "wheelhouse"
+
+
+def ensure_wheelhouse(folder: Path, python: str, timeout: float = 600) -> str:
+    """Download every artifact of the locks into ``folder`` (pip checks each hash); skipped if already done."""
+    stamp = folder / ".locks.sha256"
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in LOCKS)).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return "cached"
+    folder.mkdir(parents=True, exist_ok=True)
+    for lock in LOCKS:
+        run([python, "-m", "pip", "download", "-q", "--no-deps", "--require-hashes", "-d", str(folder),
+             "-r", str(lock)], timeout, f"pip download -r {lock.name}")
+    stamp.write_text(digest)
+    return "downloaded"

@@ -1,0 +1,398 @@
+"""docker-compose.yml run end to end, the way operators deploy it (``make compose-test``; part of ``make test``).
+
+A private dockerd (tests/compose/engine.py: host networking only, under ``MB_COMPOSE_STATE``), the local
+Debian base image, the images built from the Dockerfile with the wheelhouse of the hash-pinned locks,
+then ``docker-compose -f docker-compose.yml -f deploy/compose.test.yaml up -d`` and, in order:
+
+  1. another service enqueues ``backup.edge_export`` by name from the host (examples/enqueue_client.py,
+     the enqueue contract) and follows it to ``success``; the edge node's own ``sha256sum`` checks the archive;
+  2. ``backup.customer_files`` fans its copies out over two io worker containers (result backend: the
+     worker of each copy task);
+  3. the io worker running a copy is ``docker kill``-ed mid-transfer: the run completes after redelivery,
+     no temporary or duplicate file on either side;
+  4. ``docker-compose down`` then ``up``: job records, a held lock and the beat schedule's bookkeeping are
+     still in Redis (AOF on a volume) and beat does not fire a minute twice;
+  5. Flower answers 401 without credentials and lists every worker with them;
+  6. the production image has neither pytest nor aiosmtpd (requirements-test.lock: try-out image only).
+
+Then ``down -v``, dockerd stopped by pid, its run folder removed; on failure too.  No skip: when the
+engine cannot start the test fails with the daemon's error (``make test COMPOSE_TEST=no`` excludes it).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backup.resources import Resources
+from base.identifiers import TableName
+from config.settings import load_settings
+from local_platform.sample_data import create_sample_table
+from tests.compose.engine import ROOT, Engine, ensure_wheelhouse, run
+
+pytestmark = pytest.mark.compose
+
+STATE = Path(os.environ.get("MB_COMPOSE_STATE", ROOT / ".compose")).resolve()
+OFFSET = int(os.environ.get("MB_COMPOSE_PORT_OFFSET", os.environ.get("MB_TEST_PORT_OFFSET", "0")))
+# Bases apart from the default platform's ports and the test sessions' (tests/conftest.py: 1xxxx + offset).
+PORTS = {name: base + OFFSET for name, base in {
+    "REDIS": 26379, "HIVE": 21000, "CONNECT": 26002, "SSH": 22422, "SMTP": 28025, "TICKET": 28089,
+    "FLOWER": 25555, "METRICS": 29808}.items()}
+PROJECT = f"mbcompose{OFFSET}"
+IMAGES = {"MB_IMAGE": "mediation-backup:test", "MB_TRYOUT_IMAGE": "mediation-backup-tryout:test",
+          "MB_REDIS_IMAGE": "mediation-backup-redis:test"}
+TARGETS = {"MB_IMAGE": "app", "MB_TRYOUT_IMAGE": "tryout", "MB_REDIS_IMAGE": "redis"}
+FILES_IN_CONTAINER = "/var/lib/mediation-backup/customer-files"
+PROBE_TABLE = "mnaas.beat_probe"  # the every-minute schedule's table: absent, so each fire is a quick failed job
+WORKER_UID = 10001  # the image's user backup
+TIMES: dict[str, float] = {}
+DELIVERED: dict[str, dict[str, str]] = collections.defaultdict(dict)  # customer -> file name -> sha256, all steps
+
+
+def _config(files: Path) -> dict:
+    cfg = yaml.safe_load((ROOT / "config" / "compose.yaml").read_text())
+    p = PORTS
+    cfg.update({
+        "redis": {"url": f"redis://127.0.0.1:{p['REDIS']}/0", "key_prefix": "mb"},
+        "hive": {"host": "127.0.0.1", "port": p["HIVE"], "auth_mechanism": "NOSASL"},
+        "spark": {"remote": f"sc://127.0.0.1:{p['CONNECT']}"},
+        "smtp": {"host": "127.0.0.1", "port": p["SMTP"]},
+        "ticket": {"url": f"http://127.0.0.1:{p['TICKET']}/tickets"},
+        "flower": {"address": "127.0.0.1", "port": p["FLOWER"]},
+        "metrics": {"address": "127.0.0.1", "port": p["METRICS"]},
+        # The shortest redelivery after a killed worker the settings allow (step 3).
+        "celery": {"visibility_timeout": 20, "task_time_limit": 120, "task_soft_time_limit": 110},
+        "schedules": [{"name": "beat-probe", "workflow": "edge-export", "cron": "* * * * *", "timezone": "UTC",
+                       "kwargs": {"table": PROBE_TABLE}}],
+    })
+    cfg["sftp"].update(host="127.0.0.1", port=p["SSH"])
+    c = FILES_IN_CONTAINER
+    cfg["customer_files"] = {
+        "source_dirs": [f"{c}/incoming"],
+        "customers": {name: {"primary": f"{c}/primary/{name}", "secondary": f"sftp://127.0.0.1:{p['SSH']}/backups/edge/cf/{name}"}
+                      for name in CUSTOMERS},
+        "domains": {"traffic": ["traffic_*.csv"]}, "settle_seconds": 0,
+        "staging_table": "mnaas.cf_inter_record_count", "final_table": "mnaas.cf_records_count",
+        "status_flag": f"{c}/status/MNAAS_backup_files_process.status", "manifest_dir": f"{c}/manifests",
+    }
+    return cfg
+
+
+CUSTOMERS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")
+
+
+def _chown_tree(path: Path) -> None:
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, WORKER_UID, WORKER_UID)
+
+
+class Stack:
+    """The running compose project: its engine, environment and host-side view of its Redis."""
+
+    def __init__(self, engine: Engine, env: dict, files: Path, settings):
+        self.engine, self.env, self.files, self.settings = engine, env, files, settings
+        self.res = Resources(settings)
+        self.compose_cmd = [shutil.which("docker-compose") or "docker-compose", "-p", PROJECT,
+                            "--project-directory", str(ROOT), "-f", str(_without_published_ports(engine.run_dir)),
+                            "-f", str(ROOT / "deploy" / "compose.test.yaml")]
+
+    def compose(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        return run([*self.compose_cmd, *args], timeout, f"docker-compose {' '.join(args)}", env=self.env, cwd=ROOT)
+
+    def container(self, service: str) -> str:
+        cid = self.compose("ps", "-q", service, timeout=30).stdout.strip()
+        assert cid, f"no container for {service}"
+        return cid
+
+    def exec(self, service: str, *argv: str, timeout: float = 60) -> str:
+        return self.engine.docker("exec", self.container(service), *argv, timeout=timeout).stdout
+
+    def wait_healthy(self, timeout: float = 480) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            ids = self.compose("ps", "-q", timeout=30).stdout.split()
+            states = json.loads(self.engine.docker("inspect", *ids, timeout=30).stdout) if ids else []
+            bad = {s["Name"]: (s["State"]["Status"], (s["State"].get("Health") or {}).get("Status")) for s in states
+                   if (s["State"].get("Health") or {}).get("Status") != "healthy"}
+            if states and not bad:
+                return
+            if time.monotonic() > deadline:
+                logs = self.compose("logs", "--tail", "30", timeout=60).stdout[-6000:]
+                raise AssertionError(f"not healthy after {timeout:.0f}s: {bad}\n{logs}")
+            time.sleep(1)
+
+    def redis_url(self) -> str:
+        return f"redis://:{self.env['BACKUP_REDIS_PASSWORD']}@127.0.0.1:{PORTS['REDIS']}/0"
+
+
+def _without_published_ports(folder: Path) -> Path:
+    """docker-compose.yml less its ``ports:``: Docker refuses port bindings with network_mode host, and an
+    override cannot remove a key (docker-compose 1.29 has no ``!reset``).  Everything else is the operators' file."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for svc in compose["services"].values():
+        svc.pop("ports", None)
+    out = folder / "docker-compose.yml"
+    out.write_text(yaml.safe_dump(compose, sort_keys=False))
+    return out
+
+
+def _timed(name: str, fn, *args, **kw):
+    t0 = time.monotonic()
+    out = fn(*args, **kw)
+    TIMES[name] = round(time.monotonic() - t0, 1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack():
+    t0 = time.monotonic()
+    engine = Engine(STATE)
+    mp = pytest.MonkeyPatch()
+    try:
+        _timed("engine_start", engine.start)
+        TIMES["base_image_from"] = _timed("base_image", engine.ensure_base_image)
+        TIMES["wheelhouse_from"] = _timed("wheelhouse", ensure_wheelhouse, engine.wheelhouse(), sys.executable)
+        wheelhouse = engine.wheelhouse().relative_to(ROOT)  # inside the build context (.dockerignore keeps it)
+
+        def build():
+            for var, target in TARGETS.items():
+                engine.docker("build", "--network", "host", "--target", target, "--build-arg",
+                              f"WHEELHOUSE={wheelhouse}", "-t", IMAGES[var], ".", cwd=ROOT, timeout=900,
+                              what=f"docker build --target {target}")
+        _timed("build", build)
+        files = engine.run_dir / "customer-files"
+        files.mkdir(parents=True)
+        config_file = engine.run_dir / "config.yaml"
+        config_file.write_text(yaml.safe_dump(_config(files), sort_keys=False))
+        config_file.chmod(0o644)
+        _chown_tree(files)
+        password = secrets.token_urlsafe(18)
+        env = dict(engine.env, **IMAGES, BACKUP_REDIS_PASSWORD=password, FLOWER_BASIC_AUTH=f"ops:{password}",
+                   MB_CONFIG_FILE=str(config_file), MB_COMPOSE_FILES_DIR=str(files),
+                   **{f"MB_COMPOSE_{k}_PORT": str(v) for k, v in PORTS.items()})
+        mp.setenv("BACKUP_REDIS_PASSWORD", password)  # the host-side Resources read the secret from here
+        # The host reads the same config; its container paths are never opened on the host.
+        st = Stack(engine, env, files, load_settings(config_file))
+        try:
+            _timed("up", st.compose, "up", "-d", "--no-build", timeout=300)
+            _timed("healthy", st.wait_healthy)
+            yield st
+        finally:
+            try:
+                st.compose("down", "-v", "--timeout", "10", timeout=120)
+            finally:
+                st.res.redis.close()
+    finally:
+        mp.undo()
+        engine.stop()
+        TIMES["total"] = round(time.monotonic() - t0, 1)
+        (STATE / "last-run-times.json").write_text(json.dumps(TIMES, indent=1))
+        print(f"\ncompose stack times (s): {json.dumps(TIMES)}")
+
+
+def _job(res, job_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rec = res.jobs.find(job_id)
+        if rec and rec["state"] in ("success", "failed", "skipped"):
+            return rec
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} not finished after {timeout}s: {res.jobs.find(job_id)}")
+
+
+def _enqueue(st: Stack, task: str) -> str:
+    from celery import Celery
+
+    app = Celery("caller", broker=st.redis_url(), backend=st.redis_url(), set_as_current=False)
+    job_id = secrets.token_hex(16)
+    app.send_task(task, kwargs={}, task_id=job_id, queue="default")
+    return job_id
+
+
+def _copy_workers(st: Stack, job_id: str) -> dict[str, str]:
+    """Worker of each copy task of ``job_id``, from the result backend (result_extended)."""
+    out = {}
+    for key in st.res.redis.scan_iter("celery-task-meta-*", count=1000):
+        meta = json.loads(st.res.redis.get(key) or "{}")
+        if meta.get("name", "").startswith("backup.customer_files.copy") and (meta.get("args") or meta.get("kwargs")):
+            if job_id in json.dumps([meta.get("args"), meta.get("kwargs")]):
+                out[meta["task_id"]] = meta.get("worker")
+    return out
+
+
+def _write_delivery(st: Stack, customers, big: bool, seed: int) -> dict[str, dict[str, str]]:
+    """Files for each customer under incoming/<customer>/; returns customer -> name -> sha256."""
+    rng = random.Random(seed)
+    out = {}
+    for customer in customers:
+        d = st.files / "incoming" / customer
+        d.mkdir(parents=True, exist_ok=True)
+        out[customer] = {}
+        for i in range(4 if big else 2):
+            line = "".join(f"{rng.randint(0, 10**9)};4479{j:08d};x\n" for j in range(2000)).encode()
+            data = line * (2000 if big else 1)  # ~100 MB each when big: the copy lasts long enough to be killed
+            name = f"traffic_{seed}_{i}.csv"
+            (d / name).write_bytes(data)
+            old = time.time() - 3600
+            os.utime(d / name, (old, old))
+            out[customer][name] = hashlib.sha256(data).hexdigest()
+            DELIVERED[customer][name] = out[customer][name]
+    _chown_tree(st.files)
+    return out
+
+
+def _edge_sha256(st: Stack, folder: str) -> dict[str, str]:
+    """path -> sha256 of every file under ``folder`` on the edge node, by its own sha256sum."""
+    listing = st.exec("edge", "find", folder, "-type", "f").split()
+    if not listing:
+        return {}
+    out = st.exec("edge", "sha256sum", *listing)
+    return {path: digest for digest, path in (line.split(None, 1) for line in out.splitlines())}
+
+
+def test_1_edge_export_enqueued_by_another_service(stack):
+    with stack.res.hive() as hive:
+        # One month back: the window (last 5 whole months) gets a month of rows, in a tenth of the partitions.
+        create_sample_table(hive, TableName.parse("mnaas.customer_traffic"), rows=1000, months_back=1)
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "enqueue_client.py"), "--redis-url", stack.redis_url(),
+                          "--task", "backup.edge_export", "--kwargs", json.dumps({"table": "mnaas.customer_traffic"}),
+                          "--prefix", "mb", "--timeout", "180", "--json"], capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rec = json.loads(out.stdout)
+    assert rec["state"] == "success" and rec["outputs"]["rows"] > 0, rec
+    remote = "/" + rec["outputs"]["remote_uri"].split("/", 3)[3]
+    digest = stack.exec("edge", "sha256sum", remote).split()[0]
+    assert digest == rec["outputs"]["sha256"]
+    assert stack.exec("edge", "stat", "-c", "%s", remote).strip() == str(rec["outputs"]["bytes"])
+
+
+def test_2_customer_files_fan_out_over_two_io_worker_containers(stack):
+    expected = _write_delivery(stack, CUSTOMERS, big=False, seed=2)
+    job_id = _enqueue(stack, "backup.customer_files")
+    rec = _job(stack.res, job_id, 180)
+    assert rec["state"] == "success", rec
+    workers = _copy_workers(stack, job_id)
+    assert len(workers) == len(CUSTOMERS), workers
+    assert len({w.split("@")[0] for w in workers.values()}) == 2, f"copies all ran on one worker: {workers}"
+    remote = _edge_sha256(stack, "/backups/edge/cf")
+    for customer, files in expected.items():
+        for name, digest in files.items():
+            assert remote[f"/backups/edge/cf/{customer}/traffic/{name}"] == digest
+            primary = stack.files / "primary" / customer / "traffic" / name
+            assert hashlib.sha256(primary.read_bytes()).hexdigest() == digest
+
+
+def _worker_running_copy(st: Stack, job_id: str, timeout: float) -> str:
+    """Node name of the worker whose active tasks include a copy of ``job_id`` (celery inspect active)."""
+    from celery import Celery
+
+    from workers.app import celery_config
+
+    # The workers' own Celery settings (their transport), not set as the current app: later tests keep theirs.
+    app = Celery("probe", set_as_current=False)
+    app.conf.update(celery_config(st.settings))
+    deadline = time.monotonic() + timeout
+    while True:
+        for worker, tasks in (app.control.inspect(timeout=1).active() or {}).items():
+            for t in tasks:
+                if t["name"].startswith("backup.customer_files.copy") and job_id in json.dumps([t["args"], t["kwargs"]]):
+                    return worker
+        assert time.monotonic() < deadline, f"no worker runs a copy of {job_id}: {st.res.jobs.find(job_id)}"
+        time.sleep(0.2)
+
+
+def test_3_io_worker_container_killed_mid_transfer(stack):
+    expected = _write_delivery(stack, ["alpha"], big=True, seed=3)
+    job_id = _enqueue(stack, "backup.customer_files")
+    primary = stack.files / "primary" / "alpha" / "traffic"
+    worker = _worker_running_copy(stack, job_id, 120)
+    service = "worker-io-2" if worker.startswith("io2@") else "worker-io"
+    stack.engine.docker("kill", stack.container(service))  # the copy of 4 x 100 MB runs for seconds
+    copying = next(p for p in stack.res.jobs.get(job_id)["phases"] if p["name"] == "copy:alpha")
+    assert copying["state"] == "running", f"the kill must land mid-copy: {copying}"
+    rec = _job(stack.res, job_id, 300)
+    assert rec["state"] == "success", rec
+    copy = next(p for p in rec["phases"] if p["name"] == "copy:alpha")
+    assert copy["deliveries"] >= 2, copy
+    names = sorted(p.name for p in primary.iterdir())
+    remote = _edge_sha256(stack, "/backups/edge/cf/alpha")
+    # Every file once, under its own name, with its content: no temporary, partial or extra copy.
+    assert remote == {f"/backups/edge/cf/alpha/traffic/{n}": d for n, d in DELIVERED["alpha"].items()}
+    assert names == sorted(DELIVERED["alpha"])
+    for name, digest in expected["alpha"].items():
+        assert hashlib.sha256((primary / name).read_bytes()).hexdigest() == digest
+    stack.compose("up", "-d", "--no-build", service)  # bring it back if its restart policy did not
+    stack.wait_healthy()
+
+
+def _probe_fires(st: Stack) -> collections.Counter:
+    """Jobs the every-minute schedule created, counted per minute (of their creation time)."""
+    fires = collections.Counter()
+    for rec in st.res.jobs.recent(limit=10_000):
+        if rec["workflow"] == "edge-export" and rec["target"] == PROBE_TABLE:
+            fires[int(rec["created"] // 60)] += 1
+    return fires
+
+
+def test_4_down_and_up_keeps_records_locks_and_schedule(stack):
+    jobs_before = set(stack.res.redis.scan_iter("mb:job:*"))
+    assert jobs_before
+    held, holder = stack.res.locks.acquire("edge-export", "mnaas.lock_probe", "compose-probe")
+    assert held is not None, holder
+    schedule_keys = set(stack.res.redis.scan_iter("mb:redbeat:*"))
+    assert any(b"beat-probe" in k for k in schedule_keys), schedule_keys
+    fires_before = _probe_fires(stack)
+    assert not fires_before or max(fires_before.values()) == 1, fires_before
+    stack.compose("down", "--timeout", "20", timeout=180)
+    stack.compose("up", "-d", "--no-build", timeout=300)
+    stack.wait_healthy()
+    assert jobs_before <= set(stack.res.redis.scan_iter("mb:job:*"))
+    assert stack.res.locks.holder("edge-export", "mnaas.lock_probe") == "compose-probe"
+    assert schedule_keys <= set(stack.res.redis.scan_iter("mb:redbeat:*"))
+    # The restarted beat goes on from the schedule's bookkeeping: the next minute fires once, none twice.
+    deadline = time.monotonic() + 75
+    while len(_probe_fires(stack)) <= len(fires_before):
+        assert time.monotonic() < deadline, f"beat fired nothing after the restart: {_probe_fires(stack)}"
+        time.sleep(1)
+    fires = _probe_fires(stack)
+    assert max(fires.values()) == 1, f"a minute fired twice: {fires}"
+
+
+def test_5_flower_requires_credentials_and_lists_workers(stack):
+    url = f"http://127.0.0.1:{PORTS['FLOWER']}/api/workers?refresh=1"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url, timeout=30)
+    assert e.value.code == 401
+    auth = base64.b64encode(stack.env["FLOWER_BASIC_AUTH"].encode()).decode()
+    deadline = time.monotonic() + 60
+    while True:
+        req = urllib.request.Request(url, headers={"Authorization": f"Basic {auth}"})
+        workers = json.loads(urllib.request.urlopen(req, timeout=30).read())
+        prefixes = {name.split("@")[0] for name in workers}
+        if prefixes >= {"io", "io2", "spark", "default"} or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert prefixes >= {"io", "io2", "spark", "default"}, sorted(workers)
+
+
+def test_6_production_image_ships_no_test_packages(stack):
+    probe = "import importlib.util as u; print(sorted(m for m in ('aiosmtpd', 'pytest') if u.find_spec(m)))"
+    found = {var: stack.engine.docker("run", "--rm", "--network", "host", IMAGES[var], "python", "-c", probe,
+                                      timeout=120).stdout.strip() for var in ("MB_IMAGE", "MB_TRYOUT_IMAGE")}
+    # requirements-test.lock goes into the try-out image only (its mail sink runs aiosmtpd).
+    assert found == {"MB_IMAGE": "[]", "MB_TRYOUT_IMAGE": "['aiosmtpd', 'pytest']"}, found
