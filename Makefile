@@ -75,18 +75,30 @@ demo: up
 
 # Everything but the long fault scenarios (marker faults: make faults runs them), the compose end-to-end
 # test included (it needs root: it starts its own dockerd).  Without root: make test COMPOSE_TEST=no.
+# The compose test runs beside the rest, as a second pytest session (its own dockerd, ports, Redis and
+# temp folder; most of both sessions is waiting on services); its output follows the suite's, and make
+# test fails if either fails.
 COMPOSE_TEST ?= yes
 ifeq ($(COMPOSE_TEST),no)
-TEST_MARKERS := not faults and not compose
 TEST_DEPS := deps venv
 else ifeq ($(COMPOSE_TEST),yes)
-TEST_MARKERS := not faults
 TEST_DEPS := deps compose-deps venv
 else
 $(error COMPOSE_TEST must be yes or no, not '$(COMPOSE_TEST)')
 endif
 test: $(TEST_DEPS)
-	$(PY) -m pytest -q --durations=40 -m "$(TEST_MARKERS)" tests
+	@mkdir -p $(STATE)/logs; rc=0; compose_rc=0; \
+	if [ "$(COMPOSE_TEST)" = yes ]; then \
+	  MB_COMPOSE_STATE=$(abspath $(COMPOSE_STATE)) $(PY) -m pytest -q -p no:cacheprovider --durations=10 \
+	    -m compose tests/compose > $(STATE)/logs/compose-test.log 2>&1 & compose_pid=$$!; \
+	fi; \
+	$(PY) -m pytest -q --durations=40 -m "not faults and not compose" tests || rc=$$?; \
+	if [ "$(COMPOSE_TEST)" = yes ]; then \
+	  wait $$compose_pid || compose_rc=$$?; \
+	  echo; echo "== compose end-to-end test (tests/compose, ran beside the suite): exit $$compose_rc"; \
+	  cat $(STATE)/logs/compose-test.log; \
+	fi; \
+	[ $$rc = 0 ] && [ $$compose_rc = 0 ]
 
 # docker-compose.yml end to end (tests/compose/test_stack.py): a private dockerd with host networking only,
 # the local Debian base image and the wheelhouse (cached under $(COMPOSE_STATE)), the images, the five
