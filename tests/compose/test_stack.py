@@ -322,6 +322,17 @@ def test_3_io_worker_container_killed_mid_transfer(stack):
     primary = stack.files / "primary" / "alpha" / "traffic"
     worker = _worker_running_copy(stack, job_id, 120)
     service = "worker-io-2" if worker.startswith("io2@") else "worker-io"
+    # Killed while bytes still flow (its progress in the job record), never in its last moment: after the bytes
+    # come the checksums, then the success write, which, already on its way to Redis, would land after the kill.
+    deadline = time.monotonic() + 120
+    while True:
+        done = (stack.res.jobs.get(job_id)["progress"].get("copy:alpha") or {})
+        total = done.get("bytes_total") or 0
+        if total and 0 < done.get("bytes_done", 0) < total:
+            break
+        assert total == 0 or done.get("bytes_done", 0) < total, f"the copy's bytes all went by unseen: {done}"
+        assert time.monotonic() < deadline, f"the copy of {job_id} never started: {stack.res.jobs.get(job_id)}"
+        time.sleep(0.05)
     stack.engine.docker("kill", stack.container(service))  # the copy of 4 x 100 MB runs for seconds
     copying = next(p for p in stack.res.jobs.get(job_id)["phases"] if p["name"] == "copy:alpha")
     assert copying["state"] == "running", f"the kill must land mid-copy: {copying}"
