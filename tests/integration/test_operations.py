@@ -259,3 +259,33 @@ def test_beat_check_follows_the_active_beat_and_a_clean_stop_releases_its_lock(t
     assert beat.proc.returncode == 0, beat.text()[-2000:]
     # The lock would live 300 s more if the stopping beat had not released it.
     assert backupctl("--config", str(config), "beat", "--check").returncode == 1
+
+
+def test_a_schedule_removed_from_the_config_is_purged_from_redis_when_beat_starts(tmp_path, settings, redis_client):
+    """redbeat keeps every entry in Redis; an entry deleted from the config must not live on there (and fire)."""
+    never = {"workflow": WORKFLOW, "cron": "0 3 1 1 *", "timezone": "UTC", "kwargs": {"table": "mnaas_ops.purge"}}
+    both = write_config(tmp_path / "both.yaml", {"schedules": [{"name": "keep-me", **never}, {"name": "drop-me", **never}]})
+    one = write_config(tmp_path / "one.yaml", {"schedules": [{"name": "keep-me", **never}]})
+
+    def entries() -> set[str]:
+        """Schedule names redbeat holds in Redis: its entry keys and the members of its sets."""
+        prefix = f"{settings.redis.key_prefix}:redbeat:"
+        names = set()
+        for key in redis_client.scan_iter(f"{prefix}*"):
+            key = key.decode()
+            kind = redis_client.type(key).decode()
+            if kind == "hash":
+                names.add(key[len(prefix):])
+            elif kind in ("set", "zset"):
+                members = redis_client.smembers(key) if kind == "set" else redis_client.zrange(key, 0, -1)
+                names |= {m.decode().removeprefix(prefix) for m in members}
+        return names
+
+    for config, expected in ((both, {"keep-me", "drop-me"}), (one, {"keep-me"})):
+        beat = Proc.backupctl(config, "beat", "--loglevel", "INFO", log=tmp_path / f"beat-{config.stem}.log")
+        try:
+            beat.start().wait_for_log("beat: Acquired lock", timeout=30)
+            wait_until(lambda: {"keep-me", "drop-me"} & entries() == expected, 15, f"redbeat entries {expected}")
+        finally:
+            beat.stop()
+    assert "drop-me" not in entries()
