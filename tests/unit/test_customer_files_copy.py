@@ -147,6 +147,27 @@ def test_different_file_at_the_name_is_never_overwritten(tmp_path):
     assert _files(tmp_path / "edge") == ["traffic/trafic é 1.csv"]
 
 
+class CorruptingLocal(LocalBackend):
+    """A local backend whose new files get one bit flipped once written: damage between write and verification."""
+
+    def _create(self, path, chunks):
+        super()._create(path, chunks)
+        with open(path, "r+b") as f:
+            first = f.read(1)
+            f.seek(0)
+            f.write(bytes([first[0] ^ 1]))
+
+
+def test_a_copy_that_fails_verification_is_removed_and_fails_the_file(tmp_path):
+    item, data, dests = _tree(tmp_path, data=b"a;1\nb;2\n")
+    dests[1].backend = CorruptingLocal()  # the secondary damages what it stores
+    result = copy_file(item, LocalBackend(), dests, lambda n: None)
+    assert result["status"] == "failed"
+    assert "secondary: ChecksumMismatch:" in result["error"] and "removed" in result["error"], result["error"]
+    assert _files(tmp_path / "edge") == [], "the damaged copy must not stay at its final name"
+    assert (tmp_path / "primary" / "traffic" / "trafic é 1.csv").read_bytes() == data
+
+
 def test_source_failing_midway_leaves_nothing_at_any_destination(tmp_path):
     item, data, dests = _tree(tmp_path)
     result = copy_file(item, BreakingLocal(after=READ_CHUNK + 10), dests, lambda n: None)
