@@ -74,24 +74,20 @@ class LocalBackend(StorageBackend):
 
     def stat(self, path: str) -> FileStat | None:
         """Stat following symlinks; None if missing."""
-        path = self._checked(path)
-        try:
-            found = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as e:
-            raise classify(e, f"stat {path}") from e
-        return _file_stat(path, found)
+        return self._stat(os.stat, "stat", path)
 
     def lstat(self, path: str) -> FileStat | None:
         """Stat without following a symbolic link at ``path`` (then ``special`` is "symbolic link"); None if missing."""
+        return self._stat(os.lstat, "lstat", path)
+
+    def _stat(self, call, what: str, path: str) -> FileStat | None:
         path = self._checked(path)
         try:
-            found = os.lstat(path)
+            found = call(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
-            raise classify(e, f"lstat {path}") from e
+            raise classify(e, f"{what} {path}") from e
         return _file_stat(path, found)
 
     def list(self, path: str) -> list[FileStat]:
