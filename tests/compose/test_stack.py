@@ -44,6 +44,7 @@ from base.identifiers import TableName
 from config.settings import load_settings
 from local_platform.sample_data import create_sample_table
 from tests.compose.engine import ROOT, Engine, ensure_wheelhouse, run
+from tests.helpers import wait_job
 
 pytestmark = pytest.mark.compose
 
@@ -205,16 +206,6 @@ def stack():
         print(f"\ncompose stack times (s): {json.dumps(TIMES)}")
 
 
-def _job(res, job_id: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rec = res.jobs.find(job_id)
-        if rec and rec["state"] in ("success", "failed", "skipped"):
-            return rec
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} not finished after {timeout}s: {res.jobs.find(job_id)}")
-
-
 def _enqueue(st: Stack, task: str) -> str:
     from celery import Celery
 
@@ -284,7 +275,7 @@ def test_1_edge_export_enqueued_by_another_service(stack):
 def test_2_customer_files_fan_out_over_two_io_worker_containers(stack):
     expected = _write_delivery(stack, CUSTOMERS, big=False, seed=2)
     job_id = _enqueue(stack, "backup.customer_files")
-    rec = _job(stack.res, job_id, 180)
+    rec = wait_job(stack.res, job_id, 180)
     assert rec["state"] == "success", rec
     workers = _copy_workers(stack, job_id)
     assert len(workers) == len(CUSTOMERS), workers
@@ -336,7 +327,7 @@ def test_3_io_worker_container_killed_mid_transfer(stack):
     stack.engine.docker("kill", stack.container(service))  # the copy of 4 x 100 MB runs for seconds
     copying = next(p for p in stack.res.jobs.get(job_id)["phases"] if p["name"] == "copy:alpha")
     assert copying["state"] == "running", f"the kill must land mid-copy: {copying}"
-    rec = _job(stack.res, job_id, 300)
+    rec = wait_job(stack.res, job_id, 300)
     assert rec["state"] == "success", rec
     copy = next(p for p in rec["phases"] if p["name"] == "copy:alpha")
     assert copy["deliveries"] >= 2, copy

@@ -3,7 +3,6 @@ listed by the CLI and schedulable, without touching any other file (tests/hello_
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -12,6 +11,7 @@ from bench.faultkit import PrivateRedis
 from config.settings import load_settings
 from config.workflows import WORKFLOWS, unregister
 from tests.conftest import PORT_OFFSET, STATE, WorkerProc, write_config
+from tests.helpers import wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -30,16 +30,6 @@ def hello_broker(platform):
     server = PrivateRedis(6505 + PORT_OFFSET, STATE / "hello-redis").start()
     yield server
     server.stop()
-
-
-def _wait_terminal(res: Resources, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rec = res.jobs.find(job_id)
-        if rec and rec["state"] in ("success", "failed", "skipped"):
-            return rec
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} not finished in {timeout}s: {res.jobs.find(job_id)}")
 
 
 def test_one_module_and_one_entry_make_a_routed_listed_schedulable_enqueueable_workflow(hello, hello_broker, tmp_path,
@@ -80,14 +70,14 @@ def test_one_module_and_one_entry_make_a_routed_listed_schedulable_enqueueable_w
     worker = WorkerProc(config, "hello", app=client, app_module="tests.hello_workflow").start()
     try:
         job_id = client.send_task("backup.hello", kwargs={"greeting": "morning"}).id
-        rec = _wait_terminal(res, job_id)
+        rec = wait_job(res, job_id, 60)
         assert rec["state"] == "success", rec
         assert rec["outputs"]["said"] == "morning, world"
         assert [(p["name"], p["state"]) for p in rec["phases"]] == [
             ("lock", "success"), ("greet", "success"), ("finish", "success")]
         # The request contract is the declaration's: an unknown argument fails the job record, loudly.
         bad = client.send_task("backup.hello", kwargs={"greting": "x"}).id
-        rec = _wait_terminal(res, bad)
+        rec = wait_job(res, bad, 60)
         assert rec["state"] == "failed"
         assert "unexpected keyword argument 'greting'" in rec["error"]
         assert "accepted keyword arguments: greeting, idempotency_key" in rec["error"]
