@@ -309,15 +309,17 @@ def transfer_phase(ctx: PhaseContext) -> dict:
         sent["n"] += n
         ctx.progress(bytes=sent["n"], total_bytes=size)
 
-    upload(target, local, tmp, progress=progress)
+    uploaded = upload(target, local, tmp, progress=progress)
     with target.connect() as sess:
         try:
-            outcome = verify_and_commit(sess, tmp, final, archive.sha256, ctx.commit_check)
+            outcome = verify_and_commit(sess, tmp, final, archive.sha256, ctx.commit_check, uploaded)
         except LockLost:
             # Another run holds the target now; this job's temp name is its own, and nobody will finish
             # this upload: remove it (a paused holder that woke up after its job was failed, for one).
             sess.remove(tmp)
             raise
+    if outcome == "committed":
+        outcome = f"committed (server SHA-256 by {uploaded.verified_by})"
     ctx.done(Transferred(remote_uri=target.uri(final)).as_outputs(), note=outcome)
     record_completion(res, rec, target.uri(final))
     return {"job_id": ctx.job_id, "remote_uri": target.uri(final), "note": outcome}

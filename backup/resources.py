@@ -86,7 +86,18 @@ class Resources:
         return SparkSubmit.from_settings(self.settings)
 
     def sftp(self):
-        """The SFTP target (connections are opened per use)."""
+        """The SFTP target (connections are opened per use), its uploads paced by the host's shared budget."""
         from connectors.sftp import SftpTarget
 
-        return SftpTarget.from_settings(self.settings)
+        target = SftpTarget.from_settings(self.settings)
+        target.pace = self.bandwidth_budget(target.s.host, target.s.port)
+        return target
+
+    def bandwidth_budget(self, host: str, port: int):
+        """The shared upload budget of ``host:port`` (``sftp.rate_limit_mbps`` for the backup server), or None."""
+        from backup.bandwidth import SharedBudget
+
+        s = self.settings.sftp
+        if not s.rate_limit_mbps or (host, port) != (s.host, s.port):
+            return None
+        return SharedBudget(self.redis, self.settings.redis.key_prefix, f"{host}:{port}", s.rate_limit_mbps)

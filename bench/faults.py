@@ -321,21 +321,37 @@ class Campaign:
         return [job], hit
 
     def _corruption(self):
+        """A byte of the archive changed while it is uploaded, after the export recorded its SHA-256.
+
+        With ``sftp.verify: in-stream`` (the default) the server hashes what it writes, so what it
+        can catch is a change between the recorded hash and the bytes it receives: a byte of the
+        local archive flipped ahead of the upload (in the file's second half, not yet sent at the
+        campaign's capped rate).  The flip is undone once the transfer failed an attempt, as a
+        transient fault: the retry must then commit the whole archive.  (A change made to the temp
+        file on the server after it was written is caught by ``sftp.verify: read-back`` only; see
+        tests/integration/test_guards.py.)
+        """
         job = self.start_job()
         self.wait_phase(job, "transfer")
         hit = "transfer"
-        flip = ("import sys,os,glob\n"
-                "for p in glob.glob(sys.argv[1] + '/*/.*.part'):\n"
-                "    if os.path.getsize(p) > 200:\n"
-                "        f = open(p, 'r+b'); f.seek(100); b = f.read(1); f.seek(100); f.write(bytes([b[0] ^ 1])); "
-                "f.close(); print(p)\n")
-        import posixpath
-        folder = posixpath.join(self.settings.sftp.remote_dir, self.target)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # race the upload: flip a byte of the temp file once it has some
-            if self.ssh("python3", "-c", flip, folder).stdout.strip():
-                break
-            time.sleep(0.1)
+        local = Path(self.record(job)["outputs"]["local_path"])
+        offset = self.rng.randrange(local.stat().st_size // 2, local.stat().st_size - 1)
+
+        def flip() -> None:
+            with open(local, "r+b") as f:
+                f.seek(offset)
+                b = f.read(1)
+                f.seek(offset)
+                f.write(bytes([b[0] ^ 1]))
+        flip()
+        try:
+            def failed_once() -> bool:
+                rec = self.record(job) or {}
+                transfer = next((p for p in rec.get("phases", []) if p["name"] == "transfer"), {})
+                return rec.get("state") in TERMINAL or transfer.get("attempts", 0) > 1
+            wait_until(failed_once, 120, "the transfer to fail an attempt")
+        finally:
+            flip()  # whole again: the transient fault is over
         return [job], hit
 
     def _concurrent(self):

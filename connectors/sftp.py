@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import logging
 import posixpath
 import shlex
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
@@ -32,6 +34,8 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128
 WINDOW_SIZE = 2 ** 31 - 1     # never stall on SSH flow control over a fast link
 MAX_PACKET = 2 ** 18          # fewer, larger channel packets
 CHUNK = 32768                 # SFTP write request size OpenSSH accepts without splitting
+
+log = logging.getLogger(__name__)
 
 
 # Host key algorithms that sign with an "ssh-rsa" key (the known_hosts type of an RSA key).
@@ -58,6 +62,10 @@ class SftpTarget:
         if not key_file.is_file():
             raise ConfigError(f"sftp.key_file: file not found: {key_file}")
         self._pkey: paramiko.PKey | None = None
+        #: the shared bandwidth budget of this host (``backup.bandwidth``), set by ``Resources.sftp``
+        self.pace: Callable[[int], None] | None = None
+        #: whether the server runs python3 (the in-stream receiver), once asked
+        self.has_python3: bool | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> "SftpTarget":
@@ -261,6 +269,23 @@ class SftpSession:
                 raise AlreadyExists(f"rename {src} -> {dst}: target exists") from e
             raise _map(e, f"rename {src} -> {dst}") from e
 
+    def has_python3(self) -> bool:
+        """Whether the server can run the in-stream receiver (asked once per target: one small remote command)."""
+        known = self.target.has_python3
+        if known is None:
+            what = f"ssh {self.target.host_label}: command -v python3"
+            try:
+                channel = self.transport.open_session(timeout=self.target.s.connect_timeout)
+                try:
+                    channel.exec_command(f"command -v {RECEIVER_PYTHON} >/dev/null 2>&1")
+                    known = channel.recv_exit_status() == 0
+                finally:
+                    channel.close()
+            except Exception as e:
+                raise _map(e, what) from e
+            self.target.has_python3 = known
+        return known
+
     def sha256(self, path: str) -> str:
         """SHA-256 computed on the server by ``sha256sum`` (the path is shell-quoted)."""
         what = f"remote sha256sum {path}"
@@ -305,37 +330,156 @@ def remote_sha256sum(transport: paramiko.Transport, paths: list[str], timeout: f
 
 
 ProgressFn = Callable[[int], None]
+#: Takes ``n`` bytes of a bandwidth budget, sleeping until they may be sent (``backup.bandwidth``).
+PaceFn = Callable[[int], None]
+
+#: The program the server runs to receive an upload and hash it in the same pass (``python3 -c``):
+#: it says ``ready`` once the temp file is open (a paced sender takes no budget before that: SSH
+#: set-up is not bandwidth), then each buffer read from the SSH channel is hashed and written; at
+#: EOF it prints the SHA-256 and the byte count of what it wrote.  ``O_NOFOLLOW`` refuses a symbolic link planted at the temp name; the
+#: mode is the local archive's, as scp gives it.  Kept to the Python 3.0 subset: edge nodes run old ones.
+REMOTE_RECEIVER = """\
+import hashlib, os, sys
+path, mode = sys.argv[1], int(sys.argv[2], 8)
+h = hashlib.sha256()
+n = 0
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, 'O_NOFOLLOW', 0), mode)
+sys.stdout.write('ready\\n')
+sys.stdout.flush()
+src = sys.stdin.buffer.raw
+buf = bytearray(1 << 20)
+view = memoryview(buf)
+while True:
+    k = src.readinto(buf)
+    if not k:
+        break
+    h.update(view[:k])
+    n += k
+    left = view[:k]
+    while len(left):
+        left = left[os.write(fd, left):]
+os.close(fd)
+sys.stdout.write('%s %d\\n' % (h.hexdigest(), n))
+"""
+#: Exit status of the remote command when the server has no python3: the upload falls back to read-back.
+NO_RECEIVER_EXIT = 98
+#: The interpreter the receiver runs with on the server (looked up in the login shell's PATH).
+RECEIVER_PYTHON = "python3"
+#: Bytes per write to the upload program under a bandwidth budget (a smaller share is taken under low limits).
+PACED_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """What an upload left at the temporary name, as the server saw it.
+
+    ``remote_sha256``/``remote_bytes`` are the server's own SHA-256 and byte count of the bytes it wrote,
+    computed in the same pass as the write (None when the upload cannot hash in-stream: then the
+    temp file is read back on the server before the rename).  ``verified_by`` says which, for the job record.
+    """
+
+    remote_sha256: str | None = None
+    remote_bytes: int | None = None
+    verified_by: str = "read-back"
+
+
+class LocalPace:
+    """A bandwidth cap for one upload alone (``rate`` MB/s): the pacing used when no shared budget is given."""
+
+    def __init__(self, rate_mbps: float) -> None:
+        self.rate = rate_mbps * 1e6
+        self.began = time.monotonic()
+        self.sent = 0
+
+    def __call__(self, n: int) -> None:
+        ahead = self.sent / self.rate - (time.monotonic() - self.began)
+        if ahead > 0:
+            time.sleep(ahead)
+        self.sent += n
+
+
+def _pace_for(target: SftpTarget, rate_limit_mbps: float | None) -> PaceFn | None:
+    """The pacing of one upload: an explicit ``rate_limit_mbps`` (this upload alone), else the target's shared
+    budget (``target.pace``, set by ``Resources.sftp``), else the configured cap for this upload alone."""
+    if rate_limit_mbps is not None:
+        return LocalPace(rate_limit_mbps) if rate_limit_mbps else None
+    if target.pace is not None:
+        return target.pace
+    return LocalPace(target.s.rate_limit_mbps) if target.s.rate_limit_mbps else None
 
 
 def upload(target: SftpTarget, local: Path, remote_tmp: str, progress: ProgressFn | None = None,
-           streams: int | None = None, rate_limit_mbps: float | None = None) -> None:
-    """Upload ``local`` to ``remote_tmp`` with the configured engine (paramiko or OpenSSH's scp -s)."""
+           streams: int | None = None, rate_limit_mbps: float | None = None) -> Uploaded:
+    """Upload ``local`` to ``remote_tmp`` with the configured engine; the server hashes the bytes as it writes them.
+
+    ``sftp.verify: in-stream`` (default): the server receives the bytes through a small ``python3``
+    program that hashes each buffer and writes it (the file is read once on each side: locally by the
+    upload, remotely not at all).  A server without python3, ``sftp.verify: read-back`` and paramiko
+    with several streams (byte ranges cannot feed one running hash) upload the plain way and return
+    an ``Uploaded`` without a digest: ``verify_and_commit`` then reads the temp file back on the server.
+    Pacing: ``rate_limit_mbps`` caps this upload alone; otherwise the target's shared budget applies.
+    """
+    pace = _pace_for(target, rate_limit_mbps)
+    in_stream = target.s.verify == "in-stream"
     if target.s.engine == "openssh":
-        _upload_openssh(target, local, remote_tmp, progress, rate_limit_mbps)
-    else:
-        _upload_paramiko(target, local, remote_tmp, progress, streams, rate_limit_mbps)
+        if in_stream:
+            got = _upload_openssh(target, local, remote_tmp, progress, pace, "in-stream")
+            if got is not None:
+                return got
+            log.warning("%s has no python3: the upload is verified by reading it back (twice the server's reads); "
+                        "set sftp.verify: read-back to skip this attempt", target.host_label)
+        _upload_openssh(target, local, remote_tmp, progress, pace, "plain")
+        return Uploaded(verified_by="read-back (no python3 on the server)" if in_stream else "read-back")
+    streams = max(1, min(streams or target.s.streams, max(1, local.stat().st_size // (8 * 2**20))))
+    if in_stream and streams == 1:
+        got = _upload_paramiko_in_stream(target, local, remote_tmp, progress, pace)
+        if got is not None:
+            return got
+        log.warning("%s has no python3: the upload is verified by reading it back", target.host_label)
+        _upload_paramiko(target, local, remote_tmp, progress, streams, pace)
+        return Uploaded(verified_by="read-back (no python3 on the server)")
+    _upload_paramiko(target, local, remote_tmp, progress, streams, pace)
+    return Uploaded(verified_by="read-back")
 
 
-def _sftp_quote(path: str) -> str:
-    """One double-quoted argument of an ``sftp -b`` batch line (backslash escapes); InvalidInput for a control
-    character, which no quoting keeps inside the line (a newline would start a new batch command)."""
+def _checked_remote_path(path: str) -> str:
+    """``path`` if it holds no control character (InvalidInput otherwise): it goes into a remote command line."""
     if CONTROL_CHARS.search(path):
-        raise InvalidInput(f"path {path[:200]!r} holds a control character; refused before it reaches an sftp batch")
-    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        raise InvalidInput(f"path {path[:200]!r} holds a control character; refused before it reaches the server")
+    return path
 
 
-def openssh_upload_command(target: SftpTarget, local: Path, remote_tmp: str, rate: float) -> tuple[list[str], bytes]:
-    """The argv and stdin of the OpenSSH upload: ``scp -s``, or ``sftp -b -`` under a bandwidth cap (``rate`` MB/s).
+def receiver_command(remote_tmp: str, mode: int) -> str:
+    """The remote command line of an in-stream upload (run by the login shell; every argument quoted)."""
+    _checked_remote_path(remote_tmp)
+    return (f"command -v {RECEIVER_PYTHON} >/dev/null 2>&1 || exit {NO_RECEIVER_EXIT}; "
+            f"exec {RECEIVER_PYTHON} -c {shlex.quote(REMOTE_RECEIVER)} {shlex.quote(remote_tmp)} {mode:o}")
 
-    ``--`` ends the options before the local path and ``user@host``, and ``-F /dev/null`` keeps every ssh
-    config file out; the user name is checked at load (never starting with ``-``), yet ``--`` holds even
-    if one slipped through.
+
+def _parse_receipt(out: bytes, what: str) -> Uploaded:
+    """The receiver's answer: ``ready``, then ``<sha256> <bytes>``; FatalError on anything else."""
+    lines = out.decode(errors="replace").split("\n")
+    fields = lines[1].split() if len(lines) == 3 and lines[0] == "ready" and lines[2] == "" else []
+    if len(fields) != 2 or len(fields[0]) != 64 or not set(fields[0]) <= _HEX64 or not fields[1].isdigit():
+        raise FatalError(f"{what}: unexpected answer from the server's receiver: {out[:200]!r}")
+    return Uploaded(remote_sha256=fields[0], remote_bytes=int(fields[1]), verified_by="in-stream")
+
+
+def openssh_upload_command(target: SftpTarget, local: Path, remote_tmp: str, how: str) -> list[str]:
+    """The argv of an OpenSSH upload.
+
+    ``how``: ``in-stream`` (``ssh`` running the receiver, the bytes on stdin), ``plain`` (``scp -s``,
+    C speed, the remote path verbatim) or ``paced-plain`` (``ssh`` running ``cat`` into the temp
+    name, the bytes on stdin, fed at the budget's pace).  ``--`` ends the options before
+    ``user@host``, and ``-F /dev/null`` keeps every ssh config file out; the user name is checked at
+    load (never starting with ``-``), yet ``--`` holds even if one slipped through.
     """
     s = target.s
-    program = "sftp" if rate else "scp"
+    program = "scp" if how == "plain" else "ssh"
     exe = shutil.which(program)
     if not exe:
         raise ConfigError(f"sftp.engine is 'openssh' but the {program} program is not installed (openssh-client)")
+    _checked_remote_path(remote_tmp)
     # No -q: it also silences ssh's diagnostics, and a refused host key would then read as a
     # bare "Connection closed" (retryable) instead of HostKeyMismatch (fatal).  Output is
     # captured, not a terminal, so there is no progress meter to silence.
@@ -345,52 +489,45 @@ def openssh_upload_command(target: SftpTarget, local: Path, remote_tmp: str, rat
               "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
               "-o", f"UserKnownHostsFile={target.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
               "-o", f"ConnectTimeout={s.connect_timeout}", "-o", "ServerAliveInterval=30"]
-    if rate:
-        request = max(1024, min(131072, int(rate * 1e6 / 4)))
-        argv = [exe, "-b", "-", "-P", str(s.port), "-R", "64", "-B", str(request), *common,
-                "-l", str(max(1, int(rate * 8000))), "--", f"{target.user}@{s.host}"]  # -l in Kbit/s
-        stdin = f"put {_sftp_quote(str(local))} {_sftp_quote(remote_tmp)}\n".encode()
-    else:
+    if how == "plain":
         host = f"[{s.host}]" if ":" in s.host else s.host
-        argv = [exe, "-s", "-P", str(s.port), *common, "--", str(local.resolve()),
-                f"{target.user}@{host}:{remote_tmp}"]
-        stdin = b""
-    return argv, stdin
+        return [exe, "-s", "-P", str(s.port), *common, "--", str(local.resolve()), f"{target.user}@{host}:{remote_tmp}"]
+    if how == "in-stream":
+        command = receiver_command(remote_tmp, local.stat().st_mode & 0o777)
+    else:
+        command = f"echo ready && exec cat > {shlex.quote(remote_tmp)}"
+    # -T: no terminal (a tty would mangle the bytes); -e none: no escape character in the stream.
+    return [exe, "-T", "-e", "none", "-p", str(s.port), *common, "--", f"{target.user}@{s.host}", command]
 
 
 def _upload_openssh(target: SftpTarget, local: Path, remote_tmp: str, progress: ProgressFn | None,
-                    rate_limit_mbps: float | None) -> None:
-    """Send the bytes with OpenSSH's scp over the SFTP protocol (C speed), host key checked strictly against known_hosts.
+                    pace: PaceFn | None, how: str) -> Uploaded | None:
+    """Send the bytes with OpenSSH (C speed), host key checked strictly against known_hosts.
 
-    ``scp -s`` rather than ``sftp -b``: both speak SFTP with the same defaults, yet on the
-    development machine (OpenSSH 9.2) ``sftp put`` reached only ~0.65x of ``scp -s`` whatever
-    its -B/-R; see bench/transfer.py.  In SFTP mode scp takes the remote path verbatim (no
-    remote shell, no globbing of the target); the local path is absolute, so a ':' in it can
-    never be read as a host.  Under a bandwidth cap ``sftp -b`` is used instead: scp 9.2 does
-    not apply ``-l`` in SFTP mode, and sftp's smaller requests (``-B``) keep the pacing smooth.
+    ``how="in-stream"``: ``ssh`` runs the receiver, which hashes what it writes; returns None when the
+    server has no python3.  ``how="plain"``: ``scp -s`` (``scp -s`` rather than ``sftp -b``: on OpenSSH
+    9.2 ``sftp put`` reached only ~0.65x of ``scp -s``, see bench/transfer.py), or, under a pace,
+    ``ssh ... cat``.  Unpaced, the upload program reads the archive itself (no copy through Python);
+    paced, a thread feeds it chunk by chunk as the budget allows.
     """
     s = target.s
-    rate = s.rate_limit_mbps if rate_limit_mbps is None else rate_limit_mbps
-    argv, stdin = openssh_upload_command(target, local, remote_tmp, rate)
+    if how == "plain" and pace is not None:
+        how = "paced-plain"
+    argv = openssh_upload_command(target, local, remote_tmp, how)
     program = Path(argv[0]).name
     size = local.stat().st_size
-    stop = threading.Event()
-    watcher = threading.Thread(target=_watch_remote_size, args=(target, remote_tmp, size, progress, stop), daemon=True)
-    if progress:
-        watcher.start()
-    try:
-        returncode, stderr = _run_watched(argv, stdin, s.stall_timeout, f"{program} upload to {target.host_label}")
-    finally:
-        stop.set()
-        if progress:
-            watcher.join(timeout=5)  # its remote stat may hang in the same black hole; progress is best effort
+    what = f"{program} upload to {target.host_label}"
+    returncode, out, stderr = _run_watched(argv, local, pace, progress, size, s.stall_timeout, what)
+    err = " ".join(stderr.decode(errors="replace").split())[:300]
+    if how == "in-stream" and returncode == NO_RECEIVER_EXIT and not out:
+        return None
     if returncode != 0:
-        err = " ".join(stderr.decode(errors="replace").split())[:300]
         if "Host key verification failed" in err or "REMOTE HOST IDENTIFICATION HAS CHANGED" in err:
             raise HostKeyMismatch(f"{program} to {target.host_label}: {err}")
         if "Permission denied" in err:
             raise AuthFailed(f"{program} to {target.host_label}: {err}")
-        raise ConnectionFailed(f"{program} upload to {target.host_label} exited {returncode}: {err}")
+        raise ConnectionFailed(f"{what} exited {returncode}: {err}")
+    return _parse_receipt(out, what) if how == "in-stream" else Uploaded()
 
 
 def _bytes_read(pid: int) -> int | None:
@@ -405,24 +542,37 @@ def _bytes_read(pid: int) -> int | None:
     return None
 
 
-def _run_watched(argv: list[str], stdin: bytes, stall_timeout: float, what: str) -> tuple[int, bytes]:
+def _run_watched(argv: list[str], local: Path, pace: PaceFn | None, progress: ProgressFn | None, size: int,
+                 stall_timeout: float, what: str) -> tuple[int, bytes, bytes]:
     """Run an upload program; kill it when it has read nothing new for ``stall_timeout`` seconds.
 
-    An upload reads the archive as the network takes its bytes, so in a black
-    hole (packets dropped, no reset) its reads stop once the socket buffers are
-    full, and at the end it waits only for the server's last replies.  Reading
-    the counter is local and costs one small /proc read a second.
+    Returns (exit status, stdout, stderr).  An upload reads the archive as the network takes its
+    bytes, so in a black hole (packets dropped, no reset) its reads stop once the socket buffers
+    are full, and at the end it waits only for the server's last replies.  Reading the counter is
+    local and costs one small /proc read a second.  Progress is that counter too (bounded by the
+    file size: the program also reads its key and known_hosts), or the bytes fed under a pace.
+    ``scp`` is given the path and reads the file itself; ``ssh`` gets the file as its stdin, or,
+    under a pace, a pipe a feeding thread writes at the budget's pace.
     """
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    errors: list[bytes] = []
-    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
-    reader.start()
-    try:
-        proc.stdin.write(stdin)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    last, changed = None, time.monotonic()
+    scp = Path(argv[0]).name == "scp"
+    fed = {"n": 0}
+    ready = threading.Event()
+    with open(local, "rb") as archive:
+        stdin = subprocess.DEVNULL if scp else (subprocess.PIPE if pace else archive)
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    streams: dict[str, bytes] = {}
+
+    def read_out() -> None:
+        first = proc.stdout.readline()  # "ready" from the remote side: the bytes may flow now
+        ready.set()
+        streams["out"] = first + proc.stdout.read()
+    readers = [threading.Thread(target=read_out, daemon=True),
+               threading.Thread(target=lambda: streams.__setitem__("err", proc.stderr.read()), daemon=True)]
+    if pace:
+        readers.append(threading.Thread(target=_feed, args=(proc, local, pace, fed, ready), daemon=True))
+    for t in readers:
+        t.start()
+    last, changed, reported = None, time.monotonic(), 0
     while True:
         try:
             proc.wait(timeout=1.0)
@@ -435,35 +585,96 @@ def _run_watched(argv: list[str], stdin: bytes, stall_timeout: float, what: str)
         elif seen is not None and time.monotonic() - changed > stall_timeout:
             proc.kill()
             proc.wait()
-            reader.join(timeout=5)
+            for t in readers:
+                t.join(timeout=5)
             raise ConnectionFailed(f"{what}: no progress for {stall_timeout:.0f}s (sftp.stall_timeout); "
                                    f"upload killed (a black-holed link or a hung server)")
-    reader.join(timeout=5)
-    return proc.returncode, b"".join(errors)
-
-
-def _watch_remote_size(target: SftpTarget, remote: str, size: int, progress: ProgressFn, stop: threading.Event):
-    """Report progress of an external upload by watching the remote file grow."""
-    reported = 0
-    try:
-        with target.connect() as sess:
-            while not stop.wait(1.0):
-                st = sess.stat(remote)
-                if st is not None and st.st_size > reported:
-                    progress(st.st_size - reported)
-                    reported = st.st_size
-    except BackupError:
-        pass  # progress only; the upload itself reports real failures
-    if reported < size and stop.is_set():
+        if progress:
+            now = min(size, fed["n"] if pace else (seen or 0))
+            if now > reported:
+                progress(now - reported)
+                reported = now
+    for t in readers:
+        t.join(timeout=5)
+    if progress and proc.returncode == 0 and reported < size:
         progress(size - reported)
+    return proc.returncode, streams.get("out", b""), streams.get("err", b"")
+
+
+def _feed(proc: subprocess.Popen, local: Path, pace: PaceFn, fed: dict, ready: threading.Event) -> None:
+    """Write ``local`` into the upload program's stdin, taking each chunk from the budget first.
+
+    Nothing is taken before the remote side said it is ready (or ended): connecting is not bandwidth,
+    and budget taken while the pipe cannot drain would be lost to every other upload too."""
+    ready.wait()
+    try:
+        with open(local, "rb") as f:
+            while chunk := f.read(PACED_CHUNK):
+                for i in range(0, len(chunk), _paced_step(pace)):
+                    piece = chunk[i:i + _paced_step(pace)]
+                    pace(len(piece))
+                    proc.stdin.write(piece)
+                    fed["n"] += len(piece)
+        proc.stdin.close()
+    except (BrokenPipeError, ValueError, OSError):
+        pass  # the program died or was killed (stall): its exit status says why
+
+
+def _paced_step(pace: PaceFn) -> int:
+    """Bytes per budget take: about a twentieth of a second at the limit, 4 KiB..256 KiB, so pacing stays smooth."""
+    rate = getattr(pace, "rate", None)
+    return PACED_CHUNK if not rate else max(4096, min(PACED_CHUNK, int(rate / 20)))
+
+
+def _upload_paramiko_in_stream(target: SftpTarget, local: Path, remote_tmp: str, progress: ProgressFn | None,
+                               pace: PaceFn | None) -> Uploaded | None:
+    """One paramiko exec channel running the receiver; None when the server has no python3."""
+    what = f"upload {local.name} -> {target.host_label}:{remote_tmp}"
+    command = receiver_command(remote_tmp, local.stat().st_mode & 0o777)
+    step = _paced_step(pace) if pace else 1024 * 1024
+    with target.connect() as sess:
+        if not sess.has_python3():
+            return None
+        try:
+            channel = sess.transport.open_session(timeout=target.s.connect_timeout)
+            channel.settimeout(float(target.s.stall_timeout))  # a black hole: no window for this long
+            try:
+                channel.exec_command(command)
+                out = bytearray()
+                while not out.endswith(b"\n"):  # "ready": the receiver has its temp file open
+                    chunk = channel.recv(64)
+                    if not chunk:
+                        break
+                    out += chunk
+                with open(local, "rb") as src:
+                    while buf := src.read(step):
+                        if pace:
+                            pace(len(buf))
+                        channel.sendall(buf)
+                        if progress:
+                            progress(len(buf))
+                channel.shutdown_write()
+                while chunk := channel.recv(65536):
+                    out += chunk
+                err = channel.makefile_stderr("rb").read().decode(errors="replace")
+                code = channel.recv_exit_status()
+            finally:
+                channel.close()
+        except socket.timeout as e:
+            raise ConnectionFailed(f"{what}: no progress for {target.s.stall_timeout}s (sftp.stall_timeout)") from e
+        except Exception as e:
+            raise _map(e, what) from e
+    if code == NO_RECEIVER_EXIT and not out:
+        return None
+    if code != 0:
+        raise ConnectionFailed(f"{what}: the server's receiver exited {code}: {' '.join(err.split())[:300]}")
+    return _parse_receipt(bytes(out), what)
 
 
 def _upload_paramiko(target: SftpTarget, local: Path, remote_tmp: str, progress: ProgressFn | None,
-                     streams: int | None, rate_limit_mbps: float | None) -> None:
+                     streams: int, pace: PaceFn | None) -> None:
     """Upload over ``streams`` parallel paramiko connections, each writing one byte range."""
     size = local.stat().st_size
-    streams = max(1, min(streams or target.s.streams, max(1, size // (8 * 2**20))))
-    rate = (target.s.rate_limit_mbps if rate_limit_mbps is None else rate_limit_mbps) * 1e6 / streams
     with target.connect() as first:
         try:
             with first.sftp.open(remote_tmp, "wb") as f:
@@ -471,25 +682,35 @@ def _upload_paramiko(target: SftpTarget, local: Path, remote_tmp: str, progress:
         except Exception as e:
             raise _map(e, f"create {remote_tmp}") from e
         if streams == 1:
-            _send_range(first, local, remote_tmp, 0, size, progress, rate)
+            _send_range(first, local, remote_tmp, 0, size, progress, pace)
             return
         bounds = [size * i // streams for i in range(streams + 1)]
+        shared = _locked(pace) if pace else None
 
         def run(i: int) -> None:
             if i == 0:
-                _send_range(first, local, remote_tmp, bounds[0], bounds[1], progress, rate)
+                _send_range(first, local, remote_tmp, bounds[0], bounds[1], progress, shared)
             else:
                 with target.connect() as sess:
-                    _send_range(sess, local, remote_tmp, bounds[i], bounds[i + 1], progress, rate)
+                    _send_range(sess, local, remote_tmp, bounds[i], bounds[i + 1], progress, shared)
 
         run_threads([lambda i=i: run(i) for i in range(streams)], "upload")
 
 
+def _locked(pace: PaceFn) -> PaceFn:
+    """``pace`` shared by the threads of one upload (a LocalPace counts bytes and is not thread-safe)."""
+    lock = threading.Lock()
+
+    def take(n: int) -> None:
+        with lock:
+            pace(n)
+    take.rate = getattr(pace, "rate", None)  # type: ignore[attr-defined]
+    return take
+
+
 def _send_range(sess: SftpSession, local: Path, remote: str, start: int, end: int,
-                progress: ProgressFn | None, rate: float) -> None:
+                progress: ProgressFn | None, pace: PaceFn | None) -> None:
     what = f"upload {local.name} -> {remote} [{start}:{end}]"
-    began = time.monotonic()
-    sent = 0
     try:
         with open(local, "rb") as src, sess.sftp.open(remote, "r+b") as dst:
             # Pipelining lets paramiko send write requests without waiting for each ack.
@@ -498,20 +719,17 @@ def _send_range(sess: SftpSession, local: Path, remote: str, start: int, end: in
             dst.seek(start)
             left = end - start
             # Small reads under a bandwidth cap keep the pacing smooth; large ones otherwise.
-            step = max(4096, int(rate / 4)) if rate else 1024 * 1024
+            step = _paced_step(pace) if pace else 1024 * 1024
             while left > 0:
-                buf = src.read(min(left, step, 1024 * 1024))
+                buf = src.read(min(left, step))
                 if not buf:
                     raise FatalError(f"{what}: local file shrank while uploading")
+                if pace:
+                    pace(len(buf))
                 dst.write(buf)
                 left -= len(buf)
-                sent += len(buf)
                 if progress:
                     progress(len(buf))
-                if rate:
-                    ahead = sent / rate - (time.monotonic() - began)
-                    if ahead > 0:
-                        time.sleep(ahead)
     except FatalError:
         raise
     except Exception as e:
@@ -519,9 +737,11 @@ def _send_range(sess: SftpSession, local: Path, remote: str, start: int, end: in
 
 
 def verify_and_commit(sess: SftpSession, remote_tmp: str, remote_final: str, sha256: str,
-                      before_commit: Callable[[], None]) -> str:
-    """Check the temp file's remote SHA-256, then rename it into place; idempotent on retry.
+                      before_commit: Callable[[], None], uploaded: Uploaded | None = None) -> str:
+    """Check the temp file's SHA-256 as the server computed it, then rename it into place; idempotent on retry.
 
+    The server's hash is the in-stream one of ``uploaded`` (the bytes the receiver wrote, checked
+    here against the temp file's size too), or, without it, ``sha256sum`` of the temp file.
     ``before_commit`` is the fencing check: it raises if this run lost its lock.
     Returns 'committed' or 'already present'.
     """
@@ -531,7 +751,15 @@ def verify_and_commit(sess: SftpSession, remote_tmp: str, remote_final: str, sha
             sess.remove(remote_tmp)
             return "already present"
         raise AlreadyExists(f"{remote_final} exists with different content; refusing to overwrite a backup")
-    got = sess.sha256(remote_tmp)
+    if uploaded is not None and uploaded.remote_sha256:
+        st = sess.stat(remote_tmp)
+        got = uploaded.remote_sha256
+        if st is None or st.st_size != uploaded.remote_bytes:
+            sess.remove(remote_tmp)
+            raise ChecksumMismatch(f"{remote_tmp}: the server wrote {uploaded.remote_bytes} bytes but the temp file "
+                                   f"holds {None if st is None else st.st_size}; changed behind the upload")
+    else:
+        got = sess.sha256(remote_tmp)
     if got != sha256:
         sess.remove(remote_tmp)
         raise ChecksumMismatch(f"{remote_tmp}: remote sha256 {got[:12]}… != local {sha256[:12]}…")

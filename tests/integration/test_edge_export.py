@@ -312,9 +312,14 @@ def test_parallel_streams_give_the_same_rows_in_window_order(settings, res, tabl
     assert member == sorted(member) and len(set(member)) == len(pieces)
 
 
-@pytest.mark.parametrize("engine, rate", [("openssh", None), ("openssh", 50.0), ("paramiko", None)])
-def test_each_upload_engine_delivers_the_exact_bytes_to_an_awkward_name(settings, res, platform, tmp_path, engine, rate):
-    """scp -s, sftp -b under a cap, and paramiko (two streams): same bytes, checked with OpenSSH's sha256sum."""
+@pytest.mark.parametrize("engine, rate, verify", [("openssh", None, "in-stream"), ("openssh", 50.0, "in-stream"),
+                                                  ("openssh", None, "read-back"), ("openssh", 50.0, "read-back"),
+                                                  ("paramiko", None, "in-stream"), ("paramiko", None, "read-back")])
+def test_each_upload_engine_delivers_the_exact_bytes_to_an_awkward_name(settings, res, platform, tmp_path, engine, rate,
+                                                                        verify):
+    """ssh + the in-stream receiver (fed by a thread under a cap), scp -s, ssh + cat under a cap, paramiko (one
+    exec channel in-stream, two SFTP streams otherwise): same bytes, checked with OpenSSH's sha256sum; in-stream,
+    the server's own hash and byte count come back with the upload."""
     import hashlib
     import os
 
@@ -322,26 +327,66 @@ def test_each_upload_engine_delivers_the_exact_bytes_to_an_awkward_name(settings
     from config.settings import load_settings
     from connectors.sftp import upload
 
-    r = Resources(load_settings(write_config(tmp_path / "c.yaml", {"sftp": {"engine": engine}})), _redis=res.redis)
+    r = Resources(load_settings(write_config(tmp_path / "c.yaml", {"sftp": {"engine": engine, "verify": verify}})),
+                  _redis=res.redis)
     local = tmp_path / "dir with: colon" / "archive.csv.gz"
     local.parent.mkdir()
     local.write_bytes(os.urandom(3 * 2**20 + 17))
-    folder = posixpath.join(settings.sftp.remote_dir, f"engines-{engine}-{rate}")
+    folder = posixpath.join(settings.sftp.remote_dir, f"engines-{engine}-{rate}-{verify}")
     remote = posixpath.join(folder, "it's a \"name\" with spaces.part")
     target = r.sftp()
     with target.connect() as sess:
         sess.makedirs(folder)
         sess.remove(remote)
     seen = []
-    upload(target, local, remote, progress=seen.append, streams=2, rate_limit_mbps=rate)
+    uploaded = upload(target, local, remote, progress=seen.append, streams=2, rate_limit_mbps=rate)
     out = ssh(settings, ["sha256sum", remote])
+    assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == hashlib.sha256(local.read_bytes()).hexdigest()
+    if verify == "in-stream":
+        assert (uploaded.remote_sha256, uploaded.remote_bytes) == (out.stdout.split()[0], local.stat().st_size)
+    else:
+        assert uploaded.remote_sha256 is None and uploaded.verified_by == "read-back"
     assert sum(seen) == local.stat().st_size, "progress adds up to the file size"
     assert remote_files(settings, folder) == [remote]
 
 
-@pytest.mark.parametrize("rate", [None, 50.0])
-def test_openssh_engine_refuses_a_changed_host_key_and_sends_nothing(settings, res, platform, tmp_path, rate):
+@pytest.mark.parametrize("engine", ["openssh", "paramiko"])
+def test_a_server_without_python3_is_verified_by_read_back_and_says_so(settings, res, platform, tmp_path, monkeypatch,
+                                                                       engine):
+    """The receiver's interpreter missing on the server (a name no server has): the upload is sent the plain way,
+    comes back without a digest and says why; verify_and_commit then reads the temp file back and commits."""
+    import hashlib
+    import os
+
+    import connectors.sftp as sftp_mod
+    from backup.resources import Resources
+    from config.settings import load_settings
+
+    monkeypatch.setattr(sftp_mod, "RECEIVER_PYTHON", "python3-not-installed-here")
+    r = Resources(load_settings(write_config(tmp_path / "c.yaml", {"sftp": {"engine": engine, "streams": 1}})),
+                  _redis=res.redis)
+    local = tmp_path / "a.bin"
+    local.write_bytes(os.urandom(2**20 + 3))
+    folder = posixpath.join(settings.sftp.remote_dir, f"no-python-{engine}")
+    tmp, final = posixpath.join(folder, ".a.bin.part"), posixpath.join(folder, "a.bin")
+    target = r.sftp()
+    with target.connect() as sess:
+        sess.makedirs(folder)
+        sess.remove(final)
+    uploaded = sftp_mod.upload(target, local, tmp)
+    assert uploaded.remote_sha256 is None and uploaded.verified_by == "read-back (no python3 on the server)"
+    sha = hashlib.sha256(local.read_bytes()).hexdigest()
+    with target.connect() as sess:
+        assert sftp_mod.verify_and_commit(sess, tmp, final, sha, lambda: None, uploaded) == "committed"
+    out = ssh(settings, ["sha256sum", final])
+    assert out.returncode == 0 and out.stdout.split()[0] == sha
+
+
+@pytest.mark.parametrize("rate, verify, program", [(None, "in-stream", "ssh"), (50.0, "in-stream", "ssh"),
+                                                   (None, "read-back", "scp")])
+def test_openssh_engine_refuses_a_changed_host_key_and_sends_nothing(settings, res, platform, tmp_path, rate, verify,
+                                                                      program):
     import subprocess
 
     from base.errors import HostKeyMismatch
@@ -353,16 +398,15 @@ def test_openssh_engine_refuses_a_changed_host_key_and_sends_nothing(settings, r
     kt, kb = (tmp_path / "other.pub").read_text().split()[:2]
     bad_kh = tmp_path / "known_hosts"
     bad_kh.write_text(f"[127.0.0.1]:{settings.sftp.port} {kt} {kb}\n")
-    r = Resources(load_settings(write_config(tmp_path / "c.yaml", {"sftp": {"engine": "openssh",
+    r = Resources(load_settings(write_config(tmp_path / "c.yaml", {"sftp": {"engine": "openssh", "verify": verify,
                                                                             "known_hosts": str(bad_kh)}})),
                   _redis=res.redis)
     local = tmp_path / "a.bin"
     local.write_bytes(b"x" * 1000)
     remote = posixpath.join(settings.sftp.remote_dir, f"hostkey-openssh-{rate}.part")
-    program = "sftp" if rate else "scp"
     with pytest.raises(HostKeyMismatch, match=rf"{program} to .*(Host key verification failed|IDENTIFICATION HAS CHANGED)"):
         upload(r.sftp(), local, remote, rate_limit_mbps=rate)
-    assert ssh(settings, ["ls", remote], check=False).returncode != 0, "nothing sent"
+    assert ssh(settings, ["test", "-e", remote], check=False).returncode == 1, "nothing sent (1: absent; 255: ssh failed)"
 
 
 def test_disk_full_fails_clearly_leaves_nothing_and_the_next_run_succeeds(settings, res, tables, tmp_path):

@@ -39,13 +39,16 @@ def _exported(res, table) -> str:
     return job_id
 
 
-def _uploaded(res, ctx) -> tuple[str, str]:
-    """The job's archive uploaded to its temporary remote name, not yet verified: (final, temp) paths."""
+def _uploaded(res, ctx, verify: str = "in-stream"):
+    """The job's archive uploaded to its temporary remote name, not yet verified: (final, temp, Uploaded)."""
     final, tmp = wf.remote_paths(res, ctx.rec)
-    with res.sftp().connect() as sess:
+    target = res.sftp()
+    target.s = target.s.model_copy(update={"verify": verify})
+    with target.connect() as sess:
         sess.makedirs(posixpath.dirname(final))
-    upload(res.sftp(), Path(ctx.rec["outputs"]["local_path"]), tmp)
-    return final, tmp
+    uploaded = upload(target, Path(ctx.rec["outputs"]["local_path"]), tmp)
+    assert (uploaded.remote_sha256 is not None) == (verify == "in-stream"), uploaded
+    return final, tmp, uploaded
 
 
 def _steal(res, rec) -> str:
@@ -86,11 +89,11 @@ def test_a_run_that_lost_its_lock_mid_transfer_commits_nothing_remotely(settings
     job_id = _exported(res, guard_table)
     try:
         with phase(res, job_id, "transfer") as ctx:
-            final, tmp = _uploaded(res, ctx)
+            final, tmp, uploaded = _uploaded(res, ctx)
             target = res.sftp()
             _steal(res, ctx.rec)
             with target.connect() as sess, pytest.raises(LockLost):
-                verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check)
+                verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check, uploaded)
         names = _remote_paths(settings, guard_table)
         assert final not in names and tmp in names
     finally:
@@ -113,19 +116,64 @@ def test_a_run_that_lost_its_lock_mid_export_commits_no_archive(settings, res, g
         _release(res, guard_table)
 
 
-def test_a_copy_corrupted_before_verification_is_never_committed(settings, res, guard_table):
-    """Guard: the remote SHA-256 comparison (ChecksumMismatch), the temp file removed."""
+def _flip_byte(path: Path, offset: int = 100) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 1]))
+
+
+def test_a_copy_corrupted_on_the_server_before_read_back_verification_is_never_committed(settings, res, guard_table):
+    """Guard (sftp.verify: read-back): sha256sum of the temp file on the server (ChecksumMismatch), the temp removed.
+
+    Read-back is the mode that sees a change made to the temp file on the server after it was written."""
     job_id = _exported(res, guard_table)
     try:
         with phase(res, job_id, "transfer") as ctx:
-            final, tmp = _uploaded(res, ctx)
+            final, tmp, uploaded = _uploaded(res, ctx, verify="read-back")
             target = res.sftp()
             # One byte flipped on the edge node, between the upload and the verification.
             flip = ssh(settings, ["python3", "-c", "import sys; f=open(sys.argv[1],'r+b'); f.seek(100); b=f.read(1); "
                                   "f.seek(100); f.write(bytes([b[0]^1])); f.close()", tmp])
             assert flip.returncode == 0
             with target.connect() as sess, pytest.raises(ChecksumMismatch):
-                verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check)
+                verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check, uploaded)
+        names = _remote_paths(settings, guard_table)
+        assert final not in names and tmp not in names
+    finally:
+        _release(res, guard_table)
+
+
+def test_an_archive_changed_after_its_export_is_caught_by_the_servers_in_stream_hash(settings, res, guard_table):
+    """Guard (sftp.verify: in-stream, the default): the server hashes what it writes; a byte of the local archive
+    flipped after the export recorded its SHA-256 arrives as written, and the server's hash refuses it."""
+    job_id = _exported(res, guard_table)
+    try:
+        with phase(res, job_id, "transfer") as ctx:
+            local = Path(ctx.rec["outputs"]["local_path"])
+            _flip_byte(local)
+            try:
+                final, tmp, uploaded = _uploaded(res, ctx)
+            finally:
+                _flip_byte(local)  # whole again for the next test
+            with res.sftp().connect() as sess, pytest.raises(ChecksumMismatch, match="remote sha256"):
+                verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check, uploaded)
+        names = _remote_paths(settings, guard_table)
+        assert final not in names and tmp not in names
+    finally:
+        _release(res, guard_table)
+
+
+def test_a_temp_file_whose_size_changed_after_the_in_stream_hash_is_never_committed(settings, res, guard_table):
+    """Guard: the size check of the in-stream path (the temp file must hold exactly the bytes the server hashed)."""
+    job_id = _exported(res, guard_table)
+    try:
+        with phase(res, job_id, "transfer") as ctx:
+            final, tmp, uploaded = _uploaded(res, ctx)
+            assert ssh(settings, ["sh", "-c", 'printf x >> "$1"', "-", tmp]).returncode == 0
+            with res.sftp().connect() as sess, pytest.raises(ChecksumMismatch, match="temp file holds"):
+                verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check, uploaded)
         names = _remote_paths(settings, guard_table)
         assert final not in names and tmp not in names
     finally:
@@ -171,7 +219,7 @@ def test_a_temp_file_the_failure_cleanup_could_not_reach_is_removed_by_the_next_
     first = _exported(res, guard_table)
     try:
         with phase(res, first, "transfer") as ctx:
-            final, tmp = _uploaded(res, ctx)
+            final, tmp, _ = _uploaded(res, ctx)
         # The failure cleanup runs while the server is unreachable (a port where nothing listens).
         away = Resources(settings.model_copy(update={"sftp": settings.sftp.model_copy(update={"port": 1})}),
                          _redis=res.redis)

@@ -118,12 +118,25 @@ def test_local_reads_never_follow_a_link_nor_open_a_fifo(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["/backup/db.t\n/x.csv.gz", "/backup/a\rb", "/backup/nul\x00"])
-def test_a_control_character_never_reaches_an_sftp_batch_line(path):
-    from connectors.sftp import _sftp_quote
+def test_a_control_character_never_reaches_a_remote_command_line(path, tmp_path):
+    import shlex
+
+    from config.settings import SftpSettings
+    from connectors.sftp import SftpTarget, openssh_upload_command, receiver_command
 
     with pytest.raises(InvalidInput, match="control character"):
-        _sftp_quote(path)
-    assert _sftp_quote('/backup/a "b"\\c\u2028.gz') == '"/backup/a \\"b\\"\\\\c\u2028.gz"'
+        receiver_command(path, 0o600)
+    key, hosts = tmp_path / "k", tmp_path / "known_hosts"
+    key.write_text("x")
+    hosts.write_text("")
+    target = SftpTarget(SftpSettings(user="bkp", key_file=key, known_hosts=hosts), key, hosts)
+    for how in ("in-stream", "paced-plain"):
+        with pytest.raises(InvalidInput, match="control character"):
+            openssh_upload_command(target, key, path, how)
+    # Any other character stays one argument: the login shell's parse gives back the exact path.
+    odd = "/backup/a \"b\"\\c\u2028'$(x)`y`;.gz"
+    words = shlex.split(receiver_command(odd, 0o640).split(";", 1)[1])
+    assert words[0:2] == ["exec", "python3"] and words[-2:] == [odd, "640"]
 
 
 def test_one_unlistable_customer_folder_does_not_stop_the_others(tree, monkeypatch):

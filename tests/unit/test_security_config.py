@@ -185,15 +185,16 @@ def test_openssh_engine_with_an_encrypted_key_needs_an_agent(tmp_path, clean_env
     assert _load(tmp_path, {"sftp": {"key_file": str(plain), "engine": "openssh"}})
 
 
-@pytest.mark.parametrize("rate", [0, 5.0])
-def test_openssh_command_ends_options_before_user_at_host_and_reads_no_config(tmp_path, rate):
+@pytest.mark.parametrize("how", ["plain", "in-stream", "paced-plain"])
+def test_openssh_command_ends_options_before_user_at_host_and_reads_no_config(tmp_path, how):
     from config.settings import SftpSettings
     from connectors.sftp import SftpTarget, openssh_upload_command
 
     key, hosts = _keygen(tmp_path / "k", ""), tmp_path / "known_hosts"
     hosts.write_text("")
     target = SftpTarget(SftpSettings(user="bkp", key_file=key, known_hosts=hosts), key, hosts)
-    argv, _ = openssh_upload_command(target, tmp_path / "a.tar.gz", "/backup/a.tar.gz.part", rate)
+    (tmp_path / "a.tar.gz").write_bytes(b"x")
+    argv = openssh_upload_command(target, tmp_path / "a.tar.gz", "/backup/a.tar.gz.part", how)
     at = next(i for i, a in enumerate(argv) if a.startswith("bkp@"))
     assert "--" in argv[:at] and argv.index("--") > argv.index("-i")
     assert argv[argv.index("-F") + 1] == "/dev/null"
