@@ -59,10 +59,11 @@ class Destination:
     ready: set = field(default_factory=set)  # domain folders created and swept
     _preparing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def open(self, settings: Settings) -> None:
-        """Open the backend; a failure marks the destination down (its files fail as data)."""
+    def open(self, settings: Settings, budget_for: Callable | None = None) -> None:
+        """Open the backend (an SFTP one paced by its host's shared budget, ``budget_for(host, port)``);
+        a failure marks the destination down (its files fail as data)."""
         try:
-            self.backend, self.base = open_location(settings, self.url)
+            self.backend, self.base = open_location(settings, self.url, budget_for)
         except BackupError as e:
             self.down = e.one_line()
 

@@ -292,7 +292,11 @@ def transfer_phase(ctx: PhaseContext) -> dict:
     final, tmp = remote_paths(res, rec)
     target = res.sftp()
     size = local.stat().st_size
-    with target.connect() as sess:
+    # One control connection for the whole phase: it waits (kept alive) while OpenSSH sends the bytes,
+    # which saves a handshake per archive; a connection that died meanwhile is replaced, never retried as
+    # a failure of an upload that succeeded.
+    sess = target.connect()
+    try:
         removed = remove_leftovers(res, sess, rec["target"])
         if removed:
             log.info("removed %d temporary file(s) left by earlier failed runs: %s", len(removed), removed)
@@ -303,14 +307,16 @@ def transfer_phase(ctx: PhaseContext) -> dict:
                      note="already on the backup server (verified)")
             return {"job_id": ctx.job_id, "remote_uri": target.uri(final), "note": "already present"}
         sess.remove(tmp)  # a previous delivery of this phase may have left it half-written
-    sent = {"n": 0}
+        sent = {"n": 0}
 
-    def progress(n: int) -> None:
-        sent["n"] += n
-        ctx.progress(bytes=sent["n"], total_bytes=size)
+        def progress(n: int) -> None:
+            sent["n"] += n
+            ctx.progress(bytes=sent["n"], total_bytes=size)
 
-    uploaded = upload(target, local, tmp, progress=progress)
-    with target.connect() as sess:
+        uploaded = upload(target, local, tmp, progress=progress)
+        if not sess.alive():
+            sess.close()
+            sess = target.connect()
         try:
             outcome = verify_and_commit(sess, tmp, final, archive.sha256, ctx.commit_check, uploaded)
         except LockLost:
@@ -318,6 +324,8 @@ def transfer_phase(ctx: PhaseContext) -> dict:
             # this upload: remove it (a paused holder that woke up after its job was failed, for one).
             sess.remove(tmp)
             raise
+    finally:
+        sess.close()
     if outcome == "committed":
         outcome = f"committed (server SHA-256 by {uploaded.verified_by})"
     ctx.done(Transferred(remote_uri=target.uri(final)).as_outputs(), note=outcome)

@@ -68,12 +68,13 @@ def main() -> None:
     def phase(verify: str):
         target = SftpTarget.from_settings(settings({"sftp": {"verify": verify}}))
 
-        def run() -> None:
+        def run() -> None:  # as transfer_phase: one control connection around the upload
             tmp, final = f"{remote}/wf-{uuid.uuid4().hex}.part", f"{remote}/wf-{uuid.uuid4().hex}.bin"
-            uploaded = upload(target, src, tmp)
             with target.connect() as sess:
+                sess.remove(tmp)
+                uploaded = upload(target, src, tmp)
                 assert verify_and_commit(sess, tmp, final, sha, lambda: None, uploaded) == "committed"
-                sess.remove(final)
+                sess.remove(final)  # one round trip, not in the phase
         return run
 
     sides = {"scp": scp, "careful_operator": careful_operator, "phase_in_stream": phase("in-stream"),

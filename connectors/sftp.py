@@ -269,6 +269,10 @@ class SftpSession:
                 raise AlreadyExists(f"rename {src} -> {dst}: target exists") from e
             raise _map(e, f"rename {src} -> {dst}") from e
 
+    def alive(self) -> bool:
+        """Whether the connection is still up (a local check: no round trip)."""
+        return self.transport.is_active() and not self.sftp.get_channel().closed
+
     def has_python3(self) -> bool:
         """Whether the server can run the in-stream receiver (asked once per target: one small remote command)."""
         known = self.target.has_python3
@@ -610,8 +614,8 @@ def _feed(proc: subprocess.Popen, local: Path, pace: PaceFn, fed: dict, ready: t
     try:
         with open(local, "rb") as f:
             while chunk := f.read(PACED_CHUNK):
-                for i in range(0, len(chunk), _paced_step(pace)):
-                    piece = chunk[i:i + _paced_step(pace)]
+                for i in range(0, len(chunk), paced_step(pace)):
+                    piece = chunk[i:i + paced_step(pace)]
                     pace(len(piece))
                     proc.stdin.write(piece)
                     fed["n"] += len(piece)
@@ -620,7 +624,7 @@ def _feed(proc: subprocess.Popen, local: Path, pace: PaceFn, fed: dict, ready: t
         pass  # the program died or was killed (stall): its exit status says why
 
 
-def _paced_step(pace: PaceFn) -> int:
+def paced_step(pace: PaceFn) -> int:
     """Bytes per budget take: about a twentieth of a second at the limit, 4 KiB..256 KiB, so pacing stays smooth."""
     rate = getattr(pace, "rate", None)
     return PACED_CHUNK if not rate else max(4096, min(PACED_CHUNK, int(rate / 20)))
@@ -631,7 +635,7 @@ def _upload_paramiko_in_stream(target: SftpTarget, local: Path, remote_tmp: str,
     """One paramiko exec channel running the receiver; None when the server has no python3."""
     what = f"upload {local.name} -> {target.host_label}:{remote_tmp}"
     command = receiver_command(remote_tmp, local.stat().st_mode & 0o777)
-    step = _paced_step(pace) if pace else 1024 * 1024
+    step = paced_step(pace) if pace else 1024 * 1024
     with target.connect() as sess:
         if not sess.has_python3():
             return None
@@ -719,7 +723,7 @@ def _send_range(sess: SftpSession, local: Path, remote: str, start: int, end: in
             dst.seek(start)
             left = end - start
             # Small reads under a bandwidth cap keep the pacing smooth; large ones otherwise.
-            step = _paced_step(pace) if pace else 1024 * 1024
+            step = paced_step(pace) if pace else 1024 * 1024
             while left > 0:
                 buf = src.read(min(left, step))
                 if not buf:

@@ -28,8 +28,15 @@ def storage_options(settings: Settings, url: str) -> dict:
             "passphrase": passphrase.get_secret_value() if passphrase else None}
 
 
-def open_location(settings: Settings, url: str) -> tuple[StorageBackend, str]:
-    """Open a configured location; a relative plain path resolves against ``base_dir``."""
+def open_location(settings: Settings, url: str, budget_for=None) -> tuple[StorageBackend, str]:
+    """Open a configured location; a relative plain path resolves against ``base_dir``.
+
+    ``budget_for(host, port)``: the shared bandwidth budget of an SFTP host (``Resources.bandwidth_budget``),
+    applied to every write to it; None (or a host without one): unpaced.
+    """
     if "://" not in url and not url.lower().startswith("file:"):
         url = str(settings.path(url))
-    return open_backend(url, **storage_options(settings, url))
+    backend, base = open_backend(url, **storage_options(settings, url))
+    if budget_for is not None and url_scheme(url) == "sftp":
+        backend.set_pace(budget_for(backend.host, backend.port))
+    return backend, base

@@ -35,7 +35,7 @@ from base.errors import (
     NotFound,
     classify,
 )
-from connectors.sftp import SftpSession, SftpTarget, remote_sha256sum
+from connectors.sftp import SftpSession, SftpTarget, paced_step, remote_sha256sum
 from storage.base import MappedReadStream, FileStat, StorageBackend, check_path, special_kind
 
 DEFAULT_PORT = 22
@@ -274,17 +274,35 @@ class SftpBackend(StorageBackend):
                 self._delete(session, posixpath.join(path, name), recursive)
             session.sftp.rmdir(path)
 
+    @property
+    def host(self) -> str:
+        return self._target.s.host
+
+    @property
+    def port(self) -> int:
+        return self._target.s.port
+
+    def set_pace(self, pace) -> None:
+        """Pace every write by ``pace(n)`` (the host's shared bandwidth budget, ``backup.bandwidth``), or None."""
+        self._target.pace = pace
+
     def _create(self, path: str, chunks: Iterable[bytes]) -> None:
-        """Write a new file (O_EXCL) with pipelined writes; their errors surface at close."""
+        """Write a new file (O_EXCL) with pipelined writes, each chunk taken from the host's budget if it has one;
+        write errors surface at close."""
         what = f"write {self.uri(path)}"
+        pace = self._target.pace
         with self._session() as session:
             with _sftp_errors(what):
                 remote = session.sftp.open(path, "wbx")
             try:
                 remote.set_pipelined(True)
+                step = paced_step(pace) if pace is not None else 0
                 for chunk in chunks:
-                    with _sftp_errors(what):
-                        remote.write(chunk)
+                    for piece in ((chunk[i:i + step] for i in range(0, len(chunk), step)) if step else (chunk,)):
+                        if pace is not None:
+                            pace(len(piece))
+                        with _sftp_errors(what):
+                            remote.write(piece)
             except BaseException:
                 with contextlib.suppress(Exception):
                     remote.close()

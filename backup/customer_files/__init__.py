@@ -260,7 +260,7 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
     with ExitStack() as stack:
         if todo:
             for dest in dests:
-                dest.open(res.settings)
+                dest.open(res.settings, res.bandwidth_budget)
                 if dest.backend is not None:
                     stack.enter_context(dest.backend)
         sources: dict[int, StorageBackend] = {}
