@@ -24,7 +24,7 @@ from pathlib import Path
 import paramiko
 
 from base.fanout import run_threads
-from base.errors import (AlreadyExists, BackupError, AuthFailed, ChecksumMismatch, ConfigError, ConnectionFailed,
+from base.errors import (AlreadyExists, AuthFailed, ChecksumMismatch, ConfigError, ConnectionFailed,
                            FatalError, HostKeyMismatch, InvalidInput, NotFound, classify)
 from base.text import CONTROL_CHARS
 from config.settings import Settings, SftpSettings

@@ -75,7 +75,11 @@ class Engine:
         self.sock = self.run_dir / "docker.sock"
         self.pidfile = self.run_dir / "dockerd.pid"
         self.log = self.run_dir / "dockerd.log"
-        self.env = dict(os.environ, DOCKER_HOST=f"unix://{self.sock}")
+        # A client config of its own: no credentials or contexts of the machine's user, and the
+        # `docker compose` plugin (deploy/docker-compose-plugin: Debian's docker-compose behind the
+        # docker CLI's plugin interface).
+        self.docker_config = self.state / "docker-config"
+        self.env = dict(os.environ, DOCKER_HOST=f"unix://{self.sock}", DOCKER_CONFIG=str(self.docker_config))
         self.env.pop("DOCKER_CONTEXT", None)
         self.client = shutil.which("docker", path="/usr/bin") or shutil.which("docker")
         self.proc: subprocess.Popen | None = None
@@ -91,6 +95,9 @@ class Engine:
             raise EngineError("dockerd/docker not found: make compose-deps installs Debian's docker.io")
         self.stop()  # a previous run killed hard may have left its daemon or mounts
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        plugins = self.docker_config / "cli-plugins"
+        plugins.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(__file__).resolve().parents[2] / "deploy" / "docker-compose-plugin", plugins / "docker-compose")
         argv = [dockerd, "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-forward=false",
                 "--ip-masq=false", "--data-root", str(self.state / "docker"), "--exec-root", str(self.run_dir / "exec"),
                 "--pidfile", str(self.pidfile), "-H", f"unix://{self.sock}"]

@@ -2,7 +2,8 @@
 
 A private dockerd (tests/compose/engine.py: host networking only, under ``MB_COMPOSE_STATE``), the local
 Debian base image, the images built from the Dockerfile with the wheelhouse of the hash-pinned locks,
-then ``docker-compose -f docker-compose.yml -f deploy/compose.test.yaml up -d`` and, in order:
+then ``docker compose -f docker-compose.yml -f deploy/compose.test.yaml up -d`` (the docker CLI running
+Debian's docker-compose through deploy/docker-compose-plugin) and, in order:
 
   1. another service enqueues ``backup.edge_export`` by name from the host (examples/enqueue_client.py,
      the enqueue contract) and follows it to ``success``; the edge node's own ``sha256sum`` checks the archive;
@@ -10,7 +11,7 @@ then ``docker-compose -f docker-compose.yml -f deploy/compose.test.yaml up -d`` 
      worker of each copy task);
   3. the io worker running a copy is ``docker kill``-ed mid-transfer: the run completes after redelivery,
      no temporary or duplicate file on either side;
-  4. ``docker-compose down`` then ``up``: job records, a held lock and the beat schedule's bookkeeping are
+  4. ``docker compose down`` then ``up``: job records, a held lock and the beat schedule's bookkeeping are
      still in Redis (AOF on a volume) and beat does not fire a minute twice;
   5. Flower answers 401 without credentials and lists every worker with them;
   6. the production image has neither pytest nor aiosmtpd (requirements-test.lock: try-out image only).
@@ -28,7 +29,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -108,12 +108,12 @@ class Stack:
     def __init__(self, engine: Engine, env: dict, files: Path, settings):
         self.engine, self.env, self.files, self.settings = engine, env, files, settings
         self.res = Resources(settings)
-        self.compose_cmd = [shutil.which("docker-compose") or "docker-compose", "-p", PROJECT,
+        self.compose_cmd = [engine.client, "compose", "-p", PROJECT,
                             "--project-directory", str(ROOT), "-f", str(_without_published_ports(engine.run_dir)),
                             "-f", str(ROOT / "deploy" / "compose.test.yaml")]
 
     def compose(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-        return run([*self.compose_cmd, *args], timeout, f"docker-compose {' '.join(args)}", env=self.env, cwd=ROOT)
+        return run([*self.compose_cmd, *args], timeout, f"docker compose {' '.join(args)}", env=self.env, cwd=ROOT)
 
     def container(self, service: str) -> str:
         cid = self.compose("ps", "-q", service, timeout=30).stdout.strip()
