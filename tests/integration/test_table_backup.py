@@ -207,7 +207,8 @@ def test_backup_through_worker_read_back_with_impyla(settings, res, worker, cele
     with res.spark().session() as spark:
         spark.sql(f"ALTER VIEW {backup} SET TBLPROPERTIES ('{catalog.PROP_DATA}'='{data1}')")
         assert catalog.backup_target(spark, names2) == data2
-        wf.drop_unswitched_staging(res, res.jobs.get(rec2["job_id"]))
+    wf.drop_unswitched_staging(res, res.jobs.get(rec2["job_id"]))
+    with res.spark().session() as spark:
         spark.sql(f"ALTER VIEW {backup} SET TBLPROPERTIES ('{catalog.PROP_DATA}'='{data2}')")
     assert rec2["outputs"]["replaced_data_table"] == data1
     assert_same_rows(backup_rows(settings, backup), rows2)
