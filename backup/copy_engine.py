@@ -3,10 +3,18 @@
 One read pass per file hashes it (SHA-256), counts its records, computes the HDFS file
 checksums of the HDFS destinations and feeds every destination through a bounded queue
 (``FEED_QUEUE_CHUNKS`` chunks each: the slowest destination paces the read, memory stays
-bounded).  Then each destination checks its copies in one batch: on HDFS against the
-cluster's file checksum where it can be matched (no data read back), else by SHA-256 read
-back.  A copy is never overwritten: an identical file already there is verified and
-reported ``present``, a different one fails the file and is left alone.
+bounded) into a temporary name beside the final one.  Then each destination checks its
+copies in one batch, still at their temporary names: on HDFS against the cluster's file
+checksum where it can be matched (no data read back), else by SHA-256 read back (on SFTP by
+the server's ``sha256sum``).  Only a verified copy is renamed to its final name; a damaged
+one is deleted at its temporary name, so no final name ever holds a copy that failed
+verification.  The cost is that of a write-then-rename: one write, one stat, one
+verification (one read back at most), one rename per copy.  A copy is never overwritten: an
+identical file already there is verified and reported ``present``, a different one fails
+the file and is left alone.
+
+The window left: a copy altered at its temporary name after its verification read and
+before its rename (a few milliseconds per file) is published unnoticed.
 
 The engine knows files, folders and destinations, nothing of who they belong to.  An item is
 a dict with ``path``, ``size`` and ``mtime`` (the source file as it was planned: a file that
@@ -94,7 +102,7 @@ class _Feed:
     def __init__(self, backend: StorageBackend, path: str) -> None:
         self.backend, self.path = backend, path
         self.queue: queue.Queue = queue.Queue(maxsize=FEED_QUEUE_CHUNKS)
-        self.outcome: FileStat | BaseException | None = None
+        self.outcome: FileStat | BaseException | None = None  # the temp file written, or why not
         self._ended = False
         self.thread = threading.Thread(target=self._run, name=f"write {path}", daemon=True)
         self.thread.start()
@@ -111,7 +119,7 @@ class _Feed:
 
     def _run(self) -> None:
         try:
-            self.outcome = self.backend.write_atomic(self.path, self._chunks())
+            self.outcome = self.backend.write_temp(self.path, self._chunks())
         except BaseException as e:  # handed to the reading thread as this destination's outcome
             self.outcome = e
             while not self._ended:  # keep taking chunks so the reader never blocks on us
@@ -167,10 +175,11 @@ class _Transfer:
     result: dict
     states: dict[str, str] = field(default_factory=dict)  # role -> copied / present / failed
     errors: list[str] = field(default_factory=list)
-    targets: dict[str, str] = field(default_factory=dict)  # role -> path, for destinations still in play
+    targets: dict[str, str] = field(default_factory=dict)  # role -> final path, for destinations still in play
     found: dict[str, FileStat] = field(default_factory=dict)  # role -> the file there (written now or before)
-    written: set = field(default_factory=set)  # roles written by this pass
+    written: set = field(default_factory=set)  # roles written by this pass (found[role] is then the temp file)
     checksums: dict[str, tuple[ChecksumSpec, dict]] = field(default_factory=dict)  # role -> HDFS file checksums
+    discarded: set = field(default_factory=set)  # roles whose temp file was deleted after a mismatch
 
 
 def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
@@ -209,8 +218,8 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
             raise FatalError(f"source {source.uri(item['path'])} changed while it was copied")
     except (BackupError, OSError) as e:  # OSError: a local source's read failed
         for role, feed in feeds.items():
-            if isinstance(feed.outcome, FileStat):  # published a moment ago from a bad read: take it back
-                _discard(backends[role], t.targets[role])
+            if isinstance(feed.outcome, FileStat):  # a temp file of a bad read: never published
+                _discard(backends[role], feed.outcome.path)
         error = classify(e, f"read {source.uri(item['path'])}")
         t.errors.append(f"source: {error.one_line()}")
         t.targets.clear()
@@ -241,7 +250,7 @@ def _checksummers(backends: dict[str, StorageBackend]) -> dict[str, HdfsChecksum
 
 
 def _discard(backend: StorageBackend, path: str) -> None:
-    """Delete a copy we published ourselves and must take back (best effort)."""
+    """Delete a temporary copy we wrote ourselves and must not publish (best effort)."""
     try:
         backend.delete(path)
     except BackupError as e:
@@ -260,7 +269,7 @@ def _verify_by_file_checksum(transfers: list[_Transfer], dest: Destination) -> l
             left.append(t)
             continue
         spec, computed = t.checksums[dest.role]
-        path = t.targets[dest.role]
+        path = _checked_path(t, dest.role)
         try:
             reported, block_size = dest.backend.file_checksum(path)
         except BackupError as e:
@@ -283,12 +292,18 @@ def _verify_by_file_checksum(transfers: list[_Transfer], dest: Destination) -> l
     return left
 
 
+def _checked_path(t: _Transfer, role: str) -> str:
+    """Where the copy to verify is: the temporary name of one written by this pass, else the final name."""
+    return t.found[role].path if role in t.written else t.targets[role]
+
+
 def _mismatch(t: _Transfer, dest: Destination, differs: str) -> None:
     """A copy that is not the source: ours is removed, someone else's is left alone; both fail the file."""
     uri = dest.backend.uri(t.targets[dest.role])
     t.states[dest.role] = "failed"
     if dest.role in t.written:
-        _discard(dest.backend, t.targets[dest.role])  # our own copy from a moment ago, and a wrong one
+        _discard(dest.backend, _checked_path(t, dest.role))  # our own copy, never published, and a wrong one
+        t.discarded.add(dest.role)
         error = ChecksumMismatch(f"{uri} does not match the source ({differs}); removed")
     else:
         error = AlreadyExists(f"a different file is already at {uri} ({differs}); not overwritten")
@@ -308,7 +323,7 @@ def _verify(transfers: list[_Transfer], dest: Destination) -> None:
     sizes_ok = _verify_by_file_checksum(sizes_ok, dest)
     mine = sizes_ok
     try:
-        digests = dest.backend.sha256_many([t.targets[dest.role] for t in sizes_ok]) if sizes_ok else {}
+        digests = dest.backend.sha256_many([_checked_path(t, dest.role) for t in sizes_ok]) if sizes_ok else {}
     except ConnectionFailed as e:
         line = dest.fail(e)
         for t in mine:
@@ -319,12 +334,11 @@ def _verify(transfers: list[_Transfer], dest: Destination) -> None:
         digests = {}  # one file vanished or is unreadable: check them one by one to name it
         for t in sizes_ok:
             try:
-                digests[t.targets[dest.role]] = dest.backend.sha256(t.targets[dest.role])
+                digests[_checked_path(t, dest.role)] = dest.backend.sha256(_checked_path(t, dest.role))
             except BackupError as e:
-                digests[t.targets[dest.role]] = e
+                digests[_checked_path(t, dest.role)] = e
     for t in mine:
-        path = t.targets[dest.role]
-        got = digests.get(path)
+        got = digests.get(_checked_path(t, dest.role))
         if isinstance(got, BackupError):
             t.states[dest.role] = "failed"
             t.errors.append(f"{dest.role}: {dest.fail(got)}")
@@ -336,15 +350,39 @@ def _verify(transfers: list[_Transfer], dest: Destination) -> None:
         _mismatch(t, dest, f"sha256 {got[:12]}… instead of {t.result['sha256'][:12]}…" if got else "unreadable")
 
 
+def _publish(transfers: list[_Transfer], dest: Destination) -> None:
+    """Rename every copy this pass wrote and verified at ``dest`` to its final name; delete the temp
+    file of one that could not be verified (left for the next task's sweep if ``dest`` is down)."""
+    for t in transfers:
+        if dest.role not in t.written or dest.role in t.discarded:
+            continue
+        temp = t.found[dest.role].path
+        if t.states.get(dest.role) != "copied":
+            if not dest.down:
+                _discard(dest.backend, temp)
+            continue
+        try:
+            dest.backend.publish(temp, t.targets[dest.role])  # removes the temp file if it fails
+        except BackupError as e:
+            t.states[dest.role] = "failed"
+            t.errors.append(f"{dest.role}: {dest.fail(e)}")
+
+
+def _verify_and_publish(transfers: list[_Transfer], dest: Destination) -> None:
+    _verify(transfers, dest)
+    _publish(transfers, dest)
+
+
 def copy_files(items: list[dict], source_of: Callable[[dict], StorageBackend], dests: list[Destination],
                on_bytes: Callable[[int], None]) -> list[dict]:
-    """Back up a batch of files: one read each, then one checksum batch per destination; results, never raises."""
+    """Back up a batch of files: one read each, then per destination one checksum batch of the temporary copies
+    and the renames of the verified ones; results, never raises."""
     sources = [source_of(item) for item in items]
     # Several files at once: one file's fsync and rename overlap the next one's read and writes.
     with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items)), thread_name_prefix="transfer") as pool:
         transfers = list(pool.map(lambda item, source: _transfer(item, source, dests, on_bytes), items, sources))
     with ThreadPoolExecutor(max_workers=len(dests), thread_name_prefix="verify") as pool:
-        list(pool.map(lambda dest: _verify(transfers, dest), dests))
+        list(pool.map(lambda dest: _verify_and_publish(transfers, dest), dests))
     copied_at = utc_z()
     for t in transfers:
         if all(t.states.get(d.role) in ("copied", "present") for d in dests):

@@ -76,10 +76,12 @@ class PrivateRedis:
 
 
 class Relay:
-    """A TCP relay on a loopback port of its own to ``target_port``: open, closed (refused) or frozen (black hole)."""
+    """A TCP relay on a loopback port of its own to ``target_port``: open, closed (refused) or frozen (black hole);
+    ``rate`` caps each connection (a slow link, so that a transfer lasts long enough to be hit)."""
 
-    def __init__(self, target_port: int, port: int | None = None):
+    def __init__(self, target_port: int, port: int | None = None, rate: float | None = None):
         self.target = target_port
+        self.rate = rate  # bytes/s per connection and direction (None: as fast as loopback goes)
         if port is None:
             probe = socket.socket()
             probe.bind(("127.0.0.1", 0))
@@ -130,6 +132,8 @@ class Relay:
                     break
                 self.flowing.wait()
                 b.sendall(data)
+                if self.rate:
+                    time.sleep(len(data) / self.rate)
         except OSError:
             pass
         finally:

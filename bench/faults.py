@@ -1,25 +1,41 @@
 """Fault campaign: how often each promise holds under each fault, on the real local platform.
 
-    python bench/faults.py [--trials 20] [--seed 1] [--kinds worker_kill,redis_restart,...] [--max-outage 90]
+    python bench/faults.py [--trials 20] [--seed 1] [--workflow edge-export,customer-files,table-backup]
+                           [--kinds worker_kill,redis_restart,...] [--max-outage 90]
 
-One JSON line per fault kind: ``fault, workflow, trials, recovered, failed_loudly,
+One JSON line per (fault kind, workflow): ``fault, workflow, trials, recovered, failed_loudly,
 lost, duplicated, partial, alerts_sent, alerts_expected, max_recovery_s`` (+
 ``phases_hit``: the phase each fault landed in; ``effective``: trials whose run
-the fault visibly changed - a redelivery, a retry, a skip or a failure).  Each trial starts a real edge-export
-run, injects the fault at a random moment, lets the system recover as in
+the fault visibly changed - a redelivery, a retry, a skip or a failure).  Each trial starts a real
+run of the workflow, injects the fault at a random moment, lets the system recover as in
 production (redelivery, retries, the stall check that beat runs; after a run
 that failed, the next scheduled run, which must succeed), then checks
-from outside the project: the job's final state; the archive on the edge node
-exactly once, its SHA-256 (OpenSSH's own ``sha256sum``) and record count equal
-to the job record's; no temporary file left; no lock left; exactly one alert
-for a failed episode and none for a recovered one.
+from outside the project (OpenSSH's ``sha256sum`` on the edge node, ``hashlib`` on local
+folders, a plain impyla cursor on HiveServer2):
+
+* edge-export: the archive on the edge node exactly once, its SHA-256 and record count equal
+  to the job record's, the local archive cleaned up;
+* customer-files: every source file exactly once at both destinations (a local primary on a
+  tmpfs, an SFTP secondary behind the campaign's relay) with the source's SHA-256, nothing else
+  there (no temporary file), the Hive count table holding each file once with its SHA-256, the
+  status flag naming the last run and its outcome;
+* table-backup: the backup's rows equal to the source of the last successful run (count,
+  distinct ids, sum of ids), no half table (at most the current and the previous data table);
+
+and for every workflow: the job's final state, no lock left, exactly one alert for a failed
+episode and none for a recovered one.
 
 The campaign brings its own Redis (AOF everysec, noeviction) on its own port,
 a TCP relay in front of the platform's sshd (closed = sshd unreachable, frozen =
-black hole), and a tmpfs export folder (disk full); it needs root (mount) and
-the local platform (it starts what is missing).  Timings are shortened so that
-faults land in every phase: visibility timeout 20 s, lock TTL 10 s, retry
-budget 60 s, upload stall timeout 8 s, uploads capped at 0.05 MB/s.
+black hole; it also caps each connection at 128 KB/s so customer-files copies last long
+enough to be hit), and tmpfs folders (the edge-export export folder, a customer-files
+primary: disk full); it needs root (mount) and the local platform (it starts what is
+missing).  ``spark_restart`` kills the platform's Spark JVM (HiveServer2 and Spark Connect)
+and starts it again, so it runs only when the campaign itself started that JVM (a platform
+of its own: see ``--help``); a reader queries the table backup in a loop meanwhile (see
+``Reader``).  Timings are shortened so that faults land in every phase: visibility timeout
+20 s, lock TTL 10 s, retry budget 60 s, upload stall timeout 8 s, edge-export uploads capped
+at 0.05 MB/s.
 
 Targets, per row: lost = duplicated = partial = 0, alerts_sent = alerts_expected,
 recovered + failed_loudly = trials.
@@ -28,31 +44,470 @@ recovered + failed_loudly = trials.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import hashlib
 import json
+import os
+import posixpath
 import random
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.faultkit import PrivateRedis, Relay, Worker, wait_until  # noqa: E402
 
-WORKFLOW = "edge-export"
+# The edge-export kinds (one trial each runs in make test: tests/integration/test_fault_campaign.py).
 KINDS = ("worker_kill", "child_kill", "redis_restart", "sshd_outage", "black_hole", "disk_full", "corruption",
          "concurrent", "paused")
+# Every kind, per workflow it applies to (table-backup has no network copy and no local file it writes).
+WORKFLOW_KINDS = {
+    "edge-export": KINDS + ("spark_restart",),
+    "customer-files": KINDS + ("spark_restart",),
+    "table-backup": ("worker_kill", "child_kill", "redis_restart", "concurrent", "paused", "spark_restart"),
+}
+ALL_KINDS = tuple(dict.fromkeys(k for kinds in WORKFLOW_KINDS.values() for k in kinds))
+WORKFLOW = "edge-export"  # the default workflow
 TERMINAL = ("success", "failed", "skipped")
+DB = "mnaas_faults"
+RELAY_RATE = 128 * 1024  # bytes/s per relayed connection and direction
 
+
+def hive_query(settings, sql: str) -> list[tuple]:
+    """One statement over a plain impyla connection of its own (outside the project's code)."""
+    from impala.dbapi import connect
+
+    with closing(connect(settings.hive.host, settings.hive.port, auth_mechanism=settings.hive.auth_mechanism,
+                         timeout=60)) as conn, closing(conn.cursor()) as cur:
+        cur.execute(sql)
+        return cur.fetchall() if sql.lstrip().upper().startswith(("SELECT", "SHOW")) else []
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".part")
+
+
+# -- the workflows under fault -------------------------------------------------------------------------------------
+
+class Flow:
+    """One workflow under fault: its config, its inputs per trial and its checks from outside."""
+
+    name = ""
+    busy = ("",)  # phase-name prefixes where an outage, a pause or a corruption lands
+    lock_target = ""
+
+    def __init__(self, campaign: "Campaign"):
+        self.c = campaign
+
+    @property
+    def task(self) -> str:
+        return "backup." + self.name.replace("-", "_")
+
+    def config(self) -> dict:
+        """Config sections this workflow needs (merged into the campaign's config)."""
+        return {}
+
+    def setup(self) -> None:
+        """Inputs made once, after the config exists."""
+
+    def prepare(self) -> None:
+        """Before a trial: new inputs for its run."""
+
+    def kwargs(self) -> dict:
+        return {}
+
+    def cli_args(self) -> list[str]:
+        return [self.name]
+
+    def check(self, jobs: list[str], recs: list[dict | None]) -> dict:
+        """lost, duplicated, partial as seen from outside after the trial."""
+        return {"lost": 0, "duplicated": 0, "partial": 0}
+
+    def corrupt(self) -> bool:
+        """Flip a byte of a temporary copy at a destination while the run writes it; True once done."""
+        raise NotImplementedError
+
+    def corrupt_during(self, job: str) -> None:
+        """The corruption fault of one trial: race the copy, flipping a byte of a temporary file once it has some."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.corrupt():
+                return
+            time.sleep(0.1)
+
+    def full_folder(self) -> Path:
+        """The tmpfs folder a disk_full trial fills."""
+        raise NotImplementedError
+
+
+class EdgeExport(Flow):
+    name = "edge-export"
+    busy = ("transfer",)
+
+    def setup(self) -> None:
+        from connectors.hive import HiveClient
+        from base.identifiers import TableName
+        from local_platform.sample_data import create_sample_table
+
+        self.table = TableName(DB, "traffic")
+        with HiveClient.from_settings(self.c.settings) as hive:
+            create_sample_table(hive, self.table, rows=self.c.rows)
+        self.lock_target = self.target = str(self.table)
+
+    def kwargs(self) -> dict:
+        return {"table": self.target}
+
+    def cli_args(self) -> list[str]:
+        return [self.name, self.target]
+
+    def prepare(self) -> None:
+        self.before = self.remote_files()
+
+    def remote_files(self) -> set[str]:
+        from tests.helpers import remote_files
+
+        return set(remote_files(self.c.settings, posixpath.join(self.c.settings.sftp.remote_dir, self.target)))
+
+    def check(self, jobs, recs) -> dict:
+        successes = [r for r in recs if r is not None and r["state"] == "success"]
+        new = self.remote_files() - self.before
+        committed = sorted(f for f in new if f.endswith(".csv.gz"))
+        partial = sum(1 for f in new if not f.endswith(".csv.gz"))
+        for r in successes:
+            path = r["outputs"]["remote_uri"].split(f":{self.c.settings.sftp.port}", 1)[1]
+            if path not in committed:
+                partial += 1
+                continue
+            digest = self.c.ssh("sha256sum", path).stdout.split()[0]
+            count = self.c.ssh("python3", "-c", "import csv,gzip,sys; print(sum(1 for _ in csv.reader("
+                               "gzip.open(sys.argv[1],'rt',newline=''),delimiter=';')))", path).stdout.strip()
+            if digest != r["outputs"]["sha256"] or int(count) != r["outputs"]["rows"]:
+                partial += 1
+            if Path(r["outputs"]["local_path"]).exists():
+                partial += 1  # cleanup promised to remove it
+        return {"lost": 0, "duplicated": max(0, len(committed) - len(successes)), "partial": partial}
+
+    def corrupt_during(self, job: str) -> None:
+        """A byte of the archive changed while it is uploaded, after the export recorded its SHA-256.
+
+        With ``sftp.verify: in-stream`` (the default) the server hashes what it writes, so what it
+        can catch is a change between the recorded hash and the bytes it receives: a byte of the
+        local archive flipped ahead of the upload (in the file's second half, not yet sent at the
+        campaign's capped rate).  The flip is undone once the transfer failed an attempt, as a
+        transient fault: the retry must then commit the whole archive.  (A change made to the temp
+        file on the server after it was written is caught by ``sftp.verify: read-back`` only; see
+        tests/integration/test_guards.py.)
+        """
+        local = Path(self.c.record(job)["outputs"]["local_path"])
+        offset = self.c.rng.randrange(local.stat().st_size // 2, local.stat().st_size - 1)
+
+        def flip() -> None:
+            with open(local, "r+b") as f:
+                f.seek(offset)
+                b = f.read(1)
+                f.seek(offset)
+                f.write(bytes([b[0] ^ 1]))
+        flip()
+        try:
+            def failed_once() -> bool:
+                rec = self.c.record(job) or {}
+                transfer = next((p for p in rec.get("phases", []) if p["name"] == "transfer"), {})
+                return rec.get("state") in TERMINAL or transfer.get("attempts", 0) > 1
+            wait_until(failed_once, 120, "the transfer to fail an attempt")
+        finally:
+            flip()  # whole again: the transient fault is over
+
+    def full_folder(self) -> Path:
+        return self.c.exports
+
+
+class CustomerFiles(Flow):
+    """Two customers; ``acme``'s primary on a 16 MB tmpfs, both secondaries on the edge node behind the relay."""
+
+    name = "customer-files"
+    busy = ("copy",)
+    lock_target = "all"
+    CUSTOMERS = ("acme", "beta")
+    FILES, FILE_BYTES = 6, 48_000  # per customer and trial: ~290 KB, a few seconds through the relay
+
+    def __init__(self, campaign):
+        super().__init__(campaign)
+        root = campaign.state / "cf"
+        self.root, self.src, self.tmpfs = root, root / "incoming", root / "acme-primary"
+        self.edge = f"{campaign.state}/cf-edge"
+        self.trial_no = 0
+
+    def config(self) -> dict:
+        def primary(c):
+            return str(self.tmpfs) if c == "acme" else str(self.root / "primary" / c)
+        return {"customer_files": {
+            "source_dirs": [str(self.src)],
+            "customers": {c: {"primary": primary(c),
+                              "secondary": f"sftp://127.0.0.1:{self.c.relay.port}{self.edge}/{c}"}
+                          for c in self.CUSTOMERS},
+            "domains": {"traffic": ["traffic_*.csv"], "tolling": ["tolling_*.csv"]},
+            "max_files_per_run": 1000, "settle_seconds": 0,
+            "staging_table": f"{DB}.cf_inter_record_count", "final_table": f"{DB}.cf_records_count",
+            "status_flag": str(self.root / "status" / "backup_files_process.status"),
+            "manifest_dir": str(self.root / "manifests")}}
+
+    def mount(self) -> None:
+        self.tmpfs.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(self.tmpfs)], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.tmpfs)], check=False)
+
+    def setup(self) -> None:
+        hive_query(self.c.settings, f"CREATE DATABASE IF NOT EXISTS {DB}")
+        for table in ("cf_inter_record_count", "cf_records_count"):
+            hive_query(self.c.settings, f"DROP TABLE IF EXISTS {DB}.{table}")
+        for c in self.CUSTOMERS:
+            (self.src / c).mkdir(parents=True, exist_ok=True)
+        self.prepare()
+
+    def prepare(self) -> None:
+        """New files for every customer (the ledger skips those already backed up)."""
+        self.trial_no += 1
+        rng = random.Random(self.trial_no)
+        old = time.time() - 3600
+        for c in self.CUSTOMERS:
+            for i in range(self.FILES):
+                stem = "traffic" if i % 2 == 0 else "tolling"
+                path = self.src / c / f"{stem}_{self.trial_no:03d}_{i:02d}.csv"
+                lines = [f"{rng.randint(10**8, 10**9)};4479{j:08d};{c};{rng.random():.6f}\n"
+                         for j in range(self.FILE_BYTES // 40)]
+                path.write_text("".join(lines))
+                os.utime(path, (old, old))
+
+    def expected(self) -> dict[tuple[str, str, str], str]:
+        """(customer, domain, file) -> SHA-256 of every source file so far."""
+        out = {}
+        for c in self.CUSTOMERS:
+            for path in (self.src / c).iterdir():
+                out[(c, path.name.split("_", 1)[0], path.name)] = sha256_file(path)
+        return out
+
+    def destination(self, customer: str, role: str) -> dict[tuple[str, str, str], str]:
+        """(customer, domain, file) -> SHA-256 of every file at a destination (temp files included)."""
+        found = {}
+        if role == "primary":
+            base = self.tmpfs if customer == "acme" else self.root / "primary" / customer
+            for path in base.rglob("*") if base.exists() else []:
+                if path.is_file():
+                    found[(customer, path.parent.name, path.name)] = sha256_file(path)
+            return found
+        folder = f"{self.edge}/{customer}"
+        out = self.c.ssh_plain(["find", folder, "-type", "f", "-exec", "sha256sum", "{}", "+"])
+        if out.returncode != 0 and "No such file" not in out.stderr:
+            raise AssertionError(f"sha256sum on the edge node failed (exit {out.returncode}): {out.stderr}")
+        for line in out.stdout.splitlines():
+            digest, path = line[:64], line[66:]
+            found[(customer, posixpath.basename(posixpath.dirname(path)), posixpath.basename(path))] = digest
+        return found
+
+    def check(self, jobs, recs) -> dict:
+        expected = self.expected()
+        lost, duplicated, partial = set(), 0, 0
+        for c in self.CUSTOMERS:
+            mine = {k: v for k, v in expected.items() if k[0] == c}
+            for role in ("primary", "secondary"):
+                there = self.destination(c, role)
+                for key, digest in there.items():
+                    if is_temp(key[2]) or key not in mine or mine[key] != digest:
+                        partial += 1  # a temporary, foreign or damaged file at a destination
+                lost |= {k for k in mine if k not in there}
+        counted: dict[tuple, list[str]] = {}
+        for customer, domain, name, digest, status in hive_query(
+                self.c.settings, f"SELECT customer, domain, file_name, sha256, status FROM {DB}.cf_records_count"):
+            counted.setdefault((customer, domain, name), []).append((digest, status))
+        for key, digest in expected.items():
+            rows = counted.get(key, [])
+            if not rows:
+                lost.add(key)
+            duplicated += max(0, len(rows) - 1)
+            partial += sum(1 for d, status in rows if d != digest or status not in ("copied", "present"))
+        last = next((r for r in reversed(recs) if r is not None and r["state"] != "skipped"), None)
+        flag = self.root / "status" / "backup_files_process.status"
+        if last is not None:
+            lines = flag.read_text().splitlines() if flag.exists() else []
+            want = ("SUCCESS",) if last["state"] == "success" else ("PARTIAL", "FAIL")
+            if not lines or lines[0] not in want or f"job_id={last['job_id']}" not in lines:
+                partial += 1  # the flag does not say how the last run ended
+        return {"lost": len(lost), "duplicated": duplicated, "partial": partial}
+
+    def corrupt(self) -> bool:
+        """Flip a byte of a temporary copy on the edge node or on the tmpfs primary, whichever has one first."""
+        flip = ("import sys,os,glob\n"
+                "for p in glob.glob(sys.argv[1] + '/*/*/.*.part'):\n"
+                "    if os.path.getsize(p) > 200:\n"
+                "        f = open(p, 'r+b'); f.seek(100); b = f.read(1); f.seek(100); f.write(bytes([b[0] ^ 1])); "
+                "f.close(); print(p); break\n")
+        if self.c.ssh("python3", "-c", flip, self.edge).stdout.strip():
+            return True
+        for path in self.tmpfs.glob("*/.*.part"):
+            try:
+                with open(path, "r+b") as f:
+                    f.seek(100)
+                    b = f.read(1)
+                    if b:
+                        f.seek(100)
+                        f.write(bytes([b[0] ^ 1]))
+                        return True
+            except OSError:
+                continue  # renamed or removed meanwhile
+        return False
+
+    def full_folder(self) -> Path:
+        return self.tmpfs
+
+
+class TableBackup(Flow):
+    """Two source folders, A and B (other rows), used in turn: the backup says which run it holds."""
+
+    name = "table-backup"
+    busy = ("load", "write")
+    LIVE_DDL = ("(id BIGINT, msisdn STRING, customer STRING, amount DOUBLE, event_ts TIMESTAMP, "
+                "partition_date STRING) USING parquet PARTITIONED BY (partition_date)")
+
+    def __init__(self, campaign):
+        super().__init__(campaign)
+        self.lock_target = self.live = f"{DB}.tb_live"
+        self.backup = f"{self.live}_bkp"
+        self.sources = {}
+        self.turn = 0
+
+    def setup(self) -> None:
+        hive_query(self.c.settings, f"CREATE DATABASE IF NOT EXISTS {DB}")
+        for row in hive_query(self.c.settings, f"SHOW TABLES IN {DB}"):
+            if row[1].startswith("tb_live"):
+                hive_query(self.c.settings, f"DROP {'VIEW' if row[1] == 'tb_live_bkp' else 'TABLE'} IF EXISTS "
+                                            f"{DB}.{row[1]}")
+        hive_query(self.c.settings, f"CREATE TABLE {self.live} {self.LIVE_DDL}")
+        for name, first, n in (("A", 0, 3000), ("B", 100_000, 3300)):
+            folder = self.c.state / "tb" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            day0 = dt.date(2025, 9, 1)
+            lines = [f"{i};4479{i:08d};cust{i % 7};{i % 1000 / 7:.4f};{day0 + dt.timedelta(days=i % 150)} "
+                     f"{i % 24:02d}:00:00;{day0 + dt.timedelta(days=i % 150)}\n" for i in range(first, first + n)]
+            for part in range(3):
+                (folder / f"part-{part}.csv").write_text("".join(lines[part::3]))
+            ids = range(first, first + n)
+            self.sources[name] = (folder.as_uri(), (n, sum(ids), n))
+        self.current = "A"
+
+    def prepare(self) -> None:
+        self.turn += 1
+        self.current = "AB"[self.turn % 2]
+
+    def kwargs(self) -> dict:
+        return {"table": self.live, "source": self.sources[self.current][0]}
+
+    def cli_args(self) -> list[str]:
+        return [self.name, self.live, "--source", self.sources[self.current][0]]
+
+    def fingerprint(self) -> tuple:
+        """(rows, sum of ids, distinct ids) of the backup readers use."""
+        row = hive_query(self.c.settings, f"SELECT count(*), sum(id), count(DISTINCT id) FROM {self.backup}")[0]
+        return tuple(int(v or 0) for v in row)
+
+    def fingerprints(self) -> set[tuple]:
+        return {fp for _, fp in self.sources.values()}
+
+    def check(self, jobs, recs) -> dict:
+        partial = duplicated = lost = 0
+        successes = [r for r in recs if r is not None and r["state"] == "success"]
+        got = self.fingerprint()
+        want = self.sources[self.current][1] if successes else self.before
+        if got[0] != got[2]:
+            duplicated += got[0] - got[2]
+        if got != want:
+            partial += 1  # not the rows of the last successful run (or of the backup before a failed one)
+        data = [r[1] for r in hive_query(self.c.settings, f"SHOW TABLES IN {DB}")
+                if r[1].startswith("tb_live_bkp__")]
+        if len(data) > 2:
+            partial += len(data) - 2  # a half-written table left beside the current and the previous ones
+        return {"lost": lost, "duplicated": duplicated, "partial": partial}
+
+    def snapshot(self) -> None:
+        self.before = self.fingerprint()
+
+
+FLOWS = {"edge-export": EdgeExport, "customer-files": CustomerFiles, "table-backup": TableBackup}
+
+
+# -- the reader of fault 4 ------------------------------------------------------------------------------------------
+
+CONNECTION_ERRORS = ("connection refused", "could not connect", "unavailable", "tsocket read 0 bytes",
+                     "connection reset", "broken pipe", "timed out", "eof", "ttransportexception",
+                     "failed to connect", "connection closed")
+
+
+class Reader(threading.Thread):
+    """Queries the table backup in a loop during a spark_restart trial, on a new impyla connection each time.
+
+    What it asserts, per query of ``SELECT count(*), sum(id), count(DISTINCT id)`` on the backup:
+    the answer is one of ``allowed`` (the backup before the trial, or the rows of the source the trial's
+    run loads: never a partial, empty or doubled table); or the query fails with a connection-level
+    error (refused, reset, end of stream, unavailable) while the JVM is down, that is between the kill
+    and 15 s after the restarted server answers.  Anything else - another error (table or view not
+    found, an analysis error), a connection error outside that window, another answer - is a violation.
+    """
+
+    def __init__(self, flow: TableBackup, allowed: set[tuple]):
+        super().__init__(daemon=True)
+        self.flow, self.allowed = flow, allowed
+        self.down_since: float | None = None
+        self.up_at: float | None = None
+        self.stop = threading.Event()
+        self.answers = self.errors = 0
+        self.violations: list[str] = []
+
+    def in_window(self, t: float) -> bool:
+        return self.down_since is not None and t >= self.down_since and (self.up_at is None or t <= self.up_at + 15)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            began = time.monotonic()
+            try:
+                got = self.flow.fingerprint()
+                if got in self.allowed:
+                    self.answers += 1
+                else:
+                    self.violations.append(f"answer {got} is neither backup {sorted(self.allowed)}")
+            except Exception as e:  # noqa: BLE001 - every error is classified
+                text = f"{type(e).__name__}: {e}".lower()
+                if any(m in text for m in CONNECTION_ERRORS) and (self.in_window(began)
+                                                                   or self.in_window(time.monotonic())):
+                    self.errors += 1
+                else:
+                    self.violations.append(f"{type(e).__name__}: {str(e)[:200]}")
+            self.stop.wait(0.5)
+
+
+# -- the campaign ---------------------------------------------------------------------------------------------------
 
 class Campaign:
     """The campaign's own Redis, relay, tmpfs and workers around the platform's Spark and sshd."""
 
     def __init__(self, base: dict, state: Path, redis_port: int, seed: int = 1, max_outage: float = 90,
-                 rows: int = 8000):
+                 rows: int = 8000, workflows=(WORKFLOW,), spark_restart: bool = False,
+                 own_platform: bool = False):
         self.base, self.state, self.rng = base, state, random.Random(seed)
         self.max_outage = max_outage
         self.rows = rows
@@ -60,10 +515,25 @@ class Campaign:
         self.relay: Relay | None = None
         self.workers: list[Worker] = []
         self.exports = state / "exports"
+        self.flows: dict[str, Flow] = {}
+        self.workflows = tuple(workflows)
+        self.own_platform = own_platform  # the platform is the campaign's even if already running (see main)
+        self.spark_restart = spark_restart  # set up the table backup the reader of spark_restart trials reads
+        self.flow: Flow | None = None
+        self.durations: dict[str, float] = {}
+        self.platform = None
+        self.platform_report: dict[str, str] = {}
 
     # -- set-up ------------------------------------------------------------------------------------------------
 
     def __enter__(self) -> "Campaign":
+        try:
+            return self._enter()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _enter(self) -> "Campaign":
         from config.settings import _merge, load_settings
         from local_platform.services import LocalPlatform
 
@@ -73,17 +543,22 @@ class Campaign:
         base_cfg = self.state / "base.yaml"
         base_cfg.write_text(yaml.safe_dump(self.base))
         base = load_settings(base_cfg)
-        LocalPlatform(base).up(only=["spark", "sshd", "sinks"])
+        self.platform = LocalPlatform(base)
+        services = ["metastore", "hdfs", "spark", "sshd", "sinks"]
+        self.platform_report = self.platform.up(only=services, timeout=300)
         self.redis.start()
-        self.relay = Relay(base.sftp.port)
+        # Below the ephemeral range: while the relay is closed (an outage) no outgoing connection can take its port.
+        self.relay = Relay(base.sftp.port, port=self.redis.port + 1, rate=RELAY_RATE)
         self.relay.open()
         known = self.state / "known_hosts"
         key_line = base.path(base.sftp.known_hosts).read_text().strip().split(" ", 1)[1]
         known.write_text(f"[127.0.0.1]:{self.relay.port} {key_line}\n")
         self.exports.mkdir(exist_ok=True)
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(self.exports)], check=True)
-        self.config = self.state / "campaign.yaml"
-        self.config.write_text(yaml.safe_dump(_merge(self.base, {
+        flows = [FLOWS[name](self) for name in self.workflows]
+        if self.spark_restart and "table-backup" not in self.workflows:
+            flows.append(TableBackup(self))  # its backup is what the reader of spark_restart trials reads
+        overrides = {
             "redis": {"url": self.redis.url, "key_prefix": "mbfault"},
             "sftp": {"port": self.relay.port, "known_hosts": str(known), "remote_dir": str(self.state / "edge"),
                      "rate_limit_mbps": 0.05, "streams": 1, "stall_timeout": 8, "connect_timeout": 5},
@@ -93,28 +568,38 @@ class Campaign:
             "lock": {"ttl": 10, "renew_every": 2},
             "retry": {"budget": 60, "max_retries": None, "backoff": 1, "backoff_max": 4},
             "stall": {"orphan_after": 30, "ending_grace": 20, "check_every": 3600},
-        })))
+        }
+        merged = _merge(self.base, overrides)
+        for flow in flows:
+            merged.update(flow.config())  # whole sections: the base's customers are not the campaign's
+        self.config = self.state / "campaign.yaml"
+        self.config.write_text(yaml.safe_dump(merged))
         self.settings = load_settings(self.config)
         from backup.resources import Resources
         from workers.app import create_app
 
         self.res = Resources(self.settings)
         self.app = create_app(self.settings)
-        from connectors.hive import HiveClient
-        from base.identifiers import TableName
-        from local_platform.sample_data import create_sample_table
-
-        self.table = TableName("mnaas_faults", "traffic")
-        with HiveClient.from_settings(self.settings) as hive:
-            create_sample_table(hive, self.table, rows=self.rows)
-        self.target = str(self.table)
+        for flow in flows:
+            self.flows[flow.name] = flow
+            if isinstance(flow, CustomerFiles):
+                flow.mount()
+            flow.setup()
         self.worker()
-        began = time.monotonic()
-        rec = self.wait_end([self.start_job()], 180)[0]
-        if rec is None or rec["state"] != "success":
-            raise RuntimeError(f"calibration run did not succeed: {rec}")
-        self.duration = time.monotonic() - began
+        for flow in flows:  # a clean run of each: its duration spreads the random moments; the first backup
+            self.flow = flow
+            began = time.monotonic()
+            rec = self.wait_end([self.start_job()], 300)[0]
+            if rec is None or rec["state"] != "success":
+                raise RuntimeError(f"calibration run of {flow.name} did not succeed: {rec}")
+            self.durations[flow.name] = time.monotonic() - began
+        self.use(self.workflows[0])
         return self
+
+    def use(self, workflow: str) -> None:
+        """The workflow the next trials run."""
+        self.flow = self.flows[workflow]
+        self.duration = self.durations[workflow]
 
     def __exit__(self, *exc) -> None:
         for w in self.workers:
@@ -124,6 +609,13 @@ class Campaign:
             self.relay.close()
         self.redis.stop()
         subprocess.run(["umount", "-l", str(self.exports)], check=False)
+        for flow in self.flows.values():
+            if isinstance(flow, CustomerFiles):
+                flow.unmount()
+        if self.platform is not None:  # only what this campaign started
+            started = [name for name, state in self.platform_report.items() if state == "started"]
+            if started:
+                self.platform.down(only=started)
 
     def worker(self) -> Worker:
         w = Worker(self.config, f"fault{uuid.uuid4().hex[:6]}", self.state / f"worker-{len(self.workers)}.log")
@@ -137,7 +629,7 @@ class Campaign:
 
     def start_job(self) -> str:
         job_id = uuid.uuid4().hex
-        self.app.send_task("backup.edge_export", kwargs={"table": self.target}, task_id=job_id)
+        self.app.send_task(self.flow.task, kwargs=self.flow.kwargs(), task_id=job_id)
         return job_id
 
     def record(self, job_id: str) -> dict | None:
@@ -189,8 +681,10 @@ class Campaign:
         time.sleep(self.rng.uniform(0, self.duration))
         return self.phase_now(job_id)
 
-    def wait_phase(self, job_id: str, name: str, timeout: float = 90) -> None:
-        wait_until(lambda: (self.record(job_id) or {}).get("phase") == name, timeout, f"phase {name}")
+    def wait_busy(self, job_id: str, timeout: float = 90) -> None:
+        """Wait until the job is in one of its workflow's busy phases (a transfer, a copy, a load)."""
+        wait_until(lambda: ((self.record(job_id) or {}).get("phase") or "").startswith(self.flow.busy),
+                   timeout, f"a phase {'/'.join(self.flow.busy)}")
 
     # -- checks from outside -----------------------------------------------------------------------------------
 
@@ -199,60 +693,52 @@ class Campaign:
 
         return ssh(self.settings, list(command))
 
-    def remote_files(self) -> set[str]:
-        from tests.helpers import remote_files
+    def ssh_plain(self, command: list[str]):
+        from tests.helpers import ssh
 
-        import posixpath
-        return set(remote_files(self.settings, posixpath.join(self.settings.sftp.remote_dir, self.target)))
+        return ssh(self.settings, command, check=False)
 
     def alerts(self) -> int:
-        from tests.helpers import sink_counts
+        """Alert mails received so far for the current workflow and target (the subject names both: campaigns
+        on other workflows may share the platform's sinks)."""
+        folder = self.settings.path(self.settings.platform.state_dir) / "sinks" / "mail"
+        subject = f"Subject: [mediation-backup] {self.flow.name} {self.flow.lock_target} "
+        unfolded = (mail.read_text(errors="replace").replace("\r\n", "\n").replace("\n ", " ")
+                    for mail in folder.glob("*.eml"))
+        return sum(1 for text in unfolded if subject in text)
 
-        return sink_counts(self.settings)[0]
-
-    def verify(self, recs: list[dict | None], before: set[str], alerts_before: int, started: float) -> dict:
-        """The verdict of one trial from its jobs' records and what is on the edge node."""
+    def verify(self, jobs: list[str], recs: list[dict | None], alerts_before: int, started: float) -> dict:
+        """The verdict of one trial from its jobs' records and what the workflow's outputs look like."""
         lost = sum(1 for r in recs if r is None or r["state"] not in TERMINAL)
         done = [r for r in recs if r is not None and r["state"] in TERMINAL]
-        successes = [r for r in done if r["state"] == "success"]
         failures = [r for r in done if r["state"] == "failed"]
-        new = self.remote_files() - before
-        committed = sorted(f for f in new if f.endswith(".csv.gz"))
-        partial = sum(1 for f in new if not f.endswith(".csv.gz"))
-        for r in successes:
-            path = r["outputs"]["remote_uri"].split(f":{self.settings.sftp.port}", 1)[1]
-            if path not in committed:
-                partial += 1
-                continue
-            digest = self.ssh("sha256sum", path).stdout.split()[0]
-            count = self.ssh("python3", "-c", "import csv,gzip,sys; print(sum(1 for _ in csv.reader("
-                             "gzip.open(sys.argv[1],'rt',newline=''),delimiter=';')))", path).stdout.strip()
-            if digest != r["outputs"]["sha256"] or int(count) != r["outputs"]["rows"]:
-                partial += 1
-            local = Path(r["outputs"]["local_path"])
-            if local.exists():
-                partial += 1  # cleanup promised to remove it
-        duplicated = max(0, len(committed) - len(successes))
-        if self.res.locks.holder(WORKFLOW, self.target) is not None:
+        seen = self.flow.check(jobs, recs)
+        lost += seen["lost"]
+        if self.res.locks.holder(self.flow.name, self.flow.lock_target) is not None:
             lost += 1  # a lock left held blocks every later run: counted with what is lost
         alerts_sent = self.alerts() - alerts_before
-        ok = lost == 0 and duplicated == 0 and partial == 0
+        ok = lost == 0 and seen["duplicated"] == 0 and seen["partial"] == 0
         # Did the fault change the run at all (a redelivery, a retry, a skip or a failure)?  A fault that
         # landed in a quiet moment proves less: the rows say how many did.
         effective = any(r["state"] != "success" or any(p["deliveries"] > 1 or p["attempts"] > 1
                                                        for p in r["phases"]) for r in done)
         return {"recovered": int(ok and not failures), "failed_loudly": int(ok and bool(failures)),
-                "lost": lost, "duplicated": duplicated, "partial": partial, "alerts_sent": alerts_sent,
-                "alerts_expected": 1 if failures else 0, "recovery_s": round(time.monotonic() - started, 1),
-                "effective": int(effective)}
+                "lost": lost, "duplicated": seen["duplicated"], "partial": seen["partial"],
+                "alerts_sent": alerts_sent, "alerts_expected": 1 if failures else 0,
+                "recovery_s": round(time.monotonic() - started, 1), "effective": int(effective)}
 
     def trial(self, kind: str) -> dict:
-        """One trial of ``kind``: its verdict plus the phase the fault landed in."""
-        self.res.alerter.success(WORKFLOW, self.target)  # every trial starts outside an alert episode
+        """One trial of ``kind`` on the current workflow: its verdict plus the phase the fault landed in."""
+        flow = self.flow
+        self.res.alerter.success(flow.name, flow.lock_target)  # every trial starts outside an alert episode
         if not self.live_workers():
             self.worker()
-        before, alerts_before = self.remote_files(), self.alerts()
+        flow.prepare()
+        if isinstance(flow, TableBackup):
+            flow.snapshot()
+        alerts_before = self.alerts()
         started = time.monotonic()
+        self.reader = None
         jobs, hit = getattr(self, f"_{kind}")()
         recs = self.wait_end(jobs, 300)
         if any(r is not None and r["state"] == "failed" for r in recs) and (recs[-1] or {}).get("state") != "success":
@@ -260,7 +746,15 @@ class Campaign:
             jobs.append(self.start_job())
             recs = self.wait_end(jobs, 300)
         self.wait_quiet(120)
-        verdict = self.verify(recs, before, alerts_before, started)
+        verdict = self.verify(jobs, recs, alerts_before, started)
+        if self.reader is not None:
+            self.reader.stop.set()
+            self.reader.join(30)
+            verdict["partial"] += len(self.reader.violations)
+            if self.reader.violations:
+                verdict["recovered"] = verdict["failed_loudly"] = 0
+            verdict["reader"] = {"answers": self.reader.answers, "connection_errors": self.reader.errors,
+                                 "violations": self.reader.violations[:5]}
         verdict["phase"] = hit
         return verdict
 
@@ -296,7 +790,7 @@ class Campaign:
 
     def _outage(self, cut, restore):
         job = self.start_job()
-        self.wait_phase(job, "transfer")
+        self.wait_busy(job)
         time.sleep(self.rng.uniform(0, 1.5))
         hit = self.phase_now(job)
         cut()
@@ -313,7 +807,7 @@ class Campaign:
     def _disk_full(self):
         job = self.start_job()
         hit = self.at_random_moment(job)
-        filler = self.exports / "filler"
+        filler = self.flow.full_folder() / "filler"
         # dd writes until the tmpfs is full (and then fails): every byte left is taken.
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], check=False, stderr=subprocess.DEVNULL)
         self.wait_end([job], 300)
@@ -321,47 +815,22 @@ class Campaign:
         return [job], hit
 
     def _corruption(self):
-        """A byte of the archive changed while it is uploaded, after the export recorded its SHA-256.
-
-        With ``sftp.verify: in-stream`` (the default) the server hashes what it writes, so what it
-        can catch is a change between the recorded hash and the bytes it receives: a byte of the
-        local archive flipped ahead of the upload (in the file's second half, not yet sent at the
-        campaign's capped rate).  The flip is undone once the transfer failed an attempt, as a
-        transient fault: the retry must then commit the whole archive.  (A change made to the temp
-        file on the server after it was written is caught by ``sftp.verify: read-back`` only; see
-        tests/integration/test_guards.py.)
-        """
+        """A copy altered between its write and its verification: the flow's own way (``Flow.corrupt_during``)."""
         job = self.start_job()
-        self.wait_phase(job, "transfer")
-        hit = "transfer"
-        local = Path(self.record(job)["outputs"]["local_path"])
-        offset = self.rng.randrange(local.stat().st_size // 2, local.stat().st_size - 1)
-
-        def flip() -> None:
-            with open(local, "r+b") as f:
-                f.seek(offset)
-                b = f.read(1)
-                f.seek(offset)
-                f.write(bytes([b[0] ^ 1]))
-        flip()
-        try:
-            def failed_once() -> bool:
-                rec = self.record(job) or {}
-                transfer = next((p for p in rec.get("phases", []) if p["name"] == "transfer"), {})
-                return rec.get("state") in TERMINAL or transfer.get("attempts", 0) > 1
-            wait_until(failed_once, 120, "the transfer to fail an attempt")
-        finally:
-            flip()  # whole again: the transient fault is over
+        self.wait_busy(job)
+        hit = self.phase_now(job)
+        self.flow.corrupt_during(job)
         return [job], hit
 
     def _concurrent(self):
         """20 requests at one instant: 16 by send_task, 4 by the CLI."""
         jobs = [uuid.uuid4().hex for _ in range(16)]
         gate = threading.Barrier(17)
+        task, kwargs = self.flow.task, self.flow.kwargs()
 
         def send(job_id):
             gate.wait()
-            self.app.send_task("backup.edge_export", kwargs={"table": self.target}, task_id=job_id)
+            self.app.send_task(task, kwargs=kwargs, task_id=job_id)
         threads = [threading.Thread(target=send, args=(j,)) for j in jobs]
         for t in threads:
             t.start()
@@ -369,7 +838,7 @@ class Campaign:
         gate.wait()
         for _ in range(4):
             cli.append(subprocess.Popen([sys.executable, "-m", "workers.cli", "--config", str(self.config), "run",
-                                         "edge-export", self.target, "--json"], stdout=subprocess.PIPE,
+                                         *self.flow.cli_args(), "--json"], stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent))
         for t in threads:
             t.join()
@@ -381,7 +850,7 @@ class Campaign:
     def _paused(self):
         """The lock holder paused past its lock's TTL; a new run takes the lock; the paused one resumes."""
         first = self.start_job()
-        self.wait_phase(first, "transfer")
+        self.wait_busy(first)
         time.sleep(self.rng.uniform(0, 1.5))
         hit = self.phase_now(first)
         paused = self.live_workers()
@@ -391,14 +860,50 @@ class Campaign:
         time.sleep(ttl + self.rng.uniform(1, 5))
         self.worker()
         second = self.start_job()
-        self.wait_end([second], 120)
+        self.wait_end([second], 180)
         for w in paused:
             w.resume()
         return [first, second], hit
 
+    def _spark_restart(self):
+        """The platform's Spark JVM (HiveServer2 + Spark Connect) SIGKILLed at a random moment, started again
+        after 0-5 s; a Reader queries the table backup all along."""
+        if self.platform_report.get("spark") != "started" and not self.own_platform:
+            raise RuntimeError("spark_restart kills the platform's Spark JVM: it runs only on a platform the "
+                               "campaign started itself, or one named its own with --own-platform")
+        backup = self.flows["table-backup"]
+        if backup is not self.flow:
+            backup.snapshot()
+        allowed = {backup.before}
+        if self.flow is backup:
+            allowed.add(backup.sources[backup.current][1])
+        self.reader = Reader(backup, allowed)
+        self.reader.start()
+        job = self.start_job()
+        hit = self.at_random_moment(job)
+        pid = self.platform._pid("spark")
+        self.reader.down_since = time.monotonic()
+        os.killpg(pid, signal.SIGKILL)  # driver and executors: one JVM, in its own process group
+        wait_until(lambda: not _alive(pid), 30, "the Spark JVM to die")
+        time.sleep(self.rng.uniform(0, 5))
+        self.platform.up(only=["spark"], timeout=300)
+        self.reader.up_at = time.monotonic()
+        return [job], hit
 
-def summarize(kind: str, verdicts: list[dict]) -> dict:
-    row = {"fault": kind, "workflow": WORKFLOW, "trials": len(verdicts)}
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie until its parent (this process, if it started it) reaps it
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def summarize(kind: str, verdicts: list[dict], workflow: str = WORKFLOW) -> dict:
+    row = {"fault": kind, "workflow": workflow, "trials": len(verdicts)}
     for k in ("recovered", "failed_loudly", "lost", "duplicated", "partial", "alerts_sent", "alerts_expected"):
         row[k] = sum(v[k] for v in verdicts)
     row["max_recovery_s"] = max((v["recovery_s"] for v in verdicts), default=0)
@@ -407,6 +912,11 @@ def summarize(kind: str, verdicts: list[dict]) -> dict:
     for v in verdicts:
         hits[v["phase"]] = hits.get(v["phase"], 0) + 1
     row["phases_hit"] = hits
+    readers = [v["reader"] for v in verdicts if "reader" in v]
+    if readers:  # spark_restart: what the reader of the table backup saw, over every trial
+        row["reader"] = {"answers": sum(r["answers"] for r in readers),
+                         "connection_errors": sum(r["connection_errors"] for r in readers),
+                         "violations": [x for r in readers for x in r["violations"]][:5]}
     return row
 
 
@@ -416,38 +926,58 @@ def meets_targets(row: dict) -> bool:
 
 
 def run(base: dict, state: Path, redis_port: int, kinds, trials: int, seed: int, max_outage: float,
-        emit=print) -> list[dict]:
+        emit=print, workflows=(WORKFLOW,), own_platform: bool = False) -> list[dict]:
     rows = []
-    with Campaign(base, state, redis_port, seed, max_outage) as campaign:
-        for kind in kinds:
-            verdicts = [campaign.trial(kind) for _ in range(trials)]
-            row = summarize(kind, verdicts)
-            rows.append(row)
-            emit(json.dumps(row))
+    with Campaign(base, state, redis_port, seed, max_outage, workflows=workflows,
+                  spark_restart="spark_restart" in kinds, own_platform=own_platform) as campaign:
+        for workflow in workflows:
+            campaign.use(workflow)
+            for kind in kinds:
+                if kind not in WORKFLOW_KINDS[workflow]:
+                    continue
+                verdicts = [campaign.trial(kind) for _ in range(trials)]
+                row = summarize(kind, verdicts, workflow)
+                rows.append(row)
+                emit(json.dumps(row))
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     import yaml
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="spark_restart kills the platform's Spark JVM: give it a config (BACKUP_CONFIG) whose platform "
+               "ports and state_dir no one else uses, so that the campaign starts (and later stops) a platform "
+               "of its own; on a platform it did not start, spark_restart refuses to run unless --own-platform "
+               "says that platform was started for the campaign and nothing else uses it.")
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--workflow", default=",".join(WORKFLOW_KINDS),
+                   help=f"comma-separated workflows (default: all of {', '.join(WORKFLOW_KINDS)})")
+    p.add_argument("--kinds", default=",".join(k for k in ALL_KINDS if k != "spark_restart"),
+                   help="comma-separated fault kinds; each runs for the workflows it applies to (default: all but "
+                        "spark_restart, which needs a platform of the campaign's own: name it here)")
     p.add_argument("--max-outage", type=float, default=90, help="longest sshd outage / black hole, seconds")
     p.add_argument("--redis-port", type=int, default=6650)
+    p.add_argument("--own-platform", action="store_true",
+                   help="the platform of BACKUP_CONFIG, already running, is the campaign's alone (spark_restart "
+                        "may kill and restart its Spark JVM)")
     args = p.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in ALL_KINDS]
     if unknown:
-        p.error(f"unknown fault kind {unknown[0]!r} (known: {', '.join(KINDS)})")
+        p.error(f"unknown fault kind {unknown[0]!r} (known: {', '.join(ALL_KINDS)})")
+    workflows = [w for w in args.workflow.split(",") if w]
+    bad = [w for w in workflows if w not in WORKFLOW_KINDS]
+    if bad or not workflows:
+        p.error(f"unknown workflow {(bad or [''])[0]!r} (known: {', '.join(WORKFLOW_KINDS)})")
     config = Path(os.environ.get("BACKUP_CONFIG") or Path(__file__).resolve().parent.parent / "config" / "local.yaml")
     base = yaml.safe_load(config.read_text())
     base["base_dir"] = str(config.resolve().parent / base.get("base_dir", "."))
     state = Path(tempfile.mkdtemp(prefix="mb-faults-"))
-    rows = run(base, state, args.redis_port, kinds, args.trials, args.seed, args.max_outage)
+    rows = run(base, state, args.redis_port, kinds, args.trials, args.seed, args.max_outage, workflows=workflows,
+               own_platform=args.own_platform)
     return 0 if all(meets_targets(r) for r in rows) else 1
 
 

@@ -195,16 +195,43 @@ class StorageBackend(abc.ABC):
     def write_atomic(self, path: str, chunks: Iterable[bytes], *, overwrite: bool = False) -> FileStat:
         """Write ``chunks`` to ``path`` so readers see all of it or nothing.
 
-        The data goes to a temporary sibling that is renamed into place.  The
-        folder must exist.  If ``path`` exists and not ``overwrite``:
-        AlreadyExists.  On any failure the temporary file is removed.
+        The data goes to a temporary sibling that is renamed into place
+        (``write_temp`` then ``publish``).  The folder must exist.  If ``path``
+        exists and not ``overwrite``: AlreadyExists.  On any failure the
+        temporary file is removed.
         """
         path = self._checked(path)
+        self.publish(self._write_temp(path, chunks, overwrite), path, overwrite=overwrite)
+        written = self.stat(path)
+        if written is None:
+            raise NotFound(f"{self.uri(path)} vanished right after it was written")
+        return written
+
+    def write_temp(self, path: str, chunks: Iterable[bytes], *, overwrite: bool = False) -> FileStat:
+        """Write ``chunks`` to a fresh temporary sibling of ``path``; its FileStat (``.path`` is the temp name).
+
+        The first half of ``write_atomic``, for a caller that checks the copy before it gets its
+        final name (the copy engine verifies it there, then calls ``publish``, or ``delete`` on a
+        mismatch).  The folder must exist; AlreadyExists if ``path`` exists and not ``overwrite``.
+        On any failure the temporary file is removed.  Costs the write and one stat.
+        """
+        temp = self._write_temp(self._checked(path), chunks, overwrite)
+        try:
+            written = self.stat(temp)
+        except BaseException:
+            self._discard(temp)
+            raise
+        if written is None:
+            raise NotFound(f"{self.uri(temp)} vanished right after it was written")
+        return written
+
+    def _write_temp(self, path: str, chunks: Iterable[bytes], overwrite: bool) -> str:
+        """The temporary sibling of ``path`` written from ``chunks`` (removed on failure)."""
         folder, name = posixpath.split(path)
         if not name:
             raise InvalidInput(f"{self.uri(path)} names no file")
         self._require_folder(folder or ".")
-        # Fail before streaming what may be gigabytes; rename() below is what
+        # Fail before streaming what may be gigabytes; rename() in publish is what
         # actually guarantees that an existing file is never replaced.
         if not overwrite and self.stat(path) is not None:
             raise AlreadyExists(f"{self.uri(path)} already exists")
@@ -213,14 +240,22 @@ class StorageBackend(abc.ABC):
         temp = posixpath.join(folder, temp_name(name))
         try:
             self._create(temp, chunks)
+        except BaseException:
+            self._discard(temp)
+            raise
+        return temp
+
+    def publish(self, temp: str, path: str, *, overwrite: bool = False) -> None:
+        """Rename the temporary file ``temp`` (from ``write_temp``) to its final name ``path``.
+
+        AlreadyExists if ``path`` exists and not ``overwrite`` (never replaced).  On any failure
+        the temporary file is removed.  One rename, no data read.
+        """
+        try:
             self.rename(temp, path, overwrite=overwrite)
         except BaseException:
             self._discard(temp)
             raise
-        written = self.stat(path)
-        if written is None:
-            raise NotFound(f"{self.uri(path)} vanished right after it was written")
-        return written
 
     def remove_stale_temps(self, folder: str, *, older_than: float = 0.0) -> int:
         """Delete our temporary files in ``folder`` left by killed writers.

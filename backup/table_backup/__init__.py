@@ -23,9 +23,10 @@ Names, for the live table ``db.t`` and the default suffix ``_bkp``:
   each rejected line with its reason in the rejects table, then to a read that leaves them
   out; above ``max_reject_ratio`` the job fails and the staging table is dropped.
   Generations older than the one the backup reads are dropped beside the write.
-* write switches the backup onto the staging table with ``CREATE OR REPLACE VIEW``, one
+* write switches the backup onto the staging table with ``ALTER VIEW ... AS``, one
   metastore operation: readers see the previous backup or the new one, never a missing or
-  half-written one.  The replaced data table stays as the previous generation until the
+  half-written one (Spark's ``CREATE OR REPLACE VIEW`` drops and re-creates: not used on an
+  existing view).  The replaced data table stays as the previous generation until the
   next run, so a query that started on it finishes on it.
 
 Spark state never crosses a phase (the next phase may run in another worker), so a

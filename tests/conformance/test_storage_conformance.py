@@ -234,6 +234,60 @@ def test_write_atomic_needs_an_existing_folder(case):
     assert case.backend.stat(case.path("missing")) is None
 
 
+def test_write_temp_is_invisible_until_published(case):
+    path = case.path("f.bin")
+    temp = case.backend.write_temp(path, chunked(BIG))
+    assert is_temp_name(temp.name) and temp.size == len(BIG)
+    assert case.backend.stat(path) is None and names(case) == [temp.name]
+    assert read_all(case, temp.path) == BIG  # what a verification reads before the rename
+    case.backend.publish(temp.path, path)
+    assert names(case) == ["f.bin"] and read_all(case, path) == BIG
+
+
+def test_publish_never_replaces_and_removes_its_temp(case):
+    path = case.path("f.bin")
+    temp = case.backend.write_temp(path, b"mine")
+    case.backend.write_atomic(path, b"someone else's")  # appeared between the write and the rename
+    with pytest.raises(AlreadyExists):
+        case.backend.publish(temp.path, path)
+    assert names(case) == ["f.bin"] and read_all(case, path) == b"someone else's"
+
+
+def test_copy_engine_verifies_before_the_rename(case):
+    """The copy engine's verification on this backend (HDFS file checksum, remote sha256sum, read back) runs at
+    the temporary name: a copy damaged in storage fails the file and never gets its final name."""
+    from backup.copy_engine import Destination, copy_file
+
+    source = case.path("source")
+    case.backend.mkdir(source)
+    data = b"".join(b"%06d;row\n" % i for i in range(20_000))
+    case.backend.write_atomic(posixpath.join(source, "f.csv"), data)
+    found = case.backend.stat(posixpath.join(source, "f.csv"))
+    item = {"domain": "traffic", "path": found.path, "size": found.size, "mtime": found.mtime}
+    renamed = []
+    real_create, real_rename = case.backend._create, case.backend.rename
+
+    def damaging_create(path, chunks):  # one byte flipped in what the storage keeps
+        body = bytearray(b"".join(chunks))
+        body[100] ^= 1
+        real_create(path, [bytes(body)])
+
+    def watched_rename(src, dst, **kw):
+        renamed.append(dst)
+        real_rename(src, dst, **kw)
+
+    case.backend._create, case.backend.rename = damaging_create, watched_rename
+    dest = Destination("primary", case.backend.uri(case.path("out")), backend=case.backend, base=case.path("out"))
+    result = copy_file(item, case.backend, [dest], lambda n: None)
+    assert result["status"] == "failed" and "does not match the source" in result["error"], result["error"]
+    assert renamed == [] and names(case, case.path("out", "traffic")) == []
+    case.backend._create = real_create  # the storage heals: the next copy is verified and published
+    result = copy_file(item, case.backend, [dest], lambda n: None)
+    assert result["status"] == "copied", result["error"]
+    assert renamed == [case.path("out", "traffic", "f.csv")]
+    assert read_all(case, case.path("out", "traffic", "f.csv")) == data
+
+
 def test_concurrent_writers_exactly_one_wins(case):
     path = case.path("f.bin")
     # Both writers are past the early existence check once they meet here.

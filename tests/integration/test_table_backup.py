@@ -190,10 +190,26 @@ def test_backup_through_worker_read_back_with_impyla(settings, res, worker, cele
     # generation (a query that started on it finishes on it) until the next run drops it.
     rows2 = good_rows(500, first_id=10_000)
     src2 = write_files(files / "main2", rows2, parts=1)
+    audit = settings.path(settings.platform.state_dir) / "logs" / "spark.log"  # the metastore's audit lines
+    mark = audit.stat().st_size
     cli = backupctl("run", "table-backup", table, "--source", src2.as_uri(), "--wait", "--json", config=CONFIG_PATH)
     assert cli.returncode == 0, cli.stderr
     rec2 = json.loads(cli.stdout)
     data1, data2 = data.split(".")[1], rec2["outputs"]["data_table"].split(".")[1]
+    # The switch of an existing backup is one alter_table: never a drop of the view (Spark's CREATE OR REPLACE
+    # VIEW drops and re-creates it, and a reader in between finds no backup at all).
+    switched = audit.read_bytes()[mark:].decode(errors="replace")
+    assert f"cmd=alter_table: db={DB} tbl=traffic_main_bkp " in switched
+    assert f"cmd=drop_table : db={DB} tbl=traffic_main_bkp\t" not in switched
+    # A worker lost between the switch and the view's properties: the view reads data2, its property still
+    # names data1.  What the backup reads is the view's SQL: the failed job's cleanup keeps data2.
+    names2 = names_of(res.jobs.get(rec2["job_id"]))
+    with res.spark().session() as spark:
+        spark.sql(f"ALTER VIEW {backup} SET TBLPROPERTIES ('{catalog.PROP_DATA}'='{data1}')")
+        assert catalog.backup_target(spark, names2) == data2
+    wf.drop_unswitched_staging(res, res.jobs.get(rec2["job_id"]))
+    with res.spark().session() as spark:
+        spark.sql(f"ALTER VIEW {backup} SET TBLPROPERTIES ('{catalog.PROP_DATA}'='{data2}')")
     assert rec2["outputs"]["replaced_data_table"] == data1
     assert_same_rows(backup_rows(settings, backup), rows2)
     assert tables_of(settings, "traffic_main_bkp") == {"traffic_main_bkp", "traffic_main_bkp_rejects", data1, data2}

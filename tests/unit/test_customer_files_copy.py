@@ -168,6 +168,62 @@ def test_a_copy_that_fails_verification_is_removed_and_fails_the_file(tmp_path):
     assert (tmp_path / "primary" / "traffic" / "trafic é 1.csv").read_bytes() == data
 
 
+class WatchedLocal(LocalBackend):
+    """A local destination that logs its reads and renames, and every final name that ever held bytes other
+    than ``good`` (checked right after each rename); with ``corrupt`` it flips a bit of each new file."""
+
+    def __init__(self, good: bytes, corrupt: bool = False):
+        super().__init__()
+        self.good, self.corrupt = good, corrupt
+        self.reads: list[str] = []
+        self.renames: list[tuple[str, str]] = []
+        self.bad_at_final_name: list[str] = []
+
+    def _create(self, path, chunks):
+        super()._create(path, chunks)
+        if self.corrupt:
+            with open(path, "r+b") as f:
+                first = f.read(1)
+                f.seek(0)
+                f.write(bytes([first[0] ^ 1]))
+
+    @contextlib.contextmanager
+    def open_read(self, path, offset=0):
+        self.reads.append(os.path.basename(path))
+        with super().open_read(path, offset) as stream:
+            yield stream
+
+    def rename(self, src, dst, *, overwrite=False):
+        super().rename(src, dst, overwrite=overwrite)
+        self.renames.append((os.path.basename(src), os.path.basename(dst)))
+        if open(dst, "rb").read() != self.good:
+            self.bad_at_final_name.append(dst)
+
+
+def test_a_damaged_copy_never_holds_its_final_name(tmp_path):
+    """Verification happens at the temporary name: a copy that fails it is never renamed (on the old order,
+    rename then verify, the damaged bytes sat at the final name until the check removed them)."""
+    item, data, dests = _tree(tmp_path, data=b"a;1\nb;2\n")
+    dests[1].backend = WatchedLocal(data, corrupt=True)
+    result = copy_file(item, LocalBackend(), dests, lambda n: None)
+    assert result["status"] == "failed" and "secondary: ChecksumMismatch:" in result["error"], result["error"]
+    assert dests[1].backend.bad_at_final_name == [] and dests[1].backend.renames == []
+    assert _files(tmp_path / "edge") == [], "nothing stays behind, not even the temporary file"
+    assert (tmp_path / "primary" / "traffic" / "trafic é 1.csv").read_bytes() == data
+
+
+def test_verify_before_rename_costs_one_read_back_and_one_rename_per_copy(tmp_path):
+    item, data, dests = _tree(tmp_path, data=b"x;1\n" * 1000)
+    for dest in dests:
+        dest.backend = WatchedLocal(data)
+    result = copy_file(item, LocalBackend(), dests, lambda n: None)
+    assert result["status"] == "copied", result["error"]
+    for dest in dests:
+        (read,), ((renamed_from, renamed_to),) = dest.backend.reads, dest.backend.renames
+        assert is_temp_name(read) and read == renamed_from, "read back once, at the temporary name"
+        assert renamed_to == "trafic é 1.csv" and dest.backend.bad_at_final_name == []
+
+
 def test_source_failing_midway_leaves_nothing_at_any_destination(tmp_path):
     item, data, dests = _tree(tmp_path)
     result = copy_file(item, BreakingLocal(after=READ_CHUNK + 10), dests, lambda n: None)
