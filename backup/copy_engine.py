@@ -292,6 +292,22 @@ def _verify_by_file_checksum(transfers: list[_Transfer], dest: Destination) -> l
     return left
 
 
+def _verify_by_server_hash(transfers: list[_Transfer], dest: Destination) -> list[_Transfer]:
+    """Settle the copies written by this pass whose storage hashed them as it wrote them (an SFTP server's
+    receiver: ``FileStat.sha256``) by that digest, without reading them again; the others are returned."""
+    left = []
+    for t in transfers:
+        found = t.found[dest.role]
+        if dest.role not in t.written or not found.sha256:
+            left.append(t)
+        elif found.sha256 == t.result["sha256"]:
+            t.states[dest.role] = "copied"
+            t.result.setdefault("verified_by", {})[dest.role] = "sha256 computed by the server as it wrote"
+        else:
+            _mismatch(t, dest, f"sha256 {found.sha256[:12]}… instead of {t.result['sha256'][:12]}… (server, in-stream)")
+    return left
+
+
 def _checked_path(t: _Transfer, role: str) -> str:
     """Where the copy to verify is: the temporary name of one written by this pass, else the final name."""
     return t.found[role].path if role in t.written else t.targets[role]
@@ -321,6 +337,7 @@ def _verify(transfers: list[_Transfer], dest: Destination) -> None:
         if t not in sizes_ok:
             _mismatch(t, dest, f"{t.found[dest.role].size} bytes instead of {t.result['bytes']}")
     sizes_ok = _verify_by_file_checksum(sizes_ok, dest)
+    sizes_ok = _verify_by_server_hash(sizes_ok, dest)
     mine = sizes_ok
     try:
         digests = dest.backend.sha256_many([_checked_path(t, dest.role) for t in sizes_ok]) if sizes_ok else {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 
 import abc
+import dataclasses
 import contextlib
 import fnmatch
 import hashlib
@@ -51,6 +52,9 @@ class FileStat:
     #: what the entry is if it is neither a regular file nor a folder ("symbolic link", "fifo", ...): such an
     #: entry is reported and never followed or read (a link to /etc/ssh/… must not end up in a backup)
     special: str | None = None
+    #: the storage's own SHA-256 of the bytes it wrote, computed as it wrote them (``write_temp`` on a server
+    #: that hashes in-stream), or None: then a verification reads the file back
+    sha256: str | None = None
 
     @property
     def name(self) -> str:
@@ -140,8 +144,9 @@ class StorageBackend(abc.ABC):
         """Remove ``path``; a missing path is fine."""
 
     @abc.abstractmethod
-    def _create(self, path: str, chunks: Iterable[bytes]) -> None:
-        """Write a new file at ``path`` from ``chunks``, failing if it exists."""
+    def _create(self, path: str, chunks: Iterable[bytes]) -> str | None:
+        """Write a new file at ``path`` from ``chunks``, failing if it exists; the SHA-256 the storage itself
+        computed of what it wrote, where it does (an SFTP server hashing in-stream), else None."""
 
     def close(self) -> None:
         """Release connections; the backend is unusable afterwards."""
@@ -201,7 +206,7 @@ class StorageBackend(abc.ABC):
         temporary file is removed.
         """
         path = self._checked(path)
-        self.publish(self._write_temp(path, chunks, overwrite), path, overwrite=overwrite)
+        self.publish(self._write_temp(path, chunks, overwrite)[0], path, overwrite=overwrite)
         written = self.stat(path)
         if written is None:
             raise NotFound(f"{self.uri(path)} vanished right after it was written")
@@ -215,7 +220,7 @@ class StorageBackend(abc.ABC):
         mismatch).  The folder must exist; AlreadyExists if ``path`` exists and not ``overwrite``.
         On any failure the temporary file is removed.  Costs the write and one stat.
         """
-        temp = self._write_temp(self._checked(path), chunks, overwrite)
+        temp, digest = self._write_temp(self._checked(path), chunks, overwrite)
         try:
             written = self.stat(temp)
         except BaseException:
@@ -223,10 +228,11 @@ class StorageBackend(abc.ABC):
             raise
         if written is None:
             raise NotFound(f"{self.uri(temp)} vanished right after it was written")
-        return written
+        return dataclasses.replace(written, sha256=digest) if digest else written
 
-    def _write_temp(self, path: str, chunks: Iterable[bytes], overwrite: bool) -> str:
-        """The temporary sibling of ``path`` written from ``chunks`` (removed on failure)."""
+    def _write_temp(self, path: str, chunks: Iterable[bytes], overwrite: bool) -> tuple[str, str | None]:
+        """The temporary sibling of ``path`` written from ``chunks`` (removed on failure), and the storage's own
+        SHA-256 of it if it computed one while writing."""
         folder, name = posixpath.split(path)
         if not name:
             raise InvalidInput(f"{self.uri(path)} names no file")
@@ -239,11 +245,11 @@ class StorageBackend(abc.ABC):
             chunks = [chunks]
         temp = posixpath.join(folder, temp_name(name))
         try:
-            self._create(temp, chunks)
+            digest = self._create(temp, chunks)
         except BaseException:
             self._discard(temp)
             raise
-        return temp
+        return temp, digest
 
     def publish(self, temp: str, path: str, *, overwrite: bool = False) -> None:
         """Rename the temporary file ``temp`` (from ``write_temp``) to its final name ``path``.

@@ -253,14 +253,17 @@ def test_publish_never_replaces_and_removes_its_temp(case):
     assert names(case) == ["f.bin"] and read_all(case, path) == b"someone else's"
 
 
-def test_copy_engine_verifies_before_the_rename(case):
-    """The copy engine's verification on this backend (HDFS file checksum, remote sha256sum, read back) runs at
-    the temporary name: a copy damaged in storage fails the file and never gets its final name."""
+@pytest.mark.parametrize("rows", [20_000, 1_000_000])
+def test_copy_engine_verifies_before_the_rename(case, rows):
+    """The copy engine's verification on this backend (HDFS file checksum, remote sha256sum, the SFTP server's
+    in-stream SHA-256 for a file of 8 MiB or more, read back) runs at the temporary name: a copy damaged on its
+    way into storage fails the file and never gets its final name."""
     from backup.copy_engine import Destination, copy_file
+    from storage.sftp import IN_STREAM_MIN_BYTES
 
     source = case.path("source")
     case.backend.mkdir(source)
-    data = b"".join(b"%06d;row\n" % i for i in range(20_000))
+    data = b"".join(b"%07d;row\n" % i for i in range(rows))
     case.backend.write_atomic(posixpath.join(source, "f.csv"), data)
     found = case.backend.stat(posixpath.join(source, "f.csv"))
     item = {"domain": "traffic", "path": found.path, "size": found.size, "mtime": found.mtime}
@@ -270,7 +273,7 @@ def test_copy_engine_verifies_before_the_rename(case):
     def damaging_create(path, chunks):  # one byte flipped in what the storage keeps
         body = bytearray(b"".join(chunks))
         body[100] ^= 1
-        real_create(path, [bytes(body)])
+        return real_create(path, [bytes(body)])
 
     def watched_rename(src, dst, **kw):
         renamed.append(dst)
@@ -286,6 +289,9 @@ def test_copy_engine_verifies_before_the_rename(case):
     assert result["status"] == "copied", result["error"]
     assert renamed == [case.path("out", "traffic", "f.csv")]
     assert read_all(case, case.path("out", "traffic", "f.csv")) == data
+    if case.backend.scheme == "sftp":  # the server hashed a large copy as it wrote it; a small one is read back
+        in_stream = len(data) >= IN_STREAM_MIN_BYTES
+        assert (result["verified_by"]["primary"] == "sha256 computed by the server as it wrote") == in_stream, result
 
 
 def test_concurrent_writers_exactly_one_wins(case):
