@@ -47,6 +47,15 @@ after the last stamp, plus one sweep period of whichever worker sweeps next
 5 x 1 s), plus at most ``unacked_mutex_expire`` if the dead worker held the
 sweep mutex (the app sets 30 s instead of 300 s).
 
+With ``redis.url: sentinel://`` the same fixes ride on kombu's
+``SentinelTransport`` (``SentinelTransport`` below): its channel asks the
+sentinels for the primary each time it builds a pool, and that pool building
+reads ``connection.client.alt`` (the sentinels' URLs) besides
+``_connparams``, so the remembered parameters include the sentinels too.
+The sweep and its stamps are plain Redis commands on the primary: a fail-over
+that loses the newest stamps only makes a message look older, and a live
+worker re-stamps it within one sweep period.
+
 Cost: one set of delivery tags built per channel close; one ZADD of the held
 tags per sweep period; nothing per message.
 """
@@ -147,3 +156,44 @@ class Transport(kombu_redis.Transport):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cycle = MultiChannelPoller()
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel with the fixes above: late acks, rejects and restores survive a closed connection.
+
+    kombu builds a Sentinel pool from ``connection.client.alt`` (one URL per sentinel); once the connection
+    object is gone, the sentinels remembered from the last successful build are asked instead.
+    """
+
+    _saved_sentinels: list | None = None
+
+    def _sentinel_managed_pool(self, asynchronous=False):
+        client = self.connection.client
+        if client is not None:
+            self._saved_sentinels = list(client.alt)
+            return super()._sentinel_managed_pool(asynchronous)
+        from redis import sentinel
+
+        params = self._connparams(asynchronous)  # the remembered ones (raises ConnectionError without any)
+        extra = {k: v for k, v in params.items() if k not in ("host", "port")}
+        hosts = []
+        for url in self._saved_sentinels or []:
+            parsed = kombu_redis._parse_url(url)
+            if parsed.scheme == "sentinel":
+                hosts.append((parsed.hostname, parsed.port or SentinelTransport.default_port))
+        manager = sentinel.Sentinel(hosts or [(params["host"], params["port"])],
+                                    min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+                                    sentinel_kwargs=getattr(self, "sentinel_kwargs", None), **extra)
+        self._sentinel_manager = manager  # closed with the channel's pools (kombu's _disconnect_pools)
+        import redis
+
+        return manager.master_for(self.master_name, redis.Redis,
+                                  **{k: extra[k] for k in ("username", "password") if k in extra}).connection_pool
+
+
+class SentinelTransport(Transport, kombu_redis.SentinelTransport):
+    """kombu's Redis Sentinel transport with the channel and poller above
+    (``broker_transport = "workers.redis_transport:SentinelTransport"``)."""
+
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port
