@@ -88,8 +88,8 @@ class SentinelGroup:
 
     MASTER = "mbtest"
 
-    def __init__(self, port: int, folder: Path, db: int = 0):
-        self.port, self.folder, self.db = port, folder, db
+    def __init__(self, port: int, folder: Path, db: int = 0, pid_dir: Path | None = None):
+        self.port, self.folder, self.db, self.pid_dir = port, folder, db, pid_dir
         self.data_ports = (port, port + 1)
         self.sentinel_ports = (port + 2, port + 3, port + 4)
         self.url = (f"sentinel://{','.join(f'127.0.0.1:{p}' for p in self.sentinel_ports)}/{db}"
@@ -107,6 +107,13 @@ class SentinelGroup:
              "--logfile", str(folder / "redis.log"), "--repl-diskless-sync-delay", "0",  # a replica links at once
              *(["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else [])],
             stdin=subprocess.DEVNULL, start_new_session=True)
+        self._note_pid(port)
+
+    def _note_pid(self, port: int) -> None:
+        """A pidfile per process in ``pid_dir``: what a crashed session leaves is stopped by the next one."""
+        if self.pid_dir is not None:
+            self.pid_dir.mkdir(parents=True, exist_ok=True)
+            (self.pid_dir / f"sentinel-group-{port}.pid").write_text(str(self.procs[port].pid))
 
     @staticmethod
     def _sentinel_id(port: int) -> str:
@@ -131,6 +138,7 @@ class SentinelGroup:
                 f"sentinel known-replica {self.MASTER} 127.0.0.1 {self.port + 1}\n{known}")
         self.procs[port] = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
                                             start_new_session=True)
+        self._note_pid(port)
 
     def start(self, timeout: float = 30) -> "SentinelGroup":
         self._start_data(self.port, None)
@@ -187,6 +195,19 @@ class SentinelGroup:
             proc.kill()
             proc.wait()
 
+    def cut_replica(self) -> int:
+        """From now on the primary's writes reach no replica: the replica is paused (SIGSTOP) and its link
+        dropped by the primary (CLIENT KILL TYPE replica), so it cannot reconnect and catch up.  Every write
+        acknowledged by the primary afterwards is lost by a fail-over made before ``resume``; the replica's port.
+
+        Keep the cut shorter than the sentinels' down-after (1 s): a replica they saw down is not promoted.
+        """
+        _, primary = self.primary()
+        replica = next(p for p in self.data_ports if p != primary)
+        self.pause(replica)
+        redis_py.Redis(port=primary, socket_timeout=2).execute_command("CLIENT", "KILL", "TYPE", "replica")
+        return replica
+
     def pause(self, port: int) -> None:
         """SIGSTOP a node: as a replica it acknowledges nothing until ``resume``."""
         os.kill(self.procs[port].pid, signal.SIGSTOP)
@@ -218,7 +239,7 @@ class SentinelGroup:
         return self.wait_ready(timeout)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
+        for port, proc in self.procs.items():
             if proc.poll() is None:
                 try:
                     os.kill(proc.pid, signal.SIGCONT)
@@ -226,6 +247,8 @@ class SentinelGroup:
                     pass
                 proc.kill()
                 proc.wait()
+            if self.pid_dir is not None:
+                (self.pid_dir / f"sentinel-group-{port}.pid").unlink(missing_ok=True)
 
 
 class Relay:

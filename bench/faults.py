@@ -1,6 +1,7 @@
 """Fault campaign: how often each promise holds under each fault, on the real local platform.
 
     python bench/faults.py [--trials 20] [--seed 1] [--kinds worker_kill,redis_restart,...] [--max-outage 90]
+    python bench/faults.py --kinds redis_failover [--trials 20] [--sentinel-port 26650]
 
 One JSON line per fault kind: ``fault, workflow, trials, recovered, failed_loudly,
 lost, duplicated, partial, alerts_sent, alerts_expected, max_recovery_s`` (+
@@ -21,6 +22,15 @@ the local platform (it starts what is missing).  Timings are shortened so that
 faults land in every phase: visibility timeout 20 s, lock TTL 10 s, retry
 budget 60 s, upload stall timeout 8 s, uploads capped at 0.05 MB/s.
 
+The ``redis_failover`` kind runs in a campaign of its own whose Redis is a
+Sentinel group instead (bench/faultkit.py ``SentinelGroup``: a primary, a
+replica, three sentinels; ``redis.url: sentinel://…``): at a random moment the
+primary is SIGKILLed, the sentinels promote the replica (2-5 s), and the old
+primary stays down a random 0-10 s before it comes back as the new primary's
+replica.  While it is down the new primary has no replica, so every lock take
+and commit check fails (redis.wait_replicas: nothing that a second fail-over
+could lose is counted) and is retried within the retry budget.
+
 Targets, per row: lost = duplicated = partial = 0, alerts_sent = alerts_expected,
 recovered + failed_loudly = trials.
 """
@@ -40,11 +50,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.faultkit import PrivateRedis, Relay, Worker, wait_until  # noqa: E402
+from bench.faultkit import PrivateRedis, Relay, SentinelGroup, Worker, wait_until  # noqa: E402
 
 WORKFLOW = "edge-export"
+#: the kinds of the campaign on one Redis of its own
 KINDS = ("worker_kill", "child_kill", "redis_restart", "sshd_outage", "black_hole", "disk_full", "corruption",
          "concurrent", "paused")
+#: the kinds of the campaign on a Redis Sentinel group of its own
+SENTINEL_KINDS = ("redis_failover",)
+ALL_KINDS = KINDS + SENTINEL_KINDS
 TERMINAL = ("success", "failed", "skipped")
 
 
@@ -52,11 +66,14 @@ class Campaign:
     """The campaign's own Redis, relay, tmpfs and workers around the platform's Spark and sshd."""
 
     def __init__(self, base: dict, state: Path, redis_port: int, seed: int = 1, max_outage: float = 90,
-                 rows: int = 8000):
+                 rows: int = 8000, sentinel: bool = False):
         self.base, self.state, self.rng = base, state, random.Random(seed)
         self.max_outage = max_outage
         self.rows = rows
-        self.redis = PrivateRedis(redis_port, state / "redis")
+        self.sentinel = sentinel
+        #: ports: one Redis at redis_port; or a Sentinel group at redis_port .. redis_port + 4
+        self.redis = SentinelGroup(redis_port, state / "sentinel") if sentinel else PrivateRedis(redis_port,
+                                                                                                 state / "redis")
         self.relay: Relay | None = None
         self.workers: list[Worker] = []
         self.exports = state / "exports"
@@ -248,6 +265,9 @@ class Campaign:
 
     def trial(self, kind: str) -> dict:
         """One trial of ``kind``: its verdict plus the phase the fault landed in."""
+        if (kind in SENTINEL_KINDS) != self.sentinel:
+            raise ValueError(f"fault kind {kind} runs in a campaign {'with' if kind in SENTINEL_KINDS else 'without'} "
+                             f"a Sentinel group (Campaign(sentinel=...))")
         self.res.alerter.success(WORKFLOW, self.target)  # every trial starts outside an alert episode
         if not self.live_workers():
             self.worker()
@@ -292,6 +312,16 @@ class Campaign:
             self.redis.kill()
         time.sleep(self.rng.uniform(0, 5))
         self.redis.start()
+        return [job], hit
+
+    def _redis_failover(self):
+        """The primary SIGKILLed at a random moment; the sentinels fail over; the old primary back after 0-10 s."""
+        job = self.start_job()
+        hit = self.at_random_moment(job)
+        old = self.redis.kill_primary()
+        self.redis.wait_failover(old)
+        time.sleep(self.rng.uniform(0, 10))
+        self.redis.restart(old)
         return [job], hit
 
     def _outage(self, cut, restore):
@@ -400,14 +430,19 @@ def meets_targets(row: dict) -> bool:
 
 
 def run(base: dict, state: Path, redis_port: int, kinds, trials: int, seed: int, max_outage: float,
-        emit=print) -> list[dict]:
+        emit=print, sentinel_port: int = 26650) -> list[dict]:
+    """Every kind in ``kinds``: those on one Redis in one campaign, those on a Sentinel group in another."""
     rows = []
-    with Campaign(base, state, redis_port, seed, max_outage) as campaign:
-        for kind in kinds:
-            verdicts = [campaign.trial(kind) for _ in range(trials)]
-            row = summarize(kind, verdicts)
-            rows.append(row)
-            emit(json.dumps(row))
+    for sentinel, group in ((False, [k for k in kinds if k in KINDS]), (True, [k for k in kinds if k in SENTINEL_KINDS])):
+        if not group:
+            continue
+        with Campaign(base, state / ("sentinel-campaign" if sentinel else "campaign"),
+                      sentinel_port if sentinel else redis_port, seed, max_outage, sentinel=sentinel) as campaign:
+            for kind in group:
+                verdicts = [campaign.trial(kind) for _ in range(trials)]
+                row = summarize(kind, verdicts)
+                rows.append(row)
+                emit(json.dumps(row))
     return rows
 
 
@@ -419,19 +454,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--kinds", default=",".join(ALL_KINDS))
     p.add_argument("--max-outage", type=float, default=90, help="longest sshd outage / black hole, seconds")
     p.add_argument("--redis-port", type=int, default=6650)
+    p.add_argument("--sentinel-port", type=int, default=26650,
+                   help="redis_failover: the Sentinel group's first port (it takes five)")
     args = p.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in ALL_KINDS]
     if unknown:
-        p.error(f"unknown fault kind {unknown[0]!r} (known: {', '.join(KINDS)})")
+        p.error(f"unknown fault kind {unknown[0]!r} (known: {', '.join(ALL_KINDS)})")
     config = Path(os.environ.get("BACKUP_CONFIG") or Path(__file__).resolve().parent.parent / "config" / "local.yaml")
     base = yaml.safe_load(config.read_text())
     base["base_dir"] = str(config.resolve().parent / base.get("base_dir", "."))
     state = Path(tempfile.mkdtemp(prefix="mb-faults-"))
-    rows = run(base, state, args.redis_port, kinds, args.trials, args.seed, args.max_outage)
+    rows = run(base, state, args.redis_port, kinds, args.trials, args.seed, args.max_outage,
+               sentinel_port=args.sentinel_port)
     return 0 if all(meets_targets(r) for r in rows) else 1
 
 
