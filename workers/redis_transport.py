@@ -33,7 +33,9 @@ The fixes, kept to the two methods involved:
 
 * ``MultiChannelPoller.maybe_restore_messages`` first re-stamps, in the
   ``unacked_index`` sorted set, the time of every message this worker still
-  holds (received, not yet acknowledged), then sweeps as kombu does.  The
+  holds (received, not yet acknowledged) and of every task it executes (after
+  a reconnect those were delivered by a channel that is gone, and no channel
+  holds their tags any more), then sweeps as kombu does.  The
   sweep restores messages whose stamp is older than the visibility timeout;
   a live worker's stamps are never older than one sweep period, so only the
   messages of a dead (or frozen) worker come back.  That is what lets the
@@ -103,9 +105,10 @@ class QoS(kombu_redis.QoS):
         self._delivered.clear()
 
 
-    def stamp_held(self) -> int:
-        """Re-stamp the messages this channel holds as just delivered (ZADD XX); returns how many."""
-        tags = list(self._delivered)
+    def stamp_held(self, executing=()) -> int:
+        """Re-stamp the messages this channel holds, and ``executing`` (the tags of the tasks this worker runs,
+        whichever channel delivered them), as just delivered (ZADD XX: only tags still unacknowledged); how many."""
+        tags = list(set(self._delivered) | set(executing))
         if not tags:
             return 0
         now = time.time()
@@ -118,12 +121,18 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
     """The poller of a worker's event loop: proves the worker alive before each restore sweep."""
 
     def maybe_restore_messages(self):
+        # A task still running from before a reconnect was delivered by a channel that is gone: no channel
+        # holds its tag any more, so it is stamped by its tag among the tasks executing (or, with no stamp,
+        # restored after visibility_timeout while it still runs: a second delivery beside the first).
+        executing = executing_delivery_tags()
         for channel in list(self._channels):
             qos = channel._qos  # None until the channel received something
+            if qos is None and executing:
+                qos = channel.qos  # created on demand: the tasks still running need their stamps
             if qos is None or not hasattr(qos, "stamp_held"):
                 continue
             try:
-                qos.stamp_held()
+                qos.stamp_held(executing)
             except channel.connection_errors:
                 log.debug("could not re-stamp held messages; the next sweep tries again", exc_info=True)
         return super().maybe_restore_messages()

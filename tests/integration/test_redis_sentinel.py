@@ -149,6 +149,45 @@ def test_writes_a_failover_loses_never_let_two_runs_commit_nor_leave_a_job_runni
     assert results == {"stock": "'NoneType' object has no attribute 'hostname'", "ours": "acked"}
 
 
+def test_a_task_running_across_a_reconnect_is_still_stamped_and_never_redelivered_while_it_runs(sentinel_group):
+    """After a reconnect no channel holds the running task's tag (its channel is gone): the worker's sweep stamps it
+    among the tasks it executes, so the visibility timeout never hands it to a second delivery while it runs."""
+    import redis as redis_py
+    from celery.worker import state
+
+    from workers.redis_transport import SentinelTransport
+
+    group = sentinel_group
+    url = ";".join(f"sentinel://127.0.0.1:{port}/{group.db}" for port in group.sentinel_ports)
+    conn, message = _unacked(url, SentinelTransport, group.MASTER)
+    queue = message.delivery_info["routing_key"]
+
+    class Running:  # what celery.worker.state tracks for a task executing in a pool child
+        def __init__(self, message):
+            self.message = message
+    running = Running(message)
+    state.active_requests.add(running)
+    try:
+        conn.close()  # the connection is lost: the running task's message stays unacknowledged
+        fresh = Connection(url, transport=SentinelTransport,
+                           transport_options={"master_name": group.MASTER, "visibility_timeout": 5})
+        channel = fresh.default_channel  # the reconnected worker's channel: it never received this message
+        primary = redis_py.Redis(port=group.primary()[1], db=group.db)
+        index = channel.unacked_index_key
+        tag = message.delivery_tag
+        primary.zadd(index, {tag: time.time() - 60})  # last stamped a minute ago, beyond the visibility timeout
+        poller = fresh.transport.cycle
+        poller.add(channel)
+        poller.maybe_restore_messages()  # one sweep of the worker's event loop
+        assert time.time() - primary.zscore(index, tag) < 5, "the running task was not re-stamped"
+        channel.qos.restore_visible(num=10, interval=1)
+        assert primary.llen(queue) == 0 and primary.hexists(channel.unacked_key, tag), "redelivered while running"
+    finally:
+        state.active_requests.discard(running)
+    message.ack()
+    fresh.close()
+
+
 @pytest.fixture(scope="module")
 def failover_table(platform, settings):
     return new_sample_table(settings, "traffic_redis_failover")
@@ -217,5 +256,8 @@ def test_a_real_run_rides_through_the_primary_killed_at_a_random_moment(tmp_path
     assert len(new) == 1 and new[0].endswith(".csv.gz"), new
     assert ssh(settings, ["sha256sum", new[0]]).stdout.split()[0] == final["outputs"]["sha256"]
     assert "Unrecoverable error" not in worker.log.read_text(errors="replace")
+    # No phase was delivered again (deliveries beyond its attempts): a phase running across the fail-over is
+    # re-stamped by its worker after the reconnect, however long it runs past the visibility timeout.
+    assert all(p["deliveries"] == p["attempts"] for r in jobs for p in r["phases"]), final["phases"]
     print(json.dumps({"seed": seed, "phase": hit, "failover_s": round(failover_s, 1),
                       "deliveries": {p["name"]: p["deliveries"] for p in final["phases"]}}))
