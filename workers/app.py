@@ -88,6 +88,10 @@ def _sentinel_config(s: Settings) -> dict:
     sentinel = s.redis.sentinel
     if sentinel is None:
         return {}
+    # Every sentinel:// URL a connection fails over to gets our transport too (workers/redis_transport.py).
+    from workers.redis_transport import register_sentinel_alias
+
+    register_sentinel_alias()
     pw = s.secret("BACKUP_REDIS_PASSWORD")
     asking = {"master_name": sentinel.master,
               "sentinel_kwargs": {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}}

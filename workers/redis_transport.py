@@ -54,6 +54,14 @@ With ``redis.url: sentinel://`` the same fixes ride on kombu's
 sentinels for the primary each time it builds a pool, and that pool building
 reads ``connection.client.alt`` (the sentinels' URLs) besides
 ``_connparams``, so the remembered parameters include the sentinels too.
+The broker URL names one ``sentinel://`` URL per sentinel, and on a lost
+connection kombu's ``Connection.switch`` moves to the next one and takes its
+transport from that URL's scheme, not from ``broker_transport``: after the
+first reconnect a worker ran kombu's stock transport and died at the next
+outage with the AttributeError above (seen in the fault campaign's fourth
+fail-over).  So importing this module makes the ``sentinel`` alias name
+``SentinelTransport`` below, in every process that configures the app
+(``register_sentinel_alias``).
 The sweep and its stamps are plain Redis commands on the primary: a fail-over
 that loses the newest stamps only makes a message look older, and a live
 worker re-stamps it within one sweep period.
@@ -206,3 +214,19 @@ class SentinelTransport(Transport, kombu_redis.SentinelTransport):
 
     Channel = SentinelChannel
     default_port = kombu_redis.SentinelTransport.default_port
+
+
+def register_sentinel_alias() -> None:
+    """Make kombu's ``sentinel`` transport alias this module's ``SentinelTransport`` (idempotent).
+
+    kombu resolves an alias once per process and caches the class: the cached entry is replaced too.
+    """
+    from kombu import transport
+
+    path = f"{__name__}:SentinelTransport"
+    transport.TRANSPORT_ALIASES["sentinel"] = path
+    if transport._transport_cache.get("sentinel") not in (None, SentinelTransport):
+        transport._transport_cache.pop("sentinel")
+
+
+register_sentinel_alias()

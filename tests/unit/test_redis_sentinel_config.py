@@ -113,3 +113,20 @@ def test_the_project_client_asks_the_sentinels_for_the_primary(tmp_path, clean_e
     assert [c.connection_pool.connection_kwargs.get("password") for c in pool.sentinel_manager.sentinels] == [None] * 3
     locks = Resources(s, _redis=client).locks
     assert (locks.wait_replicas, locks.wait_timeout_ms) == (2, 500)
+
+
+def test_a_connection_failing_over_to_the_next_sentinel_keeps_our_transport(tmp_path, clean_env):
+    """kombu's switch() takes the next URL's transport from its scheme: the 'sentinel' alias must be ours."""
+    from kombu import Connection
+
+    from workers import redis_transport as ours
+    from workers.app import celery_config
+
+    conf = celery_config(_load(tmp_path, {"url": URL}))
+    conn = Connection(conf["broker_url"], transport=conf["broker_transport"],
+                      transport_options=conf["broker_transport_options"])
+    assert conn.get_transport_cls() is ours.SentinelTransport
+    assert len(conn.alt) == 3
+    for _ in conn.alt:  # what a lost connection does: the next sentinel's URL
+        conn.maybe_switch_next()
+        assert conn.get_transport_cls() is ours.SentinelTransport, conn.transport_cls
