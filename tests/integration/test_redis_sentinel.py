@@ -79,6 +79,11 @@ def test_writes_a_failover_loses_never_let_two_runs_commit_nor_leave_a_job_runni
         r.update(state="running", phase="work", lock=held.as_dict())
         r["phases"][1].update(state="running", deliveries=1, attempts=1)
     res.jobs.update(job_id, running, fence=held)
+    from workers.app import create_app
+    from workers.beat import lock_holder_present
+
+    beat_app = create_app(own)  # beat's Redis (redbeat's own Sentinel client): no beat runs here
+    assert lock_holder_present(beat_app) is False
     url = redis_url_with_password(own)
     consumers = {"stock": _unacked(url, kombu_redis.SentinelTransport, group.MASTER),
                  "ours": _unacked(url, SentinelTransport, group.MASTER)}
@@ -105,6 +110,7 @@ def test_writes_a_failover_loses_never_let_two_runs_commit_nor_leave_a_job_runni
     group.wait_failover(old)
     group.restart(old)  # back as the new primary's replica, as systemd would restart it
 
+    assert lock_holder_present(beat_app) is False  # beat's client found the new primary
     # 1. The fencing counter did not go backwards: run C is granted a token above every token granted before.
     c, _ = locks.acquire("wf", "t", "run-c")
     assert c.token > a.token and c.token == 2, c  # 2 again: B's never counted, so nobody else holds 2
