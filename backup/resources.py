@@ -29,17 +29,34 @@ def redis_retry(grace: float) -> Retry:
     return Retry(ExponentialBackoff(cap=REDIS_BACKOFF_CAP, base=0.1), retries=max(3, int(grace / REDIS_BACKOFF_CAP) + 4))
 
 
-def redis_client(s: Settings) -> redis.Redis:
-    """Redis client for locks and job records; the password comes from the environment.
+#: socket timeouts of a data connection (primary) and of a question to a sentinel, seconds
+REDIS_SOCKET_TIMEOUT, REDIS_CONNECT_TIMEOUT, SENTINEL_TIMEOUT = 30, 10, 5
 
-    Every command rides through a Redis outage of about ``redis.outage_grace``
-    seconds (a restart, a fail-over) before it raises, with redis-py's own retry.
+
+def redis_client(s: Settings) -> redis.Redis:
+    """Redis client for locks, job records, alert episodes and metrics: the one place the project builds it.
+
+    With ``redis://``/``rediss://`` a plain client; with ``sentinel://`` redis-py's
+    own ``Sentinel(...).master_for(...)``, which asks the sentinels for the current
+    primary on every (re)connect and treats a primary that turned replica as a lost
+    connection.  Either way every command rides through an outage of about
+    ``redis.outage_grace`` seconds (a restart, a fail-over) before it raises, with
+    redis-py's own retry.  The password (BACKUP_REDIS_PASSWORD) goes to the primary
+    only, never to the sentinels.
     """
     pw = s.secret("BACKUP_REDIS_PASSWORD")
-    return redis.Redis.from_url(s.redis.url, password=pw.get_secret_value() if pw else None,
-                                socket_timeout=30, socket_connect_timeout=10, health_check_interval=30,
-                                retry=redis_retry(s.redis.outage_grace),
-                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+    password = pw.get_secret_value() if pw else None
+    options = dict(socket_timeout=REDIS_SOCKET_TIMEOUT, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+                   health_check_interval=30, retry=redis_retry(s.redis.outage_grace),
+                   retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+    sentinel = s.redis.sentinel
+    if sentinel is None:
+        return redis.Redis.from_url(s.redis.url, password=password, **options)
+    from redis.sentinel import Sentinel
+
+    asker = Sentinel(list(sentinel.sentinels), sentinel_kwargs={"socket_timeout": SENTINEL_TIMEOUT,
+                                                                "socket_connect_timeout": SENTINEL_TIMEOUT})
+    return asker.master_for(sentinel.master, db=sentinel.db, password=password, **options)
 
 
 @dataclass
@@ -56,7 +73,9 @@ class Resources:
 
     @cached_property
     def locks(self) -> LockManager:
-        return LockManager(self.redis, self.settings.redis.key_prefix, self.settings.lock.ttl)
+        r = self.settings.redis
+        return LockManager(self.redis, r.key_prefix, self.settings.lock.ttl, wait_replicas=r.replicas_to_wait,
+                           wait_timeout_ms=r.wait_timeout_ms)
 
     @cached_property
     def jobs(self) -> JobStore:

@@ -58,3 +58,64 @@ def is_loopback_host(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_SENTINEL_MASTER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::([0-9]{1,5}))?")
+SENTINEL_DEFAULT_PORT = 26379
+
+
+class SentinelUrl:
+    """``sentinel://host:port[,host:port...]/<db>?master=<name>``: the sentinels to ask, the database, the master's name."""
+
+    __slots__ = ("sentinels", "db", "master")
+
+    def __init__(self, sentinels: tuple[tuple[str, int], ...], db: int, master: str):
+        self.sentinels, self.db, self.master = sentinels, db, master
+
+    @classmethod
+    def parse(cls, url: str) -> "SentinelUrl":
+        """Parse and check ``url``; ValueError with a one-line reason (no credentials: they come from the environment)."""
+        from urllib.parse import parse_qs
+
+        if url_scheme(url, default=None) != "sentinel":
+            raise ValueError("must start with sentinel://")
+        rest = url.split("://", 1)[1]
+        if "#" in rest:
+            raise ValueError("has a #fragment")
+        rest, _, query = rest.partition("?")
+        netloc, _, path = rest.partition("/")
+        if "@" in netloc:
+            raise ValueError("carries credentials (user@ or a password): BACKUP_REDIS_PASSWORD is the Redis password")
+        sentinels = []
+        for part in netloc.split(","):
+            m = _HOST_PORT.fullmatch(part)
+            if not m:
+                raise ValueError(f"sentinel address {part!r} is not host:port")
+            port = int(m.group(2) or SENTINEL_DEFAULT_PORT)
+            if not 0 < port < 65536:
+                raise ValueError(f"sentinel address {part!r} has a bad port")
+            sentinels.append((m.group(1).strip("[]"), port))
+        if len(set(sentinels)) != len(sentinels):
+            raise ValueError("names a sentinel twice")
+        if not re.fullmatch(r"[0-9]{0,2}", path) or (path and int(path) > 15):
+            raise ValueError(f"database {path!r} must be a number from 0 to 15 (sentinel://h:p,h:p/<db>?master=<name>)")
+        try:
+            params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+        except ValueError:
+            raise ValueError("has a malformed ?query (only master=<name>)") from None
+        if set(params) - {"master"}:
+            raise ValueError(f"has unknown query parameter(s) {', '.join(sorted(set(params) - {'master'}))} "
+                             f"(only master=<name>)")
+        masters = params.get("master", [])
+        if len(masters) != 1 or not _SENTINEL_MASTER.fullmatch(masters[0]):
+            raise ValueError("needs one ?master=<name> (letters, digits, _ . -): the name the sentinels monitor")
+        return cls(tuple(sentinels), int(path or 0), masters[0])
+
+    def url_for(self, host: str, port: int, scheme: str = "sentinel", password: str | None = None) -> str:
+        """One sentinel as ``scheme://[:password@]host:port/db`` (the form Celery and kombu read, one per sentinel)."""
+        from urllib.parse import quote
+
+        auth = f":{quote(password, safe='')}@" if password else ""
+        shown = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{auth}{shown}:{port}/{self.db}"

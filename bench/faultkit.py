@@ -1,6 +1,7 @@
 """Tools that make faults on the local platform, shared by the fault campaign (bench/faults.py) and the tests.
 
-Everything here talks to loopback only: a Redis of its own, a TCP relay in front
+Everything here talks to loopback only: a Redis of its own (or a Sentinel group:
+a primary, a replica and three sentinels), a TCP relay in front
 of the platform's sshd (closed: connections refused; frozen: a black hole),
 Celery worker processes that can be killed, paused or lose one pool child.
 """
@@ -73,6 +74,181 @@ class PrivateRedis:
             self.proc.wait()
 
     stop = kill
+
+
+class SentinelGroup:
+    """A Redis primary, one replica and three sentinels (Debian's redis-server in sentinel mode), on loopback.
+
+    Ports: ``port`` the first primary, ``port + 1`` its replica, ``port + 2 .. port + 4`` the sentinels
+    (quorum 2, primary down after 1 s: a fail-over takes about 2-5 s).  Data nodes keep production
+    persistence (AOF everysec, noeviction).  ``kill_primary`` SIGKILLs whichever node is primary now;
+    ``restart`` brings a killed node back as it was started, and the sentinels make it a replica of the
+    new primary.  ``url`` is the project's ``redis.url`` for it.
+    """
+
+    MASTER = "mbtest"
+
+    def __init__(self, port: int, folder: Path, db: int = 0, pid_dir: Path | None = None):
+        self.port, self.folder, self.db, self.pid_dir = port, folder, db, pid_dir
+        self.data_ports = (port, port + 1)
+        self.sentinel_ports = (port + 2, port + 3, port + 4)
+        self.url = (f"sentinel://{','.join(f'127.0.0.1:{p}' for p in self.sentinel_ports)}/{db}"
+                    f"?master={self.MASTER}")
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    # -- processes -----------------------------------------------------------------------------------------------
+
+    def _start_data(self, port: int, replica_of: int | None) -> None:
+        folder = self.folder / str(port)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction", "--save", "",
+             "--logfile", str(folder / "redis.log"), "--repl-diskless-sync-delay", "0",  # a replica links at once
+             *(["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else [])],
+            stdin=subprocess.DEVNULL, start_new_session=True)
+        self._note_pid(port)
+
+    def _note_pid(self, port: int) -> None:
+        """A pidfile per process in ``pid_dir``: what a crashed session leaves is stopped by the next one."""
+        if self.pid_dir is not None:
+            self.pid_dir.mkdir(parents=True, exist_ok=True)
+            (self.pid_dir / f"sentinel-group-{port}.pid").write_text(str(self.procs[port].pid))
+
+    @staticmethod
+    def _sentinel_id(port: int) -> str:
+        return f"{port:040x}"
+
+    def _start_sentinel(self, port: int) -> None:
+        folder = self.folder / f"sentinel-{port}"
+        folder.mkdir(parents=True, exist_ok=True)
+        conf = folder / "sentinel.conf"  # the sentinel rewrites it (what it learns); written once
+        if not conf.exists():
+            # Each sentinel is told its peers and the replica up front (instead of learning them from hello
+            # messages and INFO within ~10 s): the group is ready as soon as the processes answer.
+            known = "".join(f"sentinel known-sentinel {self.MASTER} 127.0.0.1 {p} {self._sentinel_id(p)}\n"
+                            for p in self.sentinel_ports if p != port)
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {folder}\nlogfile {folder / 'sentinel.log'}\n"
+                f"sentinel myid {self._sentinel_id(port)}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.port} 2\n"
+                f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
+                f"sentinel failover-timeout {self.MASTER} 10000\n"
+                f"sentinel parallel-syncs {self.MASTER} 1\n"
+                f"sentinel known-replica {self.MASTER} 127.0.0.1 {self.port + 1}\n{known}")
+        self.procs[port] = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+        self._note_pid(port)
+
+    def start(self, timeout: float = 30) -> "SentinelGroup":
+        self._start_data(self.port, None)
+        self._start_data(self.port + 1, self.port)
+        for port in self.sentinel_ports:
+            self._start_sentinel(port)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> tuple[str, int]:
+        """Wait until every sentinel names the same primary, knows the other two and one replica, and that
+        replica's link to the primary is up; the primary's address."""
+        def ready():
+            try:
+                views = [self._ask(p, "SENTINEL", "MASTER", self.MASTER) for p in self.sentinel_ports]
+                seen = {(v["ip"], int(v["port"])) for v in views}
+                if len(seen) != 1 or any(int(v["num-other-sentinels"]) < 2 or int(v["num-slaves"]) < 1
+                                          or v["flags"] != "master" for v in views):
+                    return None
+                primary = seen.pop()
+                replica = next(p for p in self.data_ports if p != primary[1])
+                info = redis_py.Redis(port=replica, socket_timeout=2).info("replication")
+                if info.get("role") != "slave" or info.get("master_link_status") != "up" \
+                        or int(info.get("master_port", 0)) != primary[1]:
+                    return None
+                return primary
+            except (redis_py.RedisError, OSError, KeyError):
+                return None
+        return wait_until(ready, timeout, "the sentinel group to agree on a primary with a linked replica")
+
+    def _ask(self, port: int, *command) -> dict:
+        raw = redis_py.Redis(port=port, socket_timeout=2, decode_responses=True).execute_command(*command)
+        return raw if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2]))
+
+    def primary(self) -> tuple[str, int]:
+        """The primary's address as the first sentinel that answers names it."""
+        for port in self.sentinel_ports:
+            try:
+                host, p = redis_py.Redis(port=port, socket_timeout=2).sentinel_get_master_addr_by_name(self.MASTER)
+                return host, int(p)
+            except (redis_py.RedisError, TypeError):
+                continue
+        raise RuntimeError("no sentinel answers")
+
+    def kill_primary(self) -> int:
+        """SIGKILL the node that is primary now (what AOF everysec and the replica have not got is lost); its port."""
+        _, port = self.primary()
+        self.kill(port)
+        return port
+
+    def kill(self, port: int) -> None:
+        proc = self.procs.get(port)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def cut_replica(self) -> int:
+        """From now on the primary's writes reach no replica: the replica is paused (SIGSTOP) and its link
+        dropped by the primary (CLIENT KILL TYPE replica), so it cannot reconnect and catch up.  Every write
+        acknowledged by the primary afterwards is lost by a fail-over made before ``resume``; the replica's port.
+
+        Keep the cut shorter than the sentinels' down-after (1 s): a replica they saw down is not promoted.
+        """
+        _, primary = self.primary()
+        replica = next(p for p in self.data_ports if p != primary)
+        self.pause(replica)
+        redis_py.Redis(port=primary, socket_timeout=2).execute_command("CLIENT", "KILL", "TYPE", "replica")
+        return replica
+
+    def pause(self, port: int) -> None:
+        """SIGSTOP a node: as a replica it acknowledges nothing until ``resume``."""
+        os.kill(self.procs[port].pid, signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        os.kill(self.procs[port].pid, signal.SIGCONT)
+
+    def wait_failover(self, old: int, timeout: float = 30) -> tuple[str, int]:
+        """Wait until every sentinel names a primary other than port ``old``; its address."""
+        def moved():
+            try:
+                seen = {tuple(redis_py.Redis(port=p, socket_timeout=2).sentinel_get_master_addr_by_name(self.MASTER))
+                        for p in self.sentinel_ports}
+            except (redis_py.RedisError, TypeError):
+                return None
+            if len(seen) == 1:
+                host, port = seen.pop()
+                if int(port) != old:
+                    role = redis_py.Redis(port=int(port), socket_timeout=2).info("replication").get("role")
+                    return (host, int(port)) if role == "master" else None
+            return None
+        return wait_until(moved, timeout, f"the sentinels to fail over from port {old}")
+
+    def restart(self, port: int, timeout: float = 30) -> tuple[str, int]:
+        """Start the killed node ``port`` again as the replica of the primary the sentinels name (what its
+        configuration, rewritten by the sentinels, says in production) and wait until it is linked."""
+        _, primary = self.primary()
+        self._start_data(port, primary)
+        return self.wait_ready(timeout)
+
+    def stop(self) -> None:
+        for port, proc in self.procs.items():
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+                proc.kill()
+                proc.wait()
+            if self.pid_dir is not None:
+                (self.pid_dir / f"sentinel-group-{port}.pid").unlink(missing_ok=True)
 
 
 class Relay:

@@ -2,6 +2,7 @@
 
     python bench/faults.py [--trials 20] [--seed 1] [--workflow edge-export,customer-files,table-backup]
                            [--kinds worker_kill,redis_restart,...] [--max-outage 90]
+    python bench/faults.py --kinds redis_failover [--trials 20] [--sentinel-port 26650]
 
 One JSON line per (fault kind, workflow): ``fault, workflow, trials, recovered, failed_loudly,
 lost, duplicated, partial, alerts_sent, alerts_expected, max_recovery_s`` (+
@@ -37,6 +38,15 @@ of its own: see ``--help``); a reader queries the table backup in a loop meanwhi
 20 s, lock TTL 10 s, retry budget 60 s, upload stall timeout 8 s, edge-export uploads capped
 at 0.05 MB/s.
 
+The ``redis_failover`` kind (edge-export) runs in a campaign of its own whose Redis is a
+Sentinel group instead (bench/faultkit.py ``SentinelGroup``: a primary, a
+replica, three sentinels; ``redis.url: sentinel://…``): at a random moment the
+primary is SIGKILLed, the sentinels promote the replica (2-5 s), and the old
+primary stays down a random 0-10 s before it comes back as the new primary's
+replica.  While it is down the new primary has no replica, so every lock take
+and commit check fails (redis.wait_replicas: nothing that a second fail-over
+could lose is counted) and is retried within the retry budget.
+
 Targets, per row: lost = duplicated = partial = 0, alerts_sent = alerts_expected,
 recovered + failed_loudly = trials.
 """
@@ -62,7 +72,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.faultkit import PrivateRedis, Relay, Worker, wait_until  # noqa: E402
+from bench.faultkit import PrivateRedis, Relay, SentinelGroup, Worker, wait_until  # noqa: E402
 
 # The edge-export kinds (one trial each runs in make test: tests/integration/test_fault_campaign.py).
 KINDS = ("worker_kill", "child_kill", "redis_restart", "sshd_outage", "black_hole", "disk_full", "corruption",
@@ -73,6 +83,9 @@ WORKFLOW_KINDS = {
     "customer-files": KINDS + ("spark_restart",),
     "table-backup": ("worker_kill", "child_kill", "redis_restart", "concurrent", "paused", "spark_restart"),
 }
+#: the kinds of the campaign on a Redis Sentinel group of its own (edge-export)
+SENTINEL_KINDS = ("redis_failover",)
+WORKFLOW_KINDS["edge-export"] += SENTINEL_KINDS
 ALL_KINDS = tuple(dict.fromkeys(k for kinds in WORKFLOW_KINDS.values() for k in kinds))
 WORKFLOW = "edge-export"  # the default workflow
 TERMINAL = ("success", "failed", "skipped")
@@ -507,11 +520,14 @@ class Campaign:
 
     def __init__(self, base: dict, state: Path, redis_port: int, seed: int = 1, max_outage: float = 90,
                  rows: int = 8000, workflows=(WORKFLOW,), spark_restart: bool = False,
-                 own_platform: bool = False):
+                 own_platform: bool = False, sentinel: bool = False):
         self.base, self.state, self.rng = base, state, random.Random(seed)
         self.max_outage = max_outage
         self.rows = rows
-        self.redis = PrivateRedis(redis_port, state / "redis")
+        self.sentinel = sentinel
+        #: ports: one Redis at redis_port; or a Sentinel group at redis_port .. redis_port + 4
+        self.redis = SentinelGroup(redis_port, state / "sentinel") if sentinel else PrivateRedis(redis_port,
+                                                                                                 state / "redis")
         self.relay: Relay | None = None
         self.workers: list[Worker] = []
         self.exports = state / "exports"
@@ -729,6 +745,9 @@ class Campaign:
 
     def trial(self, kind: str) -> dict:
         """One trial of ``kind`` on the current workflow: its verdict plus the phase the fault landed in."""
+        if (kind in SENTINEL_KINDS) != self.sentinel:
+            raise ValueError(f"fault kind {kind} runs in a campaign {'with' if kind in SENTINEL_KINDS else 'without'} "
+                             f"a Sentinel group (Campaign(sentinel=...))")
         flow = self.flow
         self.res.alerter.success(flow.name, flow.lock_target)  # every trial starts outside an alert episode
         if not self.live_workers():
@@ -786,6 +805,16 @@ class Campaign:
             self.redis.kill()
         time.sleep(self.rng.uniform(0, 5))
         self.redis.start()
+        return [job], hit
+
+    def _redis_failover(self):
+        """The primary SIGKILLed at a random moment; the sentinels fail over; the old primary back after 0-10 s."""
+        job = self.start_job()
+        hit = self.at_random_moment(job)
+        old = self.redis.kill_primary()
+        self.redis.wait_failover(old)
+        time.sleep(self.rng.uniform(0, 10))
+        self.redis.restart(old)
         return [job], hit
 
     def _outage(self, cut, restore):
@@ -926,19 +955,27 @@ def meets_targets(row: dict) -> bool:
 
 
 def run(base: dict, state: Path, redis_port: int, kinds, trials: int, seed: int, max_outage: float,
-        emit=print, workflows=(WORKFLOW,), own_platform: bool = False) -> list[dict]:
+        emit=print, workflows=(WORKFLOW,), own_platform: bool = False, sentinel_port: int = 26650) -> list[dict]:
+    """Every kind in ``kinds`` for every workflow it applies to: those on one Redis in one campaign, those on a
+    Sentinel group in another."""
     rows = []
-    with Campaign(base, state, redis_port, seed, max_outage, workflows=workflows,
-                  spark_restart="spark_restart" in kinds, own_platform=own_platform) as campaign:
-        for workflow in workflows:
-            campaign.use(workflow)
-            for kind in kinds:
-                if kind not in WORKFLOW_KINDS[workflow]:
-                    continue
-                verdicts = [campaign.trial(kind) for _ in range(trials)]
-                row = summarize(kind, verdicts, workflow)
-                rows.append(row)
-                emit(json.dumps(row))
+    for sentinel in (False, True):
+        group = [k for k in kinds if (k in SENTINEL_KINDS) == sentinel]
+        if not group:
+            continue
+        with Campaign(base, state / ("sentinel-campaign" if sentinel else "campaign"),
+                      sentinel_port if sentinel else redis_port, seed, max_outage, workflows=workflows,
+                      spark_restart="spark_restart" in group, own_platform=own_platform,
+                      sentinel=sentinel) as campaign:
+            for workflow in workflows:
+                campaign.use(workflow)
+                for kind in group:
+                    if kind not in WORKFLOW_KINDS[workflow]:
+                        continue
+                    verdicts = [campaign.trial(kind) for _ in range(trials)]
+                    row = summarize(kind, verdicts, workflow)
+                    rows.append(row)
+                    emit(json.dumps(row))
     return rows
 
 
@@ -960,6 +997,8 @@ def main(argv: list[str] | None = None) -> int:
                         "spark_restart, which needs a platform of the campaign's own: name it here)")
     p.add_argument("--max-outage", type=float, default=90, help="longest sshd outage / black hole, seconds")
     p.add_argument("--redis-port", type=int, default=6650)
+    p.add_argument("--sentinel-port", type=int, default=26650,
+                   help="redis_failover: the Sentinel group's first port (it takes five)")
     p.add_argument("--own-platform", action="store_true",
                    help="the platform of BACKUP_CONFIG, already running, is the campaign's alone (spark_restart "
                         "may kill and restart its Spark JVM)")
@@ -977,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
     base["base_dir"] = str(config.resolve().parent / base.get("base_dir", "."))
     state = Path(tempfile.mkdtemp(prefix="mb-faults-"))
     rows = run(base, state, args.redis_port, kinds, args.trials, args.seed, args.max_outage, workflows=workflows,
-               own_platform=args.own_platform)
+               own_platform=args.own_platform, sentinel_port=args.sentinel_port)
     return 0 if all(meets_targets(r) for r in rows) else 1
 
 

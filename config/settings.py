@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from base.urls import is_loopback_host, redact_url_secrets, url_has_password, url_scheme
+from base.urls import SentinelUrl, is_loopback_host, redact_url_secrets, url_has_password, url_scheme
 from base.text import CONTROL_CHARS
 from base.errors import ConfigError
 
@@ -68,22 +68,49 @@ def _service_url_problem(url: str, schemes: tuple[str, ...], user_allowed: bool)
 
 
 class RedisSettings(_Section):
-    url: str = Field("redis://127.0.0.1:6379/0", description="Redis for broker, results, locks and job records: redis:// or rediss:// (TLS, verified against the system CAs), optionally with an ACL user name (redis://user@host); no password here: BACKUP_REDIS_PASSWORD, required when the host is not loopback")
+    url: str = Field("redis://127.0.0.1:6379/0", description="Redis for broker, results, locks and job records: redis:// or rediss:// (TLS, verified against the system CAs), optionally with an ACL user name (redis://user@host); or Redis Sentinel, sentinel://host:port[,host:port...]/<db>?master=<name> (the sentinels are asked for the current primary, on every reconnect: a fail-over is ridden through like an outage; plain TCP, no user); no password here: BACKUP_REDIS_PASSWORD (the primary's and replicas', not sent to the sentinels), required when a host is not loopback")
     key_prefix: str = Field("mb", description="prefix of every key this project writes", pattern=r"^[A-Za-z0-9_.-]+$")
     outage_grace: int = Field(60, ge=1, le=3600, description="seconds a Redis outage (restart, fail-over) is ridden through by every Redis call of a phase, by task publishing and by result writes before they fail (a commit is still decided by the lock's fencing, whatever the wait)")
+    wait_replicas: int | None = Field(None, ge=0, le=16, description="replicas that must acknowledge (Redis WAIT) each lock take, fence move and fencing check before a commit, or the step fails (retried): a fail-over then never loses a granted fencing token; default 1 with sentinel://, 0 with redis://")
+    wait_timeout_ms: int = Field(2000, ge=10, le=60000, description="how long one WAIT for wait_replicas acknowledgements may take, milliseconds")
 
     @model_validator(mode="after")
     def _url_checked(self) -> "RedisSettings":
-        problem = _service_url_problem(self.url, ("redis", "rediss"), user_allowed=True)
+        if url_scheme(self.url, default=None) == "sentinel":
+            problem = None
+            if CONTROL_CHARS.search(self.url) or any(c.isspace() for c in self.url):
+                problem = "contains spaces or control characters"
+            else:
+                try:
+                    SentinelUrl.parse(self.url)
+                except ValueError as e:
+                    problem = str(e)
+        else:
+            problem = _service_url_problem(self.url, ("redis", "rediss", "sentinel"), user_allowed=True)
         if problem:
             raise ValueError(f"redis.url {problem}")
         return self
 
     @property
+    def sentinel(self) -> SentinelUrl | None:
+        """The parsed sentinel:// URL, or None for a plain redis:// or rediss:// one."""
+        return SentinelUrl.parse(self.url) if url_scheme(self.url, default=None) == "sentinel" else None
+
+    @property
+    def replicas_to_wait(self) -> int:
+        """Replicas each fencing step waits for (``wait_replicas``, or its default by the URL's scheme)."""
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        return 1 if self.sentinel else 0
+
+    @property
     def on_loopback(self) -> bool:
-        """Whether Redis is on this machine's loopback (no password required there)."""
+        """Whether Redis (every sentinel, with sentinel://) is on this machine's loopback (no password required there)."""
         from urllib.parse import urlsplit
 
+        sentinel = self.sentinel
+        if sentinel:
+            return all(is_loopback_host(host) for host, _ in sentinel.sentinels)
         return is_loopback_host(urlsplit(self.url).hostname)
 
 

@@ -127,6 +127,24 @@ def redis_client(settings, redis_server):
     return client
 
 
+# A Redis Sentinel group of the session's own (tests/integration/test_redis_sentinel.py): the primary on this port,
+# its replica and three sentinels on the next four.
+SENTINEL_PORT = 26400 + PORT_OFFSET
+
+
+@pytest.fixture(scope="session")
+def sentinel_group():
+    """A Redis primary, a replica and three sentinels (bench.faultkit.SentinelGroup), ready when yielded."""
+    from bench.faultkit import SentinelGroup
+
+    group = SentinelGroup(SENTINEL_PORT, STATE / "sentinel", db=TEST_REDIS_DB, pid_dir=STATE / "platform" / "run")
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
 @pytest.fixture
 def res(settings, redis_client):
     from backup.resources import Resources

@@ -26,6 +26,10 @@ Reliability settings, chosen on purpose:
 * ``broker_transport``: kombu's Redis transport with the two fixes of
   workers/redis_transport.py, so a worker survives a broker outage without
   dying on a closed channel or requeueing the tasks it is still running.
+  With ``redis.url: sentinel://…`` kombu's own Sentinel transport with the
+  same fixes, Celery's own ``SentinelBackend`` for results and redbeat's
+  Sentinel support for beat: each asks the sentinels for the primary on
+  every reconnect, so a fail-over is ridden through like a restart.
 
 Secrets never travel in task arguments: tasks get table names and job ids;
 passwords are read from the environment inside the worker.
@@ -60,13 +64,46 @@ def route_task(name, args=None, kwargs=None, options=None, task=None, **kw) -> d
 
 
 def redis_url_with_password(s: Settings) -> str:
-    """The Redis URL with BACKUP_REDIS_PASSWORD inserted (Celery masks it in banners and Flower)."""
+    """The Redis URL with BACKUP_REDIS_PASSWORD inserted (Celery masks it in banners and Flower).
+
+    With ``sentinel://`` the form Celery and kombu read: one ``sentinel://:password@host:port/db`` per
+    sentinel, joined by ``;`` (the password is the primary's; kombu and Celery never send it to a sentinel).
+    """
     pw = s.secret("BACKUP_REDIS_PASSWORD")
+    sentinel = s.redis.sentinel
+    if sentinel is not None:
+        password = pw.get_secret_value() if pw else None
+        return ";".join(sentinel.url_for(host, port, password=password) for host, port in sentinel.sentinels)
     if not pw:
         return s.redis.url
     parts = urlsplit(s.redis.url)
     user, _, host = parts.netloc.rpartition("@")  # an ACL user name stays (the URL carries no password: settings)
     return urlunsplit(parts._replace(netloc=f"{user}:{quote(pw.get_secret_value(), safe='')}@{host}"))
+
+
+def _sentinel_config(s: Settings) -> dict:
+    """What differs with ``redis.url: sentinel://``: the transport, the master's name, redbeat's client."""
+    from backup.resources import SENTINEL_TIMEOUT
+
+    sentinel = s.redis.sentinel
+    if sentinel is None:
+        return {}
+    # Every sentinel:// URL a connection fails over to gets our transport too (workers/redis_transport.py).
+    from workers.redis_transport import register_sentinel_alias
+
+    register_sentinel_alias()
+    pw = s.secret("BACKUP_REDIS_PASSWORD")
+    asking = {"master_name": sentinel.master,
+              "sentinel_kwargs": {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}}
+    return {
+        "broker_transport": "workers.redis_transport:SentinelTransport",
+        "sentinel_options": asking,
+        # redbeat reads a redis-sentinel:// URL as "use redbeat_redis_options' sentinels" (its own Sentinel client).
+        "redbeat_redis_url": sentinel.url_for(*sentinel.sentinels[0], scheme="redis-sentinel"),
+        "redbeat_redis_options": {"sentinels": list(sentinel.sentinels), "service_name": sentinel.master,
+                                  "db": sentinel.db, "password": pw.get_secret_value() if pw else None,
+                                  "socket_timeout": 30, "sentinel_kwargs": asking["sentinel_kwargs"]},
+    }
 
 
 def celery_config(s: Settings) -> dict:
@@ -78,7 +115,11 @@ def celery_config(s: Settings) -> dict:
     # restores those no live worker stamped for visibility_timeout; a dead worker's sweep mutex frees in 30 s.
     broker_transport = {**transport, "unacked_restore_interval": RESTORE_SWEEP_SECONDS, "unacked_restore_throttle": 1,
                         "unacked_mutex_expire": 30}
-    return {
+    sentinel = _sentinel_config(s)
+    if sentinel:
+        asking = sentinel.pop("sentinel_options")
+        transport, broker_transport = {**transport, **asking}, {**broker_transport, **asking}
+    config = {
         "broker_url": url,
         "broker_transport": "workers.redis_transport:Transport",
         "result_backend": url,
@@ -131,6 +172,8 @@ def celery_config(s: Settings) -> dict:
             "redis_backend_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED},
             "redbeat_redis_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}} if url.startswith("rediss://") else {}),
     }
+    config.update(sentinel)
+    return config
 
 
 def create_app(s: Settings | None = None) -> Celery:

@@ -33,7 +33,9 @@ The fixes, kept to the two methods involved:
 
 * ``MultiChannelPoller.maybe_restore_messages`` first re-stamps, in the
   ``unacked_index`` sorted set, the time of every message this worker still
-  holds (received, not yet acknowledged), then sweeps as kombu does.  The
+  holds (received, not yet acknowledged) and of every task it executes (after
+  a reconnect those were delivered by a channel that is gone, and no channel
+  holds their tags any more), then sweeps as kombu does.  The
   sweep restores messages whose stamp is older than the visibility timeout;
   a live worker's stamps are never older than one sweep period, so only the
   messages of a dead (or frozen) worker come back.  That is what lets the
@@ -46,6 +48,23 @@ after the last stamp, plus one sweep period of whichever worker sweeps next
 10 x 10 s is why the audit measured about 1.7 x a 120 s timeout; the app sets
 5 x 1 s), plus at most ``unacked_mutex_expire`` if the dead worker held the
 sweep mutex (the app sets 30 s instead of 300 s).
+
+With ``redis.url: sentinel://`` the same fixes ride on kombu's
+``SentinelTransport`` (``SentinelTransport`` below): its channel asks the
+sentinels for the primary each time it builds a pool, and that pool building
+reads ``connection.client.alt`` (the sentinels' URLs) besides
+``_connparams``, so the remembered parameters include the sentinels too.
+The broker URL names one ``sentinel://`` URL per sentinel, and on a lost
+connection kombu's ``Connection.switch`` moves to the next one and takes its
+transport from that URL's scheme, not from ``broker_transport``: after the
+first reconnect a worker ran kombu's stock transport and died at the next
+outage with the AttributeError above (seen in the fault campaign's fourth
+fail-over).  So importing this module makes the ``sentinel`` alias name
+``SentinelTransport`` below, in every process that configures the app
+(``register_sentinel_alias``).
+The sweep and its stamps are plain Redis commands on the primary: a fail-over
+that loses the newest stamps only makes a message look older, and a live
+worker re-stamps it within one sweep period.
 
 Cost: one set of delivery tags built per channel close; one ZADD of the held
 tags per sweep period; nothing per message.
@@ -94,9 +113,10 @@ class QoS(kombu_redis.QoS):
         self._delivered.clear()
 
 
-    def stamp_held(self) -> int:
-        """Re-stamp the messages this channel holds as just delivered (ZADD XX); returns how many."""
-        tags = list(self._delivered)
+    def stamp_held(self, executing=()) -> int:
+        """Re-stamp the messages this channel holds, and ``executing`` (the tags of the tasks this worker runs,
+        whichever channel delivered them), as just delivered (ZADD XX: only tags still unacknowledged); how many."""
+        tags = list(set(self._delivered) | set(executing))
         if not tags:
             return 0
         now = time.time()
@@ -109,12 +129,18 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
     """The poller of a worker's event loop: proves the worker alive before each restore sweep."""
 
     def maybe_restore_messages(self):
+        # A task still running from before a reconnect was delivered by a channel that is gone: no channel
+        # holds its tag any more, so it is stamped by its tag among the tasks executing (or, with no stamp,
+        # restored after visibility_timeout while it still runs: a second delivery beside the first).
+        executing = executing_delivery_tags()
         for channel in list(self._channels):
             qos = channel._qos  # None until the channel received something
+            if qos is None and executing:
+                qos = channel.qos  # created on demand: the tasks still running need their stamps
             if qos is None or not hasattr(qos, "stamp_held"):
                 continue
             try:
-                qos.stamp_held()
+                qos.stamp_held(executing)
             except channel.connection_errors:
                 log.debug("could not re-stamp held messages; the next sweep tries again", exc_info=True)
         return super().maybe_restore_messages()
@@ -147,3 +173,60 @@ class Transport(kombu_redis.Transport):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cycle = MultiChannelPoller()
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel with the fixes above: late acks, rejects and restores survive a closed connection.
+
+    kombu builds a Sentinel pool from ``connection.client.alt`` (one URL per sentinel); once the connection
+    object is gone, the sentinels remembered from the last successful build are asked instead.
+    """
+
+    _saved_sentinels: list | None = None
+
+    def _sentinel_managed_pool(self, asynchronous=False):
+        client = self.connection.client
+        if client is not None:
+            self._saved_sentinels = list(client.alt)
+            return super()._sentinel_managed_pool(asynchronous)
+        from redis import sentinel
+
+        params = self._connparams(asynchronous)  # the remembered ones (raises ConnectionError without any)
+        extra = {k: v for k, v in params.items() if k not in ("host", "port")}
+        hosts = []
+        for url in self._saved_sentinels or []:
+            parsed = kombu_redis._parse_url(url)
+            if parsed.scheme == "sentinel":
+                hosts.append((parsed.hostname, parsed.port or SentinelTransport.default_port))
+        manager = sentinel.Sentinel(hosts or [(params["host"], params["port"])],
+                                    min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+                                    sentinel_kwargs=getattr(self, "sentinel_kwargs", None), **extra)
+        self._sentinel_manager = manager  # closed with the channel's pools (kombu's _disconnect_pools)
+        import redis
+
+        return manager.master_for(self.master_name, redis.Redis,
+                                  **{k: extra[k] for k in ("username", "password") if k in extra}).connection_pool
+
+
+class SentinelTransport(Transport, kombu_redis.SentinelTransport):
+    """kombu's Redis Sentinel transport with the channel and poller above
+    (``broker_transport = "workers.redis_transport:SentinelTransport"``)."""
+
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port
+
+
+def register_sentinel_alias() -> None:
+    """Make kombu's ``sentinel`` transport alias this module's ``SentinelTransport`` (idempotent).
+
+    kombu resolves an alias once per process and caches the class: the cached entry is replaced too.
+    """
+    from kombu import transport
+
+    path = f"{__name__}:SentinelTransport"
+    transport.TRANSPORT_ALIASES["sentinel"] = path
+    if transport._transport_cache.get("sentinel") not in (None, SentinelTransport):
+        transport._transport_cache.pop("sentinel")
+
+
+register_sentinel_alias()

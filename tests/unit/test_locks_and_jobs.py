@@ -99,3 +99,30 @@ def test_release_never_frees_a_lock_taken_over_by_another_job(locks, redis_clien
     rec = jobs.update("r2", lambda r: r.update(state="failed"), release=old)
     assert rec["state"] == "failed"
     assert locks.holder("wf", "db.s") == "r3" and new.token > old.token
+
+
+def test_a_take_found_held_by_the_same_job_is_its_own_lost_reply(locks):
+    """redis-py sends the script again after a dropped connection: the second send finds the job's own take."""
+    held, _ = locks.acquire("wf", "own", "job-a")
+    again, holder = locks.acquire("wf", "own", "job-a")
+    assert again == held and holder is None
+    assert locks.acquire("wf", "own", "job-b") == (None, "job-a")
+
+
+def test_with_wait_replicas_a_take_or_check_no_replica_acknowledged_does_not_count(redis_client):
+    """The session's Redis has no replica: WAIT 1 returns 0 (the fail-over itself: tests/integration/test_redis_sentinel.py)."""
+    from base.errors import ConnectionFailed, LockRenewalFailed
+
+    prefix = f"unit{time.monotonic_ns()}"
+    plain = LockManager(redis_client, prefix, ttl=5)
+    waiting = LockManager(redis_client, prefix, ttl=5, wait_replicas=1, wait_timeout_ms=20)
+    with pytest.raises(ConnectionFailed, match=r"only 0 of 1 replica\(s\) acknowledged fencing token 1 within 20 ms"):
+        waiting.acquire("wf", "t", "job-a")
+    assert waiting.holder("wf", "t") is None  # given back
+    held, _ = plain.acquire("wf", "t", "job-b")
+    assert held.token == 2  # the counter never goes back
+    with pytest.raises(LockRenewalFailed, match="acknowledged the fencing check"):
+        waiting.check(held)
+    waiting.renew(held)  # the periodic renewal does not wait
+    with pytest.raises(ConnectionFailed, match="acknowledged the fence move"):
+        waiting.revoke(held)
