@@ -21,8 +21,13 @@ def _sql_str(s: str | None) -> str:
     return f"'{esc}'"
 
 
-def create_sample_table(hive, table: TableName, rows: int = 10_000, months_back: int = 8) -> int:
-    """(Re)create ``table`` with ``rows`` generated rows partitioned by partition_date; returns the count."""
+def create_sample_table(hive, table: TableName, rows: int = 10_000, months_back: int = 8,
+                        count: bool = True) -> int | None:
+    """(Re)create ``table`` with ``rows`` generated rows partitioned by partition_date; returns the count read back.
+
+    ``count=False`` skips that read (None is returned): it lists every partition again (~270 for 8 months),
+    seconds of Spark per table that a caller checking its own results against the table does not need.
+    """
     identifier(table.db, "database name")
     if not isinstance(rows, int) or rows < 0:
         raise ValueError("rows must be a non-negative integer")
@@ -46,4 +51,6 @@ def create_sample_table(hive, table: TableName, rows: int = 10_000, months_back:
             f"CAST(date_add({start}, cast(id % ({span}) AS INT)) AS TIMESTAMP) + make_interval(0,0,0,0,0,0, id % 86400), "
             f"date_format(date_add({start}, cast(id % ({span}) AS INT)), 'yyyy-MM-dd') "
             f"FROM range({rows})", "insert sample rows")
+    if not count:
+        return None
     return int(hive.query(f"SELECT count(*) FROM {table.sql}", "count sample rows")[0][0])

@@ -40,7 +40,7 @@ def new_sample_table(settings, name: str, rows: int = 8000) -> str:
 
     table = TableName("mnaas_test", name)
     with HiveClient.from_settings(settings) as hive:
-        create_sample_table(hive, table, rows=rows)
+        create_sample_table(hive, table, rows=rows, count=False)
     return str(table)
 
 

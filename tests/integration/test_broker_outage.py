@@ -22,7 +22,7 @@ from kombu.transport import redis as kombu_redis
 
 from bench.faultkit import PrivateRedis
 from tests.conftest import PORT_OFFSET, ROOT, WorkerProc, write_config
-from tests.helpers import new_sample_table, phase_of, remote_files, sink_counts, ssh, wait_until
+from tests.helpers import phase_of, remote_files, sink_counts, ssh, wait_until
 from workers.redis_transport import Transport
 
 pytestmark = pytest.mark.integration
@@ -99,24 +99,16 @@ def test_closing_a_connection_keeps_the_message_a_child_still_runs_unacked(priva
     assert results["ours"] == (0, True), "ours leaves it to the running task's own ack"
 
 
-@pytest.fixture(scope="module")
-def outage_table(platform, settings):
-    return new_sample_table(settings, "traffic_broker_outage")
-
-
-@pytest.fixture(scope="module")
-def long_table(platform, settings):
-    return new_sample_table(settings, "traffic_long_transfer")
-
-
 def test_worker_and_waiting_client_ride_through_a_redis_restart_mid_transfer(settings, platform, private_redis,
-                                                                              outage_table, tmp_path):
+                                                                              private_broker_table, tmp_path):
     from backup.resources import Resources
     from config.settings import load_settings
     from workers.app import create_app
 
+    outage_table = private_broker_table
     cfg = write_config(tmp_path / "outage.yaml", {"redis": {"url": private_redis.url},
-                                                  "sftp": {"rate_limit_mbps": 0.05, "streams": 1},
+                                                  "sftp": {"rate_limit_mbps": 0.05, "streams": 1,
+                                                           "remote_dir": str(tmp_path / "edge")},
                                                   "edge_export": {"compresslevel": 1}})
     own = load_settings(cfg)
     res = Resources(own)
@@ -162,7 +154,7 @@ def test_worker_and_waiting_client_ride_through_a_redis_restart_mid_transfer(set
                                                                     ("lock", "export", "transfer", "cleanup", "finish")}
     assert rec["alert_sent"] is False and sink_counts(settings) == (mails0, tickets0)
     assert res.locks.holder("edge-export", outage_table) is None
-    files = remote_files(settings, posixpath.join(settings.sftp.remote_dir, outage_table))
+    files = remote_files(settings, posixpath.join(own.sftp.remote_dir, outage_table))
     assert len(files) == 1 and not files[0].endswith(".part")
     assert ssh(settings, ["sha256sum", files[0]]).stdout.split()[0] == rec["outputs"]["sha256"]
 
@@ -184,23 +176,27 @@ def test_waiting_client_gives_up_loudly_when_redis_stays_away(tmp_path):
 
 
 def test_a_phase_longer_than_the_visibility_timeout_runs_once_and_a_dead_workers_comes_back_in_time(
-        settings, platform, private_redis, long_table, tmp_path):
+        settings, platform, private_redis, private_broker_table, tmp_path):
     """Live workers re-stamp what they hold (workers/redis_transport.py): only a dead worker's message moves on."""
     from backup.resources import Resources
     from config.settings import load_settings
     from workers.app import RESTORE_SWEEP_SECONDS, create_app
 
+    long_table = private_broker_table
     visibility = 20
+    remote_dir = str(tmp_path / "edge")
     cfg = write_config(tmp_path / "visibility.yaml", {
-        "redis": {"url": private_redis.url}, "sftp": {"rate_limit_mbps": 0.003, "streams": 1},
+        "redis": {"url": private_redis.url},
+        "sftp": {"rate_limit_mbps": 0.003, "streams": 1, "remote_dir": remote_dir},
         "edge_export": {"compresslevel": 1},
         "celery": {"task_time_limit": 120, "task_soft_time_limit": 110, "visibility_timeout": visibility}})
     own = load_settings(cfg)
     res, app = Resources(own), create_app(own)
     first = WorkerProc(cfg, f"vis{uuid.uuid4().hex[:6]}", app=app)
     # The worker taking over uploads at full speed: the redelivery is what is measured, not a second slow upload.
-    fast = write_config(tmp_path / "fast.yaml", {"redis": {"url": private_redis.url}, "celery": {
-        "task_time_limit": 120, "task_soft_time_limit": 110, "visibility_timeout": visibility}})
+    fast = write_config(tmp_path / "fast.yaml", {
+        "redis": {"url": private_redis.url}, "sftp": {"remote_dir": remote_dir},
+        "celery": {"task_time_limit": 120, "task_soft_time_limit": 110, "visibility_timeout": visibility}})
     second = WorkerProc(fast, f"vis{uuid.uuid4().hex[:6]}", app=app)
     try:
         first.start()
@@ -227,5 +223,5 @@ def test_a_phase_longer_than_the_visibility_timeout_runs_once_and_a_dead_workers
         second.stop()
     assert waited <= visibility + 2 * RESTORE_SWEEP_SECONDS + 10, waited
     assert rec["state"] == "success", rec
-    files = remote_files(settings, posixpath.join(settings.sftp.remote_dir, long_table))
+    files = remote_files(settings, posixpath.join(remote_dir, long_table))
     assert len(files) == 1 and files[0].endswith(".csv.gz")  # the killed upload's temp file was replaced

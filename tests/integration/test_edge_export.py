@@ -35,16 +35,23 @@ def _hive(settings):
 
 @pytest.fixture(scope="module")
 def tables(platform, settings):
-    """Sample tables, one per test that needs its own lock and alert episode."""
+    """Sample tables, one per test that needs its own lock and alert episode.
+
+    Created three at a time, each over a HiveServer2 session of its own: most of a creation is waiting on
+    HDFS and the metastore (~270 partitions), which overlaps."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from connectors.hive import HiveClient
 
-    names = {}
-    with HiveClient.from_settings(settings) as hive:
-        for key in ("main", "concurrent", "stale", "resume", "hostkey", "killed"):
-            t = TableName("mnaas_test", f"traffic_{key}")
-            create_sample_table(hive, t, rows=ROWS if key == "main" else 3000)
-            names[key] = str(t)
-    return names
+    def create(key: str) -> str:
+        t = TableName("mnaas_test", f"traffic_{key}")
+        with HiveClient.from_settings(settings) as hive:
+            create_sample_table(hive, t, rows=ROWS if key == "main" else 3000, count=False)
+        return str(t)
+
+    keys = ("main", "concurrent", "stale", "resume", "hostkey", "killed")
+    with ThreadPoolExecutor(3) as pool:
+        return dict(zip(keys, pool.map(create, keys)))
 
 
 def _window_rows(settings, table: str, window) -> list[tuple]:

@@ -3,8 +3,9 @@
 All real processes: celery beat (redbeat) twice against one Redis, the
 session's Celery worker, a second worker logging JSON on its own Redis, the
 Prometheus exporter.  The beat test watches three one-minute ticks (about
-three minutes); its scheduled runs find the previous run still holding the
-lock, so each is a cheap ``skipped`` job.
+three minutes, on a Redis and a worker of its own, in the background from the
+start of the session: tests/background.py); its scheduled runs find the
+previous run still holding the lock, so each is a cheap ``skipped`` job.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from backup.jobs import TERMINAL
 from backup.locks import Renewer
 from config.settings import load_settings
 from tests.conftest import CONFIG_PATH, PORT_OFFSET, write_config
+from tests.background import Background, in_background
 from tests.helpers import backupctl, enqueue, wait_job, wait_until
 from tests.ops_helpers import Proc, sample_table
 
@@ -26,6 +29,7 @@ pytestmark = pytest.mark.integration
 
 WORKFLOW = "edge-export"
 PRIVATE_REDIS_PORT = 16379 + PORT_OFFSET
+BEAT_REDIS_PORT = 6509 + PORT_OFFSET  # the beat scenario's own Redis (it runs beside other tests)
 METRICS_PORT = 19808 + PORT_OFFSET
 
 
@@ -37,39 +41,6 @@ def _hold_lock(res, settings, table: str, holder: str) -> Renewer:
     held, current = res.locks.acquire(WORKFLOW, table, holder)
     assert held is not None, f"lock of {table} already held by {current}"
     return Renewer(res.locks, held, settings.lock.renew_every)
-
-
-def test_two_beats_fire_once_per_tick_and_runs_are_skipped_while_previous_runs(tmp_path, settings, res, worker):
-    table = "mnaas_ops.beat_target"  # never read: every run stops at the lock phase
-    config = write_config(tmp_path / "beat.yaml", {
-        "schedules": [{"name": "every-minute", "workflow": WORKFLOW, "cron": "* * * * *",
-                       "timezone": "Europe/Rome", "kwargs": {"table": table}}],
-        # Fail-over in at most 20 + 5 s, so the standby takes over between two ticks.
-        "beat": {"lock_timeout": 20, "max_loop_interval": 5},
-    })
-    first = Proc.backupctl(config, "beat", "--loglevel", "INFO", log=tmp_path / "beat-a.log")
-    second = Proc.backupctl(config, "beat", "--loglevel", "INFO", log=tmp_path / "beat-b.log")
-    with _hold_lock(res, settings, table, "previous-run"):
-        try:
-            first.start().wait_for_log("beat: Acquired lock", timeout=30)
-            second.start().wait_for_log("beat: Starting", timeout=30)
-            wait_until(lambda: len(_jobs_of(res, table)) >= 1, 75, "the first tick")
-            first.kill()
-            second.wait_for_log("beat: Acquired lock", timeout=20 + 5 + 15)
-            wait_until(lambda: len(_jobs_of(res, table)) >= 3, 130, "ticks two and three")
-            recs = [wait_job(res, r["job_id"], timeout=30) for r in _jobs_of(res, table)]
-        finally:
-            first.stop()
-            second.stop()
-    sent = first.text().count("Sending due task every-minute") + second.text().count("Sending due task every-minute")
-    assert sent == 3, (first.text()[-2000:], second.text()[-2000:])
-    assert len(recs) == 3
-    minutes = sorted(int(r["created"] // 60) for r in recs)
-    assert minutes == [minutes[0], minutes[0] + 1, minutes[0] + 2], "one run per tick, on consecutive minutes"
-    for r in recs:
-        assert r["state"] == "skipped" and r["reason"] == "lock held by job previous-run", r
-        assert [p["state"] for p in r["phases"]] == ["skipped", "pending", "pending", "pending", "pending"]
-    assert "Sending due task" not in second.text().split("beat: Acquired lock")[0], "the standby fired while waiting"
 
 
 def test_schedule_command_lists_next_fire_times(tmp_path, settings, redis_client):
@@ -289,3 +260,63 @@ def test_a_schedule_removed_from_the_config_is_purged_from_redis_when_beat_start
         finally:
             beat.stop()
     assert "drop-me" not in entries()
+
+
+def two_beats_three_ticks(bg: Background) -> tuple[str, str, list[dict]]:
+    """Two beats on one schedule firing every minute, the active one killed after the first tick: both beats'
+    logs and the job records of the three ticks.  Self-contained (its own Redis and worker, no platform: every
+    run stops at the lock phase), so it runs in the background from the start of the session (three minutes
+    of waiting on the clock); the test below makes the assertions."""
+    from backup.resources import Resources
+    from bench.faultkit import PrivateRedis
+    from tests.conftest import STATE, WorkerProc
+    from workers.app import create_app
+
+    folder = STATE / "beat-scenario"
+    folder.mkdir(parents=True, exist_ok=True)
+    table = "mnaas_ops.beat_target"  # never read: every run stops at the lock phase
+    broker = PrivateRedis(BEAT_REDIS_PORT, folder / "redis").start()
+    config = write_config(folder / "beat.yaml", {
+        "redis": {"url": broker.url},
+        "schedules": [{"name": "every-minute", "workflow": WORKFLOW, "cron": "* * * * *",
+                       "timezone": "Europe/Rome", "kwargs": {"table": table}}],
+        # Fail-over in at most 20 + 5 s, so the standby takes over between two ticks.
+        "beat": {"lock_timeout": 20, "max_loop_interval": 5},
+    })
+    own = load_settings(config)
+    res = Resources(own)
+    worker = WorkerProc(config, "beats", app=create_app(own))
+    first = Proc.backupctl(config, "beat", "--loglevel", "INFO", log=folder / "beat-a.log")
+    second = Proc.backupctl(config, "beat", "--loglevel", "INFO", log=folder / "beat-b.log")
+    try:
+        worker.start()
+        with _hold_lock(res, own, table, "previous-run"):
+            first.start().wait_for_log("beat: Acquired lock", timeout=60)
+            second.start().wait_for_log("beat: Starting", timeout=60)
+            bg.wait_until(lambda: len(_jobs_of(res, table)) >= 1, 75, "the first tick")
+            first.kill()
+            second.wait_for_log("beat: Acquired lock", timeout=20 + 5 + 15)
+            bg.wait_until(lambda: len(_jobs_of(res, table)) >= 3, 130, "ticks two and three")
+            recs = [bg.wait_until(lambda r=r: (x := res.jobs.find(r["job_id"])) and x["state"] in TERMINAL and x,
+                                  30, "the run of a tick to end") for r in _jobs_of(res, table)]
+    finally:
+        first.stop()
+        second.stop()
+        worker.stop()
+        broker.stop()
+    return first.text(), second.text(), recs
+
+
+@in_background(two_beats_three_ticks)
+def test_two_beats_fire_once_per_tick_and_runs_are_skipped_while_previous_runs():
+    first, second, recs = test_two_beats_fire_once_per_tick_and_runs_are_skipped_while_previous_runs.background.result(
+        timeout=300)
+    sent = first.count("Sending due task every-minute") + second.count("Sending due task every-minute")
+    assert sent == 3, (first[-2000:], second[-2000:])
+    assert len(recs) == 3
+    minutes = sorted(int(r["created"] // 60) for r in recs)
+    assert minutes == [minutes[0], minutes[0] + 1, minutes[0] + 2], "one run per tick, on consecutive minutes"
+    for r in recs:
+        assert r["state"] == "skipped" and r["reason"] == "lock held by job previous-run", r
+        assert [p["state"] for p in r["phases"]] == ["skipped", "pending", "pending", "pending", "pending"]
+    assert "Sending due task" not in second.split("beat: Acquired lock")[0], "the standby fired while waiting"

@@ -39,7 +39,7 @@ def sample_table(settings, name: str, rows: int) -> str:
 
     table = TableName("mnaas_test", name)
     with HiveClient.from_settings(settings) as hive:
-        create_sample_table(hive, table, rows=rows, months_back=5)
+        create_sample_table(hive, table, rows=rows, months_back=5, count=False)
     return str(table)
 
 

@@ -45,7 +45,7 @@ def exported(settings, dres):
 
     table = TableName("mnaas_test", "drill_traffic")
     with HiveClient.from_settings(settings) as hive:
-        create_sample_table(hive, table, rows=40, months_back=5)
+        create_sample_table(hive, table, rows=40, months_back=5, count=False)
     rec = ee.submit(dres, str(table))
     done = run_phases_inline(dres, ee.DEFINITION, rec["job_id"])
     assert done["state"] == "success", done

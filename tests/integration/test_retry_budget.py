@@ -14,19 +14,14 @@ import uuid
 import pytest
 
 from tests.conftest import WorkerProc, write_config
-from tests.helpers import new_sample_table, phase_of, sink_counts, wait_until
+from tests.helpers import phase_of, sink_counts, wait_until
 from bench.faultkit import PrivateRedis, Relay
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def budget_table(platform, settings):
-    return new_sample_table(settings, "traffic_retry_budget")
-
-
 @pytest.fixture
-def setup(settings, platform, tmp_path, budget_table):
+def setup(settings, platform, tmp_path, private_broker_table):
     """A broker, a relay to sshd (closed) and a known_hosts naming the relay's port."""
     from tests.conftest import PORT_OFFSET
 
@@ -72,8 +67,9 @@ def _run(settings, tmp_path, setup, budget: int, table: str, open_after_attempts
     return rec, transfer(), sink_counts(settings)[0] - mails0, sink_counts(settings)[1] - tickets0
 
 
-def test_backup_server_away_for_less_than_the_budget_is_ridden_through(settings, tmp_path, setup, budget_table):
-    rec, transfer, mails, tickets = _run(settings, tmp_path, setup, budget=40, table=budget_table,
+def test_backup_server_away_for_less_than_the_budget_is_ridden_through(settings, tmp_path, setup,
+                                                                      private_broker_table):
+    rec, transfer, mails, tickets = _run(settings, tmp_path, setup, budget=40, table=private_broker_table,
                                          open_after_attempts=3)
     assert rec["state"] == "success", rec
     # The relay opens once a third attempt has *entered* the phase: the first two failed, the third may have
@@ -82,9 +78,10 @@ def test_backup_server_away_for_less_than_the_budget_is_ridden_through(settings,
     assert (mails, tickets) == (0, 0)
 
 
-def test_backup_server_away_for_longer_than_the_budget_fails_loudly_once(settings, tmp_path, setup, budget_table):
+def test_backup_server_away_for_longer_than_the_budget_fails_loudly_once(settings, tmp_path, setup,
+                                                                         private_broker_table):
     began = time.time()
-    rec, transfer, mails, tickets = _run(settings, tmp_path, setup, budget=12, table=budget_table,
+    rec, transfer, mails, tickets = _run(settings, tmp_path, setup, budget=12, table=private_broker_table,
                                          open_after_attempts=None)
     assert rec["state"] == "failed" and rec["phase"] == "transfer"
     assert rec["error"].startswith("ConnectionFailed:") and "(retry.budget 12s)" in rec["error"], rec["error"]
@@ -94,7 +91,8 @@ def test_backup_server_away_for_longer_than_the_budget_fails_loudly_once(setting
     assert rec["alert_sent"] is True and (mails, tickets) == (1, 1)
 
 
-def test_black_hole_mid_transfer_is_cut_by_the_stall_timeout_and_retried(settings, tmp_path, setup, budget_table):
+def test_black_hole_mid_transfer_is_cut_by_the_stall_timeout_and_retried(settings, tmp_path, setup,
+                                                                          private_broker_table):
     """Without the stall timeout the upload would hang until OpenSSH's keepalive gives up (3 x 30 s)."""
     from backup.resources import Resources
     from config.settings import load_settings
@@ -114,7 +112,7 @@ def test_black_hole_mid_transfer_is_cut_by_the_stall_timeout_and_retried(setting
     try:
         worker.start()
         job_id = uuid.uuid4().hex
-        app.send_task("backup.edge_export", kwargs={"table": budget_table}, task_id=job_id)
+        app.send_task("backup.edge_export", kwargs={"table": private_broker_table}, task_id=job_id)
 
         def transfer():
             return phase_of(res, job_id, "transfer")
