@@ -22,7 +22,6 @@ import re
 import secrets
 import stat as stat_mode
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -36,6 +35,8 @@ READ_CHUNK = 1024 * 1024
 # '.<name>.<16 hex>.part': hidden, recognisably ours, and never matched by a
 # caller's glob for real files.
 _TEMP_RE = re.compile(r"\..+\.[0-9a-f]{16}\.part", re.DOTALL)
+# Unicode's control characters (category Cc), exactly: C0, DEL and C1.
+_CONTROL_CHAR = re.compile("[\x00-\x1f\x7f-\x9f]")
 # Keeps temp names under the 255-byte component limit of ext4 and HDFS.
 _TEMP_NAME_BYTES = 200
 
@@ -74,9 +75,9 @@ def check_path(path: str | os.PathLike[str]) -> str:
     path = os.fspath(path)
     if not isinstance(path, str) or not path:
         raise InvalidInput(f"path must be a non-empty string, got {path!r}")
-    for char in path:
-        if unicodedata.category(char) == "Cc":
-            raise InvalidInput(f"path {path!r} contains control character {char!r}")
+    bad = _CONTROL_CHAR.search(path)  # one regex pass: this runs several times per file copied
+    if bad:
+        raise InvalidInput(f"path {path!r} contains control character {bad.group()!r}")
     return path
 
 

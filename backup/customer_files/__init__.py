@@ -25,6 +25,7 @@ import fnmatch
 import logging
 import os
 import posixpath
+import re
 import threading
 import time
 import unicodedata
@@ -213,12 +214,18 @@ def name_problem(name: str) -> str | None:
     value can hold it), or a control character (``\\r``, ``\\n``: it would reach batch files, line-based
     checksums and one-line messages).  Other Unicode, U+2028 included, is a file name like any other.
     """
-    if any("\udc80" <= c <= "\udcff" for c in name):
+    if _UNDECODABLE.search(name):
         return "file name is not valid UTF-8"
-    bad = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    bad = _CONTROL_CHAR.search(name)
     if bad is not None:
-        return f"file name contains the control character U+{ord(bad):04X}"
+        return f"file name contains the control character U+{ord(bad.group()):04X}"
     return None
+
+
+# One regex pass each: discovery runs them on every listed name.  Surrogate escapes of undecodable bytes;
+# Unicode's control characters (category Cc), exactly: C0, DEL and C1.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_CONTROL_CHAR = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def printable(text: str) -> str:
