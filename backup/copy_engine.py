@@ -409,7 +409,7 @@ def copy_file(item: dict, source: StorageBackend, dests: list[Destination],
     return copy_files([item], lambda _: source, dests, on_bytes)[0]
 
 
-def batches(items: list[dict], max_files: int = 32, max_bytes: int = 512 * 2**20) -> Iterator[list[dict]]:
+def batches(items: list[dict], max_files: int = 128, max_bytes: int = 512 * 2**20) -> Iterator[list[dict]]:
     """Consecutive groups of files verified together (bounded so a killed task loses little)."""
     batch: list[dict] = []
     size = 0
