@@ -4,7 +4,9 @@ One read pass per file hashes it (SHA-256), counts its records, computes the HDF
 checksums of the HDFS destinations and feeds every destination through a bounded queue
 (``FEED_QUEUE_CHUNKS`` chunks each: the slowest destination paces the read, memory stays
 bounded); a file of at most ``SMALL_FILE_BYTES`` is read whole and written from memory by the
-transfer thread, without a writer thread per destination.  Then each destination checks its
+transfer thread, without a writer thread per destination.  Every file is fsynced before its rename;
+the folders a batch renamed into are fsynced once at the end of the batch (``defer_folder_syncs``),
+before ``copy_files`` returns: a result is only ever handed out for a durable copy.  Then each destination checks its
 copies in one batch: on HDFS against the cluster's file checksum where it can be matched (no
 data read back), else by SHA-256 read back.  A copy this pass wrote to a local folder is read
 back only with ``Destination.read_back_local``; without it the SHA-256 of the very bytes handed
@@ -389,9 +391,26 @@ def copy_files(items: list[dict], source_of: Callable[[dict], StorageBackend], d
                on_bytes: Callable[[int], None]) -> list[dict]:
     """Back up a batch of files: one read each, then one checksum batch per destination; results, never raises."""
     sources = [source_of(item) for item in items]
-    # Several files at once: one file's fsync and rename overlap the next one's read and writes.
-    with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items)), thread_name_prefix="transfer") as pool:
-        transfers = list(pool.map(lambda item, source: _transfer(item, source, dests, on_bytes), items, sources))
+    live = [d for d in dests if d.backend is not None and not d.down]
+    for dest in live:  # a local folder is fsynced once for the batch below, not after every file's rename
+        dest.backend.defer_folder_syncs()
+    try:
+        # Several files at once: one file's fsync and rename overlap the next one's read and writes.
+        with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items)), thread_name_prefix="transfer") as pool:
+            transfers = list(pool.map(lambda item, source: _transfer(item, source, dests, on_bytes), items, sources))
+    finally:
+        unsynced = {}
+        for dest in live:
+            try:
+                dest.backend.sync_folders()
+            except BackupError as e:
+                unsynced[dest.role] = dest.fail(e)
+    for t in transfers:  # every copy written above is durable under its final name, or its file fails here
+        for role, line in unsynced.items():
+            if role in t.written:
+                t.states[role] = "failed"
+                t.errors.append(f"{role}: {line}")
+                t.targets.pop(role, None)
     with ThreadPoolExecutor(max_workers=len(dests), thread_name_prefix="verify") as pool:
         list(pool.map(lambda dest: _verify(transfers, dest), dests))
     copied_at = utc_z()

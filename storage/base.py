@@ -144,6 +144,13 @@ class StorageBackend(abc.ABC):
     def _create(self, path: str, chunks: Iterable[bytes]) -> None:
         """Write a new file at ``path`` from ``chunks``, failing if it exists."""
 
+    def defer_folder_syncs(self) -> None:
+        """From now until ``sync_folders``, a rename may leave making its folder's entry durable to that call
+        (local folders: one folder fsync per folder instead of one per file).  Default: nothing is deferred."""
+
+    def sync_folders(self) -> None:
+        """Make every rename since ``defer_folder_syncs`` durable and stop deferring; a no-op by default."""
+
     def close(self) -> None:
         """Release connections; the backend is unusable afterwards."""
 

@@ -351,3 +351,54 @@ def test_a_small_file_whose_read_fails_leaves_nothing(tmp_path):
     result = copy_file(item, BreakingLocal(after=100), dests, lambda n: None)
     assert result["status"] == "failed" and "source:" in result["error"]
     assert _files(tmp_path / "primary") == [] and _files(tmp_path / "edge") == []
+
+
+def _batch(tmp_path, n):
+    src = tmp_path / "src" / "acme"
+    src.mkdir(parents=True)
+    items = []
+    for i in range(n):
+        path = src / f"traffic_{i}.csv"
+        path.write_bytes(b"a;%d\n" % i)
+        items.append({"customer": "acme", "domain": "traffic", "source": 0, "path": str(path),
+                      "size": path.stat().st_size, "mtime": path.stat().st_mtime})
+    dests = [Destination("primary", str(tmp_path / "primary")), Destination("secondary", str(tmp_path / "edge"))]
+    for dest in dests:
+        dest.open(Settings())
+    return items, dests
+
+
+def test_a_batch_fsyncs_each_destination_folder_once_before_it_returns(tmp_path, monkeypatch):
+    """Each file is fsynced before its rename; the folder entries of a whole batch with one folder fsync each."""
+    from backup.copy_engine import copy_files
+    from storage import local
+
+    items, dests = _batch(tmp_path, 10)
+    synced = []
+    real = local._fsync_dir
+    monkeypatch.setattr(local, "_fsync_dir", lambda folder: synced.append(folder) or real(folder))
+    results = copy_files(items, lambda _: LocalBackend(), dests, lambda n: None)
+    assert [r["status"] for r in results] == ["copied"] * 10
+    assert sorted(synced) == sorted([str(tmp_path / "primary" / "traffic"), str(tmp_path / "edge" / "traffic")])
+    assert dests[0].backend._deferred is None  # single renames sync at once again
+    dests[0].backend.rename(str(tmp_path / "primary" / "traffic" / "traffic_0.csv"),
+                            str(tmp_path / "primary" / "traffic" / "moved.csv"))
+    assert synced[-1] == str(tmp_path / "primary" / "traffic")
+
+
+def test_a_folder_that_cannot_be_synced_fails_its_copies(tmp_path, monkeypatch):
+    from backup.copy_engine import copy_files
+    from storage import local
+
+    items, dests = _batch(tmp_path, 3)
+    real = local._fsync_dir
+
+    def fsync_dir(folder):
+        if folder.startswith(str(tmp_path / "edge")):
+            raise OSError(5, "Input/output error")
+        real(folder)
+    monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
+    results = copy_files(items, lambda _: LocalBackend(), dests, lambda n: None)
+    for result in results:
+        assert result["status"] == "failed"
+        assert result["error"].startswith("secondary: ") and "sync folder" in result["error"], result["error"]
