@@ -439,10 +439,11 @@ def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: 
     """Staging ← manifest; final ← staging rows not yet in it (by customer, domain, file and SHA-256); the rows
     of this run now in final.
 
-    On Spark: one statement per ``ROWS_PER_INSERT`` rows (usually one) writes both tables from the same rows
-    (a multi-insert: ``FROM … INSERT OVERWRITE staging … INSERT INTO final … WHERE not in final``), then one
-    count; Spark refreshes a table it writes itself, so no REFRESH.  Elsewhere (Hive, Impala): the staging load,
-    the merge, the engine's REFRESH and the count, one statement each.  Either way a rerun or a redelivered
+    On Spark, up to ``ROWS_PER_INSERT`` rows (a usual run): one statement writes both tables from the same
+    rows (a multi-insert: ``FROM … INSERT OVERWRITE staging … INSERT INTO final … WHERE not in final``), then
+    one count.  More rows, or another engine (Hive, Impala): the staging load in statements of
+    ``ROWS_PER_INSERT`` rows, one merge, the engine's REFRESH (not on Spark: it refreshes a table it writes
+    itself) and the count.  Either way a rerun or a redelivered
     collect never counts a file twice, and the lock is checked before anything is written to the final table.
     The tables are created or checked once per worker process; a "not found" error (a table dropped since)
     ensures them again and runs the load once more.
@@ -470,7 +471,7 @@ def _load(hive, staging: TableName, final: TableName, values: list[list], commit
     names = [name for name, _ in TABLE_COLUMNS]
     cols = ", ".join(f"`{c}`" for c in names)
     statuses = ", ".join(sql_value(s) for s in LOADED_STATUSES)
-    if not spark:
+    if not spark or len(values) > ROWS_PER_INSERT:  # several staging statements, then one merge
         staged = replace_rows(hive, staging, values, f"load manifest into {staging}", ROWS_PER_INSERT)
         commit_check()
         key = " AND ".join(f"s.`{c}` = f.`{c}`" for c in ("customer", "domain", "file_name", "sha256"))
@@ -478,21 +479,17 @@ def _load(hive, staging: TableName, final: TableName, values: list[list], commit
         hive.execute(f"INSERT INTO TABLE {final.sql} SELECT s.* FROM {staging.sql} s LEFT OUTER JOIN {final.sql} f "
                      f"ON {key} WHERE f.`file_name` IS NULL AND s.`status` IN ({statuses})",
                      f"merge {staging} into {final}")
-        return staged, hive.refresh(final)
+        return staged, "not needed (Spark refreshes a table it writes)" if spark else hive.refresh(final)
     key = " AND ".join(f"v.`{c}` = f.`{c}`" for c in ("customer", "domain", "file_name", "sha256"))
     # The final table's keys, each once (DISTINCT): a joined row never multiplies a staged one.
     known = f"SELECT DISTINCT `customer`, `domain`, `file_name`, `sha256`, true AS `in_final` FROM {final.sql}"
-    for start in range(0, len(values), ROWS_PER_INSERT):
-        chunk = ", ".join("(" + ", ".join(sql_value(v) for v in row) + ")"
-                          for row in values[start:start + ROWS_PER_INSERT])
-        verb = "INSERT OVERWRITE TABLE" if start == 0 else "INSERT INTO TABLE"
-        commit_check()  # fenced: a collect that lost its lock writes neither table
-        hive.execute(f"FROM (SELECT v.*, f.`in_final` FROM (VALUES {chunk}) AS v({cols}) "
-                     f"LEFT OUTER JOIN ({known}) f ON {key}) s "
-                     f"{verb} {staging.sql} SELECT {cols} "
-                     f"INSERT INTO TABLE {final.sql} SELECT {cols} WHERE s.`in_final` IS NULL "
-                     f"AND s.`status` IN ({statuses})",
-                     f"load manifest into {staging} and merge the new rows into {final}")
+    rows = ", ".join("(" + ", ".join(sql_value(v) for v in row) + ")" for row in values)
+    commit_check()  # fenced: a collect that lost its lock writes neither table
+    hive.execute(f"FROM (SELECT v.*, f.`in_final` FROM (VALUES {rows}) AS v({cols}) "
+                 f"LEFT OUTER JOIN ({known}) f ON {key}) s "
+                 f"INSERT OVERWRITE TABLE {staging.sql} SELECT {cols} "
+                 f"INSERT INTO TABLE {final.sql} SELECT {cols} WHERE s.`in_final` IS NULL AND s.`status` IN ({statuses})",
+                 f"load manifest into {staging} and merge the new rows into {final}")
     return len(values), "not needed (Spark refreshes a table it writes)"
 
 
