@@ -3,18 +3,23 @@
 One read pass per file hashes it (SHA-256), counts its records, computes the HDFS file
 checksums of the HDFS destinations and feeds every destination through a bounded queue
 (``FEED_QUEUE_CHUNKS`` chunks each: the slowest destination paces the read, memory stays
-bounded) into a temporary name beside the final one.  Then each destination checks its
-copies in one batch, still at their temporary names: on HDFS against the cluster's file
-checksum where it can be matched (no data read back), else by SHA-256 read back (on SFTP by
-the server's ``sha256sum``).  Only a verified copy is renamed to its final name; a damaged
-one is deleted at its temporary name, so no final name ever holds a copy that failed
-verification.  The cost is that of a write-then-rename: one write, one stat, one
-verification (one read back at most), one rename per copy.  A copy is never overwritten: an
-identical file already there is verified and reported ``present``, a different one fails
-the file and is left alone.
+bounded) into a temporary name beside the final one; a file of at most ``SMALL_FILE_BYTES`` is
+read whole and written from memory by the transfer thread, without a writer thread per
+destination.  Then each destination checks its copies in one batch, still at their temporary
+names: on HDFS against the cluster's file checksum where it can be matched (no data read back);
+on SFTP by the server's own SHA-256 (computed in-stream for a large file, ``sha256sum`` in one
+batch for small ones); a copy this pass wrote to a local folder by the SHA-256 of the very bytes
+handed to ``write``, its fsync and its size (read back only with ``Destination.read_back_local``);
+anything else by SHA-256 read back.  Only a verified copy is renamed to its final name; a
+damaged one is deleted at its temporary name, so no final name ever holds a copy that failed
+verification.  Every file is fsynced before its rename; the folders a batch renamed into are
+fsynced once at the end of the batch (``defer_folder_syncs``), before ``copy_files`` returns: a
+result is only ever handed out for a durable copy.  A copy is never overwritten: an identical
+file already there is verified (read back) and reported ``present``, a different one fails the
+file and is left alone.
 
-The window left: a copy altered at its temporary name after its verification read and
-before its rename (a few milliseconds per file) is published unnoticed.
+The window left: a copy altered at its temporary name after its verification (read back, or
+written: then before its rename, a few milliseconds per file) is published unnoticed.
 
 The engine knows files, folders and destinations, nothing of who they belong to.  An item is
 a dict with ``path``, ``size`` and ``mtime`` (the source file as it was planned: a file that
@@ -28,6 +33,7 @@ data, ``copy_files`` never raises for one file.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import posixpath
 import queue
@@ -48,6 +54,9 @@ from storage.locations import open_location
 log = logging.getLogger(__name__)
 
 FEED_QUEUE_CHUNKS = 8  # chunks buffered per destination: the slower destination paces the read
+#: a file this small is read whole into memory first, then written to each destination from the transfer
+#: thread itself: no writer thread and queue per destination (their start-up is most of a small file's cost)
+SMALL_FILE_BYTES = 256 * 1024
 TRANSFER_THREADS = 4  # files of one batch in flight at once
 
 
@@ -64,6 +73,9 @@ class Destination:
     backend: StorageBackend | None = None
     base: str = ""
     down: str | None = None  # why nothing more is attempted here in this task
+    #: read back copies written to a local folder in this pass (False: the in-stream SHA-256 of the bytes
+    #: handed to write, fsync and the size check verify them; see customer_files.read_back_local_copies)
+    read_back_local: bool = True
     ready: set = field(default_factory=set)  # domain folders created and swept
     _preparing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -133,6 +145,28 @@ class _Feed:
     def abort(self, why: BaseException) -> None:
         """Tell the writer the source failed: it discards its temp file."""
         self.queue.put(why)
+
+
+class _Written:
+    """A small file written to one destination from memory, in the calling thread (a ``_Feed``'s outcome, no thread)."""
+
+    def __init__(self, backend: StorageBackend, path: str, data: bytes) -> None:
+        try:
+            self.outcome: FileStat | BaseException = backend.write_temp(path, [data])
+        except Exception as e:  # classified by the caller, as a writer thread's failure is
+            self.outcome = e
+
+
+def _read_small(stream, size: int) -> bytes:
+    """All of a small file (at most ``size`` + 1 bytes: a file that grew is then seen by its length)."""
+    parts, got = [], 0
+    while got <= size:
+        chunk = stream.read(size + 1 - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 class SourceFailed(Exception):
@@ -208,14 +242,22 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
     feeds: dict[str, _Feed] = {}
     backends = {d.role: d.backend for d in dests}
     checksummers = _checksummers({role: backends[role] for role in t.targets})
+    small = item["size"] <= SMALL_FILE_BYTES
     try:
         with source.open_read(item["path"]) as stream:
-            feeds = {role: _Feed(backends[role], path) for role, path in t.targets.items() if role not in t.found}
-            totals = read_once(stream, list(feeds.values()), on_bytes, list(set(checksummers.values())))
+            if small:  # read whole, then written below once the source is known unchanged
+                data = _read_small(stream, item["size"])
+                totals = read_once(io.BytesIO(data), [], on_bytes, list(set(checksummers.values())))
+            else:
+                feeds = {role: _Feed(backends[role], path) for role, path in t.targets.items() if role not in t.found}
+                totals = read_once(stream, list(feeds.values()), on_bytes, list(set(checksummers.values())))
         after = source.stat(item["path"])
         if after is None or (after.size, after.mtime) != (item["size"], item["mtime"]) \
                 or totals["bytes"] != item["size"]:
             raise FatalError(f"source {source.uri(item['path'])} changed while it was copied")
+        if small:
+            feeds = {role: _Written(backends[role], path, data) for role, path in t.targets.items()
+                     if role not in t.found}
     except (BackupError, OSError) as e:  # OSError: a local source's read failed
         for role, feed in feeds.items():
             if isinstance(feed.outcome, FileStat):  # a temp file of a bad read: never published
@@ -338,6 +380,15 @@ def _verify(transfers: list[_Transfer], dest: Destination) -> None:
             _mismatch(t, dest, f"{t.found[dest.role].size} bytes instead of {t.result['bytes']}")
     sizes_ok = _verify_by_file_checksum(sizes_ok, dest)
     sizes_ok = _verify_by_server_hash(sizes_ok, dest)
+    if not dest.read_back_local and dest.backend.scheme == "file":
+        # Written by this pass: the bytes handed to write() were hashed as they went, the file was fsynced,
+        # and its size is right; reading it back from the page cache proves little more.
+        # A file found there (someone else's, or an earlier run's) is still read back.
+        for t in sizes_ok:
+            if dest.role in t.written:
+                t.states[dest.role] = "copied"
+                t.result.setdefault("verified_by", {})[dest.role] = "sha256 of the bytes written, fsync, size"
+        sizes_ok = [t for t in sizes_ok if dest.role not in t.written]
     mine = sizes_ok
     try:
         digests = dest.backend.sha256_many([_checked_path(t, dest.role) for t in sizes_ok]) if sizes_ok else {}
@@ -395,11 +446,28 @@ def copy_files(items: list[dict], source_of: Callable[[dict], StorageBackend], d
     """Back up a batch of files: one read each, then per destination one checksum batch of the temporary copies
     and the renames of the verified ones; results, never raises."""
     sources = [source_of(item) for item in items]
-    # Several files at once: one file's fsync and rename overlap the next one's read and writes.
-    with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items)), thread_name_prefix="transfer") as pool:
-        transfers = list(pool.map(lambda item, source: _transfer(item, source, dests, on_bytes), items, sources))
-    with ThreadPoolExecutor(max_workers=len(dests), thread_name_prefix="verify") as pool:
-        list(pool.map(lambda dest: _verify_and_publish(transfers, dest), dests))
+    live = [d for d in dests if d.backend is not None and not d.down]
+    for dest in live:  # a local folder is fsynced once for the batch below, not after every file's rename
+        dest.backend.defer_folder_syncs()
+    transfers: list[_Transfer] = []
+    try:
+        # Several files at once: one file's fsync overlaps the next one's read and writes.
+        with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items)), thread_name_prefix="transfer") as pool:
+            transfers = list(pool.map(lambda item, source: _transfer(item, source, dests, on_bytes), items, sources))
+        with ThreadPoolExecutor(max_workers=len(dests), thread_name_prefix="verify") as pool:
+            list(pool.map(lambda dest: _verify_and_publish(transfers, dest), dests))
+    finally:
+        unsynced = {}
+        for dest in live:
+            try:
+                dest.backend.sync_folders()
+            except BackupError as e:
+                unsynced[dest.role] = dest.fail(e)
+    for t in transfers:  # every copy published above is durable under its final name, or its file fails here
+        for role, line in unsynced.items():
+            if role in t.written and t.states.get(role) == "copied":
+                t.states[role] = "failed"
+                t.errors.append(f"{role}: {line}")
     copied_at = utc_z()
     for t in transfers:
         if all(t.states.get(d.role) in ("copied", "present") for d in dests):
@@ -415,7 +483,7 @@ def copy_file(item: dict, source: StorageBackend, dests: list[Destination],
     return copy_files([item], lambda _: source, dests, on_bytes)[0]
 
 
-def batches(items: list[dict], max_files: int = 32, max_bytes: int = 512 * 2**20) -> Iterator[list[dict]]:
+def batches(items: list[dict], max_files: int = 128, max_bytes: int = 512 * 2**20) -> Iterator[list[dict]]:
     """Consecutive groups of files verified together (bounded so a killed task loses little)."""
     batch: list[dict] = []
     size = 0

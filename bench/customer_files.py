@@ -8,6 +8,15 @@ folders by
     read back and verified), manifest, Hive load, flag.
 Rounds alternate the two, in one run; medians are reported.  Orchestration overhead is the workflow's
 wall time minus the span during which copy tasks ran, minus the collect phase (manifest + Hive).
+
+``--small``: many small files, the shape of real CDR feeds: trees of 2,000 / 20,000 / 50,000 files of
+1-8 KB (``--counts``) over 20 customers x 4 domains, backed up to two local folders (``--sftp``: the
+secondary on the local platform's sshd).  Per tree: the workflow (every file new), then at the largest a
+rerun with nothing new (discovery, ledger, an empty collect, the flag); against ``cp -r`` of the tree to
+both destinations (the floor) and the shell loop, timed on its first ``--loop-files`` files (its cost per
+file does not depend on the tree).  ``--compare PATH`` also runs the same rounds with the workers on the code
+of another checkout (e.g. the main branch), alternating with this one, so before and after share the load.
+One JSON line per tree and code, files/s and ratios included.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ import yaml
 from common import OUT, ROOT, emit, median
 
 WORK = OUT / "customer-files"
+SMALL_WORK = OUT / "customer-files-small"
+EDGE = "/tmp/mediation-backup-bench/secondary"  # --small --sftp: the secondary copies on the local sshd
 DOMAINS = {"traffic": "traffic", "activations": "activation", "actives": "actives", "tolling": "tolling"}
 
 
@@ -56,6 +67,29 @@ def make_tree(src: Path, customers: int, files: int, total_mb: int) -> dict:
                     (folder / f"{stem}_{c:02d}_{i:04d}.csv").write_bytes(body)
         old = time.time() - 3600
         for path in src.rglob("*.csv"):
+            os.utime(path, (old, old))
+        marker.touch()
+    return {p: p.stat().st_size for p in sorted(src.rglob("*.csv"))}
+
+
+def make_small_tree(src: Path, customers: int, files: int) -> dict:
+    """``files`` files of 1-8 KB, spread over ``customers`` x the 4 domains (reused when already made)."""
+    marker = src / f".spec-small-{customers}x{files}"
+    if not marker.exists():
+        shutil.rmtree(src, ignore_errors=True)
+        rng = random.Random(2)
+        pool = b"".join(f"{rng.randint(10**8, 10**9)};4479{i:08d};{rng.choice(['CDR', 'SMS', 'DATA'])};"
+                        f"{rng.randint(0, 99999)}\n".encode() for i in range(20_000))
+        stems = list(DOMAINS.values())
+        old = time.time() - 3600
+        for c in range(customers):
+            (src / f"customer_{c:02d}").mkdir(parents=True, exist_ok=True)
+        for i in range(files):
+            c, stem = i % customers, stems[(i // customers) % len(stems)]
+            size = rng.randint(1024, 8192)
+            start = rng.randrange(0, len(pool) - size - 1)
+            path = src / f"customer_{c:02d}" / f"{stem}_{c:02d}_{i:06d}.csv"
+            path.write_bytes(pool[start:start + size])
             os.utime(path, (old, old))
         marker.touch()
     return {p: p.stat().st_size for p in sorted(src.rglob("*.csv"))}
@@ -104,6 +138,18 @@ done < "$LIST"
 """
 
 
+def run_cp_floor(src: Path, dst: Path) -> float:
+    """Wall seconds of ``cp -r`` of the source tree to two destinations: the floor (no count, hash or fsync)."""
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    t0 = time.perf_counter()
+    for copy in ("one", "two"):
+        subprocess.run(["cp", "-r", f"{src}/.", str(dst / copy)], check=True)
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(dst, ignore_errors=True)
+    return seconds
+
+
 def run_baseline(files: dict, dst: Path) -> float:
     """Wall seconds of the shell loop; its outputs stay in ``dst`` for the cross-check."""
     shutil.rmtree(dst, ignore_errors=True)
@@ -118,13 +164,13 @@ def run_baseline(files: dict, dst: Path) -> float:
 class Worker:
     """A celery worker subprocess on the bench config (one process per core)."""
 
-    def __init__(self, config: Path):
-        env = dict(os.environ, BACKUP_CONFIG=str(config), PYTHONPATH=str(ROOT))
+    def __init__(self, config: Path, code: Path = ROOT):
+        env = dict(os.environ, BACKUP_CONFIG=str(config), PYTHONPATH=str(code))
         self.name = f"bench-{uuid.uuid4().hex[:6]}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "default,io,spark",
              "-c", str(os.cpu_count()), "-n", f"{self.name}@%h", "--loglevel", "WARNING"],
-            cwd=ROOT, env=env, stdout=open(WORK / "worker.log", "ab"), stderr=subprocess.STDOUT,
+            cwd=code, env=env, stdout=open(WORK / "worker.log", "ab"), stderr=subprocess.STDOUT,
             start_new_session=True)
 
     def wait_ready(self, app, timeout: float = 60) -> None:
@@ -141,21 +187,23 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def run_workflow(res, app, work: Path = WORK, reset=None) -> tuple[float, dict]:
+def run_workflow(res, app, work: Path = WORK, reset=None, fresh: bool = True) -> tuple[float, dict]:
     """Wall seconds from enqueue to the finished job record, and the record.
 
-    Before the timing: the destinations under ``work`` and the ledger are emptied (``reset()`` empties
-    what else the run wrote, e.g. its HDFS folder), and the count table is truncated, so every file is new
-    and every row is loaded, as in the first run of a day."""
-    shutil.rmtree(work / "wf", ignore_errors=True)
-    if reset:
-        reset()
-    for key in res.redis.scan_iter(f"{res.settings.redis.key_prefix}:customer_files:ledger:*"):
-        res.redis.delete(key)
-    final = res.settings.customer_files.final_table
-    with res.hive() as hive:  # the tables stay (steady state); the count table is emptied so every row is new
-        if hive.query(f"SHOW TABLES IN mnaas_bench LIKE '{final.split('.', 1)[1]}'", "find count table"):
-            hive.execute(f"TRUNCATE TABLE {final}", "empty count table")
+    Before the timing (``fresh``): the destinations under ``work`` and the ledger are emptied (``reset()``
+    empties what else the run wrote, e.g. its HDFS folder), and the count table is truncated, so every file
+    is new and every row is loaded, as in the first run of a day.  Not ``fresh``: a rerun over what the
+    previous run backed up."""
+    if fresh:
+        shutil.rmtree(work / "wf", ignore_errors=True)
+        if reset:
+            reset()
+        for key in res.redis.scan_iter(f"{res.settings.redis.key_prefix}:customer_files:ledger:*"):
+            res.redis.delete(key)
+        final = res.settings.customer_files.final_table
+        with res.hive() as hive:  # the tables stay (steady state); the count table is emptied so every row is new
+            if hive.query(f"SHOW TABLES IN mnaas_bench LIKE '{final.split('.', 1)[1]}'", "find count table"):
+                hive.execute(f"TRUNCATE TABLE {final}", "empty count table")
     job_id = uuid.uuid4().hex
     t0 = time.perf_counter()
     app.send_task("backup.customer_files", task_id=job_id)
@@ -167,11 +215,12 @@ def run_workflow(res, app, work: Path = WORK, reset=None) -> tuple[float, dict]:
 
 
 def phases_of(rec: dict) -> dict:
-    """Copy span, collect time and what remains (orchestration) of one run."""
+    """Copy span, collect and discover times of one run, and its whole time in the job record."""
     copies = [p for p in rec["phases"] if p["name"].startswith("copy:") and p["started"]]
     span = max(p["finished"] for p in copies) - min(p["started"] for p in copies)
-    collect = next(p for p in rec["phases"] if p["name"] == "collect")
-    return {"copy_span": span, "collect": collect["finished"] - collect["started"],
+    took = {p["name"]: p["finished"] - p["started"] for p in rec["phases"]
+            if p["name"] in ("discover", "collect") and p.get("started") and p.get("finished")}
+    return {"copy_span": span, "collect": took.get("collect", 0.0), "discover": took.get("discover", 0.0),
             "job": rec["finished"] - rec["created"]}
 
 
@@ -204,15 +253,121 @@ def cross_check(files: dict, rec: dict, baseline_dst: Path) -> dict:
     return {"files_checked": len(files), "copies_sampled": 2 * len(sample), "mismatches": mismatches}
 
 
+def main_small(a, base: Path) -> None:
+    """The many-small-files bench (``--small``): see the module's docstring."""
+    counts = sorted(int(n) for n in a.counts.split(","))
+    work = SMALL_WORK
+    work.mkdir(parents=True, exist_ok=True)
+    trees = {n: make_small_tree(work / f"src-small-{n}", a.customers, n) for n in counts}
+    link = work / "src"  # the config's source folder: a link to the tree of the moment
+    secondary = None
+    if a.sftp:
+        plat = yaml.safe_load(base.read_text())
+        port = plat.get("sftp", {}).get("port", 2222)
+        secondary = lambda c: f"sftp://127.0.0.1:{port}{EDGE}/{c}"
+    config = write_config(base, a.customers, work, primary_of=lambda c: str(work / "wf" / "primary" / c),
+                          tables="customer_files_small")
+    if secondary:  # write_config makes both local; the secondary goes to the edge node instead
+        raw = yaml.safe_load(config.read_text())
+        for c, where in raw["customer_files"]["customers"].items():
+            where["secondary"] = secondary(c)
+        config.write_text(yaml.safe_dump(raw))
+    os.environ["BACKUP_CONFIG"] = str(config)
+    from common import settings
+
+    s = settings()
+    from backup.resources import Resources
+    from workers.app import app
+
+    res = Resources(s)
+    with res.hive() as hive:
+        hive.execute("CREATE DATABASE IF NOT EXISTS mnaas_bench", "create bench database")
+
+    def reset() -> None:  # the edge node's sshd is this machine's: its folder is emptied directly
+        shutil.rmtree(EDGE, ignore_errors=True)
+
+    def point_at(n: int) -> None:
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(work / f"src-small-{n}")
+
+    codes = {"this": ROOT, **({"compare": Path(a.compare).resolve()} if a.compare else {})}
+    figures: dict = {(code, n): [] for code in codes for n in counts}
+    reruns: dict = {code: [] for code in codes}
+    floors: dict = {n: [] for n in counts}
+    loop_s = []
+    loop_files = dict(list(trees[counts[0]].items())[:a.loop_files])
+    for _ in range(a.rounds):
+        loop_s.append(run_baseline(loop_files, work / "baseline"))
+        shutil.rmtree(work / "baseline", ignore_errors=True)
+        for n in counts:
+            floors[n].append(run_cp_floor(work / f"src-small-{n}", work / "floor"))
+        for n in counts:  # per tree, the codes one after the other: before and after share the load
+            for code, root in codes.items():
+                worker = Worker(config, root)
+                try:
+                    worker.wait_ready(app)
+                    point_at(counts[0])
+                    run_workflow(res, app, work, reset)  # warm-up: imports, Hive session, tables
+                    point_at(n)
+                    seconds, rec = run_workflow(res, app, work, reset)
+                    if rec["state"] != "success":
+                        raise SystemExit(f"workflow run failed ({code}, {n} files): {rec.get('error')}")
+                    figures[(code, n)].append({"wall": seconds, **phases_of(rec)})
+                    if n == counts[-1]:  # nothing new: the ledger has every file
+                        seconds, rec = run_workflow(res, app, work, fresh=False)
+                        if rec["state"] != "success" or rec["outputs"]["totals"]["copied"] != 0:
+                            raise SystemExit(f"rerun copied files or failed ({code}): {rec.get('error')}")
+                        reruns[code].append({"wall": seconds, **phases_of(rec)})
+                finally:
+                    worker.stop()
+    shutil.rmtree(work / "wf", ignore_errors=True)
+    reset()
+    loop_per_file = median(loop_s) / len(loop_files)
+    for code in codes:
+        for n in counts:
+            runs = figures[(code, n)]
+            wall = median([r["wall"] for r in runs])
+            span = median([r["copy_span"] for r in runs])
+            collect = median([r["collect"] for r in runs])
+            discover = median([r["discover"] for r in runs])
+            floor = median(floors[n])
+            emit({"bench": "customer_files_small", "code": code, "code_root": str(codes[code]), "files": n,
+                  "mb": round(sum(trees[n].values()) / 1e6, 1), "customers": a.customers, "domains": len(DOMAINS),
+                  "secondary": "sftp" if a.sftp else "local", "rounds": a.rounds,
+                  "workflow_s": round(wall, 2), "workflow_files_per_s": round(n / wall),
+                  "ms_per_file": round(wall / n * 1000, 3),
+                  "copy_span_s": round(span, 2), "collect_s": round(collect, 2), "discover_s": round(discover, 2),
+                  "not_copying_share": round((wall - span) / wall, 3),
+                  "cp_r_floor_s": round(floor, 2), "workflow_over_cp_floor": round(wall / floor, 2),
+                  "shell_loop_files_per_s": round(1 / loop_per_file), "shell_loop_timed_on_files": len(loop_files),
+                  "speedup_vs_shell_loop": round(loop_per_file * n / wall, 1),
+                  "all_rounds_s": [round(r["wall"], 2) for r in runs],
+                  "target": ">= 10x the shell loop at 50,000 files, <= 1.5x the cp floor"})
+        rerun = reruns[code]
+        emit({"bench": "customer_files_small_rerun", "code": code, "files": counts[-1],
+              "rerun_s": round(median([r["wall"] for r in rerun]), 2),
+              "discover_s": round(median([r["discover"] for r in rerun]), 2),
+              "all_rounds_s": [round(r["wall"], 2) for r in rerun],
+              "target": "< 2 s end to end with nothing new"})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--customers", type=int, default=20)
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--mb", type=int, default=2000, help="total size of the file set, MB")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--small", action="store_true", help="many small files (1-8 KB); see the module's docstring")
+    ap.add_argument("--counts", default="2000,20000,50000", help="with --small: the tree sizes, files")
+    ap.add_argument("--loop-files", type=int, default=2000, help="with --small: files the shell loop is timed on")
+    ap.add_argument("--sftp", action="store_true", help="with --small: the secondary on the platform's sshd")
+    ap.add_argument("--compare", help="with --small: also run the workers on this checkout's code, alternating")
     a = ap.parse_args()
     base = Path(os.environ.get("BACKUP_CONFIG") or ROOT / "config" / "local.yaml")
     WORK.mkdir(parents=True, exist_ok=True)
+    if a.small:
+        return main_small(a, base)
     files = make_tree(WORK / "src", a.customers, a.files, a.mb)
     total = sum(files.values())
     config = write_config(base, a.customers)

@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=80)
     ap.add_argument("--mb", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--compare", help="also run the workflow with the workers on this checkout's code (e.g. the main "
+                                      "branch), alternating with this one in every round: before and after on one load")
     ap.add_argument("--no-legacy", action="store_true",
                     help="skip the per-file loop (one JVM per file: minutes on a large tree); floor and workflow only")
     a = ap.parse_args()
@@ -136,38 +138,52 @@ def main() -> None:
     res = Resources(s)
     with res.hive() as hive:
         hive.execute("CREATE DATABASE IF NOT EXISTS mnaas_bench", "create bench database")
-    worker = Worker(config)
-    try:
-        worker.wait_ready(app)
-        run_workflow(res, app, WORK, reset)  # warm-up
-        legacy_s, floor_s, workflow_s, spans = [], [], [], []
-        rec = None
-        for _ in range(a.rounds):
-            if not a.no_legacy:
-                legacy_s.append(run_legacy(hadoop, user, files))
-            floor_s.append(run_floor(hadoop, user))
-            seconds, rec = run_workflow(res, app, WORK, reset)
+    codes = {"this": ROOT, **({"compare": Path(a.compare).resolve()} if a.compare else {})}
+    legacy_s, floor_s = [], []
+    workflow_s: dict = {code: [] for code in codes}
+    spans: dict = {code: [] for code in codes}
+    for _ in range(a.rounds):
+        if not a.no_legacy:
+            legacy_s.append(run_legacy(hadoop, user, files))
+        floor_s.append(run_floor(hadoop, user))
+        for code, root in codes.items():  # one worker at a time: both would take the same queues
+            worker = Worker(config, root)
+            try:
+                worker.wait_ready(app)
+                run_workflow(res, app, WORK, reset)  # warm-up: imports, Hive session, tables
+                seconds, rec = run_workflow(res, app, WORK, reset)
+            finally:
+                worker.stop()
             if rec["state"] != "success":
-                raise SystemExit(f"workflow run failed: {rec.get('error')}")
-            workflow_s.append(seconds)
-            spans.append(phases_of(rec))
-        by_checksum, by_read_back, bad = verify_both_ways(s, user, files)
-    finally:
-        worker.stop()
+                raise SystemExit(f"workflow run failed ({code}): {rec.get('error')}")
+            workflow_s[code].append(seconds)
+            spans[code].append(phases_of(rec))
+    if a.compare:  # the copies verified below are this code's
+        worker = Worker(config)
+        try:
+            worker.wait_ready(app)
+            run_workflow(res, app, WORK, reset)
+        finally:
+            worker.stop()
+    by_checksum, by_read_back, bad = verify_both_ways(s, user, files)
     mb = total / 1e6
-    wall, floor = median(workflow_s), median(floor_s)
+    floor = median(floor_s)
     legacy = median(legacy_s) if legacy_s else None
-    emit({"bench": "customer_files_hdfs", "files": len(files), "mb": round(mb), "customers": a.customers,
-          "rounds": a.rounds, "workflow_s": round(wall, 1), "floor_fsshell_put_tree_s": round(floor, 1),
-          "legacy_fsshell_put_per_file_s": round(legacy, 1) if legacy else None,
-          "workflow_over_floor": round(wall / floor, 2),
-          "speedup_vs_legacy": round(legacy / wall, 2) if legacy else None,
-          "all_rounds": {"workflow_s": [round(x, 1) for x in workflow_s], "floor_s": [round(x, 1) for x in floor_s],
-                         "legacy_s": [round(x, 1) for x in legacy_s]},
-          "workflow_copy_span_s": round(median([p["copy_span"] for p in spans]), 1),
-          "workflow_collect_s": round(median([p["collect"] for p in spans]), 1),
-          "note": "workflow also writes a secondary copy (local folder), counts records, hashes and verifies",
-          "target": "workflow <= 1.5x the floor"})
+    for code in codes:
+        wall = median(workflow_s[code])
+        emit({"bench": "customer_files_hdfs", "code": code, "code_root": str(codes[code]), "files": len(files),
+              "mb": round(mb), "customers": a.customers, "rounds": a.rounds, "workflow_s": round(wall, 2),
+              "floor_fsshell_put_tree_s": round(floor, 2),
+              "legacy_fsshell_put_per_file_s": round(legacy, 1) if legacy else None,
+              "workflow_over_floor": round(wall / floor, 2),
+              "speedup_vs_legacy": round(legacy / wall, 2) if legacy else None,
+              "all_rounds": {"workflow_s": [round(x, 2) for x in workflow_s[code]],
+                             "floor_s": [round(x, 2) for x in floor_s], "legacy_s": [round(x, 1) for x in legacy_s]},
+              "workflow_copy_span_s": round(median([p["copy_span"] for p in spans[code]]), 2),
+              "workflow_collect_s": round(median([p["collect"] for p in spans[code]]), 2),
+              "workflow_discover_s": round(median([p["discover"] for p in spans[code]]), 2),
+              "note": "workflow also writes a secondary copy (local folder), counts records, hashes and verifies",
+              "target": "workflow <= 1.5x the floor"})
     emit({"bench": "hdfs_verify", "files": len(files), "mb": round(mb), "by_file_checksum_s": round(by_checksum, 2),
           "by_read_back_s": round(by_read_back, 2), "read_back_over_checksum": round(by_read_back / by_checksum, 1),
           "mismatches": bad})

@@ -368,6 +368,7 @@ class CustomerFilesSettings(_Section):
     after_backup: Literal["keep", "move", "delete"] = Field("keep", description="what happens to a source file once both copies are verified")
     move_to: str | None = Field(None, description="with after_backup: move, the folder on the sources' storage receiving <customer>/<domain>/<file>")
     hdfs_kerberos: bool = Field(False, description="authenticate hdfs:// and webhdfs:// locations with Kerberos (needs requests-kerberos and a ticket)")
+    read_back_local_copies: bool = Field(False, description="also read back every copy just written to a local (file://) destination and compare its SHA-256; off: a local copy is verified by the SHA-256 of the very bytes handed to write (computed in the copy's single read pass), fsync and its size (a read-back of a file just written comes from the page cache and proves little more). Copies already present, HDFS copies without a matching file checksum and SFTP copies are always checked on the storage itself")
 
     @model_validator(mode="after")
     def _check(self) -> "CustomerFilesSettings":

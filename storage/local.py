@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import stat as stat_mode
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -52,6 +53,9 @@ class LocalBackend(StorageBackend):
     """Files on a path the worker can open directly (disk, NFS, ...)."""
 
     scheme = "file"
+    #: folders whose fsync a rename left to ``sync_folders`` (None: not deferring, every rename syncs at once)
+    _deferred: set[str] | None = None
+    _deferred_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, **options) -> tuple[LocalBackend, str]:
@@ -157,9 +161,33 @@ class LocalBackend(StorageBackend):
                 # rename() would silently replace a competing writer's file.
                 os.link(src, dst, follow_symlinks=False)
                 os.unlink(src)
-            _fsync_dir(os.path.dirname(dst))
+            self._sync_folder(os.path.dirname(dst))
             if os.path.dirname(src) != os.path.dirname(dst):
-                _fsync_dir(os.path.dirname(src))
+                self._sync_folder(os.path.dirname(src))
+
+    def _sync_folder(self, folder: str) -> None:
+        """fsync ``folder`` now, or once at ``sync_folders`` while deferring."""
+        with self._deferred_lock:
+            if self._deferred is not None:
+                self._deferred.add(folder)
+                return
+        _fsync_dir(folder)
+
+    def defer_folder_syncs(self) -> None:
+        """Renames from now on leave their folder's fsync to ``sync_folders``: one per folder, not one per file.
+        The file itself is still fsynced before it is renamed, so a crash never leaves a partial file at its
+        final name; only the name may be lost until ``sync_folders`` returns."""
+        with self._deferred_lock:
+            if self._deferred is None:
+                self._deferred = set()
+
+    def sync_folders(self) -> None:
+        """fsync every folder a rename touched since ``defer_folder_syncs``, then sync each rename at once again."""
+        with self._deferred_lock:
+            folders, self._deferred = self._deferred or set(), None
+        for folder in sorted(folders):
+            with _os_errors(f"sync folder {folder}"):
+                _fsync_dir(folder)
 
     def delete(self, path: str, *, recursive: bool = False) -> None:
         """Remove a file, an empty folder, or with ``recursive`` any folder."""

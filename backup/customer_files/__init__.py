@@ -25,6 +25,7 @@ import fnmatch
 import logging
 import os
 import posixpath
+import re
 import threading
 import time
 import unicodedata
@@ -42,8 +43,8 @@ from backup.copy_engine import Destination, batches, copy_files
 from backup.customer_files.after_backup import after_backup, move_base
 from backup.customer_files.flag import outcome_of, write_fail_flag, write_flag
 from backup.customer_files.ledger import (customer_errors, first_file_error, known_files, ledger_field, load_plan,
-                                          load_results, plan_key, record_customer_error, remember, save_plan,
-                                          save_result)
+                                          load_results, plan_key, record_customer_error, remember_many, save_plan,
+                                          save_result, save_results)
 from backup.customer_files.workflow import (DESTINATIONS, TARGET, WORKFLOW, Collected, Discovered, Flagged, config,
                                             copy_phase, phase_names)
 from backup.enqueue import fail_request
@@ -213,12 +214,18 @@ def name_problem(name: str) -> str | None:
     value can hold it), or a control character (``\\r``, ``\\n``: it would reach batch files, line-based
     checksums and one-line messages).  Other Unicode, U+2028 included, is a file name like any other.
     """
-    if any("\udc80" <= c <= "\udcff" for c in name):
+    if _UNDECODABLE.search(name):
         return "file name is not valid UTF-8"
-    bad = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    bad = _CONTROL_CHAR.search(name)
     if bad is not None:
-        return f"file name contains the control character U+{ord(bad):04X}"
+        return f"file name contains the control character U+{ord(bad.group()):04X}"
     return None
+
+
+# One regex pass each: discovery runs them on every listed name.  Surrogate escapes of undecodable bytes;
+# Unicode's control characters (category Cc), exactly: C0, DEL and C1.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_CONTROL_CHAR = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def printable(text: str) -> str:
@@ -256,7 +263,7 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
 
     where = cfg.customers[customer]
     moved_to = move_base(res, cfg) if todo else None
-    dests = [Destination(role, getattr(where, role)) for role in DESTINATIONS]
+    dests = [Destination(role, getattr(where, role), read_back_local=cfg.read_back_local_copies) for role in DESTINATIONS]
     with ExitStack() as stack:
         if todo:
             for dest in dests:
@@ -295,15 +302,20 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
             before = progress["bytes_done"]
             copied = copy_files(batch, source_of, dests, on_bytes)
             progress["bytes_done"] = before + sum(item["size"] for item in batch)
-            for item, copy in zip(batch, copied):
-                # The engine's result, named after the customer and domain it belongs to (the manifest's row).
-                result = {"customer": item["customer"], "domain": item["domain"], **copy}
-                if result["status"] != "failed":
-                    remember(res, ctx.job_id, customer, item, result)
-                    problem = after_backup(cfg, source_of(item), item, moved_to)
-                    if problem:
-                        result["error"] = problem
-                save_result(res, ctx.job_id, customer, plan_key(item), result)
+            # The engine's results, named after the customer and domain they belong to (the manifest's rows).
+            results = [{"customer": item["customer"], "domain": item["domain"], **copy}
+                       for item, copy in zip(batch, copied)]
+            verified = [(item, result) for item, result in zip(batch, results) if result["status"] != "failed"]
+            # One round trip for the batch's ledger entries, then the sources are moved or deleted, then one
+            # for its results: a task redelivered in between copies nothing again (the copies are found
+            # present) and still moves the sources; a file is in the ledger before its source goes.
+            remember_many(res, ctx.job_id, customer, verified)
+            for item, result in verified:
+                problem = after_backup(cfg, source_of(item), item, moved_to)
+                if problem:
+                    result["error"] = problem
+            save_results(res, ctx.job_id, customer, {plan_key(item): result for item, result in zip(batch, results)})
+            for item, result in zip(batch, results):
                 done[plan_key(item)] = result
                 progress["files_done"] += 1
                 progress["failed"] += result["status"] == "failed"
@@ -408,27 +420,77 @@ def ensure_table(hive, table: TableName) -> str:
     return create_or_check_table(hive, table, TABLE_COLUMNS)
 
 
+#: count tables this worker process has created or checked, by (HiveServer2 host, port, table): a collect checks
+#: each once per process, not once per run; a table dropped since is found by the load's "not found" error and
+#: ensured again (``load_into_hive``)
+_ENSURED: set[tuple[str, int, str]] = set()
+
+
+def _ensure_tables(hive, tables: list[TableName], *, again: bool = False) -> None:
+    """Create or check ``tables`` unless this process already did (``again``: do it whatever the memory says)."""
+    server = (hive.settings.host, hive.settings.port)
+    for table in tables:
+        if again or (*server, table.sql) not in _ENSURED:
+            ensure_table(hive, table)
+            _ENSURED.add((*server, table.sql))
+
+
 def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: Callable[[], None]) -> dict:
-    """Staging ← manifest (INSERT OVERWRITE); final ← staging rows not yet in it; refresh final."""
+    """Staging ← manifest; final ← staging rows not yet in it (by customer, domain, file and SHA-256); the rows
+    of this run now in final.
+
+    On Spark, up to ``ROWS_PER_INSERT`` rows (a usual run): one statement writes both tables from the same
+    rows (a multi-insert: ``FROM … INSERT OVERWRITE staging … INSERT INTO final … WHERE not in final``), then
+    one count.  More rows, or another engine (Hive, Impala): the staging load in statements of
+    ``ROWS_PER_INSERT`` rows, one merge, the engine's REFRESH (not on Spark: it refreshes a table it writes
+    itself) and the count.  Either way a rerun or a redelivered
+    collect never counts a file twice, and the lock is checked before anything is written to the final table.
+    The tables are created or checked once per worker process; a "not found" error (a table dropped since)
+    ensures them again and runs the load once more.
+    """
     cfg = config(res)
     staging, final = TableName.parse(cfg.staging_table), TableName.parse(cfg.final_table)
+    values = [[r.get(c) for c in MANIFEST_COLUMNS] + [job_id] for r in rows]
     with res.hive() as hive:
-        ensure_table(hive, staging)
-        ensure_table(hive, final)
-        # The manifest's columns in table order, then the job id.
-        staged = replace_rows(hive, staging, [[r.get(c) for c in MANIFEST_COLUMNS] + [job_id] for r in rows],
-                              f"load manifest into {staging}", ROWS_PER_INSERT)
+        _ensure_tables(hive, [staging, final])
+        spark = hive.engine() == "spark"
+        try:
+            staged, refreshed = _load(hive, staging, final, values, commit_check, spark)
+        except NotFound:
+            log.warning("count table %s or %s not found: creating it again and loading once more", staging, final)
+            _ensure_tables(hive, [staging, final], again=True)
+            staged, refreshed = _load(hive, staging, final, values, commit_check, spark)
+        loaded = int(hive.query(f"SELECT count(*) FROM {final.sql} WHERE `job_id` = {sql_value(job_id)}",
+                                f"count rows of this run in {final}")[0][0])
+    return {"staging_rows": staged, "final_rows_added": loaded, "refresh": refreshed}
+
+
+def _load(hive, staging: TableName, final: TableName, values: list[list], commit_check: Callable[[], None],
+          spark: bool) -> tuple[int, str]:
+    """Write ``values`` (rows in table column order) to staging and the new ones to final; (rows staged, refresh)."""
+    names = [name for name, _ in TABLE_COLUMNS]
+    cols = ", ".join(f"`{c}`" for c in names)
+    statuses = ", ".join(sql_value(s) for s in LOADED_STATUSES)
+    if not spark or len(values) > ROWS_PER_INSERT:  # several staging statements, then one merge
+        staged = replace_rows(hive, staging, values, f"load manifest into {staging}", ROWS_PER_INSERT)
         commit_check()
         key = " AND ".join(f"s.`{c}` = f.`{c}`" for c in ("customer", "domain", "file_name", "sha256"))
-        statuses = ", ".join(sql_value(s) for s in LOADED_STATUSES)
         # Only rows the final table lacks: a rerun or a redelivered collect never counts a file twice.
         hive.execute(f"INSERT INTO TABLE {final.sql} SELECT s.* FROM {staging.sql} s LEFT OUTER JOIN {final.sql} f "
                      f"ON {key} WHERE f.`file_name` IS NULL AND s.`status` IN ({statuses})",
                      f"merge {staging} into {final}")
-        refreshed = hive.refresh(final)
-        loaded = int(hive.query(f"SELECT count(*) FROM {final.sql} WHERE `job_id` = {sql_value(job_id)}",
-                                f"count rows of this run in {final}")[0][0])
-    return {"staging_rows": staged, "final_rows_added": loaded, "refresh": refreshed}
+        return staged, "not needed (Spark refreshes a table it writes)" if spark else hive.refresh(final)
+    key = " AND ".join(f"v.`{c}` = f.`{c}`" for c in ("customer", "domain", "file_name", "sha256"))
+    # The final table's keys, each once (DISTINCT): a joined row never multiplies a staged one.
+    known = f"SELECT DISTINCT `customer`, `domain`, `file_name`, `sha256`, true AS `in_final` FROM {final.sql}"
+    rows = ", ".join("(" + ", ".join(sql_value(v) for v in row) + ")" for row in values)
+    commit_check()  # fenced: a collect that lost its lock writes neither table
+    hive.execute(f"FROM (SELECT v.*, f.`in_final` FROM (VALUES {rows}) AS v({cols}) "
+                 f"LEFT OUTER JOIN ({known}) f ON {key}) s "
+                 f"INSERT OVERWRITE TABLE {staging.sql} SELECT {cols} "
+                 f"INSERT INTO TABLE {final.sql} SELECT {cols} WHERE s.`in_final` IS NULL AND s.`status` IN ({statuses})",
+                 f"load manifest into {staging} and merge the new rows into {final}")
+    return len(values), "not needed (Spark refreshes a table it writes)"
 
 
 def collect_phase(ctx: PhaseContext) -> dict:

@@ -66,12 +66,15 @@ def known_files(res: Resources, customer: str, fields: list[str]) -> list[bytes 
         return res.redis.hmget(_key(res, "ledger", customer), fields) if fields else []
 
 
-def remember(res: Resources, job_id: str, customer: str, item: dict, result: dict) -> None:
-    """Ledger entry for a file whose copies are verified."""
-    entry = {"sha256": result["sha256"], "records": result["records"], "job_id": job_id, "at": result["copied_at"]}
+def remember_many(res: Resources, job_id: str, customer: str, verified: list[tuple[dict, dict]]) -> None:
+    """Ledger entries for files whose copies are verified, as (planned item, result) pairs: one round trip."""
+    if not verified:
+        return
+    entries = {ledger_field(item["path"], item["size"], item["mtime"]):
+               json.dumps({"sha256": result["sha256"], "records": result["records"], "job_id": job_id,
+                           "at": result["copied_at"]}) for item, result in verified}
     with _redis_errors("write ledger"):
-        res.redis.hset(_key(res, "ledger", customer), ledger_field(item["path"], item["size"], item["mtime"]),
-                       json.dumps(entry))
+        res.redis.hset(_key(res, "ledger", customer), mapping=entries)
 
 
 # -- one run: plan, results, errors -----------------------------------------------
@@ -103,10 +106,17 @@ def load_results(res: Resources, job_id: str, customer: str) -> dict[str, dict]:
 
 def save_result(res: Resources, job_id: str, customer: str, key: str, result: dict) -> None:
     """One file's result (a redelivered copy task skips the files that have one)."""
+    save_results(res, job_id, customer, {key: result})
+
+
+def save_results(res: Resources, job_id: str, customer: str, results: dict[str, dict]) -> None:
+    """Several files' results by plan key, in one round trip (a redelivered copy task skips the files that have one)."""
+    if not results:
+        return
     name = _key(res, "results", job_id, customer)
     with _redis_errors("save result"):
         pipe = res.redis.pipeline()
-        pipe.hset(name, key, json.dumps(result))
+        pipe.hset(name, mapping={key: json.dumps(result) for key, result in results.items()})
         pipe.expire(name, _expire(res))
         pipe.execute()
 

@@ -338,3 +338,123 @@ def test_a_finished_copy_keeps_its_last_bar():
                                       "failed": 0}}}
     line = customer_progress(rec).splitlines()[1]
     assert "4/4 files" in line and "100.0%" in line and line.endswith("success")
+
+
+def test_local_copies_are_not_read_back_unless_asked(tmp_path):
+    """read_back_local off: a copy written now is verified by the in-stream hash, fsync and size, not reopened;
+    one found already there is still read back and compared."""
+    item, data, dests = _tree(tmp_path)
+    counting = [CountingLocal(), CountingLocal()]
+    for dest, backend in zip(dests, counting):
+        dest.backend, dest.read_back_local = backend, False
+    result = copy_file(item, LocalBackend(), dests, lambda n: None)
+    assert result["status"] == "copied", result
+    assert counting[0].opened == counting[1].opened == [], "a copy just written was read back"
+    assert result["verified_by"] == {"primary": "sha256 of the bytes written, fsync, size",
+                                     "secondary": "sha256 of the bytes written, fsync, size"}
+    again = copy_file(item, LocalBackend(), dests, lambda n: None)  # both copies there now: checked, not trusted
+    assert again["status"] == "present"
+    assert len(counting[0].opened) == len(counting[1].opened) == 1
+    dests[0].read_back_local = True  # the setting on: the copy written now is read back as well
+    (tmp_path / "primary" / "traffic" / "trafic é 1.csv").unlink()
+    assert copy_file(item, LocalBackend(), dests, lambda n: None)["status"] == "copied"
+    assert len(counting[0].opened) == 2
+
+
+def test_a_different_file_already_there_still_fails_without_read_back(tmp_path):
+    item, data, dests = _tree(tmp_path, data=b"new\n")
+    for dest in dests:
+        dest.read_back_local = False
+    (tmp_path / "edge" / "traffic").mkdir(parents=True)
+    (tmp_path / "edge" / "traffic" / "trafic é 1.csv").write_bytes(b"old\n")  # same size, other bytes
+    result = copy_file(item, LocalBackend(), dests, lambda n: None)
+    assert result["status"] == "failed" and "secondary: AlreadyExists: a different file" in result["error"]
+
+
+@pytest.mark.parametrize("data", [b"", b"a;1\n", b"x" * 200_000])
+def test_a_small_file_is_written_from_memory_and_checked(tmp_path, data):
+    """Files up to SMALL_FILE_BYTES take the in-memory path: same copies, count and hash, no writer thread."""
+    from backup import copy_engine
+
+    assert len(data) <= copy_engine.SMALL_FILE_BYTES
+    item, data, dests = _tree(tmp_path, data=data)
+    started = []
+    original = copy_engine._Feed.__init__
+    copy_engine._Feed.__init__ = lambda self, *a: started.append(a) or original(self, *a)
+    try:
+        result = copy_file(item, LocalBackend(), dests, lambda n: None)
+    finally:
+        copy_engine._Feed.__init__ = original
+    assert started == []
+    assert result["status"] == "copied" and result["sha256"] == hashlib.sha256(data).hexdigest()
+    assert result["records"] == count_records(data) and result["bytes"] == len(data)
+    for root in ("primary", "edge"):
+        assert (tmp_path / root / "traffic" / "trafic é 1.csv").read_bytes() == data
+
+
+def test_a_small_file_that_grew_is_refused_before_anything_is_written(tmp_path):
+    item, data, dests = _tree(tmp_path, data=b"a\nb\n")
+    with open(item["path"], "ab") as f:
+        f.write(b"c\n")
+    os.utime(item["path"], (item["mtime"], item["mtime"]))  # same mtime: only the length tells
+    result = copy_file(item, LocalBackend(), dests, lambda n: None)
+    assert result["status"] == "failed" and "changed while it was copied" in result["error"]
+    assert _files(tmp_path / "primary") == [] and _files(tmp_path / "edge") == []
+
+
+def test_a_small_file_whose_read_fails_leaves_nothing(tmp_path):
+    item, data, dests = _tree(tmp_path, data=b"a;1\n" * 1000)
+    result = copy_file(item, BreakingLocal(after=100), dests, lambda n: None)
+    assert result["status"] == "failed" and "source:" in result["error"]
+    assert _files(tmp_path / "primary") == [] and _files(tmp_path / "edge") == []
+
+
+def _batch(tmp_path, n):
+    src = tmp_path / "src" / "acme"
+    src.mkdir(parents=True)
+    items = []
+    for i in range(n):
+        path = src / f"traffic_{i}.csv"
+        path.write_bytes(b"a;%d\n" % i)
+        items.append({"customer": "acme", "domain": "traffic", "source": 0, "path": str(path),
+                      "size": path.stat().st_size, "mtime": path.stat().st_mtime})
+    dests = [Destination("primary", str(tmp_path / "primary")), Destination("secondary", str(tmp_path / "edge"))]
+    for dest in dests:
+        dest.open(Settings())
+    return items, dests
+
+
+def test_a_batch_fsyncs_each_destination_folder_once_before_it_returns(tmp_path, monkeypatch):
+    """Each file is fsynced before its rename; the folder entries of a whole batch with one folder fsync each."""
+    from backup.copy_engine import copy_files
+    from storage import local
+
+    items, dests = _batch(tmp_path, 10)
+    synced = []
+    real = local._fsync_dir
+    monkeypatch.setattr(local, "_fsync_dir", lambda folder: synced.append(folder) or real(folder))
+    results = copy_files(items, lambda _: LocalBackend(), dests, lambda n: None)
+    assert [r["status"] for r in results] == ["copied"] * 10
+    assert sorted(synced) == sorted([str(tmp_path / "primary" / "traffic"), str(tmp_path / "edge" / "traffic")])
+    assert dests[0].backend._deferred is None  # single renames sync at once again
+    dests[0].backend.rename(str(tmp_path / "primary" / "traffic" / "traffic_0.csv"),
+                            str(tmp_path / "primary" / "traffic" / "moved.csv"))
+    assert synced[-1] == str(tmp_path / "primary" / "traffic")
+
+
+def test_a_folder_that_cannot_be_synced_fails_its_copies(tmp_path, monkeypatch):
+    from backup.copy_engine import copy_files
+    from storage import local
+
+    items, dests = _batch(tmp_path, 3)
+    real = local._fsync_dir
+
+    def fsync_dir(folder):
+        if folder.startswith(str(tmp_path / "edge")):
+            raise OSError(5, "Input/output error")
+        real(folder)
+    monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
+    results = copy_files(items, lambda _: LocalBackend(), dests, lambda n: None)
+    for result in results:
+        assert result["status"] == "failed"
+        assert result["error"].startswith("secondary: ") and "sync folder" in result["error"], result["error"]
