@@ -8,6 +8,7 @@ Tables (made once inside the SQL engine, reused while their row count matches):
 Cases, all reading the same rows from the same HiveServer2 in one run, alternating within each round (each round
 starts with the next case; one untimed fetch warms the server up first):
   workflow                   ``export_to_file`` (the export phase: query → CSV → gzip-3 → SHA-256, fsync, rename)
+  workflow_streams_N         the same with ``edge_export.streams`` = N month-range queries side by side (``--streams``)
   before                     the export as it was before Arrow formatting: same cursor settings impyla decoding the
                              strings, NULLs made None, the csv module, the same gzip writer
   plain_cf_false_gzip_sha    the issue's baseline: a plain loop, ``cursor(convert_types=False)``, ``fetchmany``
@@ -76,6 +77,7 @@ def main() -> None:
     ap.add_argument("--tables", default="wide,narrow")
     ap.add_argument("--cases", default="", help="comma-separated subset of the cases (default: all but beeline)")
     ap.add_argument("--beeline", action="store_true")
+    ap.add_argument("--streams", type=int, default=0, help="also the workflow with edge_export.streams = N")
     a = ap.parse_args()
     s = settings(services=["metastore", "hdfs", "spark"])
     from impala.dbapi import connect
@@ -104,8 +106,12 @@ def main() -> None:
             hive.execute(f"DROP TABLE IF EXISTS {narrow.sql}")
             hive.execute(f"CREATE TABLE {narrow.sql} USING parquet PARTITIONED BY (partition_date) AS "
                          f"SELECT id, msisdn, note, bytes_up, partition_date FROM {wide.sql} WHERE id < {a.narrow_rows}")
-    today = dt.date.today()
-    window = Window(dt.date(today.year - 2, 1, 1), dt.date(today.year + 1, 1, 1))  # every row
+    from backup.window import add_months
+
+    # Every row: the sample data spans the eight months before this one and this month.  Month-aligned to the
+    # data, so that --streams N splits the rows, not empty months, into N queries.
+    this_month = dt.date.today().replace(day=1)
+    window = Window(add_months(this_month, -8), add_months(this_month, 1))
     OUT.mkdir(parents=True, exist_ok=True)
     fetch = s.hive.fetch_rows
     beeline = LocalPlatform(s).spark_home() / "bin" / "beeline"
@@ -114,11 +120,13 @@ def main() -> None:
         table = {"wide": wide, "narrow": narrow}[label]
         sql = export_query(table, window, s.edge_export.partition_column)
         out = {name: OUT / f"export-{label}-{name}" for name in
-               ("workflow", "before", "plain_gz", "plain_cf_false", "plain", "beeline")}
+               ("workflow", "workflow_streams", "before", "plain_gz", "plain_cf_false", "plain", "beeline")}
 
-        def workflow():
-            out["workflow"].unlink(missing_ok=True)
-            return export_to_file(res, table, window, out["workflow"])["rows"]
+        def workflow(streams: int = 1):
+            r = Resources(s.model_copy(update={"edge_export": s.edge_export.model_copy(update={"streams": streams})}))
+            path = out["workflow" if streams == 1 else "workflow_streams"]  # its rows in month order: not compared
+            path.unlink(missing_ok=True)
+            return export_to_file(r, table, window, path)["rows"]
 
         def before():
             w = CsvGzipWriter(out["before"], s.edge_export.compresslevel)
@@ -178,6 +186,8 @@ def main() -> None:
                  "plain": lambda: plain_loop(out["plain"], True, False), "fetch_floor": fetch_floor}
         if a.beeline:
             cases["beeline_dsv"] = beeline_dsv
+        if a.streams > 1:
+            cases[f"workflow_streams_{a.streams}"] = lambda: workflow(a.streams)
         if a.cases:
             cases = {k: v for k, v in cases.items() if k in a.cases.split(",")}
         times: dict[str, list[float]] = {k: [] for k in cases}
