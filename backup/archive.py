@@ -99,7 +99,7 @@ class _Arrow:
         t = pa.large_string()  # 64-bit offsets: a batch's text may exceed 2 GiB
         self.text = t
         self.empty, self.sep, self.newline = pa.scalar("", t), pa.scalar(";", t), pa.scalar("\n", t)
-        self.quote, self.doubled = pa.scalar('"', t), pa.scalar('""', t)
+        self.quote = pa.scalar('"', t)
         self.true, self.false, self.dot0 = pa.scalar("True", t), pa.scalar("False", t), pa.scalar(".0", t)
 
 
@@ -144,11 +144,9 @@ def _float_text(a: _Arrow, values: Sequence, mask):
     with np.errstate(invalid="ignore"):
         mag = np.abs(arr)
         other = ~(((mag >= 1e-4) & (mag < 1e10)) | (arr == 0))
-    if mask is not None:
-        other &= ~mask
-    with np.errstate(invalid="ignore"):
         integral = (arr == np.trunc(arr)) & ~other  # Arrow writes 3.0 as "3", repr as "3.0"
     if mask is not None:
+        other &= ~mask
         integral &= ~mask
     if integral.any():
         chosen = pa.array(integral)
