@@ -250,10 +250,10 @@ def export_to_file(res: Resources, table: TableName, window: Window, final: Path
     def run(piece: Window, writer: CsvGzipWriter, last: bool) -> None:
         with res.hive() as hive:
             sql = export_query(table, piece, cfg.partition_column)
-            for cols in hive.stream_columns(sql, f"export {table} {piece.label}"):
-                before = writer.bytes_written
-                writer.write_columns(cols)
-                progress(len(cols[0]), writer.bytes_written - before)
+            for cols in hive.stream_raw_columns(sql, f"export {table} {piece.label}"):
+                before = writer.bytes_written  # compressed behind the fetch: the count trails by a batch or two
+                writer.write_batch(cols)
+                progress(len(cols[0].values), writer.bytes_written - before)
         if last:
             writer.close()
 

@@ -15,13 +15,13 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 
 
-def settings(overrides: dict | None = None):
-    """Settings of the local platform (config/local.yaml or $BACKUP_CONFIG), platform started."""
+def settings(overrides: dict | None = None, services: list[str] | None = None):
+    """Settings of the local platform (config/local.yaml or $BACKUP_CONFIG), platform (or ``services``) started."""
     from config.settings import load_settings
     from local_platform.services import LocalPlatform
 
     s = load_settings(os.environ.get("BACKUP_CONFIG"), overrides)
-    LocalPlatform(s).up()
+    LocalPlatform(s).up(only=services)
     return s
 
 

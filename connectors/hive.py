@@ -3,7 +3,8 @@
 Only validated identifiers reach SQL text (``base.identifiers``); values are
 literals built by ``sql_date`` and ``sql_value``, in sessions with variable
 substitution off (``${…}`` in a value stays text).  Results are streamed column
-batch by column batch (``fetchcbatch``), never fetched whole.  Small tables the
+batch by column batch (``fetchcbatch``), never fetched whole, as the server sent
+them (``RawColumn``: no Python object made per value).  Small tables the
 backup writes itself (counts, manifests) are made with ``create_or_check_table``
 and filled with ``replace_rows``: rows as literals, a bounded number per statement.
 """
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
 import re
 import socket
 import ssl
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from impala import dbapi
 from impala.error import Error as ImpylaError
@@ -32,6 +36,27 @@ log = logging.getLogger(__name__)
 _NOT_FOUND = re.compile(r"TABLE_OR_VIEW_NOT_FOUND|Table or view not found|Could not resolve table|"
                         r"SCHEMA_NOT_FOUND|Database '.*' not found|does not exist", re.I)
 _AUTH = re.compile(r"authenticat|Access denied|not authorized|permission", re.I)
+
+
+class RawColumn(NamedTuple):
+    """One column of one fetched batch as HiveServer2 sent it (impyla with both its conversions off)."""
+
+    type: str  # type name as impyla reports it: 'BIGINT', 'STRING', 'TIMESTAMP', 'ARRAY', ...
+    values: Sequence  # numbers and booleans as Python values, every other type as bytes; NULL slots hold filler
+    nulls: bytes  # bitmap, least significant bit first, 1 = NULL; may be shorter than the column (zero bits)
+
+
+def _raw_batches(cur) -> Iterator[list[RawColumn]]:
+    """The batches of an executed cursor opened with both conversions off, until the result ends."""
+    while True:
+        batch = cur.fetchcbatch()
+        if batch is None:
+            return
+        if len(batch) == 0:
+            if not batch.expect_more_rows:
+                return
+            continue
+        yield [RawColumn(c.data_type, c.values, c.nulls.tobytes()) for c in batch.columns]
 
 
 def server_message(text: str) -> str:
@@ -179,9 +204,10 @@ class HiveClient:
                 "set:hiveconf:spark.sql.variable.substitute": "false"}
 
     @contextmanager
-    def _cursor(self, what: str, conf: bool = True):
+    def _cursor(self, what: str, conf: bool = True, decode: bool = True):
         try:
-            cur = self.conn.cursor(convert_types=False, configuration=self._session_conf() if conf else None)
+            cur = self.conn.cursor(convert_types=False, convert_strings_to_unicode=decode,
+                                   configuration=self._session_conf() if conf else None)
         except Exception as e:
             raise _classify(e, what) from e
         try:
@@ -211,27 +237,57 @@ class HiveClient:
             cur.execute(f"SELECT * FROM {table.sql} LIMIT 0")
             return [d[0].split(".")[-1] for d in cur.description]
 
-    def stream_columns(self, sql: str, what: str) -> Iterator[list[list]]:
-        """Yield result batches as lists of column value lists, NULLs as None."""
-        with self._cursor(what) as cur:
+    def stream_raw_columns(self, sql: str, what: str, prefetch: int = 1) -> Iterator[list[RawColumn]]:
+        """Yield result batches as the server sent them: per column its type name, values (text types as
+        UTF-8 bytes, numbers as Python numbers, NULL slots holding filler) and NULL bitmap.
+
+        No Python work per value here (impyla's decoding and conversions are off): what the bytes
+        mean is for the consumer (``backup.archive.format_batch``).  With ``prefetch`` > 0 a thread
+        fetches up to that many batches ahead, so the server prepares the next batch while the
+        consumer handles this one (the protocol asks for one batch at a time: without it, server
+        and client take turns).  Only that thread uses the cursor until it has ended; an error
+        there is raised here, classified as every other, once the batches before it are consumed.
+        """
+        with self._cursor(what, decode=False) as cur:
             cur.arraysize = self.settings.fetch_rows
             cur.execute(sql)
-            while True:
-                batch = cur.fetchcbatch()
-                if batch is None:
-                    break
-                if len(batch) == 0:
-                    if not batch.expect_more_rows:
-                        break
-                    continue
-                cols = []
-                for c in batch.columns:
-                    values = c.values
-                    # With convert_types=False impyla leaves NULLs of non-string columns as raw zeros.
-                    if c.nulls.any():
-                        values = [None if n else v for v, n in zip(values, c.nulls)]
-                    cols.append(values)
-                yield cols
+            if prefetch <= 0:
+                yield from _raw_batches(cur)
+                return
+            ahead: queue.Queue = queue.Queue(maxsize=prefetch)
+            stop = threading.Event()
+            end = object()
+
+            def fetch() -> None:
+                try:
+                    for batch in _raw_batches(cur):
+                        while not stop.is_set():
+                            try:
+                                ahead.put(batch, timeout=0.5)
+                                break
+                            except queue.Full:
+                                continue
+                        if stop.is_set():
+                            return
+                    ahead.put(end)
+                except BaseException as e:  # raised by the consumer's side below
+                    ahead.put(e)
+
+            fetcher = threading.Thread(target=fetch, name=f"fetch {what}"[:60], daemon=True)
+            fetcher.start()
+            try:
+                while (item := ahead.get()) is not end:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                stop.set()  # the consumer stopped early (or failed): the fetcher ends after its current fetch
+                while fetcher.is_alive():
+                    try:
+                        ahead.get(timeout=0.5)
+                    except queue.Empty:
+                        pass
+                fetcher.join()
 
     def engine(self) -> str:
         """'impala' or 'spark'/'hive', detected from the server once."""
