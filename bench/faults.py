@@ -294,7 +294,7 @@ class CustomerFiles(Flow):
 
     def check(self, jobs, recs) -> dict:
         expected = self.expected()
-        lost, duplicated, partial = set(), 0, 0
+        lost, duplicated, partial, why = set(), 0, 0, []
         for c in self.CUSTOMERS:
             mine = {k: v for k, v in expected.items() if k[0] == c}
             for role in ("primary", "secondary"):
@@ -302,6 +302,8 @@ class CustomerFiles(Flow):
                 for key, digest in there.items():
                     if is_temp(key[2]) or key not in mine or mine[key] != digest:
                         partial += 1  # a temporary, foreign or damaged file at a destination
+                        why.append(f"{role} of {c}: {'/'.join(key[1:])} " + ("is a temporary file" if is_temp(key[2])
+                                   else "has no source" if key not in mine else "differs from its source"))
                 lost |= {k for k in mine if k not in there}
         counted: dict[tuple, list[str]] = {}
         for customer, domain, name, digest, status in hive_query(
@@ -311,8 +313,12 @@ class CustomerFiles(Flow):
             rows = counted.get(key, [])
             if not rows:
                 lost.add(key)
+                why.append(f"count table: no row for {'/'.join(key)}")
             duplicated += max(0, len(rows) - 1)
-            partial += sum(1 for d, status in rows if d != digest or status not in ("copied", "present"))
+            bad = sum(1 for d, status in rows if d != digest or status not in ("copied", "present"))
+            if bad:
+                partial += bad
+                why.append(f"count table: {'/'.join(key)} with another digest or status: {rows}")
         last = next((r for r in reversed(recs) if r is not None and r["state"] != "skipped"), None)
         flag = self.root / "status" / "backup_files_process.status"
         if last is not None:
@@ -320,7 +326,9 @@ class CustomerFiles(Flow):
             want = ("SUCCESS",) if last["state"] == "success" else ("PARTIAL", "FAIL")
             if not lines or lines[0] not in want or f"job_id={last['job_id']}" not in lines:
                 partial += 1  # the flag does not say how the last run ended
-        return {"lost": len(lost), "duplicated": duplicated, "partial": partial}
+                why.append(f"flag {lines[:2]} for the last run {last['job_id']} ({last['state']})")
+        lost_why = [f"{'/'.join(k)} missing at a destination or in the count table" for k in sorted(lost)]
+        return {"lost": len(lost), "duplicated": duplicated, "partial": partial, "why": (why + lost_why)[:5]}
 
     def corrupt(self) -> bool:
         """Flip a byte of a temporary copy on the edge node or on the tmpfs primary, whichever has one first."""
@@ -696,7 +704,8 @@ class Campaign:
         return {"recovered": int(ok and not failures), "failed_loudly": int(ok and bool(failures)),
                 "lost": lost, "duplicated": seen["duplicated"], "partial": seen["partial"],
                 "alerts_sent": alerts_sent, "alerts_expected": 1 if failures else 0,
-                "recovery_s": round(time.monotonic() - started, 1), "effective": int(effective)}
+                "recovery_s": round(time.monotonic() - started, 1), "effective": int(effective),
+                "why": seen.get("why", [])}
 
     def trial(self, kind: str) -> dict:
         """One trial of ``kind`` on the current workflow: its verdict plus the phase the fault landed in."""
@@ -886,6 +895,9 @@ def summarize(kind: str, verdicts: list[dict], workflow: str = WORKFLOW) -> dict
     for v in verdicts:
         hits[v["phase"]] = hits.get(v["phase"], 0) + 1
     row["phases_hit"] = hits
+    why = [w for v in verdicts for w in v.get("why", [])]
+    if why:  # what the checks found, for a row that misses its targets
+        row["why"] = why[:5]
     readers = [v["reader"] for v in verdicts if "reader" in v]
     if readers:  # spark_restart: what the reader of the table backup saw, over every trial
         row["reader"] = {"answers": sum(r["answers"] for r in readers),
