@@ -523,8 +523,7 @@ class Campaign:
         base_cfg.write_text(yaml.safe_dump(self.base))
         base = load_settings(base_cfg)
         self.platform = LocalPlatform(base)
-        services = ["metastore", "hdfs", "spark", "sshd", "sinks"]
-        self.platform_report = self.platform.up(only=services, timeout=300)
+        self.platform_report = self.platform.up(only=["spark", "sshd", "sinks"], timeout=300)
         self.redis.start()
         # Below the ephemeral range: while the relay is closed (an outage) no outgoing connection can take its port.
         self.relay = Relay(base.sftp.port, port=self.redis.port + 1, rate=RELAY_RATE)
@@ -868,8 +867,16 @@ class Campaign:
         self.reader.down_since = time.monotonic()
         os.killpg(pid, signal.SIGKILL)  # driver and executors: one JVM, in its own process group
         wait_until(lambda: not _alive(pid), 30, "the Spark JVM to die")
+        # The launcher's pid dies first; the JVM's ports close when the JVM itself is gone (up() would take a
+        # port still open for a running server and start nothing).
+        from local_platform.services import port_open
+
+        ports = (self.settings.platform.hive_port, self.settings.platform.connect_port)
+        wait_until(lambda: not any(port_open(p) for p in ports), 60, "the Spark JVM's ports to close")
         time.sleep(self.rng.uniform(0, 5))
-        self.platform.up(only=["spark"], timeout=300)
+        report = self.platform.up(only=["spark"], timeout=300)
+        if report.get("spark") != "started":
+            raise RuntimeError(f"the Spark JVM was not started again: {report}")
         self.reader.up_at = time.monotonic()
         return [job], hit
 
