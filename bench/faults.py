@@ -336,7 +336,7 @@ class CustomerFiles(Flow):
 
     def check(self, jobs, recs) -> dict:
         expected = self.expected()
-        lost, duplicated, partial = set(), 0, 0
+        lost, duplicated, partial, why = set(), 0, 0, []
         for c in self.CUSTOMERS:
             mine = {k: v for k, v in expected.items() if k[0] == c}
             for role in ("primary", "secondary"):
@@ -344,6 +344,8 @@ class CustomerFiles(Flow):
                 for key, digest in there.items():
                     if is_temp(key[2]) or key not in mine or mine[key] != digest:
                         partial += 1  # a temporary, foreign or damaged file at a destination
+                        why.append(f"{role} of {c}: {'/'.join(key[1:])} " + ("is a temporary file" if is_temp(key[2])
+                                   else "has no source" if key not in mine else "differs from its source"))
                 lost |= {k for k in mine if k not in there}
         counted: dict[tuple, list[str]] = {}
         for customer, domain, name, digest, status in hive_query(
@@ -353,8 +355,12 @@ class CustomerFiles(Flow):
             rows = counted.get(key, [])
             if not rows:
                 lost.add(key)
+                why.append(f"count table: no row for {'/'.join(key)}")
             duplicated += max(0, len(rows) - 1)
-            partial += sum(1 for d, status in rows if d != digest or status not in ("copied", "present"))
+            bad = sum(1 for d, status in rows if d != digest or status not in ("copied", "present"))
+            if bad:
+                partial += bad
+                why.append(f"count table: {'/'.join(key)} with another digest or status: {rows}")
         last = next((r for r in reversed(recs) if r is not None and r["state"] != "skipped"), None)
         flag = self.root / "status" / "backup_files_process.status"
         if last is not None:
@@ -362,7 +368,9 @@ class CustomerFiles(Flow):
             want = ("SUCCESS",) if last["state"] == "success" else ("PARTIAL", "FAIL")
             if not lines or lines[0] not in want or f"job_id={last['job_id']}" not in lines:
                 partial += 1  # the flag does not say how the last run ended
-        return {"lost": len(lost), "duplicated": duplicated, "partial": partial}
+                why.append(f"flag {lines[:2]} for the last run {last['job_id']} ({last['state']})")
+        lost_why = [f"{'/'.join(k)} missing at a destination or in the count table" for k in sorted(lost)]
+        return {"lost": len(lost), "duplicated": duplicated, "partial": partial, "why": (why + lost_why)[:5]}
 
     def corrupt(self) -> bool:
         """Flip a byte of a temporary copy on the edge node or on the tmpfs primary, whichever has one first."""
@@ -560,8 +568,7 @@ class Campaign:
         base_cfg.write_text(yaml.safe_dump(self.base))
         base = load_settings(base_cfg)
         self.platform = LocalPlatform(base)
-        services = ["metastore", "hdfs", "spark", "sshd", "sinks"]
-        self.platform_report = self.platform.up(only=services, timeout=300)
+        self.platform_report = self.platform.up(only=["spark", "sshd", "sinks"], timeout=300)
         self.redis.start()
         # Below the ephemeral range: while the relay is closed (an outage) no outgoing connection can take its port.
         self.relay = Relay(base.sftp.port, port=self.redis.port + 1, rate=RELAY_RATE)
@@ -741,7 +748,8 @@ class Campaign:
         return {"recovered": int(ok and not failures), "failed_loudly": int(ok and bool(failures)),
                 "lost": lost, "duplicated": seen["duplicated"], "partial": seen["partial"],
                 "alerts_sent": alerts_sent, "alerts_expected": 1 if failures else 0,
-                "recovery_s": round(time.monotonic() - started, 1), "effective": int(effective)}
+                "recovery_s": round(time.monotonic() - started, 1), "effective": int(effective),
+                "why": seen.get("why", [])}
 
     def trial(self, kind: str) -> dict:
         """One trial of ``kind`` on the current workflow: its verdict plus the phase the fault landed in."""
@@ -914,8 +922,16 @@ class Campaign:
         self.reader.down_since = time.monotonic()
         os.killpg(pid, signal.SIGKILL)  # driver and executors: one JVM, in its own process group
         wait_until(lambda: not _alive(pid), 30, "the Spark JVM to die")
+        # The launcher's pid dies first; the JVM's ports close when the JVM itself is gone (up() would take a
+        # port still open for a running server and start nothing).
+        from local_platform.services import port_open
+
+        ports = (self.settings.platform.hive_port, self.settings.platform.connect_port)
+        wait_until(lambda: not any(port_open(p) for p in ports), 60, "the Spark JVM's ports to close")
         time.sleep(self.rng.uniform(0, 5))
-        self.platform.up(only=["spark"], timeout=300)
+        report = self.platform.up(only=["spark"], timeout=300)
+        if report.get("spark") != "started":
+            raise RuntimeError(f"the Spark JVM was not started again: {report}")
         self.reader.up_at = time.monotonic()
         return [job], hit
 
@@ -941,6 +957,9 @@ def summarize(kind: str, verdicts: list[dict], workflow: str = WORKFLOW) -> dict
     for v in verdicts:
         hits[v["phase"]] = hits.get(v["phase"], 0) + 1
     row["phases_hit"] = hits
+    why = [w for v in verdicts for w in v.get("why", [])]
+    if why:  # what the checks found, for a row that misses its targets
+        row["why"] = why[:5]
     readers = [v["reader"] for v in verdicts if "reader" in v]
     if readers:  # spark_restart: what the reader of the table backup saw, over every trial
         row["reader"] = {"answers": sum(r["answers"] for r in readers),
