@@ -373,26 +373,20 @@ class CustomerFiles(Flow):
         return {"lost": len(lost), "duplicated": duplicated, "partial": partial, "why": (why + lost_why)[:5]}
 
     def corrupt(self) -> bool:
-        """Flip a byte of a temporary copy on the edge node or on the tmpfs primary, whichever has one first."""
+        """Flip a byte of a temporary copy on the edge node (the SFTP secondary) while the copies run.
+
+        The campaign's files are small, so the server's batched ``sha256sum`` of the temp copies must
+        catch it before the rename.  The local primary is not a target: a local copy written now is
+        verified by the SHA-256 of the bytes handed to ``write``, fsync and size, without reading it
+        back (``customer_files.read_back_local_copies`` off), so a change made to it on disk by someone
+        else before its rename is not what that verification sees (documented in docs/customer-files.md).
+        """
         flip = ("import sys,os,glob\n"
                 "for p in glob.glob(sys.argv[1] + '/*/*/.*.part'):\n"
                 "    if os.path.getsize(p) > 200:\n"
                 "        f = open(p, 'r+b'); f.seek(100); b = f.read(1); f.seek(100); f.write(bytes([b[0] ^ 1])); "
                 "f.close(); print(p); break\n")
-        if self.c.ssh("python3", "-c", flip, self.edge).stdout.strip():
-            return True
-        for path in self.tmpfs.glob("*/.*.part"):
-            try:
-                with open(path, "r+b") as f:
-                    f.seek(100)
-                    b = f.read(1)
-                    if b:
-                        f.seek(100)
-                        f.write(bytes([b[0] ^ 1]))
-                        return True
-            except OSError:
-                continue  # renamed or removed meanwhile
-        return False
+        return bool(self.c.ssh("python3", "-c", flip, self.edge).stdout.strip())
 
     def full_folder(self) -> Path:
         return self.tmpfs
