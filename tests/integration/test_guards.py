@@ -7,6 +7,7 @@ ssh call's exit status is checked, so a failing ssh never passes for "no file".
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import uuid
 from pathlib import Path
@@ -124,60 +125,56 @@ def _flip_byte(path: Path, offset: int = 100) -> None:
         f.write(bytes([b[0] ^ 1]))
 
 
+@contextlib.contextmanager
+def _transfer_never_committed(settings, res, table, verify: str = "in-stream", archive_changed: bool = False):
+    """A new job exported and uploaded to its temp name in its transfer phase: yields (ctx, final, tmp, Uploaded);
+    afterwards neither the final nor the temp name may exist on the edge node.  ``archive_changed``: one byte
+    of the local archive is flipped for the upload (after the export recorded its SHA-256), then flipped back."""
+    job_id = _exported(res, table)
+    try:
+        with phase(res, job_id, "transfer") as ctx:
+            local = Path(ctx.rec["outputs"]["local_path"])
+            if archive_changed:
+                _flip_byte(local)
+            try:
+                final, tmp, uploaded = _uploaded(res, ctx, verify)
+            finally:
+                if archive_changed:
+                    _flip_byte(local)  # whole again for the next test
+            yield ctx, final, tmp, uploaded
+        names = _remote_paths(settings, table)
+        assert final not in names and tmp not in names
+    finally:
+        _release(res, table)
+
+
 def test_a_copy_corrupted_on_the_server_before_read_back_verification_is_never_committed(settings, res, guard_table):
     """Guard (sftp.verify: read-back): sha256sum of the temp file on the server (ChecksumMismatch), the temp removed.
 
     Read-back is the mode that sees a change made to the temp file on the server after it was written."""
-    job_id = _exported(res, guard_table)
-    try:
-        with phase(res, job_id, "transfer") as ctx:
-            final, tmp, uploaded = _uploaded(res, ctx, verify="read-back")
-            target = res.sftp()
-            # One byte flipped on the edge node, between the upload and the verification.
-            flip = ssh(settings, ["python3", "-c", "import sys; f=open(sys.argv[1],'r+b'); f.seek(100); b=f.read(1); "
-                                  "f.seek(100); f.write(bytes([b[0]^1])); f.close()", tmp])
-            assert flip.returncode == 0
-            with target.connect() as sess, pytest.raises(ChecksumMismatch):
-                verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check, uploaded)
-        names = _remote_paths(settings, guard_table)
-        assert final not in names and tmp not in names
-    finally:
-        _release(res, guard_table)
+    with _transfer_never_committed(settings, res, guard_table, "read-back") as (ctx, final, tmp, uploaded):
+        # One byte flipped on the edge node, between the upload and the verification.
+        flip = ssh(settings, ["python3", "-c", "import sys; f=open(sys.argv[1],'r+b'); f.seek(100); b=f.read(1); "
+                              "f.seek(100); f.write(bytes([b[0]^1])); f.close()", tmp])
+        assert flip.returncode == 0
+        with res.sftp().connect() as sess, pytest.raises(ChecksumMismatch):
+            verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check, uploaded)
 
 
 def test_an_archive_changed_after_its_export_is_caught_by_the_servers_in_stream_hash(settings, res, guard_table):
     """Guard (sftp.verify: in-stream, the default): the server hashes what it writes; a byte of the local archive
     flipped after the export recorded its SHA-256 arrives as written, and the server's hash refuses it."""
-    job_id = _exported(res, guard_table)
-    try:
-        with phase(res, job_id, "transfer") as ctx:
-            local = Path(ctx.rec["outputs"]["local_path"])
-            _flip_byte(local)
-            try:
-                final, tmp, uploaded = _uploaded(res, ctx)
-            finally:
-                _flip_byte(local)  # whole again for the next test
-            with res.sftp().connect() as sess, pytest.raises(ChecksumMismatch, match="remote sha256"):
-                verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check, uploaded)
-        names = _remote_paths(settings, guard_table)
-        assert final not in names and tmp not in names
-    finally:
-        _release(res, guard_table)
+    with _transfer_never_committed(settings, res, guard_table, archive_changed=True) as (ctx, final, tmp, uploaded):
+        with res.sftp().connect() as sess, pytest.raises(ChecksumMismatch, match="remote sha256"):
+            verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check, uploaded)
 
 
 def test_a_temp_file_whose_size_changed_after_the_in_stream_hash_is_never_committed(settings, res, guard_table):
     """Guard: the size check of the in-stream path (the temp file must hold exactly the bytes the server hashed)."""
-    job_id = _exported(res, guard_table)
-    try:
-        with phase(res, job_id, "transfer") as ctx:
-            final, tmp, uploaded = _uploaded(res, ctx)
-            assert ssh(settings, ["sh", "-c", 'printf x >> "$1"', "-", tmp]).returncode == 0
-            with res.sftp().connect() as sess, pytest.raises(ChecksumMismatch, match="temp file holds"):
-                verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check, uploaded)
-        names = _remote_paths(settings, guard_table)
-        assert final not in names and tmp not in names
-    finally:
-        _release(res, guard_table)
+    with _transfer_never_committed(settings, res, guard_table) as (ctx, final, tmp, uploaded):
+        assert ssh(settings, ["sh", "-c", 'printf x >> "$1"', "-", tmp]).returncode == 0
+        with res.sftp().connect() as sess, pytest.raises(ChecksumMismatch, match="temp file holds"):
+            verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check, uploaded)
 
 
 def test_a_different_file_at_the_final_name_is_never_overwritten(settings, res, guard_table):
