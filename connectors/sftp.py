@@ -677,11 +677,12 @@ def _feed(proc: subprocess.Popen, local: Path, pace: PaceFn, fed: dict, ready: t
     Nothing is taken before the remote side said it is ready (or ended): connecting is not bandwidth,
     and budget taken while the pipe cannot drain would be lost to every other upload too."""
     ready.wait()
+    step = paced_step(pace)
     try:
         with open(local, "rb") as f:
             while chunk := f.read(PACED_CHUNK):
-                for i in range(0, len(chunk), paced_step(pace)):
-                    piece = chunk[i:i + paced_step(pace)]
+                for i in range(0, len(chunk), step):
+                    piece = chunk[i:i + step]
                     pace(len(piece))
                     proc.stdin.write(piece)
                     fed["n"] += len(piece)
