@@ -1,6 +1,7 @@
 """Fault campaign: how often each promise holds under each fault, on the real local platform.
 
-    python bench/faults.py [--trials 20] [--seed 1] [--workflow edge-export,customer-files,table-backup]
+    python bench/faults.py [--trials 20] [--seed 1] [--workflow edge-export,customer-files,table-backup,
+                                                     restore-edge-export,restore-customer-files,restore-table-backup]
                            [--kinds worker_kill,redis_restart,...] [--max-outage 90]
     python bench/faults.py --kinds redis_failover [--trials 20] [--sentinel-port 26650]
 
@@ -22,6 +23,15 @@ folders, a plain impyla cursor on HiveServer2):
   status flag naming the last run and its outcome;
 * table-backup: the backup's rows equal to the source of the last successful run (count,
   distinct ids, sum of ids), no half table (at most the current and the previous data table);
+* the restores (each restores what its backup flow's calibration run made, into a target of its
+  own, ``--replace`` or a new folder per trial): restore-edge-export's table equal to the live
+  table's rows in the archive's window (``EXCEPT ALL`` both ways, empty strings read as NULL, as
+  the archive writes them) and its row count to the archive's; restore-table-backup's table equal
+  to the backup view (``EXCEPT ALL`` both ways); restore-customer-files' folder holding every
+  backed-up file of the customer exactly once with its source's SHA-256 and nothing else; the
+  target marked by the last successful restore (its job id in the table's properties), no staging
+  or replaced table left, nothing in the fetch staging folder, the records consistent (a success
+  with every phase done and as many rows restored as expected);
 
 and for every workflow: the job's final state, no lock left, exactly one alert for a failed
 episode and none for a recovered one.
@@ -30,7 +40,7 @@ The campaign brings its own Redis (AOF everysec, noeviction) on its own port,
 a TCP relay in front of the platform's sshd (closed = sshd unreachable, frozen =
 black hole; it also caps each connection at 128 KB/s so customer-files copies last long
 enough to be hit), and tmpfs folders (the edge-export export folder, a customer-files
-primary: disk full); it needs root (mount) and the local platform (it starts what is
+primary, restore-edge-export's fetch staging folder, restore-customer-files' target: disk full); it needs root (mount) and the local platform (it starts what is
 missing).  ``spark_restart`` kills the platform's Spark JVM (HiveServer2 and Spark Connect)
 and starts it again, so it runs only when the campaign itself started that JVM (a platform
 of its own: see ``--help``); a reader queries the table backup in a loop meanwhile (see
@@ -82,6 +92,12 @@ WORKFLOW_KINDS = {
     "edge-export": KINDS + ("spark_restart",),
     "customer-files": KINDS + ("spark_restart",),
     "table-backup": ("worker_kill", "child_kill", "redis_restart", "concurrent", "paused", "spark_restart"),
+    # The restores: those that read from the edge node (an edge-export archive; customer files whose primary
+    # copy is aside) get its outages, a full disk where they write locally, a corrupted copy of what they
+    # restore; restore-table-backup reads and writes only Spark tables.
+    "restore-edge-export": KINDS,
+    "restore-customer-files": KINDS,
+    "restore-table-backup": ("worker_kill", "child_kill", "redis_restart", "concurrent", "paused"),
 }
 #: the kinds of the campaign on a Redis Sentinel group of its own (edge-export)
 SENTINEL_KINDS = ("redis_failover",)
@@ -123,6 +139,8 @@ class Flow:
     name = ""
     busy = ("",)  # phase-name prefixes where an outage, a pause or a corruption lands
     lock_target = ""
+    #: the workflows whose flows must be set up (and run once) first: what a restore restores
+    needs: tuple[str, ...] = ()
 
     def __init__(self, campaign: "Campaign"):
         self.c = campaign
@@ -130,6 +148,16 @@ class Flow:
     @property
     def task(self) -> str:
         return "backup." + self.name.replace("-", "_")
+
+    @property
+    def lock_workflow(self) -> str:
+        """The workflow whose lock a run takes (a restore takes its backup's lock)."""
+        return self.name
+
+    @property
+    def alert_target(self) -> str:
+        """The target a run's job record (and so its alert's subject and episode) names."""
+        return self.lock_target
 
     def config(self) -> dict:
         """Config sections this workflow needs (merged into the campaign's config)."""
@@ -145,7 +173,11 @@ class Flow:
         return {}
 
     def cli_args(self) -> list[str]:
-        return [self.name]
+        """``backupctl`` arguments after ``--config`` that start one run (``--json`` is added)."""
+        return ["run", self.name]
+
+    def after_trial(self) -> None:
+        """After a trial's checks: undo what ``prepare`` changed for the trial only."""
 
     def check(self, jobs: list[str], recs: list[dict | None]) -> dict:
         """lost, duplicated, partial as seen from outside after the trial."""
@@ -186,7 +218,7 @@ class EdgeExport(Flow):
         return {"table": self.target}
 
     def cli_args(self) -> list[str]:
-        return [self.name, self.target]
+        return ["run", self.name, self.target]
 
     def prepare(self) -> None:
         self.before = self.remote_files()
@@ -434,7 +466,7 @@ class TableBackup(Flow):
         return {"table": self.live, "source": self.sources[self.current][0]}
 
     def cli_args(self) -> list[str]:
-        return [self.name, self.live, "--source", self.sources[self.current][0]]
+        return ["run", self.name, self.live, "--source", self.sources[self.current][0]]
 
     def fingerprint(self) -> tuple:
         """(rows, sum of ids, distinct ids) of the backup readers use."""
@@ -463,7 +495,330 @@ class TableBackup(Flow):
         self.before = self.fingerprint()
 
 
-FLOWS = {"edge-export": EdgeExport, "customer-files": CustomerFiles, "table-backup": TableBackup}
+# -- the restore workflows under fault --------------------------------------------------------------------------------
+
+def except_all(settings, a: str, b: str) -> tuple[int, int]:
+    """Rows of query ``a`` not in ``b`` and of ``b`` not in ``a`` (EXCEPT ALL both ways: duplicates and NULLs count)."""
+    one = hive_query(settings, f"SELECT count(*) FROM ({a} EXCEPT ALL {b}) d")[0][0]
+    two = hive_query(settings, f"SELECT count(*) FROM ({b} EXCEPT ALL {a}) d")[0][0]
+    return int(one), int(two)
+
+
+def table_property(settings, table: str, key: str) -> str | None:
+    """One table property as HiveServer2 shows it (None: the table or the key is not there)."""
+    try:
+        rows = hive_query(settings, f"SHOW TBLPROPERTIES {table} ('{key}')")
+    except Exception:  # noqa: BLE001 - no such table
+        return None
+    return rows[0][1] if rows and rows[0][0] == key else None
+
+
+def restore_record_problems(recs: list[dict | None], outputs_equal: tuple[str, str] | None = None) -> list[str]:
+    """What is inconsistent in the restore records of a trial: a success whose phases are not all done (or
+    skipped), a failure with no error, a success whose outputs ``outputs_equal`` (two keys) differ."""
+    why = []
+    for r in recs:
+        if r is None:
+            continue
+        if r["state"] == "success":
+            undone = [p["name"] for p in r["phases"] if p["state"] not in ("success", "skipped")]
+            if undone:
+                why.append(f"record {r['job_id']}: success with phases {undone} not done")
+            if outputs_equal and r["outputs"].get(outputs_equal[0]) != r["outputs"].get(outputs_equal[1]):
+                why.append(f"record {r['job_id']}: {outputs_equal[0]} {r['outputs'].get(outputs_equal[0])} != "
+                           f"{outputs_equal[1]} {r['outputs'].get(outputs_equal[1])}")
+        elif r["state"] == "failed" and not r.get("error"):
+            why.append(f"record {r['job_id']}: failed without an error")
+    return why
+
+
+class RestoreEdgeExport(Flow):
+    """The newest edge-export archive of the edge-export flow's table, fetched from the edge node behind the relay
+    into a staging folder on a small tmpfs (disk full), restored ``--into`` a table of its own with ``--replace``."""
+
+    name = "restore-edge-export"
+    busy = ("fetch",)
+    needs = ("edge-export",)
+    # the columns of local_platform.sample_data's table, and those a restore reads back '' as NULL
+    COLUMNS = ("id", "msisdn", "customer", "note", "bytes_up", "amount", "event_ts", "partition_date")
+    STRINGS = ("msisdn", "customer", "note", "partition_date")
+
+    def __init__(self, campaign):
+        super().__init__(campaign)
+        self.staging = campaign.state / "restore-staging"
+
+    @property
+    def lock_workflow(self) -> str:
+        return "edge-export"
+
+    def config(self) -> dict:
+        return {"restore_edge_export": {"staging_dir": str(self.staging)}}
+
+    def mount(self) -> None:
+        self.staging.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(self.staging)], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.staging)], check=False)
+
+    def setup(self) -> None:
+        self.lock_target = self.live = self.c.flows["edge-export"].target
+        self.into = f"{self.live}_restored"
+        for row in hive_query(self.c.settings, f"SHOW TABLES IN {DB}"):
+            if row[1].startswith(self.into.split(".", 1)[1]):
+                hive_query(self.c.settings, f"DROP TABLE IF EXISTS {DB}.{row[1]}")
+
+    def kwargs(self) -> dict:
+        return {"table": self.live, "into": self.into, "replace": True}
+
+    def cli_args(self) -> list[str]:
+        return ["restore", "edge-export", self.live, "--into", self.into, "--replace"]
+
+    def prepare(self) -> None:
+        self.before = table_property(self.c.settings, self.into, "mediation_backup.restored_by")
+
+    def check(self, jobs, recs) -> dict:
+        settings = self.c.settings
+        lost = duplicated = partial = 0
+        why = restore_record_problems(recs, ("rows_expected", "rows_restored"))
+        partial += len(why)
+        successes = [r for r in recs if r is not None and r["state"] == "success"]
+        holder = table_property(settings, self.into, "mediation_backup.restored_by")
+        want = successes[-1]["job_id"] if successes else self.before
+        if holder != want:
+            partial += 1
+            why.append(f"{self.into} was restored by {holder}, expected the last successful restore {want}")
+        if successes:
+            archive = successes[-1]["args"]["archive"]
+            window = archive["window"]
+            cols = self.COLUMNS
+            sel = ", ".join(f"nullif(`{c}`, '') AS `{c}`" if c in self.STRINGS else f"`{c}`" for c in cols)
+            live = (f"SELECT {sel} FROM {self.live} WHERE partition_date >= '{window['start']}' "
+                    f"AND partition_date < '{window['end']}'")
+            restored = f"SELECT {', '.join(f'`{c}`' for c in cols)} FROM {self.into}"
+            missing, extra = except_all(settings, live, restored)
+            count = int(hive_query(settings, f"SELECT count(*) FROM {self.into}")[0][0])
+            if missing:
+                lost += missing
+                why.append(f"{missing} rows of the archive's window missing from {self.into}")
+            if extra:
+                duplicated += max(0, count - archive["rows"])
+                partial += 1 if count <= archive["rows"] else 0
+                why.append(f"{extra} rows of {self.into} not in the live window ({count} rows, archive {archive['rows']})")
+            if count != archive["rows"]:
+                why.append(f"{self.into}: {count} rows, the archive has {archive['rows']}")
+                partial += 0 if (missing or extra) else 1
+        left = [r[1] for r in hive_query(settings, f"SHOW TABLES IN {DB}")
+                if r[1].startswith(self.into.split(".", 1)[1] + "__")]
+        if left:
+            partial += len(left)
+            why.append(f"tables left: {left}")
+        staged = [str(p.relative_to(self.staging)) for p in self.staging.rglob("*")]
+        if staged:
+            partial += len(staged)
+            why.append(f"left in the staging folder: {staged[:5]}")
+        return {"lost": lost, "duplicated": duplicated, "partial": partial, "why": why[:5]}
+
+    def corrupt_during(self, job: str) -> None:
+        """A byte of the archive on the edge node flipped while the fetch runs, flipped back once the job failed
+        an attempt of its fetch (or ended): the server's ``sha256sum`` (before the download) or the download's own
+        hash must refuse it every time; the flip back makes the fault transient, so the next attempt or run
+        restores the whole archive."""
+        rec = self.c.record(job)
+        path = rec["args"]["archive"]["remote_path"]
+        size = rec["args"]["archive"]["bytes"]
+        offset = self.c.rng.randrange(size // 4, size - 1)
+        flip = ("import sys\nf = open(sys.argv[1], 'r+b'); f.seek(int(sys.argv[2])); b = f.read(1); "
+                "f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 1])); f.close()")
+        self.c.ssh("python3", "-c", flip, path, str(offset))
+        try:
+            def failed_once() -> bool:
+                r = self.c.record(job) or {}
+                fetch = next((p for p in r.get("phases", []) if p["name"] == "fetch"), {})
+                return r.get("state") in TERMINAL or fetch.get("attempts", 0) > 1 or fetch.get("state") == "done"
+            wait_until(failed_once, 180, "the fetch to fail an attempt")
+        finally:
+            self.c.ssh("python3", "-c", flip, path, str(offset))
+
+    def full_folder(self) -> Path:
+        return self.staging
+
+
+class RestoreCustomerFiles(Flow):
+    """Every backed-up file of ``beta`` (the customer-files flow's) restored into a new folder per trial on a small
+    tmpfs (disk full).  For the trial, beta's primary copies are moved aside, so every file is read from the
+    secondary on the edge node behind the relay (sshd outages, black holes, a corrupted copy)."""
+
+    name = "restore-customer-files"
+    busy = ("verify", "restore")
+    needs = ("customer-files",)
+    CUSTOMER = "beta"
+
+    def __init__(self, campaign):
+        super().__init__(campaign)
+        self.target = campaign.state / "rcf-target"
+        self.trial_no = 0
+        self.lock_target = "all"
+
+    @property
+    def lock_workflow(self) -> str:
+        return "customer-files"
+
+    @property
+    def alert_target(self) -> str:
+        return self.CUSTOMER
+
+    @property
+    def backup(self) -> CustomerFiles:
+        return self.c.flows["customer-files"]
+
+    @property
+    def primary(self) -> Path:
+        return self.backup.root / "primary" / self.CUSTOMER
+
+    def mount(self) -> None:
+        self.target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(self.target)], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.target)], check=False)
+
+    @property
+    def location(self) -> Path:
+        return self.target / f"trial-{self.trial_no:03d}"
+
+    def kwargs(self) -> dict:
+        return {"customer": self.CUSTOMER, "location": str(self.location)}
+
+    def cli_args(self) -> list[str]:
+        return ["restore", "customer-files", self.CUSTOMER, "--to", str(self.location)]
+
+    def prepare(self) -> None:
+        """A new, empty location; beta's primary copies moved aside (the secondary is read)."""
+        import shutil
+
+        for old in self.target.iterdir():
+            shutil.rmtree(old)
+        self.trial_no += 1
+        if self.primary.exists():
+            self.primary.rename(self.primary.with_name(self.CUSTOMER + ".aside"))
+
+    def after_trial(self) -> None:
+        aside = self.primary.with_name(self.CUSTOMER + ".aside")
+        if aside.exists():
+            aside.rename(self.primary)
+
+    def check(self, jobs, recs) -> dict:
+        expected = {(d, f): digest for (c, d, f), digest in self.backup.expected().items() if c == self.CUSTOMER}
+        why = restore_record_problems(recs)
+        partial, lost = len(why), 0
+        found: dict[tuple[str, str], str] = {}
+        for path in self.target.rglob("*"):
+            if path.is_dir():
+                continue
+            rel = path.relative_to(self.location) if path.is_relative_to(self.location) else None
+            if rel is None or len(rel.parts) != 2:
+                partial += 1
+                why.append(f"{path} outside the trial's <domain>/<file> layout")
+                continue
+            found[rel.parts] = sha256_file(path)
+        for key, digest in found.items():
+            if key[1].startswith(".") or key not in expected or expected[key] != digest:
+                partial += 1
+                why.append(f"restored {'/'.join(key)}: " + ("a temporary file" if key[1].startswith(".")
+                           else "no such backed-up file" if key not in expected else "differs from its source"))
+        missing = [k for k in expected if k not in found]
+        if missing:
+            lost += len(missing)
+            why.append(f"not restored: {['/'.join(k) for k in missing[:3]]}")
+        # what the trial restored from must still be the backup (a corruption trial flips its byte back)
+        secondary = {(d, f): v for (c, d, f), v in self.backup.destination(self.CUSTOMER, "secondary").items()}
+        damaged = [k for k, v in expected.items() if secondary.get(k) != v]
+        if damaged:
+            partial += len(damaged)
+            why.append(f"secondary copies differ from their source after the trial: {damaged[:3]}")
+        return {"lost": lost, "duplicated": 0, "partial": partial, "why": why[:5]}
+
+    def corrupt_during(self, job: str) -> None:
+        """A byte of one of beta's secondary copies on the edge node flipped while the restore reads them (its
+        primary is aside: no good copy is left), flipped back once the job ended: verify's SHA-256, or the
+        restore's check of the bytes it read against the recorded SHA-256, must refuse it every time."""
+        files = sorted(k for k in self.backup.expected() if k[0] == self.CUSTOMER)
+        _, domain, name = self.c.rng.choice(files)
+        path = f"{self.backup.edge}/{self.CUSTOMER}/{domain}/{name}"
+        flip = ("import sys\nf = open(sys.argv[1], 'r+b'); f.seek(int(sys.argv[2])); b = f.read(1); "
+                "f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 1])); f.close()")
+        offset = str(self.c.rng.randrange(100, self.backup.FILE_BYTES // 2))
+        self.c.ssh("python3", "-c", flip, path, offset)
+        try:
+            wait_until(lambda: (self.c.record(job) or {}).get("state") in TERMINAL, 300, "the restore to end")
+        finally:
+            self.c.ssh("python3", "-c", flip, path, offset)
+
+    def full_folder(self) -> Path:
+        return self.target
+
+
+class RestoreTableBackup(Flow):
+    """The table-backup flow's backup restored ``--into`` a table of its own with ``--replace``."""
+
+    name = "restore-table-backup"
+    busy = ("load", "swap")
+    needs = ("table-backup",)
+
+    @property
+    def lock_workflow(self) -> str:
+        return "table-backup"
+
+    COLUMNS = "id, msisdn, customer, amount, event_ts, partition_date"
+
+    def setup(self) -> None:
+        self.lock_target = self.live = self.c.flows["table-backup"].live
+        self.into = f"{DB}.tb_restored"
+        for row in hive_query(self.c.settings, f"SHOW TABLES IN {DB}"):
+            if row[1].startswith("tb_restored"):
+                hive_query(self.c.settings, f"DROP TABLE IF EXISTS {DB}.{row[1]}")
+
+    def kwargs(self) -> dict:
+        return {"table": self.live, "into": self.into, "replace": True}
+
+    def cli_args(self) -> list[str]:
+        return ["restore", "table-backup", self.live, "--into", self.into, "--replace"]
+
+    def prepare(self) -> None:
+        self.before = table_property(self.c.settings, self.into, "mediation_backup.restore_job")
+
+    def check(self, jobs, recs) -> dict:
+        settings = self.c.settings
+        why = restore_record_problems(recs, ("rows_expected", "rows_restored"))
+        lost, duplicated, partial = 0, 0, len(why)
+        successes = [r for r in recs if r is not None and r["state"] == "success"]
+        holder = table_property(settings, self.into, "mediation_backup.restore_job")
+        want = successes[-1]["job_id"] if successes else self.before
+        if holder != want:
+            partial += 1
+            why.append(f"{self.into} was restored by {holder}, expected the last successful restore {want}")
+        backup = self.c.flows["table-backup"].backup
+        missing, extra = except_all(settings, f"SELECT {self.COLUMNS} FROM {backup}",
+                                    f"SELECT {self.COLUMNS} FROM {self.into}")
+        if missing:
+            lost += missing
+            why.append(f"{missing} rows of {backup} missing from {self.into}")
+        if extra:
+            duplicated += extra
+            why.append(f"{extra} rows of {self.into} not in {backup}")
+        left = [r[1] for r in hive_query(settings, f"SHOW TABLES IN {DB}") if r[1].startswith("tb_restored__")]
+        if left:
+            partial += len(left)
+            why.append(f"tables left: {left}")
+        return {"lost": lost, "duplicated": duplicated, "partial": partial, "why": why[:5]}
+
+
+RESTORE_FLOWS = (RestoreEdgeExport, RestoreCustomerFiles, RestoreTableBackup)
+
+
+FLOWS = {"edge-export": EdgeExport, "customer-files": CustomerFiles, "table-backup": TableBackup,
+         **{f.name: f for f in RESTORE_FLOWS}}
 
 
 # -- the reader of fault 4 ------------------------------------------------------------------------------------------
@@ -572,7 +927,10 @@ class Campaign:
         known.write_text(f"[127.0.0.1]:{self.relay.port} {key_line}\n")
         self.exports.mkdir(exist_ok=True)
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(self.exports)], check=True)
-        flows = [FLOWS[name](self) for name in self.workflows]
+        names = []
+        for name in self.workflows:  # a restore's backup first: its calibration run makes what is restored
+            names += [n for n in (*FLOWS[name].needs, name) if n not in names]
+        flows = [FLOWS[name](self) for name in names]
         if self.spark_restart and "table-backup" not in self.workflows:
             flows.append(TableBackup(self))  # its backup is what the reader of spark_restart trials reads
         overrides = {
@@ -599,14 +957,17 @@ class Campaign:
         self.app = create_app(self.settings)
         for flow in flows:
             self.flows[flow.name] = flow
-            if isinstance(flow, CustomerFiles):
+            if hasattr(flow, "mount"):
                 flow.mount()
             flow.setup()
         self.worker()
         for flow in flows:  # a clean run of each: its duration spreads the random moments; the first backup
             self.flow = flow
+            if isinstance(flow, RESTORE_FLOWS):
+                flow.prepare()  # as in a trial (a customer's primary aside: the run reads the secondary)
             began = time.monotonic()
             rec = self.wait_end([self.start_job()], 300)[0]
+            flow.after_trial()
             if rec is None or rec["state"] != "success":
                 raise RuntimeError(f"calibration run of {flow.name} did not succeed: {rec}")
             self.durations[flow.name] = time.monotonic() - began
@@ -627,7 +988,8 @@ class Campaign:
         self.redis.stop()
         subprocess.run(["umount", "-l", str(self.exports)], check=False)
         for flow in self.flows.values():
-            if isinstance(flow, CustomerFiles):
+            if hasattr(flow, "unmount"):
+                flow.after_trial()
                 flow.unmount()
         if self.platform is not None:  # only what this campaign started
             started = [name for name, state in self.platform_report.items() if state == "started"]
@@ -719,7 +1081,7 @@ class Campaign:
         """Alert mails received so far for the current workflow and target (the subject names both: campaigns
         on other workflows may share the platform's sinks)."""
         folder = self.settings.path(self.settings.platform.state_dir) / "sinks" / "mail"
-        subject = f"Subject: [mediation-backup] {self.flow.name} {self.flow.lock_target} "
+        subject = f"Subject: [mediation-backup] {self.flow.name} {self.flow.alert_target} "
         unfolded = (mail.read_text(errors="replace").replace("\r\n", "\n").replace("\n ", " ")
                     for mail in folder.glob("*.eml"))
         return sum(1 for text in unfolded if subject in text)
@@ -731,7 +1093,7 @@ class Campaign:
         failures = [r for r in done if r["state"] == "failed"]
         seen = self.flow.check(jobs, recs)
         lost += seen["lost"]
-        if self.res.locks.holder(self.flow.name, self.flow.lock_target) is not None:
+        if self.res.locks.holder(self.flow.lock_workflow, self.flow.lock_target) is not None:
             lost += 1  # a lock left held blocks every later run: counted with what is lost
         alerts_sent = self.alerts() - alerts_before
         ok = lost == 0 and seen["duplicated"] == 0 and seen["partial"] == 0
@@ -743,6 +1105,7 @@ class Campaign:
                 "lost": lost, "duplicated": seen["duplicated"], "partial": seen["partial"],
                 "alerts_sent": alerts_sent, "alerts_expected": 1 if failures else 0,
                 "recovery_s": round(time.monotonic() - started, 1), "effective": int(effective),
+                "runs": sum(1 for r in done if r["state"] != "skipped"),
                 "why": seen.get("why", [])}
 
     def trial(self, kind: str) -> dict:
@@ -751,7 +1114,7 @@ class Campaign:
             raise ValueError(f"fault kind {kind} runs in a campaign {'with' if kind in SENTINEL_KINDS else 'without'} "
                              f"a Sentinel group (Campaign(sentinel=...))")
         flow = self.flow
-        self.res.alerter.success(flow.name, flow.lock_target)  # every trial starts outside an alert episode
+        self.res.alerter.success(flow.name, flow.alert_target)  # every trial starts outside an alert episode
         if not self.live_workers():
             self.worker()
         flow.prepare()
@@ -767,7 +1130,10 @@ class Campaign:
             jobs.append(self.start_job())
             recs = self.wait_end(jobs, 300)
         self.wait_quiet(120)
-        verdict = self.verify(jobs, recs, alerts_before, started)
+        try:
+            verdict = self.verify(jobs, recs, alerts_before, started)
+        finally:
+            flow.after_trial()
         if self.reader is not None:
             self.reader.stop.set()
             self.reader.join(30)
@@ -868,7 +1234,7 @@ class Campaign:
         cli = []
         gate.wait()
         for _ in range(4):
-            cli.append(subprocess.Popen([sys.executable, "-m", "workers.cli", "--config", str(self.config), "run",
+            cli.append(subprocess.Popen([sys.executable, "-m", "workers.cli", "--config", str(self.config),
                                          *self.flow.cli_args(), "--json"], stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent))
         for t in threads:
@@ -947,6 +1313,7 @@ def summarize(kind: str, verdicts: list[dict], workflow: str = WORKFLOW) -> dict
         row[k] = sum(v[k] for v in verdicts)
     row["max_recovery_s"] = max((v["recovery_s"] for v in verdicts), default=0)
     row["effective"] = sum(v["effective"] for v in verdicts)
+    row["runs"] = sum(v.get("runs", 0) for v in verdicts)  # jobs not skipped (the concurrent kind: 1 a trial)
     hits: dict[str, int] = {}
     for v in verdicts:
         hits[v["phase"]] = hits.get(v["phase"], 0) + 1
