@@ -1340,7 +1340,8 @@ def run(base: dict, state: Path, redis_port: int, kinds, trials: int, seed: int,
     Sentinel group in another."""
     rows = []
     for sentinel in (False, True):
-        group = [k for k in kinds if (k in SENTINEL_KINDS) == sentinel]
+        group = [k for k in kinds if (k in SENTINEL_KINDS) == sentinel
+                 and any(k in WORKFLOW_KINDS[w] for w in workflows)]  # no campaign for kinds that apply to none
         if not group:
             continue
         with Campaign(base, state / ("sentinel-campaign" if sentinel else "campaign"),
