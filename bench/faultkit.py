@@ -322,6 +322,13 @@ class Relay:
     def close(self) -> None:
         """Stop listening and drop every relayed connection: new connections are refused."""
         if self.sock is not None:
+            # shutdown first: a close alone leaves the socket listening while the accept thread is blocked in
+            # accept() (the kernel holds it until that call returns), so reopening the port fails with EADDRINUSE
+            # when no connection came during the outage; shutdown wakes the blocked accept.
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self.sock.close()
             self.sock = None
         for c in self.conns:
