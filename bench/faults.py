@@ -1038,11 +1038,20 @@ class Campaign:
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + 5
                 try:
-                    check_stalls(self.res, QUEUES)
+                    check_stalls(self.res, QUEUES, self.cleanup_for)
                 except BackupError:
                     pass  # Redis away: the next check tries again
             time.sleep(0.3)
         return [self.record(j) for j in job_ids]
+
+    def cleanup_for(self, workflow: str):
+        """A workflow's failure cleanup on the campaign's resources, as beat's stall check passes it
+        (tasks/maintenance.py): a job failed by the stall check is cleaned up as in production."""
+        from backup.workflow import definition
+        from config.workflows import WORKFLOWS
+
+        cleanup = definition(workflow).failure_cleanup if workflow in WORKFLOWS else None
+        return (lambda rec: cleanup(self.res, rec)) if cleanup else None
 
     def wait_quiet(self, timeout: float) -> None:
         """Wait until no worker executes anything: a resumed or late delivery may still be finishing its work
