@@ -51,7 +51,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from base.errors import AlreadyExists, BackupError, ConfigError, FatalError, InvalidInput, NotFound
+from base.errors import AlreadyExists, BackupError, ConfigError, FatalError, InvalidInput, LockLost, NotFound
 from base.identifiers import TableName, identifier
 from backup.enqueue import fail_request
 from backup.jobs import phase_entry
@@ -480,22 +480,31 @@ def load_phase(ctx: PhaseContext) -> dict:
     data = TableName.parse(checked.data_table)
     with res.spark().session() as spark:
         create_staging(spark, names, checked, cfg.format, ctx.job_id)
-        with spark_errors(f"restore {data} into {names.staging}"):
-            # Hive-format targets (a live table LIKE'd) take dynamic partitions only in nonstrict mode.
-            spark.conf.set("hive.exec.dynamic.partition", "true")
-            spark.conf.set("hive.exec.dynamic.partition.mode", "nonstrict")
-            order = spark.table(names.staging.sql).columns  # insertInto is positional: the staging table's order
-            spark.table(data.sql).select(*[F.col(f"`{c}`") for c in order]).write \
-                .option("partitionOverwriteMode", "static").insertInto(names.staging.sql, overwrite=True)
-        counts = restored_partition_rows(spark, names.staging, checked, cfg)
-    rows = sum(counts.values())
-    problems = ([] if rows == checked.rows_expected else [f"{rows} rows, expected {checked.rows_expected}"]) \
-        + _differences(checked.partition_rows_expected, counts)
-    if problems:
-        raise FatalError(f"the rows restored from {checked.data_table} into {names.staging} do not match the backup "
-                         f"({checked.expected_from}): " + _shown(problems) + f"; {names.target} was not touched")
-    restored = Restored(staging_table=str(names.staging), rows_restored=rows, partition_rows_restored=counts)
-    ctx.done(restored.as_outputs())
+        try:
+            with spark_errors(f"restore {data} into {names.staging}"):
+                # Hive-format targets (a live table LIKE'd) take dynamic partitions only in nonstrict mode.
+                spark.conf.set("hive.exec.dynamic.partition", "true")
+                spark.conf.set("hive.exec.dynamic.partition.mode", "nonstrict")
+                order = spark.table(names.staging.sql).columns  # insertInto is positional: the staging table's order
+                spark.table(data.sql).select(*[F.col(f"`{c}`") for c in order]).write \
+                    .option("partitionOverwriteMode", "static").insertInto(names.staging.sql, overwrite=True)
+            counts = restored_partition_rows(spark, names.staging, checked, cfg)
+            rows = sum(counts.values())
+            problems = ([] if rows == checked.rows_expected else [f"{rows} rows, expected {checked.rows_expected}"]) \
+                + _differences(checked.partition_rows_expected, counts)
+            if problems:
+                raise FatalError(f"the rows restored from {checked.data_table} into {names.staging} do not match the "
+                                 f"backup ({checked.expected_from}): " + _shown(problems)
+                                 + f"; {names.target} was not touched")
+            restored = Restored(staging_table=str(names.staging), rows_restored=rows, partition_rows_restored=counts)
+            ctx.done(restored.as_outputs())
+        except LockLost:
+            # Another run holds the lock now and this job may already be failed and cleaned up (a holder paused
+            # past its lock's TTL, failed by the stall check meanwhile): nobody else will drop what this delivery
+            # wrote, so it drops its own staging table (only one carrying this job's id) before giving up.
+            if (properties_if_exists(spark, names.staging) or {}).get(PROP_RESTORE_JOB) == ctx.job_id:
+                drop(spark, names.staging, "TABLE")
+            raise
     return {"job_id": ctx.job_id, "rows_restored": rows, "partitions_restored": len(counts)}
 
 

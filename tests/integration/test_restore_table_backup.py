@@ -17,8 +17,9 @@ from impala.dbapi import connect
 
 from backup import restore_table_backup as rtb
 from backup.resources import Resources
+from backup.runner import fail_job
 from backup.table_backup import catalog, columns
-from base.errors import BackupError, NotFound
+from base.errors import BackupError, LockLost, NotFound
 from tests.conftest import CONFIG_PATH
 from tests.helpers import backupctl, enqueue, run_phases_inline, sink_counts, wait_job
 from tests.integration.test_table_backup import (DAYS, FIRST_DAY, LIVE_DDL, backup_inprocess, execute, good_rows, query,
@@ -364,3 +365,34 @@ def test_a_restore_never_runs_beside_a_backup_of_the_table(settings, res, live):
     assert rec["state"] == "skipped" and rec["reason"] == "lock held by job backup-job-running-now"
     assert tables_of(settings, "beside") == set()
 
+
+
+def test_a_load_woken_after_its_job_was_failed_drops_its_own_staging_table(settings, res, live, monkeypatch):
+    """Found by the fault campaign's paused row: a holder paused past its lock's TTL has its job failed
+    meanwhile (the stall check: failure cleanup run while no staging table existed yet) and its lock taken by
+    another run; woken, its load creates and fills the staging table, is refused at its commit (LockLost) and
+    must drop that table itself: nobody else will."""
+    table = live["table"]
+    rec = rtb.submit(res, table, into=f"{DB}.woken")
+    job_id = rec["job_id"]
+    original = rtb.create_staging
+
+    def failed_while_paused(spark, *args):
+        held = res.jobs.get(job_id)["lock"]
+        res.redis.delete(held["key"])  # expired while paused
+        thief, _ = res.locks.acquire("table-backup", table, f"thief-{job_id}")
+        assert thief is not None and thief.token > held["token"]
+        fail_job(res, job_id, "load", LockLost("lock expired while the worker was paused"),
+                 cleanup=lambda r: rtb.discard_restore(res, r))
+        return original(spark, *args)
+
+    monkeypatch.setattr(rtb, "create_staging", failed_while_paused)
+    mails, tickets = sink_counts(settings)
+    try:
+        with pytest.raises(LockLost):
+            run_restore(res, job_id)
+        assert res.jobs.get(job_id)["state"] == "failed"
+        assert tables_of(settings, "woken") == set(), "the woken load's staging table was left behind"
+        assert sink_counts(settings) == (mails + 1, tickets + 1)  # the one failure, loud once
+    finally:
+        res.redis.delete(res.locks.key("table-backup", table))
