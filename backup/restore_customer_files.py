@@ -490,8 +490,9 @@ def verify_phase(ctx: PhaseContext) -> dict:
             failures.append(f"{name}: {conflict}")
             v["error"] = conflict
     if waiting and not failures:
-        # An unreachable copy may be a good one: retried within the budget, as any connection failure.
-        _keep_outputs(ctx, {"files": verdicts})
+        # An unreachable copy may be a good one: retried within the budget, as any connection failure.  The
+        # findings go beside the plan, never over it: the retry reads the plan's ``files``.
+        _keep_outputs(ctx, {"last_attempt": {"phase": ctx.name, "files": verdicts}})
         raise ConnectionFailed(f"{len(waiting)} file(s) could not be verified: {_named(waiting)}")
     if failures or waiting:
         _keep_outputs(ctx, {"files": verdicts})
@@ -500,7 +501,7 @@ def verify_phase(ctx: PhaseContext) -> dict:
                          f"was written (narrow the restore with --file or --domain to get the others): {_named(bad)}")
     from_secondary = sum(v["source"] == "secondary" for v in verdicts)
     present = sum(v["present"] for v in verdicts)
-    ctx.done(Verified(sources=verdicts).as_outputs(),
+    ctx.done({**Verified(sources=verdicts).as_outputs(), "last_attempt": None},
              note=f"{len(files)} file(s) verified: {len(files) - from_secondary} from the primary, {from_secondary} "
                   f"from the secondary; {present} already at the target")
     return {"job_id": ctx.job_id, "files": len(files), "from_secondary": from_secondary, "present": present}
@@ -627,7 +628,7 @@ def restore_phase(ctx: PhaseContext) -> dict:
                     progress["files_done"] += 1
                 ctx.progress(**progress)
         if target.down:  # the target became unreachable: retried; files already there are found present
-            _keep_outputs(ctx, {"files": results})
+            _keep_outputs(ctx, {"last_attempt": {"phase": ctx.name, "files": results}})
             raise ConnectionFailed(f"target {req.location}: {target.down}")
     totals = {"files": len(results), "restored": sum(r["status"] == "restored" for r in results),
               "present": sum(r["status"] == "present" for r in results),
@@ -638,13 +639,14 @@ def restore_phase(ctx: PhaseContext) -> dict:
     failed = [f"{r['domain']}/{r['file']}: {r['error']}" for r in results if r["status"] == "failed"]
     if failed and len(transient) == len(failed):
         # Every failure was a connection: retried within the budget; files already restored are found present.
-        _keep_outputs(ctx, {"files": results})
+        # The findings go beside the plan, never over it: the retry reads the plan's ``files``.
+        _keep_outputs(ctx, {"last_attempt": {"phase": ctx.name, "files": results}})
         raise ConnectionFailed(f"{len(failed)} file(s) could not be read from their backup copy: {_named(failed)}")
     if failed:
         _keep_outputs(ctx, Restored(files=results, totals=totals, location=req.location).as_outputs())
         raise FatalError(f"restore of {req.customer}: {len(failed)} of {len(results)} file(s) failed, "
                          f"{totals['restored'] + totals['present']} restored to {req.location}: {_named(failed)}")
-    ctx.done(Restored(files=results, totals=totals, location=req.location).as_outputs(),
+    ctx.done({**Restored(files=results, totals=totals, location=req.location).as_outputs(), "last_attempt": None},
              note=f"{totals['restored']} restored, {totals['present']} already present, "
                   f"{totals['from_secondary']} from the secondary")
     return {"job_id": ctx.job_id, **totals}
