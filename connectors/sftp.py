@@ -157,8 +157,13 @@ class SftpTarget:
             sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
             sftp.get_channel().settimeout(max(60, self.s.connect_timeout))
         except Exception as e:
+            alive = transport.is_active()
             transport.close()
             if isinstance(e, paramiko.AuthenticationException):
+                if not alive:
+                    # paramiko says "Authentication failed: transport shut down or saw EOF" when the connection
+                    # ends mid-authentication (a server going away, a cut link): retryable, not a refusal.
+                    raise ConnectionFailed(f"{what}: connection lost during authentication ({e})") from e
                 raise AuthFailed(f"{what}: authentication refused ({e})") from e
             if isinstance(e, paramiko.SSHException) and "no acceptable host key" in str(e):
                 raise HostKeyMismatch(f"{what}: the server offers no host key of a type {self.known_hosts} holds "
