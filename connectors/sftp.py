@@ -151,6 +151,7 @@ class SftpTarget:
                 tuple(c for c in sec.ciphers if c not in PREFERRED_CIPHERS)
             self._prefer_known_key_types(transport)
             transport.start_client(timeout=self.s.connect_timeout)
+            transport.auth_timeout = self.s.connect_timeout  # paramiko's default waits 30 s on a silent server
             self._verify_host_key(transport)
             transport.auth_publickey(self.user, self._key())
             transport.set_keepalive(30)
@@ -160,9 +161,10 @@ class SftpTarget:
             alive = transport.is_active()
             transport.close()
             if isinstance(e, paramiko.AuthenticationException):
-                if not alive:
+                if not alive or "timeout" in str(e).lower():
                     # paramiko says "Authentication failed: transport shut down or saw EOF" when the connection
-                    # ends mid-authentication (a server going away, a cut link): retryable, not a refusal.
+                    # ends mid-authentication (a server going away, a cut link), "Authentication timeout." when
+                    # the server stops answering (a black hole): retryable, not a refusal.
                     raise ConnectionFailed(f"{what}: connection lost during authentication ({e})") from e
                 raise AuthFailed(f"{what}: authentication refused ({e})") from e
             if isinstance(e, paramiko.SSHException) and "no acceptable host key" in str(e):
@@ -330,6 +332,8 @@ def remote_sha256sum(transport: paramiko.Transport, paths: list[str], timeout: f
         code = channel.recv_exit_status()
     finally:
         channel.close()
+    if code == -1:  # paramiko's "no exit status": the connection ended while sha256sum ran (a server going away)
+        raise EOFError(f"the connection ended before sha256sum's exit status ({err.strip()[:200] or 'no output'})")
     digests = []
     for line in out.split("\n"):
         digest = line.removeprefix("\\")[:64]

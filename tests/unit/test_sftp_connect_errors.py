@@ -1,37 +1,47 @@
-"""How ``SftpTarget.connect`` names a server that goes away during authentication: a connection failure
-(retried), not a refused login (fatal).  Found by the fault campaign's sshd-outage row of restore-customer-files:
-the edge node's connection dropped mid-authentication became ``AuthFailed`` and failed the whole restore.
-The server here is paramiko's own SSH server on loopback, which drops the connection (or refuses the key)
-when the client authenticates."""
+"""How the SFTP connector names a server that goes away: a connection failure (retried), never a refused login or
+a fatal command failure.  Found by the fault campaign's sshd-outage and black-hole rows of the restores: a
+connection dropped mid-authentication became ``AuthFailed``, a silent server's authentication timeout too, and
+a ``sha256sum`` whose connection ended (paramiko's exit status -1) a ``FatalError``; each failed a whole
+restore at once.  The server here is paramiko's own SSH server on loopback, made to misbehave at one step."""
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import paramiko
 import pytest
 
 from base.errors import AuthFailed, ConnectionFailed
-from connectors.sftp import SftpTarget
+from connectors.sftp import SftpSession, SftpTarget
 
 
 class _Server(paramiko.ServerInterface):
-    def __init__(self, transport: paramiko.Transport, drop: bool):
-        self.transport, self.drop = transport, drop
+    def __init__(self, transport: paramiko.Transport, mode: str):
+        self.transport, self.mode = transport, mode
 
     def get_allowed_auths(self, username):
         return "publickey"
 
     def check_auth_publickey(self, username, key):
-        if self.drop:  # the server goes away mid-authentication (sshd stopped, the link cut)
+        if self.mode == "drop":  # the server goes away mid-authentication (sshd stopped, the link cut)
             self.transport.sock.shutdown(socket.SHUT_RDWR)
-        return paramiko.AUTH_FAILED
+        if self.mode == "silent":  # a black hole: no answer
+            time.sleep(4)
+        return paramiko.AUTH_SUCCESSFUL if self.mode == "exec-drop" else paramiko.AUTH_FAILED
+
+    def check_channel_request(self, kind, chanid):
+        return paramiko.OPEN_SUCCEEDED
+
+    def check_channel_exec_request(self, channel, command):
+        threading.Timer(1.0, lambda: self.transport.sock.shutdown(socket.SHUT_RDWR)).start()  # gone mid-command
+        return True
 
 
 @pytest.fixture
 def server(tmp_path):
-    """An SSH server on a loopback port answering one connection; (target of the project, drop-or-refuse switch)."""
+    """An SSH server on a loopback port for one connection: (the project's target for it, its keys, mode switch)."""
     key = paramiko.RSAKey.generate(2048)
     client_key = paramiko.RSAKey.generate(2048)
     key_file = tmp_path / "client_key"
@@ -42,15 +52,17 @@ def server(tmp_path):
     port = listener.getsockname()[1]
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {key.get_name()} {key.get_base64()}\n")
-    mode = {"drop": True}
+    mode = {"mode": "drop"}
 
     def serve():
         conn, _ = listener.accept()
         transport = paramiko.Transport(conn)
         transport.add_server_key(key)
         try:
-            transport.start_server(server=_Server(transport, mode["drop"]))
-            transport.accept(10)
+            transport.start_server(server=_Server(transport, mode["mode"]))
+            channel = transport.accept(10)  # held: a channel object collected is closed
+            time.sleep(2)
+            del channel
         except Exception:  # noqa: BLE001 - the client side is what is asserted
             pass
         finally:
@@ -58,22 +70,43 @@ def server(tmp_path):
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    target = SftpTarget.for_address("127.0.0.1", port, "backup", key_file, known, connect_timeout=5)
-    yield target, mode
+    target = SftpTarget.for_address("127.0.0.1", port, "backup", key_file, known, connect_timeout=2)
+    yield target, client_key, port, mode
     listener.close()
     thread.join(15)
 
 
 def test_a_connection_dropped_during_authentication_is_a_connection_failure(server):
-    target, mode = server
-    mode["drop"] = True
+    target, _, _, mode = server
+    mode["mode"] = "drop"
     with pytest.raises(ConnectionFailed, match="connection lost during authentication") as raised:
         target.connect()
     assert not isinstance(raised.value, AuthFailed)
 
 
+def test_a_server_silent_during_authentication_is_a_connection_failure_within_the_connect_timeout(server):
+    target, _, _, mode = server
+    mode["mode"] = "silent"
+    began = time.monotonic()
+    with pytest.raises(ConnectionFailed, match="connection lost during authentication"):
+        target.connect()
+    assert time.monotonic() - began < 3.5  # sftp.connect_timeout (2 s), not paramiko's 30 s
+
+
 def test_a_refused_key_is_still_an_authentication_failure(server):
-    target, mode = server
-    mode["drop"] = False
+    target, _, _, mode = server
+    mode["mode"] = "refuse"
     with pytest.raises(AuthFailed, match="authentication refused"):
         target.connect()
+
+
+def test_a_sha256sum_whose_connection_ends_is_a_connection_failure(server):
+    target, client_key, port, mode = server
+    mode["mode"] = "exec-drop"
+    transport = paramiko.Transport(socket.create_connection(("127.0.0.1", port)))
+    try:
+        transport.connect(username="backup", pkey=client_key)  # host key: the fixture's own server
+        with pytest.raises(ConnectionFailed, match="connection ended before sha256sum's exit status"):
+            SftpSession(target, transport, None).sha256("/tmp/archive.csv.gz")
+    finally:
+        transport.close()
