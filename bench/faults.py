@@ -635,7 +635,7 @@ class RestoreEdgeExport(Flow):
             def failed_once() -> bool:
                 r = self.c.record(job) or {}
                 fetch = next((p for p in r.get("phases", []) if p["name"] == "fetch"), {})
-                return r.get("state") in TERMINAL or fetch.get("attempts", 0) > 1 or fetch.get("state") == "done"
+                return r.get("state") in TERMINAL or fetch.get("attempts", 0) > 1 or fetch.get("state") == "success"
             wait_until(failed_once, 180, "the fetch to fail an attempt")
         finally:
             self.c.ssh("python3", "-c", flip, path, str(offset))
