@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 import redis
 
 from base.errors import (AlreadyExists, BackupDamaged, BackupError, ChecksumMismatch, ConnectionFailed, FatalError, InvalidInput,
-                         NotFound, causes)
+                         LockLost, NotFound, causes)
 from base.identifiers import TableName, identifier
 from backup.edge_export import WORKFLOW as BACKUP_WORKFLOW
 from backup.enqueue import fail_request
@@ -419,9 +419,15 @@ def fetch_phase(ctx: PhaseContext) -> dict:
                 raise ChecksumMismatch(f"archive {uri}: the downloaded copy hashes {digest.hexdigest()[:12]}… != "
                                        f"{sha[:12]}… recorded by edge-export job {archive['job_id']}; nothing restored")
 
-        ctx.commit_check()
-        backend.write_atomic(path, verified_chunks(), overwrite=True)
-    ctx.done(fetched.as_outputs())
+        try:
+            ctx.commit_check()
+            backend.write_atomic(path, verified_chunks(), overwrite=True)
+            ctx.done(fetched.as_outputs())
+        except LockLost:
+            # Another run holds the lock and this job may already be failed and cleaned up (a holder paused past
+            # its lock's TTL): nobody else will remove this job's folder, made above, or the archive in it.
+            backend.delete(folder, recursive=True)
+            raise
     return {"job_id": ctx.job_id, "remote_uri": uri, "bytes": done["bytes"]}
 
 

@@ -259,3 +259,42 @@ def test_replace_live_swaps_in_the_archive_and_keeps_the_previous_table(capsys, 
     assert staging_tables(spark) == [] and not (STAGING / rec["job_id"]).exists()
     sql(spark, f"DROP TABLE {names.replaced.sql}")
     sql(spark, f"DROP TABLE {snapshot.sql}")
+
+
+def test_a_fetch_woken_after_its_job_was_failed_leaves_nothing_in_the_staging_folder(settings, mres, backups,
+                                                                                   monkeypatch):
+    """Found by the fault campaign's paused row: a holder paused past its lock's TTL has its job failed and cleaned
+    up meanwhile (the stall check) and its lock taken by another run; woken, its fetch makes the job's staging
+    folder, is refused at its commit check (LockLost) and must remove that folder itself: nobody else will."""
+    from backup import restore_edge_export as ree
+    from backup.runner import fail_job
+    from base.errors import LockLost
+    from tests.helpers import run_phases_inline
+
+    table, backup = backups["live"]
+    rec = ree.submit(mres, table, into=f"{table}_woken", job=backup["job_id"])
+    job_id = rec["job_id"]
+    original = ree._staging
+    woken = []
+
+    def failed_while_paused(res, job, name):
+        if not woken:  # the fetch's first call: the job is failed and cleaned up, then the fetch goes on
+            woken.append(True)
+            held = mres.jobs.get(job_id)["lock"]
+            mres.redis.delete(held["key"])  # expired while paused
+            thief, _ = mres.locks.acquire("edge-export", table, f"thief-{job_id}")
+            assert thief is not None and thief.token > held["token"]
+            fail_job(mres, job_id, "fetch", LockLost("lock expired while the worker was paused"),
+                     cleanup=lambda r: ree.undo(mres, r))
+        return original(res, job, name)
+
+    monkeypatch.setattr(ree, "_staging", failed_while_paused)
+    mails, tickets = sink_counts(settings)
+    try:
+        with pytest.raises(LockLost):
+            run_phases_inline(mres, ree.DEFINITION, job_id)
+        assert mres.jobs.get(job_id)["state"] == "failed"
+        assert not (STAGING / job_id).exists(), list((STAGING / job_id).rglob("*"))
+        assert sink_counts(settings) == (mails + 1, tickets + 1)  # the one failure, loud once
+    finally:
+        mres.redis.delete(mres.locks.key("edge-export", table))
