@@ -17,7 +17,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 
@@ -330,44 +330,31 @@ def test_restore_into_hdfs_read_back_with_hadoops_own_client(settings, res, plat
         rec["outputs"]["files"]
 
 
-def test_verify_and_restore_retried_after_an_unreachable_secondary_restore_everything(settings, res, cfg, backed_up,
-                                                                                     damage, tmp_path):
-    """Phases inline, each retried as the chain retries a ConnectionFailed: the edge node refuses connections for
-    the first attempt of verify and of restore (the secondary pointed at a loopback port where nothing listens),
-    then answers.  Found by the fault campaign's sshd-outage row: the first attempt's per-file findings were
-    written over the plan's file list, so every retry failed (verify: ``KeyError: 'recorded_in'``; restore:
-    ``no secondary copy recorded``)."""
-    import socket
-
-    from backup.resources import Resources
+def test_verify_and_restore_retried_after_an_unreachable_secondary_restore_everything(settings, res, platform,
+                                                                                     backed_up, damage, tmp_path):
+    """Phases inline, each retried as the chain retries a ConnectionFailed: the edge node's sshd is stopped for
+    the first attempt of verify and of restore (connections refused), then started again.  Found by the fault
+    campaign's sshd-outage row: the first attempt's per-file findings were written over the plan's file list,
+    so every retry failed (verify: ``KeyError: 'recorded_in'``; restore: ``no secondary copy recorded``)."""
     from base.errors import ConnectionFailed
-    from config.settings import load_settings
-    from tests.conftest import STATE, write_config
 
     damage("primary", "traffic_001.csv", "delete")  # only the secondary has it: verify and restore read the edge node
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    closed_port = probe.getsockname()[1]
-    probe.close()
-    path = urlsplit(cfg.customers[CUSTOMER].secondary).path
-    down = Resources(load_settings(write_config(STATE / "rcf-edge-down.yaml", {"customer_files": {"customers": {
-        CUSTOMER: {"secondary": f"sftp://127.0.0.1:{closed_port}{path}"}}}})), _redis=res.redis)
     target = tmp_path / "out"
     job_id = rcf.submit(res, CUSTOMER, str(target))["job_id"]
     try:
         for name, func in (("lock", rcf.lock_phase), ("plan", rcf.plan_phase)):
             with phase(res, job_id, name) as ctx:
                 func(ctx)
-        with pytest.raises(ConnectionFailed, match="could not be verified"):
-            with phase(down, job_id, "verify") as ctx:
-                rcf.verify_phase(ctx)
-        with phase(res, job_id, "verify", attempt=2) as ctx:
-            rcf.verify_phase(ctx)
-        with pytest.raises(ConnectionFailed):
-            with phase(down, job_id, "restore") as ctx:
-                rcf.restore_phase(ctx)
-        with phase(res, job_id, "restore", attempt=2) as ctx:
-            rcf.restore_phase(ctx)
+        for name, func in (("verify", rcf.verify_phase), ("restore", rcf.restore_phase)):
+            platform.down(only=["sshd"])
+            try:
+                with pytest.raises(ConnectionFailed):
+                    with phase(res, job_id, name) as ctx:
+                        func(ctx)
+            finally:
+                platform.up(only=["sshd"], timeout=60)
+            with phase(res, job_id, name, attempt=2) as ctx:
+                func(ctx)
         with phase(res, job_id, "finish") as ctx:
             rcf.finish_phase(ctx)
     finally:
@@ -380,4 +367,4 @@ def test_verify_and_restore_retried_after_an_unreachable_secondary_restore_every
     assert by_name(rec)["traffic/traffic_001.csv"]["source"] == "secondary"
     totals = rec["outputs"]["totals"]  # the first restore attempt wrote the primary's files: found present after
     assert (totals["restored"] + totals["present"], totals["failed"], totals["from_secondary"]) == (len(backed_up), 0, 1)
-    assert "last_attempt" not in rec["outputs"] or rec["outputs"]["last_attempt"] is None
+    assert rec["outputs"].get("last_attempt") is None
