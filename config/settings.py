@@ -348,6 +348,11 @@ def _glob_problem(pattern: str) -> str | None:
     return None
 
 
+#: a folder as a SQL engine reads it: an absolute path or scheme:///path / scheme://authority/path, no character
+#: that could end the SQL string literal it is put in or hide in a log
+_SERVER_PATH = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9.:@_-]*)?/[A-Za-z0-9._/@:+=,~-]*")
+
+
 class CustomerLocations(_Section):
     primary: str = Field(..., description="primary backup folder of the customer: a path, file://, hdfs://, webhdfs://, swebhdfs:// (WebHDFS over verified TLS) or sftp://user@host:port/path (no password in any URL)")
     secondary: str = Field(..., description="secondary (edge node) backup folder, same forms as primary")
@@ -368,6 +373,8 @@ class CustomerFilesSettings(_Section):
     after_backup: Literal["keep", "move", "delete"] = Field("keep", description="what happens to a source file once both copies are verified")
     move_to: str | None = Field(None, description="with after_backup: move, the folder on the sources' storage receiving <customer>/<domain>/<file>")
     hdfs_kerberos: bool = Field(False, description="authenticate hdfs:// and webhdfs:// locations with Kerberos (needs requests-kerberos and a ticket)")
+    count_load_folder: str | None = Field(None, description="with a Spark HiveServer2: a folder (path or URL, as for the backups) where the collect phase writes the run's count rows as one JSON-lines file for the server to read in one statement, instead of SQL VALUES literals (about 0.65 ms per row for Spark's parser: 13 s at 20,000 rows); set count_load_server_path too. The file is removed after the load. Unset, or another engine: VALUES statements")
+    count_load_server_path: str | None = Field(None, description="the same folder as the HiveServer2 (Spark) reads it: a URI such as hdfs:///backup/.counts (the server's default HDFS) or file:///shared/counts, or an absolute path; no quotes, backslashes or spaces")
     read_back_local_copies: bool = Field(False, description="also read back every copy just written to a local (file://) destination and compare its SHA-256; off: a local copy is verified by the SHA-256 of the very bytes handed to write (computed in the copy's single read pass), fsync and its size (a read-back of a file just written comes from the page cache and proves little more). Copies already present, HDFS copies without a matching file checksum and SFTP copies are always checked on the storage itself")
 
     @model_validator(mode="after")
@@ -393,6 +400,14 @@ class CustomerFilesSettings(_Section):
         for name, where in self.customers.items():
             locations += [(f"customers.{name}.primary", where.primary), (f"customers.{name}.secondary", where.secondary)]
         locations += [("status_flag", self.status_flag)] + ([("move_to", self.move_to)] if self.move_to else [])
+        if (self.count_load_folder is None) != (self.count_load_server_path is None):
+            raise ValueError("count_load_folder and count_load_server_path: set both (the folder as the workers write "
+                             "it and as the HiveServer2 reads it) or neither")
+        if self.count_load_folder is not None:
+            locations.append(("count_load_folder", self.count_load_folder))
+            if not _SERVER_PATH.fullmatch(self.count_load_server_path):
+                raise ValueError(f"count_load_server_path: {self.count_load_server_path!r} is not an absolute path or "
+                                 f"a URI with an absolute path (no quotes, backslashes, spaces or control characters)")
         seen: dict[str, str] = {}
         for key, url in locations:
             problem = _location_problem(url)

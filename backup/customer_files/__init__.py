@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import json
 import logging
 import os
 import posixpath
@@ -37,7 +38,7 @@ from pathlib import Path
 
 from base.errors import BackupError, ConfigError, FatalError, NotFound
 from base.urls import redact_url_secrets
-from base.identifiers import TableName
+from base.identifiers import TableName, check_job_id
 from base.text import run_id
 from backup.copy_engine import Destination, batches, copy_files
 from backup.customer_files.after_backup import after_backup, move_base
@@ -439,9 +440,11 @@ def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: 
     """Staging ← manifest; final ← staging rows not yet in it (by customer, domain, file and SHA-256); the rows
     of this run now in final.
 
-    On Spark, up to ``ROWS_PER_INSERT`` rows (a usual run): one statement writes both tables from the same
-    rows (a multi-insert: ``FROM … INSERT OVERWRITE staging … INSERT INTO final … WHERE not in final``), then
-    one count.  More rows, or another engine (Hive, Impala): the staging load in statements of
+    On Spark with ``count_load_folder`` set: the rows as one JSON-lines file the server reads (``_load_from_file``),
+    any number of rows in one statement.  Else on Spark, up to ``ROWS_PER_INSERT`` rows (a usual run): one
+    statement writes both tables from the same rows given as VALUES literals (a multi-insert: ``FROM …
+    INSERT OVERWRITE staging … INSERT INTO final … WHERE not in final``), then one count.  More rows, or
+    another engine (Hive, Impala): the staging load in statements of
     ``ROWS_PER_INSERT`` rows, one merge, the engine's REFRESH (not on Spark: it refreshes a table it writes
     itself) and the count.  Either way a rerun or a redelivered
     collect never counts a file twice, and the lock is checked before anything is written to the final table.
@@ -454,12 +457,18 @@ def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: 
     with res.hive() as hive:
         _ensure_tables(hive, [staging, final])
         spark = hive.engine() == "spark"
+        if spark and cfg.count_load_folder:
+            def load() -> tuple[int, str]:
+                return _load_from_file(res, hive, staging, final, values, job_id, commit_check)
+        else:
+            def load() -> tuple[int, str]:
+                return _load(hive, staging, final, values, commit_check, spark)
         try:
-            staged, refreshed = _load(hive, staging, final, values, commit_check, spark)
+            staged, refreshed = load()
         except NotFound:
             log.warning("count table %s or %s not found: creating it again and loading once more", staging, final)
             _ensure_tables(hive, [staging, final], again=True)
-            staged, refreshed = _load(hive, staging, final, values, commit_check, spark)
+            staged, refreshed = load()
         loaded = int(hive.query(f"SELECT count(*) FROM {final.sql} WHERE `job_id` = {sql_value(job_id)}",
                                 f"count rows of this run in {final}")[0][0])
     return {"staging_rows": staged, "final_rows_added": loaded, "refresh": refreshed}
@@ -480,17 +489,79 @@ def _load(hive, staging: TableName, final: TableName, values: list[list], commit
                      f"ON {key} WHERE f.`file_name` IS NULL AND s.`status` IN ({statuses})",
                      f"merge {staging} into {final}")
         return staged, "not needed (Spark refreshes a table it writes)" if spark else hive.refresh(final)
+    rows = ", ".join("(" + ", ".join(sql_value(v) for v in row) + ")" for row in values)
+    commit_check()  # fenced: a collect that lost its lock writes neither table
+    hive.execute(_multi_insert(staging, final, f"(VALUES {rows}) AS v({cols})"),
+                 f"load manifest into {staging} and merge the new rows into {final}")
+    return len(values), "not needed (Spark refreshes a table it writes)"
+
+
+def _multi_insert(staging: TableName, final: TableName, source: str) -> str:
+    """Spark's one statement writing both tables from the rows of ``source`` (a relation aliased ``v``): staging
+    overwritten with all of them, final given those it lacks (by customer, domain, file and SHA-256) whose status
+    is loaded, so a rerun or a redelivered collect never counts a file twice."""
+    cols = ", ".join(f"`{name}`" for name, _ in TABLE_COLUMNS)
+    statuses = ", ".join(sql_value(s) for s in LOADED_STATUSES)
     key = " AND ".join(f"v.`{c}` = f.`{c}`" for c in ("customer", "domain", "file_name", "sha256"))
     # The final table's keys, each once (DISTINCT): a joined row never multiplies a staged one.
     known = f"SELECT DISTINCT `customer`, `domain`, `file_name`, `sha256`, true AS `in_final` FROM {final.sql}"
-    rows = ", ".join("(" + ", ".join(sql_value(v) for v in row) + ")" for row in values)
-    commit_check()  # fenced: a collect that lost its lock writes neither table
-    hive.execute(f"FROM (SELECT v.*, f.`in_final` FROM (VALUES {rows}) AS v({cols}) "
-                 f"LEFT OUTER JOIN ({known}) f ON {key}) s "
-                 f"INSERT OVERWRITE TABLE {staging.sql} SELECT {cols} "
-                 f"INSERT INTO TABLE {final.sql} SELECT {cols} WHERE s.`in_final` IS NULL AND s.`status` IN ({statuses})",
-                 f"load manifest into {staging} and merge the new rows into {final}")
-    return len(values), "not needed (Spark refreshes a table it writes)"
+    return (f"FROM (SELECT v.*, f.`in_final` FROM {source} LEFT OUTER JOIN ({known}) f ON {key}) s "
+            f"INSERT OVERWRITE TABLE {staging.sql} SELECT {cols} "
+            f"INSERT INTO TABLE {final.sql} SELECT {cols} WHERE s.`in_final` IS NULL AND s.`status` IN ({statuses})")
+
+
+#: the temporary view over a run's rows file (it lives in one server session only)
+ROWS_VIEW = "mb_count_rows"
+
+
+def _load_from_file(res: Resources, hive, staging: TableName, final: TableName, values: list[list], job_id: str,
+                    commit_check: Callable[[], None]) -> tuple[int, str]:
+    """Spark with ``count_load_folder``: the rows as one JSON-lines file (``<job id>.json``) in that folder, then in
+    one server session a temporary view over it (``count_load_server_path``: the same folder as the server sees
+    it), the multi-insert from the view and the staging table's count; the file is removed afterwards.
+
+    Why: Spark parses a VALUES literal per row (about 0.65 ms a row here: 13 s of a 20,000-file run); reading a
+    file is one scan.  JSON, not CSV: every string (quotes, ``;``, newlines in an error text) and every NULL comes
+    back exactly as written, with no dialect to agree on.
+    Invariants: the server reads only a complete file (written to a temporary name, published by rename); a
+    malformed line fails the statement (``FAILFAST``) and the staging table must then hold exactly the rows
+    written, so no row is dropped silently; the lock is checked just before the statement that writes the
+    tables.  A redelivered collect writes the file again under the same name.
+    Cost: the file (about 370 bytes a row), one Spark job, one count."""
+    cfg = config(res)
+    backend, folder = open_location(res.settings, cfg.count_load_folder)
+    name = f"{check_job_id(job_id)}.json"
+    path = posixpath.join(folder, name)
+    names = [column for column, _ in TABLE_COLUMNS]
+    body = "".join(json.dumps(dict(zip(names, row))) + "\n" for row in values).encode()
+    backend.mkdir(folder)
+    backend.delete(path)  # a redelivered collect's file, or nothing
+    written = backend.write_temp(path, [body])
+    backend.publish(written.path, path)
+    schema = ", ".join(f"`{column}` {kind}" for column, kind in TABLE_COLUMNS)
+    server_file = cfg.count_load_server_path.rstrip("/") + "/" + name
+    try:
+        with hive.session(f"load {server_file} into {staging} and {final}") as session:
+            try:
+                session.execute(f"CREATE OR REPLACE TEMPORARY VIEW `{ROWS_VIEW}` ({schema}) USING json "
+                                f"OPTIONS (path {sql_value(server_file)}, mode 'FAILFAST')",
+                                f"read the count rows at {server_file}")
+            except NotFound as e:  # not a missing table: a setting that names another folder than the one written
+                raise FatalError(f"{e.one_line()} (written to {backend.uri(path)}: count_load_server_path must "
+                                 f"name the folder count_load_folder writes to, as the HiveServer2 sees it)") from e
+            commit_check()  # fenced: a collect that lost its lock writes neither table
+            session.execute(_multi_insert(staging, final, f"`{ROWS_VIEW}` v"),
+                            f"load {server_file} into {staging} and merge the new rows into {final}")
+            staged = int(session.query(f"SELECT count(*) FROM {staging.sql}", f"count rows of {staging}")[0][0])
+    finally:
+        try:
+            backend.delete(path)
+        except BackupError as e:
+            log.warning("could not remove the count rows file %s: %s", backend.uri(path), e.one_line())
+    if staged != len(values):
+        raise FatalError(f"{staging} holds {staged} rows after loading {server_file}, not the {len(values)} written "
+                         f"to {backend.uri(path)}: is count_load_server_path the same folder as count_load_folder?")
+    return staged, "not needed (Spark refreshes a table it writes)"
 
 
 def collect_phase(ctx: PhaseContext) -> dict:

@@ -28,7 +28,7 @@ from backup import customer_files as wf
 from base.identifiers import TableName
 from backup.resources import Resources
 from backup.runner import phase
-from base.errors import LockLost
+from base.errors import FatalError, LockLost
 from config.settings import load_settings
 from storage.base import is_temp_name
 from storage.locations import storage_options
@@ -665,3 +665,64 @@ def test_a_run_that_lost_its_lock_writes_no_flag_at_all(settings, res, cfg, sour
         assert res.jobs.get(job_id)["error"].startswith("LockLost")
     finally:
         _release(res)
+
+
+# Values that break a careless loader: quotes of both kinds, the CSV and SQL separators, line breaks, a
+# backslash, variable references the server would substitute, a spreadsheet formula, non-ASCII, an empty string.
+AWKWARD_TEXT = ['it\'s "quoted";\n second line\r\n', "back\\slash \\n not a newline", "${env:HOME}",
+                "=HYPERLINK(\"x\")", "東京 ünïcødé \u2028 sep", "", "tab\there"]
+
+
+def _count_rows(n: int, job_id: str) -> list[dict]:
+    rows = []
+    for i in range(n):
+        text = AWKWARD_TEXT[i % len(AWKWARD_TEXT)]
+        rows.append({"customer": "alpha", "domain": "traffic", "file": f"f{i:05d} {text}", "bytes": 10 ** 12 + i,
+                     "records": None if i % 5 == 0 else i, "sha256": f"{i:064x}", "primary_uri": f"file:///p/{i}",
+                     "secondary_uri": None if i % 3 == 0 else text, "copied_at": "2026-12-05T00:00:00Z",
+                     "status": "copied" if i % 4 else "failed", "error": text if i % 4 == 0 else None})
+    return rows
+
+
+def test_the_count_rows_file_loads_every_value_exactly_once_and_is_removed(settings, res, cfg, platform):
+    """``count_load_folder``: the rows reach Spark as a JSON-lines file on HDFS; read back with a plain impyla
+    cursor, every value (NULLs, empty strings, quotes, line breaks, variable references) is what was written,
+    the final table gets each loaded row once (a redelivered collect adds nothing), the file is gone."""
+    assert cfg.count_load_folder and cfg.count_load_server_path.startswith("hdfs:///")
+    reset(res, cfg, settings)
+    job_id = "c0ffee" + os.urandom(13).hex()
+    rows = _count_rows(140, job_id)
+    out = wf.load_into_hive(res, rows, job_id, lambda: None)
+    loaded = [r for r in rows if r["status"] in wf.LOADED_STATUSES]
+    assert out["staging_rows"] == len(rows) and out["final_rows_added"] == len(loaded)
+    cols = ", ".join(f"`{c}`" for c, _ in wf.TABLE_COLUMNS)
+    want = sorted(tuple(r[c] for c in wf.MANIFEST_COLUMNS) + (job_id,) for r in rows)
+    assert sorted(query(settings, f"SELECT {cols} FROM {cfg.staging_table}")) == want
+    assert sorted(query(settings, f"SELECT {cols} FROM {cfg.final_table}")) == \
+        sorted(w for w in want if w[9] in wf.LOADED_STATUSES)
+    # Redelivered: the same rows again add nothing to the final table.
+    again = wf.load_into_hive(res, rows, job_id, lambda: None)
+    assert again["staging_rows"] == len(rows)
+    assert query(settings, f"SELECT count(*) FROM {cfg.final_table}") == [(len(loaded),)]
+    # The rows file is removed: checked with Hadoop's own client.
+    folder = urlsplit(cfg.count_load_folder).path
+    listing = platform.hadoop.fs_shell("-ls", folder).stdout.decode()
+    assert job_id not in listing and ".part" not in listing, listing
+
+
+def test_a_count_rows_path_the_server_cannot_read_fails_loudly_and_loads_nothing(settings, res, cfg, platform,
+                                                                                 tmp_path):
+    """A ``count_load_server_path`` naming another folder than the one written: a fatal error naming the
+    setting, no row in either table, and the written file removed."""
+    with res.hive() as hive:  # the tables exist: what fails is reading the rows, nothing else
+        for table in (cfg.staging_table, cfg.final_table):
+            wf.ensure_table(hive, TableName.parse(table))
+    section = dict(TEST_CONFIG["customer_files"], count_load_server_path="hdfs:///backup/customers/.elsewhere")
+    wrong = Resources(load_settings(own_config(tmp_path / "wrong.yaml", section)))
+    job_id = "bad0" + os.urandom(14).hex()
+    with pytest.raises(FatalError, match="count_load_server_path must name the folder count_load_folder"):
+        wf.load_into_hive(wrong, _count_rows(10, job_id), job_id, lambda: None)
+    for table in (cfg.staging_table, cfg.final_table):
+        assert query(settings, f"SELECT count(*) FROM {table} WHERE job_id = '{job_id}'") == [(0,)]
+    listing = platform.hadoop.fs_shell("-ls", urlsplit(cfg.count_load_folder).path).stdout.decode()
+    assert job_id not in listing, listing
