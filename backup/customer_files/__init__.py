@@ -39,7 +39,7 @@ from pathlib import Path
 from base.errors import BackupError, ConfigError, FatalError, NotFound
 from base.urls import redact_url_secrets
 from base.identifiers import TableName, check_job_id
-from base.text import run_id
+from base.text import CONTROL_CHARS, run_id
 from backup.copy_engine import Destination, batches, copy_files
 from backup.customer_files.after_backup import after_backup, move_base
 from backup.customer_files.flag import outcome_of, write_fail_flag, write_flag
@@ -533,7 +533,10 @@ def _load_from_file(res: Resources, hive, staging: TableName, final: TableName, 
     name = f"{check_job_id(job_id)}.json"
     path = posixpath.join(folder, name)
     names = [column for column, _ in TABLE_COLUMNS]
-    body = "".join(json.dumps(dict(zip(names, row))) + "\n" for row in values).encode()
+    # Control characters as spaces, as a VALUES literal has always stored them (``sql_value``): one table whichever
+    # way it was loaded.
+    body = "".join(json.dumps({name: CONTROL_CHARS.sub(" ", v) if isinstance(v, str) else v
+                               for name, v in zip(names, row)}) + "\n" for row in values).encode()
     backend.mkdir(folder)
     backend.delete(path)  # a redelivered collect's file, or nothing
     written = backend.write_temp(path, [body])
