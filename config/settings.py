@@ -355,7 +355,11 @@ _SERVER_PATH = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9.:@_-]*)?/[A-
 
 class CustomerLocations(_Section):
     primary: str = Field(..., description="primary backup folder of the customer: a path, file://, hdfs://, webhdfs://, swebhdfs:// (WebHDFS over verified TLS) or sftp://user@host:port/path (no password in any URL)")
-    secondary: str = Field(..., description="secondary (edge node) backup folder, same forms as primary")
+    secondary: str | None = Field(None, description="secondary (edge node) backup folder, same forms as primary; optional, as in the legacy job (seed 002): without it a file is backed up once it is verified at the primary")
+
+    def roles(self) -> tuple[str, ...]:
+        """The destinations configured, primary first (the order a restore tries them)."""
+        return ("primary", "secondary") if self.secondary else ("primary",)
 
 
 class CustomerFilesSettings(_Section):
@@ -398,7 +402,7 @@ class CustomerFilesSettings(_Section):
                     raise ValueError(f"domains.{name}: glob {pattern!r} {problem}")
         locations = [(f"source_dirs[{i}]", url) for i, url in enumerate(self.source_dirs)]
         for name, where in self.customers.items():
-            locations += [(f"customers.{name}.primary", where.primary), (f"customers.{name}.secondary", where.secondary)]
+            locations += [(f"customers.{name}.{role}", getattr(where, role)) for role in where.roles()]
         locations += [("status_flag", self.status_flag)] + ([("move_to", self.move_to)] if self.move_to else [])
         if (self.count_load_folder is None) != (self.count_load_server_path is None):
             raise ValueError("count_load_folder and count_load_server_path: set both (the folder as the workers write "
@@ -421,7 +425,7 @@ class CustomerFilesSettings(_Section):
         sources = {_location_key(url) for url in self.source_dirs}
         for name, where in self.customers.items():
             own = {_location_key(url.rstrip("/") + "/" + name) for url in self.source_dirs}
-            for role in ("primary", "secondary"):
+            for role in where.roles():
                 if _location_key(getattr(where, role)) in sources | own:
                     raise ValueError(f"customers.{name}.{role}: location {getattr(where, role)!r} is a source folder; "
                                      f"a backup must be somewhere else")

@@ -11,7 +11,7 @@ copied to ``<primary>/<domain>/<file>`` and ``<secondary>/<domain>/<file>``.
 This module holds the phases, in run order; the jobs they hand out live beside it:
   workflow       name, config section, phase names, the outputs phases hand on
   ledger         plan, per-file results, customer errors and the ledger, in Redis
-  after_backup   moving or deleting a source once both copies are verified
+  after_backup   moving or deleting a source once every copy (primary, and secondary if configured) is verified
   flag           the status flag file
 and outside the package, reusable: ``backup.copy_engine`` (one read, every destination,
 verified), ``backup.records`` (record counting), ``storage.locations`` (opening a configured
@@ -264,7 +264,7 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
 
     where = cfg.customers[customer]
     moved_to = move_base(res, cfg) if todo else None
-    dests = [Destination(role, getattr(where, role), read_back_local=cfg.read_back_local_copies) for role in DESTINATIONS]
+    dests = [Destination(role, getattr(where, role), read_back_local=cfg.read_back_local_copies) for role in where.roles()]
     with ExitStack() as stack:
         if todo:
             for dest in dests:
@@ -650,7 +650,7 @@ def plan(res: Resources) -> dict:
     The files come from ``discover``, the function the discover phase runs: per customer the
     files it would copy (path, domain, bytes), and how many are settling, deferred past
     ``max_files_per_run``, already in the ledger (``unchanged``) or match no domain; and
-    whether both destinations answer.  Reads the sources, the ledger and the destinations;
+    whether its destinations answer.  Reads the sources, the ledger and the destinations;
     writes nothing (no plan in Redis, no folder created).
     """
     from backup.retention import preview
@@ -668,7 +668,7 @@ def plan(res: Resources) -> dict:
             "deferred_files": [f["path"] for f in later[customer]],
             "refused_files": [{"path": f["path"], "reason": f["refused"]} for f in files[customer] if "refused" in f],
             "skipped_entries": [e for e in skipped if e["customer"] == customer],
-            "destinations": {role: destination_reachable(res, getattr(where, role)) for role in DESTINATIONS},
+            "destinations": {role: destination_reachable(res, getattr(where, role)) for role in where.roles()},
         }
     totals = {k: sum(c[k] for c in customers.values()) for k in (*COUNTS, "bytes")}
     return {"workflow": WORKFLOW, "target": TARGET, "customers": customers, "totals": totals,

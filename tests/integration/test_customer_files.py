@@ -543,6 +543,30 @@ def test_settle_time_and_cap_per_run(settings, res, platform, tmp_path):
     assert first["outputs"]["flag"] == second["outputs"]["flag"] == "SUCCESS"
 
 
+def test_a_customer_without_a_secondary_is_backed_up_to_its_primary_on_hdfs(settings, res, platform, tmp_path):
+    """The secondary is optional (seed 002: "optionally" an edge-node copy): a customer with only a primary on
+    the real HDFS gets every file there (checked with Hadoop's own client), counted once, flag SUCCESS."""
+    _small_tree(tmp_path / "src", ["solo"])
+    base = f"/backup/customers/solo-{os.urandom(4).hex()}"
+    section = {"source_dirs": [str(tmp_path / "src")],
+               "customers": {"solo": {"primary": f"hdfs://mediation@127.0.0.1:{settings.platform.namenode_http_port}"
+                                                 f"{base}"}},
+               "domains": {"traffic": ["traffic_*.csv"]}, "settle_seconds": 0,
+               "staging_table": "mnaas_test.cf_solo_inter", "final_table": "mnaas_test.cf_solo_count",
+               "status_flag": str(tmp_path / "status"), "manifest_dir": str(tmp_path / "manifests")}
+    own = Resources(load_settings(own_config(tmp_path / "c.yaml", section)), _redis=res.redis)
+    rec = run_inline(own)
+    assert rec["state"] == "success" and rec["outputs"]["flag"] == "SUCCESS", rec.get("error")
+    assert rec["outputs"]["customers"]["solo"]["copied"] == 3
+    for i in range(3):
+        on_hdfs = platform.hadoop.fs_shell("-cat", f"{base}/traffic/traffic_{i}.csv").stdout
+        assert on_hdfs == (tmp_path / "src" / "solo" / f"traffic_{i}.csv").read_bytes()
+    rows = manifest(rec)
+    assert len(rows) == 3 and all(r["secondary_uri"] == "" and r["status"] == "copied" for r in rows)
+    assert query(settings, f"SELECT count(*), count(secondary_uri) FROM mnaas_test.cf_solo_count "
+                           f"WHERE job_id = '{rec['job_id']}'") == [(3, 0)]
+
+
 def test_load_failure_fails_the_run_with_a_fail_flag(settings, res, cfg, source, hdfs, worker, celery_app):
     reset(res, cfg, settings)
     res.alerter.success("customer-files", "all")  # an earlier test's PARTIAL may have left its episode open
