@@ -105,7 +105,8 @@ def local_primary(customer: str) -> str:
 
 
 def write_config(base_config: Path, customers: int, work: Path = WORK, primary_of=local_primary,
-                 tables: str = "customer_files", count_load: bool = True, name: str = "bench.yaml") -> Path:
+                 tables: str = "customer_files", count_load: bool = True, name: str = "bench.yaml",
+                 secondary: bool = True) -> Path:
     """The platform's config with a customer_files section for the bench tree under ``work``: each customer's
     primary at ``primary_of(customer)`` (default a local folder), secondary a local folder; count tables
     ``mnaas_bench.<tables>_inter`` / ``_count``; the platform config's count rows file folder (``count_load``;
@@ -116,7 +117,8 @@ def write_config(base_config: Path, customers: int, work: Path = WORK, primary_o
     raw["customer_files"] = {
         "source_dirs": [str(work / "src")],
         "customers": {f"customer_{c:02d}": {"primary": primary_of(f"customer_{c:02d}"),
-                                           "secondary": str(work / "wf" / "secondary" / f"customer_{c:02d}")}
+                                           **({"secondary": str(work / "wf" / "secondary" / f"customer_{c:02d}")}
+                                              if secondary else {})}
                       for c in range(customers)},
         "domains": {d: [f"{stem}_*.csv"] for d, stem in DOMAINS.items()},
         "max_files_per_run": 100_000, "settle_seconds": 0,

@@ -147,8 +147,14 @@ def main() -> None:
     s0 = settings()  # the platform up, HDFS included
     user = s0.platform.hdfs_user
     http_port = s0.platform.namenode_http_port
-    config = write_config(base, a.customers, WORK, tables="customer_files_hdfs",
-                          primary_of=lambda c: f"hdfs://{user}@127.0.0.1:{http_port}{HDFS_BASE}/wf/{c}")
+    # Two configurations, side by side: each customer's primary on HDFS and its secondary a local folder (seed 002's
+    # usual pair; the floor for that result is run_floor_same_work), and the primary on HDFS alone (the secondary is
+    # optional: the very work of the floor, one FsShell -put).
+    configs = {variant: write_config(base, a.customers, WORK, tables="customer_files_hdfs", secondary=with_secondary,
+                                     primary_of=lambda c: f"hdfs://{user}@127.0.0.1:{http_port}{HDFS_BASE}/wf/{c}",
+                                     name=f"bench-{variant}.yaml")
+               for variant, with_secondary in (("primary_and_secondary", True), ("primary_only", False))}
+    config = configs["primary_and_secondary"]
 
     def reset() -> None:
         hadoop.fs_shell("-rm", "-r", "-f", "-skipTrash", f"{HDFS_BASE}/wf", user=user, check=False)
@@ -166,7 +172,8 @@ def main() -> None:
     res = Resources(s)
     with res.hive() as hive:
         hive.execute("CREATE DATABASE IF NOT EXISTS mnaas_bench", "create bench database")
-    codes = {"this": ROOT, **({"compare": Path(a.compare).resolve()} if a.compare else {})}
+    codes = {"this": ROOT, "primary_only": ROOT, **({"compare": Path(a.compare).resolve()} if a.compare else {})}
+    config_of = {code: configs["primary_only"] if code == "primary_only" else config for code in codes}
     legacy_s, floor_s, floor_same_s = [], [], []
     workflow_s: dict = {code: [] for code in codes}
     spans: dict = {code: [] for code in codes}
@@ -176,7 +183,7 @@ def main() -> None:
         floor_s.append(run_floor(hadoop, user))
         floor_same_s.append(run_floor_same_work(hadoop, user))
         for code, root in codes.items():  # one worker at a time: both would take the same queues
-            worker = Worker(config, root)
+            worker = Worker(config_of[code], root)
             try:
                 worker.wait_ready(app)
                 run_workflow(res, app, WORK, reset)  # warm-up: imports, Hive session, tables
@@ -206,6 +213,7 @@ def main() -> None:
               "mb": round(mb), "customers": a.customers, "rounds": a.rounds, "workflow_s": round(wall, 2),
               "floor_fsshell_put_tree_s": round(floor, 2),
               "legacy_fsshell_put_per_file_s": round(legacy, 1) if legacy else None,
+              "secondary": "none" if code == "primary_only" else "local folder",
               "workflow_over_floor": round(wall / floor, 2),
               "floor_same_work_s": round(floor_same, 2),
               "workflow_over_floor_same_work": round(wall / floor_same, 2),
@@ -216,7 +224,9 @@ def main() -> None:
               "workflow_copy_span_s": round(median([p["copy_span"] for p in spans[code]]), 2),
               "workflow_collect_s": round(median([p["collect"] for p in spans[code]]), 2),
               "workflow_discover_s": round(median([p["discover"] for p in spans[code]]), 2),
-              "note": "workflow also writes a secondary copy (local folder), counts records, hashes and verifies",
+              "note": ("primary on HDFS only: the floor's own work, plus counts, hashes, verification and the Hive load"
+                       if code == "primary_only" else "workflow also writes a secondary copy (local folder), counts "
+                       "records, hashes and verifies: compare with floor_same_work"),
               "target": "workflow <= 1.5x the floor"})
     emit({"bench": "hdfs_verify", "files": len(files), "mb": round(mb), "by_file_checksum_s": round(by_checksum, 2),
           "by_read_back_s": round(by_read_back, 2), "read_back_over_checksum": round(by_read_back / by_checksum, 1),
