@@ -329,3 +329,26 @@ def test_customer_files_outage_longer_than_the_budget_fails_once_then_copied_by_
     assert _cf_counted(settings) == sorted((name, digest, 1) for name, digest in digests.items())
     assert sink_counts(settings) == (mails0 + 1, tickets0 + 1), "one alert for the episode, none for the rerun"
     assert res.locks.holder("customer-files", "all") is None
+
+
+@pytest.mark.parametrize("call", ["list", "delete"])
+def test_an_sftp_channel_lost_under_a_pooled_connection_is_a_connection_failure(settings, platform, tmp_path, call):
+    """paramiko reports a call on a closed SFTP channel as ``OSError("Socket is closed")`` with no errno, which
+    classifies as fatal; it closes a dropped connection's channels before the transport says it is inactive,
+    so a pooled session can look alive with its channel gone.  The backend must report such a failure as a
+    lost connection (retryable): the campaign's sshd rows failed every customer-files trial on it (a copy's
+    write with ``FatalError: … OSError: Socket is closed``, never retried).  The channel is closed here under
+    a pooled connection to the platform's sshd, as the teardown of a dropped connection does."""
+    from base.errors import ConnectionFailed
+    from storage import open_backend
+    from storage.locations import storage_options
+
+    backend, folder = open_backend(f"sftp://127.0.0.1:{settings.sftp.port}{tmp_path}/lost",
+                                   **storage_options(settings, "sftp://"))
+    with backend:
+        backend.mkdir(folder)
+        (session,) = backend._idle  # the connection mkdir used, back in the pool
+        session.sftp.get_channel().close()
+        with pytest.raises(ConnectionFailed, match="Socket is closed \\(the SSH connection was lost\\)"):
+            backend.list(folder) if call == "list" else backend.delete(f"{folder}/x.csv")
+        assert backend.list(folder) == []  # the lost session was dropped, not pooled: the next call reconnects
