@@ -352,3 +352,64 @@ def test_an_sftp_channel_lost_under_a_pooled_connection_is_a_connection_failure(
         with pytest.raises(ConnectionFailed, match="Socket is closed \\(the SSH connection was lost\\)"):
             backend.list(folder) if call == "list" else backend.delete(f"{folder}/x.csv")
         assert backend.list(folder) == []  # the lost session was dropped, not pooled: the next call reconnects
+
+
+def test_a_connection_dropped_during_authentication_is_a_connection_failure(settings, platform, tmp_path):
+    """paramiko raises the same AuthenticationException for a refused key and for an answer that never came
+    (a black hole: "Authentication timeout.") or a connection dropped meanwhile; only a refusal is AuthFailed
+    (fatal), the others are retried.  The campaign's black-hole rows failed two of three customer-files trials
+    at once on it.  Here a server with the platform's host key drops the connection when asked to authenticate;
+    the platform's real sshd refusing a key it does not know stays AuthFailed."""
+    import socket
+    import threading
+
+    import paramiko
+
+    from base.errors import AuthFailed, ConnectionFailed
+    from connectors.sftp import SftpTarget
+
+    ssh_dir = settings.path(settings.sftp.key_file).parent
+    host_key = paramiko.Ed25519Key.from_private_key_file(str(ssh_dir / "host_ed25519"))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    line = settings.path(settings.sftp.known_hosts).read_text().strip().split(" ", 1)[1]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {line}\n")
+
+    class DropsAtAuthentication(paramiko.ServerInterface):
+        def get_allowed_auths(self, username):
+            return "publickey"
+
+        def check_auth_publickey(self, username, key):
+            conn.shutdown(socket.SHUT_RDWR)  # the connection is gone before any answer
+            return paramiko.AUTH_FAILED
+
+    server = None
+
+    def serve():
+        nonlocal server, conn
+        conn, _ = listener.accept()
+        server = paramiko.Transport(conn)
+        server.add_server_key(host_key)
+        server.start_server(server=DropsAtAuthentication())
+
+    conn = None
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        target = SftpTarget.for_address("127.0.0.1", port, None, settings.path(settings.sftp.key_file), known,
+                                        connect_timeout=5)
+        with pytest.raises(ConnectionFailed, match="no answer to authentication"):
+            target.connect()
+    finally:
+        thread.join(10)
+        if server is not None:
+            server.close()
+        listener.close()
+    # A real refusal: the platform's sshd and a key it does not authorize.
+    stranger = tmp_path / "stranger"
+    paramiko.RSAKey.generate(1024).write_private_key_file(str(stranger))
+    target = SftpTarget.for_address("127.0.0.1", settings.sftp.port, None, stranger,
+                                    settings.path(settings.sftp.known_hosts), connect_timeout=5)
+    with pytest.raises(AuthFailed, match="authentication refused"):
+        target.connect()
