@@ -132,7 +132,7 @@ class CelerySettings(_Section):
 class RetrySettings(_Section):
     """Retries of a phase on a retryable error (backup/retry.py): a budget of time, optionally capped in count."""
 
-    budget: int = Field(900, ge=1, description="seconds from a phase's first attempt during which retryable failures are retried; an outage shorter than this minus one attempt is survived, a longer one fails the job (one alert)")
+    budget: int = Field(900, ge=1, description="seconds from a phase's first attempt (a customer-files copy: from the end of its first attempt that met a transient failure, again after one that copied something) during which retryable failures are retried; an outage shorter than this minus one attempt is survived, a longer one fails the job (one alert)")
     max_retries: int | None = Field(None, ge=0, description="optional cap on the number of retries within the budget (none: the budget alone decides)")
     backoff: int = Field(2, ge=1, description="first wait, seconds; doubles each retry, half of it random (equal jitter)")
     backoff_max: int = Field(60, ge=1, description="cap on one wait, seconds")

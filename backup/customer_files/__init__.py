@@ -36,7 +36,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from base.errors import BackupError, ConfigError, FatalError, NotFound
+from base.errors import BackupError, ConfigError, FatalError, NotFound, RetryableError
 from base.urls import redact_url_secrets
 from base.identifiers import TableName, check_job_id
 from base.text import CONTROL_CHARS, run_id
@@ -51,6 +51,7 @@ from backup.customer_files.workflow import (DESTINATIONS, TARGET, WORKFLOW, Coll
 from backup.enqueue import fail_request
 from backup.jobs import now, phase_entry
 from backup.resources import Resources
+from backup.retry import gave_up, next_retry
 from backup.runner import PhaseContext, end_unsuccessfully, finish_job, take_lock
 from backup.workflow import Phase, Workflow
 from config.settings import CustomerFilesSettings
@@ -63,8 +64,8 @@ log = logging.getLogger(__name__)
 
 # Named by the Celery tasks and the CLI from the package root.
 __all__ = ["WORKFLOW", "DEFINITION", "TARGET", "DESTINATIONS", "config", "copy_phase", "phase_names", "submit", "lock_phase",
-           "discover_phase", "copy_customer", "record_customer_error", "collect_phase", "flag_phase",
-           "write_fail_flag"]
+           "discover_phase", "copy_customer", "copy_retry_since", "record_customer_error", "collect_phase",
+           "flag_phase", "write_fail_flag"]
 
 MANIFEST_COLUMNS = ["customer", "domain", "file", "bytes", "records", "sha256", "primary_uri", "secondary_uri",
                     "copied_at", "status", "error"]
@@ -239,10 +240,30 @@ def printable(text: str) -> str:
 # -- copy ------------------------------------------------------------------------
 
 def copy_customer(ctx: PhaseContext, customer: str) -> dict:
-    """Copy one customer's planned files to both locations; per-file failures are data in the results."""
+    """Copy one customer's planned files to both locations; per-file failures are data in the results.
+
+    Files whose copy failed for a transient reason only (every failure of the retryable family of
+    ``base.errors``: a connection refused, reset or timed out, a stalled transfer, a copy of ours that
+    did not verify) are retried within ``retry.budget``: this function raises ``RetryableError`` and
+    the copy task is retried by Celery (``tasks/customer_files.py``, ``PhaseTask.retry_or_raise``), so
+    the wait holds no worker slot and each attempt gets its own time limits and delivery count.  The
+    next attempt copies only those files: their results are kept marked ``retryable`` and read as not
+    done.  A file with a fatal failure (a source that vanished or changed, a permission denied, a
+    different file at the final name) is not retried; it fails the customer (PARTIAL, one alert) as
+    before.  See ``_retry_or_give_up`` for the budget's clock.
+
+    Invariants: every attempt enters the phase again (delivery count, lock renewal) and checks the lock
+    fence before each batch, as the first one does; a destination that already holds a file verifies it
+    (``present``) instead of writing it again, and a copy is renamed to its final name only once verified,
+    so retries copy nothing twice and leave nothing half-written at a final name (a temporary file of a
+    cut attempt is swept by the next attempt's first write in that folder).  Cost of a retry: the plan and
+    results read again (two Redis round trips), each destination opened again, and the files that one
+    destination already had read back once to be verified there.
+    """
     res, cfg = ctx.res, config(ctx.res)
     plan = load_plan(res, ctx.job_id, customer)
-    done = load_results(res, ctx.job_id, customer)
+    # A transient failure of an earlier attempt is not done: this attempt copies that file again.
+    done = {key: r for key, r in load_results(res, ctx.job_id, customer).items() if not r.get("retryable")}
     for item in plan:  # refused at discovery (a bad name): a failure with its reason, nothing is read
         if item.get("refused") and plan_key(item) not in done:
             done[plan_key(item)] = refused_result(item)
@@ -298,8 +319,9 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
             progress["files_done"] += 1
             progress["failed"] += 1
 
+        verified_now = 0  # files verified by this attempt (progress: the retry budget's clock starts again)
         for batch in batches(checked):
-            ctx.commit_check()  # stop at once if another run took over the lock
+            ctx.commit_check()  # stop at once if another run took over the lock (each retry checks it too)
             before = progress["bytes_done"]
             copied = copy_files(batch, source_of, dests, on_bytes)
             progress["bytes_done"] = before + sum(item["size"] for item in batch)
@@ -307,6 +329,7 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
             results = [{"customer": item["customer"], "domain": item["domain"], **copy}
                        for item, copy in zip(batch, copied)]
             verified = [(item, result) for item, result in zip(batch, results) if result["status"] != "failed"]
+            verified_now += len(verified)
             # One round trip for the batch's ledger entries, then the sources are moved or deleted, then one
             # for its results: a task redelivered in between copies nothing again (the copies are found
             # present) and still moves the sources; a file is in the ledger before its source goes.
@@ -322,11 +345,60 @@ def copy_customer(ctx: PhaseContext, customer: str) -> dict:
                 progress["failed"] += result["status"] == "failed"
             ctx.progress(**progress)
     ctx.progress(force=True, **progress)
+    gave_up_note = None
+    transient = {key: r for key, r in done.items() if r["status"] == "failed" and r.get("retryable")}
+    if transient:
+        gave_up_note = _retry_or_give_up(ctx, customer, transient, progressed=verified_now > 0)
     summary = summarize(done.values())
     note = f"{summary['copied']} copied, {summary['present']} already present, {summary['failed']} failed"
+    if gave_up_note:
+        note += f"; {gave_up_note}"
     # The last progress stays: a customer copied between two looks of `backupctl run --wait` still shows its files.
     ctx.done(note=note, state="failed" if summary["failed"] else "success", keep_progress=True)
     return {"job_id": ctx.job_id, "customer": customer, **summary}
+
+
+def _retry_or_give_up(ctx: PhaseContext, customer: str, transient: dict[str, dict], progressed: bool) -> str:
+    """Raise ``RetryableError`` (the task retries) while ``retry.budget`` allows; else mark the ``transient``
+    results as given up (their error says so) and return the phase note.
+
+    The budget's clock (``retry_since`` on the phase entry, read by the task through ``copy_retry_since``)
+    starts at the end of the first attempt that met a transient failure, and starts again after an
+    attempt that verified at least one file: so an outage shorter than ``retry.budget`` is ridden
+    through however long the copies before it took (not counted from the phase's first start, which
+    for a long copy phase would leave no retry at all), and every restart of the clock has copied
+    something, which bounds the attempts.  Waits and the optional ``retry.max_retries`` cap count the
+    task's retries (``PhaseTask.retry_or_raise``).  The task decides again, a moment later, on the same
+    clock; if the budget ran out in between, it records the customer error instead (still PARTIAL, one
+    alert).
+    """
+    res, policy = ctx.res, ctx.res.settings.retry
+    entry = phase_entry(ctx.rec, ctx.name)
+    t = time.time()
+    since = t if progressed or not entry.get("retry_since") else entry["retry_since"]
+    retries = max(0, (entry.get("attempts") or 1) - 1)
+    key = min(transient)
+    why = (f"{len(transient)} file(s) failed for a transient reason, e.g. {transient[key]['file']}: "
+           f"{(transient[key]['error'] or '')[:300]}")
+    if next_retry(policy, retries, t - since) is not None:
+        def change(rec):
+            p = phase_entry(rec, ctx.name)
+            p.update(retry_since=since, last_error=why)
+        res.jobs.update(ctx.job_id, change)
+        raise RetryableError(why)
+    spent = gave_up(policy, retries, t - since)
+    for result in transient.values():
+        result["error"] = f"{result['error']} ({spent})"
+    save_results(res, ctx.job_id, customer, transient)
+    log.error("customer %s: %s; %s", customer, why, spent)
+    return f"{len(transient)} transient failure(s): {spent}"
+
+
+def copy_retry_since(rec: dict, customer: str) -> float | None:
+    """When the retry budget of a customer's copy task started (``_retry_or_give_up``): its clock, else the
+    phase's first start (a retryable error raised by the phase itself, such as a Redis blip)."""
+    entry = phase_entry(rec, copy_phase(customer))
+    return entry.get("retry_since") or entry.get("started")
 
 
 def plan_item_problem(cfg: CustomerFilesSettings, customer: str, item: dict, root_of: Callable[[dict], str]) -> str | None:

@@ -29,7 +29,7 @@ from base.identifiers import TableName
 from base.text import CONTROL_CHARS
 from backup.resources import Resources
 from backup.runner import phase
-from base.errors import FatalError, LockLost
+from base.errors import FatalError, LockLost, RetryableError
 from config.settings import load_settings
 from storage.base import is_temp_name
 from storage.locations import storage_options
@@ -214,16 +214,22 @@ def run(celery_app, res, timeout: float = 180) -> dict:
 
 
 def run_inline(res: Resources) -> dict:
-    """Every phase in this process, in chain order (no worker)."""
+    """Every phase in this process, in chain order (no worker); a copy whose files failed for a transient
+    reason is attempted again at once, as its task's retries would (``retry.max_retries`` ends them)."""
     cfg = wf.config(res)
     job_id = wf.submit(res)["job_id"]
     steps = [("lock", wf.lock_phase), ("discover", wf.discover_phase)]
     steps += [(wf.copy_phase(c), lambda ctx, c=c: wf.copy_customer(ctx, c)) for c in cfg.customers]
     steps += [("collect", wf.collect_phase), ("flag", wf.flag_phase)]
     for name, func in steps:
-        with phase(res, job_id, name) as ctx:
-            if ctx.active:
-                func(ctx)
+        for attempt in range(1, 10):
+            try:
+                with phase(res, job_id, name, attempt=attempt) as ctx:
+                    if ctx.active:
+                        func(ctx)
+                break
+            except RetryableError:
+                assert name.startswith("copy:") and attempt < 9
     return res.jobs.get(job_id)
 
 
