@@ -27,7 +27,11 @@ changed since is refused) and ``domain``, the folder under every destination's b
 receives the copy; other keys are the caller's and are ignored.  A result says per file how
 it went (``status`` copied / present / failed, ``error``, ``bytes``, ``records``,
 ``sha256``, ``<role>_uri`` per destination, ``copied_at``, ``verified_by``): failures are
-data, ``copy_files`` never raises for one file.
+data, ``copy_files`` never raises for one file.  A failed file's ``retryable`` says whether every
+failure it met is of the retryable family (``base.errors``: a refused, reset or stalled connection,
+a copy of ours that did not verify), so that copying it again later may succeed; one fatal failure
+(a source that vanished or changed, a permission denied, a different file at the final name) makes
+it False.  The caller decides whether and when to try again (``backup.customer_files``).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class Destination:
     backend: StorageBackend | None = None
     base: str = ""
     down: str | None = None  # why nothing more is attempted here in this task
+    down_retryable: bool = True  # whether that reason is transient (a connection failure) or fatal (auth, config)
     #: read back copies written to a local folder in this pass (False: the in-stream SHA-256 of the bytes
     #: handed to write, fsync and the size check verify them; see customer_files.read_back_local_copies)
     read_back_local: bool = True
@@ -86,6 +91,7 @@ class Destination:
             self.backend, self.base = open_location(settings, self.url, budget_for)
         except BackupError as e:
             self.down = e.one_line()
+            self.down_retryable = e.retryable
 
     def folder(self, domain: str) -> str:
         """The domain folder, created and swept of dead writers' temp files once per task."""
@@ -102,7 +108,7 @@ class Destination:
         """Note an error; a connection failure ends this destination for the task."""
         line = exc.one_line()
         if isinstance(exc, ConnectionFailed):
-            self.down = line
+            self.down, self.down_retryable = line, True
         return line
 
 
@@ -214,6 +220,13 @@ class _Transfer:
     written: set = field(default_factory=set)  # roles written by this pass (found[role] is then the temp file)
     checksums: dict[str, tuple[ChecksumSpec, dict]] = field(default_factory=dict)  # role -> HDFS file checksums
     discarded: set = field(default_factory=set)  # roles whose temp file was deleted after a mismatch
+    fatal: bool = False  # a failure of the fatal family was met: copying again cannot help
+
+    def failed(self, line: str, exc: BackupError | None = None, retryable: bool | None = None) -> None:
+        """Note a failure (its line for the result) and its family: ``exc.retryable``, or ``retryable`` given."""
+        self.errors.append(line)
+        if not (exc.retryable if exc is not None else retryable):
+            self.fatal = True
 
 
 def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
@@ -226,7 +239,7 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
     for dest in dests:
         if dest.down:
             t.states[dest.role] = "failed"
-            t.errors.append(f"{dest.role}: not attempted: {dest.down}")
+            t.failed(f"{dest.role}: not attempted: {dest.down}", retryable=dest.down_retryable)
             continue
         try:
             path = posixpath.join(dest.folder(item["domain"]), name)
@@ -234,7 +247,7 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
             existing = dest.backend.stat(path)
         except BackupError as e:
             t.states[dest.role] = "failed"
-            t.errors.append(f"{dest.role}: {dest.fail(e)}")
+            t.failed(f"{dest.role}: {dest.fail(e)}", e)
             continue
         t.targets[dest.role] = path
         if existing is not None:
@@ -263,7 +276,7 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
             if isinstance(feed.outcome, FileStat):  # a temp file of a bad read: never published
                 _discard(backends[role], feed.outcome.path)
         error = classify(e, f"read {source.uri(item['path'])}")
-        t.errors.append(f"source: {error.one_line()}")
+        t.failed(f"source: {error.one_line()}", error)
         t.targets.clear()
         return t
     t.result.update(totals)
@@ -275,7 +288,7 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
         else:
             error = classify(feed.outcome, f"write {backends[role].uri(t.targets[role])}")
             t.states[role] = "failed"
-            t.errors.append(f"{role}: {next(d for d in dests if d.role == role).fail(error)}")
+            t.failed(f"{role}: {next(d for d in dests if d.role == role).fail(error)}", error)
             del t.targets[role]
     return t
 
@@ -316,7 +329,7 @@ def _verify_by_file_checksum(transfers: list[_Transfer], dest: Destination) -> l
             reported, block_size = dest.backend.file_checksum(path)
         except BackupError as e:
             t.states[dest.role] = "failed"
-            t.errors.append(f"{dest.role}: {dest.fail(e)}")
+            t.failed(f"{dest.role}: {dest.fail(e)}", e)
             continue
         verdict = matches(computed, reported) if block_size in (spec.block_size, 0) else None
         verified = t.result.setdefault("verified_by", {})
@@ -365,7 +378,7 @@ def _mismatch(t: _Transfer, dest: Destination, differs: str) -> None:
         error = ChecksumMismatch(f"{uri} does not match the source ({differs}); removed")
     else:
         error = AlreadyExists(f"a different file is already at {uri} ({differs}); not overwritten")
-    t.errors.append(f"{dest.role}: {error.one_line()}")
+    t.failed(f"{dest.role}: {error.one_line()}", error)
 
 
 def _verify(transfers: list[_Transfer], dest: Destination) -> None:
@@ -396,7 +409,7 @@ def _verify(transfers: list[_Transfer], dest: Destination) -> None:
         line = dest.fail(e)
         for t in mine:
             t.states[dest.role] = "failed"
-            t.errors.append(f"{dest.role}: {line}")
+            t.failed(f"{dest.role}: {line}", e)
         return
     except BackupError:
         digests = {}  # one file vanished or is unreadable: check them one by one to name it
@@ -409,7 +422,7 @@ def _verify(transfers: list[_Transfer], dest: Destination) -> None:
         got = digests.get(_checked_path(t, dest.role))
         if isinstance(got, BackupError):
             t.states[dest.role] = "failed"
-            t.errors.append(f"{dest.role}: {dest.fail(got)}")
+            t.failed(f"{dest.role}: {dest.fail(got)}", got)
             continue
         if got == t.result["sha256"]:
             t.states[dest.role] = "copied" if dest.role in t.written else "present"
@@ -433,7 +446,7 @@ def _publish(transfers: list[_Transfer], dest: Destination) -> None:
             dest.backend.publish(temp, t.targets[dest.role])  # removes the temp file if it fails
         except BackupError as e:
             t.states[dest.role] = "failed"
-            t.errors.append(f"{dest.role}: {dest.fail(e)}")
+            t.failed(f"{dest.role}: {dest.fail(e)}", e)
 
 
 def _verify_and_publish(transfers: list[_Transfer], dest: Destination) -> None:
@@ -462,18 +475,20 @@ def copy_files(items: list[dict], source_of: Callable[[dict], StorageBackend], d
             try:
                 dest.backend.sync_folders()
             except BackupError as e:
-                unsynced[dest.role] = dest.fail(e)
+                unsynced[dest.role] = (dest.fail(e), e)
     for t in transfers:  # every copy published above is durable under its final name, or its file fails here
-        for role, line in unsynced.items():
+        for role, (line, error) in unsynced.items():
             if role in t.written and t.states.get(role) == "copied":
                 t.states[role] = "failed"
-                t.errors.append(f"{role}: {line}")
+                t.failed(f"{role}: {line}", error)
     copied_at = utc_z()
     for t in transfers:
         if all(t.states.get(d.role) in ("copied", "present") for d in dests):
             t.result["status"] = "copied" if "copied" in t.states.values() else "present"
         t.result["copied_at"] = copied_at
         t.result["error"] = "; ".join(t.errors) or None
+        if t.result["status"] == "failed":
+            t.result["retryable"] = bool(t.errors) and not t.fatal
     return [t.result for t in transfers]
 
 

@@ -60,7 +60,7 @@ from base.text import CONTROL_CHARS
 from base.urls import url_scheme
 from backup.copy_engine import Destination, batches, copy_files
 from backup.customer_files import LOADED_STATUSES, MANIFEST_COLUMNS, csv_value
-from backup.customer_files.workflow import DESTINATIONS, TARGET as BACKUP_TARGET, WORKFLOW as BACKUP_WORKFLOW, config
+from backup.customer_files.workflow import TARGET as BACKUP_TARGET, WORKFLOW as BACKUP_WORKFLOW, config
 from backup.enqueue import fail_request
 from backup.outputs import PhaseOutputs
 from backup.resources import Resources
@@ -76,7 +76,6 @@ from storage.locations import open_location
 log = logging.getLogger(__name__)
 
 WORKFLOW = "restore-customer-files"
-ROLES = DESTINATIONS  # the copies a backup keeps, in the order a restore tries them: primary, then secondary
 TARGET_ROLE = "target"  # the copy engine's name for the restore location (its results' ``target_uri``)
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -139,7 +138,7 @@ def validate_request(res: Resources, customer: str, location: str | None = None,
         raise InvalidInput(f"target location {location[:200]!r} is a relative path: give an absolute path or a URL "
                            f"(a relative one would resolve on the worker)")
     where = cfg.customers[customer]
-    for role in ROLES:
+    for role in where.roles():
         if _inside(res.settings, location, getattr(where, role)):
             raise InvalidInput(f"target location {location[:200]!r} is inside {customer}'s {role} backup folder "
                                f"{getattr(where, role)}; restore somewhere else")
@@ -462,7 +461,7 @@ def verify_phase(ctx: PhaseContext) -> dict:
     transient: set[int] = set()
     with ExitStack() as stack:
         left = list(range(len(files)))
-        for role in ROLES:
+        for role in where.roles():
             if not left:
                 break
             copies = _Copies(res.settings, role, getattr(where, role), stack)
@@ -588,7 +587,7 @@ def restore_phase(ctx: PhaseContext) -> dict:
     with ExitStack() as stack:
         backend, base = open_location(res.settings, req.location)  # a failure here is the phase's (retried)
         target = Destination(TARGET_ROLE, req.location, backend=stack.enter_context(backend), base=base)
-        for role in ROLES:
+        for role in where.roles():
             mine = [i for i, v in enumerate(verdicts) if v["source"] == role]
             if not mine:
                 continue

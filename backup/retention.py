@@ -325,6 +325,10 @@ def _copies(res: Resources, manifest: str, job_id: str) -> tuple[list[dict], lis
                 if not uri:
                     continue
                 location = getattr(cfg.customers[row["customer"]], role)
+                if location is None:
+                    problems.append(f"job {job_id}: {role} copy {uri[:200]!r}: customer {row['customer']} has no "
+                                    f"{role} configured now; left alone")
+                    continue
                 if location not in opened:
                     backend, base = open_location(res.settings, location)
                     opened[location] = (stack.enter_context(backend), base)

@@ -105,23 +105,28 @@ def local_primary(customer: str) -> str:
 
 
 def write_config(base_config: Path, customers: int, work: Path = WORK, primary_of=local_primary,
-                 tables: str = "customer_files") -> Path:
+                 tables: str = "customer_files", count_load: bool = True, name: str = "bench.yaml",
+                 secondary: bool = True) -> Path:
     """The platform's config with a customer_files section for the bench tree under ``work``: each customer's
     primary at ``primary_of(customer)`` (default a local folder), secondary a local folder; count tables
-    ``mnaas_bench.<tables>_inter`` / ``_count``."""
+    ``mnaas_bench.<tables>_inter`` / ``_count``; the platform config's count rows file folder (``count_load``;
+    without it the rows go as VALUES literals)."""
     raw = yaml.safe_load(base_config.read_text())
+    loads = {k: v for k, v in (raw.get("customer_files") or {}).items() if k.startswith("count_load_")}
     raw["base_dir"] = str((base_config.parent / raw.get("base_dir", ".")).resolve())
     raw["customer_files"] = {
         "source_dirs": [str(work / "src")],
         "customers": {f"customer_{c:02d}": {"primary": primary_of(f"customer_{c:02d}"),
-                                           "secondary": str(work / "wf" / "secondary" / f"customer_{c:02d}")}
+                                           **({"secondary": str(work / "wf" / "secondary" / f"customer_{c:02d}")}
+                                              if secondary else {})}
                       for c in range(customers)},
         "domains": {d: [f"{stem}_*.csv"] for d, stem in DOMAINS.items()},
         "max_files_per_run": 100_000, "settle_seconds": 0,
         "staging_table": f"mnaas_bench.{tables}_inter", "final_table": f"mnaas_bench.{tables}_count",
         "status_flag": str(work / "wf" / "status"), "manifest_dir": str(work / "wf" / "manifests"),
+        **(loads if count_load else {}),
     }
-    path = work / "bench.yaml"
+    path = work / name
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -265,13 +270,14 @@ def main_small(a, base: Path) -> None:
         plat = yaml.safe_load(base.read_text())
         port = plat.get("sftp", {}).get("port", 2222)
         secondary = lambda c: f"sftp://127.0.0.1:{port}{EDGE}/{c}"
-    config = write_config(base, a.customers, work, primary_of=lambda c: str(work / "wf" / "primary" / c),
-                          tables="customer_files_small")
-    if secondary:  # write_config makes both local; the secondary goes to the edge node instead
-        raw = yaml.safe_load(config.read_text())
+    config, plain = (write_config(base, a.customers, work, primary_of=lambda c: str(work / "wf" / "primary" / c),
+                                  tables="customer_files_small", count_load=load, name=name)
+                     for load, name in ((True, "bench.yaml"), (False, "bench-values.yaml")))
+    for path in (config, plain) if secondary else ():  # write_config makes both local; the secondary goes to the edge node
+        raw = yaml.safe_load(path.read_text())
         for c, where in raw["customer_files"]["customers"].items():
             where["secondary"] = secondary(c)
-        config.write_text(yaml.safe_dump(raw))
+        path.write_text(yaml.safe_dump(raw))
     os.environ["BACKUP_CONFIG"] = str(config)
     from common import settings
 
@@ -291,7 +297,11 @@ def main_small(a, base: Path) -> None:
             link.unlink()
         link.symlink_to(work / f"src-small-{n}")
 
-    codes = {"this": ROOT, **({"compare": Path(a.compare).resolve()} if a.compare else {})}
+    # Variants run side by side: this code; with --values-load this code loading the counts as VALUES literals;
+    # with --compare another checkout (which may not know the count_load_* keys: given the plain config).
+    codes = {"this": ROOT, **({"values_load": ROOT} if a.values_load else {}),
+             **({"compare": Path(a.compare).resolve()} if a.compare else {})}
+    configs = {code: config if code == "this" else plain for code in codes}
     figures: dict = {(code, n): [] for code in codes for n in counts}
     reruns: dict = {code: [] for code in codes}
     floors: dict = {n: [] for n in counts}
@@ -304,7 +314,7 @@ def main_small(a, base: Path) -> None:
             floors[n].append(run_cp_floor(work / f"src-small-{n}", work / "floor"))
         for n in counts:  # per tree, the codes one after the other: before and after share the load
             for code, root in codes.items():
-                worker = Worker(config, root)
+                worker = Worker(configs[code], root)
                 try:
                     worker.wait_ready(app)
                     point_at(counts[0])
@@ -333,6 +343,7 @@ def main_small(a, base: Path) -> None:
             discover = median([r["discover"] for r in runs])
             floor = median(floors[n])
             emit({"bench": "customer_files_small", "code": code, "code_root": str(codes[code]), "files": n,
+                  "count_load": "file" if "count_load_folder" in configs[code].read_text() else "values",
                   "mb": round(sum(trees[n].values()) / 1e6, 1), "customers": a.customers, "domains": len(DOMAINS),
                   "secondary": "sftp" if a.sftp else "local", "rounds": a.rounds,
                   "workflow_s": round(wall, 2), "workflow_files_per_s": round(n / wall),
@@ -363,6 +374,8 @@ def main() -> None:
     ap.add_argument("--loop-files", type=int, default=2000, help="with --small: files the shell loop is timed on")
     ap.add_argument("--sftp", action="store_true", help="with --small: the secondary on the platform's sshd")
     ap.add_argument("--compare", help="with --small: also run the workers on this checkout's code, alternating")
+    ap.add_argument("--values-load", action="store_true",
+                    help="with --small: also run this code with the count rows loaded as VALUES literals, alternating")
     a = ap.parse_args()
     base = Path(os.environ.get("BACKUP_CONFIG") or ROOT / "config" / "local.yaml")
     WORK.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,10 @@ One JSON line each, rounds alternating in one run, medians:
         every HDFS copy verified by the NameNode's file checksum), on one worker (a process per core);
       - the legacy way: a bash loop calling Hadoop's own client per file (``FsShell -put``, what
         ``hdfs dfs -copyFromLocal`` runs: one JVM per file) plus ``wc -l`` and ``sha256sum``;
-      - the floor: one ``FsShell -put`` of the whole tree (one JVM, no count, no hash, no verification).
+      - the floor: one ``FsShell -put`` of the whole tree (one JVM, no count, no hash, no verification);
+      - the floor for the same result: that ``FsShell -put`` and, at the same time, ``cp -r`` of the tree to
+        a local folder (the workflow's secondary copy) followed by ``sync -f`` of that folder's file system
+        (the workflow makes its local copies durable before it commits them).
     Target: the workflow within 1.5x of the floor.
   * ``hdfs_verify``: verifying the copies on HDFS by their file checksum (GETFILECHECKSUM: the
     DataNodes read their CRC files, not the data) against reading every byte back for SHA-256.
@@ -65,9 +68,34 @@ def run_legacy(hadoop, user: str, files: dict) -> float:
 def run_floor(hadoop, user: str) -> float:
     """Wall seconds of one FsShell -put of the whole source tree."""
     hadoop.fs_shell("-rm", "-r", "-f", "-skipTrash", f"{HDFS_BASE}/floor", user=user, check=False)
+    os.sync()  # untimed, before every side
     t0 = time.perf_counter()
     hadoop.fs_shell("-put", str(WORK / "src"), f"{HDFS_BASE}/floor", user=user, timeout=3600)
     return time.perf_counter() - t0
+
+
+def run_floor_same_work(hadoop, user: str) -> float:
+    """Wall seconds of the floor for the workflow's whole result: the tree put on HDFS by one FsShell and, at the
+    same time (the workflow copies to both destinations at once), copied to a local folder by ``cp -r`` and made
+    durable by ``sync -f`` (what the workflow's fsyncs guarantee). The two run side by side, so this floor is
+    never slower than the two done one after the other."""
+    hadoop.fs_shell("-rm", "-r", "-f", "-skipTrash", f"{HDFS_BASE}/floor2", user=user, check=False)
+    local = WORK / "floor-secondary"
+    shutil.rmtree(local, ignore_errors=True)
+    os.sync()  # untimed: neither side pays for the write-back of what ran before
+    env = dict(hadoop.daemon_env(), HADOOP_USER_NAME=user)
+    t0 = time.perf_counter()
+    put = subprocess.Popen([hadoop.java(), "-Xmx256m", "-cp", f"{hadoop.conf_dir}:{hadoop.lib}/*",
+                            "-Dorg.slf4j.simpleLogger.defaultLogLevel=error", "org.apache.hadoop.fs.FsShell",
+                            "-put", str(WORK / "src"), f"{HDFS_BASE}/floor2"], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(["cp", "-r", str(WORK / "src"), str(local)], check=True)
+    subprocess.run(["sync", "-f", str(local)], check=True)
+    _, err = put.communicate(timeout=3600)
+    seconds = time.perf_counter() - t0
+    if put.returncode != 0:
+        raise SystemExit(f"FsShell -put failed: exit {put.returncode}: {err.decode(errors='replace')[-800:]}")
+    return seconds
 
 
 def verify_both_ways(settings, user: str, files: dict) -> tuple[float, float, int]:
@@ -119,8 +147,14 @@ def main() -> None:
     s0 = settings()  # the platform up, HDFS included
     user = s0.platform.hdfs_user
     http_port = s0.platform.namenode_http_port
-    config = write_config(base, a.customers, WORK, tables="customer_files_hdfs",
-                          primary_of=lambda c: f"hdfs://{user}@127.0.0.1:{http_port}{HDFS_BASE}/wf/{c}")
+    # Two configurations, side by side: each customer's primary on HDFS and its secondary a local folder (seed 002's
+    # usual pair; the floor for that result is run_floor_same_work), and the primary on HDFS alone (the secondary is
+    # optional: the very work of the floor, one FsShell -put).
+    configs = {variant: write_config(base, a.customers, WORK, tables="customer_files_hdfs", secondary=with_secondary,
+                                     primary_of=lambda c: f"hdfs://{user}@127.0.0.1:{http_port}{HDFS_BASE}/wf/{c}",
+                                     name=f"bench-{variant}.yaml")
+               for variant, with_secondary in (("primary_and_secondary", True), ("primary_only", False))}
+    config = configs["primary_and_secondary"]
 
     def reset() -> None:
         hadoop.fs_shell("-rm", "-r", "-f", "-skipTrash", f"{HDFS_BASE}/wf", user=user, check=False)
@@ -138,19 +172,22 @@ def main() -> None:
     res = Resources(s)
     with res.hive() as hive:
         hive.execute("CREATE DATABASE IF NOT EXISTS mnaas_bench", "create bench database")
-    codes = {"this": ROOT, **({"compare": Path(a.compare).resolve()} if a.compare else {})}
-    legacy_s, floor_s = [], []
+    codes = {"this": ROOT, "primary_only": ROOT, **({"compare": Path(a.compare).resolve()} if a.compare else {})}
+    config_of = {code: configs["primary_only"] if code == "primary_only" else config for code in codes}
+    legacy_s, floor_s, floor_same_s = [], [], []
     workflow_s: dict = {code: [] for code in codes}
     spans: dict = {code: [] for code in codes}
     for _ in range(a.rounds):
         if not a.no_legacy:
             legacy_s.append(run_legacy(hadoop, user, files))
         floor_s.append(run_floor(hadoop, user))
+        floor_same_s.append(run_floor_same_work(hadoop, user))
         for code, root in codes.items():  # one worker at a time: both would take the same queues
-            worker = Worker(config, root)
+            worker = Worker(config_of[code], root)
             try:
                 worker.wait_ready(app)
                 run_workflow(res, app, WORK, reset)  # warm-up: imports, Hive session, tables
+                os.sync()  # untimed, before every side
                 seconds, rec = run_workflow(res, app, WORK, reset)
             finally:
                 worker.stop()
@@ -168,6 +205,7 @@ def main() -> None:
     by_checksum, by_read_back, bad = verify_both_ways(s, user, files)
     mb = total / 1e6
     floor = median(floor_s)
+    floor_same = median(floor_same_s)
     legacy = median(legacy_s) if legacy_s else None
     for code in codes:
         wall = median(workflow_s[code])
@@ -175,14 +213,20 @@ def main() -> None:
               "mb": round(mb), "customers": a.customers, "rounds": a.rounds, "workflow_s": round(wall, 2),
               "floor_fsshell_put_tree_s": round(floor, 2),
               "legacy_fsshell_put_per_file_s": round(legacy, 1) if legacy else None,
+              "secondary": "none" if code == "primary_only" else "local folder",
               "workflow_over_floor": round(wall / floor, 2),
+              "floor_same_work_s": round(floor_same, 2),
+              "workflow_over_floor_same_work": round(wall / floor_same, 2),
               "speedup_vs_legacy": round(legacy / wall, 2) if legacy else None,
               "all_rounds": {"workflow_s": [round(x, 2) for x in workflow_s[code]],
-                             "floor_s": [round(x, 2) for x in floor_s], "legacy_s": [round(x, 1) for x in legacy_s]},
+                             "floor_s": [round(x, 2) for x in floor_s],
+                             "floor_same_work_s": [round(x, 2) for x in floor_same_s], "legacy_s": [round(x, 1) for x in legacy_s]},
               "workflow_copy_span_s": round(median([p["copy_span"] for p in spans[code]]), 2),
               "workflow_collect_s": round(median([p["collect"] for p in spans[code]]), 2),
               "workflow_discover_s": round(median([p["discover"] for p in spans[code]]), 2),
-              "note": "workflow also writes a secondary copy (local folder), counts records, hashes and verifies",
+              "note": ("primary on HDFS only: the floor's own work, plus counts, hashes, verification and the Hive load"
+                       if code == "primary_only" else "workflow also writes a secondary copy (local folder), counts "
+                       "records, hashes and verifies: compare with floor_same_work"),
               "target": "workflow <= 1.5x the floor"})
     emit({"bench": "hdfs_verify", "files": len(files), "mb": round(mb), "by_file_checksum_s": round(by_checksum, 2),
           "by_read_back_s": round(by_read_back, 2), "read_back_over_checksum": round(by_read_back / by_checksum, 1),

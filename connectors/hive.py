@@ -142,6 +142,26 @@ def replace_rows(hive: "HiveClient", table: TableName, rows: Sequence[Sequence],
     return len(values)
 
 
+class HiveSession:
+    """Statements run one after the other in one server session (``HiveClient.session``)."""
+
+    def __init__(self, cur) -> None:
+        self._cur = cur
+
+    def execute(self, sql: str, what: str) -> None:
+        try:
+            self._cur.execute(sql)
+        except Exception as e:
+            raise _classify(e, what) from e
+
+    def query(self, sql: str, what: str) -> list[tuple]:
+        try:
+            self._cur.execute(sql)
+            return [tuple(r) for r in self._cur.fetchall()] if self._cur.has_result_set else []
+        except Exception as e:
+            raise _classify(e, what) from e
+
+
 class HiveClient:
     """A HiveServer2/Impala connection built from settings; close it when done."""
 
@@ -219,6 +239,13 @@ class HiveClient:
                 cur.close()
             except Exception:
                 pass
+
+    @contextmanager
+    def session(self, what: str) -> Iterator["HiveSession"]:
+        """One server session for several statements: what one statement sets up for the next (a temporary
+        view, a ``SET``) lives only in the session that made it, and each ``execute``/``query`` opens its own."""
+        with self._cursor(what) as cur:
+            yield HiveSession(cur)
 
     def execute(self, sql: str, what: str = "query") -> None:
         """Run a statement that returns no rows we need."""

@@ -158,15 +158,13 @@ class SftpTarget:
             sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
             sftp.get_channel().settimeout(max(60, self.s.connect_timeout))
         except Exception as e:
-            alive = transport.is_active()
+            refused = isinstance(e, paramiko.AuthenticationException) and _server_refused(transport)
             transport.close()
-            if isinstance(e, paramiko.AuthenticationException):
-                if not alive or "timeout" in str(e).lower():
-                    # paramiko says "Authentication failed: transport shut down or saw EOF" when the connection
-                    # ends mid-authentication (a server going away, a cut link), "Authentication timeout." when
-                    # the server stops answering (a black hole): retryable, not a refusal.
-                    raise ConnectionFailed(f"{what}: connection lost during authentication ({e})") from e
+            if refused:
                 raise AuthFailed(f"{what}: authentication refused ({e})") from e
+            if isinstance(e, paramiko.AuthenticationException):  # no answer: the link stalled or dropped
+                raise ConnectionFailed(f"{what}: no answer to authentication, the connection stalled or was "
+                                       f"lost ({e})") from e
             if isinstance(e, paramiko.SSHException) and "no acceptable host key" in str(e):
                 raise HostKeyMismatch(f"{what}: the server offers no host key of a type {self.known_hosts} holds "
                                       f"for it; refusing to connect") from e
@@ -174,6 +172,15 @@ class SftpTarget:
                 raise ConnectionFailed(f"{what}: {e}") from e
             raise classify(e, what) from e
         return SftpSession(self, transport, sftp)
+
+
+def _server_refused(transport: paramiko.Transport) -> bool:
+    """Whether the server answered our authentication request (and refused it), read before the transport is
+    closed.  paramiko raises the same AuthenticationException when no answer came ("Authentication timeout.":
+    a black-holed link) or the connection dropped meanwhile ("transport shut down or saw EOF"): those are
+    connection failures, retried, not a refusal of our key, which alerts at once."""
+    event = getattr(transport.auth_handler, "auth_event", None)
+    return transport.is_active() and event is not None and event.is_set()
 
 
 def _map(e: BaseException, what: str):

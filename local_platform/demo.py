@@ -100,7 +100,9 @@ def summary(res: Resources, export_table: TableName = EXPORT_TABLE) -> str:
         lines += [f"customer-files {cf['state']}: flag {out.get('flag')}, manifest {out.get('manifest')}, "
                   f"counts in {s.customer_files.final_table}"]
         for name, where in s.customer_files.customers.items():
-            lines += [f"  {name}: primary {where.primary}", f"  {' ' * len(name)}  secondary {where.secondary}"]
+            lines += [f"  {name}: primary {where.primary}"]
+            if where.secondary:
+                lines.append(f"  {' ' * len(name)}  secondary {where.secondary}")
         lines += ["  on HDFS, as Hadoop's own client lists it (hdfs dfs -ls -R /backup/customers):"]
         listing = plat.hadoop.fs_shell("-ls", "-R", "/backup/customers", check=False).stdout.decode()
         files = [ln for ln in listing.splitlines() if ln.startswith("-")]

@@ -134,6 +134,14 @@ class SftpBackend(StorageBackend):
         except (ConnectionFailed, paramiko.SSHException, EOFError, OSError):
             session.close()
             raise
+        except BackupError as e:
+            if not e.retryable and _connection_lost(session):
+                # paramiko reports a write on a connection that died as OSError("Socket is closed") with no
+                # errno, which classifies as fatal: the connection's state, not the message, says it was lost.
+                session.close()
+                raise ConnectionFailed(f"{e} (the SSH connection was lost)") from e
+            self._give_back(session)  # a refused operation leaves the connection usable
+            raise
         except BaseException:
             self._give_back(session)  # a refused operation leaves the connection usable
             raise
@@ -367,6 +375,14 @@ class SftpBackend(StorageBackend):
             if stat_mode.S_ISDIR(found.st_mode):
                 raise InvalidInput(f"sha256 {self.uri(path)}: is a folder")
         raise FatalError(f"{what}: exit {code}: {' '.join(err.split())[:300]}")
+
+
+def _connection_lost(session: SftpSession) -> bool:
+    """Whether the session's SSH connection or its SFTP channel is gone (not closed by us: we close it after)."""
+    try:
+        return not session.transport.is_active() or session.sftp.get_channel().closed
+    except Exception:  # a session too broken to answer is lost
+        return True
 
 
 def _file_stat(path: str, attrs: paramiko.SFTPAttributes) -> FileStat:

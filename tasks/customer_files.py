@@ -6,7 +6,9 @@ Public entry point (stable name, for other services and beat):
 The run is one chain: lock → discover → chord(group of one
 ``backup.customer_files.copy`` per customer [io queue], collect) → flag.
 A copy task never fails the chord: everything that goes wrong in it, down to
-the task itself dying too often, comes back as data that collect reports.
+the task itself dying too often, comes back as data that collect reports.  A copy
+task whose files failed for a transient reason only is retried within ``retry.budget``
+(``wf.copy_customer`` raises ``RetryableError``; the retry copies those files alone).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from celery import chain, chord, group
 
 from backup import customer_files as wf
 from base.errors import RetryableError
-from backup.jobs import phase_entry
 from backup.runner import phase
 from base.errors import InvalidInput
 from base.identifiers import check_job_id
@@ -39,9 +40,8 @@ def copy(self, payload: dict, customer: str) -> dict:
             ctx.on_progress = lambda meta: publish({**meta, "customer": customer})
             return wf.copy_customer(ctx, customer)
     except RetryableError as e:
-        try:
-            started = phase_entry(res.jobs.get(job_id), wf.copy_phase(customer)).get("started")
-            self.retry_or_raise(e, started)
+        try:  # a retry copies again only the files whose failures were all transient (wf.copy_customer)
+            self.retry_or_raise(e, wf.copy_retry_since(res.jobs.get(job_id), customer))
         except RetryableError as final:  # the budget is spent: the customer fails, the others go on
             return wf.record_customer_error(res, job_id, customer, final)
     except Exception as e:  # includes the soft time limit: the customer fails, the others go on

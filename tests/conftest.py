@@ -67,6 +67,9 @@ TEST_CONFIG = {
         "staging_table": "mnaas_test.cf_inter_record_count", "final_table": "mnaas_test.cf_records_count",
         "status_flag": str(STATE / "customer-files" / "status" / "MNAAS_backup_files_process.status"),
         "manifest_dir": str(STATE / "customer-files" / "manifests"),
+        # The count rows go to the Spark server as a file on the test platform's HDFS (as config/local.yaml does).
+        "count_load_folder": f"hdfs://mediation@127.0.0.1:{NAMENODE_HTTP_PORT}/backup/customers/.counts",
+        "count_load_server_path": "hdfs:///backup/customers/.counts",
     },
     "spark": {"remote": f"sc://127.0.0.1:{CONNECT_PORT}"},
     "restore_edge_export": {"staging_dir": str(STATE / "restore")},

@@ -1,4 +1,4 @@
-"""What happens to a source file once both its copies are verified: left alone, deleted, or moved (``after_backup``).
+"""What happens to a source file once every copy it has (primary, and secondary if configured) is verified: left alone, deleted, or moved (``after_backup``).
 
 A move is a rename on the source's own storage (``move_to`` must be on the same storage: no
 copy, no second read); it lands in ``<move_to>/<customer>/<domain>/<file>``.  A failure here

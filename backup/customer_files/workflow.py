@@ -13,7 +13,7 @@ from config.settings import CustomerFilesSettings
 
 WORKFLOW = "customer-files"
 TARGET = "all"  # one run covers every configured customer: one lock for all
-DESTINATIONS = ("primary", "secondary")
+DESTINATIONS = ("primary", "secondary")  # the roles a customer may have; its own: CustomerLocations.roles()
 
 
 def config(res: Resources) -> CustomerFilesSettings:

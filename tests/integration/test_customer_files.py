@@ -26,9 +26,10 @@ from impala.dbapi import connect
 
 from backup import customer_files as wf
 from base.identifiers import TableName
+from base.text import CONTROL_CHARS
 from backup.resources import Resources
 from backup.runner import phase
-from base.errors import LockLost
+from base.errors import FatalError, LockLost, RetryableError
 from config.settings import load_settings
 from storage.base import is_temp_name
 from storage.locations import storage_options
@@ -213,16 +214,22 @@ def run(celery_app, res, timeout: float = 180) -> dict:
 
 
 def run_inline(res: Resources) -> dict:
-    """Every phase in this process, in chain order (no worker)."""
+    """Every phase in this process, in chain order (no worker); a copy whose files failed for a transient
+    reason is attempted again at once, as its task's retries would (``retry.max_retries`` ends them)."""
     cfg = wf.config(res)
     job_id = wf.submit(res)["job_id"]
     steps = [("lock", wf.lock_phase), ("discover", wf.discover_phase)]
     steps += [(wf.copy_phase(c), lambda ctx, c=c: wf.copy_customer(ctx, c)) for c in cfg.customers]
     steps += [("collect", wf.collect_phase), ("flag", wf.flag_phase)]
     for name, func in steps:
-        with phase(res, job_id, name) as ctx:
-            if ctx.active:
-                func(ctx)
+        for attempt in range(1, 10):
+            try:
+                with phase(res, job_id, name, attempt=attempt) as ctx:
+                    if ctx.active:
+                        func(ctx)
+                break
+            except RetryableError:
+                assert name.startswith("copy:") and attempt < 9
     return res.jobs.get(job_id)
 
 
@@ -542,6 +549,30 @@ def test_settle_time_and_cap_per_run(settings, res, platform, tmp_path):
     assert first["outputs"]["flag"] == second["outputs"]["flag"] == "SUCCESS"
 
 
+def test_a_customer_without_a_secondary_is_backed_up_to_its_primary_on_hdfs(settings, res, platform, tmp_path):
+    """The secondary is optional (seed 002: "optionally" an edge-node copy): a customer with only a primary on
+    the real HDFS gets every file there (checked with Hadoop's own client), counted once, flag SUCCESS."""
+    _small_tree(tmp_path / "src", ["solo"])
+    base = f"/backup/customers/solo-{os.urandom(4).hex()}"
+    section = {"source_dirs": [str(tmp_path / "src")],
+               "customers": {"solo": {"primary": f"hdfs://mediation@127.0.0.1:{settings.platform.namenode_http_port}"
+                                                 f"{base}"}},
+               "domains": {"traffic": ["traffic_*.csv"]}, "settle_seconds": 0,
+               "staging_table": "mnaas_test.cf_solo_inter", "final_table": "mnaas_test.cf_solo_count",
+               "status_flag": str(tmp_path / "status"), "manifest_dir": str(tmp_path / "manifests")}
+    own = Resources(load_settings(own_config(tmp_path / "c.yaml", section)), _redis=res.redis)
+    rec = run_inline(own)
+    assert rec["state"] == "success" and rec["outputs"]["flag"] == "SUCCESS", rec.get("error")
+    assert rec["outputs"]["customers"]["solo"]["copied"] == 3
+    for i in range(3):
+        on_hdfs = platform.hadoop.fs_shell("-cat", f"{base}/traffic/traffic_{i}.csv").stdout
+        assert on_hdfs == (tmp_path / "src" / "solo" / f"traffic_{i}.csv").read_bytes()
+    rows = manifest(rec)
+    assert len(rows) == 3 and all(r["secondary_uri"] == "" and r["status"] == "copied" for r in rows)
+    assert query(settings, f"SELECT count(*), count(secondary_uri) FROM mnaas_test.cf_solo_count "
+                           f"WHERE job_id = '{rec['job_id']}'") == [(3, 0)]
+
+
 def test_load_failure_fails_the_run_with_a_fail_flag(settings, res, cfg, source, hdfs, worker, celery_app):
     reset(res, cfg, settings)
     res.alerter.success("customer-files", "all")  # an earlier test's PARTIAL may have left its episode open
@@ -665,3 +696,71 @@ def test_a_run_that_lost_its_lock_writes_no_flag_at_all(settings, res, cfg, sour
         assert res.jobs.get(job_id)["error"].startswith("LockLost")
     finally:
         _release(res)
+
+
+# Values that break a careless loader: quotes of both kinds, the CSV and SQL separators, line breaks, a
+# backslash, variable references the server would substitute, a spreadsheet formula, non-ASCII, an empty string.
+AWKWARD_TEXT = ['it\'s "quoted";\n second line\r\n', "back\\slash \\n not a newline", "${env:HOME}",
+                "=HYPERLINK(\"x\")", "東京 ünïcødé \u2028 sep", "", "tab\there"]
+
+
+def _count_rows(n: int, job_id: str) -> list[dict]:
+    rows = []
+    for i in range(n):
+        text = AWKWARD_TEXT[i % len(AWKWARD_TEXT)]
+        rows.append({"customer": "alpha", "domain": "traffic", "file": f"f{i:05d} {text}", "bytes": 10 ** 12 + i,
+                     "records": None if i % 5 == 0 else i, "sha256": f"{i:064x}", "primary_uri": f"file:///p/{i}",
+                     "secondary_uri": None if i % 3 == 0 else text, "copied_at": "2026-12-05T00:00:00Z",
+                     "status": "copied" if i % 4 else "failed", "error": text if i % 4 == 0 else None})
+    return rows
+
+
+@pytest.mark.parametrize("load", ["file", "values"])
+def test_the_count_rows_load_every_value_exactly_once(settings, res, cfg, platform, tmp_path, load):
+    """``count_load_folder`` (file): the rows reach Spark as a JSON-lines file on HDFS, removed afterwards;
+    without it (values): VALUES literals.  Read back with a plain impyla cursor, every value (NULLs, empty
+    strings, quotes, line breaks, variable references) is what was written, and the final table gets each
+    loaded row once (a redelivered collect adds nothing)."""
+    assert cfg.count_load_folder and cfg.count_load_server_path.startswith("hdfs:///")
+    if load == "values":
+        section = {k: v for k, v in TEST_CONFIG["customer_files"].items() if not k.startswith("count_load_")}
+        res = Resources(load_settings(own_config(tmp_path / "values.yaml", section)))
+    reset(res, cfg, settings)
+    job_id = "c0ffee" + os.urandom(13).hex()
+    rows = _count_rows(140, job_id)
+    out = wf.load_into_hive(res, rows, job_id, lambda: None)
+    loaded = [r for r in rows if r["status"] in wf.LOADED_STATUSES]
+    assert out["staging_rows"] == len(rows) and out["final_rows_added"] == len(loaded)
+    cols = ", ".join(f"`{c}`" for c, _ in wf.TABLE_COLUMNS)
+    # As written, control characters as spaces (both ways store them so).
+    want = sorted(tuple(CONTROL_CHARS.sub(" ", r[c]) if isinstance(r[c], str) else r[c] for c in wf.MANIFEST_COLUMNS)
+                  + (job_id,) for r in rows)
+    assert sorted(query(settings, f"SELECT {cols} FROM {cfg.staging_table}")) == want
+    assert sorted(query(settings, f"SELECT {cols} FROM {cfg.final_table}")) == \
+        sorted(w for w in want if w[9] in wf.LOADED_STATUSES)
+    # Redelivered: the same rows again add nothing to the final table.
+    again = wf.load_into_hive(res, rows, job_id, lambda: None)
+    assert again["staging_rows"] == len(rows)
+    assert query(settings, f"SELECT count(*) FROM {cfg.final_table}") == [(len(loaded),)]
+    # The rows file is removed: checked with Hadoop's own client.
+    folder = urlsplit(cfg.count_load_folder).path
+    listing = platform.hadoop.fs_shell("-ls", folder).stdout.decode()
+    assert job_id not in listing and ".part" not in listing, listing
+
+
+def test_a_count_rows_path_the_server_cannot_read_fails_loudly_and_loads_nothing(settings, res, cfg, platform,
+                                                                                 tmp_path):
+    """A ``count_load_server_path`` naming another folder than the one written: a fatal error naming the
+    setting, no row in either table, and the written file removed."""
+    with res.hive() as hive:  # the tables exist: what fails is reading the rows, nothing else
+        for table in (cfg.staging_table, cfg.final_table):
+            wf.ensure_table(hive, TableName.parse(table))
+    section = dict(TEST_CONFIG["customer_files"], count_load_server_path="hdfs:///backup/customers/.elsewhere")
+    wrong = Resources(load_settings(own_config(tmp_path / "wrong.yaml", section)))
+    job_id = "bad0" + os.urandom(14).hex()
+    with pytest.raises(FatalError, match="count_load_server_path must name the folder count_load_folder"):
+        wf.load_into_hive(wrong, _count_rows(10, job_id), job_id, lambda: None)
+    for table in (cfg.staging_table, cfg.final_table):
+        assert query(settings, f"SELECT count(*) FROM {table} WHERE job_id = '{job_id}'") == [(0,)]
+    listing = platform.hadoop.fs_shell("-ls", urlsplit(cfg.count_load_folder).path).stdout.decode()
+    assert job_id not in listing, listing

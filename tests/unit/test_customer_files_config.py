@@ -111,3 +111,21 @@ def test_storage_options_per_scheme(tmp_path):
     assert sftp["known_hosts"] == str(s.path(s.sftp.known_hosts)) and sftp["key_file"] == str(s.path(s.sftp.key_file))
     kerberos = _load(tmp_path, lambda c: c.update(hdfs_kerberos=True))
     assert storage_options(kerberos, "hdfs://nn:9870/x") == {"kerberos": True}
+
+
+def test_the_secondary_is_optional_and_a_customer_has_the_roles_it_configures(tmp_path):
+    cfg = _load(tmp_path, lambda c: c["customers"]["acme"].pop("secondary")).customer_files
+    assert cfg.customers["acme"].secondary is None
+    assert cfg.customers["acme"].roles() == ("primary",)
+    assert cfg.customers["Zoë GmbH"].roles() == ("primary", "secondary")
+
+
+def test_count_load_needs_both_settings_and_a_plain_server_path(tmp_path):
+    both = _load(tmp_path, lambda c: c.update(count_load_folder="hdfs://nn:9870/counts",
+                                                count_load_server_path="hdfs:///counts")).customer_files
+    assert (both.count_load_folder, both.count_load_server_path) == ("hdfs://nn:9870/counts", "hdfs:///counts")
+    with pytest.raises(ConfigError, match="count_load_folder and count_load_server_path: set both"):
+        _load(tmp_path, lambda c: c.update(count_load_folder="hdfs://nn:9870/counts"))
+    for bad in ("hdfs:///counts' OR 1=1", "relative/counts", "/counts with space", "/counts\\x"):
+        with pytest.raises(ConfigError, match="count_load_server_path: .* is not an absolute path"):
+            _load(tmp_path, lambda c, bad=bad: c.update(count_load_folder="/srv/counts", count_load_server_path=bad))

@@ -79,7 +79,7 @@ def server(tmp_path):
 def test_a_connection_dropped_during_authentication_is_a_connection_failure(server):
     target, _, _, mode = server
     mode["mode"] = "drop"
-    with pytest.raises(ConnectionFailed, match="connection lost during authentication") as raised:
+    with pytest.raises(ConnectionFailed, match="no answer to authentication") as raised:
         target.connect()
     assert not isinstance(raised.value, AuthFailed)
 
@@ -88,7 +88,7 @@ def test_a_server_silent_during_authentication_is_a_connection_failure_within_th
     target, _, _, mode = server
     mode["mode"] = "silent"
     began = time.monotonic()
-    with pytest.raises(ConnectionFailed, match="connection lost during authentication"):
+    with pytest.raises(ConnectionFailed, match="no answer to authentication"):
         target.connect()
     assert time.monotonic() - began < 3.5  # sftp.connect_timeout (2 s), not paramiko's 30 s
 
