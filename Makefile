@@ -108,11 +108,11 @@ COMPOSE_STATE ?= .compose
 compose-test: deps compose-deps venv
 	MB_COMPOSE_STATE=$(abspath $(COMPOSE_STATE)) $(PY) -m pytest -q -s -m compose tests/compose
 
-# The pinned artifacts the images install, for a build outside the tests (docker compose build).
+# The pinned artifacts the images install (and the wheels built here from the locked sdists: deploy/wheelhouse.py),
+# and Hadoop's jars for the tryout image (Maven Central), for a build outside the tests (docker compose build).
 wheelhouse: venv
-	mkdir -p $(COMPOSE_STATE)/wheelhouse
-	for lock in deploy/build-requirements.lock requirements.lock requirements-test.lock; do \
-	  $(VENV)/bin/pip download -q --no-deps --require-hashes -d $(COMPOSE_STATE)/wheelhouse -r $$lock || exit 1; done
+	$(PY) deploy/wheelhouse.py $(COMPOSE_STATE)/wheelhouse
+	$(PY) -m local_platform.hadoop install --home $(COMPOSE_STATE)/hadoop
 
 # Regenerate the hash-pinned locks after changing a pin in requirements*.txt.
 lock: venv
