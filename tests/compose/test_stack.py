@@ -91,7 +91,9 @@ def _config(files: Path) -> dict:
         "schedules": [{"name": "beat-probe", "workflow": "edge-export", "cron": "* * * * *", "timezone": "UTC",
                        "kwargs": {"table": PROBE_TABLE}}],
     })
-    cfg["sftp"].update(host="127.0.0.1", port=p["SSH"])
+    # The edge node's bandwidth budget (a production setting): step 3's 400 MB take 10 s at least, so the kill
+    # lands mid-copy however fast the machine (unlimited, the copy ended in 5 s, before the kill arrived).
+    cfg["sftp"].update(host="127.0.0.1", port=p["SSH"], rate_limit_mbps=40)
     c = FILES_IN_CONTAINER
     hdfs = f"hdfs://mediation@127.0.0.1:{p['NAMENODE_HTTP']}"  # as seed 002: primary and status flag on HDFS
     cfg["customer_files"] = {
@@ -253,7 +255,7 @@ def stack():
             yield st
         finally:
             try:
-                st.compose("down", "-v", "--timeout", "10", timeout=120)
+                st.compose("down", "-v", "--timeout", "5", timeout=120)
             finally:
                 st.res.redis.close()
     finally:
@@ -315,8 +317,8 @@ def _edge_sha256(st: Stack, folder: str) -> dict[str, str]:
 
 
 def test_0_hdfs_and_yarn_services(stack):
-    """The hadoop services are what their health checks claim, asked from the host: the NameNode's JMX, the
-    ResourceManager's REST API, and HDFS's permissions with Hadoop's own client."""
+    """The hadoop services are what their health checks claim, asked from the host: the NameNode's JMX and
+    WebHDFS (permissions on), the ResourceManager's REST API (a NodeManager registered)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{PORTS['NAMENODE_HTTP']}/jmx"
                                 "?qry=Hadoop:service=NameNode,name=FSNamesystemState", timeout=30) as reply:
         fs_state = json.loads(reply.read())["beans"][0]
@@ -324,11 +326,15 @@ def test_0_hdfs_and_yarn_services(stack):
     with urllib.request.urlopen(f"http://127.0.0.1:{PORTS['RESOURCEMANAGER_HTTP']}/ws/v1/cluster/nodes", timeout=30) as reply:
         nodes = json.loads(reply.read())["nodes"]["node"]
     assert [n["state"] for n in nodes] == ["RUNNING"] and nodes[0]["totalResource"]["memory"] == 2048, nodes
-    listing = stack.fs("-ls", "-d", HDFS_BACKUP).stdout.decode()
-    assert " mediation " in listing and listing.startswith("drwx"), listing
+    webhdfs = f"http://127.0.0.1:{PORTS['NAMENODE_HTTP']}/webhdfs/v1{HDFS_BACKUP}"
+    with urllib.request.urlopen(f"{webhdfs}?op=GETFILESTATUS&user.name=hdfs", timeout=30) as reply:
+        status = json.loads(reply.read())["FileStatus"]
+    assert (status["owner"], status["permission"], status["type"]) == ("mediation", "755", "DIRECTORY"), status
     # Permissions on: another user may not write under the backup folder.
-    denied = stack.hadoop.fs_shell("-touchz", f"{HDFS_BACKUP}/intruder", user="intruder", check=False)
-    assert denied.returncode != 0 and b"Permission denied" in denied.stderr, denied.stderr[-500:]
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(urllib.request.Request(f"{webhdfs}/intruder?op=MKDIRS&user.name=intruder", method="PUT"),
+                               timeout=30)
+    assert denied.value.code == 403 and b"Permission denied" in denied.value.read(), denied.value
 
 
 def test_1_edge_export_enqueued_by_another_service(stack):
@@ -356,7 +362,10 @@ def test_2_customer_files_fan_out_over_two_io_worker_containers(stack):
     assert len(workers) == len(CUSTOMERS), workers
     assert len({w.split("@")[0] for w in workers.values()}) == 2, f"copies all ran on one worker: {workers}"
     remote = _edge_sha256(stack, "/backups/edge/cf")
-    on_hdfs = stack.hdfs_sha256(HDFS_BACKUP)  # Hadoop's own client: every byte read back from the DataNodes
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two JVMs of Hadoop's own client at once
+        fetched = pool.submit(stack.hdfs_sha256, HDFS_BACKUP)  # every byte read back from the DataNodes
+        listed = pool.submit(stack.fs, "-ls", "-R", HDFS_BACKUP)
+        on_hdfs, listing = fetched.result(), listed.result().stdout.decode()
     for customer, files in expected.items():
         for name, digest in files.items():
             assert remote[f"/backups/edge/cf/{customer}/traffic/{name}"] == digest
@@ -366,8 +375,7 @@ def test_2_customer_files_fan_out_over_two_io_worker_containers(stack):
     assert flag[0] == "SUCCESS" and f"job_id={job_id}" in flag, flag
     assert len(on_hdfs) == sum(map(len, expected.values())), sorted(on_hdfs)  # nothing else: no temporary file
     # `hdfs dfs -ls -R`: permissions, replication, owner, group, size, date, time, path.
-    files = [line.split() for line in stack.fs("-ls", "-R", HDFS_BACKUP).stdout.decode().splitlines()
-             if line.startswith("-")]
+    files = [line.split() for line in listing.splitlines() if line.startswith("-")]
     assert len(files) == len(on_hdfs) + 1 and {(f[1], f[2]) for f in files} == {("2", "mediation")}, files
 
 
@@ -447,7 +455,9 @@ def test_4_down_and_up_keeps_records_locks_and_schedule(stack):
     stack.compose("down", "--timeout", "20", timeout=180)
     stack.compose("up", "-d", "--no-build", timeout=300)
     # What this step checks needs Redis and beat only: the JVMs (Spark, HDFS, YARN) come back meanwhile and are
-    # waited for at the end, so their restart overlaps the wait for beat's next minute.
+    # waited for at the end, so their restart (and HDFS's read-back) overlaps the wait for beat's next minute.
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    after_restart = pool.submit(lambda: (stack.wait_healthy(services=("hdfs",)), stack.hdfs_sha256(HDFS_BACKUP))[1])
     stack.wait_healthy(services=("redis",))
     assert jobs_before <= set(stack.res.redis.scan_iter("mb:job:*"))
     assert stack.res.locks.holder("edge-export", "mnaas.lock_probe") == "compose-probe"
@@ -461,7 +471,8 @@ def test_4_down_and_up_keeps_records_locks_and_schedule(stack):
     assert max(fires.values()) == 1, f"a minute fired twice: {fires}"
     stack.wait_healthy()
     # HDFS kept its files (its volume): the same bytes, read back by Hadoop's own client after the restart.
-    assert stack.hdfs_sha256(HDFS_BACKUP) == on_hdfs
+    assert after_restart.result(timeout=300) == on_hdfs
+    pool.shutdown()
 
 
 def test_5_flower_requires_credentials_and_lists_workers(stack):
