@@ -58,27 +58,35 @@ def _normalize(name: str) -> str:
 
 
 def image_lock_text(folder: Path, python: str, timeout: float) -> str:
-    """``requirements.lock`` with, for each pin the wheelhouse holds only as an sdist, the hash of its wheel built here."""
+    """``requirements.lock`` with, for each pin the wheelhouse holds only as an sdist, the hash of its wheel built here.
+
+    One ``pip wheel`` for all of them (one index look-up, one interpreter start)."""
     sdists = {_normalize(p.name[: -len(".tar.gz")].rsplit("-", 1)[0]): p for p in folder.glob("*.tar.gz")}
-    lines = []
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
+    lines = (ROOT / "requirements.lock").read_text().splitlines()
+    to_build = {}  # normalized name -> lock line
+    for line in lines:
         m = _PIN.fullmatch(line)
         sdist = sdists.get(_normalize(m.group(1))) if m else None
         if sdist is not None and _sha256(sdist) == m.group(3):
-            with tempfile.TemporaryDirectory(dir=folder) as tmp:  # same file system: the wheel is renamed
-                req = Path(tmp) / "pin.txt"
-                req.write_text(line + "\n")
-                out = Path(tmp) / "out"
-                _run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--require-hashes", "-w", str(out), "-r", str(req)],
-                     timeout, f"pip wheel {m.group(1)}=={m.group(2)} (from the locked sdist)")
-                wheels = list(out.glob("*.whl"))
-                if len(wheels) != 1:
-                    raise WheelhouseError(f"pip wheel {m.group(1)} left {[w.name for w in wheels]}, not one wheel")
-                wheel = folder / wheels[0].name
-                wheels[0].replace(wheel)
-            line = f"{line} --hash=sha256:{_sha256(wheel)}"
-        lines.append(line)
-    return "\n".join(lines) + "\n"
+            to_build[_normalize(m.group(1))] = line
+    built = {}
+    if to_build:
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:  # same file system: the wheels are renamed
+            req = Path(tmp) / "pins.txt"
+            req.write_text("\n".join(to_build.values()) + "\n")
+            out = Path(tmp) / "out"
+            _run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--require-hashes", "-w", str(out), "-r", str(req)],
+                 timeout, f"pip wheel {sorted(to_build)} (from the locked sdists)")
+            for wheel in out.glob("*.whl"):
+                built[_normalize(wheel.name.split("-")[0])] = wheel.replace(folder / wheel.name)
+    if set(built) != set(to_build):
+        raise WheelhouseError(f"pip wheel built {sorted(built)}, not {sorted(to_build)}")
+    out_lines = []
+    for line in lines:
+        m = _PIN.fullmatch(line)
+        key = _normalize(m.group(1)) if m else None
+        out_lines.append(f"{line} --hash=sha256:{_sha256(built[key])}" if key in built else line)
+    return "\n".join(out_lines) + "\n"
 
 
 def ensure_wheelhouse(folder: Path, python: str = sys.executable, timeout: float = 900) -> str:
