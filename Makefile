@@ -101,7 +101,7 @@ test: $(TEST_DEPS)
 	[ $$rc = 0 ] && [ $$compose_rc = 0 ]
 
 # docker-compose.yml end to end (tests/compose/test_stack.py): a private dockerd with host networking only,
-# the local Debian base image and the wheelhouse (cached under $(COMPOSE_STATE)), the images, the five
+# the local Debian base image, the wheelhouse and Hadoop's jars (cached under $(COMPOSE_STATE)), the images, the
 # checks of the stack, then everything stopped and removed.  COMPOSE_STATE=... moves the cache (inside the
 # project: it holds the build context's wheelhouse); rm -rf it for a run from scratch.
 COMPOSE_STATE ?= .compose
