@@ -101,18 +101,18 @@ test: $(TEST_DEPS)
 	[ $$rc = 0 ] && [ $$compose_rc = 0 ]
 
 # docker-compose.yml end to end (tests/compose/test_stack.py): a private dockerd with host networking only,
-# the local Debian base image and the wheelhouse (cached under $(COMPOSE_STATE)), the images, the five
+# the local Debian base image, the wheelhouse and Hadoop's jars (cached under $(COMPOSE_STATE)), the images, the
 # checks of the stack, then everything stopped and removed.  COMPOSE_STATE=... moves the cache (inside the
 # project: it holds the build context's wheelhouse); rm -rf it for a run from scratch.
 COMPOSE_STATE ?= .compose
 compose-test: deps compose-deps venv
 	MB_COMPOSE_STATE=$(abspath $(COMPOSE_STATE)) $(PY) -m pytest -q -s -m compose tests/compose
 
-# The pinned artifacts the images install, for a build outside the tests (docker compose build).
+# The pinned artifacts the images install (and the wheels built here from the locked sdists: deploy/wheelhouse.py),
+# and Hadoop's jars for the tryout image (Maven Central), for a build outside the tests (docker compose build).
 wheelhouse: venv
-	mkdir -p $(COMPOSE_STATE)/wheelhouse
-	for lock in deploy/build-requirements.lock requirements.lock requirements-test.lock; do \
-	  $(VENV)/bin/pip download -q --no-deps --require-hashes -d $(COMPOSE_STATE)/wheelhouse -r $$lock || exit 1; done
+	$(PY) deploy/wheelhouse.py $(COMPOSE_STATE)/wheelhouse
+	$(PY) -m local_platform.hadoop install --home $(COMPOSE_STATE)/hadoop
 
 # Regenerate the hash-pinned locks after changing a pin in requirements*.txt.
 lock: venv

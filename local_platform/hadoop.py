@@ -16,14 +16,25 @@ Two configuration folders are written under ``<hadoop_home>``:
 
 Readiness is asked of the daemons themselves, never slept on: the NameNode's JMX says
 ``Operational`` with every DataNode live, the ResourceManager's REST API counts the NodeManagers.
+
+The same launcher runs the Hadoop services of docker-compose.yml (``python -m local_platform.hadoop``,
+see ``main``): the jars and the compiled launcher are fetched on the host into the build context
+(``python -m local_platform.hadoop install --home .compose/hadoop``; ``make wheelhouse`` does it), never
+from the network inside an image build; the container runs one daemon JVM in the foreground, asks the
+same readiness questions every few seconds and writes the answer where the health check
+(deploy/hadoop-health.sh) reads it.
 """
 
 from __future__ import annotations
 
+import argparse
+import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -53,8 +64,14 @@ def replication(p: PlatformSettings) -> int:
 class LocalHadoop:
     """The jars, configuration and readiness of the local platform's HDFS, YARN and metastore."""
 
-    def __init__(self, p: PlatformSettings, state: Path, home: Path | None = None):
+    def __init__(self, p: PlatformSettings, state: Path, home: Path | None = None, *,
+                 host: str = "127.0.0.1", listen: str | None = None, namenode_host: str | None = None):
         self.p = p
+        self.namenode_host = namenode_host or host  # where the NameNode is (another container's name for YARN's)
+        # host: the address clients are told (URIs, DataNode host name); listen: the address the daemons
+        # bind to (the container's 0.0.0.0 on a compose bridge network; loopback on the local platform).
+        self.host = host
+        self.listen = listen or host
         self.state = state
         self.home = home or state / "hadoop"  # jars and launcher: shareable between state folders
         self.lib = self.home / "lib"
@@ -65,15 +82,15 @@ class LocalHadoop:
     # -- URLs ------------------------------------------------------------------
     @property
     def namenode_uri(self) -> str:
-        return f"hdfs://127.0.0.1:{self.p.namenode_port}"
+        return f"hdfs://{self.namenode_host}:{self.p.namenode_port}"
 
     @property
     def webhdfs_url(self) -> str:
-        return f"http://127.0.0.1:{self.p.namenode_http_port}/webhdfs/v1"
+        return f"http://{self.namenode_host}:{self.p.namenode_http_port}/webhdfs/v1"
 
     @property
     def resourcemanager_url(self) -> str:
-        return f"http://127.0.0.1:{self.p.resourcemanager_http_port}/ws/v1/cluster"
+        return f"http://{self.host}:{self.p.resourcemanager_http_port}/ws/v1/cluster"
 
     @property
     def metastore_url(self) -> str:
@@ -85,7 +102,20 @@ class LocalHadoop:
 
     # -- install -----------------------------------------------------------------
     def ensure_installed(self) -> None:
-        """Fetch the jars from Maven Central and compile the launcher, each only when missing (cost: ~10 s once)."""
+        """Fetch the jars from Maven Central and compile the launcher, each only when missing (cost: ~10 s once).
+
+        Under an exclusive lock on ``<home>/.install.lock``: two sessions sharing a home (the test suite and
+        the compose test of ``make test``) never read a jar the other is still writing."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / ".install.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._install()
+
+    def installed(self) -> bool:
+        """Every jar and the compiled launcher are in place (what a container checks: it fetches nothing)."""
+        return all((self.lib / jar).is_file() for jar in REQUIRED_JARS) and (self.classes / f"{LAUNCHER}.class").is_file()
+
+    def _install(self) -> None:
         if not all((self.lib / jar).is_file() for jar in REQUIRED_JARS):
             mvn = shutil.which("mvn")
             if not mvn:
@@ -119,6 +149,7 @@ class LocalHadoop:
         """Write HADOOP_CONF_DIR for clients and the daemons' own folder (rewritten at every start)."""
         p = self.p
         rm = p.resourcemanager_port
+        host = self.host
         core = {
             "fs.defaultFS": self.namenode_uri,
             "hadoop.tmp.dir": str(self.state / "hadoop" / "tmp"),
@@ -127,8 +158,8 @@ class LocalHadoop:
             "dfs.replication": replication(p),
             "dfs.permissions.enabled": "true",
             "dfs.webhdfs.enabled": "true",
-            "dfs.namenode.rpc-address": f"127.0.0.1:{p.namenode_port}",
-            "dfs.namenode.http-address": f"127.0.0.1:{p.namenode_http_port}",
+            "dfs.namenode.rpc-address": f"{self.namenode_host}:{p.namenode_port}",
+            "dfs.namenode.http-address": f"{self.namenode_host}:{p.namenode_http_port}",
             # Tests write files with a few-KB block size to check multi-block checksums.
             "dfs.namenode.fs-limits.min-block-size": 1024,
             # After a restart the NameNode leaves safe mode as soon as the blocks are reported.
@@ -140,16 +171,16 @@ class LocalHadoop:
             "dfs.client.block.write.locateFollowingBlock.initial.delay.ms": 50,
         }
         yarn = {
-            "yarn.resourcemanager.hostname": "127.0.0.1",
-            "yarn.resourcemanager.address": f"127.0.0.1:{rm}",
-            "yarn.resourcemanager.scheduler.address": f"127.0.0.1:{rm - 2}",
-            "yarn.resourcemanager.resource-tracker.address": f"127.0.0.1:{rm - 1}",
-            "yarn.resourcemanager.admin.address": f"127.0.0.1:{rm + 1}",
-            "yarn.resourcemanager.webapp.address": f"127.0.0.1:{p.resourcemanager_http_port}",
-            "yarn.nodemanager.hostname": "127.0.0.1",
-            "yarn.nodemanager.address": "127.0.0.1:0",
-            "yarn.nodemanager.localizer.address": "127.0.0.1:0",
-            "yarn.nodemanager.webapp.address": "127.0.0.1:0",
+            "yarn.resourcemanager.hostname": host,
+            "yarn.resourcemanager.address": f"{host}:{rm}",
+            "yarn.resourcemanager.scheduler.address": f"{host}:{rm - 2}",
+            "yarn.resourcemanager.resource-tracker.address": f"{host}:{rm - 1}",
+            "yarn.resourcemanager.admin.address": f"{host}:{rm + 1}",
+            "yarn.resourcemanager.webapp.address": f"{host}:{p.resourcemanager_http_port}",
+            "yarn.nodemanager.hostname": host,
+            "yarn.nodemanager.address": f"{host}:0",
+            "yarn.nodemanager.localizer.address": f"{host}:0",
+            "yarn.nodemanager.webapp.address": f"{host}:0",
             "yarn.nodemanager.resource.memory-mb": p.nodemanager_memory_mb,
             # MiniYARNCluster gives its NodeManagers this instead (default 4096).
             "yarn.minicluster.yarn.nodemanager.resource.memory-mb": p.nodemanager_memory_mb,
@@ -172,8 +203,17 @@ class LocalHadoop:
             "datanucleus.schema.autoCreateAll": "true",
             "hive.metastore.schema.verification": "false",
         }
+        if self.listen != host:
+            # Listening on another address than the one clients are told (0.0.0.0 in a container on a
+            # bridge network): the daemons bind there, DataNodes listen on it and give out the host name.
+            hdfs.update({"dfs.namenode.rpc-bind-host": self.listen, "dfs.namenode.http-bind-host": self.listen,
+                         "dfs.datanode.address": f"{self.listen}:0", "dfs.datanode.http.address": f"{self.listen}:0",
+                         "dfs.datanode.ipc.address": f"{self.listen}:0", "dfs.datanode.hostname": host,
+                         "dfs.client.use.datanode.hostname": "true"})
+            yarn.update({"yarn.resourcemanager.bind-host": self.listen, "yarn.nodemanager.bind-host": self.listen})
         daemons = {
             "mediation.local.datanodes": p.datanodes,
+            "mediation.local.datanode.configured-address": str(self.listen != host).lower(),
             "mediation.local.namenode.rpc-port": p.namenode_port,
             "mediation.local.namenode.http-port": p.namenode_http_port,
             "mediation.local.nodemanagers": 1,
@@ -227,7 +267,7 @@ class LocalHadoop:
         if not self.ready_file("hdfs").exists():
             return "the HDFS launcher has not reported ready"
         try:
-            beans = _get_json(f"http://127.0.0.1:{self.p.namenode_http_port}/jmx"
+            beans = _get_json(f"http://{self.namenode_host}:{self.p.namenode_http_port}/jmx"
                               f"?qry=Hadoop:service=NameNode,name=FSNamesystemState")["beans"]
         except (OSError, ValueError, KeyError) as e:
             return f"NameNode JMX: {e}"
@@ -279,10 +319,10 @@ class LocalHadoop:
 
 
 def _superuser() -> str:
-    """Who started the NameNode: HDFS's superuser."""
+    """Who started the NameNode: HDFS's superuser (HADOOP_USER_NAME if set, as Hadoop's own login reads it)."""
     import getpass
 
-    return getpass.getuser()
+    return os.environ.get("HADOOP_USER_NAME") or getpass.getuser()
 
 
 def _get_json(url: str) -> dict:
@@ -299,3 +339,114 @@ def _write_xml(path: Path, props: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines))
     tmp.replace(path)
+
+
+# -- the Hadoop services of docker-compose.yml ------------------------------------------------------
+_PORT_OPTIONS = ("namenode_port", "namenode_http_port", "hdfs_control_port", "datanodes", "resourcemanager_port",
+                 "resourcemanager_http_port", "nodemanager_memory_mb", "nodemanager_vcores", "hdfs_user")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m local_platform.hadoop",
+        description="The local platform's HDFS or YARN in the foreground (the Hadoop services of docker-compose.yml), "
+                    "their readiness (the services' health checks), or the host-side fetch of the jars into a build context.")
+    ap.add_argument("action", choices=("install", "hdfs", "yarn", "ready"),
+                    help="install: fetch the jars and compile the launcher into --home (Maven; on the host); "
+                         "hdfs / yarn: run the daemons until stopped; ready: exit 0 once --service is ready")
+    ap.add_argument("--home", type=Path, required=True, help="lib/ (jars) and classes/ (the compiled launcher)")
+    ap.add_argument("--state", type=Path, help="data, configuration and ready files (a volume in a container)")
+    ap.add_argument("--service", choices=("hdfs", "yarn"), help="with ready: which service")
+    ap.add_argument("--host", default="127.0.0.1", help="the address clients are given (default 127.0.0.1)")
+    ap.add_argument("--listen", help="the address the daemons bind to (default: --host)")
+    ap.add_argument("--namenode-host", help="where YARN finds the NameNode (default: --host)")
+    defaults = PlatformSettings()
+    for name in _PORT_OPTIONS:
+        default = getattr(defaults, name)
+        ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                        help=f"platform.{name} (default {default})")
+    return ap
+
+
+def _prepared_file(h: LocalHadoop) -> Path:
+    """Written once the HDFS folders the config writes to exist with their owner (part of hdfs's readiness)."""
+    return h.state / "run" / "hdfs.prepared"
+
+
+def health_file(h: LocalHadoop, kind: str) -> Path:
+    """``ready`` or what is missing, rewritten every few seconds by the launcher (deploy/hadoop-health.sh reads it)."""
+    return h.state / "run" / f"{kind}.health"
+
+
+_FOLDERS_PENDING = "HDFS folders not made yet"
+
+
+def _missing(h: LocalHadoop, kind: str) -> str | None:
+    """What the service still lacks to be ready (the daemons' own answers, then HDFS's folders), or None."""
+    missing = h.hdfs_ready() if kind == "hdfs" else h.yarn_ready()
+    if missing is None and kind == "hdfs" and not _prepared_file(h).exists():
+        missing = _FOLDERS_PENDING
+    return missing
+
+
+def _run_foreground(h: LocalHadoop, kind: str, every: float = 3.0) -> int:
+    """Run one daemon JVM until it exits; TERM/INT go to it.  Meanwhile ask the daemons every ``every`` seconds
+    whether they are ready and write the answer to the health file; the first time HDFS is ready, make its folders."""
+    if not h.installed():
+        raise ConfigError(f"no Hadoop jars or launcher under {h.home}: fetch them on the host "
+                          "(python -m local_platform.hadoop install --home <build context>/.compose/hadoop; make wheelhouse)")
+    h.write_conf()
+    (h.state / "run").mkdir(parents=True, exist_ok=True)
+    # What the previous run left on the volume must not make this one look ready.
+    for stale in (h.ready_file(kind), _prepared_file(h), health_file(h, kind)):
+        stale.unlink(missing_ok=True)
+    argv = h.hdfs_command() if kind == "hdfs" else h.yarn_command()
+    proc = subprocess.Popen(argv, env=h.daemon_env(), cwd=h.yarn_dir() if kind == "yarn" else None)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+    health, said = health_file(h, kind), None
+    while True:
+        try:
+            return proc.wait(every)
+        except subprocess.TimeoutExpired:
+            pass
+        missing = _missing(h, kind)
+        if missing == _FOLDERS_PENDING:
+            try:
+                h.prepare_hdfs(h.p.hdfs_user)
+                _prepared_file(h).write_text(h.p.hdfs_user)
+                missing = None
+            except (ConnectionFailed, subprocess.TimeoutExpired) as e:  # said in the health file, tried again
+                missing = f"making the HDFS folders failed: {e}"
+        state = "ready" if missing is None else f"not ready: {missing}"
+        tmp = health.with_suffix(".tmp")
+        tmp.write_text(state + "\n")
+        tmp.replace(health)
+        if state != said:
+            print(f"{kind}: {state}", flush=True)
+            said = state
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    p = PlatformSettings(**{name: getattr(args, name) for name in _PORT_OPTIONS})
+    if args.action != "install" and args.state is None:
+        raise SystemExit(f"{args.action} needs --state")
+    h = LocalHadoop(p, (args.state or args.home).resolve(), args.home.resolve(), host=args.host, listen=args.listen,
+                    namenode_host=args.namenode_host)
+    if args.action == "install":
+        h.ensure_installed()
+        return 0
+    if args.action == "ready":
+        if args.service is None:
+            raise SystemExit("ready needs --service hdfs|yarn")
+        missing = _missing(h, args.service)
+        if missing is not None:
+            print(f"{args.service} not ready: {missing}")
+            return 1
+        return 0
+    return _run_foreground(h, args.action)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -80,6 +80,8 @@ public final class LocalHadoop {
         .nameNodePort(conf.getInt("mediation.local.namenode.rpc-port", 8020))
         .nameNodeHttpPort(conf.getInt("mediation.local.namenode.http-port", 9870))
         .format(fresh)
+        // Listen where the site files say (a container's 0.0.0.0) instead of MiniDFSCluster's 127.0.0.1.
+        .checkDataNodeAddrConfig(conf.getBoolean("mediation.local.datanode.configured-address", false))
         .build();
     cluster.waitActive();
     Runtime.getRuntime().addShutdownHook(new Thread(() -> cluster.shutdown(false)));

@@ -5,6 +5,7 @@ cache, ``rm -rf`` it for a run from scratch):
 
     base-bookworm.tar   the debootstrap'd Debian root file system, imported as the base image
     wheelhouse/         the pinned artifacts of requirements*.lock (pip download --require-hashes)
+    hadoop/             Hadoop's jars (Maven Central) and the compiled launcher of local_platform/hadoop.py
     docker/             dockerd's --data-root: the images and their layer cache (a second build is seconds)
     run/                exec root, socket, pid file, daemon log, the test's config and env: removed at stop
 
@@ -26,7 +27,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "mediation-backup/base:bookworm"
-LOCKS = (ROOT / "requirements.lock", ROOT / "requirements-test.lock", ROOT / "deploy" / "build-requirements.lock")
 
 
 class EngineError(RuntimeError):
@@ -67,10 +67,19 @@ def debian_mirror() -> str:
 
 
 class Engine:
-    """dockerd under ``state``, started and stopped by pid; the client talks to its own socket only."""
+    """dockerd under ``state``, started and stopped by pid; the client talks to its own socket only.
 
-    def __init__(self, state: Path):
+    CPU share: dockerd with the cgroupfs driver and no systemd (as here) puts every container under one
+    cgroup (/docker) whose cpu.shares is 1024, the weight of a single host thread: beside a busy test
+    session the whole stack got a quarter of one core and a JVM 1 to 3 % (HDFS took minutes to start).
+    The engine's containers go under a cgroup of their own (``--cgroup-parent``) weighing ``containers``
+    host threads, each container as much as one process: what Docker under systemd gives (a scope per
+    container).  Removed at stop."""
+
+    def __init__(self, state: Path, containers: int = 1):
         self.state = state.resolve()
+        self.cgroup = "mb-compose-" + hashlib.sha256(str(self.state).encode()).hexdigest()[:10]
+        self.containers = containers
         self.run_dir = self.state / "run"
         self.sock = self.run_dir / "docker.sock"
         self.pidfile = self.run_dir / "dockerd.pid"
@@ -98,9 +107,10 @@ class Engine:
         plugins = self.docker_config / "cli-plugins"
         plugins.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(__file__).resolve().parents[2] / "deploy" / "docker-compose-plugin", plugins / "docker-compose")
+        self.cpu_share = self._make_cgroup()
         argv = [dockerd, "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-forward=false",
                 "--ip-masq=false", "--data-root", str(self.state / "docker"), "--exec-root", str(self.run_dir / "exec"),
-                "--pidfile", str(self.pidfile), "-H", f"unix://{self.sock}"]
+                "--pidfile", str(self.pidfile), "-H", f"unix://{self.sock}", f"--cgroup-parent=/{self.cgroup}"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
@@ -147,6 +157,36 @@ class Engine:
             subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
         if self.run_dir.exists():
             shutil.rmtree(self.run_dir)
+        self._remove_cgroups()
+
+    def _make_cgroup(self) -> str:
+        """The containers' parent cgroup with the CPU weight of ``containers`` host threads; what was set."""
+        v1 = Path("/sys/fs/cgroup/cpu")
+        if (v1 / "cpu.shares").exists():
+            (v1 / self.cgroup).mkdir(exist_ok=True)
+            (v1 / self.cgroup / "cpu.shares").write_text(str(1024 * self.containers))
+            return f"cgroup v1 cpu.shares {1024 * self.containers}"
+        unified = Path("/sys/fs/cgroup")
+        if "cpu" in (unified / "cgroup.subtree_control").read_text().split() if (unified / "cgroup.subtree_control").exists() else False:
+            (unified / self.cgroup).mkdir(exist_ok=True)
+            (unified / self.cgroup / "cpu.weight").write_text(str(min(10000, 100 * self.containers)))
+            return f"cgroup v2 cpu.weight {min(10000, 100 * self.containers)}"
+        return "default (no cpu controller found)"
+
+    def _remove_cgroups(self) -> None:
+        """The parent cgroups dockerd and _make_cgroup made (empty once every container is gone)."""
+        for controller in Path("/sys/fs/cgroup").iterdir():
+            group = controller / self.cgroup if controller.name != self.cgroup else controller
+            if group.is_dir() and group.name == self.cgroup:
+                for child in sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                    try:
+                        child.rmdir()
+                    except OSError:
+                        pass
+                try:
+                    group.rmdir()
+                except OSError:
+                    pass
 
     # -- client --------------------------------------------------------------------
     def docker(self, *args: str, timeout: float = 120, what: str | None = None, **kw) -> subprocess.CompletedProcess:
@@ -185,16 +225,17 @@ class Engine:
     def wheelhouse(self) -> Path:
         return self.state / "wheelhouse"
 
+    def hadoop_jars(self) -> Path:
+        return self.state / "hadoop"
 
-def ensure_wheelhouse(folder: Path, python: str, timeout: float = 600) -> str:
-    """Download every artifact of the locks into ``folder`` (pip checks each hash); skipped if already done."""
-    stamp = folder / ".locks.sha256"
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in LOCKS)).hexdigest()
-    if stamp.exists() and stamp.read_text() == digest:
+
+def ensure_hadoop_jars(folder: Path) -> str:
+    """Hadoop's jars and the launcher the tryout image runs HDFS and YARN with, fetched on the host (Maven)."""
+    from config.settings import PlatformSettings
+    from local_platform.hadoop import LocalHadoop
+
+    hadoop = LocalHadoop(PlatformSettings(), folder, folder)
+    if hadoop.installed():
         return "cached"
-    folder.mkdir(parents=True, exist_ok=True)
-    for lock in LOCKS:
-        run([python, "-m", "pip", "download", "-q", "--no-deps", "--require-hashes", "-d", str(folder),
-             "-r", str(lock)], timeout, f"pip download -r {lock.name}")
-    stamp.write_text(digest)
-    return "downloaded"
+    hadoop.ensure_installed()
+    return "fetched"

@@ -188,7 +188,7 @@ def test_one_worker_per_queue_several_io_processes_and_one_beat():
 
 
 def test_project_services_read_the_mounted_config():
-    for name in PROJECT - {"spark", "edge", "mail"}:
+    for name in PROJECT - {"spark", "hdfs", "yarn", "edge", "mail"}:
         svc = SERVICES[name]
         assert svc["environment"]["BACKUP_CONFIG"] == CONFIG_IN_CONTAINER
         assert any(str(v).endswith(f":{CONFIG_IN_CONTAINER}:ro") for v in svc["volumes"]), name
@@ -242,3 +242,69 @@ def test_test_override_runs_every_service_on_loopback_with_host_networking():
     from tests.compose.test_stack import PORTS
     assert {v for v in used if v.endswith("_PORT")} <= {f"MB_COMPOSE_{k}_PORT" for k in PORTS}
     assert len(set(PORTS.values())) == len(PORTS)
+
+
+@pytest.mark.parametrize("compose", [COMPOSE, OVERRIDE], ids=["docker-compose.yml", "compose.test.yaml"])
+def test_hadoop_services_run_the_local_platform_launcher(compose):
+    """hdfs and yarn run local_platform/hadoop.py (the local platform's launcher) on the jars baked into the
+    tryout image, with a volume for HDFS's data and a readiness check on the same service, state and ports."""
+    from local_platform.hadoop import _parser
+
+    for name in ("hdfs", "yarn"):
+        svc = compose["services"][name]
+        ports = lambda words: [_VAR.sub(lambda m: "12345" if m.group(1).endswith("_PORT") else m.group(0), w)
+                               for w in words]  # noqa: E731  (a port where the override names one)
+        argv = _argv(ports(svc["command"]))
+        assert argv[:3] == ["python", "-m", "local_platform.hadoop"], name
+        run = _parser().parse_args(argv[3:])
+        assert run.action == name and (run.home, run.state) == (Path("/opt/hadoop"), Path("/var/lib/mediation-backup/hadoop"))
+        # The check reads the readiness the launcher writes under its state folder.
+        assert svc["healthcheck"]["test"] == ["CMD", "/app/deploy/hadoop-health.sh", str(run.state), name]
+    assert "hdfs-data:/var/lib/mediation-backup/hadoop" in SERVICES["hdfs"]["volumes"]
+    assert re.search(r"^COPY \$\{HADOOP_JARS\}/lib /opt/hadoop/lib$", _stages()["tryout"], re.M)
+
+
+def test_hadoop_conf_binds_where_told_and_gives_out_the_service_names(tmp_path):
+    """In a container on a bridge network the daemons bind to 0.0.0.0 and clients are told the service names."""
+    from config.settings import PlatformSettings
+    from local_platform.hadoop import LocalHadoop
+
+    h = LocalHadoop(PlatformSettings(), tmp_path, tmp_path / "home", host="yarn", listen="0.0.0.0", namenode_host="hdfs")
+    h.write_conf()
+    core = (h.conf_dir / "core-site.xml").read_text()
+    hdfs_site = (h.conf_dir / "hdfs-site.xml").read_text()
+    yarn_site = (h.conf_dir / "yarn-site.xml").read_text()
+    assert "<value>hdfs://hdfs:8020</value>" in core
+    assert "<name>dfs.namenode.rpc-bind-host</name><value>0.0.0.0</value>" in hdfs_site
+    assert "<name>dfs.datanode.hostname</name><value>yarn</value>" in hdfs_site
+    assert "<name>yarn.resourcemanager.address</name><value>yarn:8032</value>" in yarn_site
+    assert "<name>yarn.resourcemanager.bind-host</name><value>0.0.0.0</value>" in yarn_site
+    daemons = (h.daemon_conf_dir / "local-daemons.xml").read_text()
+    assert "<name>mediation.local.datanode.configured-address</name><value>true</value>" in daemons
+    # The local platform's default: loopback only, MiniDFSCluster's own DataNode addresses.
+    local = LocalHadoop(PlatformSettings(), tmp_path / "local", tmp_path / "home")
+    local.write_conf()
+    assert "bind-host" not in (local.conf_dir / "hdfs-site.xml").read_text()
+    assert "<value>false</value>" in (local.daemon_conf_dir / "local-daemons.xml").read_text()
+
+
+def test_hadoop_health_check_says_ready_only_when_the_launcher_said_so_lately(tmp_path):
+    import subprocess
+    import time
+
+    script = str(ROOT / "deploy" / "hadoop-health.sh")
+    (tmp_path / "run").mkdir()
+    health = tmp_path / "run" / "hdfs.health"
+
+    def check():
+        done = subprocess.run([script, str(tmp_path), "hdfs"], capture_output=True, text=True)
+        return done.returncode, done.stdout.strip()
+
+    assert check() == (1, "hdfs: the launcher has not reported yet")
+    health.write_text("not ready: 1 of 2 DataNodes live\n")
+    assert check() == (1, "not ready: 1 of 2 DataNodes live")
+    health.write_text("ready\n")
+    assert check() == (0, "")
+    old = time.time() - 60
+    os.utime(health, (old, old))  # the launcher stopped writing: its last word no longer counts
+    assert check()[0] == 1 and "written 6" in check()[1]
