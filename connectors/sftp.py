@@ -188,6 +188,8 @@ def _map(e: BaseException, what: str):
         return NotFound(f"{what}: no such file")
     if isinstance(e, (paramiko.SSHException, socket.error, EOFError)):
         return ConnectionFailed(f"{what}: {e}")
+    if isinstance(e, paramiko.sftp.SFTPError):  # the SFTP stream out of step: the channel is lost, not the file
+        return ConnectionFailed(f"{what}: SFTP protocol stream broken: {e}")
     return classify(e, what)
 
 

@@ -59,6 +59,11 @@ def _sftp_errors(what: str) -> Iterator[None]:
         raise
     except (paramiko.SSHException, EOFError, socket.timeout, ConnectionError) as e:
         raise ConnectionFailed(f"{what}: {e or type(e).__name__}") from e
+    except paramiko.SFTPError as e:
+        # The SFTP stream itself out of step ("Garbage packet received" after a black hole stalled a read in the
+        # middle of a packet): the channel is unusable, a new connection is not. A file's own refusal comes as
+        # IOError with an SFTP status, below.
+        raise ConnectionFailed(f"{what}: SFTP protocol stream broken: {e or type(e).__name__}") from e
     except OSError as e:
         # paramiko raises IOError(errno, text) for SFTP status codes it knows;
         # SSH_FX_FAILURE arrives without an errno.

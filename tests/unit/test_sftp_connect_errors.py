@@ -110,3 +110,24 @@ def test_a_sha256sum_whose_connection_ends_is_a_connection_failure(server):
             SftpSession(target, transport, None).sha256("/tmp/archive.csv.gz")
     finally:
         transport.close()
+
+
+def test_an_sftp_stream_out_of_step_is_a_connection_failure():
+    """A black hole that stalled a read in the middle of a packet left paramiko's SFTP stream out of step: its
+    ``SFTPError("Garbage packet received")`` (not an SSHException, not an OSError) failed a restore at once as
+    fatal (campaign, restore-edge-export black-hole row).  paramiko's own packet reader is fed such bytes here."""
+    import paramiko.sftp
+
+    from storage.sftp import _sftp_errors
+
+    ours, theirs = socket.socketpair()
+    try:
+        reader = paramiko.sftp.BaseSFTP()
+        reader.sock = ours
+        theirs.sendall(b"\x01\x00\x00\x05hello")  # a length whose first byte is set: not an SFTP packet
+        with pytest.raises(ConnectionFailed, match="SFTP protocol stream broken: Garbage packet received"):
+            with _sftp_errors("read /backups/x.csv.gz"):
+                reader._read_packet()
+    finally:
+        ours.close()
+        theirs.close()
