@@ -379,8 +379,19 @@ def test_2_customer_files_fan_out_over_two_io_worker_containers(stack):
     assert len(files) == len(on_hdfs) + 1 and {(f[1], f[2]) for f in files} == {("2", "mediation")}, files
 
 
-def _worker_running_copy(st: Stack, job_id: str, timeout: float) -> str:
-    """Node name of the worker whose active tasks include a copy of ``job_id`` (celery inspect active)."""
+def _copy_customer(task: dict) -> str | None:
+    """The customer a copy task of ``celery inspect active`` copies (its second argument, or ``customer=``)."""
+    args, kwargs = task.get("args") or [], task.get("kwargs") or {}
+    if isinstance(kwargs, dict) and "customer" in kwargs:
+        return kwargs["customer"]
+    return args[1] if isinstance(args, (list, tuple)) and len(args) > 1 else None
+
+
+def _worker_running_copy(st: Stack, job_id: str, customer: str, timeout: float) -> str:
+    """Node name of the worker whose active tasks include ``customer``'s copy of ``job_id`` (celery inspect active).
+    Every configured customer gets a copy task, most with nothing to copy: the worker running another customer's
+    is not the one to kill (it was, in one run of five: the kill missed the copy, which ended in its first
+    delivery)."""
     from celery import Celery
 
     from workers.app import celery_config
@@ -392,7 +403,8 @@ def _worker_running_copy(st: Stack, job_id: str, timeout: float) -> str:
     while True:
         for worker, tasks in (app.control.inspect(timeout=1).active() or {}).items():
             for t in tasks:
-                if t["name"].startswith("backup.customer_files.copy") and job_id in json.dumps([t["args"], t["kwargs"]]):
+                if t["name"].startswith("backup.customer_files.copy") and job_id in json.dumps([t["args"], t["kwargs"]]) \
+                        and _copy_customer(t) == customer:
                     return worker
         assert time.monotonic() < deadline, f"no worker runs a copy of {job_id}: {st.res.jobs.find(job_id)}"
         time.sleep(0.2)
@@ -403,7 +415,7 @@ def test_3_io_worker_container_killed_mid_transfer(stack):
     # Container ids first: `docker compose ps` takes seconds, the copy of 400 MB into HDFS and the edge node 5 s.
     containers = {service: stack.container(service) for service in ("worker-io", "worker-io-2")}
     job_id = _enqueue(stack, "backup.customer_files")
-    worker = _worker_running_copy(stack, job_id, 120)
+    worker = _worker_running_copy(stack, job_id, "alpha", 120)
     service = "worker-io-2" if worker.startswith("io2@") else "worker-io"
     # Killed while bytes still flow (its progress in the job record), never in its last moment: after the bytes
     # come the checksums, then the success write, which, already on its way to Redis, would land after the kill.
