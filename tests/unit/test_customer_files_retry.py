@@ -27,6 +27,7 @@ from base.errors import AuthFailed, ConnectionFailed, LockLost, RetryableError
 from config.settings import Settings, load_settings
 from storage.local import LocalBackend
 from tests.conftest import TEST_CONFIG
+from tests.unit.test_customer_files_copy import CorruptingLocal  # damages what it stores: a copy that does not verify
 
 
 # -- the engine's verdict ----------------------------------------------------------
@@ -51,17 +52,6 @@ class ResettingLocal(LocalBackend):
         raise ConnectionResetError(104, "Connection reset by peer")
 
 
-class FlippingLocal(LocalBackend):
-    """A destination that damages what it stores (a copy of ours that does not verify)."""
-
-    def _create(self, path, chunks):
-        super()._create(path, chunks)
-        with open(path, "r+b") as f:
-            first = f.read(1)
-            f.seek(0)
-            f.write(bytes([first[0] ^ 1]))
-
-
 def test_a_success_has_no_retry_verdict(tmp_path):
     item, dests = _item(tmp_path)
     result = copy_file(item, LocalBackend(), dests, lambda n: None)
@@ -76,7 +66,7 @@ def test_transient_failures_are_retryable(tmp_path, case):
     elif case == "destination down (connection)":
         dests[1].fail(ConnectionFailed("ssh edge: Connection refused"))
     else:
-        dests[1].backend = FlippingLocal()
+        dests[1].backend = CorruptingLocal()
     result = copy_file(item, LocalBackend(), dests, lambda n: None)
     assert result["status"] == "failed" and result["retryable"] is True, result["error"]
 
