@@ -237,19 +237,25 @@ def _wait_mid_copy(tmp_path) -> None:
                "a copy in flight on the edge node", interval=0.02)
 
 
-def test_customer_files_copy_cut_by_a_short_outage_is_retried_and_succeeds(settings, tmp_path, cf_setup):
-    """sshd unreachable for a few seconds mid-copy: the copy task retries within retry.budget; every file ends
-    once at both destinations with the source's SHA-256, counted once, no alert."""
+def _cf_worker(settings, tmp_path, cf_setup, budget: float):
+    """The customer-files config with this retry budget: its resources (alert episode closed), its app and a
+    worker on it (not started yet)."""
     from backup.resources import Resources
     from config.settings import load_settings
     from workers.app import create_app
 
-    broker, relay, known, digests = cf_setup
-    cfg = _cf_config(settings, tmp_path, cf_setup, budget=60)
+    cfg = _cf_config(settings, tmp_path, cf_setup, budget=budget)
     own = load_settings(cfg)
     res, app = Resources(own), create_app(own)
     res.alerter.success("customer-files", "all")
-    worker = WorkerProc(cfg, f"cfbudget{uuid.uuid4().hex[:6]}", app=app)
+    return res, app, WorkerProc(cfg, f"cfbudget{uuid.uuid4().hex[:6]}", app=app)
+
+
+def test_customer_files_copy_cut_by_a_short_outage_is_retried_and_succeeds(settings, tmp_path, cf_setup):
+    """sshd unreachable for a few seconds mid-copy: the copy task retries within retry.budget; every file ends
+    once at both destinations with the source's SHA-256, counted once, no alert."""
+    relay, digests = cf_setup[1], cf_setup[3]
+    res, app, worker = _cf_worker(settings, tmp_path, cf_setup, budget=60)
     mails0, tickets0 = sink_counts(settings)
     try:
         worker.start()
@@ -283,16 +289,8 @@ def test_customer_files_outage_longer_than_the_budget_fails_once_then_copied_by_
     """sshd unreachable past a short retry.budget mid-copy: the run fails (FAIL: its only customer had failures)
     with exactly one alert naming the budget; the next run copies the files that failed, each once, and sends
     nothing."""
-    from backup.resources import Resources
-    from config.settings import load_settings
-    from workers.app import create_app
-
-    broker, relay, known, digests = cf_setup
-    cfg = _cf_config(settings, tmp_path, cf_setup, budget=6)
-    own = load_settings(cfg)
-    res, app = Resources(own), create_app(own)
-    res.alerter.success("customer-files", "all")
-    worker = WorkerProc(cfg, f"cfbudget{uuid.uuid4().hex[:6]}", app=app)
+    relay, digests = cf_setup[1], cf_setup[3]
+    res, app, worker = _cf_worker(settings, tmp_path, cf_setup, budget=6)
     mails0, tickets0 = sink_counts(settings)
     try:
         worker.start()
