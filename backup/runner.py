@@ -10,8 +10,9 @@ or failed by another phase), ``ctx.active`` is False and the phase does
 nothing: that is how a skipped job's chain winds down.
 
 A delivery of a phase that the job has already moved past (a later phase
-started, or the job is ending) is *stale*: a message restored after a broker
-outage or a worker's death, arriving after the chain went on without it.  It
+started, the phase itself already ended, or the job is ending) is *stale*: a
+message restored after a broker outage or a worker's death, arriving after the
+chain went on without it.  It
 does nothing, does not continue the chain (``ctx.stale``) and, if it fails
 anyway, its failure is dropped with a warning: only a delivery of the phase
 the job is really in may fail the job.
@@ -65,6 +66,25 @@ def moved_past(rec: dict, name: str) -> str | None:
     for p in rec["phases"][names.index(name) + 1:]:
         if fan_out_group(p["name"]) != group and (p["deliveries"] or p["state"] != "pending"):
             return f"phase {p['name']} has already started"
+    return None
+
+
+def already_ended(p: dict) -> str | None:
+    """Why a new delivery of the phase entry ``p`` must not run it: the phase has already ended.
+
+    A delivery that arrives after its phase ended and before the next phase
+    started - the first delivery's message restored to the queue between the
+    task's return and its late ack (a connection lost at that moment), or a
+    duplicate of the message - would otherwise run the phase a second time
+    beside the chain the first delivery continued (an export written twice, its
+    record left ``running``).  Such a delivery is stale, like one the job has
+    moved past.  Only the start of a delivery asks this: a phase that fails
+    after its own ``done`` (customer-files' flag) still fails its job.  Cost: a
+    worker that died between a phase's end write and sending the next message
+    leaves its job to the stall check, which fails it loudly.
+    """
+    if p["state"] in ("success", "failed"):
+        return f"phase {p['name']} has already ended ({p['state']})"
     return None
 
 
@@ -135,7 +155,7 @@ def phase(res: Resources, job_id: str, name: str, attempt: int = 1) -> Iterator[
         stale.pop("why", None)  # a WATCH conflict runs this again on a fresh record
         if rec["state"] in TERMINAL:
             return
-        why = moved_past(rec, name)
+        why = moved_past(rec, name) or already_ended(p)
         if why:
             stale["why"] = why
             return

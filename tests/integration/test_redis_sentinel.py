@@ -267,6 +267,7 @@ def test_a_real_run_rides_through_the_primary_killed_at_a_random_moment(tmp_path
     assert "Unrecoverable error" not in worker.log.read_text(errors="replace")
     # No phase was delivered again (deliveries beyond its attempts): a phase running across the fail-over is
     # re-stamped by its worker after the reconnect, however long it runs past the visibility timeout.
-    assert all(p["deliveries"] == p["attempts"] for r in jobs for p in r["phases"]), final["phases"]
+    assert all(p["deliveries"] == p["attempts"] for r in jobs for p in r["phases"]), \
+        json.dumps([{"state": r["state"], "phases": r["phases"]} for r in jobs])  # a string: shown whole
     print(json.dumps({"seed": seed, "phases": hits, "failover_s": failovers,
                       "deliveries": {p["name"]: p["deliveries"] for p in final["phases"]}}))

@@ -36,13 +36,14 @@ def _run(res, job_id, name):
 def test_stale_transfer_racing_cleanup_neither_fails_nor_alerts_the_successful_job(settings, res, stale_table):
     res.alerter.success(wf.WORKFLOW, stale_table)
     job_id = wf.submit(res, stale_table)["job_id"]
-    for name in ("lock", "export", "transfer"):
+    for name in ("lock", "export"):
         _run(res, job_id, name)
     mails0, tickets0 = sink_counts(settings)
-    # The restored transfer message starts before cleanup does: not stale yet, so its body runs ...
-    with phase(res, job_id, "transfer") as stale_ctx:
+    # The restored transfer message starts while the first delivery still runs: not stale yet, so its body runs ...
+    with phase(res, job_id, "transfer") as first, phase(res, job_id, "transfer") as stale_ctx:
         assert stale_ctx.active and stale_ctx.stale is None
-        _run(res, job_id, "cleanup")  # ... while the chain's cleanup deletes the local archive
+        wf.DEFINITION.phase("transfer").run(first)  # ... while the first one ends the phase
+        _run(res, job_id, "cleanup")  # and the chain's cleanup deletes the local archive
         with pytest.raises(NotFound, match="local archive .* is missing") as failed:
             wf.transfer_phase(stale_ctx)
     # The chain's error handler gets the stale failure: nothing is failed and nothing alerts.
@@ -100,6 +101,39 @@ def test_worker_stops_the_chain_of_a_stale_delivery(settings, res, worker, celer
     rec = res.jobs.get(job_id)
     finish = next(p for p in rec["phases"] if p["name"] == "finish")
     assert finish["deliveries"] == 0 and rec["state"] == "running"
+
+
+def test_a_phase_delivered_again_after_it_ended_neither_runs_nor_continues_the_chain(settings, res, worker,
+                                                                                     celery_app):
+    """The fail-over run's duplicate export: a message restored between its task's return and its late ack arrives
+    after the phase ended and before the next one started.  It must not run the phase again nor send the next."""
+    job_id = uuid.uuid4().hex
+    target = f"mnaas_test.ended_twice_{job_id[:6]}"
+    res.jobs.create(job_id, wf.WORKFLOW, target, {}, wf.DEFINITION.phase_names)
+
+    def transfer_ended(r):
+        r["state"] = "running"
+        for p in r["phases"]:
+            if p["name"] in ("lock", "export", "transfer"):
+                p.update(state="success", deliveries=1, attempts=1)
+        r["outputs"]["local_path"] = "/nonexistent/archive.csv.gz"  # a second run would fail on it: loud in the test
+    res.jobs.update(job_id, transfer_ended)
+    # In-process first: the delivery is stale and writes nothing.
+    with phase(res, job_id, "transfer") as ctx:
+        assert not ctx.active and ctx.stale == "phase transfer has already ended (success)"
+    from celery import chain
+
+    sig = chain(celery_app.signature("backup.edge_export.transfer", args=({"job_id": job_id},)),
+                celery_app.signature("backup.edge_export.cleanup"))
+    result = sig.apply_async()
+    first = result.parent.get(timeout=60)
+    assert first["stale"] == "phase transfer has already ended (success)"
+    assert not celery_app.AsyncResult(result.parent.id).children  # the next phase was not sent
+    rec = res.jobs.get(job_id)
+    assert rec["state"] == "running" and rec["phase"] != "transfer"
+    assert [(p["name"], p["state"], p["deliveries"]) for p in rec["phases"]] == [
+        ("lock", "success", 1), ("export", "success", 1), ("transfer", "success", 1),
+        ("cleanup", "pending", 0), ("finish", "pending", 0)]
 
 
 # -- the stall check ---------------------------------------------------------------------------------------------
