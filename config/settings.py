@@ -194,7 +194,7 @@ class SftpSettings(_Section):
     streams: int = Field(2, ge=1, le=8, description="parallel SSH connections used for one paramiko upload")
     rate_limit_mbps: float = Field(0, ge=0, description="bandwidth budget of this backup server in MB/s (0 = unlimited), shared by every upload to it from every worker and workflow (edge-export archives, customer-files sftp:// copies to the same host and port): a token bucket in Redis")
     verify: Literal["in-stream", "read-back"] = Field("in-stream", description="how the server's SHA-256 of an upload is computed before the rename: in-stream (the server receives the bytes through a small python3 program that hashes what it writes: one read on each side; a server without python3 falls back to read-back, said in the job record) or read-back (sha256sum of the temp file after the upload: also sees a change made to the temp file on the server between the write and the rename, at the cost of reading it again)")
-    stall_timeout: int = Field(60, ge=5, description="an upload that makes no progress for this long (a black-holed link, a hung server) is killed and fails as retryable; progress is the bytes the upload program has read from the archive")
+    stall_timeout: int = Field(60, ge=5, description="an upload that makes no progress for this long (a black-holed link, a hung server) is killed and fails as retryable; progress is the bytes the upload program has read from the archive; an SFTP request or write (customer-files copies to sftp:// locations too) unanswered for this long fails the same way")
 
 
 class SmtpSettings(_Section):

@@ -75,11 +75,12 @@ class SftpTarget:
 
     @classmethod
     def for_address(cls, host: str, port: int, user: str | None, key_file: Path, known_hosts: Path,
-                    passphrase: str | None = None, connect_timeout: int = 15) -> "SftpTarget":
+                    passphrase: str | None = None, connect_timeout: int = 15,
+                    stall_timeout: int = 60) -> "SftpTarget":
         """Connections to ``user@host:port`` with the given key and known_hosts (``sftp://`` storage URLs)."""
         try:
-            settings = SftpSettings(host=host, port=port, user=user, key_file=key_file,
-                                    known_hosts=known_hosts, connect_timeout=connect_timeout)
+            settings = SftpSettings(host=host, port=port, user=user, key_file=key_file, known_hosts=known_hosts,
+                                    connect_timeout=connect_timeout, stall_timeout=stall_timeout)
         except ValueError as e:  # pydantic's ValidationError
             raise ConfigError(f"sftp://{host}:{port}: {' '.join(str(e).split())}") from e
         return cls(settings, key_file, known_hosts, passphrase)
@@ -156,7 +157,9 @@ class SftpTarget:
             transport.auth_publickey(self.user, self._key())
             transport.set_keepalive(30)
             sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
-            sftp.get_channel().settimeout(max(60, self.s.connect_timeout))
+            # A request or write on the SFTP channel that sees no answer for stall_timeout (a black-holed link, a
+            # hung server) fails as retryable, as a stalled upload program is killed after it.
+            sftp.get_channel().settimeout(max(self.s.stall_timeout, self.s.connect_timeout))
         except Exception as e:
             refused = isinstance(e, paramiko.AuthenticationException) and _server_refused(transport)
             transport.close()

@@ -13,7 +13,7 @@ from storage import StorageBackend, open_backend
 
 
 def storage_options(settings: Settings, url: str) -> dict:
-    """``open_backend`` options for a location: SFTP gets the configured key, known_hosts and timeout,
+    """``open_backend`` options for a location: SFTP gets the configured key, known_hosts and timeouts,
     HDFS Kerberos if configured."""
     scheme = url_scheme(url)
     if scheme in ("hdfs", "webhdfs", "swebhdfs"):
@@ -25,6 +25,7 @@ def storage_options(settings: Settings, url: str) -> dict:
     return {"key_file": str(settings.path(settings.sftp.key_file)),
             "known_hosts": str(settings.path(settings.sftp.known_hosts)),
             "connect_timeout": settings.sftp.connect_timeout,
+            "stall_timeout": settings.sftp.stall_timeout,
             "passphrase": passphrase.get_secret_value() if passphrase else None}
 
 

@@ -43,7 +43,7 @@ DEFAULT_PORT = 22
 # Outstanding read requests while streaming a file: enough to hide the round
 # trip, bounded so a slow reader never buffers a whole large file in memory.
 PREFETCH_REQUESTS = 64
-_OPTIONS = {"key_file", "known_hosts", "passphrase", "connect_timeout"}
+_OPTIONS = {"key_file", "known_hosts", "passphrase", "connect_timeout", "stall_timeout"}
 #: files this large or larger are hashed by the server as it writes them (one python3 start, ~20 ms of its
 #: CPU, saves reading them back: sha256sum reads ~350 MB/s); smaller ones are read back in one batch
 IN_STREAM_MIN_BYTES = 8 * 1024 * 1024
@@ -94,7 +94,8 @@ class SftpBackend(StorageBackend):
         """Build from ``sftp://[user@]host[:port]/path``.
 
         Options: ``key_file`` and ``known_hosts`` (required: host keys are
-        always verified), ``passphrase``, ``connect_timeout`` (seconds).
+        always verified), ``passphrase``, ``connect_timeout`` and ``stall_timeout``
+        (seconds: how long a write or a request may wait without any progress).
         """
         unknown = set(options) - _OPTIONS
         if unknown:
@@ -122,6 +123,7 @@ class SftpBackend(StorageBackend):
             Path(options["known_hosts"]),
             passphrase=options.get("passphrase"),
             connect_timeout=options.get("connect_timeout") or 15,
+            stall_timeout=options.get("stall_timeout") or 60,
         )
         return cls(target), posixpath.normpath(path)
 

@@ -411,3 +411,36 @@ def test_a_connection_dropped_during_authentication_is_a_connection_failure(sett
                                     settings.path(settings.sftp.known_hosts), connect_timeout=5)
     with pytest.raises(AuthFailed, match="authentication refused"):
         target.connect()
+
+
+def test_a_black_holed_sftp_copy_write_fails_after_the_stall_timeout(settings, platform, tmp_path):
+    """A copy to an ``sftp://`` location (customer-files' secondaries) through a link that goes black: the write
+    fails as retryable once ``sftp.stall_timeout`` passes without an answer, not after the SFTP channel's former
+    fixed 60 s (the campaign's black-hole row lost a minute per attempt to it)."""
+    import posixpath
+
+    from base.errors import ConnectionFailed
+    from config.settings import load_settings
+    from storage.locations import open_location
+
+    relay = Relay(settings.sftp.port)
+    known = tmp_path / "known_hosts"
+    line = settings.path(settings.sftp.known_hosts).read_text().strip().split(" ", 1)[1]
+    known.write_text(f"[127.0.0.1]:{relay.port} {line}\n")
+    own = load_settings(write_config(tmp_path / "hole.yaml", {
+        "sftp": {"known_hosts": str(known), "stall_timeout": 5, "connect_timeout": 5}}))
+    relay.open()
+    backend, base = open_location(own, f"sftp://{settings.sftp.host}:{relay.port}{tmp_path}/dest")
+    try:
+        backend.mkdir(base)  # connected: the session the write will use is open
+        relay.freeze()
+        began = time.monotonic()
+        with pytest.raises(ConnectionFailed) as failed:
+            backend.write_temp(posixpath.join(base, "file.bin"), [b"x" * (4 << 20)])
+        took = time.monotonic() - began
+    finally:
+        relay.thaw()
+        relay.close()
+        backend.close()
+    assert failed.value.retryable, failed.value
+    assert 5 <= took < 30, f"{took:.1f}s: {failed.value}"  # one stall timeout, plus the temp file's discard
