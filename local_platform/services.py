@@ -287,8 +287,12 @@ class LocalPlatform:
 
     # -- down / status -------------------------------------------------------
     def down(self, only: list[str] | None = None, timeout: float = 30) -> dict[str, str]:
-        """Stop what ``up`` started (by recorded pid), leave anything else alone."""
-        report = {}
+        """Stop what ``up`` started (by recorded pid), leave anything else alone.
+
+        Every service is sent SIGTERM first, then all are waited for together (SIGKILL for any still
+        running after ``timeout``): each JVM takes seconds to shut down cleanly, and they do not depend
+        on one another for it, so the whole stop costs the slowest one, not their sum."""
+        report, stopping = {}, {}
         for svc in reversed(self.services()):
             if only and svc.name not in only:
                 continue
@@ -296,33 +300,42 @@ class LocalPlatform:
             if pid is None:
                 report[svc.name] = "not started by us"
                 continue
-            self._stop_pid(pid, timeout)
-            self._pidfile(svc.name).unlink(missing_ok=True)
-            report[svc.name] = "stopped"
+            stopping[svc.name] = pid
+        self._stop_pids(list(stopping.values()), timeout)
+        for name in stopping:
+            self._pidfile(name).unlink(missing_ok=True)
+            report[name] = "stopped"
         return report
 
     @staticmethod
-    def _stop_pid(pid: int, timeout: float) -> None:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def _stop_pids(pids: list[int], timeout: float) -> None:
+        """SIGTERM each process group, wait up to ``timeout`` for all of them, SIGKILL the groups left."""
+        alive = []
+        for pid in pids:
             try:
-                os.kill(pid, 0)
+                os.killpg(pid, signal.SIGTERM)
+                alive.append(pid)
             except ProcessLookupError:
-                return
-            # Reap it if it is our child (tests start services in-process).
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
                 pass
-            time.sleep(0.1)
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        deadline = time.monotonic() + timeout
+        while alive and time.monotonic() < deadline:
+            for pid in list(alive):
+                # Reap it if it is our child (tests start services in-process).
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    alive.remove(pid)
+            if alive:
+                time.sleep(0.1)
+        for pid in alive:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def status(self) -> dict[str, dict]:
         """Per service: pid if ours, whether each port answers, and how clients reach it."""

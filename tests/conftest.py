@@ -107,17 +107,99 @@ def settings():
     return load_settings(CONFIG_PATH)
 
 
+def _start_redis(settings) -> dict:
+    from local_platform.services import LocalPlatform
+
+    _stop_leftovers()
+    return LocalPlatform(settings).up(only=["redis"], timeout=60)
+
+
+class EarlyStart:
+    """Redis and the local platform started in a thread as soon as the session has collected its tests.
+
+    The platform takes a minute or two to start (JVMs on 2 cores), and the unit tests, which run first
+    (``pytest_collection_modifyitems``), need none of it but Redis: the two overlap.  The ``redis_server``
+    and ``platform`` fixtures each wait for their own stage only, and take its outcome (or its error, raised
+    again there); a session that selects no test needing the platform starts nothing early.
+    """
+
+    thread = None
+    outcome: dict = {}
+    ended: dict = {}
+    taken: set = set()
+
+    @classmethod
+    def start(cls) -> None:
+        import threading
+
+        cls.ended = {"redis": threading.Event(), "platform": threading.Event()}
+
+        def run():
+            from config.settings import load_settings
+
+            stage = "redis"
+            try:
+                settings = load_settings(CONFIG_PATH)
+                cls.outcome["redis"] = _start_redis(settings)
+                cls.ended["redis"].set()
+                stage = "platform"
+                cls.outcome["platform"] = _start_platform(settings)
+            except BaseException as e:  # raised again by the fixture that needs what failed
+                cls.outcome["error"] = (stage, e)
+            finally:
+                for event in cls.ended.values():
+                    event.set()
+        cls.thread = threading.Thread(target=run, name="early platform start", daemon=True)
+        cls.thread.start()
+
+    @classmethod
+    def take(cls, what: str):
+        """The early start's result for ``what`` ("redis" or "platform"), None if nothing was started early."""
+        if cls.thread is None:
+            return None
+        cls.ended[what].wait()
+        cls.taken.add(what)
+        if what in cls.outcome:
+            return cls.outcome[what]
+        stage, error = cls.outcome["error"]
+        raise RuntimeError(f"starting {stage} early failed: {error!r}") from error
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Unit tests first (they need no service), then the rest in their usual order; start Redis and the platform
+    in the background now if any selected test needs the platform."""
+    unit = str(ROOT / "tests" / "unit")
+    items.sort(key=lambda item: 0 if str(item.path).startswith(unit) else 1)  # stable: modules stay in order
+    if not config.option.collectonly and any("platform" in item.fixturenames for item in items):
+        EarlyStart.start()
+
+
+def pytest_sessionfinish(session):
+    """A session that ended before any test took the early-started platform (``-x`` after a unit test failed,
+    an interrupt) stops it here: the fixtures' teardowns never run for what they never set up."""
+    from config.settings import load_settings
+    from local_platform.services import LocalPlatform
+
+    if EarlyStart.thread is None:
+        return
+    EarlyStart.thread.join(300)
+    settings = load_settings(CONFIG_PATH)
+    if "platform" not in EarlyStart.taken and "platform" in EarlyStart.outcome:
+        LocalPlatform(settings).down(only=PLATFORM_SERVICES)
+        LEDGER.unlink(missing_ok=True)
+    if "redis" not in EarlyStart.taken and EarlyStart.outcome.get("redis", {}).get("redis") == "started":
+        LocalPlatform(settings).down(only=["redis"])
+
+
 @pytest.fixture(scope="session")
 def redis_server(settings):
     """Redis for the whole session: the platform's, started here if nothing listens yet (stopped at the end)."""
     from local_platform.services import LocalPlatform
 
-    _stop_leftovers()
-    plat = LocalPlatform(settings)
-    report = plat.up(only=["redis"], timeout=60)
+    report = EarlyStart.take("redis") or _start_redis(settings)
     yield
     if report.get("redis") == "started":
-        plat.down(only=["redis"])
+        LocalPlatform(settings).down(only=["redis"])
 
 
 @pytest.fixture(scope="session")
@@ -202,13 +284,10 @@ def _stop_leftovers() -> None:
 PLATFORM_SERVICES = ["metastore", "hdfs", "yarn", "spark", "sshd", "sinks"]
 
 
-@pytest.fixture(scope="session")
-def platform(settings, redis_server):
-    """The local platform on test ports, started once, stopped at the end (only what it started).
-
-    A service found already listening on a test port that no session recorded is an error, not
-    something to reuse: it may run with another session's keys and folders (set MB_TEST_PORT_OFFSET).
-    """
+def _start_platform(settings) -> dict:
+    """Start the platform's services; a service found already listening on a test port that no session recorded
+    is an error, not something to reuse: it may run with another session's keys and folders (set
+    MB_TEST_PORT_OFFSET).  On any failure what this session started is stopped again."""
     import json
 
     from local_platform.services import LocalPlatform
@@ -228,6 +307,18 @@ def platform(settings, redis_server):
         plat.down(only=PLATFORM_SERVICES)  # what this session started (its own run folder), not the foreign ones
         LEDGER.unlink(missing_ok=True)
         raise
+    return report
+
+
+@pytest.fixture(scope="session")
+def platform(settings, redis_server):
+    """The local platform on test ports, started once (early, in the background, when the session has tests that
+    need it: ``EarlyStart``), stopped at the end (only what it started)."""
+    from local_platform.services import LocalPlatform
+
+    if EarlyStart.take("platform") is None:
+        _start_platform(settings)
+    plat = LocalPlatform(settings)
     yield plat
     plat.down(only=PLATFORM_SERVICES)
     LEDGER.unlink(missing_ok=True)
@@ -281,20 +372,27 @@ class WorkerProc:
 
     def stop(self) -> None:
         """Warm shutdown, SIGKILL if it hangs."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        WorkerProc.stop_all([self])
+
+    @staticmethod
+    def stop_all(workers: list["WorkerProc"], timeout: float = 30) -> None:
+        """Warm shutdown of every worker at once (each takes a second or two), SIGKILL for those that hang."""
+        running = [w for w in workers if w.proc and w.proc.poll() is None]
+        for w in running:
+            os.killpg(w.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for w in running:
             try:
-                self.proc.wait(timeout=30)
+                w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self.kill()
+                w.kill()
 
 
 @pytest.fixture(scope="session")
 def worker(platform, redis_client):
     w = WorkerProc(CONFIG_PATH, "main").start()
     yield w
-    for proc in WorkerProc.started:
-        proc.stop()
+    WorkerProc.stop_all(WorkerProc.started)
 
 
 @pytest.fixture(scope="session")
