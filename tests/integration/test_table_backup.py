@@ -745,10 +745,11 @@ def test_a_load_redelivered_after_its_switch_leaves_the_backup_alone(settings, r
         assert not ctx.active and ctx.stale == "phase write has already started"
     load = next(p for p in res.jobs.get(rec["job_id"])["phases"] if p["name"] == "load")
     assert (load["state"], load["deliveries"]) == ("success", 1)
-    # ... and should one get past it (a record that lost its newest writes: write back to pending, the
-    # counts gone), the phase function's own guard holds: the table the backup reads is not rewritten.
+    # ... and should one get past it (a record that lost its newest writes: the load's end and the write's start,
+    # the counts gone), the phase function's own guard holds: the table the backup reads is not rewritten.
     def lost_newest_writes(r):
         r["outputs"].pop("rows_accepted")
+        next(p for p in r["phases"] if p["name"] == "load").update(state="running", finished=None)
         next(p for p in r["phases"] if p["name"] == "write").update(state="pending", deliveries=0, attempts=0)
     res.jobs.update(rec["job_id"], lost_newest_writes)
     with pytest.raises(wf.FatalError, match=r"already reads .*this job's data table"):
