@@ -32,15 +32,21 @@ def wait_job(res, job_id: str, timeout: float = 120) -> dict:
     raise AssertionError(f"job {job_id} not finished after {timeout}s: {res.jobs.find(job_id)}")
 
 
+#: months of daily partitions in a test's sample table: one more than the export window (5), so a window always has
+#: rows outside it; each month more is ~30 partitions, ~2 s of a table's creation (8 months: 11-13 s, 6: 7 s)
+TEST_MONTHS_BACK = 6
+
+
 def new_sample_table(settings, name: str, rows: int = 8000) -> str:
-    """``mnaas_test.<name>``, (re)created with ``rows`` sample rows on the platform's HiveServer2."""
+    """``mnaas_test.<name>``, (re)created with ``rows`` sample rows over ``TEST_MONTHS_BACK`` months on the
+    platform's HiveServer2."""
     from base.identifiers import TableName
     from connectors.hive import HiveClient
     from local_platform.sample_data import create_sample_table
 
     table = TableName("mnaas_test", name)
     with HiveClient.from_settings(settings) as hive:
-        create_sample_table(hive, table, rows=rows, count=False)
+        create_sample_table(hive, table, rows=rows, months_back=TEST_MONTHS_BACK, count=False)
     return str(table)
 
 

@@ -20,8 +20,8 @@ from base.identifiers import TableName
 from backup.locks import Held
 from backup.window import export_window
 from tests.conftest import CONFIG_PATH, STATE, WorkerProc, write_config
-from tests.helpers import (backupctl, enqueue, remote_files, sink_counts, sink_mails, sink_tickets, ssh,
-                           wait_job, wait_until)
+from tests.helpers import (TEST_MONTHS_BACK, backupctl, enqueue, remote_files, sink_counts, sink_mails,
+                           sink_tickets, ssh, wait_job, wait_until)
 from local_platform.sample_data import create_sample_table
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,8 @@ def tables(platform, settings):
     def create(key: str) -> str:
         t = TableName("mnaas_test", f"traffic_{key}")
         with HiveClient.from_settings(settings) as hive:
-            create_sample_table(hive, t, rows=ROWS if key == "main" else 3000, count=False)
+            create_sample_table(hive, t, rows=ROWS if key == "main" else 3000, months_back=TEST_MONTHS_BACK,
+                                count=False)
         return str(t)
 
     keys = ("main", "concurrent", "stale", "resume", "hostkey", "killed")
