@@ -77,15 +77,22 @@ def already_ended(p: dict) -> str | None:
     task's return and its late ack (a connection lost at that moment), or a
     duplicate of the message - would otherwise run the phase a second time
     beside the chain the first delivery continued (an export written twice, its
-    record left ``running``).  Such a delivery is stale, like one the job has
-    moved past.  Only the start of a delivery asks this: a phase that fails
-    after its own ``done`` (customer-files' flag) still fails its job.  Cost: a
-    worker that died between a phase's end write and sending the next message
-    leaves its job to the stall check, which fails it loudly.
+    record left ``running``).  Such a delivery (an attempt no later than the one
+    that ended the phase) is stale, like one the job has moved past.  A later
+    attempt - Celery's retry of an attempt that failed after its phase's end
+    write - runs nothing either but continues the chain, once (``phase``).
+    Only the start of a delivery asks this: a phase that fails after its own
+    ``done`` (customer-files' flag) still fails its job.  Cost: a worker that
+    died between a phase's end write and sending the next message leaves its
+    job to the stall check, which fails it loudly.
     """
-    if p["state"] in ("success", "failed"):
+    if p["state"] in ENDED:
         return f"phase {p['name']} has already ended ({p['state']})"
     return None
+
+
+#: the states of a phase that has ended (``failed`` without the job failing: a customer's copy)
+ENDED = ("success", "failed")
 
 
 class PhaseContext:
@@ -153,9 +160,18 @@ def phase(res: Resources, job_id: str, name: str, attempt: int = 1) -> Iterator[
     def start(rec):
         p = phase_entry(rec, name)
         stale.pop("why", None)  # a WATCH conflict runs this again on a fresh record
+        stale.pop("carry_on", None)
         if rec["state"] in TERMINAL:
             return
-        why = moved_past(rec, name) or already_ended(p)
+        why = moved_past(rec, name)
+        if not why and p["state"] in ENDED:
+            if attempt > max(p["attempts"], p.get("carried_on") or 0):
+                # A Celery retry of an attempt that failed after its phase had ended (a spark-submit driver that
+                # wrote its end and then exited non-zero): the work is done, the chain is not sent yet. Once.
+                p["carried_on"] = attempt
+                stale["carry_on"] = True
+                return
+            why = already_ended(p)
         if why:
             stale["why"] = why
             return
@@ -167,10 +183,13 @@ def phase(res: Resources, job_id: str, name: str, attempt: int = 1) -> Iterator[
 
     rec = res.jobs.update(job_id, start)
     why = stale.get("why")
-    active = rec["state"] not in TERMINAL and why is None
+    active = rec["state"] not in TERMINAL and why is None and not stale.get("carry_on")
     ctx = PhaseContext(res, rec, name, active, stale=why)
     if why:
         log.warning("stale delivery of phase %s of job %s ignored: %s", name, job_id, why)
+    if stale.get("carry_on"):
+        log.warning("phase %s of job %s had already ended when its attempt %d started: the chain goes on "
+                    "without running it again", name, job_id, attempt)
     if not active:
         yield ctx
         return

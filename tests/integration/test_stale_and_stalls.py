@@ -121,6 +121,12 @@ def test_a_phase_delivered_again_after_it_ended_neither_runs_nor_continues_the_c
     # In-process first: the delivery is stale and writes nothing.
     with phase(res, job_id, "transfer") as ctx:
         assert not ctx.active and ctx.stale == "phase transfer has already ended (success)"
+    # Celery's retry of an attempt that failed after the phase's end write (a driver that exited non-zero after
+    # it): nothing runs, the chain goes on (not stale), once; a duplicate of that retry is stale again.
+    with phase(res, job_id, "transfer", attempt=2) as ctx:
+        assert not ctx.active and ctx.stale is None
+    with phase(res, job_id, "transfer", attempt=2) as ctx:
+        assert not ctx.active and ctx.stale == "phase transfer has already ended (success)"
     from celery import chain
 
     sig = chain(celery_app.signature("backup.edge_export.transfer", args=({"job_id": job_id},)),
@@ -134,6 +140,7 @@ def test_a_phase_delivered_again_after_it_ended_neither_runs_nor_continues_the_c
     assert [(p["name"], p["state"], p["deliveries"]) for p in rec["phases"]] == [
         ("lock", "success", 1), ("export", "success", 1), ("transfer", "success", 1),
         ("cleanup", "pending", 0), ("finish", "pending", 0)]
+    assert rec["phases"][2]["carried_on"] == 2
 
 
 # -- the stall check ---------------------------------------------------------------------------------------------
