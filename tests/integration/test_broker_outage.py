@@ -21,11 +21,14 @@ from kombu import Connection, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
 from bench.faultkit import PrivateRedis
+from tests.background import Background, in_background
 from tests.conftest import PORT_OFFSET, ROOT, WorkerProc, write_config
 from tests.helpers import phase_of, remote_files, sink_counts, ssh, wait_until
 from workers.redis_transport import Transport
 
 pytestmark = pytest.mark.integration
+
+VISIBILITY_REDIS_PORT = 6506 + PORT_OFFSET  # the visibility scenario's own Redis (it runs beside other tests)
 
 
 @pytest.fixture
@@ -175,28 +178,42 @@ def test_waiting_client_gives_up_loudly_when_redis_stays_away(tmp_path):
     assert 2 <= time.monotonic() - began < 30
 
 
-def test_a_phase_longer_than_the_visibility_timeout_runs_once_and_a_dead_workers_comes_back_in_time(
-        settings, platform, private_redis, private_broker_table, tmp_path):
-    """Live workers re-stamp what they hold (workers/redis_transport.py): only a dead worker's message moves on."""
+VISIBILITY = 20  # seconds: the scenario's visibility timeout (the settings' minimum)
+
+
+def long_phase_and_dead_worker(bg: Background) -> tuple[float, dict, list[str]]:
+    """A transfer that outlasts the visibility timeout under a live worker, then that worker killed: (seconds until
+    the redelivery, the job record, the files on the edge node).
+
+    About 70 s spent waiting on the clock (the timeout twice over), so it runs in the background from the start
+    of the session: self-contained (a Redis, two workers and a sample table of its own), it waits for the
+    platform the session starts early (``tests.conftest.EarlyStart``); the test below makes the assertions."""
     from backup.resources import Resources
     from config.settings import load_settings
+    from tests.conftest import CONFIG_PATH, STATE, EarlyStart
+    from tests.helpers import new_sample_table
     from workers.app import RESTORE_SWEEP_SECONDS, create_app
 
-    long_table = private_broker_table
-    visibility = 20
-    remote_dir = str(tmp_path / "edge")
-    cfg = write_config(tmp_path / "visibility.yaml", {
-        "redis": {"url": private_redis.url},
+    if EarlyStart.take("platform") is None:
+        raise RuntimeError("the platform was not started early: the scenario's test must request `platform`")
+    folder = STATE / "visibility-scenario"
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = load_settings(CONFIG_PATH)
+    long_table = new_sample_table(settings, "traffic_visibility")
+    broker = PrivateRedis(VISIBILITY_REDIS_PORT, folder / "redis").start()
+    remote_dir = str(folder / "edge")
+    cfg = write_config(folder / "visibility.yaml", {
+        "redis": {"url": broker.url},
         "sftp": {"rate_limit_mbps": 0.003, "streams": 1, "remote_dir": remote_dir},
         "edge_export": {"compresslevel": 1},
-        "celery": {"task_time_limit": 120, "task_soft_time_limit": 110, "visibility_timeout": visibility}})
+        "celery": {"task_time_limit": 120, "task_soft_time_limit": 110, "visibility_timeout": VISIBILITY}})
     own = load_settings(cfg)
     res, app = Resources(own), create_app(own)
     first = WorkerProc(cfg, f"vis{uuid.uuid4().hex[:6]}", app=app)
     # The worker taking over uploads at full speed: the redelivery is what is measured, not a second slow upload.
-    fast = write_config(tmp_path / "fast.yaml", {
-        "redis": {"url": private_redis.url}, "sftp": {"remote_dir": remote_dir},
-        "celery": {"task_time_limit": 120, "task_soft_time_limit": 110, "visibility_timeout": visibility}})
+    fast = write_config(folder / "fast.yaml", {
+        "redis": {"url": broker.url}, "sftp": {"remote_dir": remote_dir},
+        "celery": {"task_time_limit": 120, "task_soft_time_limit": 110, "visibility_timeout": VISIBILITY}})
     second = WorkerProc(fast, f"vis{uuid.uuid4().hex[:6]}", app=app)
     try:
         first.start()
@@ -205,23 +222,33 @@ def test_a_phase_longer_than_the_visibility_timeout_runs_once_and_a_dead_workers
 
         def transfer():
             return phase_of(res, job_id, "transfer")
-        wait_until(lambda: transfer().get("started"), 90, "the transfer to start")
+        bg.wait_until(lambda: transfer().get("started"), 90, "the transfer to start")
         # Running for longer than the visibility timeout plus a sweep: still one delivery.
-        wait_until(lambda: time.time() - transfer().get("started") > visibility + 2 * RESTORE_SWEEP_SECONDS, 60,
-                   "the transfer to outlast the visibility timeout")
-        assert transfer()["deliveries"] == 1 and transfer()["state"] == "running"
+        bg.wait_until(lambda: time.time() - transfer().get("started") > VISIBILITY + 2 * RESTORE_SWEEP_SECONDS, 60,
+                      "the transfer to outlast the visibility timeout")
+        assert transfer()["deliveries"] == 1 and transfer()["state"] == "running", transfer()
         first.kill()
         killed = time.time()
         second.start()
-        wait_until(lambda: transfer()["deliveries"] == 2, visibility + 4 * RESTORE_SWEEP_SECONDS + 30,
-                   "the dead worker's transfer to be redelivered")
+        bg.wait_until(lambda: transfer()["deliveries"] == 2, VISIBILITY + 4 * RESTORE_SWEEP_SECONDS + 30,
+                      "the dead worker's transfer to be redelivered")
         waited = time.time() - killed
-        rec = wait_until(lambda: (r := res.jobs.get(job_id))["state"] in ("success", "failed") and r, 120,
-                         "the job to end")
+        rec = bg.wait_until(lambda: (r := res.jobs.get(job_id))["state"] in ("success", "failed") and r, 120,
+                            "the job to end")
     finally:
         first.kill()
         second.stop()
-    assert waited <= visibility + 2 * RESTORE_SWEEP_SECONDS + 10, waited
+        broker.stop()
+    return waited, rec, remote_files(settings, posixpath.join(remote_dir, long_table))
+
+
+@in_background(long_phase_and_dead_worker)
+def test_a_phase_longer_than_the_visibility_timeout_runs_once_and_a_dead_workers_comes_back_in_time(platform):
+    """Live workers re-stamp what they hold (workers/redis_transport.py): only a dead worker's message moves on."""
+    from workers.app import RESTORE_SWEEP_SECONDS
+
+    waited, rec, files = test_a_phase_longer_than_the_visibility_timeout_runs_once_and_a_dead_workers_comes_back_in_time \
+        .background.result(timeout=300)
+    assert waited <= VISIBILITY + 2 * RESTORE_SWEEP_SECONDS + 10, waited
     assert rec["state"] == "success", rec
-    files = remote_files(settings, posixpath.join(remote_dir, long_table))
     assert len(files) == 1 and files[0].endswith(".csv.gz")  # the killed upload's temp file was replaced
