@@ -9,7 +9,10 @@ selected), so its waiting overlaps the tests that run before it; the test then
 takes the scenario's result (or its exception, raised again) and makes its
 assertions.  A scenario must be self-contained: its own Redis, workers and
 processes, nothing of the session's fixtures (they do not exist yet when it
-starts), and it stops whatever it started in a ``finally``.  It polls through
+starts), and it stops whatever it started in a ``finally``.  One that needs the
+local platform waits for the session's early start of it
+(``tests.conftest.EarlyStart.take("platform")``; its test requests ``platform``
+so that the session starts it).  It polls through
 ``Background.wait_until`` so that a session ending early cancels it.
 """
 
