@@ -166,10 +166,16 @@ class EarlyStart:
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Unit tests first (they need no service), then the rest in their usual order; start Redis and the platform
-    in the background now if any selected test needs the platform."""
+    """Unit tests first (they need no service), then the rest in their usual order, and last the tests marked
+    ``clock`` (they measure elapsed time, which the platform's start and the compose build beside the session
+    would skew); start Redis and the platform in the background now if any selected test needs the platform."""
     unit = str(ROOT / "tests" / "unit")
-    items.sort(key=lambda item: 0 if str(item.path).startswith(unit) else 1)  # stable: modules stay in order
+
+    def place(item) -> int:
+        if item.get_closest_marker("clock"):
+            return 2
+        return 0 if str(item.path).startswith(unit) else 1
+    items.sort(key=place)  # stable: modules stay in order
     if not config.option.collectonly and any("platform" in item.fixturenames for item in items):
         EarlyStart.start()
 

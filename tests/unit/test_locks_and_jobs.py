@@ -54,6 +54,7 @@ def test_lock_expires_without_renewal(locks):
     assert b is not None
 
 
+@pytest.mark.clock  # a renewal delayed past the 2 s TTL by a busy machine would lose the lock
 def test_renewer_keeps_lock_past_ttl(locks):
     a, _ = locks.acquire("wf", "t", "a")
     with Renewer(locks, a, every=0.5) as r:

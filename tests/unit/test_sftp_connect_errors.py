@@ -84,6 +84,7 @@ def test_a_connection_dropped_during_authentication_is_a_connection_failure(serv
     assert not isinstance(raised.value, AuthFailed)
 
 
+@pytest.mark.clock  # bounded by the connect timeout plus 1.5 s
 def test_a_server_silent_during_authentication_is_a_connection_failure_within_the_connect_timeout(server):
     target, _, _, mode = server
     mode["mode"] = "silent"
