@@ -74,21 +74,27 @@ def test_a_real_failure_still_alerts_once_and_a_stale_one_after_it_is_dropped(se
     assert res.locks.holder(wf.WORKFLOW, stale_table) is None
 
 
-def test_worker_stops_the_chain_of_a_stale_delivery(settings, res, worker, celery_app):
-    """A stale transfer delivered with its chain (as a restored message is) neither runs nor starts cleanup."""
+def _transfer_ended(res, name: str, cleanup_started: bool) -> str:
+    """An edge-export job whose lock, export and transfer ended, cleanup started or not; its id.  The local archive
+    it names does not exist: a delivery that ran transfer again would fail on it, loudly."""
     job_id = uuid.uuid4().hex
-    target = f"mnaas_test.stale_chain_{job_id[:6]}"
-    res.jobs.create(job_id, wf.WORKFLOW, target, {}, wf.DEFINITION.phase_names)
+    res.jobs.create(job_id, wf.WORKFLOW, f"mnaas_test.{name}_{job_id[:6]}", {}, wf.DEFINITION.phase_names)
 
-    def moved_on(r):
+    def ended(r):
         r["state"] = "running"
         for p in r["phases"]:
             if p["name"] in ("lock", "export", "transfer"):
                 p.update(state="success", deliveries=1, attempts=1)
-            if p["name"] == "cleanup":
+            if p["name"] == "cleanup" and cleanup_started:
                 p.update(state="running", deliveries=1, attempts=1)
         r["outputs"]["local_path"] = "/nonexistent/archive.csv.gz"
-    res.jobs.update(job_id, moved_on)
+    res.jobs.update(job_id, ended)
+    return job_id
+
+
+def test_worker_stops_the_chain_of_a_stale_delivery(settings, res, worker, celery_app):
+    """A stale transfer delivered with its chain (as a restored message is) neither runs nor starts cleanup."""
+    job_id = _transfer_ended(res, "stale_chain", cleanup_started=True)
     from celery import chain
 
     sig = chain(celery_app.signature("backup.edge_export.transfer", args=({"job_id": job_id},)),
@@ -107,17 +113,7 @@ def test_a_phase_delivered_again_after_it_ended_neither_runs_nor_continues_the_c
                                                                                      celery_app):
     """The fail-over run's duplicate export: a message restored between its task's return and its late ack arrives
     after the phase ended and before the next one started.  It must not run the phase again nor send the next."""
-    job_id = uuid.uuid4().hex
-    target = f"mnaas_test.ended_twice_{job_id[:6]}"
-    res.jobs.create(job_id, wf.WORKFLOW, target, {}, wf.DEFINITION.phase_names)
-
-    def transfer_ended(r):
-        r["state"] = "running"
-        for p in r["phases"]:
-            if p["name"] in ("lock", "export", "transfer"):
-                p.update(state="success", deliveries=1, attempts=1)
-        r["outputs"]["local_path"] = "/nonexistent/archive.csv.gz"  # a second run would fail on it: loud in the test
-    res.jobs.update(job_id, transfer_ended)
+    job_id = _transfer_ended(res, "ended_twice", cleanup_started=False)
     # In-process first: the delivery is stale and writes nothing.
     with phase(res, job_id, "transfer") as ctx:
         assert not ctx.active and ctx.stale == "phase transfer has already ended (success)"
