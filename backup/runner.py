@@ -12,10 +12,9 @@ nothing: that is how a skipped job's chain winds down.
 A delivery of a phase that the job has already moved past (a later phase
 started, the phase itself already ended, or the job is ending) is *stale*: a
 message restored after a broker outage or a worker's death, arriving after the
-chain went on without it.  It
-does nothing, does not continue the chain (``ctx.stale``) and, if it fails
-anyway, its failure is dropped with a warning: only a delivery of the phase
-the job is really in may fail the job.
+chain went on without it.  It does nothing, does not continue the chain
+(``ctx.stale``) and, if it fails anyway, its failure is dropped with a
+warning: only a delivery of the phase the job is really in may fail the job.
 
 Ending a job unsuccessfully is two writes around the alert: first a *claim*
 (``ending``) made atomically only while the job is neither terminal, nor
