@@ -310,19 +310,21 @@ def transfer_phase(ctx: PhaseContext) -> dict:
         sent = {"n": 0}
 
         def progress(n: int) -> None:
+            ctx.raise_if_lost()  # stop sending the moment the renewer finds the lock gone
             sent["n"] += n
             ctx.progress(bytes=sent["n"], total_bytes=size)
 
-        uploaded = upload(target, local, tmp, progress=progress)
-        if not sess.alive():
-            sess.close()
-            sess = target.connect()
         try:
+            uploaded = upload(target, local, tmp, progress=progress)
+            if not sess.alive():
+                sess.close()
+                sess = target.connect()
             outcome = verify_and_commit(sess, tmp, final, archive.sha256, ctx.commit_check, uploaded)
         except LockLost:
-            # Another run holds the target now; this job's temp name is its own, and nobody will finish
-            # this upload: remove it (a paused holder that woke up after its job was failed, for one).
-            sess.remove(tmp)
+            # The job lost its lock (another run holds the target, or the job was failed meanwhile: a paused
+            # holder that woke up, a fail-over that lost the lock key). This temp name is the job's own and
+            # nobody will finish this upload: remove it, or remember it for the target's next transfer.
+            sess = _remove_own_temp(res, target, sess, rec["target"], tmp)
             raise
     finally:
         sess.close()
@@ -331,6 +333,25 @@ def transfer_phase(ctx: PhaseContext) -> dict:
     ctx.done(Transferred(remote_uri=target.uri(final)).as_outputs(), note=outcome)
     record_completion(res, rec, target.uri(final))
     return {"job_id": ctx.job_id, "remote_uri": target.uri(final), "note": outcome}
+
+
+def _remove_own_temp(res: Resources, target, sess, table: str, tmp: str):
+    """Remove a temp file this job will never finish, on ``sess`` or a new connection if it died; when the
+    server cannot be reached, the path is left to the target's next transfer (``remove_leftovers``).
+    Returns the session to close."""
+    try:
+        if not sess.alive():
+            sess.close()
+            sess = target.connect()
+        sess.remove(tmp)
+    except BackupError as e:
+        log.warning("could not remove the temp file %s now (%s); the next transfer of %s removes it",
+                    tmp, e.one_line(), table)
+        try:
+            res.redis.sadd(_leftovers_key(res, table), tmp)
+        except Exception as lost:  # Redis unreachable too: the path is in the log, and only there
+            log.error("temp file %s left on the backup server and not remembered (%s): remove it by hand", tmp, lost)
+    return sess
 
 
 def record_completion(res: Resources, rec: dict, remote_uri: str) -> None:

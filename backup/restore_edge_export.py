@@ -411,6 +411,7 @@ def fetch_phase(ctx: PhaseContext) -> dict:
             digest = hashlib.sha256()
             with SftpBackend(target) as server, server.open_read(remote) as stream:
                 while chunk := stream.read(4 * 1024 * 1024):
+                    ctx.raise_if_lost()  # a run that lost its lock stops writing beside the next one
                     digest.update(chunk)
                     done["bytes"] += len(chunk)
                     ctx.progress(bytes=done["bytes"], total_bytes=archive["bytes"])

@@ -117,6 +117,16 @@ class PhaseContext:
         elif self.held:
             self.res.locks.check(self.held)
 
+    def raise_if_lost(self) -> None:
+        """Raise LockLost if the renewer already found the lock gone; no network, cheap enough for every chunk.
+
+        A phase that streams for long calls it as it goes: whatever it would still write can never
+        be committed (the commit is fenced), and a run failed meanwhile (the stall check, a fail-over
+        that lost the lock key) must not keep writing beside the next run.
+        """
+        if self.renewer and self.renewer.lost:
+            raise self.renewer.lost
+
     def done(self, outputs: dict | None = None, note: str | None = None, state: str = "success",
              keep_progress: bool = False) -> dict:
         """Record the phase as finished (fenced by the job's lock) and merge its outputs."""

@@ -664,27 +664,31 @@ def _run_watched(argv: list[str], local: Path, pace: PaceFn | None, progress: Pr
     for t in readers:
         t.start()
     last, changed, reported = None, time.monotonic(), 0
-    while True:
-        try:
-            proc.wait(timeout=1.0)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        seen = _bytes_read(proc.pid)
-        if seen != last:
-            last, changed = seen, time.monotonic()
-        elif seen is not None and time.monotonic() - changed > stall_timeout:
-            proc.kill()
-            proc.wait()
-            for t in readers:
-                t.join(timeout=5)
-            raise ConnectionFailed(f"{what}: no progress for {stall_timeout:.0f}s (sftp.stall_timeout); "
-                                   f"upload killed (a black-holed link or a hung server)")
-        if progress:
-            now = min(size, fed["n"] if pace else (seen or 0))
-            if now > reported:
-                progress(now - reported)
-                reported = now
+    try:
+        while True:
+            try:
+                proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            seen = _bytes_read(proc.pid)
+            if seen != last:
+                last, changed = seen, time.monotonic()
+            elif seen is not None and time.monotonic() - changed > stall_timeout:
+                raise ConnectionFailed(f"{what}: no progress for {stall_timeout:.0f}s (sftp.stall_timeout); "
+                                       f"upload killed (a black-holed link or a hung server)")
+            if progress:
+                now = min(size, fed["n"] if pace else (seen or 0))
+                if now > reported:
+                    progress(now - reported)  # may raise (the job lost its lock): the program is killed below
+                    reported = now
+    except BaseException:
+        # Never leave the program writing the temp file behind a phase that has given up on it.
+        proc.kill()
+        proc.wait()
+        for t in readers:
+            t.join(timeout=5)
+        raise
     for t in readers:
         t.join(timeout=5)
     if progress and proc.returncode == 0 and reported < size:

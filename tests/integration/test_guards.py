@@ -8,7 +8,9 @@ ssh call's exit status is checked, so a failing ssh never passes for "no file".
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
+import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from base.text import run_id
 from backup import edge_export as wf
 from base.errors import AlreadyExists, ChecksumMismatch, LockLost, TooManyDeliveries
+from backup.resources import Resources
 from backup.runner import phase
 from connectors.sftp import upload, verify_and_commit
 from tests.helpers import new_sample_table, remote_files, ssh
@@ -97,6 +100,49 @@ def test_a_run_that_lost_its_lock_mid_transfer_commits_nothing_remotely(settings
                 verify_and_commit(sess, tmp, final, ctx.rec["outputs"]["sha256"], ctx.commit_check, uploaded)
         names = _remote_paths(settings, guard_table)
         assert final not in names and tmp in names
+    finally:
+        _release(res, guard_table)
+
+
+def _upload_programs() -> list[str]:
+    """The ssh/scp processes this test process started and that still run (an upload left writing)."""
+    mine, found = str(os.getpid()), []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (entry / "comm").read_text().strip()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == mine and name in ("ssh", "scp"):
+            found.append(f"{entry.name} {name}")
+    return found
+
+
+@pytest.mark.parametrize("engine", ["openssh", "paramiko"])
+def test_an_upload_stops_soon_after_its_lock_is_lost_and_leaves_no_temp_file(settings, res, guard_table, engine):
+    """Guard: ``raise_if_lost`` in the transfer's progress (the renewer found the lock gone) and the temp file
+    removed on LockLost.  Without it a run failed meanwhile (by the stall check, or a fail-over that lost the lock
+    key) keeps uploading beside the next run, and a worker stopped under it leaves the half-written temp file."""
+    job_id = _exported(res, guard_table)
+    size = Path(res.jobs.get(job_id)["outputs"]["local_path"]).stat().st_size
+    whole = 30.0  # seconds the upload would take under the limit below
+    slow = Resources(settings.model_copy(update={"sftp": settings.sftp.model_copy(update={
+        "engine": engine, "rate_limit_mbps": size / whole / 1e6, "streams": 1})}), _redis=res.redis)
+    try:
+        with phase(slow, job_id, "transfer") as ctx:
+            final, tmp = wf.remote_paths(slow, ctx.rec)
+            stolen = _steal_on_first_progress(slow, ctx)
+            started = time.monotonic()
+            with pytest.raises(LockLost):
+                wf.transfer_phase(ctx)
+            took = time.monotonic() - started
+        assert stolen, "the upload never reported progress"
+        # The renewer ticks every lock.renew_every (2 s here); the next chunk's progress stops the upload.
+        assert took < whole / 2, f"the upload went on for {took:.1f}s after its lock was taken"
+        assert not _upload_programs(), _upload_programs()
+        names = _remote_paths(settings, guard_table)
+        assert final not in names and tmp not in names, names
+        assert res.locks.holder(wf.WORKFLOW, guard_table) == stolen["by"]  # the thief's lock untouched
     finally:
         _release(res, guard_table)
 
