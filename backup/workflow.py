@@ -190,6 +190,18 @@ def definition(name: str) -> Workflow:
     return found
 
 
+def failure_cleanup_for(name: str, res: Any) -> Callable[[dict], None] | None:
+    """The failure cleanup of workflow ``name`` bound to ``res`` (a ``Resources``, or a function returning one,
+    called when the cleanup runs); None when the workflow declares none or is no longer registered (an old
+    record of a workflow this deployment stopped running: nothing of it to clean)."""
+    if name not in WORKFLOWS:
+        return None
+    cleanup = definition(name).failure_cleanup
+    if cleanup is None:
+        return None
+    return lambda rec: cleanup(res() if callable(res) else res, rec)
+
+
 def definitions() -> list[Workflow]:
     """Every registered workflow's declaration, in registration order."""
     return [definition(name) for name in WORKFLOWS]

@@ -1047,11 +1047,9 @@ class Campaign:
     def cleanup_for(self, workflow: str):
         """A workflow's failure cleanup on the campaign's resources, as beat's stall check passes it
         (tasks/maintenance.py): a job failed by the stall check is cleaned up as in production."""
-        from backup.workflow import definition
-        from config.workflows import WORKFLOWS
+        from backup.workflow import failure_cleanup_for
 
-        cleanup = definition(workflow).failure_cleanup if workflow in WORKFLOWS else None
-        return (lambda rec: cleanup(self.res, rec)) if cleanup else None
+        return failure_cleanup_for(workflow, self.res)
 
     def wait_quiet(self, timeout: float) -> None:
         """Wait until no worker executes anything: a resumed or late delivery may still be finishing its work

@@ -14,9 +14,8 @@ from backup.jobs import phase_entry
 from backup.resources import Resources
 from backup.retry import gave_up, next_retry
 from backup.runner import PhaseContext, fail_job, phase
-from backup.workflow import definition, definition_of_task
+from backup.workflow import definition, definition_of_task, failure_cleanup_for
 from config.settings import get_settings
-from config.workflows import WORKFLOWS
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -158,10 +157,7 @@ def _on_chain_error(request, exc, traceback):
 
 def cleanup_for(workflow: str) -> Callable[[dict], None] | None:
     """The failure cleanup of a workflow (its declaration's ``failure_cleanup``), bound to this process's resources."""
-    if workflow not in WORKFLOWS:  # a record of a workflow this deployment no longer runs: nothing to clean
-        return None
-    cleanup = definition(workflow).failure_cleanup
-    return (lambda rec: cleanup(resources(), rec)) if cleanup else None
+    return failure_cleanup_for(workflow, resources)
 
 
 # Not bound and taking (request, exc, traceback): Celery then calls it in the failing worker itself.

@@ -128,9 +128,10 @@ def run_phases_inline(res, definition, job_id: str, before: dict | None = None) 
     where given); a failure is recorded as the chain's errback does (``fail_job`` with the workflow's failure
     cleanup), then raised.  Returns the final job record."""
     from backup.runner import fail_job, phase
+    from backup.workflow import failure_cleanup_for
     from base.errors import BackupError
 
-    cleanup = definition.failure_cleanup
+    cleanup = failure_cleanup_for(definition.name, res)
     for name in definition.phase_names:
         try:
             if before and name in before:
@@ -140,6 +141,6 @@ def run_phases_inline(res, definition, job_id: str, before: dict | None = None) 
                     break
                 definition.phase(name).run(ctx)
         except BackupError as e:
-            fail_job(res, job_id, name, e, cleanup=(lambda r: cleanup(res, r)) if cleanup else None)
+            fail_job(res, job_id, name, e, cleanup=cleanup)
             raise
     return res.jobs.get(job_id)

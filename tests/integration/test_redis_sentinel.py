@@ -205,7 +205,7 @@ def test_a_real_run_rides_through_the_primary_killed_at_a_random_moment(tmp_path
     node, no lock left, no phase delivered twice, the worker alive."""
     from backup.resources import Resources
     from backup.stalls import check_stalls
-    from backup.workflow import QUEUES
+    from backup.workflow import QUEUES, failure_cleanup_for
     from workers.app import create_app
 
     group = sentinel_group
@@ -242,7 +242,7 @@ def test_a_real_run_rides_through_the_primary_killed_at_a_random_moment(tmp_path
             r = res.jobs.find(job_id)
             if r and r["state"] in ("success", "failed"):
                 return r
-            check_stalls(res, QUEUES)
+            check_stalls(res, QUEUES, lambda workflow: failure_cleanup_for(workflow, res))
         rec = wait_until(ended, 90, "the run to end", interval=0.5)
         jobs = [rec]
         if rec["state"] == "failed":  # failed loudly: once, and the next run (the schedule's) succeeds

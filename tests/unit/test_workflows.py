@@ -117,3 +117,29 @@ def test_drill_targets_are_checked_when_the_config_loads(targets, ok):
     else:
         with pytest.raises(ValueError, match="target"):
             RestoreDrillSettings(targets=targets)
+
+
+def test_the_failure_cleanup_is_the_declared_one_bound_to_resources_resolved_when_it_runs(monkeypatch):
+    """What beat's stall check, the fault campaign and the tests pass to ``check_stalls``: one function."""
+    import types
+
+    from backup import workflow
+    from backup.workflow import failure_cleanup_for
+
+    assert definition("edge-export").failure_cleanup.__name__ == "discard_remote_temp"
+    calls, resolved = [], []
+    real = workflow.definition
+    monkeypatch.setattr(workflow, "definition", lambda name: types.SimpleNamespace(
+        failure_cleanup=lambda res, rec: calls.append((res, rec))) if name == "edge-export" else real(name))
+
+    def resources():
+        resolved.append(1)
+        return "the resources"
+    cleanup = failure_cleanup_for("edge-export", resources)
+    assert resolved == []  # bound lazily: nothing is opened until a job is cleaned up
+    cleanup({"job_id": "j"})
+    assert calls == [("the resources", {"job_id": "j"})] and resolved == [1]
+    failure_cleanup_for("edge-export", "fixed")({"job_id": "k"})
+    assert calls[-1] == ("fixed", {"job_id": "k"})
+    assert failure_cleanup_for("retention", resources) is None  # declares none
+    assert failure_cleanup_for("a-workflow-no-longer-run", resources) is None
