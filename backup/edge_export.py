@@ -32,7 +32,7 @@ from base.text import run_id
 from backup.archive import CsvGzipWriter, fsync_dir
 from base.fanout import run_threads
 from base.errors import BackupError, FatalError, InvalidInput, LockLost, NotFound
-from base.identifiers import TableName, identifier
+from base.identifiers import TableName, check_job_id, identifier
 from backup.jobs import phase_entry
 from backup.enqueue import fail_request
 from backup.outputs import PhaseOutputs
@@ -297,7 +297,7 @@ def transfer_phase(ctx: PhaseContext) -> dict:
     # a failure of an upload that succeeded.
     sess = target.connect()
     try:
-        removed = remove_leftovers(res, sess, rec["target"])
+        removed = remove_leftovers(res, sess, rec["target"]) + remove_resumed_temps(res, sess, rec)
         if removed:
             log.info("removed %d temporary file(s) left by earlier failed runs: %s", len(removed), removed)
         sess.makedirs(posixpath.dirname(final))
@@ -379,6 +379,30 @@ def record_completion(res: Resources, rec: dict, remote_uri: str) -> None:
 def _resumed_from(rec: dict) -> str | None:
     resumed = Resumed.find(rec)
     return resumed.resumed_from if resumed else None
+
+
+def remove_resumed_temps(res: Resources, sess, rec: dict) -> list[str]:
+    """Remove the temp files of the failed runs this run resumed (caller holds the lock); returns those removed.
+
+    They lie in this run's folder (the archive's run id names it), under names that only those jobs used,
+    and those jobs ended: nothing will finish them.  Normally each one's failure cleanup removed its own;
+    this covers a cleanup that never ran or could not reach the server and Redis either.  Costs one
+    ``remove`` round trip per run of the resume chain (a missing file is not an error).
+    """
+    _, local = checked_archive(res, rec)
+    folder = posixpath.dirname(remote_paths(res, rec)[0])
+    removed, prev_id = [], _resumed_from(rec)
+    for _ in range(20):  # bounded like record_completion's walk
+        prev = res.jobs.find(prev_id) if prev_id else None
+        if prev is None or prev["state"] != "failed":
+            break
+        # A record is data: its id must be a job id before it names a file (check_job_id raises InvalidInput).
+        tmp = posixpath.join(folder, f".{local.name}.{check_job_id(prev.get('job_id'))[:12]}.part")
+        if sess.stat(tmp) is not None:
+            sess.remove(tmp)
+            removed.append(tmp)
+        prev_id = _resumed_from(prev)
+    return removed
 
 
 def _leftovers_key(res: Resources, target: str) -> str:

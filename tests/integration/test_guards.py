@@ -18,11 +18,11 @@ import pytest
 
 from base.text import run_id
 from backup import edge_export as wf
-from base.errors import AlreadyExists, ChecksumMismatch, LockLost, TooManyDeliveries
+from base.errors import AlreadyExists, ChecksumMismatch, ConnectionFailed, LockLost, TooManyDeliveries
 from backup.resources import Resources
-from backup.runner import phase
+from backup.runner import fail_job, phase
 from connectors.sftp import upload, verify_and_commit
-from tests.helpers import new_sample_table, remote_files, ssh
+from tests.helpers import new_sample_table, remote_files, run_phases_inline, ssh
 
 pytestmark = pytest.mark.integration
 
@@ -145,6 +145,29 @@ def test_an_upload_stops_soon_after_its_lock_is_lost_and_leaves_no_temp_file(set
         assert res.locks.holder(wf.WORKFLOW, guard_table) == stolen["by"]  # the thief's lock untouched
     finally:
         _release(res, guard_table)
+
+
+def test_a_resuming_run_removes_the_temp_file_its_failed_predecessors_left(settings, res, guard_table):
+    """Guard: ``remove_resumed_temps``.  A run failed with its temp file on the server and its failure cleanup
+    never run (the worker ending it died, Redis and the server both away); the next run resumes its archive into
+    the same folder and removes that temp file, and only that one."""
+    first = _exported(res, guard_table)
+    _, tmp = wf.remote_paths(res, res.jobs.get(first))
+    other = posixpath.join(posixpath.dirname(tmp), ".someone-elses.part")
+    for path in (tmp, other):
+        assert ssh(settings, ["sh", "-c", 'mkdir -p "$(dirname "$1")" && printf half > "$1"', "-", path]).returncode == 0
+    fail_job(res, first, "transfer", ConnectionFailed("cut mid-upload"), alert=False)  # no cleanup
+    assert res.locks.holder(wf.WORKFLOW, guard_table) is None
+    try:
+        second = wf.submit(res, guard_table)["job_id"]
+        rec = run_phases_inline(res, wf.DEFINITION, second)
+        assert rec["state"] == "success" and rec["outputs"]["resumed_from"] == first, rec
+        final, _ = wf.remote_paths(res, rec)
+        names = _remote_paths(settings, guard_table)
+        assert final in names and tmp not in names and other in names, names
+    finally:
+        _release(res, guard_table)
+        ssh(settings, ["rm", "-f", other])
 
 
 def test_a_run_that_lost_its_lock_mid_export_commits_no_archive(settings, res, guard_table):
