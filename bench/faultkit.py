@@ -38,6 +38,7 @@ class PrivateRedis:
 
     def __init__(self, port: int, folder: Path):
         self.port, self.folder = port, folder
+        self.ports = (port,)  # every port it listens on
         self.url = f"redis://127.0.0.1:{port}/0"
         self.proc: subprocess.Popen | None = None
 
@@ -92,6 +93,7 @@ class SentinelGroup:
         self.port, self.folder, self.db, self.pid_dir = port, folder, db, pid_dir
         self.data_ports = (port, port + 1)
         self.sentinel_ports = (port + 2, port + 3, port + 4)
+        self.ports = self.data_ports + self.sentinel_ports  # every port the group listens on
         self.url = (f"sentinel://{','.join(f'127.0.0.1:{p}' for p in self.sentinel_ports)}/{db}"
                     f"?master={self.MASTER}")
         self.procs: dict[int, subprocess.Popen] = {}

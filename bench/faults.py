@@ -899,6 +899,11 @@ class Campaign:
 
     # -- set-up ------------------------------------------------------------------------------------------------
 
+    def relay_port(self) -> int:
+        """The relay's port: just past every port of the campaign's Redis (a Sentinel group takes five), so below
+        the ephemeral range: while the relay is closed (an outage) no outgoing connection can take it."""
+        return max(self.redis.ports) + 1
+
     def __enter__(self) -> "Campaign":
         try:
             return self._enter()
@@ -919,8 +924,7 @@ class Campaign:
         self.platform = LocalPlatform(base)
         self.platform_report = self.platform.up(only=["spark", "sshd", "sinks"], timeout=300)
         self.redis.start()
-        # Below the ephemeral range: while the relay is closed (an outage) no outgoing connection can take its port.
-        self.relay = Relay(base.sftp.port, port=self.redis.port + 1, rate=RELAY_RATE)
+        self.relay = Relay(base.sftp.port, port=self.relay_port(), rate=RELAY_RATE)
         self.relay.open()
         known = self.state / "known_hosts"
         key_line = base.path(base.sftp.known_hosts).read_text().strip().split(" ", 1)[1]

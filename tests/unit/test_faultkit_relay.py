@@ -25,3 +25,15 @@ def test_a_closed_relay_refuses_and_reopens_on_its_port_with_no_connection_durin
     finally:
         relay.close()
         upstream.close()
+
+
+@pytest.mark.parametrize("sentinel", [False, True])
+def test_the_relay_port_is_past_every_port_of_the_campaigns_redis(tmp_path, sentinel):
+    """A Sentinel group takes five ports: a relay on the first one + 1 collided with its replica
+    ('Address already in use' when the sentinel campaign set up). Nothing is started here."""
+    from bench.faults import Campaign
+
+    campaign = Campaign({}, tmp_path, 26650, sentinel=sentinel)
+    assert len(campaign.redis.ports) == (5 if sentinel else 1)
+    assert campaign.relay_port() not in campaign.redis.ports
+    assert campaign.relay_port() > max(campaign.redis.ports)
