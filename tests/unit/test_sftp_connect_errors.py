@@ -53,6 +53,7 @@ def server(tmp_path):
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {key.get_name()} {key.get_base64()}\n")
     mode = {"mode": "drop"}
+    done = threading.Event()
 
     def serve():
         conn, _ = listener.accept()
@@ -60,8 +61,8 @@ def server(tmp_path):
         transport.add_server_key(key)
         try:
             transport.start_server(server=_Server(transport, mode["mode"]))
-            channel = transport.accept(10)  # held: a channel object collected is closed
-            time.sleep(2)
+            channel = transport.accept(10) if mode["mode"] == "exec-drop" else None  # the only mode with a channel
+            done.wait(15)  # the connection (and the channel: one collected is closed) lives until the test ends
             del channel
         except Exception:  # noqa: BLE001 - the client side is what is asserted
             pass
@@ -73,6 +74,7 @@ def server(tmp_path):
     target = SftpTarget.for_address("127.0.0.1", port, "backup", key_file, known, connect_timeout=2)
     yield target, client_key, port, mode
     listener.close()
+    done.set()
     thread.join(15)
 
 
