@@ -37,7 +37,6 @@ table-backup is not covered here: its versions are Hive tables, expired by each 
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import logging
 import os
 import posixpath
