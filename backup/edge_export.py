@@ -280,7 +280,12 @@ def remote_paths(res: Resources, rec: dict) -> tuple[str, str]:
     archive, local = checked_archive(res, rec)
     name = local.name
     folder = posixpath.join(res.settings.sftp.remote_dir, str(TableName.parse(rec["target"])), archive.run_id)
-    return posixpath.join(folder, name), posixpath.join(folder, f".{name}.{rec['job_id'][:12]}.part")
+    return posixpath.join(folder, name), temp_path(folder, name, rec["job_id"])
+
+
+def temp_path(folder: str, name: str, job_id: str) -> str:
+    """The remote temporary name of job ``job_id``'s upload of archive ``name``: used by that job alone."""
+    return posixpath.join(folder, f".{name}.{job_id[:12]}.part")
 
 
 def transfer_phase(ctx: PhaseContext) -> dict:
@@ -387,7 +392,7 @@ def remove_resumed_temps(res: Resources, sess, rec: dict) -> list[str]:
     They lie in this run's folder (the archive's run id names it), under names that only those jobs used,
     and those jobs ended: nothing will finish them.  Normally each one's failure cleanup removed its own;
     this covers a cleanup that never ran or could not reach the server and Redis either.  Costs one
-    ``remove`` round trip per run of the resume chain (a missing file is not an error).
+    ``stat`` round trip per run of the resume chain, and a ``remove`` for each file found.
     """
     _, local = checked_archive(res, rec)
     folder = posixpath.dirname(remote_paths(res, rec)[0])
@@ -397,7 +402,7 @@ def remove_resumed_temps(res: Resources, sess, rec: dict) -> list[str]:
         if prev is None or prev["state"] != "failed":
             break
         # A record is data: its id must be a job id before it names a file (check_job_id raises InvalidInput).
-        tmp = posixpath.join(folder, f".{local.name}.{check_job_id(prev.get('job_id'))[:12]}.part")
+        tmp = temp_path(folder, local.name, check_job_id(prev.get("job_id")))
         if sess.stat(tmp) is not None:
             sess.remove(tmp)
             removed.append(tmp)
