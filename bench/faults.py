@@ -4,6 +4,7 @@
                                                      restore-edge-export,restore-customer-files,restore-table-backup]
                            [--kinds worker_kill,redis_restart,...] [--max-outage 90]
     python bench/faults.py --kinds redis_failover [--trials 20] [--sentinel-port 26650]
+    python bench/faults.py --workflow customer-files --kinds datanode_stop,namenode_stop [--trials 20]
 
 One JSON line per (fault kind, workflow): ``fault, workflow, trials, recovered, failed_loudly,
 lost, duplicated, partial, alerts_sent, alerts_expected, max_recovery_s`` (+
@@ -57,6 +58,14 @@ replica.  While it is down the new primary has no replica, so every lock take
 and commit check fails (redis.wait_replicas: nothing that a second fail-over
 could lose is counted) and is retried within the retry budget.
 
+The HDFS kinds (customer-files) run in a campaign of their own whose acme primary is a folder on
+the platform's HDFS (``hdfs://backup@…``, written as an ordinary user): ``datanode_stop`` stops one of
+the two DataNodes, ``namenode_stop`` the NameNode (Hadoop's own MiniDFSCluster, through the HDFS JVM's
+control port), at a random moment, for 5 s to ``--max-outage``; acme's HDFS copies are read back over
+WebHDFS with HdfsCLI's client and compared with their sources.  The Hive warehouse is on the same
+HDFS, so a NameNode outage also stops the count table's load; both kinds stop HDFS for everyone on
+the platform: run them where no one else uses it.
+
 Targets, per row: lost = duplicated = partial = 0, alerts_sent = alerts_expected,
 recovered + failed_loudly = trials.
 """
@@ -70,6 +79,7 @@ import json
 import os
 import posixpath
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,6 +112,11 @@ WORKFLOW_KINDS = {
 #: the kinds of the campaign on a Redis Sentinel group of its own (edge-export)
 SENTINEL_KINDS = ("redis_failover",)
 WORKFLOW_KINDS["edge-export"] += SENTINEL_KINDS
+#: the kinds of the campaign whose customer-files primary for acme is on the platform's HDFS: a DataNode or the
+#: NameNode stopped at a random moment for 5 s to --max-outage (Hadoop's own MiniDFSCluster stops and restarts it)
+HDFS_KINDS = ("datanode_stop", "namenode_stop")
+WORKFLOW_KINDS["customer-files"] += HDFS_KINDS
+HDFS_USER = "backup"  # an ordinary HDFS user (permissions apply), as in tests/integration/test_hadoop_faults.py
 ALL_KINDS = tuple(dict.fromkeys(k for kinds in WORKFLOW_KINDS.values() for k in kinds))
 WORKFLOW = "edge-export"  # the default workflow
 TERMINAL = ("success", "failed", "skipped")
@@ -294,11 +309,18 @@ class CustomerFiles(Flow):
         super().__init__(campaign)
         root = campaign.state / "cf"
         self.root, self.src, self.tmpfs = root, root / "incoming", root / "acme-primary"
+        # acme's backed-up primary copies moved off the 16 MB tmpfs after each trial (``after_trial``): about
+        # 290 KB a customer a trial would fill it after some 50 trials and turn every later one into a disk-full trial.
+        self.offloaded = root / "acme-primary-offloaded"
         self.edge = f"{campaign.state}/cf-edge"
+        #: in the HDFS campaign, acme's primary is this folder on the platform's HDFS instead of the tmpfs
+        self.hdfs_dir = f"/mb-faults/{campaign.state.parent.name}/acme" if campaign.hdfs else None
         self.trial_no = 0
 
     def config(self) -> dict:
         def primary(c):
+            if c == "acme" and self.hdfs_dir:
+                return f"hdfs://{HDFS_USER}@127.0.0.1:{self.c.base_settings.platform.namenode_http_port}{self.hdfs_dir}"
             return str(self.tmpfs) if c == "acme" else str(self.root / "primary" / c)
         return {"customer_files": {
             "source_dirs": [str(self.src)],
@@ -317,6 +339,29 @@ class CustomerFiles(Flow):
 
     def unmount(self) -> None:
         subprocess.run(["umount", "-l", str(self.tmpfs)], check=False)
+        if self.hdfs_dir:  # the campaign's HDFS folder goes with it
+            self.c.platform.hadoop.fs_shell("-rm", "-r", "-f", "-skipTrash", posixpath.dirname(self.hdfs_dir),
+                                            check=False)
+
+    def after_trial(self) -> None:
+        """Move acme's primary copies of the files the count table holds off the tmpfs, keeping their folders.
+
+        Only files the count table records as backed up move: a file a failed run copied to the primary but
+        not to its secondary stays, so the next run finds it at its destination (as it would in production)
+        instead of writing it again.  ``destination`` reads both folders, and a file found in both is counted
+        duplicated.  The tmpfs then holds one trial's copies at most, so it is full only when a disk_full
+        trial fills it.
+        """
+        if self.hdfs_dir:
+            return  # acme's primary is on HDFS: nothing fills the tmpfs
+        done = {(c, d, f) for c, d, f, status in hive_query(
+            self.c.settings, f"SELECT customer, domain, file_name, status FROM {DB}.cf_records_count")
+            if c == "acme" and status in ("copied", "present")}
+        for path in list(self.tmpfs.rglob("*")):
+            if path.is_file() and ("acme", path.parent.name, path.name) in done:
+                moved = self.offloaded / path.relative_to(self.tmpfs)
+                moved.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(path, moved)
 
     def setup(self) -> None:
         hive_query(self.c.settings, f"CREATE DATABASE IF NOT EXISTS {DB}")
@@ -324,6 +369,10 @@ class CustomerFiles(Flow):
             hive_query(self.c.settings, f"DROP TABLE IF EXISTS {DB}.{table}")
         for c in self.CUSTOMERS:
             (self.src / c).mkdir(parents=True, exist_ok=True)
+        if self.hdfs_dir:
+            hadoop = self.c.platform.hadoop
+            hadoop.fs_shell("-mkdir", "-p", self.hdfs_dir)
+            hadoop.fs_shell("-chown", "-R", HDFS_USER, posixpath.dirname(self.hdfs_dir))
         self.prepare()
 
     def prepare(self) -> None:
@@ -351,11 +400,16 @@ class CustomerFiles(Flow):
     def destination(self, customer: str, role: str) -> dict[tuple[str, str, str], str]:
         """(customer, domain, file) -> SHA-256 of every file at a destination (temp files included)."""
         found = {}
+        if role == "primary" and customer == "acme" and self.hdfs_dir:
+            return self.hdfs_files(customer)
         if role == "primary":
-            base = self.tmpfs if customer == "acme" else self.root / "primary" / customer
-            for path in base.rglob("*") if base.exists() else []:
-                if path.is_file():
-                    found[(customer, path.parent.name, path.name)] = sha256_file(path)
+            bases = [self.tmpfs, self.offloaded] if customer == "acme" else [self.root / "primary" / customer]
+            for base in bases:
+                for path in base.rglob("*") if base.exists() else []:
+                    if path.is_file():
+                        key = (customer, path.parent.name, path.name)
+                        # the same file on the tmpfs and offloaded: written again after it was backed up
+                        found[key] = "written twice" if key in found else sha256_file(path)
             return found
         folder = f"{self.edge}/{customer}"
         out = self.c.ssh_plain(["find", folder, "-type", "f", "-exec", "sha256sum", "{}", "+"])
@@ -366,6 +420,20 @@ class CustomerFiles(Flow):
             found[(customer, posixpath.basename(posixpath.dirname(path)), posixpath.basename(path))] = digest
         return found
 
+    def hdfs_files(self, customer: str) -> dict[tuple[str, str, str], str]:
+        """(customer, domain, file) -> SHA-256 of every file under acme's HDFS primary, read over WebHDFS with
+        HdfsCLI's own client (not the project's storage code)."""
+        from hdfs import InsecureClient
+
+        client = InsecureClient(f"http://127.0.0.1:{self.c.base_settings.platform.namenode_http_port}",
+                                user=HDFS_USER, timeout=60)
+        found = {}
+        for folder, _dirs, files in client.walk(self.hdfs_dir):
+            for name in files:
+                with client.read(posixpath.join(folder, name)) as reader:
+                    found[(customer, posixpath.basename(folder), name)] = hashlib.sha256(reader.read()).hexdigest()
+        return found
+
     def check(self, jobs, recs) -> dict:
         expected = self.expected()
         lost, duplicated, partial, why = set(), 0, 0, []
@@ -374,7 +442,10 @@ class CustomerFiles(Flow):
             for role in ("primary", "secondary"):
                 there = self.destination(c, role)
                 for key, digest in there.items():
-                    if is_temp(key[2]) or key not in mine or mine[key] != digest:
+                    if digest == "written twice":
+                        duplicated += 1
+                        why.append(f"{role} of {c}: {'/'.join(key[1:])} copied again after it was backed up")
+                    elif is_temp(key[2]) or key not in mine or mine[key] != digest:
                         partial += 1  # a temporary, foreign or damaged file at a destination
                         why.append(f"{role} of {c}: {'/'.join(key[1:])} " + ("is a temporary file" if is_temp(key[2])
                                    else "has no source" if key not in mine else "differs from its source"))
@@ -877,8 +948,9 @@ class Campaign:
 
     def __init__(self, base: dict, state: Path, redis_port: int, seed: int = 1, max_outage: float = 90,
                  rows: int = 8000, workflows=(WORKFLOW,), spark_restart: bool = False,
-                 own_platform: bool = False, sentinel: bool = False):
+                 own_platform: bool = False, sentinel: bool = False, hdfs: bool = False):
         self.base, self.state, self.rng = base, state, random.Random(seed)
+        self.hdfs = hdfs  # customer-files' acme primary on the platform's HDFS (the HDFS_KINDS campaign)
         self.max_outage = max_outage
         self.rows = rows
         self.sentinel = sentinel
@@ -921,8 +993,10 @@ class Campaign:
         base_cfg = self.state / "base.yaml"
         base_cfg.write_text(yaml.safe_dump(self.base))
         base = load_settings(base_cfg)
+        self.base_settings = base
         self.platform = LocalPlatform(base)
-        self.platform_report = self.platform.up(only=["spark", "sshd", "sinks"], timeout=300)
+        self.platform_report = self.platform.up(only=["spark", "sshd", "sinks"] + (["hdfs"] if self.hdfs else []),
+                                                timeout=300)
         self.redis.start()
         self.relay = Relay(base.sftp.port, port=self.relay_port(), rate=RELAY_RATE)
         self.relay.open()
@@ -1124,6 +1198,9 @@ class Campaign:
         if (kind in SENTINEL_KINDS) != self.sentinel:
             raise ValueError(f"fault kind {kind} runs in a campaign {'with' if kind in SENTINEL_KINDS else 'without'} "
                              f"a Sentinel group (Campaign(sentinel=...))")
+        if (kind in HDFS_KINDS) != self.hdfs:
+            raise ValueError(f"fault kind {kind} runs in a campaign {'with' if kind in HDFS_KINDS else 'without'} "
+                             f"acme's primary on HDFS (Campaign(hdfs=...))")
         flow = self.flow
         self.res.alerter.success(flow.name, flow.alert_target)  # every trial starts outside an alert episode
         if not self.live_workers():
@@ -1194,6 +1271,37 @@ class Campaign:
         self.redis.wait_failover(old)
         time.sleep(self.rng.uniform(0, 10))
         self.redis.restart(old)
+        return [job], hit
+
+    def _datanode_stop(self):
+        """One of the platform's DataNodes stopped at a random moment, started again after 5 s to --max-outage.
+
+        Replication is 2 on two DataNodes: a write in flight loses one node of its pipeline (the client carries
+        on with the other, or the copy fails and is retried), and new blocks are written with one replica."""
+        hadoop = self.platform.hadoop
+        job = self.start_job()
+        hit = self.at_random_moment(job)
+        index = self.rng.randrange(self.base_settings.platform.datanodes)
+        hadoop.control(f"datanode/{index}/stop")
+        try:
+            time.sleep(self.rng.uniform(5, self.max_outage))
+        finally:
+            hadoop.control(f"datanode/{index}/start")
+        wait_until(lambda: hadoop.hdfs_ready() is None, 180, "every DataNode live again")
+        return [job], hit
+
+    def _namenode_stop(self):
+        """The NameNode stopped at a random moment (every HDFS call refused: the copies to acme's primary, and
+        the Hive count table's load, whose warehouse is on HDFS), started again after 5 s to --max-outage."""
+        hadoop = self.platform.hadoop
+        job = self.start_job()
+        hit = self.at_random_moment(job)
+        hadoop.control("namenode/stop")
+        try:
+            time.sleep(self.rng.uniform(5, self.max_outage))
+        finally:
+            hadoop.control("namenode/start")
+        wait_until(lambda: hadoop.hdfs_ready() is None, 180, "the NameNode back and out of safe mode")
         return [job], hit
 
     def _outage(self, cut, restore):
@@ -1340,6 +1448,16 @@ def summarize(kind: str, verdicts: list[dict], workflow: str = WORKFLOW) -> dict
     return row
 
 
+def progress(workflow: str, kind: str, n: int, trials: int, verdict: dict) -> None:
+    """One line on stderr per trial (stdout keeps one JSON row per kind): a campaign lasts hours, and an
+    operator watching it sees a trial that misses its targets when it happens, not at the row's end."""
+    outcome = ("recovered" if verdict["recovered"] else "failed loudly" if verdict["failed_loudly"]
+               else "MISSED: " + ("; ".join(verdict.get("why", [])[:2]) or "see the row"))
+    print(f"{time.strftime('%H:%M:%S')} {workflow} {kind} {n}/{trials}: {outcome} in {verdict['recovery_s']} s "
+          f"(fault in {verdict['phase']}; alerts {verdict['alerts_sent']}/{verdict['alerts_expected']})",
+          file=sys.stderr, flush=True)
+
+
 def meets_targets(row: dict) -> bool:
     return (row["lost"] == row["duplicated"] == row["partial"] == 0 and row["alerts_sent"] == row["alerts_expected"]
             and row["recovered"] + row["failed_loudly"] == row["trials"])
@@ -1348,23 +1466,29 @@ def meets_targets(row: dict) -> bool:
 def run(base: dict, state: Path, redis_port: int, kinds, trials: int, seed: int, max_outage: float,
         emit=print, workflows=(WORKFLOW,), own_platform: bool = False, sentinel_port: int = 26650) -> list[dict]:
     """Every kind in ``kinds`` for every workflow it applies to: those on one Redis in one campaign, those on a
-    Sentinel group in another."""
+    Sentinel group in another, the HDFS kinds (customer-files' acme primary on HDFS) in a third; each campaign
+    sets up only the workflows its kinds apply to."""
     rows = []
-    for sentinel in (False, True):
-        group = [k for k in kinds if (k in SENTINEL_KINDS) == sentinel
+    for setting, special in (("plain", ()), ("sentinel", SENTINEL_KINDS), ("hdfs", HDFS_KINDS)):
+        group = [k for k in kinds if (k in special if special else k not in SENTINEL_KINDS + HDFS_KINDS)
                  and any(k in WORKFLOW_KINDS[w] for w in workflows)]  # no campaign for kinds that apply to none
         if not group:
             continue
-        with Campaign(base, state / ("sentinel-campaign" if sentinel else "campaign"),
-                      sentinel_port if sentinel else redis_port, seed, max_outage, workflows=workflows,
+        sentinel = setting == "sentinel"
+        used = [w for w in workflows if any(k in WORKFLOW_KINDS[w] for k in group)]
+        with Campaign(base, state / ("campaign" if setting == "plain" else f"{setting}-campaign"),
+                      sentinel_port if sentinel else redis_port, seed, max_outage, workflows=used,
                       spark_restart="spark_restart" in group, own_platform=own_platform,
-                      sentinel=sentinel) as campaign:
-            for workflow in workflows:
+                      sentinel=sentinel, hdfs=setting == "hdfs") as campaign:
+            for workflow in used:
                 campaign.use(workflow)
                 for kind in group:
                     if kind not in WORKFLOW_KINDS[workflow]:
                         continue
-                    verdicts = [campaign.trial(kind) for _ in range(trials)]
+                    verdicts = []
+                    for n in range(1, trials + 1):
+                        verdicts.append(campaign.trial(kind))
+                        progress(workflow, kind, n, trials, verdicts[-1])
                     row = summarize(kind, verdicts, workflow)
                     rows.append(row)
                     emit(json.dumps(row))

@@ -3,8 +3,9 @@
 ``make faults`` runs the full campaign (20 trials a kind, outages up to 90 s);
 here each kind runs once with outages of at most 15 s, and its row must meet
 the campaign's targets: nothing lost, duplicated or half-written, one alert per
-failed episode and none for a recovered run.  One restore trial runs with the HDFS scenarios of ``make faults``
-(marker ``faults``): it costs about three minutes, more than ``make test`` has to spare.
+failed episode and none for a recovered run.  One restore trial, and one trial of each HDFS kind (a DataNode or
+the NameNode stopped under customer-files with acme's primary on HDFS), run with the HDFS scenarios of
+``make faults`` (marker ``faults``): each costs minutes, more than ``make test`` has to spare.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 
 import pytest
 
-from bench.faults import KINDS, Campaign, meets_targets, summarize
+from bench.faults import HDFS_KINDS, KINDS, Campaign, meets_targets, summarize
 from tests.conftest import PORT_OFFSET, STATE, TEST_CONFIG
 
 pytestmark = pytest.mark.integration
@@ -39,4 +40,20 @@ def test_one_restore_trial_meets_the_targets(platform):
     with Campaign(dict(TEST_CONFIG), STATE / "faults-restore", 6670 + PORT_OFFSET, seed=7, max_outage=15,
                   workflows=("restore-edge-export",)) as campaign:
         row = summarize("worker_kill", [campaign.trial("worker_kill")], "restore-edge-export")
+    assert meets_targets(row), json.dumps(row)
+
+
+@pytest.mark.faults  # a customer-files campaign of its own on the session's HDFS (two to four minutes): make faults
+@pytest.mark.parametrize("kind", HDFS_KINDS)
+def test_one_hdfs_trial_meets_the_targets(platform, kind):
+    """A DataNode or the NameNode stopped (5-15 s) at a random moment of a customer-files run whose acme primary is
+    on the session's HDFS: every file at both destinations once with its source's SHA-256 (acme's HDFS copies read
+    back over WebHDFS), each once in the count table, one alert if the run failed, none if it recovered."""
+    with Campaign(dict(TEST_CONFIG), STATE / f"faults-{kind}", 6680 + PORT_OFFSET, seed=7, max_outage=15,
+                  workflows=("customer-files",), hdfs=True) as campaign:
+        assert campaign.flow.hdfs_dir and "hdfs://" in campaign.settings.customer_files.customers["acme"].primary
+        row = summarize(kind, [campaign.trial(kind)], "customer-files")
+        # the check read acme's copies on HDFS: every acme file of the calibration run and the trial, no other
+        on_hdfs = campaign.flow.destination("acme", "primary")
+        assert set(on_hdfs) == {k for k in campaign.flow.expected() if k[0] == "acme"} and len(on_hdfs) >= 12
     assert meets_targets(row), json.dumps(row)
