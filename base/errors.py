@@ -30,6 +30,7 @@ place.
 from __future__ import annotations
 
 import errno
+import re
 import socket
 
 from base.urls import redact_url_secrets
@@ -135,6 +136,29 @@ _TRANSIENT_ERRNOS = {
     errno.ENETUNREACH,
     errno.EAGAIN,
 }
+
+
+#: Java exceptions a Hadoop client inside a server (HiveServer2, Spark) raises while the cluster is briefly unavailable:
+#: a block whose only live replica was on a DataNode that is down, the NameNode (or a DataNode) refusing connections,
+#: restarting, in safe mode or standing by.  Seen in the text of a server's error, its "Caused by" lines included.
+_SERVER_SIDE_TRANSIENT = re.compile(r"BlockMissingException|Could not obtain block|java\.net\.ConnectException|"
+                                    r"SafeModeException|RetriableException|StandbyException|"
+                                    r"java\.net\.SocketTimeoutException|java\.net\.NoRouteToHostException")
+_STACK_FRAME = re.compile(r"^\s*(at \S+\(.*\)|\.\.\. \d+ more)\s*$")
+
+
+def without_stack_frames(text: str) -> str:
+    """A server error's text without its Java stack frames (``at pkg.Class.method(File.java:1)``, ``... 3 more``):
+    the messages and their "Caused by" lines.  Markers are looked for there, never in frames: a frame such as
+    ``org.apache.hadoop.security.authentication.util.SubjectUtil.doAs`` is in nearly every Hadoop stack trace and
+    says nothing about what failed."""
+    return "\n".join(line for line in text.splitlines() if not _STACK_FRAME.match(line))
+
+
+def server_side_transient(text: str) -> bool:
+    """Whether a server's error (HiveServer2, Spark) was caused by its Hadoop cluster being briefly unavailable, so
+    that the same statement may succeed later (``ConnectionFailed``): see ``_SERVER_SIDE_TRANSIENT``."""
+    return bool(_SERVER_SIDE_TRANSIENT.search(without_stack_frames(text)))
 
 
 def causes(exc: BaseException):

@@ -26,7 +26,8 @@ from impala import dbapi
 from impala.error import Error as ImpylaError
 from thrift.transport.TTransport import TTransportException
 
-from base.errors import AuthFailed, ConfigError, ConnectionFailed, FatalError, NotFound, classify
+from base.errors import (AuthFailed, ConfigError, ConnectionFailed, FatalError, NotFound, classify,
+                         server_side_transient, without_stack_frames)
 from base.identifiers import TableName
 from base.text import CONTROL_CHARS
 from config.settings import HiveSettings, Settings
@@ -73,9 +74,12 @@ def _classify(e: BaseException, what: str):
         return ConnectionFailed(f"{what}: {' '.join(text.split()) or type(e).__name__}")
     if isinstance(e, ImpylaError):
         first = server_message(text)
-        if _NOT_FOUND.search(text):
+        messages = without_stack_frames(text)  # "authenticat" is in a frame of nearly every Hadoop stack trace
+        if server_side_transient(messages):
+            return ConnectionFailed(f"{what}: {first}")
+        if _NOT_FOUND.search(messages):
             return NotFound(f"{what}: {first}")
-        if _AUTH.search(text):
+        if _AUTH.search(messages):
             return AuthFailed(f"{what}: {first}")
         return FatalError(f"{what}: {first}")
     return classify(e, what)

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from base.errors import BackupError, ConnectionFailed, FatalError, NotFound, classify
+from base.errors import BackupError, ConnectionFailed, FatalError, NotFound, classify, server_side_transient
 from base.identifiers import TableName
 from config.settings import Settings, SparkSettings
 
@@ -63,6 +63,17 @@ def _condition(exc: BaseException) -> str:
         return ""
 
 
+def _server_text(exc: BaseException) -> str:
+    """The error's message and the server's stack trace with its "Caused by" lines (the Connect client fetches them
+    with the error's details): the cause is where an HDFS block that cannot be read says so."""
+    trace = getattr(exc, "getStackTrace", None)
+    try:
+        extra = trace() if callable(trace) else None
+    except Exception:  # noqa: BLE001 - a Py4J-style error without the Connect client's details
+        extra = None
+    return f"{exc}\n{extra or ''}"
+
+
 def server_message(exc: BaseException) -> str:
     """The first line of a Spark error, without the JVM stack trace."""
     text = str(exc).split("\n\nJVM stacktrace:", 1)[0].split("\n== ", 1)[0]
@@ -78,7 +89,8 @@ def classify_spark(exc: BaseException, what: str) -> BackupError:
     condition = _condition(exc)
     if condition in _NOT_FOUND:
         return NotFound(f"{what}: {server_message(exc)}")
-    if condition.startswith(_SESSION_GONE_PREFIXES) or _grpc_code(exc) in _TRANSIENT_GRPC:
+    if (condition.startswith(_SESSION_GONE_PREFIXES) or _grpc_code(exc) in _TRANSIENT_GRPC
+            or server_side_transient(_server_text(exc))):  # e.g. FAILED_READ_FILE of a block on a DataNode down
         return ConnectionFailed(f"{what}: {server_message(exc)}")
     if isinstance(exc, PySparkException):
         return FatalError(f"{what}: {server_message(exc)}")
