@@ -43,13 +43,13 @@ from base.text import CONTROL_CHARS, run_id
 from backup.copy_engine import Destination, batches, copy_files
 from backup.customer_files.after_backup import after_backup, move_base
 from backup.customer_files.flag import outcome_of, write_fail_flag, write_flag
-from backup.customer_files.ledger import (customer_errors, first_file_error, known_files, ledger_field, load_plan,
-                                          load_results, plan_key, record_customer_error, remember_many, save_plan,
-                                          save_result, save_results)
+from backup.customer_files.ledger import (counts_loaded, customer_errors, first_file_error, known_files,
+                                          ledger_field, load_plan, load_results, owed_jobs, plan_exists, plan_key,
+                                          record_customer_error, remember_many, save_plan, save_result, save_results)
 from backup.customer_files.workflow import (DESTINATIONS, TARGET, WORKFLOW, Collected, Discovered, Flagged, config,
                                             copy_phase, phase_names)
 from backup.enqueue import fail_request
-from backup.jobs import now, phase_entry
+from backup.jobs import TERMINAL, now, phase_entry
 from backup.resources import Resources
 from backup.retry import gave_up, next_retry
 from backup.runner import PhaseContext, end_unsuccessfully, finish_job, take_lock
@@ -457,6 +457,26 @@ def manifest_rows(res: Resources, rec: dict) -> list[dict]:
     return rows
 
 
+def owed_rows(res: Resources, job_id: str) -> tuple[dict[str, list[dict]], list[str]]:
+    """The count rows other runs owe the count table: ``({job: its copied and present rows}, [jobs whose plan is gone])``.
+
+    A run whose collect never succeeded (it failed in collect, or the job failed before) has files in the ledger that
+    no later run plans again; their rows are loaded by the next collect, under their own job's id.  A run still going
+    (not possible while this run holds the lock, but a record is only read, not trusted) is left for later.  Costs one
+    Redis round trip, plus a few per owed run (usually none).
+    """
+    owed, expired = {}, []
+    for job in owed_jobs(res, job_id):
+        rec = res.jobs.find(job)
+        if rec is not None and rec["state"] not in TERMINAL:
+            continue
+        if not plan_exists(res, job):
+            expired.append(job)
+            continue
+        owed[job] = [r for r in manifest_rows(res, {"job_id": job}) if r["status"] in LOADED_STATUSES]
+    return owed, expired
+
+
 def write_manifest(path: Path, rows: list[dict]) -> None:
     """The manifest CSV, written to a temp name and renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -508,9 +528,10 @@ def _ensure_tables(hive, tables: list[TableName], *, again: bool = False) -> Non
             _ENSURED.add((*server, table.sql))
 
 
-def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: Callable[[], None]) -> dict:
-    """Staging ← manifest; final ← staging rows not yet in it (by customer, domain, file and SHA-256); the rows
-    of this run now in final.
+def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: Callable[[], None],
+                   owed: dict[str, list[dict]] | None = None) -> dict:
+    """Staging ← manifest (and the rows ``owed`` by earlier runs, each under its own job id); final ← staging rows not
+    yet in it (by customer, domain, file and SHA-256); the rows of this run now in final.
 
     On Spark with ``count_load_folder`` set: the rows as one JSON-lines file the server reads (``_load_from_file``),
     any number of rows in one statement.  Else on Spark, up to ``ROWS_PER_INSERT`` rows (a usual run): one
@@ -526,6 +547,7 @@ def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: 
     cfg = config(res)
     staging, final = TableName.parse(cfg.staging_table), TableName.parse(cfg.final_table)
     values = [[r.get(c) for c in MANIFEST_COLUMNS] + [job_id] for r in rows]
+    values += [[r.get(c) for c in MANIFEST_COLUMNS] + [job] for job, owed_by in (owed or {}).items() for r in owed_by]
     with res.hive() as hive:
         _ensure_tables(hive, [staging, final])
         spark = hive.engine() == "spark"
@@ -644,12 +666,21 @@ def collect_phase(ctx: PhaseContext) -> dict:
     res, rec = ctx.res, ctx.rec
     cfg = config(res)
     rows = manifest_rows(res, rec)
+    owed, expired = owed_rows(res, ctx.job_id)
     manifest = res.settings.path(cfg.manifest_dir) / f"{run_id(rec['created'], rec['job_id'])}.csv"
     write_manifest(manifest, rows)
-    if rows:
-        hive = load_into_hive(res, rows, ctx.job_id, ctx.commit_check)
+    if rows or any(owed.values()):
+        hive = load_into_hive(res, rows, ctx.job_id, ctx.commit_check, owed)
     else:
         hive = {"staging_rows": 0, "final_rows_added": 0, "refresh": "skipped (nothing to load)"}
+    if owed:
+        hive["owed_rows_loaded"] = {job: len(owed_by) for job, owed_by in owed.items()}
+    if expired:  # their rows cannot be rebuilt: say so where an operator looks (the record, the log)
+        hive["owed_rows_expired"] = expired
+        log.error("count rows of run(s) %s were never loaded and their results have expired "
+                  "(celery.result_expires): their files are backed up but missing from %s",
+                  ", ".join(expired), cfg.final_table)
+    counts_loaded(res, [ctx.job_id, *owed, *expired])
     errors = customer_errors(res, ctx.job_id)
     customers = Discovered.read(rec).customers  # discover's counts, completed here with the copies'
     for customer in cfg.customers:
@@ -662,7 +693,9 @@ def collect_phase(ctx: PhaseContext) -> dict:
               for k in ("found", "planned", "unchanged", "settling", "deferred", "skipped", "copied", "present",
                         "failed", "bytes", "records")}
     ctx.done(Collected(customers=customers, totals=totals, manifest=str(manifest), hive=hive).as_outputs(),
-             note=f"{len(rows)} manifest rows; {hive['final_rows_added']} rows added to {cfg.final_table}")
+             note=f"{len(rows)} manifest rows; {hive['final_rows_added']} rows added to {cfg.final_table}"
+                  + (f"; the rows of {len(owed)} earlier run(s) whose collect never succeeded loaded too" if owed else "")
+                  + (f"; {len(expired)} earlier run(s) owed rows whose results expired: see the log" if expired else ""))
     return {"job_id": ctx.job_id, **totals}
 
 

@@ -6,8 +6,13 @@ Redis keys, besides the job record (``<p>`` is ``redis.key_prefix``):
                                            redelivered copy task resumes from here)
   <p>:customer_files:errors:<job>          customer -> error that ended its copy task
   <p>:customer_files:ledger:<cust>         "<path>\\0<size>\\0<mtime>" -> sha256, records, job
+  <p>:customer_files:uncounted             job -> when its plan was saved: runs whose count rows may not all be
+                                           in the Hive count table yet (``owed_jobs``)
 The ledger only saves work: a file missing from it is copied again, and a
-destination already holding the identical file is verified, not rewritten.
+destination already holding the identical file is verified, not rewritten.  Because a file in the
+ledger is never planned again, the count rows of a run whose collect never succeeded (failed, or
+the job failed before it) would never reach the count table: such a run stays in ``uncounted``
+and the next run's collect loads its rows with its own (``owed_jobs``, ``counts_loaded``).
 
 A run's keys expire with ``celery.result_expires``; the ledger does not.  Every access is
 one round trip (a pipeline where several writes go together); a Redis error becomes
@@ -80,14 +85,39 @@ def remember_many(res: Resources, job_id: str, customer: str, verified: list[tup
 # -- one run: plan, results, errors -----------------------------------------------
 
 def save_plan(res: Resources, job_id: str, plan: dict[str, list[dict]]) -> None:
-    """The files chosen for this run, per customer, replacing any earlier plan of the job."""
+    """The files chosen for this run, per customer, replacing any earlier plan of the job; with the plan, in the same
+    transaction, the run is marked as owing count rows (``uncounted``) until a collect loads them."""
     name = _key(res, "plan", job_id)
     with _redis_errors("save plan"):
         pipe = res.redis.pipeline()
         pipe.delete(name)
         pipe.hset(name, mapping={c: json.dumps(files) for c, files in plan.items()})
         pipe.expire(name, _expire(res))
+        if any(plan.values()):
+            pipe.hset(_key(res, "uncounted"), job_id, now())
         pipe.execute()
+
+
+def owed_jobs(res: Resources, job_id: str) -> list[str]:
+    """The other runs whose count rows may be missing from the count table (their collect never succeeded), oldest
+    first.  Their plans and results are kept ``celery.result_expires`` (7 days by default): the next run must come
+    before that for its collect to load their rows (``counts_loaded`` drops a run whose results are gone, loudly)."""
+    with _redis_errors("read the runs owing count rows"):
+        raw = res.redis.hgetall(_key(res, "uncounted"))
+    owed = sorted(((v.decode(), k.decode()) for k, v in raw.items() if k.decode() != job_id))
+    return [job for _, job in owed]
+
+
+def counts_loaded(res: Resources, job_ids: list[str]) -> None:
+    """These runs' count rows are in the count table now: they owe nothing."""
+    if job_ids:
+        with _redis_errors("clear the runs owing count rows"):
+            res.redis.hdel(_key(res, "uncounted"), *job_ids)
+
+
+def plan_exists(res: Resources, job_id: str) -> bool:
+    with _redis_errors("read plan"):
+        return bool(res.redis.exists(_key(res, "plan", job_id)))
 
 
 def load_plan(res: Resources, job_id: str, customer: str) -> list[dict]:

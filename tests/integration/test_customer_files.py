@@ -675,6 +675,40 @@ def test_a_collect_that_lost_its_lock_adds_no_count_rows(settings, res, cfg, sou
         _release(res)
 
 
+def test_the_next_run_loads_the_count_rows_of_a_run_whose_collect_failed(settings, res, cfg, source, hdfs, platform):
+    """A run copies its files (now in the ledger: never planned again), then fails in collect before a row reached the
+    count table (found by the fault campaign: a DataNode stopped under the load).  The next run plans nothing new,
+    yet its collect loads the failed run's rows under that run's job id, each file once; the run after loads nothing
+    twice."""
+    from backup.runner import fail_job
+
+    reset(res, cfg, settings)
+    failed = wf.submit(res)["job_id"]
+    try:
+        _run_until(res, failed, "collect")
+        with pytest.raises(LockLost) as lost:
+            with phase(res, failed, "collect") as ctx:
+                _steal(res, failed)
+                wf.collect_phase(ctx)
+        fail_job(res, failed, "collect", lost.value, cleanup=lambda r: wf.DEFINITION.failure_cleanup(res, r))
+    finally:
+        _release(res)
+    copied = {(r["customer"], r["domain"], r["file"]) for r in wf.manifest_rows(res, {"job_id": failed})
+              if r["status"] == "copied"}
+    db, table = cfg.final_table.split(".")
+    exists = any(r[1] == table for r in query(settings, f"SHOW TABLES IN {db}"))  # the fence may come before it
+    assert copied and (not exists or query(settings, f"SELECT count(*) FROM {cfg.final_table}") == [(0,)])
+    for attempt in range(2):  # the next run loads them; the one after finds nothing owed
+        job_id = wf.submit(res)["job_id"]
+        _run_until(res, job_id, "no such phase: run them all")
+        rec = res.jobs.get(job_id)
+        assert rec["state"] == "success" and rec["outputs"]["totals"]["planned"] == 0, rec
+        owed = rec["outputs"]["hive"].get("owed_rows_loaded")
+        assert owed == ({failed: len(copied)} if attempt == 0 else None), rec["outputs"]["hive"]
+        counted = query(settings, f"SELECT customer, domain, file_name, job_id FROM {cfg.final_table}")
+        assert sorted(counted) == sorted((*key, failed) for key in copied)
+
+
 def test_a_run_that_lost_its_lock_writes_no_flag_at_all(settings, res, cfg, source, hdfs, platform):
     """Fences: ``commit_check()`` before ``write_flag`` in the flag phase, and ``write_fail_flag`` withholding the
     FAIL flag of a run that failed with LockLost (the newer run owns the flag now)."""
