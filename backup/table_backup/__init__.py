@@ -45,10 +45,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from base.errors import FatalError, InvalidInput, NotFound, RejectsExceeded, SchemaDrift, SourceChanged, causes
+from base.errors import (BackupError, FatalError, InvalidInput, LockLost, NotFound, RejectsExceeded, SchemaDrift,
+                         SourceChanged, causes)
 from base.identifiers import TableName, identifier
 from backup.jobs import phase_entry
 from backup.enqueue import fail_request
@@ -231,7 +234,32 @@ class Load:
         return SourceChanged(f"the files under {self.source} changed during the load: {detail}; nothing replaced")
 
 
+@contextmanager
+def _refused_drops_own_staging(ctx: PhaseContext) -> Iterator[None]:
+    """A load refused at a fenced step (``LockLost``) drops this job's staging table itself (unless the backup reads
+    it) before giving up.  Another run holds the lock then, and this job may already be failed and cleaned up: a holder
+    paused past its lock's TTL has its job failed by the stall check (the failure cleanup ran while it slept, before
+    the table existed), and, woken, writes its staging table until its commit is refused; nobody else would drop that
+    table.  (The write phase needs no such care: its staging table exists before it starts, so the failure cleanup
+    drops it, or the backup reads it.)"""
+    try:
+        yield
+    except LockLost:
+        try:
+            drop_unswitched_staging(ctx.res, ctx.rec)
+        except BackupError as e:
+            log.error("job %s lost its lock and could not drop its staging table %s: %s (the next run's load drops "
+                      "it)", ctx.job_id, names_of(ctx.rec).data, e.one_line())
+        raise
+
+
 def load_phase(ctx: PhaseContext) -> dict:
+    """The load (``_load``), which drops its own staging table if it is refused at a fenced step."""
+    with _refused_drops_own_staging(ctx):
+        return _load(ctx)
+
+
+def _load(ctx: PhaseContext) -> dict:
     """Accepted rows into this run's staging table; every other data line, with its reason, into the rejects table.
 
     The usual case reads the files once: the strict ``accepted_rows`` (FAILFAST, no filter)
@@ -269,6 +297,7 @@ def load_phase(ctx: PhaseContext) -> dict:
         # The schema validate checked the sample with (and the live table's own checks passed on).
         schema = StructType.fromJson(json.loads(schema_json))
         load = Load(spark, names, source, schema, cfg, ctx.job_id)
+        ctx.commit_check()  # the rejects table and older generations are shared with the run that may hold the lock now
         strict_error, _, dropped = concurrently(
             load.strict_write, lambda: clear_rejects(spark, names, cfg, catalog.previous_rejects),
             lambda: load.drop_stale(catalog.stale_data_tables))

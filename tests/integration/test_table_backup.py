@@ -587,6 +587,39 @@ def test_a_write_that_lost_its_lock_never_switches_the_backup(settings, res, bas
         res.redis.delete(res.locks.key(wf.WORKFLOW, baseline["table"]))
 
 
+def test_a_load_woken_after_its_job_was_failed_drops_its_own_staging_table(settings, res, baseline, files,
+                                                                          monkeypatch):
+    """A holder paused past its lock's TTL has its job failed meanwhile (the stall check; the failure cleanup ran
+    while it slept, before its staging table existed) and its lock taken by another run; woken, the load writes its
+    staging table and is refused at its commit (LockLost).  The load drops that table itself, nobody else will; the
+    backup is untouched.  (The restore workflows' campaign rows found the same gap in their loads.)"""
+    woken_in = "load"
+    src = write_files(files / "woken-load", good_rows(60, first_id=95_000), parts=1)
+    job_id = wf.submit(res, baseline["table"], src.as_uri())["job_id"]
+    cleanup = lambda r: wf.discard_staging(res, r)  # noqa: E731 - the workflow's failure cleanup
+    paused = (wf.Load, "strict_write")
+    original = getattr(*paused)
+
+    def failed_while_paused(*args):
+        held = res.jobs.get(job_id)["lock"]
+        res.redis.delete(held["key"])  # expired while paused
+        thief, _ = res.locks.acquire(wf.WORKFLOW, baseline["table"], f"thief-{job_id}")
+        assert thief is not None and thief.token > held["token"]
+        fail_job(res, job_id, woken_in, LockLost("lock expired while the worker was paused"), cleanup=cleanup)
+        return original(*args)
+
+    monkeypatch.setattr(*paused, failed_while_paused)
+    try:
+        with pytest.raises(LockLost):
+            for name in wf.DEFINITION.phase_names:
+                with phase(res, job_id, name) as ctx:
+                    wf.DEFINITION.phase(name).run(ctx)
+        assert ctx.name == woken_in and res.jobs.get(job_id)["state"] == "failed"
+        assert_baseline_intact(settings, baseline)  # the backup's tables only: the woken phase's table is gone
+    finally:
+        res.redis.delete(res.locks.key(wf.WORKFLOW, baseline["table"]))
+
+
 def test_lines_removed_between_the_rejects_and_the_rows_fail_the_load_retryably(settings, res, baseline, files,
                                                                                 monkeypatch):
     """A malformed line sends the load to the rejects first; a file cut before the rows are read is caught."""
