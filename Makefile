@@ -126,7 +126,8 @@ bench: up
 
 # The HDFS fault scenarios (tests marked faults: DataNode, NameNode, safe mode, permissions; about 6 minutes),
 # then the fault campaign (bench/faults.py): 20 trials of each fault kind for each workflow it applies to, one JSON
-# line per (kind, workflow); needs root (tmpfs).  spark_restart (the Spark JVM killed) is not run on this shared
+# line per (kind, workflow), a line per trial on stderr; needs root (tmpfs).  Its HDFS kinds stop a DataNode or the
+# NameNode and its YARN kind kills applications of the platform: nothing else may use the platform meanwhile.  spark_restart (the Spark JVM killed) is not run on this shared
 # platform: run it with a config of its own, e.g. BACKUP_CONFIG=own.yaml bench/faults.py --kinds spark_restart.
 FAULT_TRIALS ?= 20
 faults: deps venv

@@ -5,6 +5,7 @@
                            [--kinds worker_kill,redis_restart,...] [--max-outage 90]
     python bench/faults.py --kinds redis_failover [--trials 20] [--sentinel-port 26650]
     python bench/faults.py --workflow customer-files --kinds datanode_stop,namenode_stop [--trials 20]
+    python bench/faults.py --workflow table-backup --kinds yarn_kill [--trials 20]
 
 One JSON line per (fault kind, workflow): ``fault, workflow, trials, recovered, failed_loudly,
 lost, duplicated, partial, alerts_sent, alerts_expected, max_recovery_s`` (+
@@ -66,6 +67,13 @@ WebHDFS with HdfsCLI's client and compared with their sources.  The Hive warehou
 HDFS, so a NameNode outage also stops the count table's load; both kinds stop HDFS for everyone on
 the platform: run them where no one else uses it.
 
+The YARN kind (table-backup) runs in a campaign of its own whose table-backup runs as the legacy
+production command does (``spark.remote: yarn``, cluster mode: every Spark phase a spark-submit
+application on the platform's MiniYARNCluster): ``yarn_kill`` waits for a random moment, then
+kills the job's application running then (or the next one to start) through the ResourceManager's
+REST API; the phase fails with the application's id and YARN's diagnostics and is retried as a new
+application within the retry budget, or the run fails loudly.
+
 Targets, per row: lost = duplicated = partial = 0, alerts_sent = alerts_expected,
 recovered + failed_loudly = trials.
 """
@@ -117,6 +125,11 @@ WORKFLOW_KINDS["edge-export"] += SENTINEL_KINDS
 HDFS_KINDS = ("datanode_stop", "namenode_stop")
 WORKFLOW_KINDS["customer-files"] += HDFS_KINDS
 HDFS_USER = "backup"  # an ordinary HDFS user (permissions apply), as in tests/integration/test_hadoop_faults.py
+#: the kind of the campaign whose table-backup runs as the legacy production command does (spark-submit --master yarn
+#: --deploy-mode cluster, every Spark phase a YARN application on the platform's MiniYARNCluster): a running
+#: application of the job killed through the ResourceManager's REST API at a random moment
+YARN_KINDS = ("yarn_kill",)
+WORKFLOW_KINDS["table-backup"] += YARN_KINDS
 ALL_KINDS = tuple(dict.fromkeys(k for kinds in WORKFLOW_KINDS.values() for k in kinds))
 WORKFLOW = "edge-export"  # the default workflow
 TERMINAL = ("success", "failed", "skipped")
@@ -549,18 +562,22 @@ class TableBackup(Flow):
 
     def check(self, jobs, recs) -> dict:
         partial = duplicated = lost = 0
+        why = []
         successes = [r for r in recs if r is not None and r["state"] == "success"]
         got = self.fingerprint()
         want = self.sources[self.current][1] if successes else self.before
         if got[0] != got[2]:
             duplicated += got[0] - got[2]
+            why.append(f"the backup holds {got[0]} rows but {got[2]} distinct ids")
         if got != want:
             partial += 1  # not the rows of the last successful run (or of the backup before a failed one)
-        data = [r[1] for r in hive_query(self.c.settings, f"SHOW TABLES IN {DB}")
-                if r[1].startswith("tb_live_bkp__")]
+            why.append(f"the backup's (rows, sum of ids, distinct ids) {got} are not {want}")
+        data = sorted(r[1] for r in hive_query(self.c.settings, f"SHOW TABLES IN {DB}")
+                      if r[1].startswith("tb_live_bkp__"))
         if len(data) > 2:
             partial += len(data) - 2  # a half-written table left beside the current and the previous ones
-        return {"lost": lost, "duplicated": duplicated, "partial": partial}
+            why.append(f"{len(data)} data tables, at most the current and the previous expected: {data}")
+        return {"lost": lost, "duplicated": duplicated, "partial": partial, "why": why}
 
     def snapshot(self) -> None:
         self.before = self.fingerprint()
@@ -948,9 +965,10 @@ class Campaign:
 
     def __init__(self, base: dict, state: Path, redis_port: int, seed: int = 1, max_outage: float = 90,
                  rows: int = 8000, workflows=(WORKFLOW,), spark_restart: bool = False,
-                 own_platform: bool = False, sentinel: bool = False, hdfs: bool = False):
+                 own_platform: bool = False, sentinel: bool = False, hdfs: bool = False, yarn: bool = False):
         self.base, self.state, self.rng = base, state, random.Random(seed)
         self.hdfs = hdfs  # customer-files' acme primary on the platform's HDFS (the HDFS_KINDS campaign)
+        self.yarn = yarn  # Spark phases as YARN applications (spark-submit, cluster mode: the YARN_KINDS campaign)
         self.max_outage = max_outage
         self.rows = rows
         self.sentinel = sentinel
@@ -995,8 +1013,9 @@ class Campaign:
         base = load_settings(base_cfg)
         self.base_settings = base
         self.platform = LocalPlatform(base)
-        self.platform_report = self.platform.up(only=["spark", "sshd", "sinks"] + (["hdfs"] if self.hdfs else []),
-                                                timeout=300)
+        self.platform_report = self.platform.up(
+            only=["spark", "sshd", "sinks"] + (["hdfs"] if self.hdfs or self.yarn else []) + (["yarn"] if self.yarn else []),
+            timeout=300)
         self.redis.start()
         self.relay = Relay(base.sftp.port, port=self.relay_port(), rate=RELAY_RATE)
         self.relay.open()
@@ -1022,6 +1041,8 @@ class Campaign:
             "retry": {"budget": 60, "max_retries": None, "backoff": 1, "backoff_max": 4},
             "stall": {"orphan_after": 30, "ending_grace": 20, "check_every": 3600},
         }
+        if self.yarn:
+            overrides.update(self.yarn_overrides())
         merged = _merge(self.base, overrides)
         for flow in flows:
             merged.update(flow.config())  # whole sections: the base's customers are not the campaign's
@@ -1051,6 +1072,25 @@ class Campaign:
             self.durations[flow.name] = time.monotonic() - began
         self.use(self.workflows[0])
         return self
+
+    def yarn_overrides(self) -> dict:
+        """spark-submit --master yarn --deploy-mode cluster on the platform's YARN, as tests/integration/test_yarn.py
+        runs it: the wheel's jars used in place (the NodeManager is on this machine), small driver and executor."""
+        import pyspark
+
+        hadoop = self.platform.hadoop
+        spark_home = Path(pyspark.__file__).resolve().parent
+        # A phase is a YARN application (a driver JVM in a container): far longer than a Spark Connect statement.
+        return {"celery": {"task_time_limit": 600, "task_soft_time_limit": 590, "visibility_timeout": 20,
+                           "max_deliveries": 5},
+                "spark": {"remote": "yarn", "deploy_mode": "cluster", "hadoop_conf_dir": str(hadoop.conf_dir),
+                          "yarn_resourcemanager_url": hadoop.resourcemanager_url,
+                          "submit_conf": {"spark.yarn.jars": f"local:{spark_home}/jars/*",
+                                          "spark.driver.extraClassPath": str(hadoop.derby_client_jar),
+                                          "spark.driver.memory": "768m", "spark.executor.memory": "512m",
+                                          "spark.executor.instances": "1", "spark.ui.enabled": "false",
+                                          "spark.sql.shuffle.partitions": "2",
+                                          "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}}}
 
     def use(self, workflow: str) -> None:
         """The workflow the next trials run."""
@@ -1198,6 +1238,9 @@ class Campaign:
         if (kind in SENTINEL_KINDS) != self.sentinel:
             raise ValueError(f"fault kind {kind} runs in a campaign {'with' if kind in SENTINEL_KINDS else 'without'} "
                              f"a Sentinel group (Campaign(sentinel=...))")
+        if (kind in YARN_KINDS) != self.yarn:
+            raise ValueError(f"fault kind {kind} runs in a campaign {'with' if kind in YARN_KINDS else 'without'} "
+                             f"Spark on YARN (Campaign(yarn=...))")
         if (kind in HDFS_KINDS) != self.hdfs:
             raise ValueError(f"fault kind {kind} runs in a campaign {'with' if kind in HDFS_KINDS else 'without'} "
                              f"acme's primary on HDFS (Campaign(hdfs=...))")
@@ -1303,6 +1346,37 @@ class Campaign:
             hadoop.control("namenode/start")
         wait_until(lambda: hadoop.hdfs_ready() is None, 180, "the NameNode back and out of safe mode")
         return [job], hit
+
+    def _yarn_kill(self):
+        """At a random moment, the job's YARN application running then (or the next one to run) killed through the
+        ResourceManager's REST API, as an operator's ``yarn application -kill`` does: its phase fails with the
+        application's id and YARN's diagnostics and is retried as a new application, or fails loudly."""
+        job = self.start_job()
+        hit = self.at_random_moment(job)
+
+        def running() -> list[dict]:
+            if (self.record(job) or {}).get("state") in TERMINAL:
+                return [{}]  # the run ended before an application could be killed: nothing to kill
+            return [a for a in self.yarn_apps("RUNNING") if job in a["name"]]
+
+        found = wait_until(running, 300, f"a running YARN application of job {job}", interval=0.5)
+        if found[0]:
+            self.yarn_rm(f"/apps/{found[0]['id']}/state", "PUT", {"state": "KILLED"})
+            hit = (self.record(job) or {}).get("phase") or hit
+        return [job], hit
+
+    def yarn_rm(self, path: str, method: str = "GET", body: dict | None = None) -> dict:
+        """The ResourceManager's REST API (outside the project's code)."""
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.platform.hadoop.resourcemanager_url}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return json.loads(reply.read() or b"{}")
+
+    def yarn_apps(self, states: str) -> list[dict]:
+        return (self.yarn_rm(f"/apps?states={states}").get("apps") or {}).get("app") or []
 
     def _outage(self, cut, restore):
         job = self.start_job()
@@ -1469,8 +1543,8 @@ def run(base: dict, state: Path, redis_port: int, kinds, trials: int, seed: int,
     Sentinel group in another, the HDFS kinds (customer-files' acme primary on HDFS) in a third; each campaign
     sets up only the workflows its kinds apply to."""
     rows = []
-    for setting, special in (("plain", ()), ("sentinel", SENTINEL_KINDS), ("hdfs", HDFS_KINDS)):
-        group = [k for k in kinds if (k in special if special else k not in SENTINEL_KINDS + HDFS_KINDS)
+    for setting, special in (("plain", ()), ("sentinel", SENTINEL_KINDS), ("hdfs", HDFS_KINDS), ("yarn", YARN_KINDS)):
+        group = [k for k in kinds if (k in special if special else k not in SENTINEL_KINDS + HDFS_KINDS + YARN_KINDS)
                  and any(k in WORKFLOW_KINDS[w] for w in workflows)]  # no campaign for kinds that apply to none
         if not group:
             continue
@@ -1479,7 +1553,7 @@ def run(base: dict, state: Path, redis_port: int, kinds, trials: int, seed: int,
         with Campaign(base, state / ("campaign" if setting == "plain" else f"{setting}-campaign"),
                       sentinel_port if sentinel else redis_port, seed, max_outage, workflows=used,
                       spark_restart="spark_restart" in group, own_platform=own_platform,
-                      sentinel=sentinel, hdfs=setting == "hdfs") as campaign:
+                      sentinel=sentinel, hdfs=setting == "hdfs", yarn=setting == "yarn") as campaign:
             for workflow in used:
                 campaign.use(workflow)
                 for kind in group:

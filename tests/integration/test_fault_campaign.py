@@ -11,10 +11,11 @@ the NameNode stopped under customer-files with acme's primary on HDFS), run with
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from bench.faults import HDFS_KINDS, KINDS, Campaign, meets_targets, summarize
+from bench.faults import HDFS_KINDS, KINDS, YARN_KINDS, Campaign, meets_targets, summarize
 from tests.conftest import PORT_OFFSET, STATE, TEST_CONFIG
 
 pytestmark = pytest.mark.integration
@@ -56,4 +57,20 @@ def test_one_hdfs_trial_meets_the_targets(platform, kind):
         # the check read acme's copies on HDFS: every acme file of the calibration run and the trial, no other
         on_hdfs = campaign.flow.destination("acme", "primary")
         assert set(on_hdfs) == {k for k in campaign.flow.expected() if k[0] == "acme"} and len(on_hdfs) >= 12
+    assert meets_targets(row), json.dumps(row)
+
+
+@pytest.mark.faults  # table-backup on YARN: every phase a spark-submit application (minutes a run): make faults
+@pytest.mark.parametrize("kind", YARN_KINDS)
+def test_one_yarn_trial_meets_the_targets(platform, kind):
+    """A running YARN application of a table-backup run (spark-submit, cluster mode) killed through the
+    ResourceManager at a random moment: the backup holds the rows of the last successful run's source, no half
+    table, no lock, one alert if the run failed; and an application was in fact killed."""
+    with Campaign(dict(TEST_CONFIG), STATE / f"faults-{kind}", 6690 + PORT_OFFSET, seed=7, max_outage=15,
+                  workflows=("table-backup",), yarn=True) as campaign:
+        began_ms = time.time() * 1000
+        verdict = campaign.trial(kind)
+        killed = [a for a in campaign.yarn_apps("KILLED") if a["startedTime"] >= began_ms]  # this trial's
+        row = summarize(kind, [verdict], "table-backup")
+    assert campaign.settings.spark.remote == "yarn" and killed, json.dumps(row)
     assert meets_targets(row), json.dumps(row)
