@@ -165,7 +165,8 @@ class JobStore:
 
     def update(self, job_id: str, change: Callable[[dict], Any], fence: Held | None = None,
                release: Held | None = None) -> dict:
-        """Apply ``change`` atomically; with ``fence`` only while that lock is ours; ``release`` frees it in the same write."""
+        """Apply ``change`` atomically; with ``fence`` only while that lock is ours; ``release`` frees it in the same write
+        and retires its token (no renewal can re-take it after)."""
         key = self._key(job_id)
         # A WATCHed transaction is never retried by the client itself: redis-py turns a connection error
         # while watching into WatchError.  Contention is retried at once (50 times at most); an outage
@@ -177,7 +178,8 @@ class JobStore:
             try:
                 with self.r.pipeline() as pipe:
                     lock_keys = list(dict.fromkeys(h.key for h in (fence, release) if h is not None))
-                    pipe.watch(key, *lock_keys)
+                    counter = release.key + ":fence" if release is not None else None
+                    pipe.watch(key, *lock_keys, *([counter] if counter else []))
                     raw = pipe.get(key)
                     if raw is None:
                         raise NotFound(f"no job record {job_id!r}")
@@ -187,6 +189,12 @@ class JobStore:
                                        f"status write refused")
                     # A lock already expired or taken over is not ours to delete.
                     free = release is not None and holders[release.key] == release.value.encode()
+                    # The lock's token retired with the job, whether its key is still there or not: a renewal of this
+                    # job still in flight (a renewer blocked in a Redis outage when its phase ended) would otherwise
+                    # re-take a lock whose key was lost (expired across a Redis restart, say) and hold it for a whole
+                    # TTL after the job ended: the next run skipped.  Nobody was granted a newer token if the counter
+                    # still holds ours; moving it on is what the next take does anyway.
+                    retire = release is not None and pipe.get(counter) == str(release.token).encode()
                     rec = json.loads(raw)
                     change(rec)
                     rec["updated"] = now()
@@ -196,6 +204,8 @@ class JobStore:
                         pipe.zrem(self._active_key, job_id)
                     if free:
                         pipe.delete(release.key)
+                    if retire:
+                        pipe.incr(counter)
                     pipe.execute()
                     return rec
             except (redis.WatchError, redis.ConnectionError, redis.TimeoutError) as e:

@@ -91,6 +91,26 @@ def test_terminal_write_frees_the_lock_in_the_same_transaction(locks, redis_clie
     assert locks.holder("wf", "db.r") is None, "the terminal write released the lock"
 
 
+@pytest.mark.parametrize("key_lost", [False, True])
+def test_a_renewal_after_the_terminal_write_never_takes_the_lock_again(locks, redis_client, key_lost):
+    """Found by the fault campaign (restore-edge-export, Redis restarted): the lock key was lost across the restart,
+    the job failed at its next fenced write, and its renewer, blocked in the outage when the phase ended, renewed
+    afterwards: nobody had been granted a newer token, so the renewal took the lock again, for a whole TTL after the
+    job had ended, and the next run was skipped.  The terminal write retires the token: a late renewal is refused and
+    the next run takes the lock."""
+    jobs = JobStore(redis_client, locks.prefix)
+    jobs.create("z1", "wf", "db.z", {}, ["lock"])
+    held, _ = locks.acquire("wf", "db.z", "z1")
+    if key_lost:
+        redis_client.delete(held.key)
+    jobs.update("z1", lambda r: r.update(state="failed"), release=held)
+    with pytest.raises(LockLost):
+        locks.renew(held)
+    assert locks.holder("wf", "db.z") is None
+    nxt, holder = locks.acquire("wf", "db.z", "z2")
+    assert nxt is not None and holder is None and nxt.token > held.token
+
+
 def test_release_never_frees_a_lock_taken_over_by_another_job(locks, redis_client):
     jobs = JobStore(redis_client, locks.prefix)
     jobs.create("r2", "wf", "db.s", {}, ["lock"])
