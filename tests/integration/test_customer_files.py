@@ -643,6 +643,19 @@ def _release(res: Resources) -> None:
     res.redis.delete(res.locks.key(wf.WORKFLOW, wf.TARGET))
 
 
+def _fail_with_lost_lock(res: Resources, job_id: str, name: str, func) -> None:
+    """Run the job up to phase ``name``, take its lock away inside that phase, see ``func(ctx)`` refused with
+    LockLost, and fail the job as the chain's errback does (with the workflow's failure cleanup)."""
+    from backup.runner import fail_job
+
+    _run_until(res, job_id, name)
+    with pytest.raises(LockLost) as lost:
+        with phase(res, job_id, name) as ctx:
+            _steal(res, job_id)
+            func(ctx)
+    fail_job(res, job_id, name, lost.value, cleanup=lambda r: wf.DEFINITION.failure_cleanup(res, r))
+
+
 def test_a_copy_that_lost_its_lock_copies_nothing(settings, res, cfg, source, hdfs, platform):
     """Fence: ``ctx.commit_check()`` before each batch in ``copy_customer``."""
     reset(res, cfg, settings)
@@ -680,17 +693,10 @@ def test_the_next_run_loads_the_count_rows_of_a_run_whose_collect_failed(setting
     count table (found by the fault campaign: a DataNode stopped under the load).  The next run plans nothing new,
     yet its collect loads the failed run's rows under that run's job id, each file once; the run after loads nothing
     twice."""
-    from backup.runner import fail_job
-
     reset(res, cfg, settings)
     failed = wf.submit(res)["job_id"]
     try:
-        _run_until(res, failed, "collect")
-        with pytest.raises(LockLost) as lost:
-            with phase(res, failed, "collect") as ctx:
-                _steal(res, failed)
-                wf.collect_phase(ctx)
-        fail_job(res, failed, "collect", lost.value, cleanup=lambda r: wf.DEFINITION.failure_cleanup(res, r))
+        _fail_with_lost_lock(res, failed, "collect", wf.collect_phase)
     finally:
         _release(res)
     copied = {(r["customer"], r["domain"], r["file"]) for r in wf.manifest_rows(res, {"job_id": failed})
@@ -712,20 +718,13 @@ def test_the_next_run_loads_the_count_rows_of_a_run_whose_collect_failed(setting
 def test_a_run_that_lost_its_lock_writes_no_flag_at_all(settings, res, cfg, source, hdfs, platform):
     """Fences: ``commit_check()`` before ``write_flag`` in the flag phase, and ``write_fail_flag`` withholding the
     FAIL flag of a run that failed with LockLost (the newer run owns the flag now)."""
-    from backup.runner import fail_job
-
     reset(res, cfg, settings)
     flag = Path(cfg.status_flag)
     flag.parent.mkdir(parents=True, exist_ok=True)
     flag.write_text("SUCCESS\njob_id=the-newer-run\n")
     job_id = wf.submit(res)["job_id"]
     try:
-        _run_until(res, job_id, "flag")
-        with pytest.raises(LockLost) as lost:
-            with phase(res, job_id, "flag") as ctx:
-                _steal(res, job_id)
-                wf.flag_phase(ctx)
-        fail_job(res, job_id, "flag", lost.value, cleanup=lambda r: wf.DEFINITION.failure_cleanup(res, r))
+        _fail_with_lost_lock(res, job_id, "flag", wf.flag_phase)
         assert flag.read_text() == "SUCCESS\njob_id=the-newer-run\n"
         assert res.jobs.get(job_id)["error"].startswith("LockLost")
     finally:
