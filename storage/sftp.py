@@ -138,7 +138,13 @@ class SftpBackend(StorageBackend):
             session = self._target.connect()
         try:
             yield session
-        except (ConnectionFailed, paramiko.SSHException, EOFError, OSError):
+        except (paramiko.SSHException, EOFError) as e:
+            # A paramiko call the block did not wrap (closing a remote file after the connection dropped raises
+            # "Server connection dropped"): the connection failed, whichever call noticed it.  Raised raw, it
+            # classified as fatal and a restore's download cut by an sshd outage was never retried.
+            session.close()
+            raise ConnectionFailed(f"SSH connection to {self._authority}: {e or type(e).__name__}") from e
+        except (ConnectionFailed, OSError):
             session.close()
             raise
         except BackupError as e:

@@ -444,3 +444,57 @@ def test_a_black_holed_sftp_copy_write_fails_after_the_stall_timeout(settings, p
         backend.close()
     assert failed.value.retryable, failed.value
     assert 5 <= took < 30, f"{took:.1f}s: {failed.value}"  # one stall timeout, plus the temp file's discard
+
+
+def test_a_paramiko_error_no_call_wrapped_is_a_connection_failure(settings, platform):
+    """Found by the campaign (restore-edge-export, sshd unreachable: 13 of 20 trials failed at once with
+    ``FatalError: fetch: SSHException: Server connection dropped``): paramiko raises that when a request's answer
+    never comes (the connection dropped between the request and its answer: closing the remote file after the read
+    failed, in the campaign), and a call the session block did not wrap let it out raw, classified fatal.  Any
+    paramiko error leaving a session block is now a ConnectionFailed, and the session is not pooled again.  (The
+    race itself depends on when the drop lands; the test below drives a real drop through the whole download.)"""
+    import paramiko
+
+    from base.errors import ConnectionFailed
+    from storage.locations import open_location
+
+    backend, base = open_location(settings, f"sftp://{settings.sftp.host}:{settings.sftp.port}/tmp")
+    try:
+        with pytest.raises(ConnectionFailed) as failed:
+            with backend._session() as session:
+                pooled = session
+                raise paramiko.SSHException("Server connection dropped: ")
+        assert failed.value.retryable and "Server connection dropped" in str(failed.value)
+        assert pooled not in backend._idle and not pooled.transport.is_active()
+    finally:
+        backend.close()
+
+
+def test_a_download_cut_by_a_dropped_connection_is_a_connection_failure(settings, platform, tmp_path):
+    """sshd unreachable in the middle of a download (a restore's fetch): the reader sees a ConnectionFailed, retried
+    within ``retry.budget``, whichever paramiko call notices the drop."""
+    from base.errors import ConnectionFailed
+    from config.settings import load_settings
+    from storage.locations import open_location
+
+    relay = Relay(settings.sftp.port)
+    known = tmp_path / "known_hosts"
+    line = settings.path(settings.sftp.known_hosts).read_text().strip().split(" ", 1)[1]
+    known.write_text(f"[127.0.0.1]:{relay.port} {line}\n")
+    own = load_settings(write_config(tmp_path / "drop.yaml", {
+        "sftp": {"known_hosts": str(known), "stall_timeout": 5, "connect_timeout": 5}}))
+    source = tmp_path / "archive.bin"
+    source.write_bytes(bytes(range(256)) * (64 * 1024))  # 16 MiB: more than the read-ahead
+    relay.open()
+    backend, _ = open_location(own, f"sftp://{settings.sftp.host}:{relay.port}{tmp_path}")
+    try:
+        with pytest.raises(ConnectionFailed) as failed:
+            with backend.open_read(str(source)) as stream:
+                stream.read(1 << 20)
+                relay.close()  # sshd unreachable: every relayed connection dropped
+                while stream.read(1 << 20):
+                    pass
+    finally:
+        relay.close()
+        backend.close()
+    assert failed.value.retryable, failed.value
