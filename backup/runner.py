@@ -34,7 +34,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Iterator
 
-from base.errors import BackupError, LockLost, TooManyDeliveries, classify
+from base.errors import BackupError, TooManyDeliveries, classify
 from backup.jobs import TERMINAL, now, phase_entry
 from backup.locks import Held, Renewer
 from backup.metrics import record_metrics
@@ -242,8 +242,10 @@ def fail_job(res: Resources, job_id: str, phase_name: str | None, exc: BaseExcep
         except Exception as e:  # cleanup is best effort; the failure itself is what must be reported
             log.warning("cleanup after failure of %s failed: %s", job_id, e)
     current = res.jobs.get(job_id)
-    # A LockLost job's lock belongs to someone else now.
-    held = Held.from_dict(current["lock"]) if current.get("lock") and not isinstance(exc, LockLost) else None
+    # Released even after a LockLost: the terminal write deletes the lock key only if it is still this job's value and
+    # retires the token only if nobody was granted a newer one, so a lock another run holds is left alone, and a key
+    # this job's renewer took back after it was lost (expired across a Redis restart) does not outlive the job.
+    held = Held.from_dict(current["lock"]) if current.get("lock") else None
     rec = end_unsuccessfully(res, current, change, err, release=held, claimed=True, alert=alert)
     log.error("job %s failed in %s: %s", job_id, phase_name, err)
     return rec

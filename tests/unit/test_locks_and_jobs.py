@@ -147,3 +147,40 @@ def test_with_wait_replicas_a_take_or_check_no_replica_acknowledged_does_not_cou
     waiting.renew(held)  # the periodic renewal does not wait
     with pytest.raises(ConnectionFailed, match="acknowledged the fence move"):
         waiting.revoke(held)
+
+
+def test_a_job_failed_with_lock_lost_still_frees_the_lock_its_renewer_took_back(res, redis_client):
+    """The campaign's Redis-restart trial again, through ``fail_job``: the job's lock key expired across the restart, its
+    fenced write was refused (LockLost), its renewer took the key back (nobody had a newer token), then the job
+    failed.  The failure's terminal write frees that key and retires the token; a lock another run was granted in
+    between is left alone (the other test)."""
+    from backup.runner import fail_job
+
+    jobs, locks = res.jobs, res.locks
+    job_id = f"ll{time.monotonic_ns()}"
+    jobs.create(job_id, "wf", "db.ll", {}, ["lock"])
+    held, _ = locks.acquire("wf", "db.ll", job_id)
+    jobs.update(job_id, lambda r: r.update(lock=held.as_dict(), state="running", phase="lock"))
+    redis_client.delete(held.key)  # expired across the restart
+    locks.renew(held)  # the renewer takes it back: nobody was granted a newer token
+    assert locks.holder("wf", "db.ll") == job_id
+    fail_job(res, job_id, "lock", LockLost("status write refused"), alert=False)
+    assert jobs.get(job_id)["state"] == "failed"
+    assert locks.holder("wf", "db.ll") is None, "the failed job's lock outlived it: the next run is skipped"
+    with pytest.raises(LockLost):
+        locks.renew(held)
+
+
+def test_a_job_failed_with_lock_lost_leaves_the_lock_another_run_holds(res, redis_client):
+    from backup.runner import fail_job
+
+    jobs, locks = res.jobs, res.locks
+    job_id = f"lo{time.monotonic_ns()}"
+    jobs.create(job_id, "wf", "db.lo", {}, ["lock"])
+    held, _ = locks.acquire("wf", "db.lo", job_id)
+    jobs.update(job_id, lambda r: r.update(lock=held.as_dict(), state="running", phase="lock"))
+    redis_client.delete(held.key)
+    other, _ = locks.acquire("wf", "db.lo", "the-next-run")
+    fail_job(res, job_id, "lock", LockLost("taken over"), alert=False)
+    assert locks.holder("wf", "db.lo") == "the-next-run" and other.token > held.token
+    locks.check(other)  # the next run can still commit
