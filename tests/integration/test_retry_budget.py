@@ -413,6 +413,21 @@ def test_a_connection_dropped_during_authentication_is_a_connection_failure(sett
         target.connect()
 
 
+def _relayed(settings, tmp_path) -> tuple[Relay, object]:
+    """A relay in front of the platform's sshd (open) and settings whose SFTP trusts the server through it, with a
+    5 s stall and connect timeout."""
+    from config.settings import load_settings
+
+    relay = Relay(settings.sftp.port)
+    known = tmp_path / "known_hosts"
+    line = settings.path(settings.sftp.known_hosts).read_text().strip().split(" ", 1)[1]
+    known.write_text(f"[127.0.0.1]:{relay.port} {line}\n")
+    own = load_settings(write_config(tmp_path / "relayed.yaml", {
+        "sftp": {"known_hosts": str(known), "stall_timeout": 5, "connect_timeout": 5}}))
+    relay.open()
+    return relay, own
+
+
 def test_a_black_holed_sftp_copy_write_fails_after_the_stall_timeout(settings, platform, tmp_path):
     """A copy to an ``sftp://`` location (customer-files' secondaries) through a link that goes black: the write
     fails as retryable once ``sftp.stall_timeout`` passes without an answer, not after the SFTP channel's former
@@ -420,16 +435,9 @@ def test_a_black_holed_sftp_copy_write_fails_after_the_stall_timeout(settings, p
     import posixpath
 
     from base.errors import ConnectionFailed
-    from config.settings import load_settings
     from storage.locations import open_location
 
-    relay = Relay(settings.sftp.port)
-    known = tmp_path / "known_hosts"
-    line = settings.path(settings.sftp.known_hosts).read_text().strip().split(" ", 1)[1]
-    known.write_text(f"[127.0.0.1]:{relay.port} {line}\n")
-    own = load_settings(write_config(tmp_path / "hole.yaml", {
-        "sftp": {"known_hosts": str(known), "stall_timeout": 5, "connect_timeout": 5}}))
-    relay.open()
+    relay, own = _relayed(settings, tmp_path)
     backend, base = open_location(own, f"sftp://{settings.sftp.host}:{relay.port}{tmp_path}/dest")
     try:
         backend.mkdir(base)  # connected: the session the write will use is open
@@ -449,8 +457,8 @@ def test_a_black_holed_sftp_copy_write_fails_after_the_stall_timeout(settings, p
 def test_a_paramiko_error_no_call_wrapped_is_a_connection_failure(settings, platform):
     """Found by the campaign (restore-edge-export, sshd unreachable: 13 of 20 trials failed at once with
     ``FatalError: fetch: SSHException: Server connection dropped``): paramiko raises that when a request's answer
-    never comes (the connection dropped between the request and its answer: closing the remote file after the read
-    failed, in the campaign), and a call the session block did not wrap let it out raw, classified fatal.  Any
+    never comes (the connection dropped between the request and its answer: most likely closing the remote file
+    after the read had failed, in the campaign), and a call the session block did not wrap let it out raw, classified fatal.  Any
     paramiko error leaving a session block is now a ConnectionFailed, and the session is not pooled again.  (The
     race itself depends on when the drop lands; the test below drives a real drop through the whole download.)"""
     import paramiko
@@ -474,18 +482,11 @@ def test_a_download_cut_by_a_dropped_connection_is_a_connection_failure(settings
     """sshd unreachable in the middle of a download (a restore's fetch): the reader sees a ConnectionFailed, retried
     within ``retry.budget``, whichever paramiko call notices the drop."""
     from base.errors import ConnectionFailed
-    from config.settings import load_settings
     from storage.locations import open_location
 
-    relay = Relay(settings.sftp.port)
-    known = tmp_path / "known_hosts"
-    line = settings.path(settings.sftp.known_hosts).read_text().strip().split(" ", 1)[1]
-    known.write_text(f"[127.0.0.1]:{relay.port} {line}\n")
-    own = load_settings(write_config(tmp_path / "drop.yaml", {
-        "sftp": {"known_hosts": str(known), "stall_timeout": 5, "connect_timeout": 5}}))
     source = tmp_path / "archive.bin"
     source.write_bytes(bytes(range(256)) * (64 * 1024))  # 16 MiB: more than the read-ahead
-    relay.open()
+    relay, own = _relayed(settings, tmp_path)
     backend, _ = open_location(own, f"sftp://{settings.sftp.host}:{relay.port}{tmp_path}")
     try:
         with pytest.raises(ConnectionFailed) as failed:
