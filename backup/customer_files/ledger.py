@@ -101,7 +101,8 @@ def save_plan(res: Resources, job_id: str, plan: dict[str, list[dict]]) -> None:
 def owed_jobs(res: Resources, job_id: str) -> list[str]:
     """The other runs whose count rows may be missing from the count table (their collect never succeeded), oldest
     first.  Their plans and results are kept ``celery.result_expires`` (7 days by default): the next run must come
-    before that for its collect to load their rows (``counts_loaded`` drops a run whose results are gone, loudly)."""
+    before that for its collect to load their rows (a run whose results are gone is named in the record and the
+    log, then dropped from the set)."""
     with _redis_errors("read the runs owing count rows"):
         raw = res.redis.hgetall(_key(res, "uncounted"))
     owed = sorted(((v.decode(), k.decode()) for k, v in raw.items() if k.decode() != job_id))

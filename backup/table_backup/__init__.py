@@ -45,8 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -234,16 +232,15 @@ class Load:
         return SourceChanged(f"the files under {self.source} changed during the load: {detail}; nothing replaced")
 
 
-@contextmanager
-def _refused_drops_own_staging(ctx: PhaseContext) -> Iterator[None]:
-    """A load refused at a fenced step (``LockLost``) drops this job's staging table itself (unless the backup reads
-    it) before giving up.  Another run holds the lock then, and this job may already be failed and cleaned up: a holder
-    paused past its lock's TTL has its job failed by the stall check (the failure cleanup ran while it slept, before
-    the table existed), and, woken, writes its staging table until its commit is refused; nobody else would drop that
-    table.  (The write phase needs no such care: its staging table exists before it starts, so the failure cleanup
-    drops it, or the backup reads it.)"""
+def load_phase(ctx: PhaseContext) -> dict:
+    """The load (``_load``); refused at a fenced step (``LockLost``), it drops this job's staging table itself (unless
+    the backup reads it) before giving up.  Another run holds the lock then, and this job may already be failed and
+    cleaned up: a holder paused past its lock's TTL has its job failed by the stall check (the failure cleanup ran
+    while it slept, before the table existed), and, woken, writes its staging table until its commit is refused;
+    nobody else would drop that table.  (The write phase needs no such care: its staging table exists before it
+    starts, so the failure cleanup drops it, or the backup reads it.)"""
     try:
-        yield
+        return _load(ctx)
     except LockLost:
         try:
             drop_unswitched_staging(ctx.res, ctx.rec)
@@ -251,12 +248,6 @@ def _refused_drops_own_staging(ctx: PhaseContext) -> Iterator[None]:
             log.error("job %s lost its lock and could not drop its staging table %s: %s (the next run's load drops "
                       "it)", ctx.job_id, names_of(ctx.rec).data, e.one_line())
         raise
-
-
-def load_phase(ctx: PhaseContext) -> dict:
-    """The load (``_load``), which drops its own staging table if it is refused at a fenced step."""
-    with _refused_drops_own_staging(ctx):
-        return _load(ctx)
 
 
 def _load(ctx: PhaseContext) -> dict:
