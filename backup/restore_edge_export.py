@@ -17,16 +17,18 @@ lock → check → fetch → load → swap → cleanup → finish.
 * fetch (io): the server's own ``sha256sum`` of the archive first (a damaged archive is found
   without moving a byte), then the download into ``restore_edge_export.staging_dir``, hashed as
   it streams and committed only if it matches the job record: nothing unverified is ever read.
-* load (Spark): a staging table ``<target>__rst_<tag>`` made ``LIKE`` the live table, filled
-  from the archive with Spark's CSV reader (FAILFAST, the archive's dialect), then counted: the
-  rows must equal the archive's ``rows``.
-* swap (Spark): the staging table renamed to the target.  When the target exists (``--replace``,
+* load (Spark): a staging table ``<target>__rst_<tag>_<8 hex>``, one per start of the load
+  (``backup.staging``: a killed delivery's statement still running on the server writes only its
+  own), made ``LIKE`` the live table, filled from the archive with Spark's CSV reader (FAILFAST,
+  the archive's dialect), then counted: the rows must equal the archive's ``rows``; the record
+  names the table counted.
+* swap (Spark): that staging table renamed to the target; the job's other staging tables dropped.  When the target exists (``--replace``,
   ``--replace-live``) it is first renamed to ``<target>__replaced_<tag>``; the two renames are two
   metastore calls back to back (see docs/restore-edge-export.md for what readers see).  With
   ``--replace-live`` the previous live table is kept under that name; ``--replace`` drops it.
 * cleanup: the fetched archive is removed; finish records success and frees the lock.
 
-A failure drops this job's staging table, puts a live table renamed away back in place, and
+A failure drops this job's staging tables, puts a live table renamed away back in place, and
 removes the fetched archive (``undo``); the error handler alerts once.
 
 The archive's dialect is backup/archive.py's: an empty field is read back as NULL, so an empty
@@ -35,6 +37,7 @@ string of the live table comes back as NULL (the archive cannot tell them apart)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -59,6 +62,7 @@ from backup.jobs import phase_entry
 from backup.outputs import PhaseOutputs
 from backup.resources import Resources
 from backup.runner import PhaseContext, finish_job, take_lock
+from backup.staging import delivery_table, drop_job_staging_tables, longest_name
 from backup.window import Window, parse_date
 from backup.workflow import Option, Phase, Workflow
 from connectors.spark import drop, properties_if_exists, spark_errors, table_kind
@@ -142,14 +146,15 @@ class Names:
 
     live: TableName
     target: TableName
-    staging: TableName  # <target>__rst_<tag>, this job's
+    staging: TableName  # <target>__rst_<tag>: the base of this job's staging tables, ``<staging>_<8 hex>`` each
     replaced: TableName  # <target>__replaced_<tag>: where an existing target goes during the swap
 
     @classmethod
     def of(cls, live: TableName, target: TableName, job_id: str) -> "Names":
         tag = hashlib.sha256(job_id.encode()).hexdigest()[:12]
-        return cls(live=live, target=target,
-                   staging=TableName(target.db, identifier(f"{target.table}__rst_{tag}", "staging table name")),
+        staging = TableName(target.db, identifier(f"{target.table}__rst_{tag}", "staging table name"))
+        longest_name(staging)  # a delivery's own staging table adds a suffix: refused here, not at the load
+        return cls(live=live, target=target, staging=staging,
                    replaced=TableName(target.db, identifier(f"{target.table}__replaced_{tag}", "replaced table name")))
 
 
@@ -439,10 +444,12 @@ def _ours(props: dict | None, job_id: str) -> bool:
 
 
 def load_phase(ctx: PhaseContext) -> dict:
-    """This job's staging table, made LIKE the live table, filled from the archive, its rows counted.
+    """A staging table of this delivery's own, made LIKE the live table, filled from the archive, its rows
+    counted; the record names it.
 
-    Runs again from scratch on a retry or a redelivery: the staging table is this job's (its
-    name carries the job's tag and its property the job id) and is replaced whole.
+    Runs again from scratch on a retry or a redelivery, into a new table (its name carries the job's
+    tag and a random suffix, its property the job id): an earlier delivery's statement still running
+    on the server never touches it (``backup.staging``).
     """
     from pyspark.sql.types import StructType
 
@@ -451,37 +458,37 @@ def load_phase(ctx: PhaseContext) -> dict:
     expected = rec["args"]["archive"]["rows"]
     schema = StructType.fromJson(json.loads(checked.live_schema))
     ddl = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in schema)
+    staging = delivery_table(names.staging)
     with res.spark().session() as spark:
-        found = properties_if_exists(spark, names.staging)
+        found = properties_if_exists(spark, staging)
         if found is not None and not _ours(found, ctx.job_id):
-            raise AlreadyExists(f"{names.staging} exists and was not made by this restore; nothing was written")
+            raise AlreadyExists(f"{staging} exists and was not made by this restore; nothing was written")
         ctx.commit_check()
-        with spark_errors(f"create the staging table {names.staging}"):
+        with spark_errors(f"create the staging table {staging}"):
             if found is None:
-                spark.sql(f"CREATE TABLE {names.staging.sql} LIKE {names.live.sql} TBLPROPERTIES "
+                spark.sql(f"CREATE TABLE {staging.sql} LIKE {names.live.sql} TBLPROPERTIES "
                           f"('{PROP_RESTORED_BY}'='{ctx.job_id}', '{PROP_RESTORED_FROM}'='{fetched.source_job}')")
             # A Hive-format live table takes its partitions from the rows (dynamic partitions).
             spark.conf.set("hive.exec.dynamic.partition", "true")
             spark.conf.set("hive.exec.dynamic.partition.mode", "nonstrict")
         frame = spark.read.options(**ARCHIVE_CSV).schema(ddl).csv(fetched.spark_path)
         try:
-            with spark_errors(f"load {fetched.remote_uri} into {names.staging}"):
-                # static: the whole staging table is replaced, whatever an earlier delivery left in it.
-                frame.write.option("partitionOverwriteMode", "static").insertInto(names.staging.sql, overwrite=True)
+            with spark_errors(f"load {fetched.remote_uri} into {staging}"):
+                frame.write.option("partitionOverwriteMode", "static").insertInto(staging.sql, overwrite=True)
         except FatalError as e:
             if any("MALFORMED" in str(c) for c in causes(e)):  # the marker is in Spark's error, the cause of ours
                 raise FatalError(f"the archive {fetched.remote_uri} does not parse with the schema of {names.live} "
                                  f"({len(schema)} columns; did the table change since the backup?): {e}") from e
             raise
-        with spark_errors(f"count rows of {names.staging}"):
-            rows = spark.table(names.staging.sql).count()
+        with spark_errors(f"count rows of {staging}"):
+            rows = spark.table(staging.sql).count()
         if rows != expected:
-            drop(spark, names.staging, "TABLE")
+            drop(spark, staging, "TABLE")
             raise FatalError(f"{rows} rows restored from {fetched.remote_uri}, but edge-export job "
                              f"{fetched.source_job} wrote {expected}; staging table dropped, nothing restored")
-    loaded = Loaded(staging_table=str(names.staging), rows_expected=expected, rows_restored=rows)
+    loaded = Loaded(staging_table=str(staging), rows_expected=expected, rows_restored=rows)
     ctx.done(loaded.as_outputs())
-    return {"job_id": ctx.job_id, "rows_restored": rows, "staging_table": str(names.staging)}
+    return {"job_id": ctx.job_id, "rows_restored": rows, "staging_table": str(staging)}
 
 
 # -- swap ----------------------------------------------------------------------------------------
@@ -497,9 +504,13 @@ def swap_phase(ctx: PhaseContext) -> dict:
 
     Safe to run again: a target already carrying this job's id is done; a target missing while
     the renamed-away one exists (a delivery stopped between the two renames) gets the staging table.
+    The staging table is the one the load counted (named in the record); once the target is this
+    job's, its other staging tables (a killed delivery's) are dropped.
     """
     res, rec = ctx.res, ctx.rec
-    args, names, loaded = rec["args"], names_of(rec), Loaded.read(rec)
+    args, loaded = rec["args"], Loaded.read(rec)
+    base = names_of(rec)
+    names = dataclasses.replace(base, staging=TableName.parse(loaded.staging_table))
     replacing = args["replace"] or args["replace_live"]
     swap_seconds = None
     with res.spark().session() as spark:
@@ -533,6 +544,10 @@ def swap_phase(ctx: PhaseContext) -> dict:
             else:
                 drop(spark, names.replaced, "TABLE")
                 dropped = str(names.target)
+        others = drop_job_staging_tables(spark, base.staging, PROP_RESTORED_BY, ctx.job_id)
+        if others:
+            log.warning("restore %s: dropped staging tables of earlier deliveries of its load: %s", ctx.job_id,
+                        ", ".join(others))
     restored = Restored(restored_table=str(names.target), replaced_table=kept, dropped_table=dropped,
                         swap_seconds=swap_seconds)
     ctx.done(restored.as_outputs(), note=note)
@@ -582,15 +597,15 @@ def undo(res: Resources, rec: dict) -> None:
 
 def undo_catalog(res: Resources, rec: dict) -> None:
     """Put a target renamed away back under its name if the swap stopped halfway, and drop this job's
-    staging table (only a table carrying this job's id)."""
+    staging tables (only tables carrying this job's id)."""
     names = names_of(rec)
     with res.spark().session() as spark:
         if table_kind(spark, names.target) is None and table_kind(spark, names.replaced) is not None:
             _rename(spark, names.replaced, names.target)
             log.warning("restore %s failed mid-swap: %s put back as %s", rec["job_id"], names.replaced, names.target)
-        if _ours(properties_if_exists(spark, names.staging), rec["job_id"]):
-            drop(spark, names.staging, "TABLE")
-            log.info("dropped staging table %s of failed restore %s", names.staging, rec["job_id"])
+        dropped = drop_job_staging_tables(spark, names.staging, PROP_RESTORED_BY, rec["job_id"])
+        if dropped:
+            log.info("dropped staging tables %s of failed restore %s", ", ".join(dropped), rec["job_id"])
 
 
 DEFINITION = Workflow(

@@ -9,7 +9,8 @@ Names, for the live table ``db.t``, the default suffix ``_bkp``, the target ``db
 ``--replace-live``) and the job's tag (12 hex digits of the SHA-256 of the job id, as table-backup's):
 
   db.t_bkp, db.t_bkp_<YYYYMMDD>   the backup read: a view made by table-backup, and the data table its SQL reads
-  dbx.x__restore_<tag>            the staging table: the restored rows, verified before they get the target's name
+  dbx.x__restore_<tag>_<8 hex>    a staging table (one per start of the load, ``backup.staging``): the restored
+                                  rows, verified before they get the target's name
   dbx.x__replaced_<tag>           the table the target was until the swap (``--replace``: dropped after the swap;
                                   ``--replace-live``: kept, nothing of the live table is ever deleted by a restore)
 
@@ -24,25 +25,28 @@ Names, for the live table ``db.t``, the default suffix ``_bkp``, the target ``db
   which the outputs say); the target is free, or ``--replace`` / ``--replace-live`` says to replace it,
   and it is no backup object; with ``--replace-live`` the live table's columns are the backup's.
   A mismatch fails the job here (FatalError naming the partitions), with nothing written.
-* load writes the staging table (``LIKE`` the live table with ``--replace-live``, else the backup's columns
+* load writes a staging table of its own (``LIKE`` the live table with ``--replace-live``, else the backup's columns
   partitioned like the live table, or by year_part/month_part when they are kept) from the data table, then
   counts its rows per backup partition (year and month derived from ``table_backup.partition_column`` as the
   backup derived them, or read from year_part/month_part) and compares total and partitions with the
-  expected counts.  A mismatch fails the job; the failure cleanup drops the staging table.
-* swap gives the verified staging table the target's name.  A free target: one rename, readers see no
+  expected counts.  A mismatch fails the job; the failure cleanup drops the job's staging tables.  The
+  job records the name of the table it verified: a killed delivery's statement that goes on running on
+  the server writes only its own table, which nobody swaps.
+* swap gives the verified staging table the target's name, then drops the job's other staging tables.  A free target: one rename, readers see no
   table, then the whole restored one.  An existing target: two renames, target → ``__replaced_<tag>``,
   then staging → target, with nothing in between; for that moment (measured: ``unavailable_seconds``)
   the name does not resolve, never to a partial table.  docs/restore-table-backup.md says what a reader
   can see.  A failure between the two renames puts the old table back (here, or else in the failure cleanup).
 * finish records success and releases the lock.
 
-Every phase is safe to run twice: the staging name is the job's, a load writes it again from the start
-(static overwrite), the swap reads the catalog to know which of its renames are done (the tables it made
+Every phase is safe to run twice: a load writes a new staging table of the job's (named per delivery),
+the swap reads the catalog to know which of its renames are done (the tables it made
 carry ``PROP_RESTORE_JOB``).  Spark state never crosses a phase.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -58,6 +62,7 @@ from backup.jobs import phase_entry
 from backup.outputs import PhaseOutputs
 from backup.resources import Resources
 from backup.runner import PhaseContext, finish_job, take_lock
+from backup.staging import delivery_table, drop_job_staging_tables, longest_name
 from backup.table_backup import WORKFLOW as TABLE_BACKUP
 from backup.table_backup.catalog import (PROP_DATA, PROP_JOB, PROP_PARTITION_ROWS, PROP_REJECTS_OF, PROP_ROWS,
                                          month_counts, parse_partition_rows, partition_rows)
@@ -91,7 +96,7 @@ class RestoreNames:
 
     backup: Names  # table-backup's names of the backup read (live, view, rejects, the data-table pattern)
     target: TableName
-    staging: TableName
+    staging: TableName  # the base of the job's staging tables: each start of the load writes ``<staging>_<8 hex>``
     replaced: TableName
 
     @property
@@ -108,8 +113,9 @@ def restore_names(table: str, suffix: str, version: str | None, into: str | None
     tb = run_names(table, suffix, version, job_id)
     target = TableName.parse(into) if into is not None else tb.live
     tag = job_tag(job_id)
-    return RestoreNames(backup=tb, target=target,
-                        staging=TableName(target.db, identifier(f"{target.table}__restore_{tag}", "staging table name")),
+    staging = TableName(target.db, identifier(f"{target.table}__restore_{tag}", "staging table name"))
+    longest_name(staging)  # a delivery's own staging table adds a suffix: refused here, not at the load
+    return RestoreNames(backup=tb, target=target, staging=staging,
                         replaced=TableName(target.db, identifier(f"{target.table}__replaced_{tag}",
                                                                  "replaced table name")))
 
@@ -429,21 +435,22 @@ def _marks(job_id: str, checked: Checked) -> str:
                                         if checked.backup_job_id else ""))
 
 
-def create_staging(spark: "SparkSession", names: RestoreNames, checked: Checked, fmt: str, job_id: str) -> None:
-    """The staging table, empty, made as the target must be (kept if an earlier delivery of this job made it)."""
-    props = properties_if_exists(spark, names.staging)
+def create_staging(spark: "SparkSession", staging: TableName, names: RestoreNames, checked: Checked, fmt: str,
+                   job_id: str) -> None:
+    """The staging table ``staging``, empty, made as the target must be (kept if this job made it)."""
+    props = properties_if_exists(spark, staging)
     if props is not None:
         if props.get(PROP_RESTORE_JOB) != job_id:
-            raise FatalError(f"{names.staging} exists and was not made by this restore; drop it or restore again")
+            raise FatalError(f"{staging} exists and was not made by this restore; drop it or restore again")
         return
-    with spark_errors(f"create the staging table {names.staging}"):
+    with spark_errors(f"create the staging table {staging}"):
         if checked.like_live:
-            spark.sql(f"CREATE TABLE IF NOT EXISTS {names.staging.sql} LIKE {names.live.sql} "
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {staging.sql} LIKE {names.live.sql} "
                       f"TBLPROPERTIES ({_marks(job_id, checked)})")
             return
         cols = ", ".join(f"`{identifier(n, 'column name')}` {t}" for n, t in checked.columns)
         parts = ", ".join(f"`{identifier(p, 'partition column')}`" for p in checked.partitioned_by)
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {names.staging.sql} ({cols}) USING {fmt}"
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {staging.sql} ({cols}) USING {fmt}"
                   + (f" PARTITIONED BY ({parts})" if parts else "") + f" TBLPROPERTIES ({_marks(job_id, checked)})")
 
 
@@ -465,11 +472,12 @@ def restored_partition_rows(spark: "SparkSession", table: TableName, checked: Ch
 
 
 def load_phase(ctx: PhaseContext) -> dict:
-    """The backup's rows into the staging table, then counted per partition and compared with the expected counts.
+    """The backup's rows into a staging table of this delivery's own, then counted per partition and compared
+    with the expected counts; the record names that table.
 
     Cost: one read of the data table and one write (the restore itself), then one aggregate over
-    the partition column of what was written.  Run again, it writes the staging table again from
-    the start (static overwrite of the whole table).
+    the partition column of what was written.  Run again (a retry, a redelivery), it writes a new
+    table: an earlier delivery's statement still running on the server never touches it (``backup.staging``).
     """
     from pyspark.sql import functions as F
 
@@ -477,33 +485,34 @@ def load_phase(ctx: PhaseContext) -> dict:
     cfg = res.settings.table_backup
     checked = Checked.read(rec)
     names = names_of(rec)
+    staging = delivery_table(names.staging)
     data = TableName.parse(checked.data_table)
     with res.spark().session() as spark:
-        create_staging(spark, names, checked, cfg.format, ctx.job_id)
+        create_staging(spark, staging, names, checked, cfg.format, ctx.job_id)
         try:
-            with spark_errors(f"restore {data} into {names.staging}"):
+            with spark_errors(f"restore {data} into {staging}"):
                 # Hive-format targets (a live table LIKE'd) take dynamic partitions only in nonstrict mode.
                 spark.conf.set("hive.exec.dynamic.partition", "true")
                 spark.conf.set("hive.exec.dynamic.partition.mode", "nonstrict")
-                order = spark.table(names.staging.sql).columns  # insertInto is positional: the staging table's order
+                order = spark.table(staging.sql).columns  # insertInto is positional: the staging table's order
                 spark.table(data.sql).select(*[F.col(f"`{c}`") for c in order]).write \
-                    .option("partitionOverwriteMode", "static").insertInto(names.staging.sql, overwrite=True)
-            counts = restored_partition_rows(spark, names.staging, checked, cfg)
+                    .option("partitionOverwriteMode", "static").insertInto(staging.sql, overwrite=True)
+            counts = restored_partition_rows(spark, staging, checked, cfg)
             rows = sum(counts.values())
             problems = ([] if rows == checked.rows_expected else [f"{rows} rows, expected {checked.rows_expected}"]) \
                 + _differences(checked.partition_rows_expected, counts)
             if problems:
-                raise FatalError(f"the rows restored from {checked.data_table} into {names.staging} do not match the "
+                raise FatalError(f"the rows restored from {checked.data_table} into {staging} do not match the "
                                  f"backup ({checked.expected_from}): " + _shown(problems)
                                  + f"; {names.target} was not touched")
-            restored = Restored(staging_table=str(names.staging), rows_restored=rows, partition_rows_restored=counts)
+            restored = Restored(staging_table=str(staging), rows_restored=rows, partition_rows_restored=counts)
             ctx.done(restored.as_outputs())
         except LockLost:
             # Another run holds the lock now and this job may already be failed and cleaned up (a holder paused
             # past its lock's TTL, failed by the stall check meanwhile): nobody else will drop what this delivery
             # wrote, so it drops its own staging table (only one carrying this job's id) before giving up.
-            if (properties_if_exists(spark, names.staging) or {}).get(PROP_RESTORE_JOB) == ctx.job_id:
-                drop(spark, names.staging, "TABLE")
+            if (properties_if_exists(spark, staging) or {}).get(PROP_RESTORE_JOB) == ctx.job_id:
+                drop(spark, staging, "TABLE")
             raise
     return {"job_id": ctx.job_id, "rows_restored": rows, "partitions_restored": len(counts)}
 
@@ -516,7 +525,8 @@ def _rename(spark: "SparkSession", src: TableName, dst: TableName) -> None:
 
 
 def _states(spark: "SparkSession", names: RestoreNames) -> tuple[dict | None, dict | None, dict | None]:
-    """Properties of (staging, target, replaced), None for a name that is free."""
+    """Properties of (staging, target, replaced), None for a name that is free (``names.staging``: the table
+    the load verified)."""
     staging, target, replaced = concurrently(lambda: properties_if_exists(spark, names.staging),
                                              lambda: properties_if_exists(spark, names.target),
                                              lambda: properties_if_exists(spark, names.replaced))
@@ -528,13 +538,16 @@ def swap_phase(ctx: PhaseContext) -> dict:
 
     Which renames are done is read from the catalog (a redelivery finds them done): staging and
     target both there → move the target aside, then rename the staging table; staging there,
-    target free → rename it; staging gone and the target ours → done already.
+    target free → rename it; staging gone and the target ours → done already.  The staging table is
+    the one the load verified (its name is in the record); the job's others (a killed delivery's) are
+    dropped once the target is ours.
     """
     res, rec = ctx.res, ctx.rec
     a = rec["args"]
-    names = names_of(rec)
     checked = Checked.read(rec)
-    Restored.read(rec)  # the load verified the staging table; a record without it must not swap
+    restored = Restored.read(rec)  # the load verified the staging table; a record without it must not swap
+    base = names_of(rec)
+    names = dataclasses.replace(base, staging=TableName.parse(restored.staging_table))
     window = None
     with res.spark().session() as spark:
         staging, target, replaced = _states(spark, names)
@@ -561,6 +574,10 @@ def swap_phase(ctx: PhaseContext) -> dict:
         if a["replace"] and replaced_now:  # the operator asked to replace a table of theirs: it goes
             ctx.commit_check()
             drop(spark, names.replaced, "TABLE")
+        others = drop_job_staging_tables(spark, base.staging, PROP_RESTORE_JOB, ctx.job_id)
+        if others:
+            log.warning("restore %s: dropped staging tables of earlier deliveries of its load: %s", ctx.job_id,
+                        ", ".join(others))
     had = checked.target_existed
     swapped = Swapped(restored_table=str(names.target), replaced_table=str(names.replaced) if had else None,
                       replaced_table_kept=bool(had and a["replace_live"]),
@@ -603,17 +620,18 @@ def discard_restore(res: Resources, rec: dict) -> None:
 
 
 def undo_unswapped(res: Resources, rec: dict) -> None:
-    """What a failed restore leaves, undone: the staging table dropped (if it is this job's), and a target the
-    swap moved aside renamed back while its name is free."""
+    """What a failed restore leaves, undone: its staging tables dropped (those carrying this job's id), and a
+    target the swap moved aside renamed back while its name is free."""
     names = names_of(rec)
     with res.spark().session() as spark:
-        staging, target, replaced = _states(spark, names)
+        target, replaced = concurrently(lambda: properties_if_exists(spark, names.target),
+                                        lambda: properties_if_exists(spark, names.replaced))
         if target is None and replaced is not None:
             _rename(spark, names.replaced, names.target)
             log.warning("restore %s failed mid-swap: %s renamed back to %s", rec["job_id"], names.replaced, names.target)
-        if staging is not None and staging.get(PROP_RESTORE_JOB) == rec["job_id"]:
-            drop(spark, names.staging, "TABLE")
-            log.info("dropped staging table %s of failed restore %s", names.staging, rec["job_id"])
+        dropped = drop_job_staging_tables(spark, names.staging, PROP_RESTORE_JOB, rec["job_id"])
+        if dropped:
+            log.info("dropped staging tables %s of failed restore %s", ", ".join(dropped), rec["job_id"])
 
 
 # -- finish --------------------------------------------------------------------------------------

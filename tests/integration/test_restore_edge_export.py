@@ -9,6 +9,7 @@ NULL (the archive writes both as an empty field), so the live side is compared w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -298,3 +299,56 @@ def test_a_fetch_woken_after_its_job_was_failed_leaves_nothing_in_the_staging_fo
         assert sink_counts(settings) == (mails + 1, tickets + 1)  # the one failure, loud once
     finally:
         mres.redis.delete(mres.locks.key("edge-export", table))
+
+
+class WorkerKilled(BaseException):
+    """Stands for a SIGKILL of the worker: raised out of the load after its rows reached the staging table, nothing
+    recorded (the phase stays ``running``); a BaseException, so that no error handler on the way records it."""
+
+
+def test_a_killed_loads_statement_still_running_on_the_server_never_reaches_the_restored_table(mres, spark, backups,
+                                                                                                monkeypatch):
+    """Found by the fault campaign's child-kill row (a partition missing from the redelivered load's table, refused
+    by the row check): a worker killed while its load's INSERT runs leaves the statement running on the server
+    beside the redelivered load.  Whatever that orphan writes (here: some rows once more, committed after the
+    redelivered load counted its table) goes to the killed delivery's own staging table, which nobody swaps; the
+    restore succeeds with exactly the archive's rows and leaves no staging table."""
+    from backup import restore_edge_export as ree
+    from backup.jobs import phase_entry
+    from backup.runner import phase
+    from tests.helpers import run_phases_inline
+
+    table, backup = backups["live"]
+    into = TableName.parse(f"{table}_orphaned")
+    sql(spark, f"DROP TABLE IF EXISTS {into.sql}")
+    job_id = ree.submit(mres, table, into=str(into), job=backup["job_id"])["job_id"]
+    killed = []
+
+    @dataclasses.dataclass(frozen=True)
+    class KilledBeforeRecording(ree.Loaded):
+        def __post_init__(self):
+            if not killed:
+                killed.append(TableName.parse(self.staging_table))
+                raise WorkerKilled()
+
+    monkeypatch.setattr(ree, "Loaded", KilledBeforeRecording)
+
+    def killed_delivery():
+        with pytest.raises(WorkerKilled), phase(mres, job_id, "load") as ctx:
+            ree.load_phase(ctx)
+        assert phase_entry(mres.jobs.get(job_id), "load")["state"] == "running"
+
+    def orphan_commits():
+        """The first delivery's statement, still running on the server, commits now: some rows again."""
+        first = killed[0]
+        sql(spark, f"INSERT INTO {first.sql} SELECT * FROM {first.sql} LIMIT 10")
+
+    done = run_phases_inline(mres, ree.DEFINITION, job_id, before={"load": killed_delivery, "swap": orphan_commits})
+    assert done["state"] == "success", done
+    expected = window_rows_sql(spark, table, backup["args"]["window"])
+    assert differences(spark, expected, f"SELECT * FROM {refreshed(spark, into).sql}") == (0, 0)
+    assert sql(spark, f"SELECT count(*) FROM {into.sql}")[0][0] == backup["outputs"]["rows"]
+    assert phase_entry(done, "load")["deliveries"] == 2
+    assert done["outputs"]["staging_table"] != str(killed[0])  # each start of the load wrote a table of its own
+    assert staging_tables(spark) == [], "a staging table was left behind"
+    sql(spark, f"DROP TABLE {into.sql}")

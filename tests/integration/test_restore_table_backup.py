@@ -396,3 +396,57 @@ def test_a_load_woken_after_its_job_was_failed_drops_its_own_staging_table(setti
         assert sink_counts(settings) == (mails + 1, tickets + 1)  # the one failure, loud once
     finally:
         res.redis.delete(res.locks.key("table-backup", table))
+
+
+class WorkerKilled(BaseException):
+    """Stands for a SIGKILL of the worker: raised out of the load after its INSERT reached the server, nothing
+    recorded (the phase stays ``running``), as a killed pool child leaves it; a BaseException, so that no
+    error handler on the way records it."""
+
+
+def test_a_killed_loads_statement_still_running_on_the_server_never_reaches_the_restored_table(settings, res, live,
+                                                                                                monkeypatch):
+    """Found by the fault campaign's child-kill row (one month restored twice, refused by the row check): a worker
+    killed while its load's INSERT runs leaves the statement running on the server beside the redelivered load.
+    Whatever that orphan writes (here: some of the rows once more, committed after the redelivered load was
+    verified, as the campaign saw) goes to the killed delivery's own staging table, which nobody swaps; the
+    restore succeeds with exactly the backup's rows and leaves no staging table."""
+    from pyspark.sql import functions as F
+    from backup.runner import phase
+
+    table = live["table"]
+    rec = rtb.submit(res, table, into=f"{DB}.orphaned")
+    job_id = rec["job_id"]
+    made, counted = [], []
+    create, count = rtb.create_staging, rtb.restored_partition_rows
+    monkeypatch.setattr(rtb, "create_staging", lambda spark, staging, *a: (made.append(staging),
+                                                                           create(spark, staging, *a))[1])
+
+    def killed_after_the_insert(*a):
+        counted.append(a)
+        if len(counted) == 1:
+            raise WorkerKilled()
+        return count(*a)
+
+    monkeypatch.setattr(rtb, "restored_partition_rows", killed_after_the_insert)
+
+    def killed_delivery():
+        with pytest.raises(WorkerKilled), phase(res, job_id, "load") as ctx:
+            rtb.load_phase(ctx)
+        assert rtb.phase_entry(res.jobs.get(job_id), "load")["state"] == "running"
+
+    def orphan_commits():
+        """The first delivery's statement, still running on the server, commits now: some rows again."""
+        first = made[0]
+        data = rtb.Checked.read(res.jobs.get(job_id)).data_table
+        with res.spark().session() as spark:
+            order = spark.table(first.sql).columns
+            spark.table(data).limit(40).select(*[F.col(f"`{c}`") for c in order]).write.insertInto(first.sql)
+
+    done = run_restore(res, job_id, before={"load": killed_delivery, "swap": orphan_commits})
+    assert done["state"] == "success", done
+    assert_same_table(settings, table, f"{DB}.orphaned", LIVE_COLUMNS, 300)
+    assert len(made) == 2 and made[0] != made[1], made  # each start of the load wrote a table of its own
+    assert rtb.phase_entry(done, "load")["deliveries"] == 2
+    assert done["outputs"]["staging_table"] == str(made[1])
+    assert tables_of(settings, "orphaned") == {"orphaned"}, "a staging table was left behind"

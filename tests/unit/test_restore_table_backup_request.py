@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from base.errors import FatalError, InvalidInput
@@ -28,6 +30,17 @@ def test_request_normalized_and_names_derived(res):
     assert (str(names.staging), str(names.replaced)) == ("mnaas.Traffic__restore_3eb1bd439947",
                                                          "mnaas.Traffic__replaced_3eb1bd439947")
     assert validate_request(res, "db.t", replace_live=True)["target"] == "db.t"
+    assert validate_request(res, "db.t", into="db." + "x" * 97)["target"] == "db." + "x" * 97  # the longest name
+
+
+def test_each_start_of_a_load_gets_a_staging_table_of_its_own():
+    from backup.staging import delivery_table, SUFFIX_LENGTH
+
+    base = restore_names("mnaas.Traffic", "_bkp", None, "db." + "x" * 97, JOB).staging
+    names = {delivery_table(base) for _ in range(50)}
+    assert len(names) == 50
+    assert all(n.db == "db" and re.fullmatch(re.escape(base.table) + "_[0-9a-f]{8}", n.table) for n in names)
+    assert all(len(n.table) == len(base.table) + SUFFIX_LENGTH <= 128 for n in names)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -46,6 +59,8 @@ def test_request_normalized_and_names_derived(res):
     ({"into": "db.x", "suffix": "_b-k"}, "invalid backup suffix"),
     ({"into": "x"}, "invalid table name 'x'"),
     ({"into": "db." + "x" * 120}, "invalid staging table name"),
+    # The base name fits (122 characters); a load delivery's own table (9 more, backup.staging) would not.
+    ({"into": "db." + "x" * 100}, "invalid staging table name"),
 ])
 def test_bad_requests(res, kwargs, message):
     with pytest.raises(InvalidInput, match=message):
