@@ -563,9 +563,40 @@ def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: 
             log.warning("count table %s or %s not found: creating it again and loading once more", staging, final)
             _ensure_tables(hive, [staging, final], again=True)
             staged, refreshed = load()
-        loaded = int(hive.query(f"SELECT count(*) FROM {final.sql} WHERE `job_id` = {sql_value(job_id)}",
-                                f"count rows of this run in {final}")[0][0])
+        loaded = counted_once(hive, final, [job_id, *(owed or {})])[job_id]
     return {"staging_rows": staged, "final_rows_added": loaded, "refresh": refreshed}
+
+
+def counted_once(hive, final: TableName, job_ids: list[str]) -> dict[str, int]:
+    """Rows of each of ``job_ids`` in ``final``, checked to hold each file once: FatalError naming the files
+    otherwise.
+
+    Why: the merge adds only rows the final table lacks, but two merges running at once both find a file
+    missing and both add it.  A worker killed during its merge does not leave one running (HiveServer2
+    closes the session of a dropped connection and cancels its statement: measured, a Spark Thrift
+    Server INSERT of 12 s never committed when its client was SIGKILLed 4 s in), yet a merge the server
+    had not cancelled yet when the redelivered one ran would count a file twice: this makes it loud
+    rather than silent (the extra rows are for an operator to remove; the alert names them).
+    Cost: the count the collect always made, with a distinct count beside it (one scan of the rows of
+    these runs); the files are listed only when the two differ."""
+    ids = ", ".join(sql_value(j) for j in job_ids)
+    # NULLs as '' (count(DISTINCT ...) skips a row with a NULL in it; a loaded row has none, and if one did, it
+    # must not read as a file counted twice)
+    key = ", ".join(f"coalesce(`{c}`, '')" for c in ("customer", "domain", "file_name", "sha256"))
+    found = {str(j): (int(rows), int(files)) for j, rows, files in hive.query(
+        f"SELECT `job_id`, count(*), count(DISTINCT {key}) FROM {final.sql} WHERE `job_id` IN ({ids}) "
+        f"GROUP BY `job_id`", f"count rows of this run in {final}")}
+    if any(rows != files for rows, files in found.values()):
+        twice = hive.query(f"SELECT `job_id`, `customer`, `domain`, `file_name`, count(*) FROM {final.sql} "
+                           f"WHERE `job_id` IN ({ids}) GROUP BY `job_id`, `customer`, `domain`, `file_name`, `sha256` "
+                           f"HAVING count(*) > 1 LIMIT 5",
+                           f"list files counted more than once in {final}")
+        extra = sum(rows - files for rows, files in found.values())
+        raise FatalError(f"{final} counts {extra} file(s) more than once for job(s) "
+                         f"{', '.join(j for j, (r, f) in found.items() if r != f)} (two merges ran at once?): "
+                         + "; ".join(f"{c}/{d}/{n} {k} times (job {j})" for j, c, d, n, k in twice)
+                         + "; delete the extra rows by hand (each file's rows are identical)")
+    return {j: found.get(j, (0, 0))[0] for j in job_ids}
 
 
 def _load(hive, staging: TableName, final: TableName, values: list[list], commit_check: Callable[[], None],

@@ -797,3 +797,34 @@ def test_a_count_rows_path_the_server_cannot_read_fails_loudly_and_loads_nothing
         assert query(settings, f"SELECT count(*) FROM {table} WHERE job_id = '{job_id}'") == [(0,)]
     listing = platform.hadoop.fs_shell("-ls", urlsplit(cfg.count_load_folder).path).stdout.decode()
     assert job_id not in listing, listing
+
+
+def test_a_file_counted_twice_by_a_merge_running_beside_the_collects_fails_loudly(settings, res, cfg, platform,
+                                                                                  monkeypatch):
+    """Two merges running at once (a killed collect's statement the server had not cancelled yet, beside the
+    redelivered collect's) both find a file missing from the final table and both add it.  The collect counts
+    its rows and distinct files in the final table after the merge: a file counted twice is a FatalError naming
+    it (loud, once), not a success with a wrong count."""
+    reset(res, cfg, settings)
+    job_id = "d0d0" + os.urandom(14).hex()
+    rows = _count_rows(12, job_id)
+    merge = wf._load_from_file
+
+    def merged_beside_another(res_, hive, staging, final, *a):
+        out = merge(res_, hive, staging, final, *a)
+        # the other merge's rows land: one of the files added again, as the other merge's anti-join missed it
+        hive.execute(f"INSERT INTO TABLE {final.sql} SELECT * FROM {final.sql} WHERE `job_id` = '{job_id}' "
+                     f"AND `file_name` LIKE 'f00002 %'", "the other merge")
+        return out
+
+    monkeypatch.setattr(wf, "_load_from_file", merged_beside_another)
+    with pytest.raises(FatalError) as e:
+        wf.load_into_hive(res, rows, job_id, lambda: None)
+    assert str(e.value).startswith(f"{cfg.final_table} counts 1 file(s) more than once for job(s) {job_id}")
+    assert "alpha/traffic/f00002 ${env:HOME} 2 times" in str(e.value)
+    monkeypatch.undo()
+    # Nothing was wrong with a run whose files are each counted once: the same check passes on the next load.
+    other = "d1d1" + os.urandom(14).hex()
+    fresh = [dict(r, file=f"next {r['file']}") for r in _count_rows(6, other)]
+    out = wf.load_into_hive(res, fresh, other, lambda: None)
+    assert out["final_rows_added"] == len([r for r in fresh if r["status"] in wf.LOADED_STATUSES]) == 4
