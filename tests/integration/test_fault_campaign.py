@@ -3,9 +3,10 @@
 ``make faults`` runs the full campaign (20 trials a kind, outages up to 90 s);
 here each kind runs once with outages of at most 15 s, and its row must meet
 the campaign's targets: nothing lost, duplicated or half-written, one alert per
-failed episode and none for a recovered run.  One restore trial, and one trial of each HDFS kind (a DataNode or
-the NameNode stopped under customer-files with acme's primary on HDFS), run with the HDFS scenarios of
-``make faults`` (marker ``faults``): each costs minutes, more than ``make test`` has to spare.
+failed episode and none for a recovered run.  One restore trial, one trial of each HDFS kind (a DataNode or
+the NameNode stopped under customer-files with acme's primary on HDFS), the YARN kind and the Spark JVM
+restart run with the HDFS scenarios of ``make faults`` (marker ``faults``): each costs minutes, more than
+``make test`` has to spare.
 """
 
 from __future__ import annotations
@@ -73,4 +74,18 @@ def test_one_yarn_trial_meets_the_targets(platform, kind):
         killed = [a for a in campaign.yarn_apps("KILLED") if a["startedTime"] >= began_ms]  # this trial's
         row = summarize(kind, [verdict], "table-backup")
     assert campaign.settings.spark.remote == "yarn" and killed, json.dumps(row)
+    assert meets_targets(row), json.dumps(row)
+
+
+@pytest.mark.faults  # kills the session platform's Spark JVM (about two minutes until it answers again): make faults
+def test_one_spark_restart_trial_meets_the_targets(platform):
+    """The Spark JVM (HiveServer2 and Spark Connect, one process) SIGKILLed at a random moment of a table-backup
+    run and started again: the run recovers or fails loudly once, and a reader querying the previous backup
+    all along never sees a partial, empty or doubled table, nor an error other than a connection-level one
+    while the server is down (``Reader``).  The session's platform is this session's own: the campaign may
+    kill its JVM."""
+    with Campaign(dict(TEST_CONFIG), STATE / "faults-spark", 6700 + PORT_OFFSET, seed=7, max_outage=15,
+                  workflows=("table-backup",), spark_restart=True, own_platform=True) as campaign:
+        row = summarize("spark_restart", [campaign.trial("spark_restart")], "table-backup")
+    assert row["reader"]["answers"] > 0 and row["reader"]["violations"] == [], json.dumps(row)
     assert meets_targets(row), json.dumps(row)
