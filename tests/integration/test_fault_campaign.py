@@ -5,8 +5,8 @@ here each kind runs once with outages of at most 15 s, and its row must meet
 the campaign's targets: nothing lost, duplicated or half-written, one alert per
 failed episode and none for a recovered run.  One restore trial, one trial of each HDFS kind (a DataNode or
 the NameNode stopped under customer-files with acme's primary on HDFS), the YARN kind and the Spark JVM
-restart run with the HDFS scenarios of ``make faults`` (marker ``faults``): each costs minutes, more than
-``make test`` has to spare.
+restart run with the HDFS scenarios in ``make fault-trials`` (marker ``faults``; ``.ci/run`` runs it after
+``make test``, and ``make faults`` before its campaign): each costs minutes, more than ``make test`` has to spare.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_one_trial_meets_the_targets(campaign, kind):
     assert meets_targets(row), json.dumps(row)
 
 
-@pytest.mark.faults  # about 3 minutes (a campaign of its own: an edge-export and a restore to calibrate): make faults
+@pytest.mark.faults  # about 2 minutes (a campaign of its own: an edge-export and a restore): make fault-trials
 def test_one_restore_trial_meets_the_targets(platform):
     """The restores' rows stay alive with one trial of one kind (each restore trial costs Spark runs): the whole
     worker SIGKILLed at a random moment of a restore-edge-export, the restore that crosses the most systems (the
@@ -45,7 +45,7 @@ def test_one_restore_trial_meets_the_targets(platform):
     assert meets_targets(row), json.dumps(row)
 
 
-@pytest.mark.faults  # a customer-files campaign of its own on the session's HDFS (two to four minutes): make faults
+@pytest.mark.faults  # customer-files on the session's HDFS, a campaign of its own (about a minute): make fault-trials
 @pytest.mark.parametrize("kind", HDFS_KINDS)
 def test_one_hdfs_trial_meets_the_targets(platform, kind):
     """A DataNode or the NameNode stopped (5-15 s) at a random moment of a customer-files run whose acme primary is
@@ -61,7 +61,7 @@ def test_one_hdfs_trial_meets_the_targets(platform, kind):
     assert meets_targets(row), json.dumps(row)
 
 
-@pytest.mark.faults  # table-backup on YARN: every phase a spark-submit application (minutes a run): make faults
+@pytest.mark.faults  # table-backup on YARN: every phase a spark-submit application (minutes a run): make fault-trials
 @pytest.mark.parametrize("kind", YARN_KINDS)
 def test_one_yarn_trial_meets_the_targets(platform, kind):
     """A running YARN application of a table-backup run (spark-submit, cluster mode) killed through the
@@ -77,7 +77,7 @@ def test_one_yarn_trial_meets_the_targets(platform, kind):
     assert meets_targets(row), json.dumps(row)
 
 
-@pytest.mark.faults  # kills the session platform's Spark JVM (about two minutes until it answers again): make faults
+@pytest.mark.faults  # kills the session platform's Spark JVM (its restart: a minute or two): make fault-trials
 def test_one_spark_restart_trial_meets_the_targets(platform):
     """The Spark JVM (HiveServer2 and Spark Connect, one process) SIGKILLed at a random moment of a table-backup
     run and started again: the run recovers or fails loudly once, and a reader querying the previous backup

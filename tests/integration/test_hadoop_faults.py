@@ -25,7 +25,7 @@ from tests.helpers import enqueue, hdfs, sink_counts, wait_job, wait_until
 from tests.integration.test_customer_files import _lines, own_config
 from tests.integration.test_hadoop import USER
 
-# Six minutes of HDFS daemons stopped and restarted: make faults runs them (make test stays under 25 minutes).
+# Minutes of HDFS daemons stopped and restarted: make fault-trials runs them (make test stays under 25 minutes).
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 TASK = "backup.customer_files"
