@@ -22,10 +22,11 @@ lock → check → fetch → load → swap → cleanup → finish.
   own), made ``LIKE`` the live table, filled from the archive with Spark's CSV reader (FAILFAST,
   the archive's dialect), then counted: the rows must equal the archive's ``rows``; the record
   names the table counted.
-* swap (Spark): that staging table renamed to the target; the job's other staging tables dropped.  When the target exists (``--replace``,
-  ``--replace-live``) it is first renamed to ``<target>__replaced_<tag>``; the two renames are two
-  metastore calls back to back (see docs/restore-edge-export.md for what readers see).  With
-  ``--replace-live`` the previous live table is kept under that name; ``--replace`` drops it.
+* swap (Spark): that staging table renamed to the target; the job's other staging tables dropped.  When
+  the target exists (``--replace``, ``--replace-live``) it is first renamed to
+  ``<target>__replaced_<tag>``; the two renames are two metastore calls back to back (see
+  docs/restore-edge-export.md for what readers see).  With ``--replace-live`` the previous live table is
+  kept under that name; ``--replace`` drops it.
 * cleanup: the fetched archive is removed; finish records success and frees the lock.
 
 A failure drops this job's staging tables, puts a live table renamed away back in place, and

@@ -32,14 +32,15 @@ Names, for the live table ``db.t``, the default suffix ``_bkp``, the target ``db
   expected counts.  A mismatch fails the job; the failure cleanup drops the job's staging tables.  The
   job records the name of the table it verified: a killed delivery's statement that goes on running on
   the server writes only its own table, which nobody swaps.
-* swap gives the verified staging table the target's name, then drops the job's other staging tables.  A free target: one rename, readers see no
-  table, then the whole restored one.  An existing target: two renames, target → ``__replaced_<tag>``,
-  then staging → target, with nothing in between; for that moment (measured: ``unavailable_seconds``)
-  the name does not resolve, never to a partial table.  docs/restore-table-backup.md says what a reader
-  can see.  A failure between the two renames puts the old table back (here, or else in the failure cleanup).
+* swap gives the verified staging table the target's name, then drops the job's other staging tables.  A
+  free target: one rename, readers see no table, then the whole restored one.  An existing target: two
+  renames, target → ``__replaced_<tag>``, then staging → target, with nothing in between; for that moment
+  (measured: ``unavailable_seconds``) the name does not resolve, never to a partial table.
+  docs/restore-table-backup.md says what a reader can see.  A failure between the two renames puts the old
+  table back (here, or else in the failure cleanup).
 * finish records success and releases the lock.
 
-Every phase is safe to run twice: a load writes a new staging table of the job's (named per delivery),
+Every phase is safe to run twice: a load writes a new staging table of the job's (one per start),
 the swap reads the catalog to know which of its renames are done (the tables it made
 carry ``PROP_RESTORE_JOB``).  Spark state never crosses a phase.
 """
