@@ -126,8 +126,9 @@ bench: up
 
 # The tests marked faults, on a test session's own platform (9 m 32 s after make test in CI): one trial of each kind
 # make test has no room for (a restore under a worker SIGKILL, a DataNode and the NameNode stopped, a YARN
-# application killed, the Spark JVM restarted) and the scripted HDFS scenarios (DataNode, NameNode, safe mode,
-# permissions).  .ci/run runs it after make test, so CI keeps every fault kind alive; needs root (tmpfs, iptables).
+# application killed, the Spark JVM restarted), the scripted HDFS scenarios (DataNode, NameNode, safe mode,
+# permissions) and the YARN cluster-mode backup with one application killed.  .ci/run runs it after make test, so
+# CI keeps every fault kind alive; needs root (tmpfs, iptables).
 fault-trials: deps venv
 	$(PY) -m pytest -q -p no:cacheprovider --durations=20 -m faults tests
 

@@ -81,6 +81,9 @@ def yarn_worker(platform, yarn_config):
     w.stop()
 
 
+# A YARN application killed is a fault scenario, and the slowest test of the suite (72-81 s): it runs in
+# make fault-trials, which .ci/run runs after make test (make test stays under 25 minutes).
+@pytest.mark.faults
 def test_cluster_mode_backup_runs_each_phase_as_a_yarn_application_and_survives_one_killed(
         settings, platform, home, yarn_worker, yarn_config):
     """The seed's production command end to end; the first application is killed through the RM REST API
