@@ -9,12 +9,14 @@ destination.  Then each destination checks its copies in one batch, still at the
 names: on HDFS against the cluster's file checksum where it can be matched (no data read back);
 on SFTP by the server's own SHA-256 (computed in-stream for a large file, ``sha256sum`` in one
 batch for small ones); a copy this pass wrote to a local folder by the SHA-256 of the very bytes
-handed to ``write``, its fsync and its size (read back only with ``Destination.read_back_local``);
+handed to ``write``, its sync to disk and its size (read back only with ``Destination.read_back_local``);
 anything else by SHA-256 read back.  Only a verified copy is renamed to its final name; a
 damaged one is deleted at its temporary name, so no final name ever holds a copy that failed
-verification.  Every file is fsynced before its rename; the folders a batch renamed into are
-fsynced once at the end of the batch (``defer_folder_syncs``), before ``copy_files`` returns: a
-result is only ever handed out for a durable copy.  A copy is never overwritten: an identical
+verification.  Every file is durable before its rename: a local folder's new files of a batch are
+made so by one ``syncfs`` per file system once all are written (``defer_syncs``, ``sync_written``;
+an fsync per file where there is no ``syncfs``), and the folders the batch renamed into the same
+way at its end (``sync_folders``), before ``copy_files`` returns: a result is only ever handed out
+for a durable copy.  A copy is never overwritten: an identical
 file already there is verified (read back) and reported ``present``, a different one fails the
 file and is left alone.
 
@@ -137,7 +139,7 @@ class _Feed:
 
     def _run(self) -> None:
         try:
-            self.outcome = self.backend.write_temp(self.path, self._chunks())
+            self.outcome = self.backend.write_temp(self.path, self._chunks(), looked=True)
         except BaseException as e:  # handed to the reading thread as this destination's outcome
             self.outcome = e
             while not self._ended:  # keep taking chunks so the reader never blocks on us
@@ -158,7 +160,7 @@ class _Written:
 
     def __init__(self, backend: StorageBackend, path: str, data: bytes) -> None:
         try:
-            self.outcome: FileStat | BaseException = backend.write_temp(path, [data])
+            self.outcome: FileStat | BaseException = backend.write_temp(path, [data], looked=True)
         except Exception as e:  # classified by the caller, as a writer thread's failure is
             self.outcome = e
 
@@ -394,13 +396,13 @@ def _verify(transfers: list[_Transfer], dest: Destination) -> None:
     sizes_ok = _verify_by_file_checksum(sizes_ok, dest)
     sizes_ok = _verify_by_server_hash(sizes_ok, dest)
     if not dest.read_back_local and dest.backend.scheme == "file":
-        # Written by this pass: the bytes handed to write() were hashed as they went, the file was fsynced,
+        # Written by this pass: the bytes handed to write() were hashed as they went, the file was synced,
         # and its size is right; reading it back from the page cache proves little more.
         # A file found there (someone else's, or an earlier run's) is still read back.
         for t in sizes_ok:
             if dest.role in t.written:
                 t.states[dest.role] = "copied"
-                t.result.setdefault("verified_by", {})[dest.role] = "sha256 of the bytes written, fsync, size"
+                t.result.setdefault("verified_by", {})[dest.role] = "sha256 of the bytes written, synced, size"
         sizes_ok = [t for t in sizes_ok if dest.role not in t.written]
     mine = sizes_ok
     try:
@@ -449,7 +451,25 @@ def _publish(transfers: list[_Transfer], dest: Destination) -> None:
             t.failed(f"{dest.role}: {dest.fail(e)}", e)
 
 
+def _sync_written(transfers: list[_Transfer], dest: Destination) -> None:
+    """Make the copies this pass wrote to ``dest`` durable before any is published (``defer_syncs``); if that
+    fails, each of them fails here and its temp file is removed."""
+    try:
+        dest.backend.sync_written()
+    except BackupError as e:
+        line = dest.fail(e)
+        for t in transfers:
+            if dest.role in t.written and dest.role in t.targets:
+                t.states[dest.role] = "failed"
+                t.failed(f"{dest.role}: {line}", e)
+                _discard(dest.backend, t.found[dest.role].path)
+                t.discarded.add(dest.role)
+                del t.targets[dest.role]
+
+
 def _verify_and_publish(transfers: list[_Transfer], dest: Destination) -> None:
+    if dest.backend is not None and not dest.down:
+        _sync_written(transfers, dest)
     _verify(transfers, dest)
     _publish(transfers, dest)
 
@@ -460,15 +480,25 @@ def copy_files(items: list[dict], source_of: Callable[[dict], StorageBackend], d
     and the renames of the verified ones; results, never raises."""
     sources = [source_of(item) for item in items]
     live = [d for d in dests if d.backend is not None and not d.down]
-    for dest in live:  # a local folder is fsynced once for the batch below, not after every file's rename
-        dest.backend.defer_folder_syncs()
+    for dest in live:  # local copies and folders are synced once per file system for the batch, not one by one
+        dest.backend.defer_syncs()
     transfers: list[_Transfer] = []
     try:
-        # Several files at once: one file's fsync overlaps the next one's read and writes.
-        with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items)), thread_name_prefix="transfer") as pool:
-            transfers = list(pool.map(lambda item, source: _transfer(item, source, dests, on_bytes), items, sources))
-        with ThreadPoolExecutor(max_workers=len(dests), thread_name_prefix="verify") as pool:
-            list(pool.map(lambda dest: _verify_and_publish(transfers, dest), dests))
+        # A local source is read from the page cache (small files are usually read soon after they arrived).
+        if any(d.backend.writes_wait for d in live) or any(source.scheme != "file" for source in sources):
+            # Several files at once: one file's round trips or fsync overlap the next one's read and writes.
+            with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items)),
+                                    thread_name_prefix="transfer") as pool:
+                transfers = list(pool.map(lambda item, source: _transfer(item, source, dests, on_bytes),
+                                          items, sources))
+            with ThreadPoolExecutor(max_workers=len(dests), thread_name_prefix="verify") as pool:
+                list(pool.map(lambda dest: _verify_and_publish(transfers, dest), dests))
+        else:
+            # Nothing to wait for (local folders synced once per batch): more threads only fight over the GIL
+            # (measured: 0.41 ms of CPU per small file copied twice in this thread, 0.61 ms with four).
+            transfers = [_transfer(item, source, dests, on_bytes) for item, source in zip(items, sources)]
+            for dest in dests:
+                _verify_and_publish(transfers, dest)
     finally:
         unsynced = {}
         for dest in live:

@@ -149,12 +149,23 @@ class StorageBackend(abc.ABC):
         """Write a new file at ``path`` from ``chunks``, failing if it exists; the SHA-256 the storage itself
         computed of what it wrote, where it does (an SFTP server hashing in-stream), else None."""
 
-    def defer_folder_syncs(self) -> None:
-        """From now until ``sync_folders``, a rename may leave making its folder's entry durable to that call
-        (local folders: one folder fsync per folder instead of one per file).  Default: nothing is deferred."""
+    @property
+    def writes_wait(self) -> bool:
+        """Whether writing one file here waits on something other than this process's CPU (a network round trip,
+        an fsync), so that several files in flight at once pay; True unless a backend knows better."""
+        return True
+
+    def defer_syncs(self) -> None:
+        """From now until ``sync_folders``, a new file may leave making its data durable to ``sync_written``
+        and a rename its folder's entry to ``sync_folders`` (local folders: one sync per file system instead of
+        one fsync per file and per folder).  Default: nothing is deferred."""
+
+    def sync_written(self) -> None:
+        """Make every file written since ``defer_syncs`` durable; call it before publishing any of them.
+        A no-op by default (a backend that does not defer has made each file durable as it wrote it)."""
 
     def sync_folders(self) -> None:
-        """Make every rename since ``defer_folder_syncs`` durable and stop deferring; a no-op by default."""
+        """Make every rename since ``defer_syncs`` durable and stop deferring; a no-op by default."""
 
     def close(self) -> None:
         """Release connections; the backend is unusable afterwards."""
@@ -220,15 +231,18 @@ class StorageBackend(abc.ABC):
             raise NotFound(f"{self.uri(path)} vanished right after it was written")
         return written
 
-    def write_temp(self, path: str, chunks: Iterable[bytes], *, overwrite: bool = False) -> FileStat:
+    def write_temp(self, path: str, chunks: Iterable[bytes], *, overwrite: bool = False,
+                   looked: bool = False) -> FileStat:
         """Write ``chunks`` to a fresh temporary sibling of ``path``; its FileStat (``.path`` is the temp name).
 
         The first half of ``write_atomic``, for a caller that checks the copy before it gets its
         final name (the copy engine verifies it there, then calls ``publish``, or ``delete`` on a
         mismatch).  The folder must exist; AlreadyExists if ``path`` exists and not ``overwrite``.
-        On any failure the temporary file is removed.  Costs the write and one stat.
+        On any failure the temporary file is removed.  Costs the write and three stats; ``looked``: the
+        caller has just made the folder and found nothing at ``path``, and those two stats are skipped
+        (``publish`` still never replaces a file that appeared meanwhile).
         """
-        temp, digest = self._write_temp(self._checked(path), chunks, overwrite)
+        temp, digest = self._write_temp(self._checked(path), chunks, overwrite, looked)
         try:
             written = self.stat(temp)
         except BaseException:
@@ -238,16 +252,18 @@ class StorageBackend(abc.ABC):
             raise NotFound(f"{self.uri(temp)} vanished right after it was written")
         return dataclasses.replace(written, sha256=digest) if digest else written
 
-    def _write_temp(self, path: str, chunks: Iterable[bytes], overwrite: bool) -> tuple[str, str | None]:
+    def _write_temp(self, path: str, chunks: Iterable[bytes], overwrite: bool,
+                    looked: bool = False) -> tuple[str, str | None]:
         """The temporary sibling of ``path`` written from ``chunks`` (removed on failure), and the storage's own
-        SHA-256 of it if it computed one while writing."""
+        SHA-256 of it if it computed one while writing; ``looked``: see ``write_temp``."""
         folder, name = posixpath.split(path)
         if not name:
             raise InvalidInput(f"{self.uri(path)} names no file")
-        self._require_folder(folder or ".")
+        if not looked:
+            self._require_folder(folder or ".")
         # Fail before streaming what may be gigabytes; rename() in publish is what
         # actually guarantees that an existing file is never replaced.
-        if not overwrite and self.stat(path) is not None:
+        if not overwrite and not looked and self.stat(path) is not None:
             raise AlreadyExists(f"{self.uri(path)} already exists")
         if isinstance(chunks, (bytes, bytearray, memoryview)):
             chunks = [chunks]

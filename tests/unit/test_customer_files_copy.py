@@ -16,7 +16,7 @@ from backup import customer_files as wf
 from backup.copy_engine import Destination, copy_file
 from backup.customer_files import flag
 from backup.records import RecordCounter, count_records
-from base.errors import ConnectionFailed
+from base.errors import ConnectionFailed, classify
 from config.settings import Settings
 from connectors.hive import sql_value
 from storage.base import READ_CHUNK, is_temp_name
@@ -350,8 +350,8 @@ def test_local_copies_are_not_read_back_unless_asked(tmp_path):
     result = copy_file(item, LocalBackend(), dests, lambda n: None)
     assert result["status"] == "copied", result
     assert counting[0].opened == counting[1].opened == [], "a copy just written was read back"
-    assert result["verified_by"] == {"primary": "sha256 of the bytes written, fsync, size",
-                                     "secondary": "sha256 of the bytes written, fsync, size"}
+    assert result["verified_by"] == {"primary": "sha256 of the bytes written, synced, size",
+                                     "secondary": "sha256 of the bytes written, synced, size"}
     again = copy_file(item, LocalBackend(), dests, lambda n: None)  # both copies there now: checked, not trusted
     assert again["status"] == "present"
     assert len(counting[0].opened) == len(counting[1].opened) == 1
@@ -424,22 +424,86 @@ def _batch(tmp_path, n):
     return items, dests
 
 
-def test_a_batch_fsyncs_each_destination_folder_once_before_it_returns(tmp_path, monkeypatch):
-    """Each file is fsynced before its rename; the folder entries of a whole batch with one folder fsync each."""
+def _finals(folder) -> list[str]:
+    """The files under their final names in ``folder`` (temporary copies left out)."""
+    from storage.base import is_temp_name
+
+    return sorted(p.name for p in folder.iterdir() if not is_temp_name(p.name))
+
+
+def test_a_batch_syncs_each_file_system_once_before_its_renames_and_once_after(tmp_path, monkeypatch):
+    """No file is fsynced one by one: one syncfs per destination makes every new copy durable before the first
+    rename, and one more the renamed names before copy_files returns."""
     from backup.copy_engine import copy_files
     from storage import local
 
+    if local._SYNCFS is None:
+        pytest.fail("this C library has no syncfs(2): the platform this project runs on (Linux) has it")
     items, dests = _batch(tmp_path, 10)
-    synced = []
-    real = local._fsync_dir
+    calls, fsynced = [], []
+    real_syncfs, real_fsync = local._syncfs, os.fsync
+    folders = {"primary": tmp_path / "primary" / "traffic", "secondary": tmp_path / "edge" / "traffic"}
+
+    def syncfs(fd, what):
+        role = next(r for r, f in folders.items() if os.readlink(f"/proc/self/fd/{fd}").startswith(str(f)))
+        calls.append((role, what, len(_finals(folders[role]))))
+        real_syncfs(fd, what)
+    monkeypatch.setattr(local, "_syncfs", syncfs)
+    monkeypatch.setattr(local.os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
+    results = copy_files(items, lambda _: LocalBackend(), dests, lambda n: None)
+    assert [r["status"] for r in results] == ["copied"] * 10
+    assert fsynced == [], "copies or folders were fsynced one by one"
+    for role in folders:  # per destination: before its first rename (no final name yet), after its last one
+        assert [(what, finals) for r, what, finals in calls if r == role] == \
+            [("sync the new files", 0), (f"sync folder {folders[role]}", 10)], calls
+    assert dests[0].backend._deferred is None and dests[0].backend._unsynced is None  # deferring ends with the batch
+    dests[0].backend.write_atomic(str(folders["primary"] / "alone.csv"), [b"x\n"])  # one file alone: fsynced at once
+    assert len(fsynced) == 2  # the file, then its folder
+
+
+def test_without_syncfs_each_copy_is_fsynced_and_each_folder_once(tmp_path, monkeypatch):
+    """Where the C library has no syncfs: each file is fsynced before its rename, the folder entries of the
+    whole batch with one folder fsync each."""
+    from backup.copy_engine import copy_files
+    from storage import local
+
+    monkeypatch.setattr(local, "_SYNCFS", None)
+    items, dests = _batch(tmp_path, 10)
+    synced, fsynced = [], []
+    real, real_fsync = local._fsync_dir, os.fsync
     monkeypatch.setattr(local, "_fsync_dir", lambda folder: synced.append(folder) or real(folder))
+    monkeypatch.setattr(local.os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
     results = copy_files(items, lambda _: LocalBackend(), dests, lambda n: None)
     assert [r["status"] for r in results] == ["copied"] * 10
     assert sorted(synced) == sorted([str(tmp_path / "primary" / "traffic"), str(tmp_path / "edge" / "traffic")])
+    assert len(fsynced) == 20 + 2  # each copy, then each folder
     assert dests[0].backend._deferred is None  # single renames sync at once again
     dests[0].backend.rename(str(tmp_path / "primary" / "traffic" / "traffic_0.csv"),
                             str(tmp_path / "primary" / "traffic" / "moved.csv"))
     assert synced[-1] == str(tmp_path / "primary" / "traffic")
+
+
+def test_new_copies_that_cannot_be_synced_fail_and_are_never_published(tmp_path, monkeypatch):
+    """A write-back error reported by the batch's syncfs fails every copy written there; none gets its final
+    name, none is left at its temporary one; the other destination's copies are unaffected on disk."""
+    from backup.copy_engine import copy_files
+    from storage import local
+
+    items, dests = _batch(tmp_path, 3)
+    real = local._syncfs
+
+    def syncfs(fd, what):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path / "edge")) and what == "sync the new files":
+            raise classify(OSError(5, "Input/output error"), what)
+        real(fd, what)
+    monkeypatch.setattr(local, "_syncfs", syncfs)
+    results = copy_files(items, lambda _: LocalBackend(), dests, lambda n: None)
+    for result in results:
+        assert result["status"] == "failed"
+        assert result["error"].startswith("secondary: ") and "sync the new files" in result["error"], result["error"]
+        assert result["retryable"] is False, result  # EIO is of the fatal family (base.errors): a disk to look at
+    assert list((tmp_path / "edge" / "traffic").iterdir()) == []
+    assert _finals(tmp_path / "primary" / "traffic") == ["traffic_0.csv", "traffic_1.csv", "traffic_2.csv"]
 
 
 def test_a_folder_that_cannot_be_synced_fails_its_copies(tmp_path, monkeypatch):
@@ -447,13 +511,13 @@ def test_a_folder_that_cannot_be_synced_fails_its_copies(tmp_path, monkeypatch):
     from storage import local
 
     items, dests = _batch(tmp_path, 3)
-    real = local._fsync_dir
+    real = local._syncfs
 
-    def fsync_dir(folder):
-        if folder.startswith(str(tmp_path / "edge")):
-            raise OSError(5, "Input/output error")
-        real(folder)
-    monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
+    def syncfs(fd, what):
+        if what.startswith(f"sync folder {tmp_path / 'edge'}"):
+            raise classify(OSError(5, "Input/output error"), what)
+        real(fd, what)
+    monkeypatch.setattr(local, "_syncfs", syncfs)
     results = copy_files(items, lambda _: LocalBackend(), dests, lambda n: None)
     for result in results:
         assert result["status"] == "failed"

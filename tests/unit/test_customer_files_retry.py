@@ -48,7 +48,7 @@ def _item(tmp_path, data: bytes = b"a;1\nb;2\n"):
 class ResettingLocal(LocalBackend):
     """A destination whose every write is cut like a dropped connection."""
 
-    def write_temp(self, path, chunks, *, overwrite=False):
+    def write_temp(self, path, chunks, *, overwrite=False, looked=False):
         raise ConnectionResetError(104, "Connection reset by peer")
 
 
@@ -110,12 +110,12 @@ def run(tmp_path, redis_client, monkeypatch):
     outage = {"on": True, "writes": 0}
     real = LocalBackend.write_temp
 
-    def write_temp(self, path, chunks, *, overwrite=False):
+    def write_temp(self, path, chunks, *, overwrite=False, looked=False):
         if str(path).startswith(str(secondary)):
             outage["writes"] += 1
             if outage["on"]:
                 raise ConnectionResetError(104, "Connection reset by peer")
-        return real(self, path, chunks, overwrite=overwrite)
+        return real(self, path, chunks, overwrite=overwrite, looked=looked)
     monkeypatch.setattr(LocalBackend, "write_temp", write_temp)
 
     def make(retry: dict):
