@@ -389,9 +389,11 @@ def _verify(transfers: list[_Transfer], dest: Destination) -> None:
     mine = [t for t in transfers if dest.role in t.targets]
     if not mine:
         return
-    sizes_ok = [t for t in mine if t.found[dest.role].size == t.result["bytes"]]
+    sizes_ok = []
     for t in mine:
-        if t not in sizes_ok:
+        if t.found[dest.role].size == t.result["bytes"]:
+            sizes_ok.append(t)
+        else:
             _mismatch(t, dest, f"{t.found[dest.role].size} bytes instead of {t.result['bytes']}")
     sizes_ok = _verify_by_file_checksum(sizes_ok, dest)
     sizes_ok = _verify_by_server_hash(sizes_ok, dest)
