@@ -31,7 +31,7 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -484,8 +484,9 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
     with open(tmp, "w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(MANIFEST_COLUMNS)
-        for row in rows:
-            writer.writerow(["" if row.get(c) is None else csv_cell(row[c]) for c in MANIFEST_COLUMNS])
+        # None is written as an empty cell by the csv module itself
+        writer.writerows([csv_cell(v) if v.__class__ is str else v for v in map(row.get, MANIFEST_COLUMNS)]
+                         for row in rows)
         out.flush()
         os.fsync(out.fileno())
     tmp.replace(path)
@@ -660,8 +661,7 @@ def _load_from_file(res: Resources, hive, staging: TableName, final: TableName, 
     names = [column for column, _ in TABLE_COLUMNS]
     # Control characters as spaces, as a VALUES literal has always stored them (``sql_value``): one table whichever
     # way it was loaded.
-    body = "".join(json.dumps({name: CONTROL_CHARS.sub(" ", v) if isinstance(v, str) else v
-                               for name, v in zip(names, row)}) + "\n" for row in values).encode()
+    body = "".join(_json_line(names, row) for row in values).encode()
     backend.mkdir(folder)
     backend.delete(path)  # a redelivered collect's file, or nothing
     written = backend.write_temp(path, [body])
@@ -692,6 +692,14 @@ def _load_from_file(res: Resources, hive, staging: TableName, final: TableName, 
     return staged, "not needed (Spark refreshes a table it writes)"
 
 
+def _json_line(names: list[str], row: list) -> str:
+    """One row of the count rows file: a JSON object and a newline, control characters as spaces."""
+    line = json.dumps(dict(zip(names, row)))
+    if "\\" in line:  # an escape, maybe of a control character (rare: most rows have none): clean and encode again
+        line = json.dumps({name: CONTROL_CHARS.sub(" ", v) if isinstance(v, str) else v for name, v in zip(names, row)})
+    return line + "\n"
+
+
 def collect_phase(ctx: PhaseContext) -> dict:
     """The chord's body: manifest CSV → Hive staging → final count table; totals per customer."""
     res, rec = ctx.res, ctx.rec
@@ -714,8 +722,11 @@ def collect_phase(ctx: PhaseContext) -> dict:
     counts_loaded(res, [ctx.job_id, *owed, *expired])
     errors = customer_errors(res, ctx.job_id)
     customers = Discovered.read(rec).customers  # discover's counts, completed here with the copies'
+    rows_of = defaultdict(list)
+    for row in rows:
+        rows_of[row["customer"]].append(row)
     for customer in cfg.customers:
-        counts = summarize(r for r in rows if r["customer"] == customer)
+        counts = summarize(rows_of[customer])
         entry = customers.setdefault(customer, {})
         entry.update({k: counts[k] for k in ("copied", "present", "failed", "bytes", "records")})
         entry["skipped"] = sum(entry.get(k, 0) for k in ("unchanged", "settling", "deferred"))

@@ -132,7 +132,11 @@ def load_results(res: Resources, job_id: str, customer: str) -> dict[str, dict]:
     """Per-file results recorded so far for one customer, by plan key."""
     with _redis_errors("read results"):
         raw = res.redis.hgetall(_key(res, "results", job_id, customer))
-    return {k.decode(): json.loads(v) for k, v in raw.items()}
+    # One decode of them all (as one JSON array): a call per result cost most of a 50,000-file collect's reading.
+    decoded = json.loads(b"[" + b",".join(raw.values()) + b"]")
+    if len(decoded) != len(raw):  # an entry holding more than one value (changed by hand): decoded one by one
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+    return dict(zip((k.decode() for k in raw), decoded))
 
 
 def save_result(res: Resources, job_id: str, customer: str, key: str, result: dict) -> None:

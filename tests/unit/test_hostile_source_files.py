@@ -9,6 +9,7 @@ the manifest rows, which ``manifest_rows`` builds from the plan and the per-file
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 import uuid
@@ -183,3 +184,25 @@ def test_a_plan_changed_in_redis_never_picks_what_is_read(tree):
     assert all("the plan was changed" in r["error"] for r in rows[1:])
     copied = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and "manifests" not in p.parts]
     assert sorted(p.name for p in copied) == ["traffic_g.csv", "traffic_g.csv"]
+
+
+def test_a_result_changed_in_redis_to_hold_two_never_shifts_the_others(tree):
+    """The results are read back in one decode (all entries as one JSON array): an entry changed by hand to hold two
+    values must not move every later result onto the wrong file; it is refused as before, naming the extra data."""
+    from backup.customer_files.ledger import _key, load_results
+
+    res, tmp_path = tree
+    job_id = uuid.uuid4().hex
+    cf.submit(res, job_id=job_id)
+    for name in ("lock", "discover"):
+        with phase(res, job_id, name) as ctx:
+            cf.DEFINITION.phase(name).run(ctx)
+    with phase(res, job_id, "copy:alpha") as ctx:
+        cf.copy_customer(ctx, "alpha")
+    results = load_results(res, job_id, "alpha")
+    assert len(results) >= 2 and all(r["file"] in key for key, r in results.items())
+    first = next(iter(results))
+    res.redis.hset(_key(res, "results", job_id, "alpha"), first,
+                   json.dumps(results[first]) + "," + json.dumps({**results[first], "file": "shifted.csv"}))
+    with pytest.raises(json.JSONDecodeError, match="Extra data"):
+        load_results(res, job_id, "alpha")
