@@ -4,8 +4,8 @@ The same file set (default 2,000 files, about 2 GB, 20 customers x 4 domains) is
 folders by
   * baseline: one bash loop doing, per file, ``cp`` to each destination, ``wc -l`` and ``sha256sum``;
   * workflow: ``backup.customer_files`` on a real worker (one process per core): lock, discover, one copy
-    task per customer (one read per file feeding both copies, the count and the hash; fsync; each copy
-    read back and verified), manifest, Hive load, flag.
+    task per customer (one read per file feeding both copies, the count and the hash; the copies made
+    durable by one syncfs per batch and verified by that hash and their size), manifest, Hive load, flag.
 Rounds alternate the two, in one run; medians are reported.  Orchestration overhead is the workflow's
 wall time minus the span during which copy tasks ran, minus the collect phase (manifest + Hive).
 
