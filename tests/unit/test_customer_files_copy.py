@@ -483,9 +483,8 @@ def test_without_syncfs_each_copy_is_fsynced_and_each_folder_once(tmp_path, monk
     assert synced[-1] == str(tmp_path / "primary" / "traffic")
 
 
-def test_new_copies_that_cannot_be_synced_fail_and_are_never_published(tmp_path, monkeypatch):
-    """A write-back error reported by the batch's syncfs fails every copy written there; none gets its final
-    name, none is left at its temporary one; the other destination's copies are unaffected on disk."""
+def _copy_with_failing_syncfs(tmp_path, monkeypatch, fails) -> list[dict]:
+    """Three files copied with every syncfs for which ``fails(folder of its fd, what)`` is true failing with EIO."""
     from backup.copy_engine import copy_files
     from storage import local
 
@@ -493,11 +492,19 @@ def test_new_copies_that_cannot_be_synced_fail_and_are_never_published(tmp_path,
     real = local._syncfs
 
     def syncfs(fd, what):
-        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path / "edge")) and what == "sync the new files":
+        if fails(os.readlink(f"/proc/self/fd/{fd}"), what):
             raise classify(OSError(5, "Input/output error"), what)
         real(fd, what)
     monkeypatch.setattr(local, "_syncfs", syncfs)
-    results = copy_files(items, lambda _: LocalBackend(), dests, lambda n: None)
+    return copy_files(items, lambda _: LocalBackend(), dests, lambda n: None)
+
+
+def test_new_copies_that_cannot_be_synced_fail_and_are_never_published(tmp_path, monkeypatch):
+    """A write-back error reported by the batch's syncfs fails every copy written there; none gets its final
+    name, none is left at its temporary one; the other destination's copies are unaffected on disk."""
+    results = _copy_with_failing_syncfs(
+        tmp_path, monkeypatch, lambda folder, what: folder.startswith(str(tmp_path / "edge"))
+        and what == "sync the new files")
     for result in results:
         assert result["status"] == "failed"
         assert result["error"].startswith("secondary: ") and "sync the new files" in result["error"], result["error"]
@@ -507,18 +514,8 @@ def test_new_copies_that_cannot_be_synced_fail_and_are_never_published(tmp_path,
 
 
 def test_a_folder_that_cannot_be_synced_fails_its_copies(tmp_path, monkeypatch):
-    from backup.copy_engine import copy_files
-    from storage import local
-
-    items, dests = _batch(tmp_path, 3)
-    real = local._syncfs
-
-    def syncfs(fd, what):
-        if what.startswith(f"sync folder {tmp_path / 'edge'}"):
-            raise classify(OSError(5, "Input/output error"), what)
-        real(fd, what)
-    monkeypatch.setattr(local, "_syncfs", syncfs)
-    results = copy_files(items, lambda _: LocalBackend(), dests, lambda n: None)
+    results = _copy_with_failing_syncfs(
+        tmp_path, monkeypatch, lambda folder, what: what.startswith(f"sync folder {tmp_path / 'edge'}"))
     for result in results:
         assert result["status"] == "failed"
         assert result["error"].startswith("secondary: ") and "sync folder" in result["error"], result["error"]

@@ -159,17 +159,23 @@ def test_one_unlistable_customer_folder_does_not_stop_the_others(tree, monkeypat
         {"traffic_ok.csv", "traffic_line\u2028sep.csv"}
 
 
+def _discovered(res) -> str:
+    """A new customer-files job run through lock and discover; its id."""
+    job_id = uuid.uuid4().hex
+    cf.submit(res, job_id=job_id)
+    for name in ("lock", "discover"):
+        with phase(res, job_id, name) as ctx:
+            cf.DEFINITION.phase(name).run(ctx)
+    return job_id
+
+
 def test_a_plan_changed_in_redis_never_picks_what_is_read(tree):
     """The plan between discover and copy lives in Redis: an entry pointing at /etc/… or at another customer's
     folder is a failed row, never read; the genuine entries are copied."""
     from backup.customer_files.ledger import load_plan, save_plan
 
     res, tmp_path = tree
-    job_id = uuid.uuid4().hex
-    cf.submit(res, job_id=job_id)
-    for name in ("lock", "discover"):
-        with phase(res, job_id, name) as ctx:
-            cf.DEFINITION.phase(name).run(ctx)
+    job_id = _discovered(res)
     plan = {c: load_plan(res, job_id, c) for c in ("alpha", "beta", "gamma")}
     genuine = plan["gamma"][0]
     plan["gamma"] += [{**genuine, "path": str(tmp_path / "private" / "id_rsa"), "domain": "traffic"},
@@ -192,11 +198,7 @@ def test_a_result_changed_in_redis_to_hold_two_never_shifts_the_others(tree):
     from backup.customer_files.ledger import _key, load_results
 
     res, tmp_path = tree
-    job_id = uuid.uuid4().hex
-    cf.submit(res, job_id=job_id)
-    for name in ("lock", "discover"):
-        with phase(res, job_id, name) as ctx:
-            cf.DEFINITION.phase(name).run(ctx)
+    job_id = _discovered(res)
     with phase(res, job_id, "copy:alpha") as ctx:
         cf.copy_customer(ctx, "alpha")
     results = load_results(res, job_id, "alpha")
