@@ -163,10 +163,9 @@ def empty_trash() -> None:
 
 
 def warm(src: Path) -> None:
-    """Read every file of ``src`` (untimed), so that the side timed next reads it from the page cache.
-
-    Why: this machine reclaims cold page cache on its own (DAMON), so whether a 50,000-file tree was still
-    cached moved ``cp -r`` between 4.9 s and 23 s from one run to the next; both sides now start warm."""
+    """Read every file of ``src`` (untimed), so that the side timed next reads it from the page cache whatever
+    ran before it (both sides start warm).  (The floor's swings of 1.6-23 s at 50,000 files were first put down
+    to the page cache; they came from deleting trees just before a timed run: see ``set_aside``.)"""
     for folder, _, names in os.walk(src):
         for name in names:
             with open(os.path.join(folder, name), "rb") as f:
