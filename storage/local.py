@@ -218,9 +218,10 @@ class LocalBackend(StorageBackend):
         ``sync_folders``: only the name may be lost until it returns.  Where the C library has no ``syncfs``,
         each file is fsynced as it is written and only the folder fsyncs are deferred (one per folder).
 
-        Cost: on ext4 every fsync is a journal commit, a few tenths of a millisecond to milliseconds each; for
-        a batch of small files this turns two commits per copy into two per file system.  ``syncfs`` also
-        writes back what other processes left dirty on that file system, so it is meant for batches.
+        Cost: every fsync waits for its own write-back and metadata update (on ext4 with a journal, a commit
+        each), a few tenths of a millisecond to milliseconds; for a batch of small files this turns one wait per
+        copy and folder into two per file system.  ``syncfs`` also writes back what other processes left dirty
+        on that file system, so it is meant for batches.
         """
         with self._deferred_lock:
             if self._deferred is None:
