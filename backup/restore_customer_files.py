@@ -542,6 +542,11 @@ class _RecordedSource:
         self.backend, self.expected = backend, expected
         self.unreachable: set[str] = set()
 
+    @property
+    def scheme(self) -> str:
+        """The role's storage scheme (the engine reads a non-local source with several files in flight)."""
+        return self.backend.scheme
+
     def uri(self, path: str) -> str:
         return self.backend.uri(path)
 
