@@ -252,6 +252,7 @@ class EdgeExportSettings(_Section):
     keep_local: bool = Field(False, description="keep the local archive after the remote copy is verified")
     compresslevel: int = Field(3, ge=1, le=9, description="gzip level (3: near level 6 size at twice the speed)")
     streams: int = Field(1, ge=1, le=16, description="parallel query streams, one per month range (helps when the SQL engine, not the client, is the bottleneck)")
+    server_formatting: bool = Field(True, description="on Spark, have the SQL engine write each CSV line when every column's type is one whose text is verified identical (backup.archive.SERVER_FIELDS); false: always format here")
 
     @model_validator(mode="after")
     def _check_at_load(self) -> "EdgeExportSettings":

@@ -264,9 +264,14 @@ class HiveClient:
 
     def columns(self, table: TableName) -> list[str]:
         """Column names of a table; NotFound if it does not exist."""
+        return [name for name, _ in self.column_types(table)]
+
+    def column_types(self, table: TableName) -> list[tuple[str, str]]:
+        """(name, HiveServer2 type name such as ``BIGINT`` or ``DECIMAL``) of each column ``SELECT *`` returns, in
+        that order; NotFound if the table does not exist.  One query that reads no rows."""
         with self._cursor(f"describe {table}") as cur:
             cur.execute(f"SELECT * FROM {table.sql} LIMIT 0")
-            return [d[0].split(".")[-1] for d in cur.description]
+            return [(d[0].split(".")[-1], str(d[1])) for d in cur.description]
 
     def stream_raw_columns(self, sql: str, what: str, prefetch: int = 1) -> Iterator[list[RawColumn]]:
         """Yield result batches as the server sent them: per column its type name, values (text types as

@@ -320,6 +320,131 @@ def test_parallel_streams_give_the_same_rows_in_window_order(settings, res, tabl
     assert member == sorted(member) and len(set(member)) == len(pieces)
 
 
+#: a table with every type of backup.archive.SERVER_FIELDS, and values that stress each field's text
+_TYPES_TABLE = TableName("mnaas_test", "types_lines")
+_TYPES_COLUMNS = ("ti TINYINT, si SMALLINT, i INT, bi BIGINT, b BOOLEAN, s STRING, vc VARCHAR(10), c CHAR(5), "
+                  "ts TIMESTAMP, dec DECIMAL(12,3), dsmall DECIMAL(38,18), d0 DECIMAL(5,0), d DATE, partition_date STRING")
+_TYPES_ROWS = r"""
+  (-128, -32768, -2147483648, -9223372036854775808, true, 'semi;colon', 'a;b', 'ab', TIMESTAMP'2024-02-29 23:59:59.123456',
+   -0.001, 0.000000000000000001, 0, DATE'0001-01-01', '2026-09-01'),
+  (127, 32767, 2147483647, 9223372036854775807, false, 'say "hi"', 'q"', 'a"b', TIMESTAMP'1900-01-01 00:00:00',
+   0, 1.5, -99999, DATE'1582-10-10', '2026-09-01'),
+  (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '2026-09-02'),
+  (0, 0, 0, 0, true, '', '', '', TIMESTAMP'2024-01-01 00:00:00.100', 123456789.123,
+   -12345678901234567890.123456789012345678, 5, DATE'9999-12-31', '2026-09-02'),
+  (1, 2, 3, 4, false, 'two
+lines', 'cronly', 'x
+y', TIMESTAMP'1582-10-10 12:00:00', 1.100, 100, 1,
+   DATE'2026-12-06', '2026-10-31'),
+  (5, 6, 7, 8, false, 'crlf
+line;"both"', ' sp ', ' ', TIMESTAMP'1970-01-01 00:00:00.000001', 999999999.999, 0.1, 2,
+   DATE'1970-01-01', '2026-10-31'),
+  (9, 10, 11, 12, true, 'Nørd Ørbit ✓ 日本 	 tab', '✓', 'ø', TIMESTAMP'0001-01-01 00:00:00', 0.010, 0E-18, 3,
+   DATE'2000-02-29', '2026-10-31'),
+  (13, 14, 15, 16, true, '=1+2', 'ends;', '"', TIMESTAMP'9999-12-31 23:59:59.999999', -999999999.999, -0.5, 99999,
+   DATE'2026-10-31', '2026-11-01')"""
+
+
+@pytest.fixture(scope="module")
+def types_table(platform, settings):
+    """``_TYPES_TABLE`` made afresh (partitioned by date as exported tables are), its window, and its rows as a
+    plain impyla cursor (no type conversion) reads them, in CSV by Python's csv module: the export's text from
+    outside the project."""
+    from backup.window import Window
+    from connectors.hive import HiveClient
+
+    t = _TYPES_TABLE
+    with HiveClient.from_settings(settings) as hive:
+        hive.execute(f"CREATE DATABASE IF NOT EXISTS `{t.db}`")
+        hive.execute(f"DROP TABLE IF EXISTS {t.sql}")
+        hive.execute(f"CREATE TABLE {t.sql} ({_TYPES_COLUMNS}) USING parquet PARTITIONED BY (partition_date)")
+        hive.execute(f"INSERT INTO {t.sql} VALUES {_TYPES_ROWS}")
+    window = Window(dt.date(2026, 9, 1), dt.date(2026, 11, 1))  # the last row's day is outside it
+    cur = connect(settings.hive.host, settings.hive.port, auth_mechanism="NOSASL").cursor(convert_types=False)
+    cur.execute(f"SELECT * FROM {t.sql} WHERE partition_date >= '2026-09-01' AND partition_date < '2026-11-01'")
+    out = io.StringIO(newline="")
+    csv.writer(out, delimiter=";", lineterminator="\n").writerows(cur.fetchall())
+    cur.close()
+    return t, window, out.getvalue().encode()
+
+
+def _export_text(settings, res, table, window, final, **edge) -> tuple[dict, bytes]:
+    import gzip
+
+    from backup.edge_export import export_to_file
+    from backup.resources import Resources
+
+    r = Resources(settings.model_copy(update={"edge_export": settings.edge_export.model_copy(update=edge)}),
+                  _redis=res.redis)
+    stats = export_to_file(r, table, window, final)
+    return stats, gzip.decompress(final.read_bytes())
+
+
+def _csv_lines(text: bytes) -> list[bytes]:
+    """Rows of CSV text (a quoted field may hold newlines), each as its bytes: the same rows in any order."""
+    return sorted(row.encode() for row in
+                  ("\x00".join(r) for r in csv.reader(io.StringIO(text.decode(), newline=""), delimiter=";")))
+
+
+def test_lines_formatted_by_the_sql_engine_are_the_bytes_formatted_here(settings, res, types_table, tmp_path):
+    """Each type of SERVER_FIELDS with extremes, NULLs, empty text, ; " LF CR CRLF, non-ASCII, CHAR padding and a
+    formula-like text: the SQL engine's lines are the bytes of the columns formatted here, which are the bytes of
+    a plain impyla cursor written by the csv module; the row outside the window is in neither."""
+    table, window, expected = types_table
+    by_engine, engine_text = _export_text(settings, res, table, window, tmp_path / "engine.csv.gz")
+    by_worker, worker_text = _export_text(settings, res, table, window, tmp_path / "worker.csv.gz",
+                                          server_formatting=False)
+    assert by_engine["formatted_by"] == "the SQL engine" and by_worker["formatted_by"] == "the worker"
+    assert by_engine["rows"] == by_worker["rows"] == 7
+    assert _csv_lines(engine_text) == _csv_lines(worker_text) == _csv_lines(expected)
+    # The same rows in the same order as the server sent them: the same bytes, so the same archive.
+    assert engine_text == worker_text
+    assert by_engine["sha256"] == by_worker["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine.csv.gz", "worker.csv.gz"], "no temp left"
+
+
+def test_a_type_the_engine_cannot_write_exactly_is_formatted_here(settings, res, platform, tmp_path):
+    """A DOUBLE (Java's digits are laid out unlike repr's) keeps the whole table on the worker's formatter."""
+    from backup.window import Window
+    from connectors.hive import HiveClient
+
+    t = TableName("mnaas_test", "types_double")
+    with HiveClient.from_settings(settings) as hive:
+        hive.execute(f"CREATE DATABASE IF NOT EXISTS `{t.db}`")
+        hive.execute(f"DROP TABLE IF EXISTS {t.sql}")
+        hive.execute(f"CREATE TABLE {t.sql} (id BIGINT, amount DOUBLE, partition_date STRING) USING parquet")
+        hive.execute(f"INSERT INTO {t.sql} VALUES (1, 1.0E10, '2026-09-01'), (2, 0.1, '2026-09-01'), "
+                     f"(3, NULL, '2026-09-02')")
+    stats, text = _export_text(settings, res, t, Window(dt.date(2026, 9, 1), dt.date(2026, 10, 1)),
+                               tmp_path / "double.csv.gz")
+    assert stats["formatted_by"] == "the worker"
+    assert sorted(text.splitlines()) == [b"1;10000000000.0;2026-09-01", b"2;0.1;2026-09-01", b"3;;2026-09-02"]
+
+
+def test_lines_that_are_not_text_start_the_export_over_with_the_columns(settings, res, types_table, tmp_path,
+                                                                        monkeypatch, caplog):
+    """Spark sends Java strings, so its lines are always UTF-8; another engine's might not be.  Injected here:
+    the first batch of lines is refused, the export starts over formatting the columns, and the archive is
+    what the columns give, with no temporary file left."""
+    from backup import archive
+
+    table, window, expected = types_table
+    real = archive.CsvGzipWriter.write_lines
+    refused = []
+
+    def not_text(self, col):
+        refused.append(len(col.values))
+        raise archive.NotText("a line from the SQL engine is not UTF-8 (invalid start byte at byte 3)")
+
+    monkeypatch.setattr(archive.CsvGzipWriter, "write_lines", not_text)
+    stats, text = _export_text(settings, res, table, window, tmp_path / "again.csv.gz")
+    monkeypatch.setattr(archive.CsvGzipWriter, "write_lines", real)
+    assert refused == [7] and stats["formatted_by"] == "the worker" and stats["rows"] == 7
+    assert _csv_lines(text) == _csv_lines(expected)
+    assert "exporting the window again with the columns formatted here" in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == ["again.csv.gz"], "the refused attempt left nothing"
+
+
 @pytest.mark.parametrize("engine, rate, verify", [("openssh", None, "in-stream"), ("openssh", 50.0, "in-stream"),
                                                   ("openssh", None, "read-back"), ("openssh", 50.0, "read-back"),
                                                   ("paramiko", None, "in-stream"), ("paramiko", None, "read-back")])

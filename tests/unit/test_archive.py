@@ -223,3 +223,45 @@ def test_a_failed_compression_is_raised_by_the_writer_and_abort_removes_the_file
         w.close()
     w.abort()
     assert not p.exists()
+
+
+# -- lines the SQL engine formats (compared with the server in tests/integration/test_edge_export.py) ----------------
+
+from backup.archive import NotText, SERVER_FIELDS, server_line_expression  # noqa: E402
+
+
+def test_the_engine_writes_lines_only_for_verified_types_plain_names_and_two_columns_or_more():
+    both = server_line_expression([("id", "BIGINT"), ("note", "STRING"), ("d", "DATE")])
+    assert both.startswith("concat_ws(';', coalesce(CAST(`id` AS STRING), '')") and "`note`" in both
+    assert server_line_expression([("id", "BIGINT"), ("amount", "DOUBLE")]) is None  # repr's layout, not Java's
+    assert server_line_expression([("id", "BIGINT"), ("m", "MAP")]) is None
+    assert server_line_expression([("id", "BIGINT"), ("x`; DROP TABLE t; --", "STRING")]) is None
+    assert server_line_expression([("note", "STRING")]) is None  # a row of one empty field is written ""
+    assert server_line_expression([("id", "bigint"), ("d", "decimal")]) is not None  # type names in any case
+    assert {"FLOAT", "DOUBLE", "BINARY", "ARRAY", "STRUCT"}.isdisjoint(SERVER_FIELDS)
+
+
+def _lines(values: list[bytes], nulls: bytes = b"\x00") -> RawColumn:
+    return RawColumn("STRING", values, nulls)
+
+
+def test_lines_from_the_engine_are_written_with_a_newline_each_and_counted(tmp_path):
+    w = CsvGzipWriter(tmp_path / "a.gz")
+    w.write_lines(_lines([b'1;"a;b"', "2;Nørd".encode(), b"3;"]))
+    w.write_lines(_lines([]))
+    w.write_lines(_lines([b"4;x"]))
+    out = w.close()
+    assert out["rows"] == 4
+    assert gzip.decompress((tmp_path / "a.gz").read_bytes()) == '1;"a;b"\n2;Nørd\n3;\n4;x\n'.encode()
+
+
+@pytest.mark.parametrize("col, why", [(_lines([b"1;ok", b"2;\xff"]), r"not UTF-8 \(invalid start byte at byte 7\)"),
+                                      (_lines([b"1;ok", b""], b"\x02"), "NULL line")])
+def test_a_batch_of_lines_that_is_not_text_is_refused_whole(tmp_path, col, why):
+    w = CsvGzipWriter(tmp_path / "a.gz")
+    w.write_lines(_lines([b"0;first"]))
+    with pytest.raises(NotText, match=why):
+        w.write_lines(col)
+    assert w.rows == 1  # nothing of the refused batch counted or written
+    w.abort()
+    assert not (tmp_path / "a.gz").exists()
