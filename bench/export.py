@@ -7,7 +7,9 @@ Tables (made once inside the SQL engine, reused while their row count matches):
 
 Cases, all reading the same rows from the same HiveServer2 in one run, alternating within each round (each round
 starts with the next case; one untimed fetch warms the server up first):
-  workflow                   ``export_to_file`` (the export phase: query → CSV → gzip-3 → SHA-256, fsync, rename)
+  workflow                   ``export_to_file`` (the export phase: query → CSV → gzip-3 → SHA-256, fsync, rename;
+                             on Spark the engine writes the CSV lines where every column's type allows it)
+  workflow_columns           the same with ``edge_export.server_formatting`` off: the columns formatted here (Arrow)
   workflow_streams_N         the same with ``edge_export.streams`` = N month-range queries side by side (``--streams``)
   before                     the export as it was before Arrow formatting: same cursor settings impyla decoding the
                              strings, NULLs made None, the csv module, the same gzip writer
@@ -21,7 +23,8 @@ starts with the next case; one untimed fetch warms the server up first):
 Every plain loop fetches ``hive.fetch_rows`` rows per round trip, as the workflow does.
 
 After the rounds the CSV text of the workflow's archive (gunzipped) is compared byte for byte with the plain
-``convert_types=False`` loop's file and the before-path's archive; ``identical`` reports it.
+``convert_types=False`` loop's file and the archives of the other workflow paths; ``identical`` reports it (only
+when at least two of them ran: with one there is nothing to compare, and it is null).
 
 One JSON line per table: rows/s per case (medians), ratios against the issue's baseline (of the medians, and the
 median of each round's own ratio: the steadier figure on a shared machine), CPU seconds of this
@@ -120,11 +123,13 @@ def main() -> None:
         table = {"wide": wide, "narrow": narrow}[label]
         sql = export_query(table, window, s.edge_export.partition_column)
         out = {name: OUT / f"export-{label}-{name}" for name in
-               ("workflow", "workflow_streams", "before", "plain_gz", "plain_cf_false", "plain", "beeline")}
+               ("workflow", "workflow_columns", "workflow_streams", "before", "plain_gz", "plain_cf_false", "plain", "beeline")}
 
-        def workflow(streams: int = 1):
-            r = Resources(s.model_copy(update={"edge_export": s.edge_export.model_copy(update={"streams": streams})}))
-            path = out["workflow" if streams == 1 else "workflow_streams"]  # its rows in month order: not compared
+        def workflow(streams: int = 1, server_formatting: bool = True):
+            r = Resources(s.model_copy(update={"edge_export": s.edge_export.model_copy(
+                update={"streams": streams, "server_formatting": server_formatting})}))
+            # with streams its rows come in month order: not compared
+            path = out["workflow_columns" if not server_formatting else "workflow" if streams == 1 else "workflow_streams"]
             path.unlink(missing_ok=True)
             return export_to_file(r, table, window, path)["rows"]
 
@@ -180,7 +185,7 @@ def main() -> None:
             with open(out["beeline"], "rb") as f:
                 return sum(1 for line in f if b";" in line)  # beeline adds blank lines; count data lines only
 
-        cases = {"workflow": workflow, "before": before,
+        cases = {"workflow": workflow, "workflow_columns": lambda: workflow(server_formatting=False), "before": before,
                  BASELINE: lambda: plain_loop(out["plain_gz"], False, True),
                  "plain_cf_false": lambda: plain_loop(out["plain_cf_false"], False, False),
                  "plain": lambda: plain_loop(out["plain"], True, False), "fetch_floor": fetch_floor}
@@ -212,7 +217,7 @@ def main() -> None:
         # Each case against the baseline of the same round (side by side, the same load), median over rounds.
         per_round = {k: round(median([b / t for t, b in zip(v, times[BASELINE])]), 2)
                      for k, v in times.items()} if BASELINE in times else None
-        text = {k: _file_sha(out[k], gunzip=True) for k in ("workflow", "before") if k in cases}
+        text = {k: _file_sha(out[k], gunzip=True) for k in ("workflow", "workflow_columns", "before") if k in cases}
         if "plain_cf_false" in cases:
             text["plain_cf_false"] = _file_sha(out["plain_cf_false"])
         emit({"bench": "export", "table": label, "rows": counts.get("workflow"), "rounds": a.rounds,
@@ -221,7 +226,8 @@ def main() -> None:
               "ratio_vs_baseline_per_round_median": per_round,
               "client_cpu_s": {k: round(median([c for c, _ in v]), 2) for k, v in cpu.items()},
               "server_cpu_s": {k: round(median([j for _, j in v]), 2) for k, v in cpu.items()} if jvm else None,
-              "baseline": BASELINE, "csv_text_sha256": text, "identical": len(set(text.values())) == 1,
+              "baseline": BASELINE, "csv_text_sha256": text,
+              "identical": len(set(text.values())) == 1 if len(text) > 1 else None,
               "load1_during": [round(min(loads), 2), round(max(loads), 2)],
               "target": f"workflow >= 1.5x {BASELINE}"})
 
