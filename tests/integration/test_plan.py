@@ -78,6 +78,8 @@ def test_edge_export_plan_is_what_the_run_then_does(capsys, settings, res, platf
     assert {k: plan["window"][k] for k in ("start", "end")} == \
         {k: done["args"]["window"][k] for k in ("start", "end")}
     assert plan["rows_estimate"]["rows"] == out["rows"]
+    export = next(p for p in done["phases"] if p["name"] == "export")
+    assert export["note"] == f"CSV lines written by {plan['csv_lines_written_by']}"  # the sample's DOUBLE: the worker
     # Same file name and the same folders, the run's own folder (its run id) standing where the plan says.
     run_folder = out["run_id"]
     assert plan["local_path"].replace("<UTC time>-<job id[:8]>", run_folder) == out["local_path"]
