@@ -333,7 +333,8 @@ _TYPES_ROWS = r"""
   (0, 0, 0, 0, true, '', '', '', TIMESTAMP'2024-01-01 00:00:00.100', 123456789.123,
    -12345678901234567890.123456789012345678, 5, DATE'9999-12-31', '2026-09-02'),
   (1, 2, 3, 4, false, 'two
-lines', 'cronly', 'x
+lines', 'cr
+only', 'x
 y', TIMESTAMP'1582-10-10 12:00:00', 1.100, 100, 1,
    DATE'2026-12-06', '2026-10-31'),
   (5, 6, 7, 8, false, 'crlf
@@ -394,13 +395,16 @@ def test_lines_formatted_by_the_sql_engine_are_the_bytes_formatted_here(settings
     by_engine, engine_text = _export_text(settings, res, table, window, tmp_path / "engine.csv.gz")
     by_worker, worker_text = _export_text(settings, res, table, window, tmp_path / "worker.csv.gz",
                                           server_formatting=False)
-    assert by_engine["formatted_by"] == "the SQL engine" and by_worker["formatted_by"] == "the worker"
-    assert by_engine["rows"] == by_worker["rows"] == 7
-    assert _csv_lines(engine_text) == _csv_lines(worker_text) == _csv_lines(expected)
+    by_streams, streams_text = _export_text(settings, res, table, window, tmp_path / "streams.csv.gz", streams=2)
+    assert by_engine["formatted_by"] == by_streams["formatted_by"] == "the SQL engine"
+    assert by_worker["formatted_by"] == "the worker"
+    assert by_engine["rows"] == by_worker["rows"] == by_streams["rows"] == 7
+    assert _csv_lines(engine_text) == _csv_lines(worker_text) == _csv_lines(streams_text) == _csv_lines(expected)
     # The same rows in the same order as the server sent them: the same bytes, so the same archive.
     assert engine_text == worker_text
     assert by_engine["sha256"] == by_worker["sha256"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine.csv.gz", "worker.csv.gz"], "no temp left"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine.csv.gz", "streams.csv.gz", "worker.csv.gz"], \
+        "no temp left"
 
 
 def test_a_type_the_engine_cannot_write_exactly_is_formatted_here(settings, res, platform, tmp_path):
@@ -421,8 +425,9 @@ def test_a_type_the_engine_cannot_write_exactly_is_formatted_here(settings, res,
     assert sorted(text.splitlines()) == [b"1;10000000000.0;2026-09-01", b"2;0.1;2026-09-01", b"3;;2026-09-02"]
 
 
+@pytest.mark.parametrize("streams, batches_refused", [(1, [7]), (2, [3, 4])])
 def test_lines_that_are_not_text_start_the_export_over_with_the_columns(settings, res, types_table, tmp_path,
-                                                                        monkeypatch, caplog):
+                                                                        monkeypatch, caplog, streams, batches_refused):
     """Spark sends Java strings, so its lines are always UTF-8; another engine's might not be.  Injected here:
     the first batch of lines is refused, the export starts over formatting the columns, and the archive is
     what the columns give, with no temporary file left."""
@@ -437,9 +442,10 @@ def test_lines_that_are_not_text_start_the_export_over_with_the_columns(settings
         raise archive.NotText("a line from the SQL engine is not UTF-8 (invalid start byte at byte 3)")
 
     monkeypatch.setattr(archive.CsvGzipWriter, "write_lines", not_text)
-    stats, text = _export_text(settings, res, table, window, tmp_path / "again.csv.gz")
+    stats, text = _export_text(settings, res, table, window, tmp_path / "again.csv.gz", streams=streams)
     monkeypatch.setattr(archive.CsvGzipWriter, "write_lines", real)
-    assert refused == [7] and stats["formatted_by"] == "the worker" and stats["rows"] == 7
+    # every stream's first batch refused (two streams: September's four rows, October's three)
+    assert sorted(refused) == batches_refused and stats["formatted_by"] == "the worker" and stats["rows"] == 7
     assert _csv_lines(text) == _csv_lines(expected)
     assert "exporting the window again with the columns formatted here" in caplog.text
     assert [p.name for p in tmp_path.iterdir()] == ["again.csv.gz"], "the refused attempt left nothing"
