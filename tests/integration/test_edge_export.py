@@ -548,8 +548,24 @@ def test_openssh_engine_refuses_a_changed_host_key_and_sends_nothing(settings, r
     assert ssh(settings, ["test", "-e", remote], check=False).returncode == 1, "nothing sent (1: absent; 255: ssh failed)"
 
 
-def test_disk_full_fails_clearly_leaves_nothing_and_the_next_run_succeeds(settings, res, tables, tmp_path):
-    """The local export folder on a 64 KiB tmpfs: ENOSPC, no folder or temp file left, lock freed; room back, success."""
+@pytest.fixture(scope="module")
+def lines_table(tables, settings):
+    """The main sample table without its DOUBLE: the SQL engine writes its CSV lines."""
+    from connectors.hive import HiveClient
+
+    t = TableName("mnaas_test", "traffic_lines")
+    with HiveClient.from_settings(settings) as hive:
+        hive.execute(f"DROP TABLE IF EXISTS {t.sql}")
+        hive.execute(f"CREATE TABLE {t.sql} USING parquet PARTITIONED BY (partition_date) AS SELECT id, msisdn, "
+                     f"customer, note, bytes_up, event_ts, partition_date FROM {TableName.parse(tables['main']).sql}")
+    return str(t)
+
+
+@pytest.mark.parametrize("which, written_by", [("main", "the worker"), ("lines", "the SQL engine")])
+def test_disk_full_fails_clearly_leaves_nothing_and_the_next_run_succeeds(settings, res, tables, lines_table, tmp_path,
+                                                                          which, written_by):
+    """The local export folder on a 64 KiB tmpfs: ENOSPC, no folder or temp file left, lock freed; room back, success.
+    Both ways of making the CSV text: the worker formatting the columns, and the SQL engine writing the lines."""
     import subprocess
 
     from backup import edge_export as wf
@@ -562,7 +578,7 @@ def test_disk_full_fails_clearly_leaves_nothing_and_the_next_run_succeeds(settin
     try:
         r = Resources(settings.model_copy(update={"edge_export": settings.edge_export.model_copy(
             update={"export_dir": mount})}), _redis=res.redis)
-        table = tables["main"]
+        table = tables["main"] if which == "main" else lines_table
         job_id = wf.submit(r, table)["job_id"]
         with phase(r, job_id, "lock") as ctx:
             wf.lock_phase(ctx)
@@ -579,12 +595,20 @@ def test_disk_full_fails_clearly_leaves_nothing_and_the_next_run_succeeds(settin
         for name in ("lock", "export"):
             with phase(r, again, name) as ctx:
                 wf.DEFINITION.phase(name).run(ctx)
-        archive = Path(r.jobs.get(again)["outputs"]["local_path"])
-        assert archive.is_file() and archive.stat().st_size == r.jobs.get(again)["outputs"]["bytes"]
-        r.locks.release(Held.from_dict(r.jobs.get(again)["lock"]))
+        done = r.jobs.get(again)
+        archive = Path(done["outputs"]["local_path"])
+        assert archive.is_file() and archive.stat().st_size == done["outputs"]["bytes"]
+        assert next(p for p in done["phases"] if p["name"] == "export")["note"] == f"CSV lines written by {written_by}"
+        import gzip
+        import hashlib
+
+        data = archive.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == done["outputs"]["sha256"]
+        assert gzip.decompress(data).count(b"\n") >= done["outputs"]["rows"] > 0
+        r.locks.release(Held.from_dict(done["lock"]))
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
-    res.alerter.success(wf.WORKFLOW, tables["main"])
+    res.alerter.success(wf.WORKFLOW, table)
 
 
 def test_wait_exits_1_when_the_run_fails_or_is_skipped(settings, res, worker, tables):
