@@ -235,11 +235,19 @@ class EdgeExport(Flow):
     def setup(self) -> None:
         from connectors.hive import HiveClient
         from base.identifiers import TableName
+        from backup.archive import server_line_expression
         from local_platform.sample_data import create_sample_table
 
-        self.table = TableName(DB, "traffic")
+        # The sample table without its DOUBLE: the export then takes its default way on Spark, the SQL engine
+        # writing the CSV lines (a DOUBLE would keep it on the worker's formatter, which the tests cover).
+        sample, self.table = TableName(DB, "traffic_sample"), TableName(DB, "traffic")
         with HiveClient.from_settings(self.c.settings) as hive:
-            create_sample_table(hive, self.table, rows=self.c.rows)
+            create_sample_table(hive, sample, rows=self.c.rows)
+            hive.execute(f"DROP TABLE IF EXISTS {self.table.sql}")
+            hive.execute(f"CREATE TABLE {self.table.sql} USING parquet PARTITIONED BY (partition_date) AS SELECT id, "
+                         f"msisdn, customer, note, bytes_up, event_ts, partition_date FROM {sample.sql}")
+            if hive.engine() != "spark" or server_line_expression(hive.column_types(self.table)) is None:
+                raise RuntimeError(f"{self.table}: the export would not take the SQL engine's lines")
         self.lock_target = self.target = str(self.table)
 
     def kwargs(self) -> dict:
@@ -627,8 +635,8 @@ class RestoreEdgeExport(Flow):
     name = "restore-edge-export"
     busy = ("fetch",)
     needs = ("edge-export",)
-    # the columns of local_platform.sample_data's table, and those a restore reads back '' as NULL
-    COLUMNS = ("id", "msisdn", "customer", "note", "bytes_up", "amount", "event_ts", "partition_date")
+    # the columns of the edge-export flow's table, and those a restore reads back '' as NULL
+    COLUMNS = ("id", "msisdn", "customer", "note", "bytes_up", "event_ts", "partition_date")
     STRINGS = ("msisdn", "customer", "note", "partition_date")
 
     def __init__(self, campaign):
