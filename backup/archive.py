@@ -41,11 +41,12 @@ import hashlib
 import io
 import os
 import queue
-import re
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from base.identifiers import is_identifier
 
 if TYPE_CHECKING:
     from connectors.hive import RawColumn  # a column of a batch: .type, .values, .nulls
@@ -232,7 +233,6 @@ def _bool_field(col: str) -> str:
 SERVER_FIELDS = {"STRING": _text_field, "VARCHAR": _text_field, "CHAR": _text_field,
                  "TINYINT": _cast_field, "SMALLINT": _cast_field, "INT": _cast_field, "BIGINT": _cast_field,
                  "DATE": _cast_field, "TIMESTAMP": _cast_field, "DECIMAL": _cast_field, "BOOLEAN": _bool_field}
-_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def server_line_expression(columns: Sequence[tuple[str, str]]) -> str | None:
@@ -241,15 +241,16 @@ def server_line_expression(columns: Sequence[tuple[str, str]]) -> str | None:
     outside ``SERVER_FIELDS``, a name that is not a plain identifier, or one column (a row of one empty field
     is written ``""``).
 
-    Why: the Spark Thrift server's cost is per value sent (each boxed, converted and serialized); one text
-    value per row halves its CPU on a 5-column table, and leaves the client only gzip and SHA-256.
+    Why: the worker then only joins the lines, gzips and hashes them.  Measured on the bench's 5-column table
+    (1 M rows, Spark local[2]): a third less client CPU than formatting the columns with Arrow (0.66 s against
+    1.03 s), 1.60× the issue's baseline against 1.50×; the server's CPU about the same either way.
     """
     if len(columns) < 2:
         return None
     fields = []
     for name, kind in columns:
         field = SERVER_FIELDS.get(kind.upper())
-        if field is None or not _PLAIN_NAME.fullmatch(name):
+        if field is None or not is_identifier(name):
             return None
         fields.append(field(f"`{name}`"))
     return f"concat_ws(';', {', '.join(fields)})"

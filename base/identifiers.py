@@ -12,10 +12,15 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _JOB_ID = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def is_identifier(name) -> bool:
+    """Whether ``name`` is a plain SQL identifier (letters, digits and _, not starting with a digit)."""
+    # fullmatch, not match with ``$``: ``$`` also matches before a trailing newline ("db.t\n" reached SQL).
+    return isinstance(name, str) and _IDENT.fullmatch(name) is not None
+
+
 def identifier(name: str, what: str = "identifier") -> str:
     """Return ``name`` if it is a plain SQL identifier, else raise InvalidInput."""
-    # fullmatch, not match with ``$``: ``$`` also matches before a trailing newline ("db.t\n" reached SQL).
-    if not isinstance(name, str) or not _IDENT.fullmatch(name):
+    if not is_identifier(name):
         raise InvalidInput(f"invalid {what} {str(name)[:200]!r}: use letters, digits and _, not starting with a digit")
     return name
 
