@@ -235,7 +235,8 @@ class EdgeExport(Flow):
     def setup(self) -> None:
         from connectors.hive import HiveClient
         from base.identifiers import TableName
-        from backup.archive import server_line_expression
+        from backup.edge_export import line_expression
+        from backup.resources import Resources
         from local_platform.sample_data import create_sample_table
 
         # The sample table without its DOUBLE: the export then takes its default way on Spark, the SQL engine
@@ -246,7 +247,7 @@ class EdgeExport(Flow):
             hive.execute(f"DROP TABLE IF EXISTS {self.table.sql}")
             hive.execute(f"CREATE TABLE {self.table.sql} USING parquet PARTITIONED BY (partition_date) AS SELECT id, "
                          f"msisdn, customer, note, bytes_up, event_ts, partition_date FROM {sample.sql}")
-            if hive.engine() != "spark" or server_line_expression(hive.column_types(self.table)) is None:
+            if line_expression(Resources(self.c.settings), hive, self.table) is None:
                 raise RuntimeError(f"{self.table}: the export would not take the SQL engine's lines")
         self.lock_target = self.target = str(self.table)
 
