@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -180,9 +181,22 @@ def pytest_collection_modifyitems(session, config, items):
         EarlyStart.start()
 
 
-def pytest_sessionfinish(session):
+def pytest_sessionfinish(session, exitstatus):
     """A session that ended before any test took the early-started platform (``-x`` after a unit test failed,
-    an interrupt) stops it here: the fixtures' teardowns never run for what they never set up."""
+    an interrupt) stops it here: the fixtures' teardowns never run for what they never set up.  Then the session's
+    state folder (``STATE``: the platform's data and logs, about 0.5 GB after the integration tests) is removed if
+    every test passed, and kept for the post-mortem otherwise (or with ``MB_TEST_KEEP_STATE=1``): before, every
+    session left one behind in the temp folder."""
+    try:
+        _stop_early_started()
+    finally:
+        if exitstatus == 0 and not os.environ.get("MB_TEST_KEEP_STATE"):
+            shutil.rmtree(STATE, ignore_errors=True)
+        elif STATE.exists():
+            session.config.get_terminal_writer().line(f"test state (platform data and logs) kept in {STATE}")
+
+
+def _stop_early_started() -> None:
     from config.settings import load_settings
     from local_platform.services import LocalPlatform
 
