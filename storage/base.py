@@ -155,6 +155,12 @@ class StorageBackend(abc.ABC):
         an fsync), so that several files in flight at once pay; True unless a backend knows better."""
         return True
 
+    @property
+    def copies_from_files(self) -> bool:
+        """Whether a new file given as a ``FileSource`` over a local file is copied by the kernel rather than read in
+        this process and written (local folders: ``copy_file_range``).  False unless a backend knows better."""
+        return False
+
     def defer_syncs(self) -> None:
         """From now until ``sync_folders``, a new file may leave making its data durable to ``sync_written``
         and a rename its folder's entry to ``sync_folders`` (local folders: one sync per file system instead of
@@ -325,6 +331,22 @@ class StorageBackend(abc.ABC):
         if not isinstance(offset, int) or offset < 0:
             raise InvalidInput(f"read offset must be a non-negative integer, got {offset!r}")
         return offset
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """The ``chunks`` of ``write_temp`` or ``write_atomic`` taken from an open file: its bytes from ``offset`` to its end.
+
+    A backend whose ``copies_from_files`` is True has the kernel copy them from the file (no byte passes through
+    this process); any other reads them here in chunks, from ``offset`` whatever the stream's position was.
+    """
+
+    stream: BinaryIO
+    offset: int = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.stream.seek(self.offset)
+        return iter_chunks(self.stream)
 
 
 def iter_chunks(stream: BinaryIO, size: int = READ_CHUNK) -> Iterator[bytes]:

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import io
 import os
 import shutil
 import stat as stat_mode
@@ -22,7 +23,7 @@ from base.errors import (
     NotFound,
     classify,
 )
-from storage.base import FileStat, StorageBackend, check_path, special_kind
+from storage.base import FileSource, FileStat, StorageBackend, check_path, special_kind
 
 
 @contextlib.contextmanager
@@ -64,6 +65,42 @@ def _syncfs(fd: int, what: str) -> None:
     if _SYNCFS(fd) != 0:
         code = ctypes.get_errno()
         raise classify(OSError(code, os.strerror(code)), what)
+
+
+#: bytes asked of one ``copy_file_range``/``sendfile`` call (the kernel copies at most about 2 GiB a call anyway)
+KERNEL_COPY_CHUNK = 1 << 30
+#: errors of a first kernel copy call that mean "not between these two files" (another file system: EXDEV; a file
+#: system or kernel without it): the next way is tried, nothing having been written
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
+
+
+def copy_in_kernel(source: FileSource, fd: int) -> str | None:
+    """Copy ``source`` (an open local file, from its offset to its end) to the new file ``fd`` inside the kernel:
+    ``copy_file_range`` (what ``cp`` uses), else ``sendfile`` (across file systems, which ``copy_file_range``
+    refuses with EXDEV); the call that did it, or None where neither can (a stream that is no OS file, a file
+    system without either): then nothing was written and the caller writes the bytes itself.
+
+    Why: on this platform's ext4 ``write()`` costs about 1.07 s of system time a GB against 0.28 s for
+    ``copy_file_range`` (measured), and no byte is copied into and out of this process.  A copy that stops short
+    (the source shrank) is left short: the copy engine's size and source checks refuse it.  Any other error
+    (disk full, I/O) is raised as ``OSError``."""
+    try:
+        fd_in = source.stream.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    calls = [("copy_file_range", lambda at: os.copy_file_range(fd_in, fd, KERNEL_COPY_CHUNK, at)),
+             ("sendfile", lambda at: os.sendfile(fd, fd_in, at, KERNEL_COPY_CHUNK))]
+    for name, call in calls:
+        copied = 0
+        try:
+            while n := call(source.offset + copied):
+                copied += n
+        except OSError as e:
+            if copied == 0 and e.errno in _NO_KERNEL_COPY:
+                continue
+            raise
+        return name
+    return None
 
 
 def _fsync_dir(folder: str) -> None:
@@ -208,6 +245,11 @@ class LocalBackend(StorageBackend):
         once the bytes are in the page cache."""
         return self._unsynced is None
 
+    @property
+    def copies_from_files(self) -> bool:
+        """True: a ``FileSource`` over a local file is copied by the kernel (``copy_in_kernel``)."""
+        return True
+
     def defer_syncs(self) -> None:
         """Until ``sync_folders``, new files and renames leave their fsyncs to one sync per file system.
 
@@ -295,13 +337,14 @@ class LocalBackend(StorageBackend):
 
     def _create(self, path: str, chunks: Iterable[bytes]) -> None:
         """Write a new file and fsync it (or, while deferring, leave that to ``sync_written``), so the rename
-        publishes durable data."""
+        publishes durable data.  A ``FileSource`` is copied in the kernel where it can be (``copy_in_kernel``)."""
         with _os_errors(f"write {path}"):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             with open(fd, "wb") as stream:
                 synced_later = self._leave_sync(path, fd)
-                for chunk in chunks:
-                    stream.write(chunk)
+                if not (isinstance(chunks, FileSource) and copy_in_kernel(chunks, fd)):
+                    for chunk in chunks:
+                        stream.write(chunk)
                 stream.flush()
                 if not synced_later:
                     os.fsync(stream.fileno())

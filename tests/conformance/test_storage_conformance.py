@@ -14,7 +14,7 @@ import pytest
 
 from base.errors import AlreadyExists, ConfigError, InvalidInput, NotFound
 from storage import open_backend
-from storage.base import is_temp_name, temp_name
+from storage.base import FileSource, is_temp_name, temp_name
 from storage.local import LocalBackend
 
 MIB = 1024 * 1024
@@ -76,6 +76,25 @@ def test_write_accepts_one_bytes_object(case):
     path = case.path("one.bin")
     case.backend.write_atomic(path, b"all at once")
     assert read_all(case, path) == b"all at once"
+
+
+@pytest.mark.parametrize("offset", [0, 5, len(BIG)], ids=["whole", "from 5", "at the end"])
+def test_write_from_an_open_local_file(case, tmp_path, offset):
+    """A ``FileSource``: every backend stores the file's bytes from the offset on, whatever the stream's position
+    (local folders have the kernel copy them, the others read them in chunks), and leaves no temporary file."""
+    local = tmp_path / "source.bin"
+    local.write_bytes(BIG)
+    with open(local, "rb") as stream:
+        stream.read(100)  # a position elsewhere than the offset
+        written = case.backend.write_atomic(case.path("copy.bin"), FileSource(stream, offset))
+    assert written.size == len(BIG) - offset
+    assert read_all(case, case.path("copy.bin")) == BIG[offset:]
+    assert names(case) == ["copy.bin"]
+    with open(local, "rb") as stream:  # and as the copy engine uses it: a temporary copy, published after a check
+        temp = case.backend.write_temp(case.path("second.bin"), FileSource(stream), looked=True)
+    assert is_temp_name(posixpath.basename(temp.path)) and temp.size == len(BIG)
+    case.backend.publish(temp.path, case.path("second.bin"))
+    assert case.backend.sha256(case.path("second.bin")) == hashlib.sha256(BIG).hexdigest()
 
 
 def test_open_read_streams_from_an_offset(case):

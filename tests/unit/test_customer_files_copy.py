@@ -13,14 +13,14 @@ import subprocess
 import pytest
 
 from backup import customer_files as wf
-from backup.copy_engine import Destination, copy_file
+from backup.copy_engine import KERNEL_COPY_CHECK, Destination, copy_file
 from backup.customer_files import flag
 from backup.records import RecordCounter, count_records
 from base.errors import ConnectionFailed, classify
 from config.settings import Settings
 from connectors.hive import sql_value
-from storage.base import READ_CHUNK, is_temp_name
-from storage.local import LocalBackend
+from storage.base import READ_CHUNK, FileSource, is_temp_name
+from storage.local import LocalBackend, copy_in_kernel
 
 
 def wc_style(path) -> int:
@@ -232,8 +232,9 @@ def test_source_failing_midway_leaves_nothing_at_any_destination(tmp_path):
         assert _files(tmp_path / root) == []
 
 
-def test_changed_source_is_refused_and_its_copies_removed(tmp_path):
-    item, data, dests = _tree(tmp_path, data=b"a\nb\n")
+@pytest.mark.parametrize("data", [b"a\nb\n", b"a;1\n" * 200_000], ids=["small", "large (kernel copies)"])
+def test_changed_source_is_refused_and_its_copies_removed(tmp_path, data):
+    item, data, dests = _tree(tmp_path, data=data)
     item["mtime"] -= 10  # discover saw an older version of the file
     result = copy_file(item, LocalBackend(), dests, lambda n: None)
     assert result["status"] == "failed" and "changed while it was copied" in result["error"]
@@ -350,8 +351,7 @@ def test_local_copies_are_not_read_back_unless_asked(tmp_path):
     result = copy_file(item, LocalBackend(), dests, lambda n: None)
     assert result["status"] == "copied", result
     assert counting[0].opened == counting[1].opened == [], "a copy just written was read back"
-    assert result["verified_by"] == {"primary": "sha256 of the bytes written, synced, size",
-                                     "secondary": "sha256 of the bytes written, synced, size"}
+    assert result["verified_by"] == {"primary": KERNEL_COPY_CHECK, "secondary": KERNEL_COPY_CHECK}  # a large file
     again = copy_file(item, LocalBackend(), dests, lambda n: None)  # both copies there now: checked, not trusted
     assert again["status"] == "present"
     assert len(counting[0].opened) == len(counting[1].opened) == 1
@@ -519,3 +519,105 @@ def test_a_folder_that_cannot_be_synced_fails_its_copies(tmp_path, monkeypatch):
     for result in results:
         assert result["status"] == "failed"
         assert result["error"].startswith("secondary: ") and "sync folder" in result["error"], result["error"]
+
+
+# -- large local files: the kernel's copy ---------------------------------------------------------
+
+def test_a_large_local_file_is_copied_by_the_kernel_after_one_read(tmp_path):
+    """A large local source bound for local folders: one read pass hashes and counts it, the kernel makes both
+    copies from it (no writer thread), and each copy says how it was checked."""
+    from backup import copy_engine
+
+    item, data, dests = _tree(tmp_path)
+    assert len(data) > copy_engine.SMALL_FILE_BYTES
+    for dest in dests:
+        dest.read_back_local = False
+    source, seen, started = CountingLocal(), [], []
+    original = copy_engine._Feed.__init__
+    copy_engine._Feed.__init__ = lambda self, *a: started.append(a) or original(self, *a)
+    try:
+        result = copy_file(item, source, dests, seen.append)
+    finally:
+        copy_engine._Feed.__init__ = original
+    assert started == [] and source.opened == [item["path"]] and sum(seen) == len(data)
+    assert result["status"] == "copied" and result["sha256"] == hashlib.sha256(data).hexdigest()
+    assert result["records"] == 300_000 and result["verified_by"] == {"primary": KERNEL_COPY_CHECK,
+                                                                      "secondary": KERNEL_COPY_CHECK}
+    for root in ("primary", "edge"):
+        assert _files(tmp_path / root) == ["traffic/trafic é 1.csv"]
+        assert (tmp_path / root / "traffic" / "trafic é 1.csv").read_bytes() == data
+
+
+class StreamedLocal(LocalBackend):
+    """A local folder written through this process (no kernel copy), as a remote destination is."""
+
+    copies_from_files = False
+
+
+def test_a_destination_the_kernel_cannot_copy_to_is_fed_by_the_same_read(tmp_path):
+    from backup import copy_engine
+
+    item, data, dests = _tree(tmp_path)
+    dests[1].backend = StreamedLocal()
+    for dest in dests:
+        dest.read_back_local = False
+    started = []
+    original = copy_engine._Feed.__init__
+    copy_engine._Feed.__init__ = lambda self, *a: started.append(a[1]) or original(self, *a)
+    try:
+        result = copy_file(item, CountingLocal(), dests, lambda n: None)
+    finally:
+        copy_engine._Feed.__init__ = original
+    assert result["status"] == "copied", result["error"]
+    assert [os.path.basename(p) for p in started] == ["trafic é 1.csv"]  # one writer thread: the secondary's
+    assert result["verified_by"] == {"primary": KERNEL_COPY_CHECK,
+                                     "secondary": "sha256 of the bytes written, synced, size"}
+    for root in ("primary", "edge"):
+        assert (tmp_path / root / "traffic" / "trafic é 1.csv").read_bytes() == data
+
+
+def test_copy_in_kernel_takes_copy_file_range_else_sendfile_else_none(tmp_path):
+    """Same file system: copy_file_range; across file systems (the kernel refuses that with EXDEV): sendfile; a
+    stream that is no OS file: None, nothing written.  Real files on this machine's ext4 and tmpfs."""
+    data = os.urandom(3 * READ_CHUNK + 17)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    assert shm and os.stat(shm).st_dev != os.stat(tmp_path).st_dev, "needs a second file system at /dev/shm"
+    cases = [(tmp_path / "same.bin", "copy_file_range", 0), (tmp_path / "same-5.bin", "copy_file_range", 5),
+             (os.path.join(shm, f"mb-kernel-{os.getpid()}.bin"), "sendfile", 0)]
+    try:
+        for target, call, offset in cases:
+            with open(src, "rb") as stream, open(target, "xb") as out:
+                assert copy_in_kernel(FileSource(stream, offset), out.fileno()) == call, target
+            assert open(target, "rb").read() == data[offset:], target
+        with open(tmp_path / "none.bin", "xb") as out:
+            assert copy_in_kernel(FileSource(io.BytesIO(data)), out.fileno()) is None
+        assert (tmp_path / "none.bin").stat().st_size == 0
+        # write_temp of a FileSource that is no OS file: read here in chunks, from its offset
+        backend = LocalBackend()
+        temp = backend.write_temp(str(tmp_path / "from-bytes.bin"), FileSource(io.BytesIO(data), 7))
+        assert open(temp.path, "rb").read() == data[7:] and temp.size == len(data) - 7
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(cases[-1][0])
+
+
+def test_a_kernel_copy_that_fills_its_disk_fails_there_and_leaves_nothing(tmp_path):
+    """The primary on a 256 KiB tmpfs (so the copy goes by sendfile, across file systems, until ENOSPC): the
+    primary fails with the disk's error and keeps no file, not even a temporary one; the secondary, on another file
+    system, is copied; the file fails as a whole (fatal: copying again cannot help until space returns)."""
+    item, data, dests = _tree(tmp_path)
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
+    try:
+        dests[0] = Destination("primary", str(mount / "primary"))
+        dests[0].open(Settings())
+        result = copy_file(item, LocalBackend(), dests, lambda n: None)
+        assert result["status"] == "failed" and result["retryable"] is False, result
+        assert result["error"].startswith("primary: FatalError: write ") and "No space left on device" in result["error"]
+        assert _files(mount) == [], "nothing left on the full disk"
+        assert (tmp_path / "edge" / "traffic" / "trafic é 1.csv").read_bytes() == data
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
