@@ -43,21 +43,38 @@ def _os_errors(what: str) -> Iterator[None]:
         raise classify(e, what) from e
 
 
-def _libc_syncfs():
-    """Linux's ``syncfs(2)`` (not in Python's ``os``), or None where the C library has none.
-
-    Since Linux 5.8 it reports a write-back error met on the file system since the file descriptor
-    it is given was opened, which is what lets one call stand for the fsyncs of many files.
-    """
+def _libc(name: str, *argtypes):
+    """A function of the C library (Linux calls Python's ``os`` lacks), or None where the C library has none."""
     try:
-        call = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).syncfs
+        call = getattr(ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    call.argtypes, call.restype = [ctypes.c_int], ctypes.c_int
+    call.argtypes, call.restype = list(argtypes), ctypes.c_int
     return call
 
 
-_SYNCFS = _libc_syncfs()
+#: ``syncfs(2)``: since Linux 5.8 it reports a write-back error met on the file system since the file descriptor
+#: it is given was opened, which is what lets one call stand for the fsyncs of many files
+_SYNCFS = _libc("syncfs", ctypes.c_int)
+#: ``sync_file_range(2)``, used with SYNC_FILE_RANGE_WRITE only: starts writing a file's dirty pages back and
+#: returns without waiting for them (it makes nothing durable: ``sync_written``'s syncfs still does)
+_SYNC_FILE_RANGE = _libc("sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+_SYNC_FILE_RANGE_WRITE = 2
+#: a new file at least this large, left to ``sync_written``, has its write-back started as soon as it is written
+WRITEBACK_START_BYTES = 256 * 1024
+
+
+def _start_writeback(fd: int) -> None:
+    """Start writing ``fd``'s data to disk now, without waiting.
+
+    Why: a batch's copies are made durable by one syncfs at its end (``defer_syncs``); until then the kernel
+    writes nothing back (under its dirty thresholds), so the batch's whole write-back was waited for at the end
+    instead of running while the next files were read and hashed.  Measured on this machine, the copy engine
+    alone, 386 MB of 0.2-1.8 MB files to two local folders in one process: 1.31 s without it, 0.97 s with it
+    (4 alternating rounds each, caches dropped before each).  An error here is left to the syncfs, which reports
+    any write-back error since its folder was opened."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def _syncfs(fd: int, what: str) -> None:
@@ -348,6 +365,8 @@ class LocalBackend(StorageBackend):
                 stream.flush()
                 if not synced_later:
                     os.fsync(stream.fileno())
+                elif os.fstat(fd).st_size >= WRITEBACK_START_BYTES:
+                    _start_writeback(fd)
 
 
 def _file_stat(path: str, found: os.stat_result) -> FileStat:

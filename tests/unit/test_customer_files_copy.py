@@ -621,3 +621,35 @@ def test_a_kernel_copy_that_fills_its_disk_fails_there_and_leaves_nothing(tmp_pa
         assert (tmp_path / "edge" / "traffic" / "trafic é 1.csv").read_bytes() == data
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_large_new_file_left_to_the_batch_sync_has_its_write_back_started_at_once(tmp_path, monkeypatch):
+    """While syncs are deferred, a new file of at least WRITEBACK_START_BYTES gets sync_file_range(WRITE) as soon as
+    it is written (the kernel starts writing it back while the next files are copied); a small one does not; a file
+    written without deferring is fsynced instead.  The real call runs: the spy only records its file."""
+    from storage import local
+
+    if local._SYNC_FILE_RANGE is None or local._SYNCFS is None:
+        pytest.fail("this C library lacks sync_file_range or syncfs: the deferred-sync path is not tested")
+    started = []
+    real = local._SYNC_FILE_RANGE
+    monkeypatch.setattr(local, "_SYNC_FILE_RANGE", lambda fd, *a: started.append(os.fstat(fd).st_size) or real(fd, *a))
+    backend = LocalBackend()
+    big, small = b"x" * local.WRITEBACK_START_BYTES, b"y" * (local.WRITEBACK_START_BYTES - 1)
+    backend.defer_syncs()
+    try:
+        for name, data in (("big", big), ("small", small)):
+            temp = backend.write_temp(str(tmp_path / name), data)
+            with open(tmp_path / f"{name}-src", "wb") as f:
+                f.write(data)
+            with open(tmp_path / f"{name}-src", "rb") as stream:  # and copied by the kernel
+                copied = backend.write_temp(str(tmp_path / f"{name}-copy"), FileSource(stream))
+            backend.sync_written()
+            backend.publish(temp.path, str(tmp_path / name))
+            backend.publish(copied.path, str(tmp_path / f"{name}-copy"))
+    finally:
+        backend.sync_folders()
+    assert started == [len(big), len(big)]
+    assert (tmp_path / "big-copy").read_bytes() == big and (tmp_path / "small-copy").read_bytes() == small
+    backend.write_atomic(str(tmp_path / "not-deferred"), big)  # fsynced at once, nothing to start
+    assert started == [len(big), len(big)]
