@@ -8,6 +8,9 @@ folders by
     durable by one syncfs per batch and verified by that hash and their size), manifest, Hive load, flag.
 Rounds alternate the two, in one run; medians are reported.  Orchestration overhead is the workflow's
 wall time minus the span during which copy tasks ran, minus the collect phase (manifest + Hive).
+``--compare PATH``: the workflow also runs on the code of another checkout, after this code's in every round,
+each code's worker up and warm throughout (only the timed one takes tasks).  Before every timed side, run as root,
+the page cache is emptied of what earlier sides wrote and the source read into it again (``warm``).
 
 ``--small``: many small files, the shape of real CDR feeds: trees of 2,000 / 20,000 / 50,000 files of
 1-8 KB (``--counts``) over 20 customers x 4 domains, backed up to two local folders (``--sftp``: the
@@ -40,6 +43,7 @@ from common import OUT, ROOT, emit, median
 WORK = OUT / "customer-files"
 SMALL_WORK = OUT / "customer-files-small"
 EDGE = "/tmp/mediation-backup-bench/secondary"  # --small --sftp: the secondary copies on the local sshd
+QUEUES = "default,io,spark"  # every queue of the workflow's tasks
 DOMAINS = {"traffic": "traffic", "activations": "activation", "actives": "actives", "tolling": "tolling"}
 
 
@@ -162,10 +166,22 @@ def empty_trash() -> None:
     shutil.rmtree(SMALL_WORK.parent / ".trash", ignore_errors=True)
 
 
+#: whether ``warm`` could empty the page cache first (root only): reported in every JSON line
+CACHES_DROPPED = {"done": False}
+
+
 def warm(src: Path) -> None:
-    """Read every file of ``src`` (untimed), so that the side timed next reads it from the page cache whatever
-    ran before it (both sides start warm).  (The floor's swings of 1.6-23 s at 50,000 files were first put down
-    to the page cache; they came from deleting trees just before a timed run: see ``set_aside``.)"""
+    """Empty the page cache of everything written before (root only: ``sync``, then ``drop_caches``), then read
+    every file of ``src`` (untimed), so that the side timed next starts with the source and nothing else in the
+    cache, whatever ran before it.  (The floor's swings of 1.6-23 s at 50,000 files were first put down to the
+    page cache; they came from deleting trees just before a timed run: see ``set_aside``.  At 2 GB, the cache
+    filled by earlier rounds' copies made the floor swing 2.7-5.9 s until it was emptied before each side.)"""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")  # clean page cache only: nothing unwritten is lost
+        CACHES_DROPPED["done"] = True
+    except OSError:
+        pass
     for folder, _, names in os.walk(src):
         for name in names:
             with open(os.path.join(folder, name), "rb") as f:
@@ -211,7 +227,7 @@ class Worker:
         env = dict(os.environ, BACKUP_CONFIG=str(config), PYTHONPATH=str(code))
         self.name = f"bench-{uuid.uuid4().hex[:6]}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "default,io,spark",
+            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", QUEUES,
              "-c", str(os.cpu_count()), "-n", f"{self.name}@%h", "--loglevel", "WARNING"],
             cwd=code, env=env, stdout=open(WORK / "worker.log", "ab"), stderr=subprocess.STDOUT,
             start_new_session=True)
@@ -224,6 +240,16 @@ class Worker:
             if app.control.ping(destination=[f"{self.name}@{os.uname().nodename}"], timeout=0.5):
                 return
         raise RuntimeError("bench worker did not answer")
+
+    def consume(self, app, on: bool) -> None:
+        """Start (``on``) or stop taking tasks from the workflow's queues: with ``--compare`` both codes' workers
+        stay up and warm, and only the one being timed takes the run's tasks."""
+        destination = [f"{self.name}@{os.uname().nodename}"]
+        for queue in QUEUES.split(","):
+            call = app.control.add_consumer if on else app.control.cancel_consumer
+            replies = call(queue, destination=destination, reply=True, timeout=10)
+            if not replies or not all("ok" in answer for reply in replies for answer in reply.values()):
+                raise RuntimeError(f"worker {self.name}: {'add' if on else 'cancel'} consumer {queue}: {replies}")
 
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
@@ -419,7 +445,7 @@ def main() -> None:
     ap.add_argument("--counts", default="2000,20000,50000", help="with --small: the tree sizes, files")
     ap.add_argument("--loop-files", type=int, default=2000, help="with --small: files the shell loop is timed on")
     ap.add_argument("--sftp", action="store_true", help="with --small: the secondary on the platform's sshd")
-    ap.add_argument("--compare", help="with --small: also run the workers on this checkout's code, alternating")
+    ap.add_argument("--compare", help="also run the workers on this checkout's code, alternating with this one")
     ap.add_argument("--values-load", action="store_true",
                     help="with --small: also run this code with the count rows loaded as VALUES literals, alternating")
     a = ap.parse_args()
@@ -440,34 +466,55 @@ def main() -> None:
     res = Resources(s)
     with res.hive() as hive:
         hive.execute("CREATE DATABASE IF NOT EXISTS mnaas_bench", "create bench database")
-    worker = Worker(config)
+    # Per code a worker, both up and warm at once; only the one being timed takes tasks (``Worker.consume``).
+    codes = {"this": ROOT, **({"compare": Path(a.compare).resolve()} if a.compare else {})}
+    workers = {code: Worker(config, root) for code, root in codes.items()}
+    runs: dict = {code: [] for code in codes}
     try:
-        worker.wait_ready(app)
-        run_workflow(res, app)  # warm-up: worker imports, Hive session, table creation
-        baseline_s, workflow_s, parts, rec = [], [], [], None
-        floors = []
-        for _ in range(a.rounds):
+        for code, worker in workers.items():
+            worker.wait_ready(app)
+            worker.consume(app, False)
+        for code, worker in workers.items():
+            worker.consume(app, True)
+            run_workflow(res, app)  # warm-up: worker imports, Hive session, table creation
+            worker.consume(app, False)
+        baseline_s, floors, checks = [], [], {}
+        for round_ in range(a.rounds):
             baseline_s.append(run_baseline(files, WORK / "baseline"))
             floors.append(run_cp_floor(WORK / "src", WORK / "floor"))
-            warm(WORK / "src")
-            seconds, rec = run_workflow(res, app)
-            if rec["state"] != "success":
-                raise SystemExit(f"workflow run failed: {rec.get('error')}")
-            workflow_s.append(seconds)
-            parts.append(phases_of(rec))
-        check = cross_check(files, rec, WORK / "baseline")
+            for code, worker in workers.items():
+                worker.consume(app, True)
+                warm(WORK / "src")
+                seconds, rec = run_workflow(res, app)
+                worker.consume(app, False)
+                if rec["state"] != "success":
+                    raise SystemExit(f"workflow run failed ({code}): {rec.get('error')}")
+                runs[code].append({"wall": seconds, **phases_of(rec)})
+                if round_ == a.rounds - 1:  # while its copies are there (the next run sets them aside)
+                    checks[code] = cross_check(files, rec, WORK / "baseline")
     finally:
-        worker.stop()
+        for worker in workers.values():
+            worker.stop()
         for copies in ("baseline", "wf"):  # ~4 GB each; the sources stay for the next run
             shutil.rmtree(WORK / copies, ignore_errors=True)
         empty_trash()
+    for code in codes:
+        emit_large(a, files, total, code, codes[code], runs[code], baseline_s, floors, checks[code])
+
+
+def emit_large(a, files: dict, total: int, code: str, root: Path, runs: list[dict], baseline_s: list[float],
+               floors: list[tuple[float, float]], check: dict) -> None:
+    """The JSON line of one code's runs in the large-file bench."""
+    workflow_s = [r["wall"] for r in runs]
+    parts = runs
     wall = median(workflow_s)
     copy_span = median([p["copy_span"] for p in parts])
     collect = median([p["collect"] for p in parts])
     orchestration = max(0.0, wall - copy_span - collect)
     mb = total / 1e6
     emit({
-        "bench": "customer_files", "files": len(files), "mb": round(mb), "customers": a.customers,
+        "bench": "customer_files", "code": code, "code_root": str(root), "caches_dropped": CACHES_DROPPED["done"],
+        "files": len(files), "mb": round(mb), "customers": a.customers,
         "domains": len(DOMAINS), "rounds": a.rounds, "worker_processes": os.cpu_count(),
         "baseline_s": round(median(baseline_s), 1), "workflow_s": round(wall, 1),
         "baseline_mb_per_s": round(mb / median(baseline_s), 1), "workflow_mb_per_s": round(mb / wall, 1),
