@@ -653,3 +653,25 @@ def test_a_large_new_file_left_to_the_batch_sync_has_its_write_back_started_at_o
     assert (tmp_path / "big-copy").read_bytes() == big and (tmp_path / "small-copy").read_bytes() == small
     backend.write_atomic(str(tmp_path / "not-deferred"), big)  # fsynced at once, nothing to start
     assert started == [len(big), len(big)]
+
+
+@pytest.mark.parametrize("recorded", ["right", "wrong"])
+def test_a_restore_source_checking_what_is_read_is_never_bypassed_by_the_kernel(tmp_path, recorded):
+    """A restore reads each copy through a stream that hashes it against the backup's records (no file descriptor,
+    no seek): a large local file is then written from the bytes read through it, never copied by the kernel behind
+    its back; a copy that does not match the records fails and nothing is published."""
+    from backup.restore_customer_files import _RecordedSource
+
+    item, data, dests = _tree(tmp_path)
+    sha = hashlib.sha256(data).hexdigest() if recorded == "right" else "0" * 64
+    for dest in dests:
+        dest.read_back_local = False
+    result = copy_file(item, _RecordedSource(LocalBackend(), {item["path"]: sha}), dests, lambda n: None)
+    if recorded == "right":
+        assert result["status"] == "copied", result["error"]
+        assert set(result["verified_by"].values()) == {"sha256 of the bytes written, synced, size"}
+        for root in ("primary", "edge"):
+            assert (tmp_path / root / "traffic" / "trafic é 1.csv").read_bytes() == data
+    else:
+        assert result["status"] == "failed" and "changed since it was verified" in result["error"], result
+        assert _files(tmp_path / "primary") == [] and _files(tmp_path / "edge") == []
