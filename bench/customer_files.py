@@ -412,7 +412,8 @@ def main_small(a, base: Path) -> None:
             collect = median([r["collect"] for r in runs])
             discover = median([r["discover"] for r in runs])
             floor = median(floors[n])
-            emit({"bench": "customer_files_small", "code": code, "code_root": str(codes[code]), "files": n,
+            emit({"bench": "customer_files_small", "code": code, "code_root": str(codes[code]),
+                  "caches_dropped": CACHES_DROPPED["done"], "files": n,
                   "count_load": "file" if "count_load_folder" in configs[code].read_text() else "values",
                   "mb": round(sum(trees[n].values()) / 1e6, 1), "customers": a.customers, "domains": len(DOMAINS),
                   "secondary": "sftp" if a.sftp else "local", "rounds": a.rounds,
