@@ -325,14 +325,17 @@ class CustomerFiles(Flow):
     busy = ("copy",)
     lock_target = "all"
     CUSTOMERS = ("acme", "beta")
-    FILES, FILE_BYTES = 6, 48_000  # per customer and trial: ~290 KB, a few seconds through the relay
+    FILES, FILE_BYTES = 6, 48_000  # per customer and trial: ~640 KB with the large one, seconds through the relay
+    #: the first file of each customer and trial is larger than the copy engine's SMALL_FILE_BYTES: acme's primary,
+    #: a local folder, then gets it by the kernel's copy (sendfile from the source's file system to the tmpfs)
+    LARGE_FILE_BYTES = 400_000
 
     def __init__(self, campaign):
         super().__init__(campaign)
         root = campaign.state / "cf"
         self.root, self.src, self.tmpfs = root, root / "incoming", root / "acme-primary"
         # acme's backed-up primary copies moved off the 16 MB tmpfs after each trial (``after_trial``): about
-        # 290 KB a customer a trial would fill it after some 50 trials and turn every later one into a disk-full trial.
+        # 640 KB a customer a trial would fill it after some 25 trials and turn every later one into a disk-full trial.
         self.offloaded = root / "acme-primary-offloaded"
         self.edge = f"{campaign.state}/cf-edge"
         #: in the HDFS campaign, acme's primary is this folder on the platform's HDFS instead of the tmpfs
@@ -406,8 +409,9 @@ class CustomerFiles(Flow):
             for i in range(self.FILES):
                 stem = "traffic" if i % 2 == 0 else "tolling"
                 path = self.src / c / f"{stem}_{self.trial_no:03d}_{i:02d}.csv"
+                size = self.LARGE_FILE_BYTES if i == 0 else self.FILE_BYTES
                 lines = [f"{rng.randint(10**8, 10**9)};4479{j:08d};{c};{rng.random():.6f}\n"
-                         for j in range(self.FILE_BYTES // 40)]
+                         for j in range(size // 40)]
                 path.write_text("".join(lines))
                 os.utime(path, (old, old))
 
