@@ -5,12 +5,13 @@ checksums of the HDFS destinations and feeds every destination through a bounded
 (``FEED_QUEUE_CHUNKS`` chunks each: the slowest destination paces the read, memory stays
 bounded) into a temporary name beside the final one; a file of at most ``SMALL_FILE_BYTES`` is
 read whole and written from memory by the transfer thread, without a writer thread per
-destination.  A larger local source bound for a local folder is not fed through the queue: after
-the read pass, the kernel copies it there (``copy_file_range``, ``storage.local.copy_in_kernel``),
-so its bytes never pass through this process again; the source's size and mtime, checked after
-that copy as after every read, then stand for the copy being of the bytes hashed (a source
-rewritten in place between the two, keeping both, would go unnoticed until a read-back: the
-``read_back_local`` setting, or a restore's check).  Then each destination checks its copies in one batch, still at their temporary
+destination.  A larger local source (an OS file, not a stream wrapping one) bound for a local folder
+is not fed through the queue: after the read pass, the kernel copies it there (``copy_file_range``,
+``storage.local.copy_in_kernel``), so its bytes never pass through this process again; the
+source's size and mtime, checked after that copy as after every read, then stand for the copy
+being of the bytes hashed (a source rewritten in place between the two, keeping both, would go
+unnoticed until a read-back: the ``read_back_local`` setting, or a later restore's check against
+the recorded hash).  Then each destination checks its copies in one batch, still at their temporary
 names: on HDFS against the cluster's file checksum where it can be matched (no data read back);
 on SFTP by the server's own SHA-256 (computed in-stream for a large file, ``sha256sum`` in one
 batch for small ones); a copy this pass wrote to a local folder by the SHA-256 of the very bytes
@@ -70,7 +71,7 @@ FEED_QUEUE_CHUNKS = 8  # chunks buffered per destination: the slower destination
 SMALL_FILE_BYTES = 256 * 1024
 TRANSFER_THREADS = 4  # files of one batch in flight at once
 #: how a local copy made by the kernel from the source (not read back) is verified
-KERNEL_COPY_CHECK = "sha256 of the source as read, copied from it again in the kernel, source unchanged after, synced, size"
+KERNEL_COPY_CHECK = "sha256 of the source as read, copied from it again, source unchanged after, synced, size"
 
 
 @dataclass
@@ -269,7 +270,7 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
     small = item["size"] <= SMALL_FILE_BYTES
     to_write = [role for role in t.targets if role not in t.found]
     # A large local source goes to a local folder by the kernel's copy (``copy_file_range``) after the read pass
-    # that hashes and counts it, not through this process: a third less CPU a GB here (README, Performance).
+    # that hashes and counts it, not through this process: a fifth less CPU a GB here (README, Performance).
     by_kernel = [] if small or source.scheme != "file" else \
         [role for role in to_write if backends[role].copies_from_files and role not in checksummers]
     try:
