@@ -228,22 +228,33 @@ class LocalBackend(StorageBackend):
     def rename(self, src: str, dst: str, *, overwrite: bool = False) -> None:
         """Move a file or folder; never replaces a folder."""
         src, dst = self._checked(src), self._checked(dst)
+        folder_in_the_way = AlreadyExists(f"rename {src} -> {dst}: a folder is in the way")
         with _os_errors(f"rename {src} -> {dst}"):
-            if os.path.isdir(dst):
-                raise AlreadyExists(f"rename {src} -> {dst}: a folder is in the way")
             if overwrite:
+                if os.path.isdir(dst):
+                    raise folder_in_the_way
                 os.replace(src, dst)
-            elif os.path.isdir(src):
-                # link() cannot take folders.  This check-then-rename has a
-                # window, acceptable since we only ever publish files that way.
-                if os.path.lexists(dst):
-                    raise AlreadyExists(f"rename {src} -> {dst}: destination exists")
-                os.rename(src, dst)
             else:
-                # link() fails with EEXIST if dst appeared meanwhile, where
-                # rename() would silently replace a competing writer's file.
-                os.link(src, dst, follow_symlinks=False)
-                os.unlink(src)
+                # link() fails with EEXIST if dst exists or appeared meanwhile, where rename() would silently
+                # replace a competing writer's file.  A file is published this way, without a stat before (two
+                # per copy, most of a small file's publishing): the folder checks run only when link() refuses.
+                try:
+                    os.link(src, dst, follow_symlinks=False)
+                except FileExistsError:
+                    if os.path.isdir(dst):
+                        raise folder_in_the_way from None
+                    raise
+                except PermissionError:  # EPERM: link() cannot take folders
+                    if not os.path.isdir(src):
+                        raise
+                    # This check-then-rename has a window, acceptable since we only ever publish files by link().
+                    if os.path.isdir(dst):
+                        raise folder_in_the_way from None
+                    if os.path.lexists(dst):
+                        raise AlreadyExists(f"rename {src} -> {dst}: destination exists") from None
+                    os.rename(src, dst)
+                else:
+                    os.unlink(src)
             self._sync_folder(os.path.dirname(dst))
             if os.path.dirname(src) != os.path.dirname(dst):
                 self._sync_folder(os.path.dirname(src))
