@@ -5,8 +5,8 @@ checksums of the HDFS destinations and feeds every destination through a bounded
 (``FEED_QUEUE_CHUNKS`` chunks each: the slowest destination paces the read, memory stays
 bounded) into a temporary name beside the final one; a file of at most ``SMALL_FILE_BYTES`` is
 read whole and written from memory by the transfer thread, without a writer thread per
-destination.  A larger local source (an OS file, not a stream wrapping one) bound for a local folder
-is not fed through the queue: after the read pass, the kernel copies it there (``copy_file_range``,
+destination.  A larger local source (an OS file, not a stream wrapping one) bound for local folders
+only is not fed through the queues: after the read pass, the kernel copies it there (``copy_file_range``,
 ``storage.local.copy_in_kernel``), so its bytes never pass through this process again; the
 source's size and mtime, checked after that copy as after every read, then stand for the copy
 being of the bytes hashed (a source rewritten in place between the two, keeping both, would go
@@ -269,10 +269,12 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
     checksummers = _checksummers({role: backends[role] for role in t.targets})
     small = item["size"] <= SMALL_FILE_BYTES
     to_write = [role for role in t.targets if role not in t.found]
-    # A large local source goes to a local folder by the kernel's copy (``copy_file_range``) after the read pass
-    # that hashes and counts it, not through this process: a fifth less CPU a GB here (README, Performance).
-    by_kernel = [] if small or source.scheme != "file" else \
-        [role for role in to_write if backends[role].copies_from_files and role not in checksummers]
+    # A large local source goes to local folders by the kernel's copy (``copy_file_range``) after the read pass
+    # that hashes and counts it, not through this process: a fifth less CPU a GB here (README, Performance).  Only
+    # when every copy to make can go that way: beside a destination fed by the read pass (HDFS, SFTP), a local copy
+    # written by its own thread during that pass costs no time, where a kernel copy after it would add its own.
+    by_kernel = [] if small or source.scheme != "file" \
+        or not all(backends[role].copies_from_files and role not in checksummers for role in to_write) else to_write
     try:
         with source.open_read(item["path"]) as stream:
             if small:  # read whole, then written below once the source is known unchanged
