@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from common import OUT, ROOT, emit, median
+from common import OUT, ROOT, emit, median, rotated
 
 WORK = OUT / "customer-files"
 SMALL_WORK = OUT / "customer-files-small"
@@ -373,7 +373,7 @@ def main_small(a, base: Path) -> None:
     durable_floors: dict = {n: [] for n in counts}
     loop_s = []
     loop_files = dict(list(trees[counts[0]].items())[:a.loop_files])
-    for _ in range(a.rounds):
+    for round_ in range(a.rounds):
         loop_s.append(run_baseline(loop_files, work / "baseline"))
         shutil.rmtree(work / "baseline", ignore_errors=True)
         for n in counts:
@@ -381,7 +381,7 @@ def main_small(a, base: Path) -> None:
             floors[n].append(floor)
             durable_floors[n].append(durable)
         for n in counts:  # per tree, the codes one after the other: before and after share the load
-            for code, root in codes.items():
+            for code, root in rotated(list(codes.items()), round_):  # each code first in turn
                 worker = Worker(configs[code], root)
                 try:
                     worker.wait_ready(app)
@@ -483,7 +483,7 @@ def main() -> None:
         for round_ in range(a.rounds):
             baseline_s.append(run_baseline(files, WORK / "baseline"))
             floors.append(run_cp_floor(WORK / "src", WORK / "floor"))
-            for code, worker in workers.items():
+            for code, worker in rotated(list(workers.items()), round_):  # each code first in turn
                 worker.consume(app, True)
                 warm(WORK / "src")
                 seconds, rec = run_workflow(res, app)

@@ -27,7 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import OUT, ROOT, emit, median
+from common import OUT, ROOT, emit, median, rotated
 from customer_files import Worker, domain_of, make_tree, phases_of, run_workflow, write_config
 
 WORK = OUT / "customer-files-hdfs"
@@ -177,12 +177,13 @@ def main() -> None:
     legacy_s, floor_s, floor_same_s = [], [], []
     workflow_s: dict = {code: [] for code in codes}
     spans: dict = {code: [] for code in codes}
-    for _ in range(a.rounds):
+    for round_ in range(a.rounds):
         if not a.no_legacy:
             legacy_s.append(run_legacy(hadoop, user, files))
         floor_s.append(run_floor(hadoop, user))
         floor_same_s.append(run_floor_same_work(hadoop, user))
-        for code, root in codes.items():  # one worker at a time: both would take the same queues
+        # one worker at a time (both would take the same queues), in an order that turns with the rounds
+        for code, root in rotated(list(codes.items()), round_):
             worker = Worker(config_of[code], root)
             try:
                 worker.wait_ready(app)
