@@ -8,8 +8,8 @@ folders by
     durable by one syncfs per batch and verified by that hash and their size), manifest, Hive load, flag.
 Rounds alternate the two, in one run; medians are reported.  Orchestration overhead is the workflow's
 wall time minus the span during which copy tasks ran, minus the collect phase (manifest + Hive).
-``--compare PATH``: the workflow also runs on the code of another checkout, after this code's in every round,
-each code's worker up and warm throughout (only the timed one takes tasks).  Before every timed side, run as root,
+``--compare PATH``: the workflow also runs on the code of another checkout in every round, the codes taking
+turns being timed first, each code's worker up and warm throughout (only the timed one takes tasks).  Before every timed side, run as root,
 the page cache is emptied of what earlier sides wrote and the source read into it again (``warm``).
 
 ``--small``: many small files, the shape of real CDR feeds: trees of 2,000 / 20,000 / 50,000 files of
