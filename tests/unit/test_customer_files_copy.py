@@ -104,6 +104,20 @@ def _files(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
+@contextlib.contextmanager
+def _writer_threads():
+    """The paths the copy engine started a writer thread (``_Feed``) for inside the block; the threads still run."""
+    from backup import copy_engine
+
+    started: list[str] = []
+    original = copy_engine._Feed.__init__
+    copy_engine._Feed.__init__ = lambda self, backend, path: started.append(path) or original(self, backend, path)
+    try:
+        yield started
+    finally:
+        copy_engine._Feed.__init__ = original
+
+
 def test_one_read_feeds_both_copies_count_and_hash(tmp_path):
     item, data, dests = _tree(tmp_path)
     assert len(data) > 3 * READ_CHUNK
@@ -378,13 +392,8 @@ def test_a_small_file_is_written_from_memory_and_checked(tmp_path, data):
 
     assert len(data) <= copy_engine.SMALL_FILE_BYTES
     item, data, dests = _tree(tmp_path, data=data)
-    started = []
-    original = copy_engine._Feed.__init__
-    copy_engine._Feed.__init__ = lambda self, *a: started.append(a) or original(self, *a)
-    try:
+    with _writer_threads() as started:
         result = copy_file(item, LocalBackend(), dests, lambda n: None)
-    finally:
-        copy_engine._Feed.__init__ = original
     assert started == []
     assert result["status"] == "copied" and result["sha256"] == hashlib.sha256(data).hexdigest()
     assert result["records"] == count_records(data) and result["bytes"] == len(data)
@@ -532,13 +541,9 @@ def test_a_large_local_file_is_copied_by_the_kernel_after_one_read(tmp_path):
     assert len(data) > copy_engine.SMALL_FILE_BYTES
     for dest in dests:
         dest.read_back_local = False
-    source, seen, started = CountingLocal(), [], []
-    original = copy_engine._Feed.__init__
-    copy_engine._Feed.__init__ = lambda self, *a: started.append(a) or original(self, *a)
-    try:
+    source, seen = CountingLocal(), []
+    with _writer_threads() as started:
         result = copy_file(item, source, dests, seen.append)
-    finally:
-        copy_engine._Feed.__init__ = original
     assert started == [] and source.opened == [item["path"]] and sum(seen) == len(data)
     assert result["status"] == "copied" and result["sha256"] == hashlib.sha256(data).hexdigest()
     assert result["records"] == 300_000 and result["verified_by"] == {"primary": KERNEL_COPY_CHECK,
@@ -557,19 +562,12 @@ class StreamedLocal(LocalBackend):
 def test_beside_a_destination_the_kernel_cannot_copy_to_every_copy_is_fed_by_the_read(tmp_path):
     """One destination fed by the read pass (as HDFS or SFTP is): the local one is written by its own thread during
     that pass too, not copied by the kernel after it (which would add its time to the file's)."""
-    from backup import copy_engine
-
     item, data, dests = _tree(tmp_path)
     dests[1].backend = StreamedLocal()
     for dest in dests:
         dest.read_back_local = False
-    started = []
-    original = copy_engine._Feed.__init__
-    copy_engine._Feed.__init__ = lambda self, *a: started.append(a[1]) or original(self, *a)
-    try:
+    with _writer_threads() as started:
         result = copy_file(item, CountingLocal(), dests, lambda n: None)
-    finally:
-        copy_engine._Feed.__init__ = original
     assert result["status"] == "copied", result["error"]
     assert sorted(os.path.basename(os.path.dirname(os.path.dirname(p))) for p in started) == ["edge", "primary"]
     assert result["verified_by"] == {"primary": "sha256 of the bytes written, synced, size",
