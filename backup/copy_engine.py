@@ -59,7 +59,7 @@ from base.text import utc_z
 from backup.records import RecordCounter
 from config.settings import Settings
 from storage import StorageBackend
-from storage.base import FileSource, FileStat, iter_chunks
+from storage.base import FileSource, FileStat, iter_chunks, os_file_descriptor
 from storage.hdfs_checksum import ChecksumSpec, HdfsChecksummer, matches
 from storage.locations import open_location
 
@@ -281,7 +281,7 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
                 data = _read_small(stream, item["size"])
                 totals = read_once(io.BytesIO(data), [], on_bytes, list(set(checksummers.values())))
             else:
-                if by_kernel and not _is_os_file(stream):  # a stream that checks or counts what is read (a
+                if by_kernel and os_file_descriptor(stream) is None:  # a stream that checks or counts what is read (a
                     by_kernel = []  # restore's): every copy is made from the bytes read through it
                 feeds = {role: _Feed(backends[role], t.targets[role]) for role in to_write if role not in by_kernel}
                 totals = read_once(stream, list(feeds.values()), on_bytes, list(set(checksummers.values())))
@@ -314,15 +314,6 @@ def _transfer(item: dict, source: StorageBackend, dests: list[Destination],
             t.failed(f"{role}: {next(d for d in dests if d.role == role).fail(error)}", error)
             del t.targets[role]
     return t
-
-
-def _is_os_file(stream) -> bool:
-    """Whether ``stream`` is an open OS file itself (the kernel can copy from it), not a wrapper around one."""
-    try:
-        stream.fileno()
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        return False
-    return True
 
 
 def _checksummers(backends: dict[str, StorageBackend]) -> dict[str, HdfsChecksummer]:

@@ -349,6 +349,15 @@ class FileSource:
         return iter_chunks(self.stream)
 
 
+def os_file_descriptor(stream) -> int | None:
+    """The file descriptor of ``stream`` if it is an open OS file itself (the kernel can copy from it), None for a
+    stream that is not one or wraps one (a restore's checked stream, an in-memory buffer)."""
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
 def iter_chunks(stream: BinaryIO, size: int = READ_CHUNK) -> Iterator[bytes]:
     """Yield ``stream``'s content in chunks of at most ``size`` bytes."""
     while chunk := stream.read(size):

@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import io
 import os
 import shutil
 import stat as stat_mode
@@ -23,7 +22,7 @@ from base.errors import (
     NotFound,
     classify,
 )
-from storage.base import FileSource, FileStat, StorageBackend, check_path, special_kind
+from storage.base import FileSource, FileStat, StorageBackend, check_path, os_file_descriptor, special_kind
 
 
 @contextlib.contextmanager
@@ -101,9 +100,8 @@ def copy_in_kernel(source: FileSource, fd: int) -> str | None:
     ``copy_file_range`` (measured), and no byte is copied into and out of this process.  A copy that stops short
     (the source shrank) is left short: the copy engine's size and source checks refuse it.  Any other error
     (disk full, I/O) is raised as ``OSError``."""
-    try:
-        fd_in = source.stream.fileno()
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+    fd_in = os_file_descriptor(source.stream)
+    if fd_in is None:
         return None
     calls = [("copy_file_range", lambda at: os.copy_file_range(fd_in, fd, KERNEL_COPY_CHUNK, at)),
              ("sendfile", lambda at: os.sendfile(fd, fd_in, at, KERNEL_COPY_CHUNK))]
@@ -228,11 +226,12 @@ class LocalBackend(StorageBackend):
     def rename(self, src: str, dst: str, *, overwrite: bool = False) -> None:
         """Move a file or folder; never replaces a folder."""
         src, dst = self._checked(src), self._checked(dst)
-        folder_in_the_way = AlreadyExists(f"rename {src} -> {dst}: a folder is in the way")
+        def folder_in_the_way() -> AlreadyExists:
+            return AlreadyExists(f"rename {src} -> {dst}: a folder is in the way")
         with _os_errors(f"rename {src} -> {dst}"):
             if overwrite:
                 if os.path.isdir(dst):
-                    raise folder_in_the_way
+                    raise folder_in_the_way()
                 os.replace(src, dst)
             else:
                 # link() fails with EEXIST if dst exists or appeared meanwhile, where rename() would silently
@@ -242,14 +241,14 @@ class LocalBackend(StorageBackend):
                     os.link(src, dst, follow_symlinks=False)
                 except FileExistsError:
                     if os.path.isdir(dst):
-                        raise folder_in_the_way from None
+                        raise folder_in_the_way() from None
                     raise
                 except PermissionError:  # EPERM: link() cannot take folders
                     if not os.path.isdir(src):
                         raise
                     # This check-then-rename has a window, acceptable since we only ever publish files by link().
                     if os.path.isdir(dst):
-                        raise folder_in_the_way from None
+                        raise folder_in_the_way() from None
                     if os.path.lexists(dst):
                         raise AlreadyExists(f"rename {src} -> {dst}: destination exists") from None
                     os.rename(src, dst)
@@ -370,13 +369,17 @@ class LocalBackend(StorageBackend):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             with open(fd, "wb") as stream:
                 synced_later = self._leave_sync(path, fd)
-                if not (isinstance(chunks, FileSource) and copy_in_kernel(chunks, fd)):
+                if isinstance(chunks, FileSource) and copy_in_kernel(chunks, fd):
+                    size = os.fstat(fd).st_size
+                else:
+                    size = 0
                     for chunk in chunks:
                         stream.write(chunk)
+                        size += len(chunk)
                 stream.flush()
                 if not synced_later:
                     os.fsync(stream.fileno())
-                elif os.fstat(fd).st_size >= WRITEBACK_START_BYTES:
+                elif size >= WRITEBACK_START_BYTES:
                     _start_writeback(fd)
 
 
