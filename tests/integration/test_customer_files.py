@@ -755,9 +755,7 @@ def test_the_count_rows_load_every_value_exactly_once(settings, res, cfg, platfo
     strings, quotes, line breaks, variable references) is what was written, and the final table gets each
     loaded row once (a redelivered collect adds nothing)."""
     assert cfg.count_load_folder and cfg.count_load_server_path.startswith("hdfs:///")
-    if load == "values":
-        section = {k: v for k, v in TEST_CONFIG["customer_files"].items() if not k.startswith("count_load_")}
-        res = Resources(load_settings(own_config(tmp_path / "values.yaml", section)))
+    res = _resources_loading_by(load, res, tmp_path)
     reset(res, cfg, settings)
     job_id = "c0ffee" + os.urandom(13).hex()
     rows = _count_rows(140, job_id)
@@ -779,6 +777,48 @@ def test_the_count_rows_load_every_value_exactly_once(settings, res, cfg, platfo
     folder = urlsplit(cfg.count_load_folder).path
     listing = platform.hadoop.fs_shell("-ls", folder).stdout.decode()
     assert job_id not in listing and ".part" not in listing, listing
+
+
+def _resources_loading_by(load: str, res, tmp_path):
+    """``res`` as configured (file: the rows as a JSON-lines file), or loading the rows as VALUES literals."""
+    if load == "file":
+        return res
+    section = {k: v for k, v in TEST_CONFIG["customer_files"].items() if not k.startswith("count_load_")}
+    return Resources(load_settings(own_config(tmp_path / "values.yaml", section)))
+
+
+@pytest.mark.parametrize("load,broadcast", [("file", True), ("values", True), ("file", False)])
+def test_a_file_an_earlier_run_counted_is_not_counted_again(settings, res, cfg, platform, tmp_path, monkeypatch,
+                                                            load, broadcast):
+    """A run whose rows hold files the count table already counts under another job (found present again after
+    their ledger entries were lost, or their mtime changed) adds only what the table lacks, matching on customer,
+    domain, file and SHA-256 together: the same name with other content, or in another domain, is a new row.  A
+    file the table holds twice (two merges at once, reported by that run) still matches one staged row once:
+    the staging table gets every row of the run, once.  Not ``broadcast``: the run's keys too many to hand the
+    server (``BROADCAST_KEYS_MAX``), the server's planner chooses the join, with the same result."""
+    if not broadcast:
+        monkeypatch.setattr(wf, "BROADCAST_KEYS_MAX", 0)
+    res = _resources_loading_by(load, res, tmp_path)
+    reset(res, cfg, settings)
+    earlier = "e0e0" + os.urandom(14).hex()
+    old = [r for r in _count_rows(40, earlier) if r["status"] in wf.LOADED_STATUSES]
+    assert wf.load_into_hive(res, old, earlier, lambda: None)["final_rows_added"] == len(old) == 30
+    execute(settings, f"INSERT INTO TABLE {cfg.final_table} SELECT * FROM {cfg.final_table} "
+                      f"WHERE `job_id` = '{earlier}' AND `file_name` LIKE 'f00001 %'")
+    job_id = "e1e1" + os.urandom(14).hex()
+    again = [dict(r, status="present") for r in old[:10]]
+    other_content = dict(old[10], sha256="f" * 64)
+    other_domain = dict(old[11], domain="activations")
+    new = [dict(r, file=f"new {r['file']}") for r in _count_rows(8, job_id)]
+    rows = again + [other_content, other_domain] + new
+    out = wf.load_into_hive(res, rows, job_id, lambda: None)
+    added = [other_content, other_domain] + [r for r in new if r["status"] in wf.LOADED_STATUSES]
+    assert out["staging_rows"] == len(rows) and out["final_rows_added"] == len(added) == 8
+    key = "`customer`, `domain`, `file_name`, `sha256`"
+    assert sorted(query(settings, f"SELECT {key} FROM {cfg.final_table} WHERE `job_id` = '{job_id}'")) == \
+        sorted((r["customer"], r["domain"], CONTROL_CHARS.sub(" ", r["file"]), r["sha256"]) for r in added)
+    assert query(settings, f"SELECT count(*) FROM {cfg.staging_table} WHERE `job_id` = '{job_id}'") == [(len(rows),)]
+    assert query(settings, f"SELECT count(*) FROM {cfg.final_table} WHERE `job_id` = '{earlier}'") == [(31,)]
 
 
 def test_a_count_rows_path_the_server_cannot_read_fails_loudly_and_loads_nothing(settings, res, cfg, platform,
