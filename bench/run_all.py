@@ -8,6 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("transfer.py", "bandwidth.py", "export.py", "customer_files.py", "table_backup.py", "hdfs_copies.py"):
+for script in ("transfer.py", "bandwidth.py", "export.py", "customer_files.py", "table_backup.py", "hdfs_copies.py",
+               "count_table_growth.py"):
     if (HERE / script).exists():
         subprocess.run([sys.executable, str(HERE / script), *sys.argv[1:]], check=False, cwd=HERE)
