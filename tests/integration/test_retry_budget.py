@@ -93,6 +93,8 @@ def test_backup_server_away_for_longer_than_the_budget_fails_loudly_once(setting
     assert rec["alert_sent"] is True and (mails, tickets) == (1, 1)
 
 
+# 39 s in CI: make fault-trials (CI runs it after make test), which make test's 25 minutes have no room for
+@pytest.mark.faults
 def test_black_hole_mid_transfer_is_cut_by_the_stall_timeout_and_retried(settings, tmp_path, setup,
                                                                           private_broker_table):
     """Without the stall timeout the upload would hang until OpenSSH's keepalive gives up (3 x 30 s)."""
