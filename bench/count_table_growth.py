@@ -56,7 +56,7 @@ def overlap_rows(history: int, overlap: int) -> list[dict]:
 
 
 def new_rows(job_id: str, n: int) -> list[dict]:
-    """``n`` manifest rows of files never counted before (every third row's error text holds a quote and a ``;``)."""
+    """``n`` manifest rows of files never counted before, all copied."""
     return [{"customer": f"customer_{i % 20:02d}", "domain": "traffic", "file": f"traffic_{job_id[:8]}_{i:06d}.csv",
              "bytes": 4000 + i, "records": 50, "sha256": hashlib.sha256(f"{job_id}:{i}".encode()).hexdigest(),
              "primary_uri": f"file:///p/{job_id[:8]}/{i}", "secondary_uri": f"file:///s/{job_id[:8]}/{i}",
