@@ -39,14 +39,16 @@ TEST_MONTHS_BACK = 6
 
 def new_sample_table(settings, name: str, rows: int = 8000) -> str:
     """``mnaas_test.<name>``, (re)created with ``rows`` sample rows over ``TEST_MONTHS_BACK`` months on the
-    platform's HiveServer2."""
+    platform's HiveServer2, on three dates a month (``sparse_dates``: the window's boundaries, a tenth of the
+    partitions)."""
     from base.identifiers import TableName
     from connectors.hive import HiveClient
     from local_platform.sample_data import create_sample_table
 
     table = TableName("mnaas_test", name)
     with HiveClient.from_settings(settings) as hive:
-        create_sample_table(hive, table, rows=rows, months_back=TEST_MONTHS_BACK, count=False)
+        create_sample_table(hive, table, rows=rows, months_back=TEST_MONTHS_BACK, count=False,
+                            sparse_dates=True)
     return str(table)
 
 

@@ -38,7 +38,7 @@ def tables(platform, settings):
     """Sample tables, one per test that needs its own lock and alert episode.
 
     Created three at a time, each over a HiveServer2 session of its own: most of a creation is waiting on
-    HDFS and the metastore (~270 partitions), which overlaps."""
+    HDFS and the metastore (21 partitions each: ``sparse_dates``), which overlaps."""
     from concurrent.futures import ThreadPoolExecutor
 
     from connectors.hive import HiveClient
@@ -47,7 +47,7 @@ def tables(platform, settings):
         t = TableName("mnaas_test", f"traffic_{key}")
         with HiveClient.from_settings(settings) as hive:
             create_sample_table(hive, t, rows=ROWS if key == "main" else 3000, months_back=TEST_MONTHS_BACK,
-                                count=False)
+                                count=False, sparse_dates=True)
         return str(t)
 
     keys = ("main", "concurrent", "stale", "resume", "hostkey", "killed")
