@@ -205,6 +205,13 @@ class LocalPlatform:
     def _start_spark(self) -> subprocess.Popen:
         home = self.spark_home()
         (self.state / "spark").mkdir(parents=True, exist_ok=True)
+        # One JVM serves every client (workers, CLIs, tests, Spark Connect sessions) with a few task slots.  Spark's
+        # default FIFO order gives each slot to the oldest job: a one-second query waited behind a minute-long
+        # INSERT holding every slot.  Fair sharing among the jobs of the default pool lets them interleave.
+        pools = self.state / "spark" / "fairscheduler.xml"
+        pools.write_text('<?xml version="1.0"?>\n<allocations>\n  <pool name="default">\n'
+                         '    <schedulingMode>FAIR</schedulingMode>\n    <weight>1</weight>\n    <minShare>0</minShare>\n'
+                         '  </pool>\n</allocations>\n')
         # HADOOP_CONF_DIR: hdfs:// paths reach the local HDFS; its hive-site names the shared metastore.
         env = dict(os.environ, SPARK_HOME=str(home), PYSPARK_PYTHON=sys.executable,
                    SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(self.log_dir),
@@ -224,6 +231,11 @@ class LocalPlatform:
             "--conf", "spark.hadoop.hive.server2.thrift.bind.host=127.0.0.1",
             "--conf", "spark.hadoop.hive.server2.authentication=NOSASL",
             "--conf", "spark.sql.shuffle.partitions=4",
+            "--conf", "spark.scheduler.mode=FAIR",
+            "--conf", f"spark.scheduler.allocation.file={pools.as_uri()}",  # a bare path is read from HDFS
+            # A table's partition folders are listed by the driver (a few NameNode calls), not by a Spark job of one
+            # task per folder (the default above 32 folders) that waits for free slots like any other job.
+            "--conf", "spark.sql.sources.parallelPartitionDiscovery.threshold=10000",
             "spark-internal",
         ]
         # What Spark leaves in its working directory (derby.log, spark-warehouse of a misconfigured run) stays here.
