@@ -167,13 +167,17 @@ class EarlyStart:
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Unit tests first (they need no service), then the rest in their usual order, and last the tests marked
-    ``clock`` (they measure elapsed time, which the platform's start and the compose build beside the session
-    would skew); start Redis and the platform in the background now if any selected test needs the platform."""
+    """Unit tests first (they need no service), then the rest in their usual order, then the tests of background
+    scenarios (``tests/background.py``: a test waits for its scenario, which started with the session, so the
+    later it runs the less of the session it holds up), and last the tests marked ``clock`` (they measure elapsed
+    time, which the platform's start and the compose build beside the session would skew); start Redis and the
+    platform in the background now if any selected test needs the platform."""
     unit = str(ROOT / "tests" / "unit")
 
     def place(item) -> int:
         if item.get_closest_marker("clock"):
+            return 3
+        if getattr(getattr(item, "function", None), "background", None) is not None:
             return 2
         return 0 if str(item.path).startswith(unit) else 1
     items.sort(key=place)  # stable: modules stay in order
