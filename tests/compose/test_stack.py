@@ -34,6 +34,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -140,6 +141,12 @@ class Stack:
         cid = self.compose("ps", "-q", service, timeout=30).stdout.strip()
         assert cid, f"no container for {service}"
         return cid
+
+    def init_pid(self, container: str) -> int:
+        """The host's pid of a running container's first process (its PID namespace's init)."""
+        pid = int(self.engine.docker("inspect", "-f", "{{.State.Pid}}", container, timeout=30).stdout.strip())
+        assert pid > 0, f"container {container[:12]} is not running"
+        return pid
 
     def exec(self, service: str, *argv: str, timeout: float = 60) -> str:
         return self.engine.docker("exec", self.container(service), *argv, timeout=timeout).stdout
@@ -414,6 +421,10 @@ def test_3_io_worker_container_killed_mid_transfer(stack):
     expected = _write_delivery(stack, ["alpha"], big=True, seed=3)
     # Container ids first: `docker compose ps` takes seconds, the copy of 400 MB into HDFS and the edge node 5 s.
     containers = {service: stack.container(service) for service in ("worker-io", "worker-io-2")}
+    # The kill is a SIGKILL to the container's init sent from the host (what `docker kill` asks dockerd to do; the
+    # kernel then ends every process of the container): it lands at once, where a `docker kill` command took
+    # seconds on a loaded machine (CI, 2026-12-06) and the 10-second copy ended before it.
+    init_pids = {service: stack.init_pid(cid) for service, cid in containers.items()}
     job_id = _enqueue(stack, "backup.customer_files")
     worker = _worker_running_copy(stack, job_id, "alpha", 120)
     service = "worker-io-2" if worker.startswith("io2@") else "worker-io"
@@ -428,7 +439,7 @@ def test_3_io_worker_container_killed_mid_transfer(stack):
         assert total == 0 or done.get("bytes_done", 0) < total, f"the copy's bytes all went by unseen: {done}"
         assert time.monotonic() < deadline, f"the copy of {job_id} never started: {stack.res.jobs.get(job_id)}"
         time.sleep(0.05)
-    stack.engine.docker("kill", containers[service])  # the copy of 4 x 100 MB runs for seconds
+    os.kill(init_pids[service], signal.SIGKILL)  # the copy of 4 x 100 MB runs for seconds
     copying = next(p for p in stack.res.jobs.get(job_id)["phases"] if p["name"] == "copy:alpha")
     assert copying["state"] == "running", f"the kill must land mid-copy: {copying}"
     rec = wait_job(stack.res, job_id, 300)
