@@ -243,7 +243,7 @@ class EdgeExport(Flow):
         # writing the CSV lines (a DOUBLE would keep it on the worker's formatter, which the tests cover).
         sample, self.table = TableName(DB, "traffic_sample"), TableName(DB, "traffic")
         with HiveClient.from_settings(self.c.settings) as hive:
-            create_sample_table(hive, sample, rows=self.c.rows)
+            create_sample_table(hive, sample, rows=self.c.rows, sparse_dates=self.c.sparse_dates)
             hive.execute(f"DROP TABLE IF EXISTS {self.table.sql}")
             hive.execute(f"CREATE TABLE {self.table.sql} USING parquet PARTITIONED BY (partition_date) AS SELECT id, "
                          f"msisdn, customer, note, bytes_up, event_ts, partition_date FROM {sample.sql}")
@@ -978,8 +978,12 @@ class Campaign:
 
     def __init__(self, base: dict, state: Path, redis_port: int, seed: int = 1, max_outage: float = 90,
                  rows: int = 8000, workflows=(WORKFLOW,), spark_restart: bool = False,
-                 own_platform: bool = False, sentinel: bool = False, hdfs: bool = False, yarn: bool = False):
+                 own_platform: bool = False, sentinel: bool = False, hdfs: bool = False, yarn: bool = False,
+                 sparse_dates: bool = False):
         self.base, self.state, self.rng = base, state, random.Random(seed)
+        #: the sample table on three dates a month (local_platform.sample_data): the tests' one-trial campaigns,
+        #: where the dense table (270 partitions, written twice) cost a minute of the shared Spark server
+        self.sparse_dates = sparse_dates
         self.hdfs = hdfs  # customer-files' acme primary on the platform's HDFS (the HDFS_KINDS campaign)
         self.yarn = yarn  # Spark phases as YARN applications (spark-submit, cluster mode: the YARN_KINDS campaign)
         self.max_outage = max_outage

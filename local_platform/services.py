@@ -210,8 +210,8 @@ class LocalPlatform:
         # INSERT holding every slot.  Fair sharing among the jobs of the default pool lets them interleave.
         pools = self.state / "spark" / "fairscheduler.xml"
         pools.write_text('<?xml version="1.0"?>\n<allocations>\n  <pool name="default">\n'
-                         '    <schedulingMode>FAIR</schedulingMode>\n    <weight>1</weight>\n    <minShare>0</minShare>\n'
-                         '  </pool>\n</allocations>\n')
+                         '    <schedulingMode>FAIR</schedulingMode>\n    <weight>1</weight>\n'
+                         '    <minShare>0</minShare>\n  </pool>\n</allocations>\n')
         # HADOOP_CONF_DIR: hdfs:// paths reach the local HDFS; its hive-site names the shared metastore.
         env = dict(os.environ, SPARK_HOME=str(home), PYSPARK_PYTHON=sys.executable,
                    SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(self.log_dir),

@@ -40,7 +40,10 @@ WEBHDFS = f"webhdfs://127.0.0.1:{NAMENODE_HTTP_PORT}"
 TEST_CONFIG = {
     "base_dir": str(ROOT),
     "redis": {"url": f"redis://127.0.0.1:6379/{TEST_REDIS_DB}", "key_prefix": "mbtest"},
-    "celery": {"task_time_limit": 60, "task_soft_time_limit": 55, "visibility_timeout": 65,
+    # Time limits well above any phase of the tests: in CI a 60-row count load took 48 s of a Spark server
+    # starved by the compose build beside the session, and a 55 s soft limit failed it (no test here relies on
+    # them firing: those that do set their own).
+    "celery": {"task_time_limit": 180, "task_soft_time_limit": 170, "visibility_timeout": 65,
                "max_deliveries": 3, "worker_concurrency": 2},
     "retry": {"max_retries": 2, "backoff": 1, "backoff_max": 2},
     "lock": {"ttl": 10, "renew_every": 2},
