@@ -199,6 +199,9 @@ def failover_table(platform, settings):
     return new_sample_table(settings, "traffic_redis_failover")
 
 
+# 19-38 s in CI: make fault-trials, as make test went over its 25 minutes (CI of fea41ad); make test keeps the
+# two fail-over tests above (the writes a fail-over loses, a task running across the reconnect)
+@pytest.mark.faults
 def test_a_real_run_rides_through_the_primary_killed_at_a_random_moment(tmp_path, settings, platform,
                                                                         sentinel_group, failover_table):
     """Two fail-overs in one run: success (or one loud failure, then a rerun's success), the archive once on the edge

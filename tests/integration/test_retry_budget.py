@@ -286,6 +286,9 @@ def test_customer_files_copy_cut_by_a_short_outage_is_retried_and_succeeds(setti
     assert res.locks.holder("customer-files", "all") is None
 
 
+# 27 s in a local CI run (2026-12-06): make fault-trials, as make test went over its 25 minutes (CI of fea41ad);
+# make test keeps the short outage that is ridden through and edge-export's outage past the budget
+@pytest.mark.faults
 def test_customer_files_outage_longer_than_the_budget_fails_once_then_copied_by_the_next_run(
         settings, tmp_path, cf_setup):
     """sshd unreachable past a short retry.budget mid-copy: the run fails (FAIL: its only customer had failures)
