@@ -72,13 +72,14 @@ class Engine:
     CPU share: dockerd with the cgroupfs driver and no systemd (as here) puts every container under one
     cgroup (/docker) whose cpu.shares is 1024, the weight of a single host thread: beside a busy test
     session the whole stack got a quarter of one core and a JVM 1 to 3 % (HDFS took minutes to start).
-    The engine's containers go under a cgroup of their own (``--cgroup-parent``) weighing ``cpu_threads``
-    busy host threads.  Removed at stop."""
+    The engine's containers go under a cgroup of their own (``--cgroup-parent``) weighing ``containers``
+    host threads, each container as much as one process: what Docker under systemd gives (a scope per
+    container).  Removed at stop."""
 
-    def __init__(self, state: Path, cpu_threads: int = 1):
+    def __init__(self, state: Path, containers: int = 1):
         self.state = state.resolve()
         self.cgroup = "mb-compose-" + hashlib.sha256(str(self.state).encode()).hexdigest()[:10]
-        self.cpu_threads = cpu_threads
+        self.containers = containers
         self.run_dir = self.state / "run"
         self.sock = self.run_dir / "docker.sock"
         self.pidfile = self.run_dir / "dockerd.pid"
@@ -159,17 +160,17 @@ class Engine:
         self._remove_cgroups()
 
     def _make_cgroup(self) -> str:
-        """The containers' parent cgroup with the CPU weight of ``cpu_threads`` host threads; what was set."""
+        """The containers' parent cgroup with the CPU weight of ``containers`` host threads; what was set."""
         v1 = Path("/sys/fs/cgroup/cpu")
         if (v1 / "cpu.shares").exists():
             (v1 / self.cgroup).mkdir(exist_ok=True)
-            (v1 / self.cgroup / "cpu.shares").write_text(str(1024 * self.cpu_threads))
-            return f"cgroup v1 cpu.shares {1024 * self.cpu_threads}"
+            (v1 / self.cgroup / "cpu.shares").write_text(str(1024 * self.containers))
+            return f"cgroup v1 cpu.shares {1024 * self.containers}"
         unified = Path("/sys/fs/cgroup")
         if "cpu" in (unified / "cgroup.subtree_control").read_text().split() if (unified / "cgroup.subtree_control").exists() else False:
             (unified / self.cgroup).mkdir(exist_ok=True)
-            (unified / self.cgroup / "cpu.weight").write_text(str(min(10000, 100 * self.cpu_threads)))
-            return f"cgroup v2 cpu.weight {min(10000, 100 * self.cpu_threads)}"
+            (unified / self.cgroup / "cpu.weight").write_text(str(min(10000, 100 * self.containers)))
+            return f"cgroup v2 cpu.weight {min(10000, 100 * self.containers)}"
         return "default (no cpu controller found)"
 
     def _remove_cgroups(self) -> None:

@@ -209,19 +209,12 @@ def _timed(name: str, fn, *args, **kw):
     return out
 
 
-#: The stack's CPU weight, in busy host threads.  One per container (13) let the stack, mostly idle JVMs that burst
-#: together, take ~90 % of both cores for minutes while the test suite beside it starved (a 60-row count load took
-#: 48 s and hit a 55 s limit; CI of fea41ad failed a 90 s wait).  Four: against the suite's usual 2-3 busy threads
-#: the stack still gets well over half of the machine, as the sole weight of 1024 (a quarter core) did not.
-STACK_CPU_THREADS = 4
-
-
 @pytest.fixture(scope="module")
 def stack():
     t0 = time.monotonic()
     services = set(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"])
     services |= set(yaml.safe_load((ROOT / "deploy" / "compose.test.yaml").read_text())["services"])
-    engine = Engine(STATE, cpu_threads=STACK_CPU_THREADS)
+    engine = Engine(STATE, containers=len(services))
     mp = pytest.MonkeyPatch()
     try:
         _timed("engine_start", engine.start)
