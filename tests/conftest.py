@@ -40,8 +40,8 @@ WEBHDFS = f"webhdfs://127.0.0.1:{NAMENODE_HTTP_PORT}"
 TEST_CONFIG = {
     "base_dir": str(ROOT),
     "redis": {"url": f"redis://127.0.0.1:6379/{TEST_REDIS_DB}", "key_prefix": "mbtest"},
-    # Time limits well above any phase of the tests: in CI a 60-row count load took 48 s of a Spark server
-    # starved by the compose build beside the session, and a 55 s soft limit failed it (no test here relies on
+    # Time limits well above any phase of the tests: in a local run like CI a 60-row count load took 48 s of a
+    # Spark server starved by the compose build beside the session, and a 55 s soft limit failed it (no test relies on
     # them firing: those that do set their own).
     "celery": {"task_time_limit": 180, "task_soft_time_limit": 170, "visibility_timeout": 65,
                "max_deliveries": 3, "worker_concurrency": 2},

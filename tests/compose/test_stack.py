@@ -423,7 +423,7 @@ def test_3_io_worker_container_killed_mid_transfer(stack):
     containers = {service: stack.container(service) for service in ("worker-io", "worker-io-2")}
     # The kill is a SIGKILL to the container's init sent from the host (what `docker kill` asks dockerd to do; the
     # kernel then ends every process of the container): it lands at once, where a `docker kill` command took
-    # seconds on a loaded machine (CI, 2026-12-06) and the 10-second copy ended before it.
+    # seconds on a loaded machine (a local run like CI, 2026-12-06) and the 10-second copy ended before it.
     init_pids = {service: stack.init_pid(cid) for service, cid in containers.items()}
     job_id = _enqueue(stack, "backup.customer_files")
     worker = _worker_running_copy(stack, job_id, "alpha", 120)
