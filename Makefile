@@ -124,10 +124,10 @@ test-unit: venv
 bench: up
 	$(PY) bench/run_all.py
 
-# The tests marked faults, on a test session's own platform (12-16 minutes after make test; 15 m 35 s on
-# 383d2c9): one trial of each kind make test has no room for (a worker SIGKILL, sshd away, a black hole, a paused
-# holder, a restore under a worker SIGKILL, a DataNode and the NameNode stopped, a YARN application killed, the Spark JVM restarted), the
-# scripted HDFS scenarios (DataNode, NameNode, safe mode, permissions), the YARN cluster-mode backup with one
+# The tests marked faults, on a test session's own platform (12-16 minutes after make test; 15 m 35 s on 383d2c9): one
+# trial of each kind make test has no room for (a worker SIGKILL, sshd away, a black hole, a paused holder, a restore
+# under a worker SIGKILL, a DataNode and the NameNode stopped, a YARN application killed, the Spark JVM restarted),
+# the scripted HDFS scenarios (DataNode, NameNode, safe mode, permissions), the YARN cluster-mode backup with one
 # application killed, and the longer outage scenarios (workers killed mid-copy, a black hole mid-transfer, a
 # customer-files outage past its retry budget, the Redis primary killed at a random moment).  .ci/run runs it after
 # make test, so CI keeps every fault kind alive; needs root (tmpfs, iptables).
