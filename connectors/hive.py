@@ -18,12 +18,14 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
 from impala import dbapi
-from impala.error import Error as ImpylaError
+from impala._thrift_gen.TCLIService.ttypes import TGetOperationStatusReq
+from impala.error import Error as ImpylaError, OperationalError
 from thrift.transport.TTransport import TTransportException
 
 from base.errors import (AuthFailed, ConfigError, ConnectionFailed, FatalError, NotFound, classify,
@@ -83,6 +85,35 @@ def _classify(e: BaseException, what: str):
             return AuthFailed(f"{what}: {first}")
         return FatalError(f"{what}: {first}")
     return classify(e, what)
+
+
+#: what impyla raises for a failed statement whose status carried no error message.  The Spark Thrift server sets an
+#: operation's state to ERROR, then records why: a status read between the two has no message, and impyla then asks
+#: for the result and gets the server's "Expected state FINISHED, but found ERROR" (or, for a statement without a
+#: result, says "Operation is in ERROR_STATE").  Seen under load in a fresh clone run like CI: the DESCRIBE of a
+#: missing count table came back as that, not as "not found", and a good run failed instead of creating the table.
+_NO_MESSAGE = re.compile(r"Expected state FINISHED, but found ERROR|Operation is in ERROR_STATE")
+
+
+def _with_server_message(cur, e: BaseException, wait: float = 10.0) -> BaseException:
+    """``e``, or when it is impyla's error without the server's message (``_NO_MESSAGE``), the message the server
+    records for the cursor's operation a moment later, read with ``GetOperationStatus`` (idempotent) until it is there
+    or ``wait`` seconds have passed.  Cost: nothing for any other error; a few status calls for this one."""
+    op = getattr(cur, "_last_operation", None)
+    if op is None or not isinstance(e, ImpylaError) or not _NO_MESSAGE.search(str(e)):
+        return e
+    deadline, pause = time.monotonic() + wait, 0.05
+    while True:
+        try:
+            status = op._rpc("GetOperationStatus", TGetOperationStatusReq(operationHandle=op.handle), True)
+        except Exception:  # the session or the server gone: the error we have is all there is
+            return e
+        if status.errorMessage:
+            return OperationalError(status.errorMessage)
+        if time.monotonic() >= deadline:
+            return e
+        time.sleep(pause)
+        pause = min(2 * pause, 1.0)
 
 
 def _certificate_refusal(e: BaseException) -> str | None:
@@ -156,14 +187,14 @@ class HiveSession:
         try:
             self._cur.execute(sql)
         except Exception as e:
-            raise _classify(e, what) from e
+            raise _classify(_with_server_message(self._cur, e), what) from e
 
     def query(self, sql: str, what: str) -> list[tuple]:
         try:
             self._cur.execute(sql)
             return [tuple(r) for r in self._cur.fetchall()] if self._cur.has_result_set else []
         except Exception as e:
-            raise _classify(e, what) from e
+            raise _classify(_with_server_message(self._cur, e), what) from e
 
 
 class HiveClient:
@@ -237,7 +268,7 @@ class HiveClient:
         try:
             yield cur
         except Exception as e:
-            raise _classify(e, what) from e
+            raise _classify(_with_server_message(cur, e), what) from e
         finally:
             try:
                 cur.close()
