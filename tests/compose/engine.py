@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -74,12 +75,19 @@ class Engine:
     session the whole stack got a quarter of one core and a JVM 1 to 3 % (HDFS took minutes to start).
     The engine's containers go under a cgroup of their own (``--cgroup-parent``) weighing ``containers``
     host threads, each container as much as one process: what Docker under systemd gives (a scope per
-    container).  Removed at stop."""
+    container).  Removed at stop.
+    While the images are made (``start`` until ``weigh``), that cgroup weighs ``build_threads`` host threads and
+    holds this process too, so everything it starts (debootstrap, pip, dockerd and the build steps it runs) shares
+    that weight: in a fresh-clone run like CI the build's many busy processes beside the test session, each weighing
+    a host thread, saturated both cores for its first minutes (a 60-row count load took 82 s, ten times its time
+    on a quiet machine), while the build itself is in no hurry (it ends long before the session).  The stack then
+    gets its full weight (``weigh(containers)``) before ``up``: starved, its services missed their health checks."""
 
-    def __init__(self, state: Path, containers: int = 1):
+    def __init__(self, state: Path, containers: int = 1, build_threads: int = 1):
         self.state = state.resolve()
         self.cgroup = "mb-compose-" + hashlib.sha256(str(self.state).encode()).hexdigest()[:10]
-        self.containers = containers
+        self.containers, self.build_threads = containers, build_threads
+        self.joined: Path | None = None  # the cgroup this process was moved into, left again at stop
         self.run_dir = self.state / "run"
         self.sock = self.run_dir / "docker.sock"
         self.pidfile = self.run_dir / "dockerd.pid"
@@ -107,7 +115,8 @@ class Engine:
         plugins = self.docker_config / "cli-plugins"
         plugins.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(__file__).resolve().parents[2] / "deploy" / "docker-compose-plugin", plugins / "docker-compose")
-        self.cpu_share = self._make_cgroup()
+        self.cpu_share = self._make_cgroup(self.build_threads)
+        self._join_cgroup()
         argv = [dockerd, "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-forward=false",
                 "--ip-masq=false", "--data-root", str(self.state / "docker"), "--exec-root", str(self.run_dir / "exec"),
                 "--pidfile", str(self.pidfile), "-H", f"unix://{self.sock}", f"--cgroup-parent=/{self.cgroup}"]
@@ -157,21 +166,90 @@ class Engine:
             subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
         if self.run_dir.exists():
             shutil.rmtree(self.run_dir)
+        self._leave_cgroup()
         self._remove_cgroups()
 
-    def _make_cgroup(self) -> str:
-        """The containers' parent cgroup with the CPU weight of ``containers`` host threads; what was set."""
+    def _cpu_root(self) -> tuple[Path, str] | None:
+        """(root of the hierarchy with the cpu controller, its weight file name), or None without one."""
         v1 = Path("/sys/fs/cgroup/cpu")
         if (v1 / "cpu.shares").exists():
-            (v1 / self.cgroup).mkdir(exist_ok=True)
-            (v1 / self.cgroup / "cpu.shares").write_text(str(1024 * self.containers))
-            return f"cgroup v1 cpu.shares {1024 * self.containers}"
+            return v1, "cpu.shares"
         unified = Path("/sys/fs/cgroup")
-        if "cpu" in (unified / "cgroup.subtree_control").read_text().split() if (unified / "cgroup.subtree_control").exists() else False:
-            (unified / self.cgroup).mkdir(exist_ok=True)
-            (unified / self.cgroup / "cpu.weight").write_text(str(min(10000, 100 * self.containers)))
-            return f"cgroup v2 cpu.weight {min(10000, 100 * self.containers)}"
-        return "default (no cpu controller found)"
+        control = unified / "cgroup.subtree_control"
+        if control.exists() and "cpu" in control.read_text().split():
+            return unified, "cpu.weight"
+        return None
+
+    def _make_cgroup(self, threads: int) -> str:
+        """The containers' parent cgroup, weighing ``threads`` host threads; what was set."""
+        found = self._cpu_root()
+        if found is None:
+            return "default (no cpu controller found)"
+        (found[0] / self.cgroup).mkdir(exist_ok=True)
+        return self.weigh(threads)
+
+    def weigh(self, threads: int) -> str:
+        """Give the engine's cgroup (this process while joined, dockerd, builds, containers) the CPU weight of
+        ``threads`` host threads; what was set."""
+        found = self._cpu_root()
+        if found is None or not (found[0] / self.cgroup).is_dir():
+            return "default (no cpu controller found)"
+        root, name = found
+        value = 1024 * threads if name == "cpu.shares" else min(10000, 100 * threads)
+        (root / self.cgroup / name).write_text(str(value))
+        return f"cgroup {'v1' if name == 'cpu.shares' else 'v2'} {name} {value}"
+
+    def _join_cgroup(self) -> None:
+        """Move this process into the leaf ``session`` of the engine's cgroup: what it starts from now on shares the
+        engine's weight.  On cgroup v2 the parent then hands the cpu controller down (a cgroup with controllers
+        enabled for its children holds no process itself: hence the leaf).  Not possible: logged, nothing moved."""
+        found = self._cpu_root()
+        if found is None:
+            return
+        root, name = found
+        leaf = root / self.cgroup / "session"
+        try:
+            leaf.mkdir(exist_ok=True)
+            if name == "cpu.weight":
+                (root / self.cgroup / "cgroup.subtree_control").write_text("+cpu")
+            (leaf / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError as e:
+            print(f"compose test: could not join the engine's cgroup {leaf} ({e}): the image build keeps the "
+                  f"weight of its own processes", file=sys.stderr)
+            return
+        self.joined = leaf
+
+    def images_made(self) -> str:
+        """The build is over: this process and every one it started meanwhile (dockerd, containerd) back in the root
+        cgroup, each weighing a host thread as before, and the engine's cgroup, now the containers', weighing
+        ``containers`` threads; what was set.  Why not leave dockerd in the session leaf: it would share the
+        containers' weight with them, and a starved daemon answered ``docker compose ps`` in over 30 s."""
+        self._leave_cgroup()
+        return self.weigh(self.containers)
+
+    def _leave_cgroup(self) -> None:
+        """Move every process of the ``session`` leaf (this one, what it started) back to the root cgroup."""
+        if self.joined is None:
+            return
+        root_procs = self.joined.parent.parent / "cgroup.procs"
+        try:
+            pids = (self.joined / "cgroup.procs").read_text().split()
+        except OSError as e:
+            pids = [str(os.getpid())]
+            print(f"compose test: could not list the cgroup {self.joined} ({e})", file=sys.stderr)
+        for pid in pids:
+            try:
+                root_procs.write_text(pid)
+            except ProcessLookupError:  # it ended meanwhile
+                pass
+            except OSError as e:
+                print(f"compose test: could not move pid {pid} out of the cgroup {self.joined} ({e})", file=sys.stderr)
+        self.joined = None
+
+    def in_cgroup(self) -> bool:
+        """Whether this process is in the engine's cgroup now (read from /proc/self/cgroup)."""
+        return any(line.split(":", 2)[2].startswith(f"/{self.cgroup}/")
+                   for line in Path("/proc/self/cgroup").read_text().splitlines() if line.count(":") >= 2)
 
     def _remove_cgroups(self) -> None:
         """The parent cgroups dockerd and _make_cgroup made (empty once every container is gone)."""
@@ -197,7 +275,7 @@ class Engine:
                               timeout=30).returncode == 0
 
     # -- image inputs ----------------------------------------------------------------
-    def ensure_base_image(self, timeout: float = 300) -> str:
+    def ensure_base_image(self, timeout: float = 900) -> str:
         """The local Debian base image: debootstrap once (cached as a tarball), ``docker import`` it."""
         if self.has_image(BASE_IMAGE):
             return "cached image"

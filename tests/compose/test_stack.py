@@ -218,7 +218,7 @@ def stack():
     mp = pytest.MonkeyPatch()
     try:
         _timed("engine_start", engine.start)
-        TIMES["cpu_share"] = engine.cpu_share
+        TIMES["cpu_share_build"] = engine.cpu_share
         # The three image inputs are independent (apt mirror, PyPI, Maven Central): made side by side.
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             base = pool.submit(_timed, "base_image", engine.ensure_base_image)
@@ -243,6 +243,11 @@ def stack():
                     done.result()
             build("MB_IMAGE")
         _timed("build", build_all)
+        # Built in the engine's cgroup at the weight of one host thread (Engine: the session beside it comes first);
+        # the stack runs at its full weight.
+        assert engine.in_cgroup() == (engine.joined is not None), "the image build ran outside the engine's cgroup"
+        TIMES["cpu_share_stack"] = engine.images_made()
+        assert not engine.in_cgroup(), "the test process is still in the engine's cgroup"
         files = engine.run_dir / "customer-files"
         files.mkdir(parents=True)
         config_file = engine.run_dir / "config.yaml"
