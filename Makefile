@@ -9,11 +9,12 @@ DEMO_TABLE ?= mnaas.customer_traffic
 DEMO_ROWS ?= 50000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps compose-deps demo test test-unit compose-test wheelhouse lock bench fault-trials faults up down status worker clean
+.PHONY: deps compose-deps all-deps demo test test-unit compose-test wheelhouse lock bench fault-trials faults up down status worker clean
 
-# OS packages the platform needs, installed only when missing.
-deps:
-	@missing=""; \
+# OS packages, installed only when missing, with one apt-get update for all of them: the platform's (deps), and
+# also the container engine's for make compose-test (compose-deps: Debian's Docker 20.10, docker-compose 1.29,
+# debootstrap for the local base image; dockerd is not started by apt: tests/compose starts its own).
+PLATFORM_PACKAGES = \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v javac >/dev/null || missing="$$missing openjdk-17-jdk-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
@@ -21,23 +22,26 @@ deps:
 	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromium >/dev/null || missing="$$missing chromium";
+COMPOSE_PACKAGES = \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap";
+INSTALL_MISSING = \
 	if [ -n "$$missing" ]; then \
 	  echo "installing OS packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The container engine of make compose-test (Debian's Docker 20.10, docker-compose 1.29, debootstrap for the
-# local base image), installed only when missing.  dockerd is not started by apt: tests/compose starts its own.
+deps:
+	@missing=""; $(PLATFORM_PACKAGES) $(INSTALL_MISSING)
+
 compose-deps:
-	@missing=""; \
-	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
-	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
-	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing OS packages:$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	@missing=""; $(COMPOSE_PACKAGES) $(INSTALL_MISSING)
+
+# Both, for make test: one apt-get update on a fresh machine instead of two.
+all-deps:
+	@missing=""; $(PLATFORM_PACKAGES) $(COMPOSE_PACKAGES) $(INSTALL_MISSING)
 
 $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,7 +86,7 @@ COMPOSE_TEST ?= yes
 ifeq ($(COMPOSE_TEST),no)
 TEST_DEPS := deps venv
 else ifeq ($(COMPOSE_TEST),yes)
-TEST_DEPS := deps compose-deps venv
+TEST_DEPS := all-deps venv
 else
 $(error COMPOSE_TEST must be yes or no, not '$(COMPOSE_TEST)')
 endif
