@@ -51,7 +51,7 @@ from config.settings import PlatformSettings, load_settings
 from local_platform.hadoop import LocalHadoop
 from local_platform.sample_data import create_sample_table
 from deploy.wheelhouse import ensure_wheelhouse
-from tests.compose.engine import ROOT, Engine, ensure_hadoop_jars, run
+from tests.compose.engine import ROOT, Engine, EngineError, ensure_hadoop_jars, run
 from tests.helpers import wait_job
 
 pytestmark = pytest.mark.compose
@@ -137,10 +137,20 @@ class Stack:
     def compose(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
         return run([*self.compose_cmd, *args], timeout, f"docker compose {' '.join(args)}", env=self.env, cwd=ROOT)
 
+    def containers(self, services: tuple[str, ...] = (), timeout: float = 120) -> list[dict]:
+        """``docker inspect`` of the project's containers (of ``services`` if given; stopped ones too, one-off runs
+        not), found by the labels compose gives them, with the Go ``docker`` client: docker-compose 1.29 is a Python
+        program, and beside the busy suite a ``docker compose ps`` took over 30 s just to start (a wait for the
+        stack's health failed on it in a run like CI)."""
+        ids = self.engine.docker("ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}",
+                                 "--filter", "label=com.docker.compose.oneoff=False", timeout=timeout).stdout.split()
+        found = json.loads(self.engine.docker("inspect", *ids, timeout=timeout).stdout) if ids else []
+        return [c for c in found if not services or c["Config"]["Labels"].get("com.docker.compose.service") in services]
+
     def container(self, service: str) -> str:
-        cid = self.compose("ps", "-q", service, timeout=30).stdout.strip()
-        assert cid, f"no container for {service}"
-        return cid
+        found = [c["Id"] for c in self.containers((service,))]
+        assert len(found) == 1, f"{len(found)} containers for {service}, not one"
+        return found[0]
 
     def init_pid(self, container: str) -> int:
         """The host's pid of a running container's first process (its PID namespace's init)."""
@@ -175,20 +185,32 @@ class Stack:
     def wait_healthy(self, timeout: float = 480, services: tuple[str, ...] = ()) -> None:
         """Every container (or those of ``services``) running and healthy."""
         deadline = time.monotonic() + timeout
+        expected = set(services) or _services()
         while True:
-            ids = self.compose("ps", "-q", *services, timeout=30).stdout.split()
-            states = json.loads(self.engine.docker("inspect", *ids, timeout=30).stdout) if ids else []
-            bad = {s["Name"]: (s["State"]["Status"], (s["State"].get("Health") or {}).get("Status")) for s in states
-                   if (s["State"].get("Health") or {}).get("Status") != "healthy"}
+            try:  # a probe that times out is an answer not known yet, not a failure: asked again until the deadline
+                states = self.containers(tuple(services), timeout=max(5.0, min(120.0, deadline - time.monotonic())))
+            except EngineError as e:
+                states, bad = [], {"(docker ps)": str(e).splitlines()[0]}
+            else:
+                bad = {s["Name"]: (s["State"]["Status"], (s["State"].get("Health") or {}).get("Status"))
+                       for s in states if (s["State"].get("Health") or {}).get("Status") != "healthy"}
+                missing = expected - {s["Config"]["Labels"].get("com.docker.compose.service") for s in states}
+                bad.update({service: "no container" for service in missing})
             if states and not bad:
                 return
             if time.monotonic() > deadline:
-                logs = self.compose("logs", "--tail", "30", timeout=60).stdout[-6000:]
+                logs = self.compose("logs", "--tail", "30", timeout=120).stdout[-6000:]
                 raise AssertionError(f"not healthy after {timeout:.0f}s: {bad}\n{logs}")
             time.sleep(1)
 
     def redis_url(self) -> str:
         return f"redis://:{self.env['BACKUP_REDIS_PASSWORD']}@127.0.0.1:{PORTS['REDIS']}/0"
+
+
+def _services() -> set[str]:
+    """Every service of the stack: the operators' file's and the test override's."""
+    return {name for file in (ROOT / "docker-compose.yml", ROOT / "deploy" / "compose.test.yaml")
+            for name in yaml.safe_load(file.read_text())["services"]}
 
 
 def _without_published_ports(folder: Path) -> Path:
@@ -212,9 +234,7 @@ def _timed(name: str, fn, *args, **kw):
 @pytest.fixture(scope="module")
 def stack():
     t0 = time.monotonic()
-    services = set(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"])
-    services |= set(yaml.safe_load((ROOT / "deploy" / "compose.test.yaml").read_text())["services"])
-    engine = Engine(STATE, containers=len(services))
+    engine = Engine(STATE, containers=len(_services()))
     mp = pytest.MonkeyPatch()
     try:
         _timed("engine_start", engine.start)
