@@ -62,9 +62,14 @@ def test_writes_a_failover_loses_never_let_two_runs_commit_nor_leave_a_job_runni
     group = sentinel_group
     _, own = _sentinel_settings(tmp_path, group, "lost")
     assert own.redis.replicas_to_wait == 1  # the default with sentinel://
+    # The cut must end before the sentinels' down-after (1 s), so the writes inside it wait 300 ms for a replica's
+    # acknowledgement (``res``); every other step waits up to 5 s (``patient``): a replica busy beside the suite did
+    # not acknowledge run A's take within 300 ms in a run like CI, and the test failed before the cut.
     res = Resources(own)
-    locks = res.locks
-    res.redis.ping()
+    patient = Resources(own.model_copy(update={"redis": own.redis.model_copy(update={"wait_timeout_ms": 5000})}))
+    locks = patient.locks
+    patient.redis.ping()
+    res.redis.ping()  # connected before the cut: the cut's time is the writes' only
 
     # Before the cut (replicated and acknowledged): run A takes, commits, releases; a job is running with its lock;
     # a worker holds an unacknowledged broker message, once with kombu's stock Sentinel transport, once with ours.
@@ -72,13 +77,13 @@ def test_writes_a_failover_loses_never_let_two_runs_commit_nor_leave_a_job_runni
     locks.check(a)
     assert locks.release(a)
     job_id = uuid.uuid4().hex
-    res.jobs.create(job_id, "failover-test", "db.t", {}, ["lock", "work", "finish"])
+    patient.jobs.create(job_id, "failover-test", "db.t", {}, ["lock", "work", "finish"])
     held, _ = locks.acquire("failover-test", "db.t", job_id)
 
     def running(r):
         r.update(state="running", phase="work", lock=held.as_dict())
         r["phases"][1].update(state="running", deliveries=1, attempts=1)
-    res.jobs.update(job_id, running, fence=held)
+    patient.jobs.update(job_id, running, fence=held)
     from workers.app import create_app
     from workers.beat import lock_holder_present
 
@@ -94,7 +99,7 @@ def test_writes_a_failover_loses_never_let_two_runs_commit_nor_leave_a_job_runni
     began = time.monotonic()
     # Run B's take is acknowledged by the primary but by no replica: it does not count.
     try:
-        b, _ = locks.acquire("wf", "t", "run-b")
+        b, _ = res.locks.acquire("wf", "t", "run-b")
         refused = None
     except ConnectionFailed as e:
         b, refused = None, str(e)
@@ -130,16 +135,16 @@ def test_writes_a_failover_loses_never_let_two_runs_commit_nor_leave_a_job_runni
     assert re.search(r"only 0 of 1 replica\(s\) acknowledged fencing token 2 .* not taken", refused), refused
 
     # 2. The job record lost its success: it says running, with a lock that was released on the lost primary.
-    rec = res.jobs.get(job_id)
+    rec = patient.jobs.get(job_id)
     assert rec["state"] == "running" and rec["phase"] == "work"
     # It is not left so: once the lock expires (lock.ttl) the stall check fails it loudly, once.
     wait_until(lambda: locks.holder("failover-test", "db.t") is None, own.lock.ttl + 2, "the lost lock to expire")
-    acted = check_stalls(res, ("mbsent-no-queue",), now=time.time() + own.stall.orphan_after + 1)
+    acted = check_stalls(patient, ("mbsent-no-queue",), now=time.time() + own.stall.orphan_after + 1)
     assert [(x["job_id"], x["state"]) for x in acted] == [(job_id, "failed")], acted
-    rec = res.jobs.get(job_id)
+    rec = patient.jobs.get(job_id)
     assert rec["state"] == "failed" and rec["error"].startswith("Stalled: running in phase work, its lock not held")
     assert rec["alert_sent"] is True and sink_counts(own) == (alerts0[0] + 1, alerts0[1] + 1)
-    assert check_stalls(res, ("mbsent-no-queue",), now=time.time() + own.stall.orphan_after + 1) == []
+    assert check_stalls(patient, ("mbsent-no-queue",), now=time.time() + own.stall.orphan_after + 1) == []
 
     # 3. A late ack on a channel closed while the primary was gone: stock kombu dies as in the broker outage
     # (workers/redis_transport.py), ours asks the sentinels it remembered and acks on the new primary.
