@@ -76,12 +76,13 @@ class Engine:
     The engine's containers go under a cgroup of their own (``--cgroup-parent``) weighing ``containers``
     host threads, each container as much as one process: what Docker under systemd gives (a scope per
     container).  Removed at stop.
-    While the images are made (``start`` until ``weigh``), that cgroup weighs ``build_threads`` host threads and
+    While the images are made (``start`` until ``images_made``), that cgroup weighs ``build_threads`` host threads and
     holds this process too, so everything it starts (debootstrap, pip, dockerd and the build steps it runs) shares
     that weight: in a fresh-clone run like CI the build's many busy processes beside the test session, each weighing
     a host thread, saturated both cores for its first minutes (a 60-row count load took 82 s, ten times its time
     on a quiet machine), while the build itself is in no hurry (it ends long before the session).  The stack then
-    gets its full weight (``weigh(containers)``) before ``up``: starved, its services missed their health checks."""
+    gets its full weight before ``up`` (``images_made``): at the weight of one thread, the stack's JVMs took minutes
+    to start."""
 
     def __init__(self, state: Path, containers: int = 1, build_threads: int = 1):
         self.state = state.resolve()
@@ -223,7 +224,7 @@ class Engine:
         """The build is over: this process and every one it started meanwhile (dockerd, containerd) back in the root
         cgroup, each weighing a host thread as before, and the engine's cgroup, now the containers', weighing
         ``containers`` threads; what was set.  Why not leave dockerd in the session leaf: it would share the
-        containers' weight with them, and a starved daemon answered ``docker compose ps`` in over 30 s."""
+        containers' weight with them, and every call of the test to the daemon would wait on the stack's load."""
         self._leave_cgroup()
         return self.weigh(self.containers)
 
