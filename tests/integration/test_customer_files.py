@@ -544,6 +544,9 @@ def test_settle_time_and_cap_per_run(settings, res, platform, tmp_path):
     counts = first["outputs"]["customers"]["acme"]
     assert (counts["found"], counts["copied"], counts["deferred"], counts["settling"]) == (6, 3, 2, 1)
     assert sorted(r["file"] for r in manifest(first)) == ["traffic_0.csv", "traffic_1.csv", "traffic_2.csv"]
+    # Still being written when the second run looks: on a machine saturated beside the suite the first run took
+    # long enough (over settle_seconds) for the file written before it to count as settled.
+    os.utime(tmp_path / "src" / "acme" / "traffic_fresh.csv")
     second = run_inline(own)
     counts = second["outputs"]["customers"]["acme"]
     assert (counts["unchanged"], counts["copied"], counts["deferred"], counts["settling"]) == (3, 2, 0, 1)
