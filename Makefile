@@ -128,7 +128,7 @@ test-unit: venv
 bench: up
 	$(PY) bench/run_all.py
 
-# The tests marked faults, on a test session's own platform (12-16 minutes after make test; 15 m 35 s on 383d2c9): one
+# The tests marked faults, on a test session's own platform (15-21 minutes after make test; 20 m 21 s on 4e30068): one
 # trial of each kind make test has no room for (a worker SIGKILL, sshd away, a black hole, a paused holder, a restore
 # under a worker SIGKILL, a DataNode and the NameNode stopped, a YARN application killed, the Spark JVM restarted),
 # the scripted HDFS scenarios (DataNode, NameNode, safe mode, permissions), the YARN cluster-mode backup with one
