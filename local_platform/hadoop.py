@@ -40,6 +40,8 @@ import urllib.request
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from pydantic import ValidationError
+
 from base.errors import ConfigError, ConnectionFailed
 from config.settings import PlatformSettings
 
@@ -235,12 +237,12 @@ class LocalHadoop:
     def hdfs_command(self) -> list[str]:
         data = self.state / "hadoop" / "hdfs"
         data.mkdir(parents=True, exist_ok=True)
-        return [self.java(), "-Xmx768m", *_LOG_LEVEL, "-cp", self.classpath(), LAUNCHER, "hdfs", str(self.daemon_conf_dir),
-                str(data), str(self.ready_file("hdfs")), str(self.p.hdfs_control_port)]
+        return [self.java(), "-Xmx768m", *_LOG_LEVEL, *self.p.jvm_options, "-cp", self.classpath(), LAUNCHER, "hdfs",
+                str(self.daemon_conf_dir), str(data), str(self.ready_file("hdfs")), str(self.p.hdfs_control_port)]
 
     def yarn_command(self) -> list[str]:
-        return [self.java(), "-Xmx768m", *_LOG_LEVEL, "-cp", self.classpath(), LAUNCHER, "yarn", str(self.daemon_conf_dir),
-                str(self.yarn_dir()), str(self.ready_file("yarn"))]
+        return [self.java(), "-Xmx768m", *_LOG_LEVEL, *self.p.jvm_options, "-cp", self.classpath(), LAUNCHER, "yarn",
+                str(self.daemon_conf_dir), str(self.yarn_dir()), str(self.ready_file("yarn"))]
 
     def yarn_dir(self) -> Path:
         folder = self.state / "hadoop" / "yarn"
@@ -251,7 +253,7 @@ class LocalHadoop:
         home = self.state / "metastore"
         home.mkdir(parents=True, exist_ok=True)
         jars = ":".join(str(self.lib / f"{name}-10.16.1.1.jar") for name in ("derby", "derbynet", "derbyshared", "derbytools"))
-        return [self.java(), "-Xmx256m", f"-Dderby.system.home={home}", "-cp", jars,
+        return [self.java(), "-Xmx256m", f"-Dderby.system.home={home}", *self.p.jvm_options, "-cp", jars,
                 "org.apache.derby.drda.NetworkServerControl", "start", "-h", "127.0.0.1", "-p", str(self.p.metastore_port)]
 
     def ready_file(self, kind: str) -> Path:
@@ -293,7 +295,7 @@ class LocalHadoop:
         """Hadoop's own client (``FsShell``: what ``hdfs dfs`` runs) on the local HDFS, as ``user``."""
         env = dict(self.daemon_env(), HADOOP_USER_NAME=user or _superuser())
         # HADOOP_CONF_DIR first on the class path, as Hadoop's own scripts put it.
-        done = subprocess.run([self.java(), "-Xmx256m", "-cp", f"{self.conf_dir}:{self.lib}/*",
+        done = subprocess.run([self.java(), "-Xmx256m", *self.p.jvm_options, "-cp", f"{self.conf_dir}:{self.lib}/*",
                                "-Dorg.slf4j.simpleLogger.defaultLogLevel=error", "org.apache.hadoop.fs.FsShell", *args],
                               capture_output=True, env=env, timeout=timeout)
         if check and done.returncode != 0:
@@ -365,6 +367,9 @@ def _parser() -> argparse.ArgumentParser:
         default = getattr(defaults, name)
         ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
                         help=f"platform.{name} (default {default})")
+    ap.add_argument("--jvm-option", dest="jvm_options", action="append", default=[], metavar="=-X...",
+                    help="platform.jvm_options: one more option of the daemons' JVM, spelled --jvm-option=-XX:... "
+                         "(with '=': the value starts with a dash); repeat for several")
     return ap
 
 
@@ -429,7 +434,10 @@ def _run_foreground(h: LocalHadoop, kind: str, every: float = 3.0) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    p = PlatformSettings(**{name: getattr(args, name) for name in _PORT_OPTIONS})
+    try:
+        p = PlatformSettings(jvm_options=args.jvm_options, **{name: getattr(args, name) for name in _PORT_OPTIONS})
+    except ValidationError as e:
+        raise SystemExit("; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from None
     if args.action != "install" and args.state is None:
         raise SystemExit(f"{args.action} needs --state")
     h = LocalHadoop(p, (args.state or args.home).resolve(), args.home.resolve(), host=args.host, listen=args.listen,

@@ -227,6 +227,8 @@ class LocalPlatform:
             "--conf", f"spark.ui.port={self.p.spark_ui_port}",
             "--conf", f"spark.sql.warehouse.dir={self.hadoop.namenode_uri}{WAREHOUSE}",
             "--driver-class-path", str(self.hadoop.derby_client_jar),
+            # Each option is one flag without spaces (config.settings.JVM_OPTION): joined, they split back exactly.
+            *(("--driver-java-options", " ".join(self.p.jvm_options)) if self.p.jvm_options else ()),
             "--conf", f"spark.hadoop.hive.server2.thrift.port={self.p.hive_port}",
             "--conf", "spark.hadoop.hive.server2.thrift.bind.host=127.0.0.1",
             "--conf", "spark.hadoop.hive.server2.authentication=NOSASL",

@@ -86,7 +86,11 @@ TEST_CONFIG = {
                  "namenode_http_port": NAMENODE_HTTP_PORT, "hdfs_control_port": HDFS_CONTROL_PORT,
                  "resourcemanager_port": RM_PORT, "resourcemanager_http_port": RM_HTTP_PORT,
                  # Hadoop's jars are fetched once into the checkout's platform folder, shared by every session.
-                 "hadoop_home": str(ROOT / ".platform" / "hadoop")},
+                 "hadoop_home": str(ROOT / ".platform" / "hadoop"),
+                 # C1 only and the serial collector: the tests' statements are short, and on 2 cores beside the
+                 # compose test the JIT's and GC's threads competed with them (test_customer_files.py alone:
+                 # 251 s and 370 CPU-s with the defaults, 198 s and 219 CPU-s with these).
+                 "jvm_options": ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]},
 }
 
 

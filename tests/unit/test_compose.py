@@ -260,8 +260,23 @@ def test_hadoop_services_run_the_local_platform_launcher(compose):
         assert run.action == name and (run.home, run.state) == (Path("/opt/hadoop"), Path("/var/lib/mediation-backup/hadoop"))
         # The check reads the readiness the launcher writes under its state folder.
         assert svc["healthcheck"]["test"] == ["CMD", "/app/deploy/hadoop-health.sh", str(run.state), name]
+        # The test stack's JVMs compile with C1 only and collect serially, as the test sessions' platform.
+        assert run.jvm_options == ([] if compose is COMPOSE else ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"])
     assert "hdfs-data:/var/lib/mediation-backup/hadoop" in SERVICES["hdfs"]["volumes"]
     assert re.search(r"^COPY \$\{HADOOP_JARS\}/lib /opt/hadoop/lib$", _stages()["tryout"], re.M)
+
+
+def test_hadoop_launcher_passes_jvm_options_after_its_own_and_refuses_a_bad_one(tmp_path):
+    from config.settings import PlatformSettings
+    from local_platform.hadoop import LocalHadoop, main
+
+    h = LocalHadoop(PlatformSettings(jvm_options=["-XX:+UseSerialGC", "-Dx=1"]), tmp_path, tmp_path / "home")
+    for argv in (h.hdfs_command(), h.yarn_command(), h.metastore_command()):
+        assert argv[argv.index("-XX:+UseSerialGC") + 1] == "-Dx=1"
+        assert argv.index("-XX:+UseSerialGC") > max(i for i, a in enumerate(argv) if a.startswith("-Xmx"))
+    with pytest.raises(SystemExit) as ei:
+        main(["hdfs", "--home", str(tmp_path), "--state", str(tmp_path), "--jvm-option=-jar"])
+    assert str(ei.value) == "platform.jvm_options: '-jar' is not one -X... or -D... option without spaces"
 
 
 def test_hadoop_conf_binds_where_told_and_gives_out_the_service_names(tmp_path):

@@ -33,6 +33,10 @@ def test_shipped_configs_validate():
     ({"redis": {"key_prefix": "a b"}}, "redis.key_prefix"),
     ("- just\n- a list\n", "top level must be a mapping"),
     ("hive: [unclosed", "not valid YAML"),
+    ({"platform": {"jvm_options": ["-XX:+UseSerialGC -jar x.jar"]}}, "platform.jvm_options: '-XX:+UseSerialGC -jar x.jar' "
+                                                                    "is not one -X... or -D... option without spaces"),
+    ({"platform": {"jvm_options": ["-cp", "/tmp"]}}, "platform.jvm_options: '-cp' is not one -X... or -D..."),
+    ({"platform": {"jvm_options": ["-Dx=$(id)"]}}, "platform.jvm_options: '-Dx=$(id)' is not one"),
 ])
 def test_bad_config_names_the_key(tmp_path, data, message):
     with pytest.raises(ConfigError) as ei:
