@@ -25,9 +25,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(tempfile.mkdtemp(prefix="mb-test-"))
 REMOTE_DIR = str(STATE / "edge")
-# Two test sessions can run side by side with different MB_TEST_PORT_OFFSET / MB_TEST_REDIS_DB.
+# Two test sessions can run side by side with different MB_TEST_PORT_OFFSET (make test runs a second one: the
+# Makefile's SIDE_SUITE), each with its own services, Redis included: a session stops the Redis it started when it
+# ends, which must not be the other session's.
 PORT_OFFSET = int(os.environ.get("MB_TEST_PORT_OFFSET", "0"))
 TEST_REDIS_DB = int(os.environ.get("MB_TEST_REDIS_DB", "9"))
+REDIS_PORT = 6379 + PORT_OFFSET
 HIVE_PORT, CONNECT_PORT, UI_PORT = 11000 + PORT_OFFSET, 16002 + PORT_OFFSET, 4140 + PORT_OFFSET
 SSH_PORT, SMTP_PORT, TICKET_PORT = 2322 + PORT_OFFSET, 8125 + PORT_OFFSET, 8189 + PORT_OFFSET
 # Real HDFS and YARN (local_platform/hadoop.py): NameNode RPC and HTTP (WebHDFS), the HDFS JVM's control port,
@@ -39,7 +42,7 @@ WEBHDFS = f"webhdfs://127.0.0.1:{NAMENODE_HTTP_PORT}"
 
 TEST_CONFIG = {
     "base_dir": str(ROOT),
-    "redis": {"url": f"redis://127.0.0.1:6379/{TEST_REDIS_DB}", "key_prefix": "mbtest"},
+    "redis": {"url": f"redis://127.0.0.1:{REDIS_PORT}/{TEST_REDIS_DB}", "key_prefix": "mbtest"},
     # Time limits well above any phase of the tests: in a local run like CI a 60-row count load took 48 s of a
     # Spark server starved by the compose build beside the session, and a 55 s soft limit failed it (no test relies on
     # them firing: those that do set their own).
@@ -80,7 +83,8 @@ TEST_CONFIG = {
     # Retention only for the tables of tests/integration/test_retention.py: no other test's runs are pruned.
     "retention": {"edge_export": {"targets": {"mnaas_test.ret_rules": {"keep_runs": 2, "keep_days": 10},
                                               "mnaas_test.ret_auto": {"keep_runs": 1}}}},
-    "platform": {"state_dir": str(STATE / "platform"), "hive_port": HIVE_PORT, "connect_port": CONNECT_PORT,
+    "platform": {"state_dir": str(STATE / "platform"), "redis_port": REDIS_PORT, "hive_port": HIVE_PORT,
+                 "connect_port": CONNECT_PORT,
                  "spark_ui_port": UI_PORT, "ssh_port": SSH_PORT, "smtp_port": SMTP_PORT,
                  "ticket_port": TICKET_PORT, "metastore_port": METASTORE_PORT, "namenode_port": NAMENODE_PORT,
                  "namenode_http_port": NAMENODE_HTTP_PORT, "hdfs_control_port": HDFS_CONTROL_PORT,
