@@ -192,6 +192,8 @@ def pytest_collection_modifyitems(session, config, items):
             return 2
         return 0 if str(item.path).startswith(unit) else 1
     items.sort(key=place)  # stable: modules stay in order
+    if not any("yarn_cluster" in item.fixturenames for item in items):
+        SESSION_SERVICES.remove("yarn")
     if not config.option.collectonly and any("platform" in item.fixturenames for item in items):
         EarlyStart.start()
 
@@ -317,30 +319,37 @@ def _stop_leftovers() -> None:
 
 
 PLATFORM_SERVICES = ["metastore", "hdfs", "yarn", "spark", "sshd", "sinks"]
+#: what the session starts with the platform: YARN only if a selected test needs it (``yarn_cluster``), for the rest
+#: its two JVMs' start and their heartbeats (4-5 CPU-s a minute) only took CPU from the tests on 2 cores
+SESSION_SERVICES = list(PLATFORM_SERVICES)
 
 
-def _start_platform(settings) -> dict:
-    """Start the platform's services; a service found already listening on a test port that no session recorded
-    is an error, not something to reuse: it may run with another session's keys and folders (set
-    MB_TEST_PORT_OFFSET).  On any failure what this session started is stopped again."""
+def _start_platform(settings, services: list[str] | None = None) -> dict:
+    """Start the platform's ``services`` (default: the session's, the first start; later, one more service beside
+    them); a service found already listening on a test port that no session recorded is an error, not something to
+    reuse: it may run with another session's keys and folders (set MB_TEST_PORT_OFFSET).  On any failure what this
+    call started is stopped again (the services already running stay)."""
     import json
 
     from local_platform.services import LocalPlatform
 
     plat = LocalPlatform(settings)
-    # Recorded before anything starts: a session killed while starting is cleaned up by the next one.
-    LEDGER.parent.mkdir(parents=True, exist_ok=True)
-    LEDGER.write_text(json.dumps({"run_dir": str(plat.run_dir)}))
+    first = services is None
+    if first:  # recorded before anything starts: a session killed while starting is cleaned up by the next one
+        LEDGER.parent.mkdir(parents=True, exist_ok=True)
+        LEDGER.write_text(json.dumps({"run_dir": str(plat.run_dir)}))
+    wanted = SESSION_SERVICES if first else services
     try:
-        report = plat.up(only=PLATFORM_SERVICES, timeout=240)
+        report = plat.up(only=wanted, timeout=240)
         foreign = [name for name, state in report.items() if state.startswith("reused")]
         if foreign:
             raise RuntimeError(f"test ports of {', '.join(foreign)} are taken by processes this session did not "
                                f"start (another test session, or one that crashed before this check existed): stop "
                                f"them or set MB_TEST_PORT_OFFSET")
     except BaseException:
-        plat.down(only=PLATFORM_SERVICES)  # what this session started (its own run folder), not the foreign ones
-        LEDGER.unlink(missing_ok=True)
+        plat.down(only=wanted)  # what this session started (its own run folder), not the foreign ones
+        if first:
+            LEDGER.unlink(missing_ok=True)
         raise
     return report
 
@@ -357,6 +366,15 @@ def platform(settings, redis_server):
     yield plat
     plat.down(only=PLATFORM_SERVICES)
     LEDGER.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def yarn_cluster(platform, settings):
+    """The platform's YARN: started with the rest when the session selected a test needing it (the early start),
+    else here, once (a no-op when it runs); stopped with the platform."""
+    if "yarn" not in SESSION_SERVICES:
+        _start_platform(settings, ["yarn"])
+    return platform
 
 
 class WorkerProc:

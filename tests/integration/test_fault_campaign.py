@@ -72,7 +72,7 @@ def test_one_hdfs_trial_meets_the_targets(platform, kind):
 
 @pytest.mark.faults  # table-backup on YARN: every phase a spark-submit application (minutes a run): make fault-trials
 @pytest.mark.parametrize("kind", YARN_KINDS)
-def test_one_yarn_trial_meets_the_targets(platform, kind):
+def test_one_yarn_trial_meets_the_targets(yarn_cluster, kind):
     """A running YARN application of a table-backup run (spark-submit, cluster mode) killed through the
     ResourceManager at a random moment: the backup holds the rows of the last successful run's source, no half
     table, no lock, one alert if the run failed; and an application was in fact killed."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from pathlib import Path
 
 import pytest
 
@@ -311,18 +310,3 @@ def test_hdfs_data_survives_platform_down_and_up(settings, platform, home):
     assert platform.hadoop.fs_shell("-cat", path).stdout == data
     assert platform.hadoop.hdfs_ready() is None
 
-
-def test_every_platform_jvm_runs_with_the_configured_options(settings, platform):
-    """platform.jvm_options reach each JVM the platform started, as the JVM itself sees them (/proc), after the
-    platform's own options so that they win (the sessions' C1-only, serial-GC choice)."""
-    options = settings.platform.jvm_options
-    assert options, "the test config sets platform.jvm_options"
-    for name in ("metastore", "hdfs", "yarn", "spark"):
-        pid = platform._pid(name)
-        assert pid is not None, f"{name} is not running"
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-        assert Path(argv[0].decode()).name == "java", (name, argv[:3])
-        # The JVM's own options end at the main class or at -cp (Spark's launcher puts -cp first).
-        flags = [a.decode() for a in argv[1:] if a.startswith(b"-X") or a.startswith(b"-D")]
-        assert [f for f in flags if f in options] == options, (name, flags)
-        assert flags.index(options[0]) > max(i for i, f in enumerate(flags) if f.startswith("-Xmx")), (name, flags)

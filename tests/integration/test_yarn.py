@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -48,7 +49,7 @@ def yarn_redis():
 
 
 @pytest.fixture(scope="module")
-def yarn_config(platform, yarn_redis):
+def yarn_config(platform, yarn_cluster, yarn_redis):
     import pyspark
     from pathlib import Path
 
@@ -195,3 +196,19 @@ def test_a_failed_yarn_application_fails_the_phase_with_its_id_and_yarn_diagnost
     app = rm(settings, f"/apps/{found.group(1)}")["app"]
     assert (found.group(2), found.group(3)) == (app["state"], app["finalStatus"]) == ("FAILED", "FAILED"), app
     assert " ".join(app["diagnostics"].split())[:80] in message, (app["diagnostics"], message)
+
+
+def test_every_platform_jvm_runs_with_the_configured_options(settings, yarn_cluster):
+    """platform.jvm_options reach each JVM the platform started, as the JVM itself sees them (/proc), after the
+    platform's own options so that they win (the sessions' C1-only, serial-GC choice)."""
+    options = settings.platform.jvm_options
+    assert options, "the test config sets platform.jvm_options"
+    for name in ("metastore", "hdfs", "yarn", "spark"):
+        pid = yarn_cluster._pid(name)
+        assert pid is not None, f"{name} is not running"
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        assert Path(argv[0].decode()).name == "java", (name, argv[:3])
+        # The JVM's own options end at the main class or at -cp (Spark's launcher puts -cp first).
+        flags = [a.decode() for a in argv[1:] if a.startswith(b"-X") or a.startswith(b"-D")]
+        assert [f for f in flags if f in options] == options, (name, flags)
+        assert flags.index(options[0]) > max(i for i, f in enumerate(flags) if f.startswith("-Xmx")), (name, flags)
