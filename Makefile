@@ -141,7 +141,7 @@ test-unit: venv
 bench: up
 	$(PY) bench/run_all.py
 
-# The tests marked faults, on a test session's own platform (15-21 minutes after make test; 20 m 21 s on 4e30068): one
+# The tests marked faults, on a test session's own platform (15-21 minutes after make test; 17 m 08 s on 18969a0): one
 # trial of each kind make test has no room for (a worker SIGKILL, sshd away, a black hole, a paused holder, a restore
 # under a worker SIGKILL, a DataNode and the NameNode stopped, a YARN application killed, the Spark JVM restarted),
 # the scripted HDFS scenarios (DataNode, NameNode, safe mode, permissions), the YARN cluster-mode backup with one

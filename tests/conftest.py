@@ -192,7 +192,7 @@ def pytest_collection_modifyitems(session, config, items):
             return 2
         return 0 if str(item.path).startswith(unit) else 1
     items.sort(key=place)  # stable: modules stay in order
-    if not any("yarn_cluster" in item.fixturenames for item in items):
+    if "yarn" in SESSION_SERVICES and not any("yarn_cluster" in item.fixturenames for item in items):
         SESSION_SERVICES.remove("yarn")
     if not config.option.collectonly and any("platform" in item.fixturenames for item in items):
         EarlyStart.start()
