@@ -51,7 +51,6 @@ def yarn_redis():
 @pytest.fixture(scope="module")
 def yarn_config(platform, yarn_cluster, yarn_redis):
     import pyspark
-    from pathlib import Path
 
     spark_home = Path(pyspark.__file__).resolve().parent
     return write_config(STATE / "yarn.yaml", {
