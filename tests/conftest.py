@@ -417,6 +417,28 @@ class WorkerProc:
                 return self
         raise RuntimeError(f"worker {self.name} did not answer ping within {timeout}s")
 
+    def dump_stacks(self, timeout: float = 10) -> str:
+        """Every thread's stack in the worker's main process, as Celery writes it to the log on SIGUSR1 (its cry
+        handler): the evidence a test keeps when the worker failed to do something in time.  Python runs the
+        handler between bytecodes, so a main process blocked in a system call (``epoll``, ``recv``) answers too;
+        one stuck inside a C extension does not, and the text says so."""
+        if not self.proc or self.proc.poll() is not None:
+            return f"worker {self.name} is not running"
+        start = self.log.stat().st_size
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.log, "rb") as f:
+                f.seek(start)
+                text = f.read().decode(errors="replace")
+            if "MainThread" in text and "LOCAL VARIABLES" in text.split("MainThread", 1)[1]:
+                time.sleep(0.5)  # the rest of the threads: written by the same handler right after
+                with open(self.log, "rb") as f:
+                    f.seek(start)
+                    return f.read().decode(errors="replace")
+            time.sleep(0.1)
+        return f"worker {self.name} wrote no stacks within {timeout}s of SIGUSR1 (blocked outside Python?)"
+
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool children)."""
         if self.proc and self.proc.poll() is None:
