@@ -45,7 +45,8 @@ from backup.customer_files.after_backup import after_backup, move_base
 from backup.customer_files.flag import outcome_of, write_fail_flag, write_flag
 from backup.customer_files.ledger import (counts_loaded, customer_errors, first_file_error, known_files,
                                           ledger_field, load_plan, load_results, owed_jobs, plan_exists, plan_key,
-                                          record_customer_error, remember_many, save_plan, save_result, save_results)
+                                          prune_ledger, record_customer_error, remember_many, save_plan, save_result,
+                                          save_results)
 from backup.customer_files.workflow import (DESTINATIONS, TARGET, WORKFLOW, Collected, Discovered, Flagged, config,
                                             copy_phase, phase_names)
 from backup.enqueue import fail_request
@@ -110,10 +111,12 @@ COUNTS = ("found", "planned", "unchanged", "settling", "deferred", "unmatched", 
 
 
 def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list[dict]], dict[str, dict],
-                                                                  dict[str, list[dict]], list[dict]]:
+                                                                  dict[str, list[dict]], list[dict],
+                                                                  dict[str, tuple[set[str], set[str]]]]:
     """The files a run would copy now: (plan per customer, counts per customer, deferred files per customer,
-    entries skipped as not regular files).  Files refused for their names are in the plan, marked
-    ``refused`` with the reason: they become failed manifest rows, never copies.
+    entries skipped as not regular files, what was listed per customer: the folders read in full and the
+    ``ledger_field`` of every file in them, for ``prune_ledger``).  Files refused for their names are in the plan,
+    marked ``refused`` with the reason: they become failed manifest rows, never copies.
 
     Matched (a domain), settled (``settle_seconds``), not in the ledger in that state, oldest
     first, capped at ``max_files_per_run``.  Reads the source folders and the ledger only:
@@ -124,6 +127,7 @@ def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list
     horizon = time.time() - cfg.settle_seconds
     skipped: list[dict] = []
     refused: dict[str, list[dict]] = {c: [] for c in cfg.customers}
+    listed: dict[str, tuple[set[str], set[str]]] = {c: (set(), set()) for c in cfg.customers}
 
     def skip(customer: str, path: str, why: str) -> None:
         counts[customer]["skipped"] += 1
@@ -164,6 +168,9 @@ def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list
                         continue
                     entries.append(entry)
                 fields = [ledger_field(e.path, e.size, e.mtime) for e in entries]
+                # The folder as its entries' paths name it (a trailing "/" in the setting or not).
+                listed[customer][0].add(posixpath.dirname(posixpath.join(folder, "-")))
+                listed[customer][1].update(fields)
                 known = known_files(res, customer, fields)
                 for entry, seen in zip(entries, known):
                     domain = domain_of(cfg, entry.name)
@@ -192,20 +199,26 @@ def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list
         plan[customer].extend(items)
         counts[customer]["refused"] += len(items)
     per_customer = {c: {k: counts[c][k] for k in COUNTS} for c in cfg.customers}
-    return plan, per_customer, later, skipped
+    return plan, per_customer, later, skipped, listed
 
 
 def discover_phase(ctx: PhaseContext) -> dict:
     """Choose the files of this run: matched, settled, not in the ledger, oldest first, capped."""
     res, cfg = ctx.res, config(ctx.res)
-    plan, per_customer, _, skipped = discover(res, cfg)
+    plan, per_customer, _, skipped, listed = discover(res, cfg)
     save_plan(res, ctx.job_id, plan)
+    ctx.commit_check()  # fenced: a run that lost its lock leaves the ledger to the run holding it
+    pruned = sum(prune_ledger(res, customer, folders, present)
+                 for customer, (folders, present) in listed.items() if folders)
     totals = {k: sum(v[k] for v in per_customer.values()) for k in COUNTS}
     note = (f"{totals['planned']} to copy, {totals['unchanged']} unchanged, {totals['settling']} settling, "
             f"{totals['deferred']} deferred to the next run")
     if totals["skipped"] or totals["refused"]:
         note += f"; {totals['skipped']} skipped (not regular files), {totals['refused']} refused (bad names)"
-    ctx.done(Discovered(customers=per_customer, discovered=totals, skipped=skipped).as_outputs(), note=note)
+    if pruned:
+        note += f"; {pruned} ledger entries of files gone from the source folders removed"
+    ctx.done(Discovered(customers=per_customer, discovered=totals, skipped=skipped, ledger_pruned=pruned).as_outputs(),
+             note=note)
     return {"job_id": ctx.job_id, **totals}
 
 
@@ -824,7 +837,7 @@ def plan(res: Resources) -> dict:
     from backup.retention import preview
 
     cfg = config(res)
-    files, per_customer, later, skipped = discover(res, cfg)
+    files, per_customer, later, skipped, _ = discover(res, cfg)
     holder = res.locks.holder(WORKFLOW, TARGET)
     customers = {}
     for customer, where in cfg.customers.items():

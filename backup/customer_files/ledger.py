@@ -5,7 +5,8 @@ Redis keys, besides the job record (``<p>`` is ``redis.key_prefix``):
   <p>:customer_files:results:<job>:<cust>  "<source index>\\0<path>" -> per-file result (a
                                            redelivered copy task resumes from here)
   <p>:customer_files:errors:<job>          customer -> error that ended its copy task
-  <p>:customer_files:ledger:<cust>         "<path>\\0<size>\\0<mtime>" -> sha256, records, job
+  <p>:customer_files:ledger:<cust>         "<path>\\0<size>\\0<mtime>" -> sha256, records, job (an entry
+                                           goes when its file left a folder discover listed: ``prune_ledger``)
   <p>:customer_files:uncounted             job -> when its plan was saved: runs whose count rows may not all be
                                            in the Hive count table yet (``owed_jobs``)
 The ledger only saves work: a file missing from it is copied again, and a
@@ -14,7 +15,8 @@ ledger is never planned again, the count rows of a run whose collect never succe
 the job failed before it) would never reach the count table: such a run stays in ``uncounted``
 and the next run's collect loads its rows with its own (``owed_jobs``, ``counts_loaded``).
 
-A run's keys expire with ``celery.result_expires``; the ledger does not.  Every access is
+A run's keys expire with ``celery.result_expires``; the ledger does not, but the discover phase removes the entries
+of files no longer in their source folders (``prune_ledger``).  Every access is
 one round trip (a pipeline where several writes go together); a Redis error becomes
 ConnectionFailed, which the phases retry.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -80,6 +83,42 @@ def remember_many(res: Resources, job_id: str, customer: str, verified: list[tup
                            "at": result["copied_at"]}) for item, result in verified}
     with _redis_errors("write ledger"):
         res.redis.hset(_key(res, "ledger", customer), mapping=entries)
+
+
+#: ledger entries read per HSCAN call and removed per HDEL: bounded round trips, never one long command
+PRUNE_BATCH = 1000
+
+
+def prune_ledger(res: Resources, customer: str, folders: set[str], present: set[str]) -> int:
+    """Remove the ledger entries of files that left their source folder; how many were removed.
+
+    An entry goes only when the folder of its file was listed by this run (``folders``: the customer's folders
+    that exist and were read in full) and no file is there in the entry's state (``present``: the
+    ``ledger_field`` of every file listed there).  So a source moved or deleted after its backup
+    (``after_backup``), or changed since (its old state), leaves the ledger; an entry under a folder that is
+    missing or could not be listed (a vanished mount looks like that) stays.
+
+    Why: the ledger only saves work, so an entry of a file that is gone saves nothing, yet without this it was
+    kept for ever (about 340 bytes of Redis memory a file: a feed of 50,000 files a day moved away after their
+    backup grew Redis by 6 GB a year).  If such a file comes back in the same state it is planned again, and a
+    destination already holding it is verified, not rewritten.
+    Cost: one pass over the customer's ledger (HSCAN, ``PRUNE_BATCH`` entries a round trip), which now holds
+    about the files of its source folders, the ones discover has just listed.  The caller holds the workflow's
+    lock (no other run writes the ledger meanwhile)."""
+    name = _key(res, "ledger", customer)
+    listed = {folder.encode() for folder in folders}
+    keep = {field.encode() for field in present}
+    stale = []
+    with _redis_errors("prune ledger"):
+        for field, _ in res.redis.hscan_iter(name, count=PRUNE_BATCH):
+            if field not in keep and posixpath.dirname(field.split(b"\0", 1)[0]) in listed:
+                stale.append(field)
+        for start in range(0, len(stale), PRUNE_BATCH):
+            res.redis.hdel(name, *stale[start:start + PRUNE_BATCH])
+    if stale:
+        log.info("customer %s: %d ledger entries of files no longer in their source folder removed", customer,
+                 len(stale))
+    return len(stale)
 
 
 # -- one run: plan, results, errors -----------------------------------------------

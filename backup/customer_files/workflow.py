@@ -50,6 +50,8 @@ class Discovered(PhaseOutputs):
     discovered: dict
     #: entries not backed up because they are not regular files (links, fifos...): customer, path, reason
     skipped: list = field(default_factory=list)
+    #: ledger entries removed because their files left the source folders (``ledger.prune_ledger``)
+    ledger_pruned: int = 0
 
 
 @dataclass(frozen=True)
