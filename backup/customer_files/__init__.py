@@ -566,10 +566,10 @@ def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: 
         _ensure_tables(hive, [staging, final])
         spark = hive.engine() == "spark"
         if spark and cfg.count_load_folder:
-            def load() -> tuple[int, str]:
+            def load() -> tuple[int | None, str]:
                 return _load_from_file(res, hive, staging, final, values, job_id, commit_check)
         else:
-            def load() -> tuple[int, str]:
+            def load() -> tuple[int | None, str]:
                 return _load(hive, staging, final, values, commit_check, spark)
         try:
             staged, refreshed = load()
@@ -577,13 +577,22 @@ def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: 
             log.warning("count table %s or %s not found: creating it again and loading once more", staging, final)
             _ensure_tables(hive, [staging, final], again=True)
             staged, refreshed = load()
-        loaded = counted_once(hive, final, [job_id, *(owed or {})])[job_id]
-    return {"staging_rows": staged, "final_rows_added": loaded, "refresh": refreshed}
+        # A load from a file has not counted what the server read: the same statement counts staging too.
+        counted, in_staging = counted_once(hive, final, [job_id, *(owed or {})],
+                                           staging if staged is None else None)
+    if staged is None:
+        if in_staging != len(values):
+            raise FatalError(f"{staging} holds {in_staging} rows after loading the count rows file, not the "
+                             f"{len(values)} written to {cfg.count_load_folder}: is count_load_server_path "
+                             f"({cfg.count_load_server_path}) the same folder as count_load_folder?")
+        staged = in_staging
+    return {"staging_rows": staged, "final_rows_added": counted[job_id], "refresh": refreshed}
 
 
-def counted_once(hive, final: TableName, job_ids: list[str]) -> dict[str, int]:
-    """Rows of each of ``job_ids`` in ``final``, checked to hold each file once: FatalError naming the files
-    otherwise.
+def counted_once(hive, final: TableName, job_ids: list[str],
+                 staging: TableName | None = None) -> tuple[dict[str, int], int | None]:
+    """Rows of each of ``job_ids`` in ``final``, checked to hold each file once (FatalError naming the files
+    otherwise), and the rows of ``staging`` if given (None if not): one statement either way.
 
     Why: the merge adds only rows the final table lacks, but two merges running at once both find a file
     missing and both add it.  A worker killed during its merge does not leave one running (HiveServer2
@@ -592,14 +601,23 @@ def counted_once(hive, final: TableName, job_ids: list[str]) -> dict[str, int]:
     had not cancelled yet when the redelivered one ran would count a file twice: this makes it loud
     rather than silent (the extra rows are for an operator to remove; the alert names them).
     Cost: the count the collect always made, with a distinct count beside it (one scan of the rows of
-    these runs); the files are listed only when the two differ."""
+    these runs; the count table's Parquet footers let the server skip the files of other runs), and the staging
+    table's count in the same statement (a round trip and a Spark job fewer than a statement of its own); the files
+    are listed only when the two differ."""
     ids = ", ".join(sql_value(j) for j in job_ids)
     # NULLs as '' (count(DISTINCT ...) skips a row with a NULL in it; a loaded row has none, and if one did, it
     # must not read as a file counted twice)
     key = ", ".join(f"coalesce(`{c}`, '')" for c in ("customer", "domain", "file_name", "sha256"))
-    found = {str(j): (int(rows), int(files)) for j, rows, files in hive.query(
-        f"SELECT `job_id`, count(*), count(DISTINCT {key}) FROM {final.sql} WHERE `job_id` IN ({ids}) "
-        f"GROUP BY `job_id`", f"count rows of this run in {final}")}
+    # The staging count's row has a NULL job id (no run has one: job ids are checked hex).
+    also = f" UNION ALL SELECT NULL, count(*), 0 FROM {staging.sql}" if staging else ""
+    found, in_staging = {}, None
+    for j, rows, files in hive.query(
+            f"SELECT `job_id`, count(*), count(DISTINCT {key}) FROM {final.sql} WHERE `job_id` IN ({ids}) "
+            f"GROUP BY `job_id`{also}", f"count rows of this run in {final}" + (f" and of {staging}" if staging else "")):
+        if j is None:
+            in_staging = int(rows)
+        else:
+            found[str(j)] = (int(rows), int(files))
     if any(rows != files for rows, files in found.values()):
         twice = hive.query(f"SELECT `job_id`, `customer`, `domain`, `file_name`, count(*) FROM {final.sql} "
                            f"WHERE `job_id` IN ({ids}) GROUP BY `job_id`, `customer`, `domain`, `file_name`, `sha256` "
@@ -610,7 +628,7 @@ def counted_once(hive, final: TableName, job_ids: list[str]) -> dict[str, int]:
                          f"{', '.join(j for j, (r, f) in found.items() if r != f)} (two merges ran at once?): "
                          + "; ".join(f"{c}/{d}/{n} {k} times (job {j})" for j, c, d, n, k in twice)
                          + "; delete the extra rows by hand (each file's rows are identical)")
-    return {j: found.get(j, (0, 0))[0] for j in job_ids}
+    return {j: found.get(j, (0, 0))[0] for j in job_ids}, in_staging
 
 
 def _load(hive, staging: TableName, final: TableName, values: list[list], commit_check: Callable[[], None],
@@ -675,10 +693,11 @@ ROWS_VIEW = "mb_count_rows"
 
 
 def _load_from_file(res: Resources, hive, staging: TableName, final: TableName, values: list[list], job_id: str,
-                    commit_check: Callable[[], None]) -> tuple[int, str]:
+                    commit_check: Callable[[], None]) -> tuple[None, str]:
     """Spark with ``count_load_folder``: the rows as one JSON-lines file (``<job id>.json``) in that folder, then in
     one server session a temporary view over it (``count_load_server_path``: the same folder as the server sees
-    it), the multi-insert from the view and the staging table's count; the file is removed afterwards.
+    it) and the multi-insert from the view; the file is removed afterwards.  (None: the staging table's rows are
+    counted by ``load_into_hive``, in the statement that checks the count table, and must be the rows written.)
 
     Why: Spark parses a VALUES literal per row (about 0.65 ms a row here: 13 s of a 20,000-file run); reading a
     file is one scan.  JSON, not CSV: every string (quotes, ``;``, newlines in an error text) and every NULL comes
@@ -687,7 +706,7 @@ def _load_from_file(res: Resources, hive, staging: TableName, final: TableName, 
     malformed line fails the statement (``FAILFAST``) and the staging table must then hold exactly the rows
     written, so no row is dropped silently; the lock is checked just before the statement that writes the
     tables.  A redelivered collect writes the file again under the same name.
-    Cost: the file (about 370 bytes a row), one Spark job, one count."""
+    Cost: the file (about 370 bytes a row), one Spark job."""
     cfg = config(res)
     backend, folder = open_location(res.settings, cfg.count_load_folder)
     name = f"{check_job_id(job_id)}.json"
@@ -714,16 +733,12 @@ def _load_from_file(res: Resources, hive, staging: TableName, final: TableName, 
             commit_check()  # fenced: a collect that lost its lock writes neither table
             session.execute(_multi_insert(staging, final, f"`{ROWS_VIEW}`", len(values)),
                             f"load {server_file} into {staging} and merge the new rows into {final}")
-            staged = int(session.query(f"SELECT count(*) FROM {staging.sql}", f"count rows of {staging}")[0][0])
     finally:
         try:
             backend.delete(path)
         except BackupError as e:
             log.warning("could not remove the count rows file %s: %s", backend.uri(path), e.one_line())
-    if staged != len(values):
-        raise FatalError(f"{staging} holds {staged} rows after loading {server_file}, not the {len(values)} written "
-                         f"to {backend.uri(path)}: is count_load_server_path the same folder as count_load_folder?")
-    return staged, "not needed (Spark refreshes a table it writes)"
+    return None, "not needed (Spark refreshes a table it writes)"  # staging counted by the caller (counted_once)
 
 
 def _json_line(names: list[str], row: list) -> str:
