@@ -146,3 +146,23 @@ def run_phases_inline(res, definition, job_id: str, before: dict | None = None) 
             fail_job(res, job_id, name, e, cleanup=cleanup)
             raise
     return res.jobs.get(job_id)
+
+
+def customer_files_until_collect(res) -> dict:
+    """A new customer-files run through lock, discover and every copy task, in this process (no worker, no Hive:
+    collect and flag are not run, so the run's lock stays held); its record."""
+    from backup import customer_files as cf
+    from backup.runner import phase
+
+    job_id = uuid.uuid4().hex
+    cf.submit(res, job_id=job_id)
+    for name in cf.phase_names(cf.config(res)):
+        if name == "collect":
+            break
+        with phase(res, job_id, name) as ctx:
+            assert ctx.active
+            if name.startswith("copy:"):
+                cf.copy_customer(ctx, name.split(":", 1)[1])
+            else:
+                cf.DEFINITION.phase(name).run(ctx)
+    return res.jobs.get(job_id)

@@ -24,6 +24,7 @@ from base.errors import InvalidInput
 from config.settings import load_settings
 from storage.local import LocalBackend
 from tests.conftest import TEST_CONFIG
+from tests.helpers import customer_files_until_collect
 
 SECRET = b"-----BEGIN OPENSSH PRIVATE KEY----- not for backups\n"
 
@@ -62,19 +63,7 @@ def tree(tmp_path, redis_client):
     return Resources(load_settings(tmp_path / "cfg.yaml"), _redis=redis_client), tmp_path
 
 
-def run_until_collect(res) -> dict:
-    job_id = uuid.uuid4().hex
-    cf.submit(res, job_id=job_id)
-    for name in cf.phase_names(cf.config(res)):
-        if name == "collect":
-            break
-        with phase(res, job_id, name) as ctx:
-            assert ctx.active
-            if name.startswith("copy:"):
-                cf.copy_customer(ctx, name.split(":", 1)[1])
-            else:
-                cf.DEFINITION.phase(name).run(ctx)
-    return res.jobs.get(job_id)
+run_until_collect = customer_files_until_collect
 
 
 def test_links_fifos_and_bad_names_are_reported_per_file_and_the_rest_is_copied(tree):

@@ -19,9 +19,9 @@ import yaml
 from backup import customer_files as cf
 from backup.customer_files.ledger import _key
 from backup.resources import Resources
-from backup.runner import phase
 from config.settings import load_settings
 from tests.conftest import TEST_CONFIG
+from tests.helpers import customer_files_until_collect
 
 OLD = time.time() - 3600  # settled long ago
 
@@ -50,19 +50,9 @@ def tree(tmp_path, redis_client):
 def run_until_collect(res) -> dict:
     """A new run through lock, discover and every copy task; its record.  The lock is then freed (collect and flag,
     which need Hive, would free it)."""
-    job_id = uuid.uuid4().hex
-    cf.submit(res, job_id=job_id)
-    for name in cf.phase_names(cf.config(res)):
-        if name == "collect":
-            break
-        with phase(res, job_id, name) as ctx:
-            assert ctx.active
-            if name.startswith("copy:"):
-                cf.copy_customer(ctx, name.split(":", 1)[1])
-            else:
-                cf.DEFINITION.phase(name).run(ctx)
+    rec = customer_files_until_collect(res)
     res.redis.delete(res.locks.key(cf.WORKFLOW, cf.TARGET))
-    return res.jobs.get(job_id)
+    return rec
 
 
 def ledger(res, customer: str) -> dict[str, tuple[int, float]]:
