@@ -45,7 +45,7 @@ from backup.customer_files.after_backup import after_backup, move_base
 from backup.customer_files.flag import outcome_of, write_fail_flag, write_flag
 from backup.customer_files.ledger import (counts_loaded, customer_errors, first_file_error, known_files,
                                           ledger_field, load_plan, load_results, owed_jobs, plan_exists, plan_key,
-                                          prune_ledger, record_customer_error, remember_many, save_plan, save_result,
+                                          Listed, prune_ledger, record_customer_error, remember_many, save_plan, save_result,
                                           save_results)
 from backup.customer_files.workflow import (DESTINATIONS, TARGET, WORKFLOW, Collected, Discovered, Flagged, config,
                                             copy_phase, phase_names)
@@ -112,10 +112,9 @@ COUNTS = ("found", "planned", "unchanged", "settling", "deferred", "unmatched", 
 
 def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list[dict]], dict[str, dict],
                                                                   dict[str, list[dict]], list[dict],
-                                                                  dict[str, tuple[set[str], set[str]]]]:
+                                                                  dict[str, Listed]]:
     """The files a run would copy now: (plan per customer, counts per customer, deferred files per customer,
-    entries skipped as not regular files, what was listed per customer: the folders read in full and the
-    ``ledger_field`` of every file in them, for ``prune_ledger``).  Files refused for their names are in the plan,
+    entries skipped as not regular files, what was listed per customer for ``prune_ledger``).  Files refused for their names are in the plan,
     marked ``refused`` with the reason: they become failed manifest rows, never copies.
 
     Matched (a domain), settled (``settle_seconds``), not in the ledger in that state, oldest
@@ -127,7 +126,7 @@ def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list
     horizon = time.time() - cfg.settle_seconds
     skipped: list[dict] = []
     refused: dict[str, list[dict]] = {c: [] for c in cfg.customers}
-    listed: dict[str, tuple[set[str], set[str]]] = {c: (set(), set()) for c in cfg.customers}
+    listed = {c: Listed() for c in cfg.customers}
 
     def skip(customer: str, path: str, why: str) -> None:
         counts[customer]["skipped"] += 1
@@ -169,9 +168,10 @@ def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list
                     entries.append(entry)
                 fields = [ledger_field(e.path, e.size, e.mtime) for e in entries]
                 # The folder as its entries' paths name it (a trailing "/" in the setting or not).
-                listed[customer][0].add(posixpath.dirname(posixpath.join(folder, "-")))
-                listed[customer][1].update(fields)
+                listed[customer].folders.add(posixpath.dirname(posixpath.join(folder, "-")))
+                listed[customer].present.update(fields)
                 known = known_files(res, customer, fields)
+                listed[customer].in_ledger += sum(seen is not None for seen in known)
                 for entry, seen in zip(entries, known):
                     domain = domain_of(cfg, entry.name)
                     if domain is None:
@@ -208,8 +208,7 @@ def discover_phase(ctx: PhaseContext) -> dict:
     plan, per_customer, _, skipped, listed = discover(res, cfg)
     save_plan(res, ctx.job_id, plan)
     ctx.commit_check()  # fenced: a run that lost its lock leaves the ledger to the run holding it
-    pruned = sum(prune_ledger(res, customer, folders, present)
-                 for customer, (folders, present) in listed.items() if folders)
+    pruned = sum(prune_ledger(res, customer, what) for customer, what in listed.items())
     totals = {k: sum(v[k] for v in per_customer.values()) for k in COUNTS}
     note = (f"{totals['planned']} to copy, {totals['unchanged']} unchanged, {totals['settling']} settling, "
             f"{totals['deferred']} deferred to the next run")

@@ -28,6 +28,7 @@ import logging
 import posixpath
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import redis
 
@@ -89,30 +90,45 @@ def remember_many(res: Resources, job_id: str, customer: str, verified: list[tup
 PRUNE_BATCH = 1000
 
 
-def prune_ledger(res: Resources, customer: str, folders: set[str], present: set[str]) -> int:
+@dataclass
+class Listed:
+    """What discover listed of one customer, for ``prune_ledger``: the folders it read in full, the
+    ``ledger_field`` of every file in them, and how many of those the ledger holds."""
+
+    folders: set[str] = field(default_factory=set)
+    present: set[str] = field(default_factory=set)
+    in_ledger: int = 0
+
+
+def prune_ledger(res: Resources, customer: str, listed: Listed) -> int:
     """Remove the ledger entries of files that left their source folder; how many were removed.
 
-    An entry goes only when the folder of its file was listed by this run (``folders``: the customer's folders
-    that exist and were read in full) and no file is there in the entry's state (``present``: the
-    ``ledger_field`` of every file listed there).  So a source moved or deleted after its backup
-    (``after_backup``), or changed since (its old state), leaves the ledger; an entry under a folder that is
-    missing or could not be listed (a vanished mount looks like that) stays.
+    An entry goes only when the folder of its file was listed by this run (``listed.folders``: the customer's
+    folders that exist and were read in full) and no file is there in the entry's state (``listed.present``).  So
+    a source moved or deleted after its backup (``after_backup``), or changed since (its old state), leaves the
+    ledger; an entry under a folder that is missing or could not be listed (a vanished mount looks like that)
+    stays.
 
     Why: the ledger only saves work, so an entry of a file that is gone saves nothing, yet without this it was
     kept for ever (about 340 bytes of Redis memory a file: a feed of 50,000 files a day moved away after their
     backup grew Redis by 6 GB a year).  If such a file comes back in the same state it is planned again, and a
     destination already holding it is verified, not rewritten.
-    Cost: one pass over the customer's ledger (HSCAN, ``PRUNE_BATCH`` entries a round trip), which now holds
-    about the files of its source folders, the ones discover has just listed.  The caller holds the workflow's
-    lock (no other run writes the ledger meanwhile)."""
+    Cost: one HLEN; only when the ledger holds more entries than the listed files it knows (``listed.in_ledger``:
+    something left) one pass over the customer's ledger (HSCAN, ``PRUNE_BATCH`` entries a round trip), which then
+    holds about the files of its source folders plus those that left.  A rerun with nothing gone pays the HLEN
+    alone.  The caller holds the workflow's lock (no other run writes the ledger meanwhile)."""
+    if not listed.folders:
+        return 0
     name = _key(res, "ledger", customer)
-    listed = {folder.encode() for folder in folders}
-    keep = {field.encode() for field in present}
+    folders = {folder.encode() for folder in listed.folders}
+    keep = {entry.encode() for entry in listed.present}
     stale = []
     with _redis_errors("prune ledger"):
-        for field, _ in res.redis.hscan_iter(name, count=PRUNE_BATCH):
-            if field not in keep and posixpath.dirname(field.split(b"\0", 1)[0]) in listed:
-                stale.append(field)
+        if res.redis.hlen(name) <= listed.in_ledger:  # every entry is a file just listed: nothing left
+            return 0
+        for entry, _ in res.redis.hscan_iter(name, count=PRUNE_BATCH):
+            if entry not in keep and posixpath.dirname(entry.split(b"\0", 1)[0]) in folders:
+                stale.append(entry)
         for start in range(0, len(stale), PRUNE_BATCH):
             res.redis.hdel(name, *stale[start:start + PRUNE_BATCH])
     if stale:

@@ -152,3 +152,22 @@ def test_with_two_source_folders_only_the_listed_folder_is_pruned(tree, tmp_path
     (src / "alpha" / "traffic_a1.csv").unlink()  # a file of the first one left
     assert run_until_collect(res)["outputs"]["ledger_pruned"] == 1
     assert set(ledger(res, "alpha")) == {"traffic_a2.csv", "traffic_a3.csv", "traffic_b1.csv"}
+
+
+def test_a_rerun_with_nothing_gone_does_not_read_the_ledger_through(tree, monkeypatch):
+    """The usual rerun pays one HLEN per customer, not a pass over a ledger of every file of the folders."""
+    res, src = tree
+    run_until_collect(res)
+
+    def no_scan(*a, **k):
+        raise AssertionError("the whole ledger was read though no file left")
+    monkeypatch.setattr(res.redis, "hscan_iter", no_scan)
+    rec = run_until_collect(res)
+    assert rec["outputs"]["ledger_pruned"] == 0 and rec["outputs"]["discovered"]["unchanged"] == 4
+    monkeypatch.undo()
+    (src / "gamma" / "traffic_g1.csv").unlink()  # one file gone: now the pass runs, for gamma only
+    scanned = []
+    scan = res.redis.hscan_iter
+    monkeypatch.setattr(res.redis, "hscan_iter", lambda name, **k: scanned.append(name) or scan(name, **k))
+    assert run_until_collect(res)["outputs"]["ledger_pruned"] == 1
+    assert [n.rsplit(":", 1)[-1] for n in scanned] == ["gamma"]
