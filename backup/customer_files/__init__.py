@@ -45,8 +45,8 @@ from backup.customer_files.after_backup import after_backup, move_base
 from backup.customer_files.flag import outcome_of, write_fail_flag, write_flag
 from backup.customer_files.ledger import (counts_loaded, customer_errors, first_file_error, known_files,
                                           ledger_field, load_plan, load_results, owed_jobs, plan_exists, plan_key,
-                                          Listed, prune_ledger, record_customer_error, remember_many, save_plan, save_result,
-                                          save_results)
+                                          Listed, prune_ledger, record_customer_error, remember_many, save_plan,
+                                          save_result, save_results)
 from backup.customer_files.workflow import (DESTINATIONS, TARGET, WORKFLOW, Collected, Discovered, Flagged, config,
                                             copy_phase, phase_names)
 from backup.enqueue import fail_request
@@ -114,8 +114,8 @@ def discover(res: Resources, cfg: CustomerFilesSettings) -> tuple[dict[str, list
                                                                   dict[str, list[dict]], list[dict],
                                                                   dict[str, Listed]]:
     """The files a run would copy now: (plan per customer, counts per customer, deferred files per customer,
-    entries skipped as not regular files, what was listed per customer for ``prune_ledger``).  Files refused for their names are in the plan,
-    marked ``refused`` with the reason: they become failed manifest rows, never copies.
+    entries skipped as not regular files, what was listed per customer for ``prune_ledger``).  Files refused for
+    their names are in the plan, marked ``refused`` with the reason: they become failed manifest rows, never copies.
 
     Matched (a domain), settled (``settle_seconds``), not in the ledger in that state, oldest
     first, capped at ``max_files_per_run``.  Reads the source folders and the ledger only:
@@ -216,8 +216,8 @@ def discover_phase(ctx: PhaseContext) -> dict:
         note += f"; {totals['skipped']} skipped (not regular files), {totals['refused']} refused (bad names)"
     if pruned:
         note += f"; {pruned} ledger entries of files gone from the source folders removed"
-    ctx.done(Discovered(customers=per_customer, discovered=totals, skipped=skipped, ledger_pruned=pruned).as_outputs(),
-             note=note)
+    outputs = Discovered(customers=per_customer, discovered=totals, skipped=skipped, ledger_pruned=pruned)
+    ctx.done(outputs.as_outputs(), note=note)
     return {"job_id": ctx.job_id, **totals}
 
 
@@ -612,7 +612,8 @@ def counted_once(hive, final: TableName, job_ids: list[str],
     found, in_staging = {}, None
     for j, rows, files in hive.query(
             f"SELECT `job_id`, count(*), count(DISTINCT {key}) FROM {final.sql} WHERE `job_id` IN ({ids}) "
-            f"GROUP BY `job_id`{also}", f"count rows of this run in {final}" + (f" and of {staging}" if staging else "")):
+            f"GROUP BY `job_id`{also}",
+            f"count rows of this run in {final}" + (f" and of {staging}" if staging else "")):
         if j is None:
             in_staging = int(rows)
         else:
