@@ -425,19 +425,22 @@ class WorkerProc:
         if not self.proc or self.proc.poll() is not None:
             return f"worker {self.name} is not running"
         start = self.log.stat().st_size
-        os.kill(self.proc.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def written() -> str:
             with open(self.log, "rb") as f:
                 f.seek(start)
-                text = f.read().decode(errors="replace")
-            if "MainThread" in text and "LOCAL VARIABLES" in text.split("MainThread", 1)[1]:
-                time.sleep(0.5)  # the rest of the threads: written by the same handler right after
-                with open(self.log, "rb") as f:
-                    f.seek(start)
-                    return f.read().decode(errors="replace")
+                return f.read().decode(errors="replace")
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
             time.sleep(0.1)
-        return f"worker {self.name} wrote no stacks within {timeout}s of SIGUSR1 (blocked outside Python?)"
+            before, text = text, written()
+            # the handler writes every thread in one go: done once the main thread's part is there and the log
+            # stopped growing
+            if text == before and "LOCAL VARIABLES" in text.partition("MainThread")[2]:
+                return text
+        return text or f"worker {self.name} wrote no stacks within {timeout}s of SIGUSR1 (blocked outside Python?)"
 
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool children)."""
