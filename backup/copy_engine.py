@@ -34,7 +34,8 @@ a dict with ``path``, ``size`` and ``mtime`` (the source file as it was planned:
 changed since is refused) and ``domain``, the folder under every destination's base that
 receives the copy; other keys are the caller's and are ignored.  A result says per file how
 it went (``status`` copied / present / failed, ``error``, ``bytes``, ``records``,
-``sha256``, ``<role>_uri`` per destination, ``copied_at``, ``verified_by``): failures are
+``sha256``, ``<role>_uri`` per destination, ``copied_at``, ``verified_by``, ``already_at``: the
+destinations that already held the identical file, found ``present`` there): failures are
 data, ``copy_files`` never raises for one file.  A failed file's ``retryable`` says whether every
 failure it met is of the retryable family (``base.errors``: a refused, reset or stalled connection,
 a copy of ours that did not verify), so that copying it again later may succeed; one fatal failure
@@ -539,6 +540,9 @@ def copy_files(items: list[dict], source_of: Callable[[dict], StorageBackend], d
     for t in transfers:
         if all(t.states.get(d.role) in ("copied", "present") for d in dests):
             t.result["status"] = "copied" if "copied" in t.states.values() else "present"
+        # The destinations that already held this very file: the evidence that it was backed up before (and may be
+        # counted already: the customer-files collect looks such a file up in its count table).
+        t.result["already_at"] = [d.role for d in dests if t.states.get(d.role) == "present"]
         t.result["copied_at"] = copied_at
         t.result["error"] = "; ".join(t.errors) or None
         if t.result["status"] == "failed":

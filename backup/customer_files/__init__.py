@@ -541,10 +541,39 @@ def _ensure_tables(hive, tables: list[TableName], *, again: bool = False) -> Non
             _ENSURED.add((*server, table.sql))
 
 
+def lookup_reason(rows: list[dict], owed: dict[str, list[dict]] | None, first_delivery: bool) -> str | None:
+    """Why a collect's load must look its rows up in the final count table; None when none of them can be there yet.
+
+    A row can already be in the final table only if
+    - an earlier delivery of this collect ran its statement (a Celery retry, or a redelivery after a lost worker:
+      not ``first_delivery``),
+    - it is owed by an earlier run, whose own collect may have committed before it failed, or
+    - its file (same customer, domain, name and content) was counted by an earlier run.  That run copied it to the
+      destinations, so an identical file is still at one of them: the copy found it there (``already_at`` of its
+      result, ``present``) unless every copy of it was removed since, and a file copied anew to every destination
+      is a new backup.  A result without ``already_at`` (written by a version before it) counts as found there.
+    Cost: none here; it spares a usual run the read of the whole final table, the one per-run cost that grew with
+    every file ever backed up (``bench/count_table_growth.py``)."""
+    if not first_delivery:
+        return "an earlier delivery of this collect may have loaded its rows"
+    if any(owed.values() if owed else ()):
+        return "rows owed by earlier runs"
+    found = sum(1 for r in rows if r["status"] in LOADED_STATUSES and r.get("already_at") != [])
+    if found:
+        return f"{found} file(s) found already at a destination: maybe counted by an earlier run"
+    return None
+
+
 def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: Callable[[], None],
-                   owed: dict[str, list[dict]] | None = None) -> dict:
+                   owed: dict[str, list[dict]] | None = None, first_delivery: bool = False) -> dict:
     """Staging ← manifest (and the rows ``owed`` by earlier runs, each under its own job id); final ← staging rows not
     yet in it (by customer, domain, file and SHA-256); the rows of this run now in final.
+
+    The rows are looked up in the final table unless ``lookup_reason`` finds that none can be there (the first
+    delivery of a collect, nothing owed, every file written anew to every destination: a usual run).  Then the
+    final table is not read at all, neither to merge nor to count afterwards: every row with a loaded status is
+    added, and the staging table's count proves the server read every row.  The result's ``final_lookup`` says
+    which way it went and why.
 
     On Spark with ``count_load_folder`` set: the rows as one JSON-lines file the server reads (``_load_from_file``),
     any number of rows in one statement.  Else on Spark, up to ``ROWS_PER_INSERT`` rows (a usual run): one
@@ -561,31 +590,41 @@ def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: 
     staging, final = TableName.parse(cfg.staging_table), TableName.parse(cfg.final_table)
     values = [[r.get(c) for c in MANIFEST_COLUMNS] + [job_id] for r in rows]
     values += [[r.get(c) for c in MANIFEST_COLUMNS] + [job] for job, owed_by in (owed or {}).items() for r in owed_by]
+    why = lookup_reason(rows, owed, first_delivery)
+    look_up = why is not None
     with res.hive() as hive:
         _ensure_tables(hive, [staging, final])
         spark = hive.engine() == "spark"
         if spark and cfg.count_load_folder:
             def load() -> tuple[int | None, str]:
-                return _load_from_file(res, hive, staging, final, values, job_id, commit_check)
+                return _load_from_file(res, hive, staging, final, values, job_id, commit_check, look_up)
         else:
             def load() -> tuple[int | None, str]:
-                return _load(hive, staging, final, values, commit_check, spark)
+                return _load(hive, staging, final, values, commit_check, spark, look_up)
         try:
             staged, refreshed = load()
         except NotFound:
             log.warning("count table %s or %s not found: creating it again and loading once more", staging, final)
             _ensure_tables(hive, [staging, final], again=True)
             staged, refreshed = load()
-        # A load from a file has not counted what the server read: the same statement counts staging too.
-        counted, in_staging = counted_once(hive, final, [job_id, *(owed or {})],
-                                           staging if staged is None else None)
+        if look_up:
+            # A load from a file has not counted what the server read: the same statement counts staging too.
+            counted, in_staging = counted_once(hive, final, [job_id, *(owed or {})],
+                                               staging if staged is None else None)
+            added = counted[job_id]
+        else:  # nothing looked up, so every loaded row was added: the final table is not read (it only grows)
+            in_staging = None if staged is not None else int(hive.query(
+                f"SELECT count(*) FROM {staging.sql}", f"count the rows of {staging}")[0][0])
+            added = sum(1 for r in rows if r["status"] in LOADED_STATUSES)
     if staged is None:
         if in_staging != len(values):
             raise FatalError(f"{staging} holds {in_staging} rows after loading the count rows file, not the "
                              f"{len(values)} written to {cfg.count_load_folder}: is count_load_server_path "
                              f"({cfg.count_load_server_path}) the same folder as count_load_folder?")
         staged = in_staging
-    return {"staging_rows": staged, "final_rows_added": counted[job_id], "refresh": refreshed}
+    return {"staging_rows": staged, "final_rows_added": added, "refresh": refreshed,
+            "final_lookup": f"looked up: {why}" if look_up else "skipped: no file of this run can be counted yet "
+                            "(first delivery, nothing owed, every file written anew to every destination)"}
 
 
 def counted_once(hive, final: TableName, job_ids: list[str],
@@ -632,8 +671,9 @@ def counted_once(hive, final: TableName, job_ids: list[str],
 
 
 def _load(hive, staging: TableName, final: TableName, values: list[list], commit_check: Callable[[], None],
-          spark: bool) -> tuple[int, str]:
-    """Write ``values`` (rows in table column order) to staging and the new ones to final; (rows staged, refresh)."""
+          spark: bool, look_up: bool = True) -> tuple[int, str]:
+    """Write ``values`` (rows in table column order) to staging and the new ones to final (without ``look_up``:
+    every row of a loaded status, the final table not read); (rows staged, refresh)."""
     names = [name for name, _ in TABLE_COLUMNS]
     cols = ", ".join(f"`{c}`" for c in names)
     statuses = ", ".join(sql_value(s) for s in LOADED_STATUSES)
@@ -642,13 +682,13 @@ def _load(hive, staging: TableName, final: TableName, values: list[list], commit
         commit_check()
         key = " AND ".join(f"s.`{c}` = f.`{c}`" for c in ("customer", "domain", "file_name", "sha256"))
         # Only rows the final table lacks: a rerun or a redelivered collect never counts a file twice.
-        hive.execute(f"INSERT INTO TABLE {final.sql} SELECT s.* FROM {staging.sql} s LEFT OUTER JOIN {final.sql} f "
-                     f"ON {key} WHERE f.`file_name` IS NULL AND s.`status` IN ({statuses})",
-                     f"merge {staging} into {final}")
+        lacking = (f"LEFT OUTER JOIN {final.sql} f ON {key} WHERE f.`file_name` IS NULL AND" if look_up else "WHERE")
+        hive.execute(f"INSERT INTO TABLE {final.sql} SELECT s.* FROM {staging.sql} s {lacking} "
+                     f"s.`status` IN ({statuses})", f"merge {staging} into {final}")
         return staged, "not needed (Spark refreshes a table it writes)" if spark else hive.refresh(final)
     rows = ", ".join("(" + ", ".join(sql_value(v) for v in row) + ")" for row in values)
     commit_check()  # fenced: a collect that lost its lock writes neither table
-    hive.execute(_multi_insert(staging, final, f"(VALUES {rows}) AS r({cols})", len(values)),
+    hive.execute(_multi_insert(staging, final, f"(VALUES {rows}) AS r({cols})", len(values), look_up),
                  f"load manifest into {staging} and merge the new rows into {final}")
     return len(values), "not needed (Spark refreshes a table it writes)"
 
@@ -659,10 +699,12 @@ def _load(hive, staging: TableName, final: TableName, values: list[list], commit
 BROADCAST_KEYS_MAX = 250_000
 
 
-def _multi_insert(staging: TableName, final: TableName, source: str, rows: int) -> str:
+def _multi_insert(staging: TableName, final: TableName, source: str, rows: int, look_up: bool = True) -> str:
     """Spark's one statement writing both tables from the ``rows`` rows of ``source`` (a relation in table column
     order): staging overwritten with all of them, final given those it lacks (by customer, domain, file and
-    SHA-256) whose status is loaded, so a rerun or a redelivered collect never counts a file twice.
+    SHA-256) whose status is loaded, so a rerun or a redelivered collect never counts a file twice.  Without
+    ``look_up`` (``lookup_reason``: none of the rows can be in final yet) final is given every row of a loaded
+    status and is not read: a cost that does not grow with the count table.
 
     Cost: the count table is read once, its four key columns only, each row looked up among this run's keys
     (broadcast to every task: a semi-join), and only the rows found (usually none: a file counted by an earlier
@@ -673,6 +715,9 @@ def _multi_insert(staging: TableName, final: TableName, source: str, rows: int) 
     0.5 s more: the price of a load that no longer grows by 5-7 s per million rows the table keeps."""
     cols = ", ".join(f"`{name}`" for name, _ in TABLE_COLUMNS)
     statuses = ", ".join(sql_value(s) for s in LOADED_STATUSES)
+    if not look_up:
+        return (f"FROM (SELECT * FROM {source}) s INSERT OVERWRITE TABLE {staging.sql} SELECT {cols} "
+                f"INSERT INTO TABLE {final.sql} SELECT {cols} WHERE s.`status` IN ({statuses})")
     keys = ("customer", "domain", "file_name", "sha256")
     on = " AND ".join(f"k.`{c}` = f.`{c}`" for c in keys)
     hint = "/*+ BROADCAST(k) */ " if rows <= BROADCAST_KEYS_MAX else ""
@@ -693,7 +738,7 @@ ROWS_VIEW = "mb_count_rows"
 
 
 def _load_from_file(res: Resources, hive, staging: TableName, final: TableName, values: list[list], job_id: str,
-                    commit_check: Callable[[], None]) -> tuple[None, str]:
+                    commit_check: Callable[[], None], look_up: bool = True) -> tuple[None, str]:
     """Spark with ``count_load_folder``: the rows as one JSON-lines file (``<job id>.json``) in that folder, then in
     one server session a temporary view over it (``count_load_server_path``: the same folder as the server sees
     it) and the multi-insert from the view; the file is removed afterwards.  (None: the staging table's rows are
@@ -731,7 +776,7 @@ def _load_from_file(res: Resources, hive, staging: TableName, final: TableName, 
                 raise FatalError(f"{e.one_line()} (written to {backend.uri(path)}: count_load_server_path must "
                                  f"name the folder count_load_folder writes to, as the HiveServer2 sees it)") from e
             commit_check()  # fenced: a collect that lost its lock writes neither table
-            session.execute(_multi_insert(staging, final, f"`{ROWS_VIEW}`", len(values)),
+            session.execute(_multi_insert(staging, final, f"`{ROWS_VIEW}`", len(values), look_up),
                             f"load {server_file} into {staging} and merge the new rows into {final}")
     finally:
         try:
@@ -758,7 +803,8 @@ def collect_phase(ctx: PhaseContext) -> dict:
     manifest = res.settings.path(cfg.manifest_dir) / f"{run_id(rec['created'], rec['job_id'])}.csv"
     write_manifest(manifest, rows)
     if rows or any(owed.values()):
-        hive = load_into_hive(res, rows, ctx.job_id, ctx.commit_check, owed)
+        first = phase_entry(ctx.rec, ctx.name)["deliveries"] == 1  # no earlier delivery can have loaded the rows
+        hive = load_into_hive(res, rows, ctx.job_id, ctx.commit_check, owed, first_delivery=first)
     else:
         hive = {"staging_rows": 0, "final_rows_added": 0, "refresh": "skipped (nothing to load)"}
     if owed:

@@ -32,7 +32,7 @@ from backup.runner import phase
 from base.errors import FatalError, LockLost, RetryableError
 from config.settings import load_settings
 from storage.base import is_temp_name
-from storage.locations import storage_options
+from storage.locations import open_location, storage_options
 from tests.conftest import CONFIG_PATH, PORT_OFFSET, STATE, TEST_CONFIG, WorkerProc
 from tests.helpers import backupctl, enqueue, sink_counts, sink_tickets, ssh, wait_job, wait_until
 from tests.webhdfs_server import WebHdfsTestServer, wait_for_port
@@ -281,6 +281,7 @@ def test_backup_checked_from_outside(settings, res, cfg, source, hdfs, worker, c
     want = sorted((c, d, n, v["bytes"], v["records"], v["sha256"], "copied") for (c, d, n), v in expected.items())
     assert final_rows(settings, cfg) == want
     assert final_rows(settings, cfg, job_id) == want
+    assert rec["outputs"]["hive"]["final_lookup"].startswith("skipped: no file of this run can be counted yet")
 
     # The manifest, exactly.
     rows = manifest(rec)
@@ -345,6 +346,8 @@ def test_lost_ledger_verifies_and_never_overwrites_a_different_file(settings, re
     counted = query(settings, f"SELECT customer, domain, file_name, count(*) FROM {cfg.final_table} "
                               f"GROUP BY customer, domain, file_name")
     assert len(counted) == 60 and {n for *_, n in counted} == {1}
+    assert rec["outputs"]["hive"]["final_lookup"] == ("looked up: 59 file(s) found already at a destination: maybe "
+                                                      "counted by an earlier run")
     assert sink_counts(settings) == (mails0 + 1, tickets0 + 1)
     assert "PARTIAL" in sink_tickets(settings)[-1]["title"]
 
@@ -720,6 +723,35 @@ def test_the_next_run_loads_the_count_rows_of_a_run_whose_collect_failed(setting
         assert sorted(counted) == sorted((*key, failed) for key in copied)
 
 
+def test_a_collect_retried_after_its_load_looks_its_rows_up_and_counts_nothing_twice(settings, res, cfg, source,
+                                                                                     hdfs, platform, monkeypatch):
+    """The first delivery of a usual collect loads without looking the final table up (``lookup_reason``).  It
+    fails after its statement committed (here: Redis refuses the mark that the rows are loaded); its retry is a
+    second delivery of the phase, so it looks its rows up and adds none of them again."""
+    reset(res, cfg, settings)
+    job_id = wf.submit(res)["job_id"]
+    try:
+        _run_until(res, job_id, "collect")
+
+        def redis_went_away(*_):
+            raise RetryableError("mark count rows loaded: Connection reset by peer")
+
+        monkeypatch.setattr(wf, "counts_loaded", redis_went_away)
+        with pytest.raises(RetryableError), phase(res, job_id, "collect") as ctx:
+            wf.collect_phase(ctx)
+        monkeypatch.undo()
+        loaded = final_rows(settings, cfg, job_id)
+        assert len(loaded) == 60
+        with phase(res, job_id, "collect", attempt=2) as ctx:
+            wf.collect_phase(ctx)
+        hive = res.jobs.get(job_id)["outputs"]["hive"]
+        assert hive["final_lookup"] == "looked up: an earlier delivery of this collect may have loaded its rows"
+        assert hive["final_rows_added"] == 60
+        assert final_rows(settings, cfg) == loaded
+    finally:
+        _release(res)
+
+
 def test_a_run_that_lost_its_lock_writes_no_flag_at_all(settings, res, cfg, source, hdfs, platform):
     """Fences: ``commit_check()`` before ``write_flag`` in the flag phase, and ``write_fail_flag`` withholding the
     FAIL flag of a run that failed with LockLost (the newer run owns the flag now)."""
@@ -824,6 +856,72 @@ def test_a_file_an_earlier_run_counted_is_not_counted_again(settings, res, cfg, 
         sorted((r["customer"], r["domain"], CONTROL_CHARS.sub(" ", r["file"]), r["sha256"]) for r in added)
     assert query(settings, f"SELECT count(*) FROM {cfg.staging_table} WHERE `job_id` = '{job_id}'") == [(len(rows),)]
     assert query(settings, f"SELECT count(*) FROM {cfg.final_table} WHERE `job_id` = '{earlier}'") == [(31,)]
+
+
+@pytest.mark.parametrize("load", ["file", "values"])
+def test_a_first_collect_of_files_new_everywhere_loads_without_reading_the_count_table(settings, res, cfg, platform,
+                                                                                       tmp_path, load):
+    """``lookup_reason``: the first delivery of a collect whose files were all written anew to every destination
+    (``already_at`` empty), with nothing owed, adds every copied row without looking the final table up, the one
+    cost that grew with every file ever backed up.  Seen from outside by what a lookup would have prevented: a
+    file the table counts under an earlier job, whose copies were all removed since and which was copied again,
+    is a new backup and gets a row of its own.  Any reason to look up and the same rows add nothing twice: a
+    second delivery of the collect, or one file found already at a destination (named in ``final_lookup``)."""
+    res = _resources_loading_by(load, res, tmp_path)
+    reset(res, cfg, settings)
+    earlier = "f0f0" + os.urandom(14).hex()
+    old = [dict(r, already_at=[]) for r in _count_rows(8, earlier) if r["status"] in wf.LOADED_STATUSES]
+    assert wf.load_into_hive(res, old, earlier, lambda: None)["final_rows_added"] == len(old) == 6
+    job_id = "f1f1" + os.urandom(14).hex()
+    rows = [dict(r, file=f"new {r['file']}", already_at=[]) for r in _count_rows(20, job_id)]
+    again = dict(old[0], copied_at="2026-12-07T00:00:00Z")  # its copies removed, copied again: a new backup
+    rows.append(again)
+    loaded = [r for r in rows if r["status"] in wf.LOADED_STATUSES]
+    out = wf.load_into_hive(res, rows, job_id, lambda: None, first_delivery=True)
+    assert out["final_lookup"].startswith("skipped: no file of this run can be counted yet"), out
+    assert out["staging_rows"] == len(rows) and out["final_rows_added"] == len(loaded) == 16
+    key = "`customer`, `domain`, `file_name`, `sha256`, `job_id`"
+    assert sorted(query(settings, f"SELECT {key} FROM {cfg.final_table} WHERE `file_name` = "
+                                  f"{wf.sql_value(CONTROL_CHARS.sub(' ', again['file']))}")) == \
+        sorted((again["customer"], again["domain"], CONTROL_CHARS.sub(" ", again["file"]), again["sha256"], job)
+               for job in (earlier, job_id))
+    # The same rows by a later delivery of the collect are looked up: nothing is counted twice.
+    out = wf.load_into_hive(res, rows, job_id, lambda: None, first_delivery=False)
+    assert out["final_lookup"] == "looked up: an earlier delivery of this collect may have loaded its rows", out
+    assert out["final_rows_added"] == len(loaded)  # this run's rows in the table: still each once
+    assert query(settings, f"SELECT count(*) FROM {cfg.final_table}") == [(len(old) + len(loaded),)]
+    # A first delivery with one file found already at a destination is looked up too.
+    other = "f2f2" + os.urandom(14).hex()
+    present = dict(old[1], already_at=["secondary"])
+    out = wf.load_into_hive(res, [present], other, lambda: None, first_delivery=True)
+    assert out["final_lookup"] == ("looked up: 1 file(s) found already at a destination: maybe counted by an "
+                                   "earlier run"), out
+    assert out["final_rows_added"] == 0
+    assert query(settings, f"SELECT count(*) FROM {cfg.final_table}") == [(len(old) + len(loaded),)]
+
+
+def test_a_count_rows_file_the_server_reads_elsewhere_fails_loudly_naming_the_setting(settings, res, cfg, platform,
+                                                                                      tmp_path):
+    """``count_load_server_path`` naming another folder that holds a file of the same name: the server reads other
+    rows than written.  Without a lookup nothing else reads the tables after the load, so the staging table's
+    count is what catches it: a fatal error naming both settings, never a success."""
+    reset(res, cfg, settings)
+    job_id = "bad1" + os.urandom(14).hex()
+    names = [c for c, _ in wf.TABLE_COLUMNS]
+    stale = "".join(wf._json_line(names, [r.get(c) for c in wf.MANIFEST_COLUMNS] + [job_id])
+                    for r in _count_rows(3, job_id)).encode()
+    backend, elsewhere = open_location(settings, cfg.count_load_folder.rstrip("/") + "-elsewhere")
+    with backend:
+        backend.mkdir(elsewhere)
+        backend.write_atomic(f"{elsewhere}/{job_id}.json", [stale])
+        section = dict(TEST_CONFIG["customer_files"], count_load_server_path=f"hdfs://{elsewhere}")
+        wrong = Resources(load_settings(own_config(tmp_path / "elsewhere.yaml", section)))
+        rows = [dict(r, already_at=[]) for r in _count_rows(10, job_id)]
+        with pytest.raises(FatalError, match=r"holds 3 rows after loading the count rows file, not the 10 written "
+                                             r"to .*: is count_load_server_path .* the same folder as "
+                                             r"count_load_folder\?"):
+            wf.load_into_hive(wrong, rows, job_id, lambda: None, first_delivery=True)
+        backend.delete(elsewhere, recursive=True)
 
 
 def test_a_count_rows_path_the_server_cannot_read_fails_loudly_and_loads_nothing(settings, res, cfg, platform,
