@@ -584,7 +584,8 @@ def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: 
     itself) and the count.  Either way a rerun or a redelivered
     collect never counts a file twice, and the lock is checked before anything is written to the final table.
     The tables are created or checked once per worker process; a "not found" error (a table dropped since)
-    ensures them again and runs the load once more.
+    ensures them again and runs the load once more, and a fatal error checks them again (a table replaced since
+    by one with other columns is named as such).
     """
     cfg = config(res)
     staging, final = TableName.parse(cfg.staging_table), TableName.parse(cfg.final_table)
@@ -607,6 +608,12 @@ def load_into_hive(res: Resources, rows: list[dict], job_id: str, commit_check: 
             log.warning("count table %s or %s not found: creating it again and loading once more", staging, final)
             _ensure_tables(hive, [staging, final], again=True)
             staged, refreshed = load()
+        except FatalError:
+            # A table replaced since this process checked it fails the statement in the engine's words ("too many
+            # data columns"); checking again names the difference (FatalError: table … has columns …), else the
+            # statement's own error stands.
+            _ensure_tables(hive, [staging, final], again=True)
+            raise
         if look_up:
             # A load from a file has not counted what the server read: the same statement counts staging too.
             counted, in_staging = counted_once(hive, final, [job_id, *(owed or {})],

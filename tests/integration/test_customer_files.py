@@ -597,6 +597,22 @@ def test_load_failure_fails_the_run_with_a_fail_flag(settings, res, cfg, source,
     assert "FAILED in collect" in sink_tickets(settings)[-1]["title"]
 
 
+@pytest.mark.parametrize("first_delivery", [True, False])
+def test_a_count_table_replaced_after_this_process_checked_it_is_named(settings, res, cfg, platform, first_delivery):
+    """A worker checks the count tables once (``_ENSURED``); a final table replaced later by one with other columns
+    fails the load, whether it looks the rows up or not, with the check's one line naming the columns, not the
+    engine's words about the statement."""
+    reset(res, cfg, settings)
+    job_id = "abc0" + os.urandom(14).hex()
+    rows = [dict(r, already_at=[]) for r in _count_rows(4, job_id)]
+    wf.load_into_hive(res, rows, job_id, lambda: None, first_delivery=True)  # checked, and remembered, here
+    execute(settings, f"DROP TABLE {cfg.final_table}")
+    execute(settings, f"CREATE TABLE {cfg.final_table} (customer STRING, n BIGINT) STORED AS PARQUET")
+    with pytest.raises(FatalError, match=rf"^table {cfg.final_table} has columns \['customer', 'n'\], expected "):
+        wf.load_into_hive(res, rows, "abc1" + os.urandom(14).hex(), lambda: None, first_delivery=first_delivery)
+    assert query(settings, f"SELECT count(*) FROM {cfg.final_table}") == [(0,)]
+
+
 def test_sftp_checksums_in_one_remote_command(settings, platform, tmp_path):
     from storage import open_backend
 
