@@ -11,9 +11,8 @@ import shutil
 import stat as stat_mode
 import threading
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote_from_bytes, unquote, urlsplit
 
 from base.errors import (
     AlreadyExists,
@@ -118,6 +117,17 @@ def copy_in_kernel(source: FileSource, fd: int) -> str | None:
     return None
 
 
+def _write_all(fd: int, chunk: bytes) -> int:
+    """Write all of ``chunk`` to ``fd`` (``os.write`` may write less, e.g. when interrupted); its length."""
+    view, left = memoryview(chunk), len(chunk)
+    while left:
+        n = os.write(fd, view[-left:])
+        if n <= 0:  # never for a regular file (an error raises); not a loop for ever if it did
+            raise OSError(errno.EIO, "write() wrote nothing")
+        left -= n
+    return len(chunk)
+
+
 def _fsync_dir(folder: str) -> None:
     """Make a rename or unlink in ``folder`` survive a crash."""
     fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY)
@@ -154,8 +164,9 @@ class LocalBackend(StorageBackend):
         return cls(), os.path.abspath(check_path(path))
 
     def uri(self, path: str) -> str:
-        """``file://`` URI of the absolute path."""
-        return Path(os.path.abspath(self._checked(path))).as_uri()
+        """``file://`` URI of the absolute path: what ``pathlib.Path.as_uri`` gives, built without a ``Path``
+        (about 2 µs instead of 16: three per file copied, so 2 s of a 50,000-file run)."""
+        return "file://" + quote_from_bytes(os.fsencode(os.path.abspath(self._checked(path))))
 
     def stat(self, path: str) -> FileStat | None:
         """Stat following symlinks; None if missing."""
@@ -367,20 +378,20 @@ class LocalBackend(StorageBackend):
         publishes durable data.  A ``FileSource`` is copied in the kernel where it can be (``copy_in_kernel``)."""
         with _os_errors(f"write {path}"):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            with open(fd, "wb") as stream:
+            try:
                 synced_later = self._leave_sync(path, fd)
                 if isinstance(chunks, FileSource) and copy_in_kernel(chunks, fd):
                     size = os.fstat(fd).st_size
                 else:
                     size = 0
-                    for chunk in chunks:
-                        stream.write(chunk)
-                        size += len(chunk)
-                stream.flush()
+                    for chunk in chunks:  # straight to the file: no buffer to copy into and flush
+                        size += _write_all(fd, chunk)
                 if not synced_later:
-                    os.fsync(stream.fileno())
+                    os.fsync(fd)
                 elif size >= WRITEBACK_START_BYTES:
                     _start_writeback(fd)
+            finally:
+                os.close(fd)
 
 
 def _file_stat(path: str, found: os.stat_result) -> FileStat:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 import posixpath
 import sys
 import threading
@@ -499,6 +500,19 @@ def test_open_backend_plain_paths_and_file_urls(tmp_path):
         open_backend("file://elsewhere/srv/x")
     with pytest.raises(ConfigError):
         open_backend(str(tmp_path), user="someone")
+
+
+def test_local_uri_is_the_uri_pathlib_gives_and_opens_the_same_path(tmp_path):
+    """The local URI is built without a ``Path`` (three per file copied); it must stay what ``Path.as_uri`` gives."""
+    backend = LocalBackend()
+    odd = ["/srv/a b/données été.csv", "/srv/100%/x#1?.csv", "//srv/two/leading", "/srv/./dot/../up/",
+           "relative/sub/file.csv", str(tmp_path / "plain.csv")]
+    for path in odd:
+        uri = backend.uri(path)
+        assert uri == Path(os.path.abspath(path)).as_uri(), path
+        assert open_backend(uri)[1] == os.path.abspath(path), path
+    not_utf8 = "/srv/" + os.fsdecode(b"latin1-\xe9.csv")  # quoted byte by byte, as pathlib does
+    assert backend.uri(not_utf8) == Path(not_utf8).as_uri() == "file:///srv/latin1-%E9.csv"
 
 
 def test_open_backend_hdfs_schemes():
