@@ -15,6 +15,7 @@ import abc
 import dataclasses
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import logging
 import os
@@ -57,9 +58,9 @@ class FileStat:
     #: that hashes in-stream), or None: then a verification reads the file back
     sha256: str | None = None
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
-        """The last component of the path."""
+        """The last component of the path (computed once: a discovery asks it four times per file listed)."""
         return posixpath.basename(self.path)
 
 

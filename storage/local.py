@@ -200,7 +200,7 @@ class LocalBackend(StorageBackend):
                     found = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                entries.append(_file_stat(os.path.join(path, entry.name), found))
+                entries.append(_file_stat(entry.path, found))  # the folder joined with the name, as scandir gives it
         return sorted(entries, key=lambda entry: entry.name)
 
     @contextlib.contextmanager

@@ -129,3 +129,27 @@ def test_count_load_needs_both_settings_and_a_plain_server_path(tmp_path):
     for bad in ("hdfs:///counts' OR 1=1", "relative/counts", "/counts with space", "/counts\\x"):
         with pytest.raises(ConfigError, match="count_load_server_path: .* is not an absolute path"):
             _load(tmp_path, lambda c, bad=bad: c.update(count_load_folder="/srv/counts", count_load_server_path=bad))
+
+
+def test_a_file_belongs_to_the_first_domain_whose_glob_matches_it_as_fnmatchcase_reads_it(tmp_path):
+    """``domain_of`` compiles each domain's globs once; it must keep fnmatchcase's meaning for every name."""
+    import fnmatch
+
+    from backup.customer_files import domain_of
+
+    def change(section):
+        section["domains"] = {"traffic": ["*traffic*.csv", "[!x]*.txt", "[]]*.csv", "a?c.(1)+.csv"],
+                              "tolling": ["TOLL_[0-9]*.dat", "*.csv"], "other": ["*"]}
+    cfg = _load(tmp_path, change).customer_files
+    names = ["traffic.csv", "my_traffic_2.csv", "x.txt", "y.txt", "].csv", "abc.(1)+.csv", "abc.(1).csv",
+             "TOLL_7.dat", "toll_7.dat", "TOLL_x.dat", "plain.csv", "TRAFFIC.csv", "traffic.csv\n", "a\nb.txt", ""]
+
+    def by_fnmatch(name):
+        return next((domain for domain, globs in cfg.domains.items()
+                     if any(fnmatch.fnmatchcase(name, glob) for glob in globs)), None)
+    assert [domain_of(cfg, n) for n in names] == [by_fnmatch(n) for n in names]
+    assert [domain_of(cfg, n) for n in ("y.txt", "abc.(1)+.csv", "abc.(1).csv", "TRAFFIC.csv", "traffic.csv\n")] \
+        == ["traffic", "traffic", "tolling", "tolling", "other"]
+    # The settings refuse a domain without a glob; were one to get through, it would match nothing, not all.
+    from backup.customer_files import _domain_matchers
+    assert [domain for domain, matches in _domain_matchers({"none": [], "t": ["t*"]}) if matches("t1")] == ["t"]
