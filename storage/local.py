@@ -165,7 +165,7 @@ class LocalBackend(StorageBackend):
 
     def uri(self, path: str) -> str:
         """``file://`` URI of the absolute path: what ``pathlib.Path.as_uri`` gives, built without a ``Path``
-        (about 2 µs instead of 16: three per file copied, so 2 s of a 50,000-file run)."""
+        (about 2 µs instead of 16 here; a copy asks three, so about 2 s of CPU over 50,000 files)."""
         return "file://" + quote_from_bytes(os.fsencode(os.path.abspath(self._checked(path))))
 
     def stat(self, path: str) -> FileStat | None:
