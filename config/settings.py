@@ -10,9 +10,11 @@ The file is chosen by ``--config`` or ``BACKUP_CONFIG``; the default is
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -384,6 +386,14 @@ class CustomerFilesSettings(_Section):
     count_load_folder: str | None = Field(None, description="with a Spark HiveServer2: a folder (path or URL, as for the backups) where the collect phase writes the run's count rows as one JSON-lines file for the server to read in one statement, instead of SQL VALUES literals (about 0.65 ms per row for Spark's parser: 13 s at 20,000 rows); set count_load_server_path too. The file is removed after the load. Unset, or another engine: VALUES statements")
     count_load_server_path: str | None = Field(None, description="the same folder as the HiveServer2 (Spark) reads it: a URI such as hdfs:///backup/.counts (the server's default HDFS) or file:///shared/counts, or an absolute path; no quotes, backslashes or spaces")
     read_back_local_copies: bool = Field(False, description="also read back every copy just written to a local (file://) destination and compare its SHA-256; off: a local copy is verified by the SHA-256 of the very bytes handed to write (computed in the copy's single read pass), its sync to disk and its size (a read-back of a file just written comes from the page cache and proves little more); a file above 256 KiB from a local folder, which the kernel copies from the source after that read pass, by the source's SHA-256, the source's size and mtime unchanged after the copy, its sync and its size. Copies already present, HDFS copies without a matching file checksum and SFTP copies are always checked on the storage itself")
+
+    @cached_property
+    def domain_matchers(self) -> list[tuple[str, Callable[[str], object]]]:
+        """(domain, match function of its globs, with ``fnmatch.fnmatchcase``'s meaning) in the settings' order: each
+        domain's globs compiled once into one expression, about 1 µs a name against 5-7 µs for one ``fnmatchcase``
+        per glob (a discovery matches every file listed).  A domain without globs (refused at load) matches nothing."""
+        return [(domain, re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs)).match)
+                for domain, globs in self.domains.items() if globs]
 
     @model_validator(mode="after")
     def _check(self) -> "CustomerFilesSettings":

@@ -21,7 +21,6 @@ location), ``connectors.hive`` (the count table's SQL).
 from __future__ import annotations
 
 import csv
-import fnmatch
 import json
 import logging
 import os
@@ -81,32 +80,12 @@ MAX_SKIPPED_LISTED = 1000  # entries named in the record's outputs.skipped (all 
 
 
 def domain_of(cfg: CustomerFilesSettings, name: str) -> str | None:
-    """The first domain whose patterns match the file name ``name`` (``fnmatch.fnmatchcase``'s meaning).
-
-    Cost: one regular expression per domain (about 1 µs a name against 5-7 µs for one ``fnmatchcase`` per
-    pattern); a discovery calls it once per file listed, a copy once per file planned."""
-    for domain, matches in _domain_matchers(cfg.domains):
+    """The first domain whose patterns match the file name ``name`` (``fnmatch.fnmatchcase``'s meaning; compiled
+    once per settings: ``CustomerFilesSettings.domain_matchers``)."""
+    for domain, matches in cfg.domain_matchers:
         if matches(name):
             return domain
     return None
-
-
-#: per settings' ``domains`` (by identity; the object is kept here, so its id is not reused while cached): each
-#: domain's patterns as one compiled expression, in the settings' order
-_DOMAIN_MATCHERS: dict[int, tuple[dict, list[tuple[str, Callable]]]] = {}
-
-
-def _domain_matchers(domains: dict[str, list[str]]) -> list[tuple[str, Callable]]:
-    """(domain, match function of its patterns) for ``domains``, compiled once; a domain without patterns matches
-    nothing."""
-    found = _DOMAIN_MATCHERS.get(id(domains))
-    if found is None or found[0] is not domains:
-        if len(_DOMAIN_MATCHERS) >= 64:  # settings loaded again and again (tests): keep the cache small
-            _DOMAIN_MATCHERS.clear()
-        found = (domains, [(domain, re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match)
-                           for domain, patterns in domains.items() if patterns])
-        _DOMAIN_MATCHERS[id(domains)] = found
-    return found[1]
 
 
 # -- lock ------------------------------------------------------------------------

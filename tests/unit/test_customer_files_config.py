@@ -151,5 +151,6 @@ def test_a_file_belongs_to_the_first_domain_whose_glob_matches_it_as_fnmatchcase
     assert [domain_of(cfg, n) for n in ("y.txt", "abc.(1)+.csv", "abc.(1).csv", "TRAFFIC.csv", "traffic.csv\n")] \
         == ["traffic", "traffic", "tolling", "tolling", "other"]
     # The settings refuse a domain without a glob; were one to get through, it would match nothing, not all.
-    from backup.customer_files import _domain_matchers
-    assert [domain for domain, matches in _domain_matchers({"none": [], "t": ["t*"]}) if matches("t1")] == ["t"]
+    from config.settings import CustomerFilesSettings
+    unchecked = CustomerFilesSettings.model_construct(domains={"none": [], "t": ["t*"]})
+    assert [domain for domain, matches in unchecked.domain_matchers if matches("t1")] == ["t"]
