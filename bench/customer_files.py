@@ -16,9 +16,11 @@ the page cache is emptied of what earlier sides wrote and the source read into i
 1-8 KB (``--counts``) over 20 customers x 4 domains, backed up to two local folders (``--sftp``: the
 secondary on the local platform's sshd).  Per tree: the workflow (every file new), then at the largest a
 rerun with nothing new (discovery, ledger, an empty collect, the flag); against ``cp -r`` of the tree to
-both destinations (the floor) and the shell loop, timed on its first ``--loop-files`` files (its cost per
-file does not depend on the tree).  ``--compare PATH`` also runs the same rounds with the workers on the code
-of another checkout (e.g. the main branch), alternating with this one, so before and after share the load.
+both destinations (the floor), the floor of the copies with the guarantee kept (``small_file_floor.py``'s
+``guarantee_2proc``: only the system calls of a verified, durable, never-replacing copy, on two processes)
+and the shell loop, timed on its first ``--loop-files`` files (its cost per file does not depend on the
+tree).  ``--compare PATH`` also runs the same rounds with the workers on the code of another checkout (e.g.
+the main branch), alternating with this one, so before and after share the load.
 One JSON line per tree and code, files/s and ratios included.
 """
 
@@ -371,6 +373,11 @@ def main_small(a, base: Path) -> None:
     reruns: dict = {code: [] for code in codes}
     floors: dict = {n: [] for n in counts}
     durable_floors: dict = {n: [] for n in counts}
+    guarantee_floors: dict = {n: [] for n in counts}
+    from small_file_floor import run_python as run_guarantee_floor
+
+    floor_items = {n: [(str(p), size, p.stat().st_mtime, f"{p.parent.name}/{domain_of(p.name)}")
+                       for p, size in trees[n].items()] for n in counts}
     loop_s = []
     loop_files = dict(list(trees[counts[0]].items())[:a.loop_files])
     for round_ in range(a.rounds):
@@ -380,6 +387,10 @@ def main_small(a, base: Path) -> None:
             floor, durable = run_cp_floor(work / f"src-small-{n}", work / "floor")
             floors[n].append(floor)
             durable_floors[n].append(durable)
+            # The floor of the copies with the guarantee kept (small_file_floor.py's guarantee_2proc): what the
+            # copy span could shrink to if the engine and its bookkeeping cost nothing.
+            warm(work / f"src-small-{n}")
+            guarantee_floors[n].append(run_guarantee_floor(floor_items[n], work / "floor", True, 2)["s"])
         for n in counts:  # per tree, the codes one after the other: before and after share the load
             for code, root in rotated(list(codes.items()), round_):  # each code first in turn
                 worker = Worker(configs[code], root)
@@ -424,6 +435,9 @@ def main_small(a, base: Path) -> None:
                   "cp_r_floor_s": round(floor, 2), "workflow_over_cp_floor": round(wall / floor, 2),
                   "cp_r_then_sync_s": round(median(durable_floors[n]), 2),
                   "workflow_over_cp_then_sync": round(wall / median(durable_floors[n]), 2),
+                  "guarantee_floor_s": round(median(guarantee_floors[n]), 2),
+                  "guarantee_floor_over_cp_floor": round(median(guarantee_floors[n]) / floor, 2),
+                  "copy_span_over_guarantee_floor": round(span / median(guarantee_floors[n]), 2),
                   "shell_loop_files_per_s": round(1 / loop_per_file), "shell_loop_timed_on_files": len(loop_files),
                   "speedup_vs_shell_loop": round(loop_per_file * n / wall, 1),
                   "all_rounds_s": [round(r["wall"], 2) for r in runs],
