@@ -59,14 +59,19 @@ def _read(path: str, size: int) -> bytes:
     return data
 
 
+def _fill(fd: int, data: bytes, where: str) -> None:
+    """Write all of ``data`` to the new file ``fd``, then the size check."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    if os.fstat(fd).st_size != len(data):
+        raise OSError(f"{where}: short copy")
+
+
 def _write(path: str, data: bytes) -> None:
     fd = os.open(path, CREATE, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if os.fstat(fd).st_size != len(data):  # the size check
-            raise OSError(f"{path}: short copy")
+        _fill(fd, data, path)
     finally:
         os.close(fd)
 
@@ -74,12 +79,11 @@ def _write(path: str, data: bytes) -> None:
 def _write_unnamed(folder: str, data: bytes) -> int:
     """An unnamed new file in ``folder`` (``O_TMPFILE``) holding ``data``, size-checked; its open descriptor."""
     fd = os.open(folder, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    if os.fstat(fd).st_size != len(data):
+    try:
+        _fill(fd, data, folder)
+    except BaseException:
         os.close(fd)
-        raise OSError(f"{folder}: short copy")
+        raise
     return fd
 
 

@@ -57,8 +57,7 @@ def test_a_file_already_at_a_final_name_is_never_replaced(tmp_path, publish):
 
 def test_a_source_that_changed_since_it_was_listed_is_refused(tmp_path):
     items = _tree(tmp_path / "src", n=3)
-    path, size, mtime, folder = items[1]
-    with open(path, "ab") as f:
+    with open(items[1][0], "ab") as f:
         f.write(b"one more record\n")
     (tmp_path / "one").mkdir()
     with pytest.raises(OSError, match="changed while it was read"):
